@@ -1,0 +1,114 @@
+// The device abstraction: one interface, two backends (CpuDevice: managed SIMD over a worker pool;
+// IlgpuDevice: ILGPU kernels on CUDA / OpenCL / ILGPU's CPU accelerator).
+// Every operation is a forward pass over row-major float buffers that live on the device; shapes
+// are passed explicitly so one scratch buffer serves any batch size. Backward ops go beside each
+// forward op with the same naming (RmsNorm / RmsNormBackward) when training lands.
+namespace Cluster.Compute;
+
+public enum DeviceKind { Cpu, Cuda, OpenCL, IlgpuCpu }
+
+/// <summary>What a device is and what it offers, as reported to the cluster.</summary>
+public sealed record DeviceInfo(DeviceKind Kind, string Name, int Threads, long MemoryBytes);
+
+/// <summary>RoPE pair layout: llama2.c / GGUF rotate adjacent pairs (2i, 2i+1); HF checkpoints rotate (i, i + d/2).</summary>
+public enum RopeLayout { Interleaved, HalfSplit }
+
+/// <summary>A float buffer in a device's memory.</summary>
+public abstract class DeviceBuffer : IDisposable
+{
+    protected DeviceBuffer(int length) => Length = length;
+    public int Length { get; }
+    public abstract void Dispose();
+}
+
+/// <summary>A weight matrix W (Rows = out features, Cols = in features), stored in whatever layout the device's GEMM wants.</summary>
+public abstract class DeviceMatrix : IDisposable
+{
+    protected DeviceMatrix(int rows, int cols) { Rows = rows; Cols = cols; }
+    public int Rows { get; }
+    public int Cols { get; }
+    public abstract void Dispose();
+}
+
+/// <summary>
+/// Which cache slots each query token may attend to, for a batch of sequences at different positions.
+/// Token t belongs to sequence TokenSequence[t] at position TokenPosition[t] and attends to positions
+/// 0..TokenPosition[t] of that sequence. The cache is paged: position p of sequence s lives in slot
+/// BlockTables[s * MaxBlocksPerSequence + p / BlockSize] * BlockSize + p % BlockSize.
+/// </summary>
+public sealed record AttentionLayout(
+    int[] TokenSequence,          // (T,)
+    int[] TokenPosition,          // (T,)
+    int[] BlockTables,            // (S, MaxBlocksPerSequence)
+    int MaxBlocksPerSequence,
+    int BlockSize,
+    int Heads,
+    int KvHeads,
+    int HeadDim)
+{
+    public int Tokens => TokenSequence.Length;
+
+    /// <summary>The cache slot of every token in the batch: where its new K and V are written.</summary>
+    public int[] TokenSlots()
+    {
+        var slots = new int[Tokens];
+        for (int t = 0; t < Tokens; t++)
+        {
+            int pos = TokenPosition[t];
+            slots[t] = BlockTables[TokenSequence[t] * MaxBlocksPerSequence + pos / BlockSize] * BlockSize + pos % BlockSize;
+        }
+        return slots;
+    }
+}
+
+public interface IDevice : IDisposable
+{
+    DeviceInfo Info { get; }
+
+    DeviceBuffer Allocate(int length);                       // zero-filled
+    DeviceBuffer Upload(ReadOnlySpan<float> data);
+    void Download(DeviceBuffer source, Span<float> destination);   // the first destination.Length floats
+    DeviceMatrix UploadMatrix(ReadOnlySpan<float> weights, int rows, int cols);   // weights (rows, cols) row-major
+
+    /// <summary>y (M, N) = x (M, K) · Wᵀ, W (N, K).</summary>
+    void MatMul(DeviceBuffer x, DeviceMatrix w, DeviceBuffer y, int m);
+
+    /// <summary>x (rows, dim) += bias (dim,) broadcast over rows.</summary>
+    void AddBias(DeviceBuffer x, DeviceBuffer bias, int rows, int dim);
+
+    /// <summary>output (T, dim) = table[tokens[t]].</summary>
+    void Embedding(DeviceBuffer table, ReadOnlySpan<int> tokens, DeviceBuffer output, int dim);
+
+    /// <summary>x (T, dim) += table[indices[t]] (learned position embeddings).</summary>
+    void AddEmbedding(DeviceBuffer x, DeviceBuffer table, ReadOnlySpan<int> indices, int dim);
+
+    /// <summary>y (rows, dim) = x / sqrt(mean(x²) + eps) · weight.</summary>
+    void RmsNorm(DeviceBuffer x, DeviceBuffer weight, DeviceBuffer y, int rows, int dim, float eps);
+
+    /// <summary>y (rows, dim) = (x − mean) / sqrt(var + eps) · weight + bias.</summary>
+    void LayerNorm(DeviceBuffer x, DeviceBuffer weight, DeviceBuffer bias, DeviceBuffer y, int rows, int dim, float eps);
+
+    /// <summary>Rotates x (T, heads·headDim) in place by each token's position; the first rotaryDim dims of each head rotate.</summary>
+    void Rope(DeviceBuffer x, ReadOnlySpan<int> positions, int heads, int headDim, int rotaryDim, float theta, RopeLayout layout);
+
+    /// <summary>Writes k, v (T, kvDim) into the layer's caches (slots, kvDim) at the given slots.</summary>
+    void WriteKv(DeviceBuffer k, DeviceBuffer v, DeviceBuffer cacheK, DeviceBuffer cacheV, ReadOnlySpan<int> slots, int kvDim);
+
+    /// <summary>
+    /// Causal attention over a paged cache, tile by tile with an online softmax (no T×T matrix):
+    /// output (T, heads·headDim) from q (T, heads·headDim); query head h reads KV head h / (heads / kvHeads).
+    /// </summary>
+    void PagedAttention(DeviceBuffer q, DeviceBuffer cacheK, DeviceBuffer cacheV, DeviceBuffer output, AttentionLayout layout);
+
+    /// <summary>gate (n,) = silu(gate) · up, in place.</summary>
+    void SwiGlu(DeviceBuffer gate, DeviceBuffer up, int n);
+
+    /// <summary>x (n,) = gelu(x) with the tanh approximation (GPT-2), in place.</summary>
+    void Gelu(DeviceBuffer x, int n);
+
+    /// <summary>x (n,) += y (residual connection).</summary>
+    void Add(DeviceBuffer x, DeviceBuffer y, int n);
+
+    /// <summary>output (R, dim) = x[rows[r]] (picks the rows whose logits are wanted).</summary>
+    void GatherRows(DeviceBuffer x, ReadOnlySpan<int> rows, DeviceBuffer output, int dim);
+}

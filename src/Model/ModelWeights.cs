@@ -1,0 +1,83 @@
+// Host-side weights of a decoder, in the engine's canonical layout: every matrix row-major (out, in),
+// RoPE pairs in the config's layout. Loaders produce this; TransformerModel uploads it to a device.
+namespace Cluster.Model;
+
+public sealed class LayerWeights
+{
+    public required float[] AttnNorm { get; init; }        // (C,)
+    public float[]? AttnNormBias { get; init; }            // (C,) GPT-2
+    public required float[] Wq { get; init; }              // (C, C)
+    public required float[] Wk { get; init; }              // (kvDim, C)
+    public required float[] Wv { get; init; }              // (kvDim, C)
+    public required float[] Wo { get; init; }              // (C, C)
+    public float[]? Bq { get; init; }                      // (C,) GPT-2
+    public float[]? Bk { get; init; }                      // (kvDim,) GPT-2
+    public float[]? Bv { get; init; }                      // (kvDim,) GPT-2
+    public float[]? Bo { get; init; }                      // (C,) GPT-2
+    public required float[] FfnNorm { get; init; }         // (C,)
+    public float[]? FfnNormBias { get; init; }             // (C,) GPT-2
+    /// <summary>Llama: gate projection w1; GPT-2: c_fc.</summary>
+    public required float[] W1 { get; init; }              // (H, C)
+    /// <summary>Down projection (Llama w2, GPT-2 c_proj of the MLP).</summary>
+    public required float[] W2 { get; init; }              // (C, H)
+    /// <summary>Llama only: up projection w3.</summary>
+    public float[]? W3 { get; init; }                      // (H, C)
+    public float[]? B1 { get; init; }                      // (H,) GPT-2
+    public float[]? B2 { get; init; }                      // (C,) GPT-2
+}
+
+public sealed class ModelWeights
+{
+    public required float[] TokenEmbedding { get; init; }  // (V, C)
+    public float[]? PositionEmbedding { get; init; }       // (maxT, C) GPT-2
+    public required LayerWeights[] Layers { get; init; }
+    public required float[] FinalNorm { get; init; }       // (C,)
+    public float[]? FinalNormBias { get; init; }           // (C,) GPT-2
+    /// <summary>The LM head (V, C); null when tied to the token embedding.</summary>
+    public float[]? Output { get; init; }
+
+    /// <summary>Throws <see cref="ModelFormatException"/> naming the first tensor whose size or presence disagrees with the config.</summary>
+    public void Validate(ModelConfig c, string source)
+    {
+        void Check(float[]? t, long expected, string name, bool required = true)
+        {
+            if (t is null)
+            {
+                if (required) throw new ModelFormatException(source, "missing", name);
+                return;
+            }
+            if (t.LongLength != expected)
+                throw new ModelFormatException(source, $"has {t.LongLength} elements, config needs {expected}", name);
+        }
+        bool gpt2 = c.Architecture == Architecture.Gpt2;
+        long C = c.Dim, H = c.HiddenDim, kv = c.KvDim;
+        Check(TokenEmbedding, c.VocabSize * C, "token_embedding");
+        Check(PositionEmbedding, (long)c.MaxSeqLen * C, "position_embedding", gpt2);
+        if (Layers.Length != c.Layers) throw new ModelFormatException(source, $"has {Layers.Length} layers, config says {c.Layers}");
+        for (int l = 0; l < Layers.Length; l++)
+        {
+            var w = Layers[l];
+            string p = $"layers.{l}.";
+            Check(w.AttnNorm, C, p + "attn_norm");
+            Check(w.Wq, C * C, p + "wq");
+            Check(w.Wk, kv * C, p + "wk");
+            Check(w.Wv, kv * C, p + "wv");
+            Check(w.Wo, C * C, p + "wo");
+            Check(w.FfnNorm, C, p + "ffn_norm");
+            Check(w.W1, H * C, p + "w1");
+            Check(w.W2, C * H, p + "w2");
+            Check(w.W3, H * C, p + "w3", !gpt2);
+            Check(w.AttnNormBias, C, p + "attn_norm.bias", gpt2);
+            Check(w.FfnNormBias, C, p + "ffn_norm.bias", gpt2);
+            Check(w.Bq, C, p + "bq", gpt2);
+            Check(w.Bk, kv, p + "bk", gpt2);
+            Check(w.Bv, kv, p + "bv", gpt2);
+            Check(w.Bo, C, p + "bo", gpt2);
+            Check(w.B1, H, p + "b1", gpt2);
+            Check(w.B2, C, p + "b2", gpt2);
+        }
+        Check(FinalNorm, C, "final_norm");
+        Check(FinalNormBias, C, "final_norm.bias", gpt2);
+        Check(Output, c.VocabSize * C, "output", !c.TiedEmbeddings);
+    }
+}
