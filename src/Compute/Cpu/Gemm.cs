@@ -1,0 +1,276 @@
+// Packed, cache-blocked single-precision GEMM: y (M, N) = x (M, K) · Wᵀ with W (N, K) row-major, the
+// layout of every linear layer. W is packed once at load into panels of NR = 32 output columns stored
+// k-major (panel p holds W[32p .. 32p+31, k] for k = 0..K-1 contiguously), so the micro-kernel streams
+// it linearly and decode (M = 1) reads each weight exactly once.
+//
+// Loops (BLIS order, per thread over its own range of panels):
+//   kc block (KC deep, the B slice KC×32 fits L1) → mc block (MCBlocks×6 rows of packed x, fits L2)
+//   → panel → 6-row block → micro-kernel 6×32 (12 zmm accumulators, AVX-512 FMA).
+// Without AVX-512 the same loops run a 6×16 Vector256 micro-kernel twice per panel (AVX2; on hardware
+// without 256-bit SIMD the runtime lowers Vector256 to Vector128 pairs).
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+
+namespace Cluster.Compute.Cpu;
+
+public static unsafe class Gemm
+{
+    public const int NR = 32;
+    private const int MR = 6;
+    private const int KC = 256;
+    private const int MCBlocks = 24;
+
+    public static readonly bool UseAvx512 = Vector512.IsHardwareAccelerated && Avx512F.IsSupported;
+
+    /// <summary>Floats a packed (n, k) matrix occupies.</summary>
+    public static long PackedLength(int n, int k) => (long)((n + NR - 1) / NR) * k * NR;
+
+    /// <summary>Packs W (n, k) row-major into 32-column panels (zero-padded past n).</summary>
+    public static void Pack(ReadOnlySpan<float> w, int n, int k, float* packed)
+    {
+        if (w.Length < (long)n * k) throw new ArgumentException($"weights have {w.Length} floats, (n={n}, k={k}) needs {(long)n * k}");
+        int panels = (n + NR - 1) / NR;
+        for (int p = 0; p < panels; p++)
+        {
+            float* panel = packed + (long)p * k * NR;
+            for (int j = 0; j < NR; j++)
+            {
+                int row = p * NR + j;
+                if (row < n)
+                {
+                    var source = w.Slice(row * k, k);
+                    for (int kk = 0; kk < k; kk++) panel[(long)kk * NR + j] = source[kk];
+                }
+                else
+                    for (int kk = 0; kk < k; kk++) panel[(long)kk * NR + j] = 0f;
+            }
+        }
+    }
+
+    /// <summary>y (m, n) = x (m, k) · Wᵀ with W packed by <see cref="Pack"/>. x rows have stride k, y rows stride n.</summary>
+    public static void Multiply(WorkerPool pool, float* x, int m, int k, float* packedW, int n, float* y, float* scratch)
+    {
+        int panels = (n + NR - 1) / NR;
+        if (m == 1 && UseAvx512)
+        {
+            pool.For(panels, (p0, p1) =>
+            {
+                for (int p = p0; p < p1; p++)
+                    GemvPanelAvx512(x, packedW + (long)p * k * NR, k, y + p * NR, Math.Min(NR, n - p * NR));
+            });
+            return;
+        }
+
+        // Pack x into blocks of 6 rows, k-major: block b holds x[6b .. 6b+5, kk] at [b][kk][0..5].
+        int mBlocks = (m + MR - 1) / MR;
+        float* packedX = scratch;
+        pool.For(mBlocks, (b0, b1) =>
+        {
+            for (int b = b0; b < b1; b++) PackRows(x, m, k, b, packedX + (long)b * k * MR);
+        });
+
+        pool.For(panels, (p0, p1) =>
+        {
+            float* edge = stackalloc float[MR * NR];
+            for (int kc0 = 0; kc0 < k; kc0 += KC)
+            {
+                int kc = Math.Min(KC, k - kc0);
+                bool accumulate = kc0 > 0;
+                for (int mb0 = 0; mb0 < mBlocks; mb0 += MCBlocks)
+                {
+                    int mb1 = Math.Min(mBlocks, mb0 + MCBlocks);
+                    for (int p = p0; p < p1; p++)
+                    {
+                        float* b = packedW + (long)p * k * NR + (long)kc0 * NR;
+                        int nr = Math.Min(NR, n - p * NR);
+                        for (int mb = mb0; mb < mb1; mb++)
+                        {
+                            float* a = packedX + (long)mb * k * MR + (long)kc0 * MR;
+                            int mr = Math.Min(MR, m - mb * MR);
+                            float* c = y + (long)mb * MR * n + p * NR;
+                            if (mr == MR && nr == NR)
+                                Tile(a, b, kc, c, n, accumulate);
+                            else
+                            {
+                                Tile(a, b, kc, edge, NR, accumulate: false);
+                                for (int i = 0; i < mr; i++)
+                                    for (int j = 0; j < nr; j++)
+                                        c[(long)i * n + j] = accumulate ? c[(long)i * n + j] + edge[i * NR + j] : edge[i * NR + j];
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// <summary>Scratch floats <see cref="Multiply"/> needs for an m-row x.</summary>
+    public static long ScratchLength(int m, int k) => (long)((m + MR - 1) / MR) * MR * k;
+
+    private static void PackRows(float* x, int m, int k, int block, float* destination)
+    {
+        for (int i = 0; i < MR; i++)
+        {
+            int row = block * MR + i;
+            if (row < m)
+            {
+                float* source = x + (long)row * k;
+                for (int kk = 0; kk < k; kk++) destination[(long)kk * MR + i] = source[kk];
+            }
+            else
+                for (int kk = 0; kk < k; kk++) destination[(long)kk * MR + i] = 0f;
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Tile(float* a, float* b, int kc, float* c, int ldc, bool accumulate)
+    {
+        if (UseAvx512) Kernel6x32Avx512(a, b, kc, c, ldc, accumulate);
+        else
+        {
+            Kernel6x16(a, b, kc, c, ldc, accumulate);
+            Kernel6x16(a, b + 16, kc, c + 16, ldc, accumulate);
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Kernel6x32Avx512(float* a, float* b, int kc, float* c, int ldc, bool accumulate)
+    {
+        Vector512<float> c00 = default, c01 = default, c10 = default, c11 = default, c20 = default, c21 = default;
+        Vector512<float> c30 = default, c31 = default, c40 = default, c41 = default, c50 = default, c51 = default;
+        for (int kk = 0; kk < kc; kk++)
+        {
+            var b0 = Vector512.Load(b);
+            var b1 = Vector512.Load(b + 16);
+            var a0 = Vector512.Create(a[0]);
+            c00 = Avx512F.FusedMultiplyAdd(a0, b0, c00);
+            c01 = Avx512F.FusedMultiplyAdd(a0, b1, c01);
+            var a1 = Vector512.Create(a[1]);
+            c10 = Avx512F.FusedMultiplyAdd(a1, b0, c10);
+            c11 = Avx512F.FusedMultiplyAdd(a1, b1, c11);
+            var a2 = Vector512.Create(a[2]);
+            c20 = Avx512F.FusedMultiplyAdd(a2, b0, c20);
+            c21 = Avx512F.FusedMultiplyAdd(a2, b1, c21);
+            var a3 = Vector512.Create(a[3]);
+            c30 = Avx512F.FusedMultiplyAdd(a3, b0, c30);
+            c31 = Avx512F.FusedMultiplyAdd(a3, b1, c31);
+            var a4 = Vector512.Create(a[4]);
+            c40 = Avx512F.FusedMultiplyAdd(a4, b0, c40);
+            c41 = Avx512F.FusedMultiplyAdd(a4, b1, c41);
+            var a5 = Vector512.Create(a[5]);
+            c50 = Avx512F.FusedMultiplyAdd(a5, b0, c50);
+            c51 = Avx512F.FusedMultiplyAdd(a5, b1, c51);
+            a += MR;
+            b += NR;
+        }
+        StoreRow(c, c00, c01, accumulate);
+        StoreRow(c + ldc, c10, c11, accumulate);
+        StoreRow(c + 2 * ldc, c20, c21, accumulate);
+        StoreRow(c + 3 * ldc, c30, c31, accumulate);
+        StoreRow(c + 4 * ldc, c40, c41, accumulate);
+        StoreRow(c + 5 * ldc, c50, c51, accumulate);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void StoreRow(float* c, Vector512<float> v0, Vector512<float> v1, bool accumulate)
+    {
+        if (accumulate)
+        {
+            v0 += Vector512.Load(c);
+            v1 += Vector512.Load(c + 16);
+        }
+        v0.Store(c);
+        v1.Store(c + 16);
+    }
+
+    // The portable micro-kernel: 6 rows × 16 columns of a 32-wide panel (B rows have stride NR).
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Kernel6x16(float* a, float* b, int kc, float* c, int ldc, bool accumulate)
+    {
+        Vector256<float> c00 = default, c01 = default, c10 = default, c11 = default, c20 = default, c21 = default;
+        Vector256<float> c30 = default, c31 = default, c40 = default, c41 = default, c50 = default, c51 = default;
+        for (int kk = 0; kk < kc; kk++)
+        {
+            var b0 = Vector256.Load(b);
+            var b1 = Vector256.Load(b + 8);
+            var a0 = Vector256.Create(a[0]);
+            c00 = Vector256.FusedMultiplyAdd(a0, b0, c00);
+            c01 = Vector256.FusedMultiplyAdd(a0, b1, c01);
+            var a1 = Vector256.Create(a[1]);
+            c10 = Vector256.FusedMultiplyAdd(a1, b0, c10);
+            c11 = Vector256.FusedMultiplyAdd(a1, b1, c11);
+            var a2 = Vector256.Create(a[2]);
+            c20 = Vector256.FusedMultiplyAdd(a2, b0, c20);
+            c21 = Vector256.FusedMultiplyAdd(a2, b1, c21);
+            var a3 = Vector256.Create(a[3]);
+            c30 = Vector256.FusedMultiplyAdd(a3, b0, c30);
+            c31 = Vector256.FusedMultiplyAdd(a3, b1, c31);
+            var a4 = Vector256.Create(a[4]);
+            c40 = Vector256.FusedMultiplyAdd(a4, b0, c40);
+            c41 = Vector256.FusedMultiplyAdd(a4, b1, c41);
+            var a5 = Vector256.Create(a[5]);
+            c50 = Vector256.FusedMultiplyAdd(a5, b0, c50);
+            c51 = Vector256.FusedMultiplyAdd(a5, b1, c51);
+            a += MR;
+            b += NR;
+        }
+        StoreRow(c, c00, c01, accumulate);
+        StoreRow(c + ldc, c10, c11, accumulate);
+        StoreRow(c + 2 * ldc, c20, c21, accumulate);
+        StoreRow(c + 3 * ldc, c30, c31, accumulate);
+        StoreRow(c + 4 * ldc, c40, c41, accumulate);
+        StoreRow(c + 5 * ldc, c50, c51, accumulate);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void StoreRow(float* c, Vector256<float> v0, Vector256<float> v1, bool accumulate)
+    {
+        if (accumulate)
+        {
+            v0 += Vector256.Load(c);
+            v1 += Vector256.Load(c + 8);
+        }
+        v0.Store(c);
+        v1.Store(c + 8);
+    }
+
+    // Decode (M = 1): one row of x against one panel, two k steps per iteration to hide FMA latency.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void GemvPanelAvx512(float* x, float* panel, int k, float* y, int nr)
+    {
+        Vector512<float> acc0 = default, acc1 = default, acc2 = default, acc3 = default;
+        int kk = 0;
+        for (; kk + 1 < k; kk += 2)
+        {
+            var x0 = Vector512.Create(x[kk]);
+            var x1 = Vector512.Create(x[kk + 1]);
+            acc0 = Avx512F.FusedMultiplyAdd(x0, Vector512.Load(panel), acc0);
+            acc1 = Avx512F.FusedMultiplyAdd(x0, Vector512.Load(panel + 16), acc1);
+            acc2 = Avx512F.FusedMultiplyAdd(x1, Vector512.Load(panel + 32), acc2);
+            acc3 = Avx512F.FusedMultiplyAdd(x1, Vector512.Load(panel + 48), acc3);
+            panel += 2 * NR;
+        }
+        if (kk < k)
+        {
+            var x0 = Vector512.Create(x[kk]);
+            acc0 = Avx512F.FusedMultiplyAdd(x0, Vector512.Load(panel), acc0);
+            acc1 = Avx512F.FusedMultiplyAdd(x0, Vector512.Load(panel + 16), acc1);
+        }
+        acc0 += acc2;
+        acc1 += acc3;
+        if (nr == NR)
+        {
+            acc0.Store(y);
+            acc1.Store(y + 16);
+        }
+        else
+        {
+            float* tile = stackalloc float[NR];
+            acc0.Store(tile);
+            acc1.Store(tile + 16);
+            new ReadOnlySpan<float>(tile, nr).CopyTo(new Span<float>(y, nr));
+        }
+    }
+}
