@@ -1,0 +1,107 @@
+// llama2.c checkpoints. Two layouts:
+//   v0 (legacy run.c): 7 int32 header (dim, hidden, layers, heads, kvHeads, vocab, seqLen); vocab < 0 means the
+//      file carries its own classifier wcls after the RoPE tables, otherwise the LM head is the token embedding.
+//      Weights: emb, rms_att, wq, wk, wv, wo, rms_ffn, w1, w2, w3, rms_final, freq_cis_real, freq_cis_imag, [wcls].
+//   v1 (export.py version 1): magic "ak42", version 1, the same 7 ints, a shared-classifier byte, padding to 256 bytes,
+//      then rms_att, rms_ffn, rms_final, emb, wq, wk, wv, wo, w1, w2, w3, [wcls].
+// Every matrix is row-major (out, in), the engine's own layout, and RoPE pairs are interleaved.
+namespace Cluster.Model.Formats;
+
+public static class Llama2cFormat
+{
+    public const uint Magic = 0x616b3432;   // "ak42" little endian
+    private const int V1HeaderBytes = 256;
+
+    public static LoadedModel Load(string path, string? tokenizerPath = null)
+    {
+        using var file = MappedFile.Open(path);
+        var reader = new SpanReader(file.Span(0, Math.Min(file.Length, V1HeaderBytes), "header"), path);
+        bool v1 = file.Length >= 8 && reader.UInt32("magic") == Magic;
+        bool shared;
+        ModelConfig config;
+        if (v1)
+        {
+            int version = reader.Int32("version");
+            if (version != 1)
+                throw new ModelFormatException(path, $"llama2.c checkpoint version {version} is not supported (version 1 float32 and the legacy v0 layout are)");
+            config = ReadConfig(ref reader, path, out _);
+            shared = reader.UInt8("shared_classifier") != 0;
+        }
+        else
+        {
+            reader.Seek(0, "header");
+            config = ReadConfig(ref reader, path, out bool negativeVocab);
+            shared = !negativeVocab;
+        }
+        config = config with { TiedEmbeddings = shared };
+        config.Validate(path);
+
+        long C = config.Dim, H = config.HiddenDim, kv = config.KvDim, L = config.Layers, V = config.VocabSize;
+        long offset = v1 ? V1HeaderBytes : reader.Position;
+        float[] Next(long count, string tensor)
+        {
+            var t = file.ReadFloats(offset, count, tensor);
+            offset += count * 4;
+            return t;
+        }
+        float[][] PerLayer(long count, string name)
+        {
+            var all = new float[L][];
+            for (int l = 0; l < L; l++) all[l] = Next(count, $"layers.{l}.{name}");
+            return all;
+        }
+
+        float[] emb, finalNorm;
+        float[][] attnNorm, ffnNorm, wq, wk, wv, wo, w1, w2, w3;
+        if (v1)
+        {
+            attnNorm = PerLayer(C, "attn_norm");
+            ffnNorm = PerLayer(C, "ffn_norm");
+            finalNorm = Next(C, "final_norm");
+            emb = Next(V * C, "token_embedding");
+            wq = PerLayer(C * C, "wq"); wk = PerLayer(kv * C, "wk"); wv = PerLayer(kv * C, "wv"); wo = PerLayer(C * C, "wo");
+            w1 = PerLayer(H * C, "w1"); w2 = PerLayer(C * H, "w2"); w3 = PerLayer(H * C, "w3");
+        }
+        else
+        {
+            emb = Next(V * C, "token_embedding");
+            attnNorm = PerLayer(C, "attn_norm");
+            wq = PerLayer(C * C, "wq"); wk = PerLayer(kv * C, "wk"); wv = PerLayer(kv * C, "wv"); wo = PerLayer(C * C, "wo");
+            ffnNorm = PerLayer(C, "ffn_norm");
+            w1 = PerLayer(H * C, "w1"); w2 = PerLayer(C * H, "w2"); w3 = PerLayer(H * C, "w3");
+            finalNorm = Next(C, "final_norm");
+            // freq_cis_real and freq_cis_imag: (seqLen, headDim/2) each; run.c recomputes RoPE, and so do we.
+            long ropeTable = (long)config.MaxSeqLen * config.HeadDim / 2;
+            offset += 2 * ropeTable * 4;
+        }
+        float[]? output = shared ? null : Next(V * C, "output");
+        if (offset != file.Length)
+            throw new ModelFormatException(path, $"size mismatch: the header's shapes need {offset} bytes, the file has {file.Length}");
+
+        var layers = new LayerWeights[L];
+        for (int l = 0; l < L; l++)
+            layers[l] = new LayerWeights
+            {
+                AttnNorm = attnNorm[l], Wq = wq[l], Wk = wk[l], Wv = wv[l], Wo = wo[l],
+                FfnNorm = ffnNorm[l], W1 = w1[l], W2 = w2[l], W3 = w3[l],
+            };
+        var weights = new ModelWeights { TokenEmbedding = emb, Layers = layers, FinalNorm = finalNorm, Output = output };
+        weights.Validate(config, path);
+        var tokenizer = tokenizerPath is null ? null : Tokenizers.SentencePieceBpeTokenizer.LoadLlama2c(tokenizerPath, config.VocabSize);
+        return new LoadedModel(config, weights, tokenizer, path);
+    }
+
+    private static ModelConfig ReadConfig(ref SpanReader reader, string path, out bool negativeVocab)
+    {
+        int dim = reader.Int32("dim"), hidden = reader.Int32("hidden_dim"), layers = reader.Int32("n_layers");
+        int heads = reader.Int32("n_heads"), kvHeads = reader.Int32("n_kv_heads"), vocab = reader.Int32("vocab_size");
+        int seqLen = reader.Int32("seq_len");
+        negativeVocab = vocab < 0;
+        if (vocab == int.MinValue) throw new ModelFormatException(path, "vocab_size out of range");
+        return new ModelConfig
+        {
+            Architecture = Architecture.Llama, Dim = dim, HiddenDim = hidden, Layers = layers, Heads = heads,
+            KvHeads = kvHeads, VocabSize = Math.Abs(vocab), MaxSeqLen = seqLen,
+        };
+    }
+}
