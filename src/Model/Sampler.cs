@@ -1,0 +1,143 @@
+// Picks the next token from a row of logits: greedy (temperature 0), or temperature + top-k + top-p
+// (nucleus) sampling with run.c's xorshift generator, so a seed reproduces llama2.c's choices.
+namespace Cluster.Model;
+
+public sealed record SamplingOptions(float Temperature = 1f, float TopP = 0.9f, int TopK = 0, ulong Seed = 1)
+{
+    public static SamplingOptions Greedy { get; } = new(Temperature: 0f);
+
+    /// <summary>Throws ArgumentOutOfRangeException naming the bad parameter.</summary>
+    public void Validate()
+    {
+        if (!float.IsFinite(Temperature) || Temperature < 0) throw new ArgumentOutOfRangeException(nameof(Temperature), Temperature, "temperature must be finite and ≥ 0");
+        if (!float.IsFinite(TopP) || TopP < 0 || TopP > 1) throw new ArgumentOutOfRangeException(nameof(TopP), TopP, "top_p must be in [0, 1]");
+        if (TopK < 0) throw new ArgumentOutOfRangeException(nameof(TopK), TopK, "top_k must be ≥ 0 (0 = off)");
+        if (Seed == 0) throw new ArgumentOutOfRangeException(nameof(Seed), Seed, "xorshift needs a non-zero seed");
+    }
+}
+
+public sealed class Sampler
+{
+    private readonly SamplingOptions _options;
+    private ulong _state;
+    private (float Probability, int Index)[] _candidates = [];
+
+    public Sampler(SamplingOptions options)
+    {
+        options.Validate();
+        _options = options;
+        _state = options.Seed;
+    }
+
+    /// <summary>The next token; <paramref name="logits"/> (V,) is overwritten with probabilities when sampling.</summary>
+    public int Sample(Span<float> logits)
+    {
+        if (_options.Temperature == 0f) return ArgMax(logits);
+        for (int i = 0; i < logits.Length; i++) logits[i] /= _options.Temperature;
+        Softmax(logits);
+        float coin = RandomFloat();
+        if (_options.TopK > 0 && _options.TopK < logits.Length) return SampleTopK(logits, _options.TopK, coin);
+        return _options.TopP <= 0 || _options.TopP >= 1 ? SampleMultinomial(logits, coin) : SampleTopP(logits, _options.TopP, coin);
+    }
+
+    public static int ArgMax(ReadOnlySpan<float> values)
+    {
+        int best = 0;
+        for (int i = 1; i < values.Length; i++) if (values[i] > values[best]) best = i;   // first maximum wins, as in run.c
+        return best;
+    }
+
+    public static void Softmax(Span<float> x)
+    {
+        float max = float.NegativeInfinity;
+        foreach (float v in x) max = MathF.Max(max, v);
+        float sum = 0;
+        for (int i = 0; i < x.Length; i++) { x[i] = MathF.Exp(x[i] - max); sum += x[i]; }
+        for (int i = 0; i < x.Length; i++) x[i] /= sum;
+    }
+
+    private static int SampleMultinomial(ReadOnlySpan<float> probabilities, float coin)
+    {
+        float cdf = 0;
+        for (int i = 0; i < probabilities.Length; i++)
+        {
+            cdf += probabilities[i];
+            if (coin < cdf) return i;
+        }
+        return probabilities.Length - 1;   // rounding left the cdf just under the coin
+    }
+
+    // run.c sample_topp: drop tokens below (1 − p)/(n − 1) (they cannot be in the nucleus), sort the rest,
+    // keep the shortest prefix whose mass exceeds p, and draw from it.
+    private int SampleTopP(ReadOnlySpan<float> probabilities, float topP, float coin)
+    {
+        float cutoff = (1f - topP) / (probabilities.Length - 1);
+        int n = Candidates(probabilities, cutoff);
+        var candidates = _candidates.AsSpan(0, n);
+        candidates.Sort(static (a, b) => b.Probability.CompareTo(a.Probability));
+        float cumulative = 0;
+        int last = n - 1;
+        for (int i = 0; i < n; i++)
+        {
+            cumulative += candidates[i].Probability;
+            if (cumulative > topP) { last = i; break; }
+        }
+        return Draw(candidates[..(last + 1)], coin * cumulative);
+    }
+
+    // The k most likely tokens, renormalised; top-p then applies inside them when set.
+    private int SampleTopK(ReadOnlySpan<float> probabilities, int k, float coin)
+    {
+        int n = Candidates(probabilities, 0f);
+        var candidates = _candidates.AsSpan(0, n);
+        candidates.Sort(static (a, b) => b.Probability.CompareTo(a.Probability));
+        candidates = candidates[..Math.Min(k, n)];
+        float mass = 0;
+        int last = candidates.Length - 1;
+        bool nucleus = _options.TopP > 0 && _options.TopP < 1;
+        float nucleusMass = _options.TopP * TotalOf(candidates);
+        for (int i = 0; i < candidates.Length; i++)
+        {
+            mass += candidates[i].Probability;
+            if (nucleus && mass > nucleusMass) { last = i; break; }
+        }
+        return Draw(candidates[..(last + 1)], coin * mass);
+    }
+
+    private static float TotalOf(ReadOnlySpan<(float Probability, int Index)> candidates)
+    {
+        float total = 0;
+        foreach (var c in candidates) total += c.Probability;
+        return total;
+    }
+
+    private static int Draw(ReadOnlySpan<(float Probability, int Index)> candidates, float target)
+    {
+        float cdf = 0;
+        foreach (var c in candidates)
+        {
+            cdf += c.Probability;
+            if (target < cdf) return c.Index;
+        }
+        return candidates[^1].Index;
+    }
+
+    private int Candidates(ReadOnlySpan<float> probabilities, float cutoff)
+    {
+        if (_candidates.Length < probabilities.Length) _candidates = new (float, int)[probabilities.Length];
+        int n = 0;
+        for (int i = 0; i < probabilities.Length; i++)
+            if (probabilities[i] >= cutoff) _candidates[n++] = (probabilities[i], i);
+        return n;
+    }
+
+    // run.c random_u32 / random_f32: xorshift64* and the top 24 bits as a float in [0, 1).
+    private float RandomFloat()
+    {
+        _state ^= _state >> 12;
+        _state ^= _state << 25;
+        _state ^= _state >> 27;
+        uint u = (uint)((_state * 0x2545F4914F6CDD1DUL) >> 32);
+        return (u >> 8) / 16777216.0f;
+    }
+}
