@@ -1,0 +1,142 @@
+// The CPU backend's kernels against the plain reference versions, on odd shapes and 1-3 threads.
+using Cluster.Compute;
+using Cluster.Compute.Cpu;
+
+namespace Cluster.Tests;
+
+public sealed class CpuKernelTests
+{
+    public static TheoryData<int, int, int, int> GemmShapes => new()
+    {
+        { 1, 1, 1, 1 }, { 1, 2048, 768, 2 }, { 1, 33, 257, 1 }, { 2, 31, 7, 3 }, { 5, 100, 300, 2 }, { 6, 32, 256, 1 },
+        { 7, 64, 513, 3 }, { 13, 95, 100, 2 }, { 64, 70, 33, 2 }, { 150, 129, 600, 3 },
+    };
+
+    [Theory]
+    [MemberData(nameof(GemmShapes))]
+    public void GemmMatchesReference(int m, int n, int k, int threads)
+    {
+        using var device = new CpuDevice(threads);
+        float[] x = Reference.Random(m * k, seed: m * 31 + k), w = Reference.Random(n * k, seed: n * 17 + k);
+        using var xb = device.Upload(x);
+        using var wm = device.UploadMatrix(w, n, k);
+        using var yb = device.Allocate(m * n);
+        device.MatMul(xb, wm, yb, m);
+        var y = new float[m * n];
+        device.Download(yb, y);
+        // Float accumulation over k terms of size ≤ 1: error grows like sqrt(k)·eps·|terms|.
+        Assert.True(Reference.MaxRelativeError(y, Reference.MatMul(x, w, m, n, k)) < 1e-5 * Math.Max(1, Math.Sqrt(k) / 4));
+    }
+
+    [Theory]
+    [InlineData(RopeLayout.Interleaved, 0)]
+    [InlineData(RopeLayout.HalfSplit, 0)]
+    [InlineData(RopeLayout.HalfSplit, 4)]
+    public void RopeRotatesPairsByPosition(RopeLayout layout, int rotaryDim)
+    {
+        const int heads = 3, headDim = 8, T = 5;
+        int rot = rotaryDim == 0 ? headDim : rotaryDim;
+        using var device = new CpuDevice(1);
+        float[] x = Reference.Random(T * heads * headDim, seed: 3);
+        int[] positions = [0, 1, 7, 100, 3];
+        using var buffer = device.Upload(x);
+        device.Rope(buffer, positions, heads, headDim, rot, 10000f, layout);
+        var y = new float[x.Length];
+        device.Download(buffer, y);
+
+        var expected = (float[])x.Clone();
+        for (int t = 0; t < T; t++)
+            for (int h = 0; h < heads; h++)
+                for (int i = 0; i < rot / 2; i++)
+                {
+                    int a = layout == RopeLayout.Interleaved ? 2 * i : i, b = layout == RopeLayout.Interleaved ? 2 * i + 1 : i + rot / 2;
+                    int o = (t * heads + h) * headDim;
+                    double angle = positions[t] * Math.Pow(10000, -2.0 * i / rot);
+                    expected[o + a] = (float)(x[o + a] * Math.Cos(angle) - x[o + b] * Math.Sin(angle));
+                    expected[o + b] = (float)(x[o + a] * Math.Sin(angle) + x[o + b] * Math.Cos(angle));
+                }
+        Assert.True(Reference.MaxRelativeError(y, expected) < 1e-4);   // float angles at position 100 vs double
+    }
+
+    [Fact]
+    public void NormsMatchReference()
+    {
+        const int rows = 4, dim = 37;
+        using var device = new CpuDevice(2);
+        float[] x = Reference.Random(rows * dim, 1, scale: 3), w = Reference.Random(dim, 2), b = Reference.Random(dim, 3);
+        using var xb = device.Upload(x);
+        using var wb = device.Upload(w);
+        using var bb = device.Upload(b);
+        using var yb = device.Allocate(rows * dim);
+        var rms = new float[rows * dim];
+        var layer = new float[rows * dim];
+        device.RmsNorm(xb, wb, yb, rows, dim, 1e-5f);
+        device.Download(yb, rms);
+        device.LayerNorm(xb, wb, bb, yb, rows, dim, 1e-5f);
+        device.Download(yb, layer);
+
+        var expectedRms = new float[rows * dim];
+        var expectedLayer = new float[rows * dim];
+        for (int r = 0; r < rows; r++)
+        {
+            var row = x.AsSpan(r * dim, dim).ToArray();
+            double meanSquare = row.Average(v => (double)v * v), mean = row.Average(v => (double)v);
+            double variance = row.Average(v => (v - mean) * (v - mean));
+            for (int i = 0; i < dim; i++)
+            {
+                expectedRms[r * dim + i] = (float)(row[i] / Math.Sqrt(meanSquare + 1e-5) * w[i]);
+                expectedLayer[r * dim + i] = (float)((row[i] - mean) / Math.Sqrt(variance + 1e-5) * w[i] + b[i]);
+            }
+        }
+        Assert.True(Reference.MaxRelativeError(rms, expectedRms) < 1e-5);
+        Assert.True(Reference.MaxRelativeError(layer, expectedLayer) < 1e-5);
+    }
+
+    [Fact]
+    public void ActivationsMatchFormulas()
+    {
+        using var device = new CpuDevice(1);
+        const int n = 2500;
+        float[] g = Reference.Random(n, 4, scale: 6), u = Reference.Random(n, 5, scale: 2);
+        using var gb = device.Upload(g);
+        using var ub = device.Upload(u);
+        device.SwiGlu(gb, ub, n);
+        var swiglu = new float[n];
+        device.Download(gb, swiglu);
+        using var xb = device.Upload(g);
+        device.Gelu(xb, n);
+        var gelu = new float[n];
+        device.Download(xb, gelu);
+        var expectedSwiglu = g.Select((v, i) => (float)(v / (1 + Math.Exp(-v)) * u[i])).ToArray();
+        var expectedGelu = g.Select(v => (float)(0.5 * v * (1 + Math.Tanh(Math.Sqrt(2 / Math.PI) * (v + 0.044715 * v * v * v))))).ToArray();
+        Assert.True(Reference.MaxRelativeError(swiglu, expectedSwiglu) < 1e-5);
+        Assert.True(Reference.MaxRelativeError(gelu, expectedGelu) < 1e-5);
+    }
+
+    [Theory]
+    [InlineData(8, 8, 1)]    // multi-head
+    [InlineData(8, 2, 4)]    // grouped-query, pages smaller than the sequence
+    [InlineData(4, 1, 16)]   // multi-query, one page
+    public void PagedAttentionMatchesFullSoftmax(int heads, int kvHeads, int blockSize)
+    {
+        const int headDim = 16, T = 19;
+        int kvDim = kvHeads * headDim;
+        using var device = new CpuDevice(2);
+        float[] q = Reference.Random(T * heads * headDim, 6, scale: 2), k = Reference.Random(T * kvDim, 7, scale: 2), v = Reference.Random(T * kvDim, 8);
+        // Pages handed out in a scrambled order, as a free list would after churn.
+        int pages = (T + blockSize - 1) / blockSize;
+        int[] table = Enumerable.Range(0, pages + 5).OrderBy(p => (p * 7919) % 13).Take(pages).ToArray();
+        var layout = new AttentionLayout(new int[T], Enumerable.Range(0, T).ToArray(), table, pages, blockSize, heads, kvHeads, headDim);
+        using var qb = device.Upload(q);
+        using var kb = device.Upload(k);
+        using var vb = device.Upload(v);
+        using var cacheK = device.Allocate((pages + 5) * blockSize * kvDim);
+        using var cacheV = device.Allocate((pages + 5) * blockSize * kvDim);
+        using var ob = device.Allocate(T * heads * headDim);
+        device.WriteKv(kb, vb, cacheK, cacheV, layout.TokenSlots(), kvDim);
+        device.PagedAttention(qb, cacheK, cacheV, ob, layout);
+        var output = new float[T * heads * headDim];
+        device.Download(ob, output);
+        Assert.True(Reference.MaxRelativeError(output, Reference.CausalAttention(q, k, v, T, heads, kvHeads, headDim)) < 1e-5);
+    }
+}

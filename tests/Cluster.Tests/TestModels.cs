@@ -1,0 +1,38 @@
+// Small seeded models for tests that need a model but not a trained one.
+using Cluster.Model;
+
+namespace Cluster.Tests;
+
+public static class TestModels
+{
+    public static ModelConfig SmallConfig(Architecture architecture) => new()
+    {
+        Architecture = architecture, Dim = 48, HiddenDim = 100, Layers = 2, Heads = 6,
+        KvHeads = architecture == Architecture.Llama ? 2 : 6, VocabSize = 97, MaxSeqLen = 64,
+        TiedEmbeddings = architecture == Architecture.Gpt2,
+    };
+
+    public static ModelWeights RandomWeights(ModelConfig c, int seed)
+    {
+        var rng = new Random(seed);
+        float[] R(long n, float scale = 0.2f) { var a = new float[n]; for (long i = 0; i < n; i++) a[i] = (float)(rng.NextDouble() * 2 - 1) * scale; return a; }
+        float[] Ones(long n) { var a = R(n, 0.1f); for (long i = 0; i < n; i++) a[i] += 1; return a; }
+        bool gpt2 = c.Architecture == Architecture.Gpt2;
+        long C = c.Dim, H = c.HiddenDim, kv = c.KvDim;
+        return new ModelWeights
+        {
+            TokenEmbedding = R(c.VocabSize * C, 1f),
+            PositionEmbedding = gpt2 ? R(c.MaxSeqLen * C, 0.5f) : null,
+            Layers = Enumerable.Range(0, c.Layers).Select(_ => new LayerWeights
+            {
+                AttnNorm = Ones(C), Wq = R(C * C), Wk = R(kv * C), Wv = R(kv * C), Wo = R(C * C),
+                FfnNorm = Ones(C), W1 = R(H * C), W2 = R(C * H), W3 = gpt2 ? null : R(H * C),
+                AttnNormBias = gpt2 ? R(C) : null, FfnNormBias = gpt2 ? R(C) : null,
+                Bq = gpt2 ? R(C) : null, Bk = gpt2 ? R(kv) : null, Bv = gpt2 ? R(kv) : null, Bo = gpt2 ? R(C) : null,
+                B1 = gpt2 ? R(H) : null, B2 = gpt2 ? R(C) : null,
+            }).ToArray(),
+            FinalNorm = Ones(C), FinalNormBias = gpt2 ? R(C) : null,
+            Output = c.TiedEmbeddings ? null : R(c.VocabSize * C),
+        };
+    }
+}
