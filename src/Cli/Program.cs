@@ -1,1 +1,84 @@
-Console.WriteLine("cluster");
+// `cluster`: the command-line tool. Run: dotnet run -c Release --project src/Cli -- generate --model M --prompt "Once upon a time"
+using System.Diagnostics;
+using Cluster.Cli;
+using Cluster.Compute.Cpu;
+using Cluster.Model;
+using Spectre.Console;
+
+try
+{
+    return args.FirstOrDefault() switch
+    {
+        "generate" => Generate(new Arguments(args[1..])),
+        null or "help" or "--help" or "-h" => Usage(0),
+        _ => Usage(2, $"unknown command '{args[0]}'"),
+    };
+}
+catch (Exception e) when (e is ArgumentException or ModelFormatException or FileNotFoundException or DirectoryNotFoundException)
+{
+    AnsiConsole.MarkupLineInterpolated($"[red]error:[/] {e.Message}");
+    return 1;
+}
+
+static int Usage(int code, string? problem = null)
+{
+    if (problem is not null) AnsiConsole.MarkupLineInterpolated($"[red]error:[/] {problem}");
+    Console.WriteLine("""
+        usage: cluster generate --model PATH [--tokenizer PATH] [--prompt TEXT] [--steps N]
+                                [--temperature T] [--topp P] [--topk K] [--seed S] [--threads N]
+          --model        llama2.c checkpoint, GGUF file, or safetensors file/directory (with config.json)
+          --tokenizer    llama2.c tokenizer.bin or HF tokenizer.json (GGUF carries its own)
+          --steps        new tokens to generate (default 256)
+          --temperature  0 = greedy (default 1.0); --topp nucleus mass (default 0.9, 0 = off);
+          --topk         keep the k most likely (default 0 = off); --seed for the sampler (default: time)
+          --threads      CPU threads (default: all cores)
+        """);
+    return code;
+}
+
+static int Generate(Arguments a)
+{
+    string modelPath = a.Required("model");
+    string? tokenizerPath = a.Optional("tokenizer");
+    string prompt = a.Optional("prompt") ?? "";
+    int steps = a.Int("steps", 256, min: 0);
+    var sampling = new SamplingOptions(
+        Temperature: a.Float("temperature", 1f), TopP: a.Float("topp", 0.9f), TopK: a.Int("topk", 0, min: 0),
+        Seed: a.Optional("seed") is { } s ? (ulong.TryParse(s, out ulong seed) ? seed : throw new ArgumentException($"--seed must be a positive integer, got '{s}'")) : (ulong)Stopwatch.GetTimestamp());
+    sampling.Validate();
+    int threads = a.Int("threads", Environment.ProcessorCount, min: 1);
+    a.RejectUnknown();
+
+    LoadedModel? loaded = null;
+    TransformerModel? model = null;
+    var device = new CpuDevice(threads);
+    var load = Stopwatch.StartNew();
+    AnsiConsole.Status().Start($"Loading {Path.GetFileName(modelPath)}", ctx =>
+    {
+        loaded = Cluster.Model.Formats.Llama2cFormat.Load(modelPath, tokenizerPath);
+        ctx.Status($"Packing {loaded.Config.Layers} layers for {device.Info.Name}");
+        model = new TransformerModel(device, loaded.Config, loaded.Weights);
+    });
+    var tokenizer = loaded!.Tokenizer ?? throw new ArgumentException($"{modelPath} carries no tokenizer: pass --tokenizer");
+    var c = loaded.Config;
+    AnsiConsole.MarkupLineInterpolated($"[grey]{c.Architecture} dim {c.Dim} hidden {c.HiddenDim} layers {c.Layers} heads {c.Heads}/{c.KvHeads} vocab {c.VocabSize} ctx {c.MaxSeqLen}; loaded in {load.Elapsed.TotalSeconds:F1} s on {device.Info.Name}[/]");
+
+    var generator = new TextGenerator(model!, tokenizer);
+    var clock = Stopwatch.StartNew();
+    TimeSpan? firstToken = null;
+    int generated = 0;
+    Console.Write(prompt);
+    foreach (var token in generator.Generate(prompt, steps, sampling))
+    {
+        firstToken ??= clock.Elapsed;
+        generated++;
+        Console.Write(token.Text);
+    }
+    Console.WriteLine();
+    double decodeSeconds = (clock.Elapsed - (firstToken ?? clock.Elapsed)).TotalSeconds;
+    AnsiConsole.MarkupLineInterpolated(
+        $"[grey]{generated} tokens; prompt + first token {firstToken?.TotalMilliseconds ?? 0:F0} ms; decode {(generated > 1 ? (generated - 1) / decodeSeconds : 0):F1} tok/s[/]");
+    model!.Dispose();
+    device.Dispose();
+    return 0;
+}
