@@ -10,7 +10,7 @@ public static class SyntheticVocabulary
     public const int FirstMerge = 259;
     private const int MaxPieceLength = 16;
     private const string Sample =
-        "Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her friends. " +
+        "Once upon a time, there was a little girl named Lily. Once upon a time, there was a little dog. She loved to play outside in the park with her friends. " +
         "One day, she saw a big red ball under a tree. The ball was shiny and round. Lily wanted to play with the ball, " +
         "but her mom said it was time to go home. Lily was sad, but she said, \"Can we come back tomorrow?\" Her mom " +
         "smiled and said yes. The next day, the sun was bright and the sky was blue. Tom and his dog went to the store " +
@@ -55,7 +55,7 @@ public static class SyntheticVocabulary
             foreach (var word in words)
                 for (int i = 0; i + 1 < word.Count; i++)
                     counts[(word[i], word[i + 1])] = counts.GetValueOrDefault((word[i], word[i + 1])) + 1;
-            var best = counts.Where(kv => kv.Value >= 2 && !known.Contains(kv.Key.Item1 + kv.Key.Item2))
+            var best = counts.Where(kv => !known.Contains(kv.Key.Item1 + kv.Key.Item2))
                 .OrderByDescending(kv => kv.Value).ThenBy(kv => kv.Key.Item1 + "\0" + kv.Key.Item2, StringComparer.Ordinal)
                 .Select(kv => kv.Key).FirstOrDefault();
             if (best == default) break;
