@@ -91,6 +91,50 @@ public static class Llama2cFormat
         return new LoadedModel(config, weights, tokenizer, path);
     }
 
+    /// <summary>
+    /// Writes <paramref name="model"/> in the v0 layout (negative vocab when the LM head is separate), with run.c's RoPE
+    /// tables filled in. llama2.c has no fields for norm eps or RoPE theta: a reader gets the defaults back.
+    /// </summary>
+    public static void Write(LoadedModel model, string path)
+    {
+        var c = model.Config;
+        var w = model.Weights;
+        if (c.Architecture != Architecture.Llama) throw new ArgumentException("llama2.c checkpoints hold Llama models only", nameof(model));
+        if (c.EffectiveRotaryDim != c.HeadDim) throw new ArgumentException("llama2.c rotates whole heads; partial rotary dims cannot be written", nameof(model));
+        w.Validate(c, model.Source);
+        float[] ToInterleaved(float[] m, int heads) =>
+            RopePermutation.Convert(m, heads, c.HeadDim, c.HeadDim, c.Dim, c.RopeLayout, Compute.RopeLayout.Interleaved);
+
+        using var output = new BinaryWriter(new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20));
+        void Floats(float[] values) => output.Write(System.Runtime.InteropServices.MemoryMarshal.AsBytes(values.AsSpan()));
+        foreach (int v in new[] { c.Dim, c.HiddenDim, c.Layers, c.Heads, c.KvHeads, c.TiedEmbeddings ? c.VocabSize : -c.VocabSize, c.MaxSeqLen })
+            output.Write(v);
+        Floats(w.TokenEmbedding);
+        foreach (var l in w.Layers) Floats(l.AttnNorm);
+        foreach (var l in w.Layers) Floats(ToInterleaved(l.Wq, c.Heads));
+        foreach (var l in w.Layers) Floats(ToInterleaved(l.Wk, c.KvHeads));
+        foreach (var l in w.Layers) Floats(l.Wv);
+        foreach (var l in w.Layers) Floats(l.Wo);
+        foreach (var l in w.Layers) Floats(l.FfnNorm);
+        foreach (var l in w.Layers) Floats(l.W1);
+        foreach (var l in w.Layers) Floats(l.W2);
+        foreach (var l in w.Layers) Floats(l.W3!);
+        Floats(w.FinalNorm);
+        int pairs = c.HeadDim / 2;
+        var real = new float[(long)c.MaxSeqLen * pairs];   // (seqLen, headDim/2)
+        var imag = new float[real.Length];
+        for (int t = 0; t < c.MaxSeqLen; t++)
+            for (int i = 0; i < pairs; i++)
+            {
+                float angle = t / MathF.Pow(10000f, 2 * i / (float)c.HeadDim);
+                real[t * pairs + i] = MathF.Cos(angle);
+                imag[t * pairs + i] = MathF.Sin(angle);
+            }
+        Floats(real);
+        Floats(imag);
+        if (!c.TiedEmbeddings) Floats(w.Output!);
+    }
+
     private static ModelConfig ReadConfig(ref SpanReader reader, string path, out bool negativeVocab)
     {
         int dim = reader.Int32("dim"), hidden = reader.Int32("hidden_dim"), layers = reader.Int32("n_layers");

@@ -76,6 +76,18 @@ public sealed unsafe class MappedFile : IDisposable
         return result;
     }
 
+    /// <summary>Decodes <paramref name="count"/> elements of <paramref name="type"/> at <paramref name="offset"/> to float32, checking they lie inside the file first.</summary>
+    public float[] ReadTensor(long offset, TensorType type, long count, string tensor)
+    {
+        if (type == TensorType.F32) return ReadFloats(offset, count, tensor);
+        if (count <= 0 || count > Array.MaxLength)
+            throw new ModelFormatException(Path, $"element count {count} out of range", tensor);
+        var bytes = Span(offset, TensorCodec.ByteSize(type, count, Path, tensor), "tensor data", tensor);
+        var result = new float[count];
+        TensorCodec.Decode(bytes, type, result);
+        return result;
+    }
+
     public void Dispose()
     {
         _view.SafeMemoryMappedViewHandle.ReleasePointer();

@@ -35,6 +35,7 @@ public sealed class SentencePieceBpeTokenizer : ITokenizer
     public int BosId { get; }
     public int EosId { get; }
     public ReadOnlySpan<byte> Piece(int id) => _pieces[id];
+    public float Score(int id) => _scores[id];
 
     /// <summary>Reads a llama2.c tokenizer.bin: int32 max_token_length, then per token float score, int32 length, bytes.</summary>
     public static SentencePieceBpeTokenizer LoadLlama2c(string path, int vocabSize)
@@ -56,6 +57,19 @@ public sealed class SentencePieceBpeTokenizer : ITokenizer
             pieces[i] = reader.Bytes(len, $"bytes of token {i}").ToArray();
         }
         return new SentencePieceBpeTokenizer(pieces, scores, bosId: 1, eosId: 2, path);
+    }
+
+    /// <summary>Writes the llama2.c tokenizer.bin layout that <see cref="LoadLlama2c"/> reads.</summary>
+    public void WriteLlama2c(string path)
+    {
+        using var output = new BinaryWriter(new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None));
+        output.Write(_pieces.Max(p => p.Length));
+        for (int i = 0; i < _pieces.Length; i++)
+        {
+            output.Write(_scores[i]);
+            output.Write(_pieces[i].Length);
+            output.Write(_pieces[i]);
+        }
     }
 
     public int[] Encode(string text, bool addBos)

@@ -1,0 +1,189 @@
+// Interprets a GGUF file (see GgufFile) as a model. Architectures:
+//   llama: token_embd (V, C); blk.N.{attn_norm, attn_q, attn_k, attn_v, attn_output, ffn_norm, ffn_gate, ffn_up, ffn_down};
+//          output_norm; output (absent ⇒ tied). llama.cpp's converter stores Q/K rows in interleaved RoPE order.
+//   gpt2:  token_embd, position_embd; blk.N.{attn_norm, attn_qkv (fused q|k|v rows), attn_output, ffn_norm, ffn_up, ffn_down}
+//          each with .weight and .bias; output_norm (+bias); output (absent ⇒ tied).
+// Tokenizers: tokenizer.ggml.model "llama" (SentencePiece pieces with "▁" for space, scores) or "gpt2" (byte-level BPE + merges).
+using System.Text;
+using Cluster.Model.Tokenizers;
+
+namespace Cluster.Model.Formats;
+
+public static class GgufFormat
+{
+    public static LoadedModel Load(string path)
+    {
+        using var file = MappedFile.Open(path);
+        var gguf = GgufFile.Parse(file);
+        string arch = gguf.String("general.architecture");
+        var config = arch switch
+        {
+            "llama" => LlamaConfig(gguf),
+            "gpt2" => Gpt2Config(gguf),
+            _ => throw new ModelFormatException(path, $"architecture '{arch}' is not supported (llama and gpt2 are)"),
+        };
+        config.Validate(path);
+        var tensors = new TensorSource(file, gguf);
+        var weights = config.Architecture == Architecture.Llama ? LlamaWeights(tensors, config) : Gpt2Weights(tensors, config);
+        weights.Validate(config, path);
+        return new LoadedModel(config, weights, ReadTokenizer(gguf, config), path);
+    }
+
+    private static ModelConfig LlamaConfig(GgufFile g)
+    {
+        int heads = g.Int("llama.attention.head_count", 1, 1 << 16);
+        int dim = g.Int("llama.embedding_length", 1, 1 << 20);
+        int rotary = g.Int("llama.rope.dimension_count", 0, 1 << 20, fallback: 0);
+        return new ModelConfig
+        {
+            Architecture = Architecture.Llama,
+            Dim = dim,
+            HiddenDim = g.Int("llama.feed_forward_length", 1, 1 << 22),
+            Layers = g.Int("llama.block_count", 1, 1024),
+            Heads = heads,
+            KvHeads = g.Int("llama.attention.head_count_kv", 1, 1 << 16, fallback: heads),
+            VocabSize = VocabFromEmbedding(g),
+            MaxSeqLen = g.Int("llama.context_length", 1, 1 << 22),
+            NormEps = g.Float("llama.attention.layer_norm_rms_epsilon", 1e-5f),
+            RopeTheta = g.Float("llama.rope.freq_base", 10000f),
+            RopeLayout = Compute.RopeLayout.Interleaved,
+            RotaryDim = rotary == dim / heads ? 0 : rotary,
+            TiedEmbeddings = !g.Tensors.ContainsKey("output.weight"),
+        };
+    }
+
+    private static ModelConfig Gpt2Config(GgufFile g)
+    {
+        int heads = g.Int("gpt2.attention.head_count", 1, 1 << 16);
+        return new ModelConfig
+        {
+            Architecture = Architecture.Gpt2,
+            Dim = g.Int("gpt2.embedding_length", 1, 1 << 20),
+            HiddenDim = g.Int("gpt2.feed_forward_length", 1, 1 << 22),
+            Layers = g.Int("gpt2.block_count", 1, 1024),
+            Heads = heads,
+            KvHeads = heads,
+            VocabSize = VocabFromEmbedding(g),
+            MaxSeqLen = g.Int("gpt2.context_length", 1, 1 << 22),
+            NormEps = g.Float("gpt2.attention.layer_norm_epsilon", 1e-5f),
+            TiedEmbeddings = !g.Tensors.ContainsKey("output.weight"),
+        };
+    }
+
+    private static int VocabFromEmbedding(GgufFile g)
+    {
+        if (!g.Tensors.TryGetValue("token_embd.weight", out var emb) || emb.Dims.Length != 2)
+            throw new ModelFormatException(g.Path, "missing or not a matrix", "token_embd.weight");
+        return (int)emb.Dims[1];
+    }
+
+    /// <summary>Reads tensors by name, checking their GGML shape (innermost first) against what the config implies.</summary>
+    private sealed class TensorSource(MappedFile file, GgufFile gguf)
+    {
+        public float[] Read(string name, params long[] ne)
+        {
+            if (!gguf.Tensors.TryGetValue(name, out var t)) throw new ModelFormatException(file.Path, "missing", name);
+            if (!t.Dims.SequenceEqual(ne))
+                throw new ModelFormatException(file.Path, $"shape [{string.Join(", ", t.Dims)}] should be [{string.Join(", ", ne)}]", name);
+            return file.ReadTensor(t.Offset, t.Type, t.ElementCount, name);
+        }
+
+        public float[]? ReadOptional(string name, params long[] ne) => gguf.Tensors.ContainsKey(name) ? Read(name, ne) : null;
+    }
+
+    private static ModelWeights LlamaWeights(TensorSource t, ModelConfig c)
+    {
+        long C = c.Dim, H = c.HiddenDim, kv = c.KvDim, V = c.VocabSize;
+        var layers = new LayerWeights[c.Layers];
+        for (int l = 0; l < c.Layers; l++)
+        {
+            string p = $"blk.{l}.";
+            layers[l] = new LayerWeights
+            {
+                AttnNorm = t.Read(p + "attn_norm.weight", C),
+                Wq = t.Read(p + "attn_q.weight", C, C),
+                Wk = t.Read(p + "attn_k.weight", C, kv),
+                Wv = t.Read(p + "attn_v.weight", C, kv),
+                Wo = t.Read(p + "attn_output.weight", C, C),
+                FfnNorm = t.Read(p + "ffn_norm.weight", C),
+                W1 = t.Read(p + "ffn_gate.weight", C, H),
+                W2 = t.Read(p + "ffn_down.weight", H, C),
+                W3 = t.Read(p + "ffn_up.weight", C, H),
+            };
+        }
+        return new ModelWeights
+        {
+            TokenEmbedding = t.Read("token_embd.weight", C, V),
+            Layers = layers,
+            FinalNorm = t.Read("output_norm.weight", C),
+            Output = t.ReadOptional("output.weight", C, V),
+        };
+    }
+
+    private static ModelWeights Gpt2Weights(TensorSource t, ModelConfig c)
+    {
+        long C = c.Dim, H = c.HiddenDim, kv = c.KvDim, V = c.VocabSize;
+        var layers = new LayerWeights[c.Layers];
+        for (int l = 0; l < c.Layers; l++)
+        {
+            string p = $"blk.{l}.";
+            var qkv = t.Read(p + "attn_qkv.weight", C, C + 2 * kv);   // (C + 2kv, C)
+            var qkvBias = t.Read(p + "attn_qkv.bias", C + 2 * kv);
+            layers[l] = new LayerWeights
+            {
+                AttnNorm = t.Read(p + "attn_norm.weight", C),
+                AttnNormBias = t.Read(p + "attn_norm.bias", C),
+                Wq = qkv[..(int)(C * C)],
+                Wk = qkv[(int)(C * C)..(int)((C + kv) * C)],
+                Wv = qkv[(int)((C + kv) * C)..],
+                Bq = qkvBias[..(int)C],
+                Bk = qkvBias[(int)C..(int)(C + kv)],
+                Bv = qkvBias[(int)(C + kv)..],
+                Wo = t.Read(p + "attn_output.weight", C, C),
+                Bo = t.Read(p + "attn_output.bias", C),
+                FfnNorm = t.Read(p + "ffn_norm.weight", C),
+                FfnNormBias = t.Read(p + "ffn_norm.bias", C),
+                W1 = t.Read(p + "ffn_up.weight", C, H),
+                B1 = t.Read(p + "ffn_up.bias", H),
+                W2 = t.Read(p + "ffn_down.weight", H, C),
+                B2 = t.Read(p + "ffn_down.bias", C),
+            };
+        }
+        return new ModelWeights
+        {
+            TokenEmbedding = t.Read("token_embd.weight", C, V),
+            PositionEmbedding = t.Read("position_embd.weight", C, c.MaxSeqLen),
+            Layers = layers,
+            FinalNorm = t.Read("output_norm.weight", C),
+            FinalNormBias = t.Read("output_norm.bias", C),
+            Output = t.ReadOptional("output.weight", C, V),
+        };
+    }
+
+    private static ITokenizer? ReadTokenizer(GgufFile g, ModelConfig config)
+    {
+        if (!g.Has("tokenizer.ggml.model")) return null;
+        string model = g.String("tokenizer.ggml.model");
+        var tokens = g.Array<string>("tokenizer.ggml.tokens");
+        if (tokens.Length == 0 || tokens.Length > config.VocabSize)
+            throw new ModelFormatException(g.Path, $"tokenizer has {tokens.Length} tokens, the embedding has {config.VocabSize} rows");
+        int bos = g.Int("tokenizer.ggml.bos_token_id", 0, tokens.Length - 1, fallback: 1);
+        int eos = g.Int("tokenizer.ggml.eos_token_id", 0, tokens.Length - 1, fallback: 2);
+        switch (model)
+        {
+            case "llama":
+                var scores = g.Array<float>("tokenizer.ggml.scores");
+                if (scores.Length != tokens.Length)
+                    throw new ModelFormatException(g.Path, $"{tokens.Length} tokens but {scores.Length} scores");
+                var pieces = tokens.Select(t => Encoding.UTF8.GetBytes(t.Replace('\u2581', ' '))).ToArray();
+                return new SentencePieceBpeTokenizer(pieces, scores, bos, eos, g.Path);
+            case "gpt2":
+                var vocabulary = new Dictionary<string, int>(tokens.Length, StringComparer.Ordinal);
+                for (int i = 0; i < tokens.Length; i++)
+                    if (!vocabulary.TryAdd(tokens[i], i)) throw new ModelFormatException(g.Path, $"token '{tokens[i]}' appears twice in the vocabulary");
+                return new ByteLevelBpeTokenizer(vocabulary, g.Array<string>("tokenizer.ggml.merges"), bos, eos, g.Path);
+            default:
+                throw new ModelFormatException(g.Path, $"unsupported tokenizer '{model}' (llama and gpt2 are supported)");
+        }
+    }
+}

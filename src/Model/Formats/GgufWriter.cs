@@ -1,0 +1,241 @@
+// Writes a LoadedModel as GGUF v3 with llama.cpp's standard keys and tensor names (the layout GgufFormat reads),
+// so llama.cpp can load what we write. Matrices are stored as the chosen type (F32, F16, Q8_0, Q4_0); a matrix whose
+// rows are not whole quantization blocks, and every vector, stays F32. A SentencePiece vocabulary is embedded as
+// tokenizer.ggml.model "llama" (space written as "▁", token types 1 normal, 2 unknown, 3 control, 6 byte).
+using System.Text;
+using Cluster.Compute;
+using Cluster.Model.Tokenizers;
+
+namespace Cluster.Model.Formats;
+
+public static class GgufWriter
+{
+    private sealed record Tensor(string Name, long[] Ne, float[] Data, TensorType Type);
+
+    public static void Write(LoadedModel model, string path, TensorType matrixType = TensorType.F32, string name = "cluster")
+    {
+        if (matrixType is not (TensorType.F32 or TensorType.F16 or TensorType.Q8_0 or TensorType.Q4_0))
+            throw new ArgumentException($"GGUF writer stores F32, F16, Q8_0 or Q4_0, not {matrixType}", nameof(matrixType));
+        var c = model.Config;
+        var w = model.Weights;
+        w.Validate(c, model.Source);
+        bool llama = c.Architecture == Architecture.Llama;
+        string arch = llama ? "llama" : "gpt2";
+
+        var meta = new MetadataWriter();
+        meta.String("general.architecture", arch);
+        meta.String("general.name", name);
+        meta.UInt32("general.alignment", GgufFile.DefaultAlignment);
+        meta.UInt32($"{arch}.block_count", c.Layers);
+        meta.UInt32($"{arch}.context_length", c.MaxSeqLen);
+        meta.UInt32($"{arch}.embedding_length", c.Dim);
+        meta.UInt32($"{arch}.feed_forward_length", c.HiddenDim);
+        meta.UInt32($"{arch}.attention.head_count", c.Heads);
+        if (llama)
+        {
+            meta.UInt32("llama.attention.head_count_kv", c.KvHeads);
+            meta.Float32("llama.attention.layer_norm_rms_epsilon", c.NormEps);
+            meta.Float32("llama.rope.freq_base", c.RopeTheta);
+            meta.UInt32("llama.rope.dimension_count", c.EffectiveRotaryDim);
+            meta.UInt32("llama.vocab_size", c.VocabSize);
+        }
+        else meta.Float32("gpt2.attention.layer_norm_epsilon", c.NormEps);
+        if (model.Tokenizer is SentencePieceBpeTokenizer sp) WriteVocabulary(meta, sp);
+
+        var tensors = llama ? LlamaTensors(c, w) : Gpt2Tensors(c, w);
+        tensors = tensors.Select(t => t with { Type = StorageType(t, matrixType) }).ToList();
+
+        using var stream = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20);
+        using var output = new BinaryWriter(stream);
+        output.Write(GgufFile.Magic);
+        output.Write(3u);
+        output.Write((ulong)tensors.Count);
+        output.Write((ulong)meta.Count);
+        output.Write(meta.Bytes);
+        long offset = 0;
+        var offsets = new long[tensors.Count];
+        for (int i = 0; i < tensors.Count; i++)
+        {
+            var t = tensors[i];
+            MetadataWriter.WriteString(output, Encoding.UTF8.GetBytes(t.Name));
+            output.Write((uint)t.Ne.Length);
+            foreach (long n in t.Ne) output.Write((ulong)n);
+            output.Write((uint)t.Type);
+            output.Write((ulong)offset);
+            offsets[i] = offset;
+            offset = GgufFile.AlignUp(offset + TensorCodec.ByteSize(t.Type, t.Data.LongLength, path, t.Name), GgufFile.DefaultAlignment);
+        }
+        Pad(output, GgufFile.DefaultAlignment);
+        long dataStart = stream.Position;
+        for (int i = 0; i < tensors.Count; i++)
+        {
+            output.Write(new byte[dataStart + offsets[i] - stream.Position]);
+            output.Write(TensorCodec.Encode(tensors[i].Data, tensors[i].Type));
+        }
+        Pad(output, GgufFile.DefaultAlignment);
+    }
+
+    private static TensorType StorageType(Tensor t, TensorType matrixType) =>
+        t.Ne.Length < 2 || t.Ne[0] % TensorCodec.BlockSize(matrixType) != 0 ? TensorType.F32 : matrixType;
+
+    private static void Pad(BinaryWriter output, long alignment) =>
+        output.Write(new byte[GgufFile.AlignUp(output.BaseStream.Position, alignment) - output.BaseStream.Position]);
+
+    private static List<Tensor> LlamaTensors(ModelConfig c, ModelWeights w)
+    {
+        long C = c.Dim, H = c.HiddenDim, kv = c.KvDim, V = c.VocabSize;
+        float[] ToInterleaved(float[] m, int heads) =>
+            RopePermutation.Convert(m, heads, c.HeadDim, c.EffectiveRotaryDim, c.Dim, c.RopeLayout, RopeLayout.Interleaved);
+        var list = new List<Tensor> { new("token_embd.weight", [C, V], w.TokenEmbedding, TensorType.F32) };
+        for (int l = 0; l < c.Layers; l++)
+        {
+            var x = w.Layers[l];
+            string p = $"blk.{l}.";
+            list.Add(new(p + "attn_norm.weight", [C], x.AttnNorm, TensorType.F32));
+            list.Add(new(p + "attn_q.weight", [C, C], ToInterleaved(x.Wq, c.Heads), TensorType.F32));
+            list.Add(new(p + "attn_k.weight", [C, kv], ToInterleaved(x.Wk, c.KvHeads), TensorType.F32));
+            list.Add(new(p + "attn_v.weight", [C, kv], x.Wv, TensorType.F32));
+            list.Add(new(p + "attn_output.weight", [C, C], x.Wo, TensorType.F32));
+            list.Add(new(p + "ffn_norm.weight", [C], x.FfnNorm, TensorType.F32));
+            list.Add(new(p + "ffn_gate.weight", [C, H], x.W1, TensorType.F32));
+            list.Add(new(p + "ffn_down.weight", [H, C], x.W2, TensorType.F32));
+            list.Add(new(p + "ffn_up.weight", [C, H], x.W3!, TensorType.F32));
+        }
+        list.Add(new("output_norm.weight", [C], w.FinalNorm, TensorType.F32));
+        if (w.Output is not null) list.Add(new("output.weight", [C, V], w.Output, TensorType.F32));
+        return list;
+    }
+
+    private static List<Tensor> Gpt2Tensors(ModelConfig c, ModelWeights w)
+    {
+        long C = c.Dim, H = c.HiddenDim, kv = c.KvDim, V = c.VocabSize;
+        var list = new List<Tensor>
+        {
+            new("token_embd.weight", [C, V], w.TokenEmbedding, TensorType.F32),
+            new("position_embd.weight", [C, c.MaxSeqLen], w.PositionEmbedding!, TensorType.F32),
+        };
+        for (int l = 0; l < c.Layers; l++)
+        {
+            var x = w.Layers[l];
+            string p = $"blk.{l}.";
+            list.Add(new(p + "attn_norm.weight", [C], x.AttnNorm, TensorType.F32));
+            list.Add(new(p + "attn_norm.bias", [C], x.AttnNormBias!, TensorType.F32));
+            list.Add(new(p + "attn_qkv.weight", [C, C + 2 * kv], [.. x.Wq, .. x.Wk, .. x.Wv], TensorType.F32));
+            list.Add(new(p + "attn_qkv.bias", [C + 2 * kv], [.. x.Bq!, .. x.Bk!, .. x.Bv!], TensorType.F32));
+            list.Add(new(p + "attn_output.weight", [C, C], x.Wo, TensorType.F32));
+            list.Add(new(p + "attn_output.bias", [C], x.Bo!, TensorType.F32));
+            list.Add(new(p + "ffn_norm.weight", [C], x.FfnNorm, TensorType.F32));
+            list.Add(new(p + "ffn_norm.bias", [C], x.FfnNormBias!, TensorType.F32));
+            list.Add(new(p + "ffn_up.weight", [C, H], x.W1, TensorType.F32));
+            list.Add(new(p + "ffn_up.bias", [H], x.B1!, TensorType.F32));
+            list.Add(new(p + "ffn_down.weight", [H, C], x.W2, TensorType.F32));
+            list.Add(new(p + "ffn_down.bias", [C], x.B2!, TensorType.F32));
+        }
+        list.Add(new("output_norm.weight", [C], w.FinalNorm, TensorType.F32));
+        list.Add(new("output_norm.bias", [C], w.FinalNormBias!, TensorType.F32));
+        if (w.Output is not null) list.Add(new("output.weight", [C, V], w.Output, TensorType.F32));
+        return list;
+    }
+
+    private static void WriteVocabulary(MetadataWriter meta, SentencePieceBpeTokenizer sp)
+    {
+        int n = sp.VocabSize, unk = 0;
+        var tokens = new byte[n][];
+        var scores = new float[n];
+        var types = new int[n];
+        for (int i = 0; i < n; i++)
+        {
+            var piece = sp.Piece(i);
+            tokens[i] = SpaceToUnderscore(piece);
+            scores[i] = sp.Score(i);
+            bool isByte = piece.Length == 6 && piece.StartsWith("<0x"u8) && piece[5] == '>';
+            bool isUnknown = piece.SequenceEqual("<unk>"u8);
+            if (isUnknown) unk = i;
+            types[i] = i == sp.BosId || i == sp.EosId ? 3 : isUnknown ? 2 : isByte ? 6 : 1;
+        }
+        meta.String("tokenizer.ggml.model", "llama");
+        meta.StringArray("tokenizer.ggml.tokens", tokens);
+        meta.Float32Array("tokenizer.ggml.scores", scores);
+        meta.Int32Array("tokenizer.ggml.token_type", types);
+        meta.UInt32("tokenizer.ggml.bos_token_id", sp.BosId);
+        meta.UInt32("tokenizer.ggml.eos_token_id", sp.EosId);
+        meta.UInt32("tokenizer.ggml.unknown_token_id", unk);
+    }
+
+    private static byte[] SpaceToUnderscore(ReadOnlySpan<byte> piece)
+    {
+        var result = new List<byte>(piece.Length + 4);
+        foreach (byte b in piece)
+            if (b == (byte)' ') result.AddRange("\u2581"u8);
+            else result.Add(b);
+        return [.. result];
+    }
+
+    /// <summary>Accumulates key/value pairs in GGUF encoding.</summary>
+    private sealed class MetadataWriter
+    {
+        private readonly MemoryStream _bytes = new();
+        private readonly BinaryWriter _out;
+
+        public MetadataWriter() => _out = new BinaryWriter(_bytes);
+
+        public int Count { get; private set; }
+        public byte[] Bytes => _bytes.ToArray();
+
+        public static void WriteString(BinaryWriter output, ReadOnlySpan<byte> utf8)
+        {
+            output.Write((ulong)utf8.Length);
+            output.Write(utf8);
+        }
+
+        private void Key(string key, GgufValueType type)
+        {
+            Count++;
+            WriteString(_out, Encoding.UTF8.GetBytes(key));
+            _out.Write((uint)type);
+        }
+
+        public void String(string key, string value)
+        {
+            Key(key, GgufValueType.String);
+            WriteString(_out, Encoding.UTF8.GetBytes(value));
+        }
+
+        public void UInt32(string key, int value)
+        {
+            Key(key, GgufValueType.UInt32);
+            _out.Write((uint)value);
+        }
+
+        public void Float32(string key, float value)
+        {
+            Key(key, GgufValueType.Float32);
+            _out.Write(value);
+        }
+
+        private void ArrayHeader(string key, GgufValueType elementType, int count)
+        {
+            Key(key, GgufValueType.Array);
+            _out.Write((uint)elementType);
+            _out.Write((ulong)count);
+        }
+
+        public void StringArray(string key, byte[][] values)
+        {
+            ArrayHeader(key, GgufValueType.String, values.Length);
+            foreach (var v in values) WriteString(_out, v);
+        }
+
+        public void Float32Array(string key, float[] values)
+        {
+            ArrayHeader(key, GgufValueType.Float32, values.Length);
+            foreach (float v in values) _out.Write(v);
+        }
+
+        public void Int32Array(string key, int[] values)
+        {
+            ArrayHeader(key, GgufValueType.Int32, values.Length);
+            foreach (int v in values) _out.Write(v);
+        }
+    }
+}

@@ -1,0 +1,73 @@
+// Seeded random models with the shapes of real ones, for tests and benchmarks without downloads. Weights are
+// uniform with standard deviation 0.02; norm weights are 1 + the same noise (so a swapped norm shows in round-trip
+// tests), biases small noise. Each model carries a synthetic SentencePiece vocabulary of its vocab size.
+using Cluster.Model.Tokenizers;
+
+namespace Cluster.Model;
+
+public static class RandomModel
+{
+    private const float Std = 0.02f;
+
+    public static IReadOnlyList<string> Presets { get; } = ["tiny", "stories15M", "stories110M", "gpt2-tiny"];
+
+    public static ModelConfig Preset(string name) => name switch
+    {
+        "tiny" => Llama(64, 172, 5, 8, 4, 512, 512),
+        "stories15M" => Llama(288, 768, 6, 6, 6, 32000, 256),
+        "stories110M" => Llama(768, 2048, 12, 12, 12, 32000, 1024),
+        "gpt2-tiny" => new ModelConfig
+        {
+            Architecture = Architecture.Gpt2, Dim = 64, HiddenDim = 256, Layers = 2, Heads = 4, KvHeads = 4,
+            VocabSize = 512, MaxSeqLen = 128,
+        },
+        _ => throw new ArgumentException($"unknown preset '{name}' (known: {string.Join(", ", Presets)})", nameof(name)),
+    };
+
+    private static ModelConfig Llama(int dim, int hidden, int layers, int heads, int kvHeads, int vocab, int seqLen) => new()
+    {
+        Architecture = Architecture.Llama, Dim = dim, HiddenDim = hidden, Layers = layers, Heads = heads, KvHeads = kvHeads,
+        VocabSize = vocab, MaxSeqLen = seqLen, TiedEmbeddings = true,
+    };
+
+    public static LoadedModel Create(string preset, int seed = 1) => Create(Preset(preset), seed, $"random:{preset}:{seed}");
+
+    public static LoadedModel Create(ModelConfig c, int seed, string source = "random")
+    {
+        c.Validate(source);
+        var random = new Random(seed);
+        float[] Noise(long n, float center = 0)
+        {
+            var a = new float[n];
+            const float halfWidth = Std * 1.7320508f;   // uniform(-h, h) has std h/√3
+            for (long i = 0; i < n; i++) a[i] = center + (random.NextSingle() * 2 - 1) * halfWidth;
+            return a;
+        }
+        bool gpt2 = c.Architecture == Architecture.Gpt2;
+        long C = c.Dim, H = c.HiddenDim, kv = c.KvDim, V = c.VocabSize;
+        float[]? Gpt2Only(long n, float center = 0) => gpt2 ? Noise(n, center) : null;
+
+        var layers = new LayerWeights[c.Layers];
+        for (int l = 0; l < c.Layers; l++)
+            layers[l] = new LayerWeights
+            {
+                AttnNorm = Noise(C, 1), AttnNormBias = Gpt2Only(C),
+                Wq = Noise(C * C), Wk = Noise(kv * C), Wv = Noise(kv * C), Wo = Noise(C * C),
+                Bq = Gpt2Only(C), Bk = Gpt2Only(kv), Bv = Gpt2Only(kv), Bo = Gpt2Only(C),
+                FfnNorm = Noise(C, 1), FfnNormBias = Gpt2Only(C),
+                W1 = Noise(H * C), W2 = Noise(C * H), W3 = gpt2 ? null : Noise(H * C),
+                B1 = Gpt2Only(H), B2 = Gpt2Only(C),
+            };
+        var weights = new ModelWeights
+        {
+            TokenEmbedding = Noise(V * C),
+            PositionEmbedding = Gpt2Only((long)c.MaxSeqLen * C),
+            Layers = layers,
+            FinalNorm = Noise(C, 1),
+            FinalNormBias = Gpt2Only(C),
+            Output = c.TiedEmbeddings ? null : Noise(V * C),
+        };
+        weights.Validate(c, source);
+        return new LoadedModel(c, weights, SyntheticVocabulary.Create(c.VocabSize, seed), source);
+    }
+}

@@ -1,0 +1,75 @@
+// A seeded SentencePiece-style vocabulary of any size ≥ 400, laid out like llama2.c's: 0 "<unk>", 1 "\n<s>\n" (BOS),
+// 2 "\n</s>\n" (EOS), 3..258 byte pieces "<0x00>".."<0xFF>", then merges ranked by score -(id-259), and the 95
+// printable ASCII characters last. Merges come from BPE training on a built-in English sample (space-prefixed words,
+// as SentencePiece sees them); once those run out, seeded random concatenations of existing pieces fill the rest.
+// Any text round-trips: characters outside the vocabulary fall back to byte pieces.
+namespace Cluster.Model.Tokenizers;
+
+public static class SyntheticVocabulary
+{
+    public const int FirstMerge = 259;
+    private const int MaxPieceLength = 16;
+    private const string Sample =
+        "Once upon a time, there was a little girl named Lily. Once upon a time, there was a little dog. She loved to play outside in the park with her friends. " +
+        "One day, she saw a big red ball under a tree. The ball was shiny and round. Lily wanted to play with the ball, " +
+        "but her mom said it was time to go home. Lily was sad, but she said, \"Can we come back tomorrow?\" Her mom " +
+        "smiled and said yes. The next day, the sun was bright and the sky was blue. Tom and his dog went to the store " +
+        "to buy some food. They were very happy and they had a lot of fun together. The end.";
+
+    public static SentencePieceBpeTokenizer Create(int vocabSize, int seed)
+    {
+        var printable = Enumerable.Range(' ', 95).Select(c => ((char)c).ToString()).ToArray();
+        int mergeCount = vocabSize - FirstMerge - printable.Length;
+        if (mergeCount < 0) throw new ArgumentOutOfRangeException(nameof(vocabSize), vocabSize, $"a synthetic vocabulary needs at least {FirstMerge + printable.Length} pieces");
+
+        var pieces = new List<string> { "<unk>", "\n<s>\n", "\n</s>\n" };
+        for (int b = 0; b < 256; b++) pieces.Add($"<0x{b:X2}>");
+        var known = new HashSet<string>(pieces.Concat(printable), StringComparer.Ordinal);
+        var merges = TrainMerges(mergeCount, known);
+        var random = new Random(seed);
+        var candidates = printable.Concat(merges).ToList();
+        while (merges.Count < mergeCount)
+        {
+            string merged = candidates[random.Next(candidates.Count)] + candidates[random.Next(candidates.Count)];
+            if (merged.Length > MaxPieceLength || !known.Add(merged)) continue;
+            merges.Add(merged);
+            candidates.Add(merged);
+        }
+        pieces.AddRange(merges);
+        pieces.AddRange(printable);
+
+        var bytes = pieces.Select(p => System.Text.Encoding.Latin1.GetBytes(p)).ToArray();
+        var scores = new float[pieces.Count];
+        for (int i = FirstMerge; i < scores.Length; i++) scores[i] = -(i - FirstMerge);
+        return new SentencePieceBpeTokenizer(bytes, scores, bosId: 1, eosId: 2, "synthetic vocabulary");
+    }
+
+    /// <summary>Greedy BPE on the sample: repeatedly merge the most frequent adjacent pair (ties broken ordinally).</summary>
+    private static List<string> TrainMerges(int limit, HashSet<string> known)
+    {
+        var words = Sample.Split(' ').Select(w => new List<string>((" " + w).Select(c => c.ToString()))).ToList();
+        var merges = new List<string>();
+        while (merges.Count < limit)
+        {
+            var counts = new Dictionary<(string, string), int>();
+            foreach (var word in words)
+                for (int i = 0; i + 1 < word.Count; i++)
+                    counts[(word[i], word[i + 1])] = counts.GetValueOrDefault((word[i], word[i + 1])) + 1;
+            var best = counts.Where(kv => !known.Contains(kv.Key.Item1 + kv.Key.Item2))
+                .OrderByDescending(kv => kv.Value).ThenBy(kv => kv.Key.Item1 + "\0" + kv.Key.Item2, StringComparer.Ordinal)
+                .Select(kv => kv.Key).FirstOrDefault();
+            if (best == default) break;
+            string merged = best.Item1 + best.Item2;
+            known.Add(merged);
+            merges.Add(merged);
+            foreach (var word in words)
+                for (int i = 0; i + 1 < word.Count; i++)
+                    if (word[i] == best.Item1 && word[i + 1] == best.Item2)
+                    {
+                        word[i] = merged;
+                        word.RemoveAt(i + 1);
+                    }
+        }
+        return merges;
+    }
+}

@@ -1,0 +1,69 @@
+// GGUF: the real stories260K.gguf against its llama2.c twin, and random models written by GgufWriter read back.
+using Cluster.Model;
+using Cluster.Model.Formats;
+using Cluster.Model.Tokenizers;
+
+namespace Cluster.Tests.Formats;
+
+public class GgufTests
+{
+    [Fact]
+    public void Stories260K_gguf_matches_the_llama2c_checkpoint()
+    {
+        var bin = Llama2cFormat.Load(SharedModels.Require("stories260K.bin"));
+        var gguf = GgufFormat.Load(SharedModels.Require("stories260K.gguf"));
+        Assert.Equal(bin.Config with { MaxSeqLen = 2048, TiedEmbeddings = false }, gguf.Config);
+        Assert.Equal(bin.Weights.TokenEmbedding, gguf.Weights.Output);   // the converter stored the tied head separately
+        WeightAssert.Equal(bin.Weights, new ModelWeights
+        {
+            TokenEmbedding = gguf.Weights.TokenEmbedding, Layers = gguf.Weights.Layers, FinalNorm = gguf.Weights.FinalNorm,
+        });
+    }
+
+    [Fact]
+    public void Stories260K_gguf_vocabulary_encodes_like_run_c()
+    {
+        var tokenizer = GgufFormat.Load(SharedModels.Require("stories260K.gguf")).Tokenizer;
+        Assert.IsType<SentencePieceBpeTokenizer>(tokenizer);
+        foreach (var line in File.ReadAllLines(SharedModels.Require("expected/tokenizer_cases.txt")))
+        {
+            var parts = line.Split('\t');
+            int[] expected = parts[1].Split(' ').Select(int.Parse).ToArray();
+            Assert.Equal(expected, tokenizer.Encode(parts[0], addBos: true));
+        }
+    }
+
+    [Theory]
+    [InlineData("tiny", TensorType.F32, 0f)]
+    [InlineData("tiny", TensorType.F16, 1f / 1024)]
+    [InlineData("tiny", TensorType.Q8_0, 1f / 100)]
+    [InlineData("tiny", TensorType.Q4_0, 1f / 4)]
+    [InlineData("gpt2-tiny", TensorType.F32, 0f)]
+    [InlineData("gpt2-tiny", TensorType.Q8_0, 1f / 100)]
+    public void Random_model_round_trips(string preset, TensorType type, float tolerance)
+    {
+        var model = RandomModel.Create(preset, seed: 3);
+        using var dir = new TempDirectory();
+        GgufWriter.Write(model, dir.File("m.gguf"), type);
+        var loaded = GgufFormat.Load(dir.File("m.gguf"));
+        Assert.Equal(model.Config, loaded.Config);
+        WeightAssert.Equal(model.Weights, loaded.Weights, tolerance);
+        foreach (var text in new[] { "Once upon a time", "Hello, wörld!", "" })
+            Assert.Equal(model.Tokenizer!.Encode(text, true), loaded.Tokenizer!.Encode(text, true));
+    }
+
+    [Fact]
+    public void Untied_gqa_model_with_half_split_rope_is_stored_interleaved()
+    {
+        var config = RandomModel.Preset("tiny") with { TiedEmbeddings = false, RopeLayout = Compute.RopeLayout.HalfSplit, RopeTheta = 500000f, NormEps = 1e-6f };
+        var model = RandomModel.Create(config, seed: 5);
+        using var dir = new TempDirectory();
+        GgufWriter.Write(model, dir.File("m.gguf"));
+        var loaded = GgufFormat.Load(dir.File("m.gguf"));
+        Assert.Equal(config with { RopeLayout = Compute.RopeLayout.Interleaved }, loaded.Config);
+        var c = config;
+        var back = loaded.Weights.Layers[1];
+        Assert.Equal(model.Weights.Layers[1].Wk, RopePermutation.Convert(back.Wk, c.KvHeads, c.HeadDim, c.HeadDim, c.Dim, Compute.RopeLayout.Interleaved, Compute.RopeLayout.HalfSplit));
+        Assert.Equal(model.Weights.Output, loaded.Weights.Output);
+    }
+}
