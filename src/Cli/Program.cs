@@ -10,6 +10,7 @@ try
     return args.FirstOrDefault() switch
     {
         "generate" => Generate(new Arguments(args[1..])),
+        "make-model" => MakeModel(new Arguments(args[1..])),
         null or "help" or "--help" or "-h" => Usage(0),
         _ => Usage(2, $"unknown command '{args[0]}'"),
     };
@@ -32,8 +33,33 @@ static int Usage(int code, string? problem = null)
           --temperature  0 = greedy (default 1.0); --topp nucleus mass (default 0.9, 0 = off);
           --topk         keep the k most likely (default 0 = off); --seed for the sampler (default: time)
           --threads      CPU threads (default: all cores)
+               cluster make-model --preset NAME --out PATH [--format gguf|llama2c] [--seed N]
+          writes a seeded random model (presets: tiny, stories15M, stories110M, gpt2-tiny); llama2c also
+          writes PATH.tokenizer.bin, GGUF embeds the vocabulary
         """);
     return code;
+}
+
+static int MakeModel(Arguments a)
+{
+    string preset = a.Required("preset"), output = a.Required("out"), format = a.Optional("format") ?? "gguf";
+    int seed = a.Int("seed", 1, min: 0);
+    a.RejectUnknown();
+    var model = RandomModel.Create(preset, seed);
+    switch (format)
+    {
+        case "gguf":
+            Cluster.Model.Formats.GgufWriter.Write(model, output, name: preset);
+            break;
+        case "llama2c":
+            Cluster.Model.Formats.Llama2cFormat.Write(model, output);
+            ((Cluster.Model.Tokenizers.SentencePieceBpeTokenizer)model.Tokenizer!).WriteLlama2c(output + ".tokenizer.bin");
+            break;
+        default:
+            throw new ArgumentException($"--format must be gguf or llama2c, got '{format}'");
+    }
+    AnsiConsole.MarkupLineInterpolated($"wrote {output} ({new FileInfo(output).Length / 1e6:F1} MB, {preset}, seed {seed})");
+    return 0;
 }
 
 static int Generate(Arguments a)

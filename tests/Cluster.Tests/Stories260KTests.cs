@@ -24,6 +24,14 @@ public sealed class Stories260KTests
         AssertGreedyMatchesReference(loaded, loaded.Tokenizer!, threads);
     }
 
+    [Fact]
+    public void GreedyGenerationFromTheGgufTwinMatchesRunC()
+    {
+        var loaded = GgufFormat.Load(SharedModels.Require("stories260K.gguf"));
+        Assert.NotNull(loaded.Tokenizer);   // the vocabulary embedded in the GGUF file, not tok512.bin
+        AssertGreedyMatchesReference(loaded, loaded.Tokenizer!, threads: 2);
+    }
+
     internal static void AssertGreedyMatchesReference(LoadedModel loaded, ITokenizer tokenizer, int threads)
     {
         int[] expectedIds = File.ReadAllLines(SharedModels.Require("expected/greedy_empty_n200.token_ids.txt"))

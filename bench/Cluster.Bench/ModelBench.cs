@@ -1,0 +1,82 @@
+// Prefill and decode tokens/s of seeded random models with the llama2.c "15M" and "110M" shapes, on the CPU
+// device at each thread count, and, in the same run, llama.cpp on the same weights written as an F32 GGUF
+// (bench/llamacpp/bench.mjs through node-llama-cpp; run `npm ci` in bench/llamacpp first, see run.sh).
+using System.Diagnostics;
+using System.Text.Json;
+using Cluster.Compute.Cpu;
+using Cluster.Model;
+using Cluster.Model.Formats;
+
+namespace Cluster.Bench;
+
+public static class ModelBench
+{
+    public static void Run(string[] presets, int[] threadCounts, int promptTokens, int decodeTokens, bool withLlamaCpp)
+    {
+        Console.WriteLine($"prompt {promptTokens} tokens, then {decodeTokens} decode steps; best of 3 runs");
+        Console.WriteLine();
+        Console.WriteLine("| model | threads | engine | prefill tok/s | decode tok/s |");
+        Console.WriteLine("|---|---:|---|---:|---:|");
+        foreach (string preset in presets)
+        {
+            var loaded = RandomModel.Create(preset, seed: 1);
+            int[] prompt = Enumerable.Range(0, promptTokens).Select(i => 259 + (int)((long)i * 7919 % (loaded.Config.VocabSize - 259))).ToArray();
+            string? gguf = withLlamaCpp ? WriteGguf(loaded, preset) : null;
+            foreach (int threads in threadCounts)
+            {
+                var (prefill, decode) = MeasureCluster(loaded, prompt, decodeTokens, threads);
+                Console.WriteLine($"| {preset} | {threads} | Cluster (CPU) | {prefill:F0} | {decode:F1} |");
+                if (gguf is not null)
+                {
+                    var (p, d) = MeasureLlamaCpp(gguf, threads, promptTokens, decodeTokens);
+                    Console.WriteLine($"| {preset} | {threads} | llama.cpp F32 | {p:F0} | {d:F1} |");
+                }
+            }
+        }
+    }
+
+    private static (double Prefill, double Decode) MeasureCluster(LoadedModel loaded, int[] prompt, int decodeTokens, int threads)
+    {
+        using var device = new CpuDevice(threads);
+        using var model = new TransformerModel(device, loaded.Config, loaded.Weights);
+        using var cache = PagedKvCache.ForSequences(device, loaded.Config, 1, prompt.Length + decodeTokens);
+        double bestPrefill = 0, bestDecode = 0;
+        for (int run = 0; run < 3; run++)
+        {
+            int sequence = cache.CreateSequence();
+            var clock = Stopwatch.StartNew();
+            float[] logits = model.Forward([new SequenceChunk(sequence, prompt)], cache);
+            bestPrefill = Math.Max(bestPrefill, prompt.Length / clock.Elapsed.TotalSeconds);
+            clock.Restart();
+            for (int step = 0; step < decodeTokens; step++)
+                logits = model.Forward([new SequenceChunk(sequence, [Sampler.ArgMax(logits)])], cache);
+            bestDecode = Math.Max(bestDecode, decodeTokens / clock.Elapsed.TotalSeconds);
+            cache.Release(sequence);
+        }
+        return (bestPrefill, bestDecode);
+    }
+
+    private static string WriteGguf(LoadedModel loaded, string preset)
+    {
+        Directory.CreateDirectory("bench/results");
+        string path = Path.GetFullPath($"bench/results/{preset}.gguf");
+        if (!File.Exists(path)) GgufWriter.Write(loaded, path, name: preset);
+        return path;
+    }
+
+    private static (double Prefill, double Decode) MeasureLlamaCpp(string gguf, int threads, int promptTokens, int decodeTokens)
+    {
+        var start = new ProcessStartInfo("node", ["bench/llamacpp/bench.mjs", gguf, $"{threads}", $"{promptTokens}", $"{decodeTokens}"])
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+        };
+        using var process = Process.Start(start) ?? throw new InvalidOperationException("cannot start node");
+        string output = process.StandardOutput.ReadToEnd();
+        string errors = process.StandardError.ReadToEnd();
+        process.WaitForExit();
+        if (process.ExitCode != 0) throw new InvalidOperationException($"llama.cpp benchmark failed ({process.ExitCode}): {errors}");
+        using var json = JsonDocument.Parse(output.Trim().Split('\n')[^1]);
+        return (json.RootElement.GetProperty("prefillTokensPerSecond").GetDouble(), json.RootElement.GetProperty("decodeTokensPerSecond").GetDouble());
+    }
+}

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Runs every benchmark and prints the README's tables: GEMM GFLOP/s, then model prefill/decode tokens/s
+# beside llama.cpp (installed here from npm: node-llama-cpp ships prebuilt llama.cpp binaries).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+(cd bench/llamacpp && npm ci --no-audit --no-fund --loglevel=error)
+dotnet build -c Release bench/Cluster.Bench -v quiet -nologo
+bench=bench/Cluster.Bench/bin/Release/net10.0/cluster-bench.dll
+dotnet "$bench" gemm --threads 1,2
+echo
+dotnet "$bench" model --threads 1,2 --presets stories15M,stories110M
