@@ -1,0 +1,157 @@
+// Hugging Face config.json ↔ ModelConfig for LlamaForCausalLM / MistralForCausalLM and GPT2LMHeadModel.
+// Llama keys: hidden_size, intermediate_size, num_hidden_layers, num_attention_heads, num_key_value_heads,
+// vocab_size, max_position_embeddings, rms_norm_eps, rope_theta, tie_word_embeddings (HF Llama RoPE is half-split).
+// GPT-2 keys: n_embd, n_inner (null = 4·n_embd), n_layer, n_head, n_positions, vocab_size, layer_norm_epsilon.
+// RoPE scaling and explicit head_dim ≠ hidden/heads are not modelled by ModelConfig and are rejected.
+using System.Text.Json;
+
+namespace Cluster.Model.Formats;
+
+public static class HfConfigJson
+{
+    public sealed record Result(ModelConfig Config, int? BosId, int? EosId);
+
+    public static Result Load(string path)
+    {
+        byte[] bytes;
+        try { bytes = File.ReadAllBytes(path); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { throw new ModelFormatException(path, "cannot read config: " + e.Message, inner: e); }
+        JsonDocument json;
+        try { json = JsonDocument.Parse(bytes); }
+        catch (JsonException e) { throw new ModelFormatException(path, "not valid JSON: " + e.Message, inner: e); }
+        using (json)
+        {
+            var root = json.RootElement;
+            if (root.ValueKind != JsonValueKind.Object) throw new ModelFormatException(path, "config is not a JSON object");
+            var keys = new Keys(root, path);
+            string arch = root.TryGetProperty("architectures", out var a) && a.ValueKind == JsonValueKind.Array && a.GetArrayLength() > 0
+                && a[0].ValueKind == JsonValueKind.String ? a[0].GetString()! : keys.String("model_type");
+            var config = arch switch
+            {
+                "LlamaForCausalLM" or "MistralForCausalLM" or "llama" or "mistral" => Llama(keys),
+                "GPT2LMHeadModel" or "gpt2" => Gpt2(keys),
+                _ => throw new ModelFormatException(path, $"architecture '{arch}' is not supported (LlamaForCausalLM, MistralForCausalLM, GPT2LMHeadModel are)"),
+            };
+            config.Validate(path);
+            return new Result(config, keys.OptionalId("bos_token_id"), keys.OptionalId("eos_token_id"));
+        }
+    }
+
+    private static ModelConfig Llama(Keys k)
+    {
+        if (k.Has("rope_scaling")) throw new ModelFormatException(k.Path, "rope_scaling is not supported");
+        int dim = k.Int("hidden_size"), heads = k.Int("num_attention_heads");
+        if (k.Has("head_dim") && k.Int("head_dim") * heads != dim) throw new ModelFormatException(k.Path, "head_dim other than hidden_size / num_attention_heads is not supported");
+        return new ModelConfig
+        {
+            Architecture = Architecture.Llama,
+            Dim = dim,
+            HiddenDim = k.Int("intermediate_size"),
+            Layers = k.Int("num_hidden_layers"),
+            Heads = heads,
+            KvHeads = k.Has("num_key_value_heads") ? k.Int("num_key_value_heads") : heads,
+            VocabSize = k.Int("vocab_size"),
+            MaxSeqLen = k.Int("max_position_embeddings"),
+            NormEps = k.Float("rms_norm_eps", 1e-6f),
+            RopeTheta = k.Float("rope_theta", 10000f),
+            RopeLayout = Compute.RopeLayout.HalfSplit,
+            TiedEmbeddings = k.Bool("tie_word_embeddings", false),
+        };
+    }
+
+    private static ModelConfig Gpt2(Keys k)
+    {
+        int dim = k.Int("n_embd"), heads = k.Int("n_head");
+        return new ModelConfig
+        {
+            Architecture = Architecture.Gpt2,
+            Dim = dim,
+            HiddenDim = k.Has("n_inner") ? k.Int("n_inner") : 4 * dim,
+            Layers = k.Int("n_layer"),
+            Heads = heads,
+            KvHeads = heads,
+            VocabSize = k.Int("vocab_size"),
+            MaxSeqLen = k.Int("n_positions"),
+            NormEps = k.Float("layer_norm_epsilon", 1e-5f),
+            TiedEmbeddings = k.Bool("tie_word_embeddings", true),
+        };
+    }
+
+    /// <summary>Writes the config.json that <see cref="Load"/> reads (and transformers accepts).</summary>
+    public static void Write(ModelConfig c, string path, int bosId, int eosId)
+    {
+        using var stream = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None);
+        using var w = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true });
+        w.WriteStartObject();
+        bool llama = c.Architecture == Architecture.Llama;
+        w.WriteStartArray("architectures");
+        w.WriteStringValue(llama ? "LlamaForCausalLM" : "GPT2LMHeadModel");
+        w.WriteEndArray();
+        w.WriteString("model_type", llama ? "llama" : "gpt2");
+        if (llama)
+        {
+            w.WriteNumber("hidden_size", c.Dim);
+            w.WriteNumber("intermediate_size", c.HiddenDim);
+            w.WriteNumber("num_hidden_layers", c.Layers);
+            w.WriteNumber("num_attention_heads", c.Heads);
+            w.WriteNumber("num_key_value_heads", c.KvHeads);
+            w.WriteNumber("max_position_embeddings", c.MaxSeqLen);
+            w.WriteNumber("rms_norm_eps", c.NormEps);
+            w.WriteNumber("rope_theta", c.RopeTheta);
+            w.WriteString("hidden_act", "silu");
+        }
+        else
+        {
+            w.WriteNumber("n_embd", c.Dim);
+            w.WriteNumber("n_inner", c.HiddenDim);
+            w.WriteNumber("n_layer", c.Layers);
+            w.WriteNumber("n_head", c.Heads);
+            w.WriteNumber("n_positions", c.MaxSeqLen);
+            w.WriteNumber("n_ctx", c.MaxSeqLen);
+            w.WriteNumber("layer_norm_epsilon", c.NormEps);
+        }
+        w.WriteNumber("vocab_size", c.VocabSize);
+        w.WriteBoolean("tie_word_embeddings", c.TiedEmbeddings);
+        w.WriteNumber("bos_token_id", bosId);
+        w.WriteNumber("eos_token_id", eosId);
+        w.WriteString("torch_dtype", "float32");
+        w.WriteEndObject();
+    }
+
+    /// <summary>Typed, range-checked reads of top-level keys.</summary>
+    private sealed class Keys(JsonElement root, string path)
+    {
+        public string Path => path;
+
+        public bool Has(string key) => root.TryGetProperty(key, out var v) && v.ValueKind != JsonValueKind.Null;
+
+        private JsonElement Get(string key) =>
+            Has(key) ? root.GetProperty(key) : throw new ModelFormatException(path, $"config key '{key}' is missing");
+
+        public string String(string key) =>
+            Get(key) is { ValueKind: JsonValueKind.String } v ? v.GetString()! : throw new ModelFormatException(path, $"config key '{key}' is not a string");
+
+        public int Int(string key) =>
+            Get(key) is { ValueKind: JsonValueKind.Number } v && v.TryGetInt32(out int i) ? i : throw new ModelFormatException(path, $"config key '{key}' is not a 32-bit integer");
+
+        public float Float(string key, float fallback) => !Has(key) ? fallback
+            : Get(key) is { ValueKind: JsonValueKind.Number } v && v.TryGetDouble(out double d) ? (float)d
+            : throw new ModelFormatException(path, $"config key '{key}' is not a number");
+
+        public bool Bool(string key, bool fallback) => !Has(key) ? fallback : Get(key).ValueKind switch
+        {
+            JsonValueKind.True => true,
+            JsonValueKind.False => false,
+            _ => throw new ModelFormatException(path, $"config key '{key}' is not a boolean"),
+        };
+
+        /// <summary>A token id, or the first of a list of them (Llama 3 lists several EOS ids).</summary>
+        public int? OptionalId(string key)
+        {
+            if (!Has(key)) return null;
+            var v = Get(key);
+            if (v.ValueKind == JsonValueKind.Array && v.GetArrayLength() > 0) v = v[0];
+            return v.ValueKind == JsonValueKind.Number && v.TryGetInt32(out int id) ? id : throw new ModelFormatException(path, $"config key '{key}' is not a token id");
+        }
+    }
+}

@@ -1,0 +1,114 @@
+// Writes a LoadedModel as a Hugging Face checkpoint directory: model.safetensors (F32, HF tensor names, Llama Q/K
+// rows in half-split RoPE order, GPT-2 Conv1D weights transposed to (in, out)), config.json and, for a SentencePiece
+// vocabulary, tokenizer.json: what SafetensorsFormat reads back.
+using System.Text.Json;
+using Cluster.Compute;
+using Cluster.Model.Tokenizers;
+
+namespace Cluster.Model.Formats;
+
+public static class SafetensorsWriter
+{
+    public static void Write(LoadedModel model, string directory)
+    {
+        var c = model.Config;
+        var w = model.Weights;
+        w.Validate(c, model.Source);
+        Directory.CreateDirectory(directory);
+        var tensors = c.Architecture == Architecture.Llama ? LlamaTensors(c, w) : Gpt2Tensors(c, w);
+        WriteTensors(tensors, Path.Combine(directory, SafetensorsFormat.WeightsFile));
+        HfConfigJson.Write(c, Path.Combine(directory, SafetensorsFormat.ConfigFile), model.Tokenizer?.BosId ?? 1, model.Tokenizer?.EosId ?? 2);
+        if (model.Tokenizer is SentencePieceBpeTokenizer sp) HfTokenizerJson.Write(sp, Path.Combine(directory, SafetensorsFormat.TokenizerFile));
+    }
+
+    /// <summary>Writes named F32 tensors with their PyTorch shapes, in the given order.</summary>
+    public static void WriteTensors(IReadOnlyList<(string Name, long[] Shape, float[] Data)> tensors, string path)
+    {
+        var header = new MemoryStream();
+        using (var json = new Utf8JsonWriter(header))
+        {
+            json.WriteStartObject();
+            json.WriteStartObject("__metadata__");
+            json.WriteString("format", "pt");
+            json.WriteEndObject();
+            long offset = 0;
+            foreach (var (name, shape, data) in tensors)
+            {
+                json.WriteStartObject(name);
+                json.WriteString("dtype", "F32");
+                json.WriteStartArray("shape");
+                foreach (long d in shape) json.WriteNumberValue(d);
+                json.WriteEndArray();
+                json.WriteStartArray("data_offsets");
+                json.WriteNumberValue(offset);
+                json.WriteNumberValue(offset += data.LongLength * 4);
+                json.WriteEndArray();
+                json.WriteEndObject();
+            }
+            json.WriteEndObject();
+        }
+        while (header.Length % 8 != 0) header.WriteByte((byte)' ');   // data 8-byte aligned, as HF writes it
+        using var output = new BinaryWriter(new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20));
+        output.Write((ulong)header.Length);
+        output.Write(header.ToArray());
+        foreach (var (_, _, data) in tensors) output.Write(System.Runtime.InteropServices.MemoryMarshal.AsBytes(data.AsSpan()));
+    }
+
+    private static List<(string, long[], float[])> LlamaTensors(ModelConfig c, ModelWeights w)
+    {
+        if (c.EffectiveRotaryDim != c.HeadDim) throw new ArgumentException("HF Llama rotates whole heads; partial rotary dims cannot be written");
+        long C = c.Dim, H = c.HiddenDim, kv = c.KvDim, V = c.VocabSize;
+        float[] ToHalfSplit(float[] m, int heads) => RopePermutation.Convert(m, heads, c.HeadDim, c.HeadDim, c.Dim, c.RopeLayout, RopeLayout.HalfSplit);
+        var list = new List<(string, long[], float[])> { ("model.embed_tokens.weight", [V, C], w.TokenEmbedding) };
+        for (int l = 0; l < c.Layers; l++)
+        {
+            var x = w.Layers[l];
+            string p = $"model.layers.{l}.";
+            list.Add((p + "input_layernorm.weight", [C], x.AttnNorm));
+            list.Add((p + "self_attn.q_proj.weight", [C, C], ToHalfSplit(x.Wq, c.Heads)));
+            list.Add((p + "self_attn.k_proj.weight", [kv, C], ToHalfSplit(x.Wk, c.KvHeads)));
+            list.Add((p + "self_attn.v_proj.weight", [kv, C], x.Wv));
+            list.Add((p + "self_attn.o_proj.weight", [C, C], x.Wo));
+            list.Add((p + "post_attention_layernorm.weight", [C], x.FfnNorm));
+            list.Add((p + "mlp.gate_proj.weight", [H, C], x.W1));
+            list.Add((p + "mlp.down_proj.weight", [C, H], x.W2));
+            list.Add((p + "mlp.up_proj.weight", [H, C], x.W3!));
+        }
+        list.Add(("model.norm.weight", [C], w.FinalNorm));
+        if (w.Output is not null) list.Add(("lm_head.weight", [V, C], w.Output));
+        return list;
+    }
+
+    private static List<(string, long[], float[])> Gpt2Tensors(ModelConfig c, ModelWeights w)
+    {
+        if (c.KvHeads != c.Heads) throw new ArgumentException("GPT-2 checkpoints have as many kv heads as heads");
+        long C = c.Dim, H = c.HiddenDim, V = c.VocabSize;
+        float[] ToConv1D(float[] m, long outDim, long inDim) => SafetensorsFormat.Transpose(m, (int)outDim, (int)inDim);   // (out, in) → (in, out)
+        var list = new List<(string, long[], float[])>
+        {
+            ("transformer.wte.weight", [V, C], w.TokenEmbedding),
+            ("transformer.wpe.weight", [c.MaxSeqLen, C], w.PositionEmbedding!),
+        };
+        for (int l = 0; l < c.Layers; l++)
+        {
+            var x = w.Layers[l];
+            string p = $"transformer.h.{l}.";
+            list.Add((p + "ln_1.weight", [C], x.AttnNorm));
+            list.Add((p + "ln_1.bias", [C], x.AttnNormBias!));
+            list.Add((p + "attn.c_attn.weight", [C, 3 * C], ToConv1D([.. x.Wq, .. x.Wk, .. x.Wv], 3 * C, C)));
+            list.Add((p + "attn.c_attn.bias", [3 * C], [.. x.Bq!, .. x.Bk!, .. x.Bv!]));
+            list.Add((p + "attn.c_proj.weight", [C, C], ToConv1D(x.Wo, C, C)));
+            list.Add((p + "attn.c_proj.bias", [C], x.Bo!));
+            list.Add((p + "ln_2.weight", [C], x.FfnNorm));
+            list.Add((p + "ln_2.bias", [C], x.FfnNormBias!));
+            list.Add((p + "mlp.c_fc.weight", [C, H], ToConv1D(x.W1, H, C)));
+            list.Add((p + "mlp.c_fc.bias", [H], x.B1!));
+            list.Add((p + "mlp.c_proj.weight", [H, C], ToConv1D(x.W2, C, H)));
+            list.Add((p + "mlp.c_proj.bias", [C], x.B2!));
+        }
+        list.Add(("transformer.ln_f.weight", [C], w.FinalNorm));
+        list.Add(("transformer.ln_f.bias", [C], w.FinalNormBias!));
+        if (w.Output is not null) list.Add(("lm_head.weight", [V, C], w.Output));
+        return list;
+    }
+}
