@@ -24,7 +24,7 @@ public sealed record ModelConfig
     /// <summary>The LM head reuses the token embedding matrix.</summary>
     public bool TiedEmbeddings { get; init; }
 
-    public int HeadDim => Dim / Heads;
+    public int HeadDim => Heads > 0 ? Dim / Heads : 0;   // 0 only for an invalid config, which Validate reports
     public int KvDim => KvHeads * HeadDim;
     public int EffectiveRotaryDim => RotaryDim == 0 ? HeadDim : RotaryDim;
 

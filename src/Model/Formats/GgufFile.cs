@@ -181,8 +181,6 @@ public sealed class GgufFile
     /// <summary>An integer of any GGUF integer type, checked to fit in a long.</summary>
     public long Int(string key) => Metadata.TryGetValue(key, out var v) ? AsInt(v) ?? throw Wrong(key, "an integer") : throw Missing(key);
 
-    public long Int(string key, long fallback) => Has(key) ? Int(key) : fallback;
-
     /// <summary>An integer that must lie in [min, max].</summary>
     public int Int(string key, int min, int max, long? fallback = null)
     {

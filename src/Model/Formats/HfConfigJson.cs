@@ -20,6 +20,7 @@ public static class HfConfigJson
         try { json = JsonDocument.Parse(bytes); }
         catch (JsonException e) { throw new ModelFormatException(path, "not valid JSON: " + e.Message, inner: e); }
         using (json)
+        try
         {
             var root = json.RootElement;
             if (root.ValueKind != JsonValueKind.Object) throw new ModelFormatException(path, "config is not a JSON object");
@@ -34,6 +35,10 @@ public static class HfConfigJson
             };
             config.Validate(path);
             return new Result(config, keys.OptionalId("bos_token_id"), keys.OptionalId("eos_token_id"));
+        }
+        catch (InvalidOperationException e)   // a JSON string that is not valid UTF-8
+        {
+            throw new ModelFormatException(path, "not valid JSON: " + e.Message, inner: e);
         }
     }
 

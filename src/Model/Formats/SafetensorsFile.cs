@@ -24,6 +24,7 @@ public static class SafetensorsFile
         catch (JsonException e) { throw new ModelFormatException(file.Path, "header is not valid JSON: " + e.Message, inner: e); }
 
         using (json)
+        try
         {
             if (json.RootElement.ValueKind != JsonValueKind.Object) throw new ModelFormatException(file.Path, "header is not a JSON object");
             var tensors = new Dictionary<string, SafetensorsTensor>(StringComparer.Ordinal);
@@ -40,6 +41,10 @@ public static class SafetensorsFile
                 if (extents[i].Begin < extents[i - 1].End)
                     throw new ModelFormatException(file.Path, $"data overlaps tensor '{extents[i - 1].Name}'", extents[i].Name);
             return tensors;
+        }
+        catch (InvalidOperationException e)   // a JSON string that is not valid UTF-8
+        {
+            throw new ModelFormatException(file.Path, "header is not valid JSON: " + e.Message, inner: e);
         }
     }
 

@@ -25,6 +25,7 @@ public static class HfTokenizerJson
         try { json = JsonDocument.Parse(bytes); }
         catch (JsonException e) { throw new ModelFormatException(path, "not valid JSON: " + e.Message, inner: e); }
         using (json)
+        try
         {
             var root = json.RootElement;
             if (root.ValueKind != JsonValueKind.Object || !root.TryGetProperty("model", out var model) || model.ValueKind != JsonValueKind.Object)
@@ -40,6 +41,10 @@ public static class HfTokenizerJson
             return sentencePiece
                 ? SentencePiece(vocabulary, merges, bos, eos, path)
                 : new ByteLevelBpeTokenizer(vocabulary, merges.Select(m => m.Left + " " + m.Right), bos, eos, path);
+        }
+        catch (InvalidOperationException e)   // a JSON string that is not valid UTF-8
+        {
+            throw new ModelFormatException(path, "not valid JSON: " + e.Message, inner: e);
         }
     }
 
