@@ -26,9 +26,12 @@ public sealed class IlgpuDeviceTests(IlgpuCpuFixture devices) : IClassFixture<Il
 
     [Theory]
     [InlineData(1, 1, 1)]
+    [InlineData(1, 9, 513)]
     [InlineData(5, 37, 67)]
     [InlineData(70, 130, 33)]
     [InlineData(2, 64, 16)]
+    [InlineData(4, 7, 300)]
+    [InlineData(3, 5, 1)]
     public void MatMul(int m, int n, int k)
     {
         var random = new Random(m * 1000 + n * 10 + k);

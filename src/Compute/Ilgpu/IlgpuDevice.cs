@@ -94,8 +94,14 @@ public sealed unsafe class IlgpuDevice : IDevice
         int n = matrix.Rows, k = matrix.Cols;
         CheckLength(x, (long)m * k, nameof(x));
         CheckLength(y, (long)m * n, nameof(y));
+        if (m == 0 || n == 0) return;
+        if (m <= GemvKernel.MaxRows)
+        {
+            _thread.Run(() => _kernels.Gemv(new KernelConfig(n, GroupSize), View(x), matrix.View, View(y), m, n, k));
+            return;
+        }
         int groups = (m + GemmKernel.TileSize - 1) / GemmKernel.TileSize * ((n + GemmKernel.TileSize - 1) / GemmKernel.TileSize);
-        if (groups > 0) _thread.Run(() => _kernels.Gemm(new KernelConfig(groups, GroupSize), View(x), matrix.View, View(y), m, n, k));
+        _thread.Run(() => _kernels.Gemm(new KernelConfig(groups, GroupSize), View(x), matrix.View, View(y), m, n, k));
     }
 
     public void AddBias(DeviceBuffer x, DeviceBuffer bias, int rows, int dim)
