@@ -50,7 +50,8 @@ internal sealed class DeviceThread : IDisposable
     public void Dispose()
     {
         queue.CompleteAdding();
-        if (Environment.CurrentManagedThreadId != thread.ManagedThreadId) thread.Join();
+        if (Environment.CurrentManagedThreadId == thread.ManagedThreadId) return;   // the loop ends after this work item
+        thread.Join();
         queue.Dispose();
     }
 }

@@ -211,7 +211,8 @@ public sealed unsafe class IlgpuDevice : IDevice
     internal void Release(MemoryBuffer memory)
     {
         if (_disposed) return;
-        _thread.Run(() => { if (_live.Remove(memory)) memory.Dispose(); });
+        try { _thread.Run(() => { if (_live.Remove(memory)) memory.Dispose(); }); }
+        catch (ObjectDisposedException) { }   // the device closed meanwhile, freeing it
     }
 
     private static Context CreateContext() =>
