@@ -110,7 +110,7 @@ public sealed class IlgpuDeviceTests(IlgpuCpuFixture devices) : IClassFixture<Il
     public void Rope(RopeLayout layout, int rotaryDim)
     {
         const int heads = 3, headDim = 10;
-        int[] positions = [0, 5, 17, 3, 211];
+        int[] positions = [0, 5, 17, 3, 211, 5000];   // 5000: angles of thousands of radians
         var random = new Random(rotaryDim + (int)layout * 100);
         float[] x = Values(random, positions.Length * heads * headDim);
         Compare(d =>

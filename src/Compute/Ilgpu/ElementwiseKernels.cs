@@ -29,21 +29,30 @@ internal static class ElementwiseKernels
     }
 
     /// <summary>
-    /// One thread per (token, head, pair) of x (T, heads·headDim): pair p turns by pos · theta^(−2p / rotaryDim).
-    /// Interleaved pairs are (2p, 2p+1), half-split pairs (p, p + rotaryDim/2).
+    /// One thread per (token, head, pair) of x (T, heads·headDim): pair p turns by pos · frequencies[p] (the host
+    /// computes the frequencies as the CPU backend does). Interleaved pairs are (2p, 2p+1), half-split (p, p + pairs).
     /// </summary>
-    public static void Rope(Index1D i, ArrayView<float> x, ArrayView<int> positions, int heads, int headDim, int rotaryDim, float theta, int interleaved)
+    public static void Rope(Index1D i, ArrayView<float> x, ArrayView<int> positions, ArrayView<float> frequencies, int heads, int headDim, int pairs, int interleaved)
     {
-        int pairs = rotaryDim / 2;
         int pair = i % pairs, head = i / pairs % heads, token = i / pairs / heads;
-        float freq = 1.0f / MathF.Pow(theta, 2 * pair / (float)rotaryDim);
-        float angle = positions[token] * freq;
+        float angle = ReduceAngle(positions[token] * frequencies[pair]);
         float cos = MathF.Cos(angle), sin = MathF.Sin(angle);
         int first = (token * heads + head) * headDim + (interleaved != 0 ? 2 * pair : pair);
         int second = first + (interleaved != 0 ? 1 : pairs);
         float x0 = x[first], x1 = x[second];
         x[first] = x0 * cos - x1 * sin;
         x[second] = x0 * sin + x1 * cos;
+    }
+
+    /// <summary>
+    /// angle − k·2π, within [−π, π] (Cody–Waite: 2π = hi + lo with k·hi exact for k &lt; 2^16). GPU sin/cos are
+    /// approximations accurate only near zero, and RoPE angles reach thousands of radians.
+    /// </summary>
+    private static float ReduceAngle(float angle)
+    {
+        const float TwoPiHi = 6.28125f, TwoPiLo = 1.9353071795864769e-3f, InverseTwoPi = 0.15915494309189535f;
+        float k = MathF.Floor(angle * InverseTwoPi + 0.5f);
+        return angle - k * TwoPiHi - k * TwoPiLo;
     }
 
     /// <summary>gate[i] = silu(gate[i]) · up[i].</summary>
@@ -60,6 +69,7 @@ internal static class ElementwiseKernels
         const float SqrtTwoOverPi = 0.7978845608f;
         float v = x[i];
         float t = (v * v * 0.044715f + 1f) * v * SqrtTwoOverPi;
-        x[i] = (MathF.Tanh(t) + 1f) * v * 0.5f;
+        float tanh = 1f - 2f / (MathF.Exp(2f * t) + 1f);   // CUDA's MathF.Tanh is tanh.approx (error ~5e-4); exp is far closer
+        x[i] = (tanh + 1f) * v * 0.5f;
     }
 }

@@ -22,6 +22,7 @@ public sealed unsafe class IlgpuDevice : IDevice
     private readonly KernelSet _kernels;
     private readonly IndexBuffers _indices;
     private readonly HashSet<MemoryBuffer> _live = [];   // touched only on the dispatch thread
+    private readonly Dictionary<(float Theta, int RotaryDim), MemoryBuffer1D<float, Stride1D.Dense>> _ropeFrequencies = [];   // likewise
     private volatile bool _disposed;
 
     private IlgpuDevice(IlgpuTarget target)
@@ -142,9 +143,9 @@ public sealed unsafe class IlgpuDevice : IDevice
     {
         if (rotaryDim % 2 != 0 || rotaryDim > headDim) throw new ArgumentException($"rotaryDim {rotaryDim} must be even and at most headDim {headDim}");
         CheckLength(x, (long)positions.Length * heads * headDim, nameof(x));
-        int interleaved = layout == RopeLayout.Interleaved ? 1 : 0;
-        WithIndices(positions, pos => Elementwise(pos.IntLength * heads * (rotaryDim / 2),
-            n => _kernels.Rope(n, View(x), pos, heads, headDim, rotaryDim, theta, interleaved)));
+        int interleaved = layout == RopeLayout.Interleaved ? 1 : 0, pairs = rotaryDim / 2;
+        WithIndices(positions, pos => Elementwise(pos.IntLength * heads * pairs,
+            n => _kernels.Rope(n, View(x), pos, RopeFrequencies(theta, rotaryDim), heads, headDim, pairs, interleaved)));
     }
 
     public void WriteKv(DeviceBuffer k, DeviceBuffer v, DeviceBuffer cacheK, DeviceBuffer cacheV, ReadOnlySpan<int> slots, int kvDim)
@@ -198,7 +199,7 @@ public sealed unsafe class IlgpuDevice : IDevice
         _disposed = true;
         _thread.Run(() =>
         {
-            foreach (var memory in _live) memory.Dispose();
+            foreach (var memory in _live.Concat(_ropeFrequencies.Values)) memory.Dispose();
             _live.Clear();
             _indices.Dispose();
             _accelerator.Dispose();
@@ -245,6 +246,18 @@ public sealed unsafe class IlgpuDevice : IDevice
             context.Dispose();
             throw;
         }
+    }
+
+    /// <summary>theta^(−2p / rotaryDim) for each pair p, computed in float on the host exactly as Cpu/RotaryEmbedding.cs does; cached.</summary>
+    private ArrayView<float> RopeFrequencies(float theta, int rotaryDim)
+    {
+        if (!_ropeFrequencies.TryGetValue((theta, rotaryDim), out var memory))
+        {
+            var frequencies = new float[rotaryDim / 2];
+            for (int i = 0; i < frequencies.Length; i++) frequencies[i] = 1.0f / MathF.Pow(theta, 2 * i / (float)rotaryDim);
+            memory = _ropeFrequencies[(theta, rotaryDim)] = _accelerator.Allocate1D(frequencies);
+        }
+        return memory.View;
     }
 
     private MemoryBuffer1D<float, Stride1D.Dense> Track(MemoryBuffer1D<float, Stride1D.Dense> memory)
