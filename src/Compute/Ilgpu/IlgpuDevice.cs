@@ -1,0 +1,297 @@
+// The ILGPU backend: the same operations as CpuDevice, as ILGPU kernels on CUDA, OpenCL or ILGPU's CPU
+// accelerator (which runs every GPU thread as an OS thread: for tests at small sizes only). Every call is
+// marshalled, synchronously, to the device's one dispatch thread (ILGPU binds the CUDA context to a thread);
+// per-call index arrays go through small reusable device buffers.
+using ILGPU;
+using ILGPU.Runtime;
+using ILGPU.Runtime.CPU;
+using ILGPU.Runtime.Cuda;
+using ILGPU.Runtime.OpenCL;
+using static Cluster.Compute.Ilgpu.Checks;
+
+namespace Cluster.Compute.Ilgpu;
+
+public enum IlgpuTarget { Cuda, OpenCL, Cpu }
+
+public sealed unsafe class IlgpuDevice : IDevice
+{
+    private const int GroupSize = GroupReduce.GroupSize;
+
+    private readonly DeviceThread _thread;
+    private readonly Context _context;
+    private readonly Accelerator _accelerator;
+    private readonly KernelSet _kernels;
+    private readonly IndexBuffers _indices;
+    private readonly HashSet<MemoryBuffer> _live = [];   // touched only on the dispatch thread
+    private readonly Dictionary<(float Theta, int RotaryDim), MemoryBuffer1D<float, Stride1D.Dense>> _ropeFrequencies = [];   // likewise
+    private volatile bool _disposed;
+
+    private IlgpuDevice(IlgpuTarget target)
+    {
+        _thread = new DeviceThread($"ILGPU {target}");
+        try { (_context, _accelerator, _kernels, _indices) = _thread.Run(() => Open(target)); }
+        catch { _thread.Dispose(); throw; }
+        var kind = target switch { IlgpuTarget.Cuda => DeviceKind.Cuda, IlgpuTarget.OpenCL => DeviceKind.OpenCL, _ => DeviceKind.IlgpuCpu };
+        Info = new DeviceInfo(kind, _accelerator.Name, (int)Math.Min(int.MaxValue, _accelerator.MaxNumThreads), _accelerator.MemorySize);
+    }
+
+    /// <summary>Opens the first device of the target kind; throws InvalidOperationException when there is none.</summary>
+    public static IlgpuDevice Create(IlgpuTarget target) => new(target);
+
+    /// <summary>The targets that have at least one device on this machine (Cpu always does).</summary>
+    public static IReadOnlyList<IlgpuTarget> Available()
+    {
+        using var context = CreateContext();
+        return [.. Enum.GetValues<IlgpuTarget>().Where(t => context.Devices.Any(d => d.AcceleratorType == TypeOf(t)))];
+    }
+
+    public DeviceInfo Info { get; }
+
+    public DeviceBuffer Allocate(int length) => _thread.Run(() =>
+    {
+        var memory = Track(_accelerator.Allocate1D<float>(length));
+        memory.View.MemSetToZero();
+        return new IlgpuBuffer(this, memory);
+    });
+
+    public DeviceBuffer Upload(ReadOnlySpan<float> data)
+    {
+        fixed (float* p = data)
+        {
+            nint address = (nint)p;
+            int length = data.Length;
+            return _thread.Run(() => new IlgpuBuffer(this, UploadFloats(address, length)));
+        }
+    }
+
+    public void Download(DeviceBuffer source, Span<float> destination)
+    {
+        var buffer = Own(source);
+        CheckLength(source, destination.Length, nameof(source));
+        fixed (float* p = destination)
+        {
+            nint address = (nint)p;
+            int length = destination.Length;
+            _thread.Run(() =>
+            {
+                if (length > 0) buffer.Memory.View.SubView(0, length).CopyToCPU(ref *(float*)address, length);
+                _accelerator.Synchronize();
+            });
+        }
+    }
+
+    public DeviceMatrix UploadMatrix(ReadOnlySpan<float> weights, int rows, int cols)
+    {
+        if (weights.Length != (long)rows * cols) throw new ArgumentException($"weights hold {weights.Length} floats, a ({rows}, {cols}) matrix needs {(long)rows * cols}");
+        fixed (float* p = weights)
+        {
+            nint address = (nint)p;
+            return _thread.Run(() => new IlgpuMatrix(this, UploadFloats(address, rows * cols), rows, cols));
+        }
+    }
+
+    public void MatMul(DeviceBuffer x, DeviceMatrix w, DeviceBuffer y, int m)
+    {
+        var matrix = w is IlgpuMatrix own && own.Owner == this ? own : throw new ArgumentException($"matrix belongs to another device ({w.GetType().Name})");
+        int n = matrix.Rows, k = matrix.Cols;
+        CheckLength(x, (long)m * k, nameof(x));
+        CheckLength(y, (long)m * n, nameof(y));
+        if (m == 0 || n == 0) return;
+        if (m <= GemvKernel.MaxRows)
+        {
+            _thread.Run(() => _kernels.Gemv(new KernelConfig(n, GroupSize), View(x), matrix.View, View(y), m, n, k));
+            return;
+        }
+        int groups = (m + GemmKernel.TileSize - 1) / GemmKernel.TileSize * ((n + GemmKernel.TileSize - 1) / GemmKernel.TileSize);
+        _thread.Run(() => _kernels.Gemm(new KernelConfig(groups, GroupSize), View(x), matrix.View, View(y), m, n, k));
+    }
+
+    public void AddBias(DeviceBuffer x, DeviceBuffer bias, int rows, int dim)
+    {
+        CheckLength(x, (long)rows * dim, nameof(x));
+        CheckLength(bias, dim, nameof(bias));
+        Elementwise(rows * dim, n => _kernels.AddBias(n, View(x), View(bias), dim));
+    }
+
+    public void Embedding(DeviceBuffer table, ReadOnlySpan<int> tokens, DeviceBuffer output, int dim)
+    {
+        CheckIndices(tokens, table.Length / dim, "token");
+        CheckLength(output, (long)tokens.Length * dim, nameof(output));
+        WithIndices(tokens, indices => Elementwise(indices.IntLength * dim, n => _kernels.GatherRows(n, View(table), indices, View(output), dim, 0)));
+    }
+
+    public void AddEmbedding(DeviceBuffer x, DeviceBuffer table, ReadOnlySpan<int> indices, int dim)
+    {
+        CheckIndices(indices, table.Length / dim, "position");
+        CheckLength(x, (long)indices.Length * dim, nameof(x));
+        WithIndices(indices, rows => Elementwise(rows.IntLength * dim, n => _kernels.GatherRows(n, View(table), rows, View(x), dim, 1)));
+    }
+
+    public void RmsNorm(DeviceBuffer x, DeviceBuffer weight, DeviceBuffer y, int rows, int dim, float eps)
+    {
+        CheckRows(rows, dim, x, y, weight);
+        if (rows > 0) _thread.Run(() => _kernels.RmsNorm(new KernelConfig(rows, GroupSize), View(x), View(weight), View(y), dim, eps));
+    }
+
+    public void LayerNorm(DeviceBuffer x, DeviceBuffer weight, DeviceBuffer bias, DeviceBuffer y, int rows, int dim, float eps)
+    {
+        CheckRows(rows, dim, x, y, weight);
+        CheckLength(bias, dim, nameof(bias));
+        if (rows > 0) _thread.Run(() => _kernels.LayerNorm(new KernelConfig(rows, GroupSize), View(x), View(weight), View(bias), View(y), dim, eps));
+    }
+
+    public void Rope(DeviceBuffer x, ReadOnlySpan<int> positions, int heads, int headDim, int rotaryDim, float theta, RopeLayout layout)
+    {
+        if (rotaryDim % 2 != 0 || rotaryDim > headDim) throw new ArgumentException($"rotaryDim {rotaryDim} must be even and at most headDim {headDim}");
+        CheckLength(x, (long)positions.Length * heads * headDim, nameof(x));
+        int interleaved = layout == RopeLayout.Interleaved ? 1 : 0, pairs = rotaryDim / 2;
+        WithIndices(positions, pos => Elementwise(pos.IntLength * heads * pairs,
+            n => _kernels.Rope(n, View(x), pos, RopeFrequencies(theta, rotaryDim), heads, headDim, pairs, interleaved)));
+    }
+
+    public void WriteKv(DeviceBuffer k, DeviceBuffer v, DeviceBuffer cacheK, DeviceBuffer cacheV, ReadOnlySpan<int> slots, int kvDim)
+    {
+        CheckIndices(slots, Math.Min(cacheK.Length, cacheV.Length) / kvDim, "cache slot");
+        CheckLength(k, (long)slots.Length * kvDim, nameof(k));
+        CheckLength(v, (long)slots.Length * kvDim, nameof(v));
+        WithIndices(slots, s => Elementwise(s.IntLength * kvDim, n => _kernels.WriteKv(n, View(k), View(v), View(cacheK), View(cacheV), s, kvDim)));
+    }
+
+    public void PagedAttention(DeviceBuffer q, DeviceBuffer cacheK, DeviceBuffer cacheV, DeviceBuffer output, AttentionLayout layout)
+    {
+        CheckAttention(q, cacheK, cacheV, output, layout);
+        if (layout.Tokens == 0) return;
+        var shape = new AttentionShape(layout.Heads, layout.KvHeads, layout.HeadDim, layout.BlockSize, layout.MaxBlocksPerSequence, 1f / MathF.Sqrt(layout.HeadDim));
+        _thread.Run(() => _kernels.Attention(new KernelConfig(layout.Tokens * layout.Heads, GroupSize), View(q), View(cacheK), View(cacheV), View(output),
+            _indices.Upload(0, layout.TokenSequence), _indices.Upload(1, layout.TokenPosition), _indices.Upload(2, layout.BlockTables), shape));
+    }
+
+    public void SwiGlu(DeviceBuffer gate, DeviceBuffer up, int n)
+    {
+        CheckLength(gate, n, nameof(gate));
+        CheckLength(up, n, nameof(up));
+        Elementwise(n, count => _kernels.SwiGlu(count, View(gate), View(up)));
+    }
+
+    public void Gelu(DeviceBuffer x, int n)
+    {
+        CheckLength(x, n, nameof(x));
+        Elementwise(n, count => _kernels.Gelu(count, View(x)));
+    }
+
+    public void Add(DeviceBuffer x, DeviceBuffer y, int n)
+    {
+        CheckLength(x, n, nameof(x));
+        CheckLength(y, n, nameof(y));
+        Elementwise(n, count => _kernels.Add(count, View(x), View(y)));
+    }
+
+    public void GatherRows(DeviceBuffer x, ReadOnlySpan<int> rows, DeviceBuffer output, int dim)
+    {
+        CheckIndices(rows, x.Length / dim, "row");
+        CheckLength(output, (long)rows.Length * dim, nameof(output));
+        WithIndices(rows, r => Elementwise(r.IntLength * dim, n => _kernels.GatherRows(n, View(x), r, View(output), dim, 0)));
+    }
+
+    /// <summary>Frees every buffer and matrix still alive, then the index buffers, accelerator and context, then ends the thread.</summary>
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        _thread.Run(() =>
+        {
+            foreach (var memory in _live.Concat(_ropeFrequencies.Values)) memory.Dispose();
+            _live.Clear();
+            _indices.Dispose();
+            _accelerator.Dispose();
+            _context.Dispose();
+        });
+        _thread.Dispose();
+    }
+
+    /// <summary>Frees one buffer's memory (a no-op once the device is disposed: its memory went with it).</summary>
+    internal void Release(MemoryBuffer memory)
+    {
+        if (_disposed) return;
+        try { _thread.Run(() => { if (_live.Remove(memory)) memory.Dispose(); }); }
+        catch (ObjectDisposedException) { }   // the device closed meanwhile, freeing it
+    }
+
+    private static Context CreateContext() =>
+        // ILGPU's CPU accelerator with one multiprocessor of GroupSize threads, so the grouped kernels fit.
+        Context.Create(builder => builder.Cuda().OpenCL().CPU(new CPUDevice(4, GroupSize / 4, 1)).EnableAlgorithms());
+
+    private static AcceleratorType TypeOf(IlgpuTarget target) => target switch
+    {
+        IlgpuTarget.Cuda => AcceleratorType.Cuda,
+        IlgpuTarget.OpenCL => AcceleratorType.OpenCL,
+        _ => AcceleratorType.CPU,
+    };
+
+    private static (Context, Accelerator, KernelSet, IndexBuffers) Open(IlgpuTarget target)
+    {
+        var context = CreateContext();
+        Accelerator? accelerator = null;
+        try
+        {
+            var device = context.Devices.FirstOrDefault(d => d.AcceleratorType == TypeOf(target))
+                ?? throw new InvalidOperationException($"no ILGPU {target} device on this machine (IlgpuDevice.Available() lists those present)");
+            accelerator = device.CreateAccelerator(context);
+            if (accelerator.MaxNumThreadsPerGroup < GroupSize)
+                throw new NotSupportedException($"{accelerator.Name} allows {accelerator.MaxNumThreadsPerGroup} threads per group, the kernels need {GroupSize}");
+            return (context, accelerator, new KernelSet(accelerator), new IndexBuffers(accelerator, 3));
+        }
+        catch
+        {
+            accelerator?.Dispose();
+            context.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>theta^(−2p / rotaryDim) for each pair p, computed in float on the host exactly as Cpu/RotaryEmbedding.cs does; cached.</summary>
+    private ArrayView<float> RopeFrequencies(float theta, int rotaryDim)
+    {
+        if (!_ropeFrequencies.TryGetValue((theta, rotaryDim), out var memory))
+        {
+            var frequencies = new float[rotaryDim / 2];
+            for (int i = 0; i < frequencies.Length; i++) frequencies[i] = 1.0f / MathF.Pow(theta, 2 * i / (float)rotaryDim);
+            memory = _ropeFrequencies[(theta, rotaryDim)] = _accelerator.Allocate1D(frequencies);
+        }
+        return memory.View;
+    }
+
+    private MemoryBuffer1D<float, Stride1D.Dense> Track(MemoryBuffer1D<float, Stride1D.Dense> memory)
+    {
+        _live.Add(memory);
+        return memory;
+    }
+
+    private MemoryBuffer1D<float, Stride1D.Dense> UploadFloats(nint address, int length)
+    {
+        var memory = Track(_accelerator.Allocate1D<float>(length));
+        if (length > 0) memory.View.CopyFromCPU(ref *(float*)address, length);
+        return memory;
+    }
+
+    /// <summary>Runs on the dispatch thread with the indices uploaded to index buffer 0 (the span stays pinned meanwhile).</summary>
+    private void WithIndices(ReadOnlySpan<int> indices, Action<ArrayView<int>> launch)
+    {
+        fixed (int* p = indices)
+        {
+            nint address = (nint)p;
+            int length = indices.Length;
+            _thread.Run(() => launch(_indices.Upload(0, new ReadOnlySpan<int>((void*)address, length))));
+        }
+    }
+
+    private void Elementwise(int n, Action<Index1D> launch)
+    {
+        if (n > 0) _thread.Run(() => launch(n));
+    }
+
+    private ArrayView<float> View(DeviceBuffer buffer) => Own(buffer).View;
+
+    private IlgpuBuffer Own(DeviceBuffer buffer) =>
+        buffer is IlgpuBuffer own && own.Owner == this ? own : throw new ArgumentException($"buffer belongs to another device ({buffer.GetType().Name})");
+}

@@ -1,0 +1,46 @@
+// Every kernel of the ILGPU backend, compiled for one accelerator when the device opens (on its dispatch thread).
+// Elementwise kernels are auto-grouped (one thread per element); the others launch explicit groups of
+// GroupReduce.GroupSize threads.
+using ILGPU;
+using ILGPU.Runtime;
+
+namespace Cluster.Compute.Ilgpu;
+
+internal sealed class KernelSet(Accelerator a)
+{
+    public readonly Action<Index1D, ArrayView<float>, ArrayView<float>> Add =
+        a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>>(ElementwiseKernels.Add);
+
+    public readonly Action<Index1D, ArrayView<float>, ArrayView<float>, int> AddBias =
+        a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, int>(ElementwiseKernels.AddBias);
+
+    public readonly Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int> GatherRows =
+        a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int>(ElementwiseKernels.GatherRows);
+
+    public readonly Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, int> WriteKv =
+        a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, int>(ElementwiseKernels.WriteKv);
+
+    public readonly Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int, int, int> Rope =
+        a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int, int, int>(ElementwiseKernels.Rope);
+
+    public readonly Action<Index1D, ArrayView<float>, ArrayView<float>> SwiGlu =
+        a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>>(ElementwiseKernels.SwiGlu);
+
+    public readonly Action<Index1D, ArrayView<float>> Gelu =
+        a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>>(ElementwiseKernels.Gelu);
+
+    public readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, float> RmsNorm =
+        a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, float>(NormKernels.RmsNorm);
+
+    public readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, float> LayerNorm =
+        a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, float>(NormKernels.LayerNorm);
+
+    public readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int> Gemm =
+        a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int>(GemmKernel.Kernel);
+
+    public readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int> Gemv =
+        a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int>(GemvKernel.Kernel);
+
+    public readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, AttentionShape> Attention =
+        a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, AttentionShape>(AttentionKernel.Kernel);
+}

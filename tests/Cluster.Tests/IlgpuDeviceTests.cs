@@ -1,0 +1,265 @@
+// IlgpuDevice against CpuDevice, op by op: fresh seeded random inputs at small, odd sizes run through ILGPU's
+// CPU accelerator and through CpuDevice(threads: 2). Metric: max over elements of |ilgpu − cpu| / max(|cpu|, 1)
+// must be ≤ 1e-5. A CUDA comparison runs only where a CUDA device is present (skipped otherwise).
+using Cluster.Compute;
+using Cluster.Compute.Cpu;
+using Cluster.Compute.Ilgpu;
+
+namespace Cluster.Tests;
+
+/// <summary>One ILGPU CPU-accelerator device and one CpuDevice shared by the class (kernels compile once).</summary>
+public sealed class IlgpuCpuFixture : IDisposable
+{
+    public IlgpuDevice Ilgpu { get; } = IlgpuDevice.Create(IlgpuTarget.Cpu);
+    public CpuDevice Cpu { get; } = new(threads: 2);
+
+    public void Dispose()
+    {
+        Ilgpu.Dispose();
+        Cpu.Dispose();
+    }
+}
+
+public sealed class IlgpuDeviceTests(IlgpuCpuFixture devices) : IClassFixture<IlgpuCpuFixture>
+{
+    private const float Tolerance = 1e-5f;
+
+    [Theory]
+    [InlineData(1, 1, 1)]
+    [InlineData(1, 9, 513)]
+    [InlineData(5, 37, 67)]
+    [InlineData(70, 130, 33)]
+    [InlineData(2, 13, 16)]
+    [InlineData(4, 7, 300)]
+    [InlineData(3, 5, 1)]
+    public void MatMul(int m, int n, int k)
+    {
+        var random = new Random(m * 1000 + n * 10 + k);
+        float[] x = Values(random, m * k), w = Values(random, n * k);
+        Compare(d =>
+        {
+            using var xb = d.Upload(x);
+            using var wm = d.UploadMatrix(w, n, k);
+            using var y = d.Allocate(m * n);
+            d.MatMul(xb, wm, y, m);
+            return Read(d, y);
+        });
+    }
+
+    [Fact]
+    public void AddBiasAndAdd()
+    {
+        var random = new Random(1);
+        float[] x = Values(random, 3 * 37), bias = Values(random, 37), other = Values(random, 3 * 37);
+        Compare(d =>
+        {
+            using var xb = d.Upload(x);
+            using var bb = d.Upload(bias);
+            using var ob = d.Upload(other);
+            d.AddBias(xb, bb, 3, 37);
+            d.Add(xb, ob, 3 * 37 - 5);   // leaves the last five elements un-added
+            return Read(d, xb);
+        });
+    }
+
+    [Fact]
+    public void EmbeddingAddEmbeddingGatherRows()
+    {
+        var random = new Random(2);
+        const int dim = 13;
+        float[] table = Values(random, 11 * dim), positions = Values(random, 9 * dim);
+        int[] tokens = [3, 0, 10, 3, 7], positionIndices = [0, 1, 8, 2, 5], rows = [4, 0, 2];
+        Compare(d =>
+        {
+            using var tb = d.Upload(table);
+            using var pb = d.Upload(positions);
+            using var x = d.Allocate(tokens.Length * dim);
+            using var picked = d.Allocate(rows.Length * dim);
+            d.Embedding(tb, tokens, x, dim);
+            d.AddEmbedding(x, pb, positionIndices, dim);
+            d.GatherRows(x, rows, picked, dim);
+            return [.. Read(d, x), .. Read(d, picked)];
+        });
+    }
+
+    [Theory]
+    [InlineData(3, 7)]
+    [InlineData(4, 300)]
+    public void Norms(int rows, int dim)
+    {
+        var random = new Random(rows * dim);
+        float[] x = Values(random, rows * dim), w = Values(random, dim), b = Values(random, dim);
+        Compare(d =>
+        {
+            using var xb = d.Upload(x);
+            using var wb = d.Upload(w);
+            using var bb = d.Upload(b);
+            using var rms = d.Allocate(rows * dim);
+            using var layer = d.Allocate(rows * dim);
+            d.RmsNorm(xb, wb, rms, rows, dim, 1e-5f);
+            d.LayerNorm(xb, wb, bb, layer, rows, dim, 1e-5f);
+            return [.. Read(d, rms), .. Read(d, layer)];
+        });
+    }
+
+    [Theory]
+    [InlineData(RopeLayout.Interleaved, 10)]
+    [InlineData(RopeLayout.HalfSplit, 10)]
+    [InlineData(RopeLayout.Interleaved, 6)]
+    [InlineData(RopeLayout.HalfSplit, 4)]
+    public void Rope(RopeLayout layout, int rotaryDim)
+    {
+        const int heads = 3, headDim = 10;
+        int[] positions = [0, 5, 17, 3, 211, 5000];   // 5000: angles of thousands of radians
+        var random = new Random(rotaryDim + (int)layout * 100);
+        float[] x = Values(random, positions.Length * heads * headDim);
+        Compare(d =>
+        {
+            using var xb = d.Upload(x);
+            d.Rope(xb, positions, heads, headDim, rotaryDim, 10000f, layout);
+            return Read(d, xb);
+        });
+    }
+
+    [Fact]
+    public void WriteKv()
+    {
+        var random = new Random(3);
+        const int kvDim = 12, capacity = 20;
+        int[] slots = [7, 2, 19];
+        float[] k = Values(random, slots.Length * kvDim), v = Values(random, slots.Length * kvDim);
+        float[] cacheK = Values(random, capacity * kvDim), cacheV = Values(random, capacity * kvDim);
+        Compare(d =>
+        {
+            using var kb = d.Upload(k);
+            using var vb = d.Upload(v);
+            using var ck = d.Upload(cacheK);
+            using var cv = d.Upload(cacheV);
+            d.WriteKv(kb, vb, ck, cv, slots, kvDim);
+            return [.. Read(d, ck), .. Read(d, cv)];
+        });
+    }
+
+    /// <summary>Three sequences on shuffled (non-contiguous) cache blocks: a prefill, a decode past one 256-key tile, a short chunk.</summary>
+    [Theory]
+    [InlineData(4, 2, 12, 4)]
+    [InlineData(2, 1, 16, 16)]
+    public void PagedAttention(int heads, int kvHeads, int headDim, int blockSize)
+    {
+        var random = new Random(heads * 100 + blockSize);
+        (int Sequence, int Position)[] tokens = [(0, 0), (0, 1), (0, 2), (0, 3), (0, 4), (0, 5), (1, 300), (2, 7), (2, 8)];
+        int maxBlocks = 300 / blockSize + 1, totalBlocks = 3 * maxBlocks;
+        int[] blockTables = [.. Enumerable.Range(0, totalBlocks).OrderBy(_ => random.Next())];
+        var layout = new AttentionLayout([.. tokens.Select(t => t.Sequence)], [.. tokens.Select(t => t.Position)], blockTables,
+            maxBlocks, blockSize, heads, kvHeads, headDim);
+        int kvDim = kvHeads * headDim, slots = totalBlocks * blockSize;
+        float[] q = Values(random, tokens.Length * heads * headDim);
+        float[] cacheK = Values(random, slots * kvDim), cacheV = Values(random, slots * kvDim);
+        Compare(d =>
+        {
+            using var qb = d.Upload(q);
+            using var ck = d.Upload(cacheK);
+            using var cv = d.Upload(cacheV);
+            using var output = d.Allocate(q.Length);
+            d.PagedAttention(qb, ck, cv, output, layout);
+            return Read(d, output);
+        });
+    }
+
+    [Fact]
+    public void Activations()
+    {
+        var random = new Random(4);
+        const int n = 1001;
+        float[] gate = Values(random, n, 6f), up = Values(random, n), x = Values(random, n, 6f);
+        Compare(d =>
+        {
+            using var gb = d.Upload(gate);
+            using var ub = d.Upload(up);
+            using var xb = d.Upload(x);
+            d.SwiGlu(gb, ub, n);
+            d.Gelu(xb, n);
+            return [.. Read(d, gb), .. Read(d, xb)];
+        });
+    }
+
+    [Fact]
+    public void InfoAndAvailability()
+    {
+        Assert.Equal(DeviceKind.IlgpuCpu, devices.Ilgpu.Info.Kind);
+        Assert.Contains(IlgpuTarget.Cpu, IlgpuDevice.Available());
+    }
+
+    [Fact]
+    public void ErrorsComeBackFromTheDispatchThread()
+    {
+        var error = Assert.ThrowsAny<ArgumentException>(() => devices.Ilgpu.Allocate(-1));
+        Assert.Contains("ILGPU", error.StackTrace);   // the original frames, thrown on the dispatch thread
+        using var cpuBuffer = devices.Cpu.Allocate(4);
+        Assert.Throws<ArgumentException>(() => devices.Ilgpu.Gelu(cpuBuffer, 4));
+        Assert.Throws<ArgumentOutOfRangeException>(() => { using var t = devices.Ilgpu.Allocate(8); devices.Ilgpu.Embedding(t, [4], t, 2); });
+    }
+
+    [Fact]
+    public void DisposeFreesEverything()
+    {
+        var device = IlgpuDevice.Create(IlgpuTarget.Cpu);
+        var buffer = device.Upload([1f, 2f, 3f]);
+        var matrix = device.UploadMatrix([1f, 2f], 1, 2);
+        device.Dispose();
+        buffer.Dispose();   // already freed with the device: a no-op
+        matrix.Dispose();
+        Assert.Throws<ObjectDisposedException>(() => device.Allocate(4));
+    }
+
+    [Fact]
+    public void CudaMatchesCpu()
+    {
+        if (!IlgpuDevice.Available().Contains(IlgpuTarget.Cuda)) Assert.Skip("no CUDA device on this machine: CUDA comparison skipped");
+        using var cuda = IlgpuDevice.Create(IlgpuTarget.Cuda);
+        var random = new Random(5);
+        const int m = 77, n = 301, k = 129;
+        float[] x = Values(random, m * k), w = Values(random, n * k);
+        Func<IDevice, float[]> op = d =>
+        {
+            using var xb = d.Upload(x);
+            using var wm = d.UploadMatrix(w, n, k);
+            using var y = d.Allocate(m * n);
+            d.MatMul(xb, wm, y, m);
+            d.RmsNorm(y, y, y, m, n, 1e-5f);
+            d.Gelu(y, m * n);
+            return Read(d, y);
+        };
+        AssertClose(op(devices.Cpu), op(cuda), 1e-4f);   // GPU transcendental functions differ from .NET's by a few ulps
+    }
+
+    private void Compare(Func<IDevice, float[]> op) => AssertClose(op(devices.Cpu), op(devices.Ilgpu), Tolerance);
+
+    private static void AssertClose(float[] expected, float[] actual, float tolerance)
+    {
+        Assert.Equal(expected.Length, actual.Length);
+        double worst = 0;
+        int at = 0;
+        for (int i = 0; i < expected.Length; i++)
+        {
+            double error = Math.Abs(actual[i] - expected[i]) / Math.Max(Math.Abs(expected[i]), 1.0);
+            if (double.IsNaN(error)) error = double.PositiveInfinity;
+            if (error > worst) { worst = error; at = i; }
+        }
+        Assert.True(worst <= tolerance, $"max relative error {worst:E2} at {at}: expected {expected[at]}, got {actual[at]}");
+    }
+
+    private static float[] Read(IDevice device, DeviceBuffer buffer)
+    {
+        var data = new float[buffer.Length];
+        device.Download(buffer, data);
+        return data;
+    }
+
+    private static float[] Values(Random random, int count, float scale = 1f)
+    {
+        var data = new float[count];
+        for (int i = 0; i < count; i++) data[i] = (random.NextSingle() * 2 - 1) * scale;
+        return data;
+    }
+}
