@@ -3,7 +3,8 @@
 # beside llama.cpp (installed here from npm: node-llama-cpp ships prebuilt llama.cpp binaries).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-(cd bench/llamacpp && npm ci --no-audit --no-fund --loglevel=error)
+# npm ci rejects this lock file (npm drops the other platforms' optional binaries from it), so install from package.json.
+(cd bench/llamacpp && npm install --no-audit --no-fund --loglevel=error)
 dotnet build -c Release bench/Cluster.Bench -v quiet -nologo
 bench=bench/Cluster.Bench/bin/Release/net10.0/cluster-bench.dll
 dotnet "$bench" gemm --threads 1,2

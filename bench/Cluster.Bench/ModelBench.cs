@@ -13,7 +13,7 @@ public static class ModelBench
 {
     public static void Run(string[] presets, int[] threadCounts, int promptTokens, int decodeTokens, bool withLlamaCpp)
     {
-        Console.WriteLine($"prompt {promptTokens} tokens, then {decodeTokens} decode steps; best of 3 runs");
+        Console.WriteLine($"prompt {promptTokens} tokens, then {decodeTokens} decode steps; best of 5 runs");
         Console.WriteLine();
         Console.WriteLine("| model | threads | engine | prefill tok/s | decode tok/s |");
         Console.WriteLine("|---|---:|---|---:|---:|");
@@ -41,7 +41,7 @@ public static class ModelBench
         using var model = new TransformerModel(device, loaded.Config, loaded.Weights);
         using var cache = PagedKvCache.ForSequences(device, loaded.Config, 1, prompt.Length + decodeTokens);
         double bestPrefill = 0, bestDecode = 0;
-        for (int run = 0; run < 3; run++)
+        for (int run = 0; run < 5; run++)
         {
             int sequence = cache.CreateSequence();
             var clock = Stopwatch.StartNew();

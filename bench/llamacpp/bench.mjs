@@ -1,5 +1,5 @@
 // llama.cpp baseline (prebuilt binaries from the npm package node-llama-cpp): prefill and decode tokens/s
-// of a GGUF model on N CPU threads, best of 3 runs, printed as one JSON line.
+// of a GGUF model on N CPU threads, best of 5 runs, printed as one JSON line.
 // Usage: node bench.mjs MODEL.gguf THREADS [PROMPT_TOKENS=128] [DECODE_TOKENS=128]   (see run.sh)
 import {getLlama, LlamaLogLevel} from "node-llama-cpp";
 
@@ -18,7 +18,7 @@ const vocab = model.fileInfo.metadata.tokenizer.ggml.tokens.length;
 const prompt = Array.from({length: promptTokens}, (_, i) => 259 + (i * 7919) % (vocab - 259));
 
 let bestPrefill = 0, bestDecode = 0;
-for (let run = 0; run < 3; run++) {
+for (let run = 0; run < 5; run++) {
     await sequence.clearHistory();
     let start = performance.now();
     await sequence.evaluateWithoutGeneratingNewTokens(prompt);

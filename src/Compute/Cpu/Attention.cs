@@ -1,6 +1,9 @@
 // Causal attention of one (token, head) over the paged KV cache, one cache block at a time with an
 // online softmax (running max m, running sum l, accumulator acc), so no (T, T) score matrix exists.
 using System.Numerics.Tensors;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
 
 namespace Cluster.Compute.Cpu;
 
@@ -30,7 +33,7 @@ public static class Attention
             float blockMax = float.NegativeInfinity;
             for (int j = 0; j < count; j++)
             {
-                scores[j] = TensorPrimitives.Dot(query, cacheK.AsSpan((firstSlot + j) * kvDim + kvHead * headDim, headDim)) * scale;
+                scores[j] = Dot(query, cacheK.AsSpan((firstSlot + j) * kvDim + kvHead * headDim, headDim)) * scale;
                 blockMax = MathF.Max(blockMax, scores[j]);
             }
             float newMax = MathF.Max(runningMax, blockMax);
@@ -41,10 +44,39 @@ public static class Attention
             {
                 float p = MathF.Exp(scores[j] - newMax);
                 runningSum += p;
-                TensorPrimitives.MultiplyAdd(cacheV.AsSpan((firstSlot + j) * kvDim + kvHead * headDim, headDim), p, acc, acc);
+                MultiplyAdd(cacheV.AsSpan((firstSlot + j) * kvDim + kvHead * headDim, headDim), p, acc);
             }
             runningMax = newMax;
         }
         TensorPrimitives.Multiply(acc, 1f / runningSum, acc);
+    }
+
+    // Head-sized (64-128 float) vector kernels, inlined: at these lengths TensorPrimitives' call and
+    // dispatch overhead is as large as the arithmetic, and prefill makes millions of these calls.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float Dot(ReadOnlySpan<float> a, ReadOnlySpan<float> b)
+    {
+        ref float ra = ref MemoryMarshal.GetReference(a);
+        ref float rb = ref MemoryMarshal.GetReference(b);
+        int i = 0;
+        var sum = Vector512<float>.Zero;
+        for (; i + 16 <= a.Length; i += 16)
+            sum = Vector512.FusedMultiplyAdd(Vector512.LoadUnsafe(ref ra, (nuint)i), Vector512.LoadUnsafe(ref rb, (nuint)i), sum);
+        float result = Vector512.Sum(sum);
+        for (; i < a.Length; i++) result += a[i] * b[i];
+        return result;
+    }
+
+    /// <summary>acc += v · p.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void MultiplyAdd(ReadOnlySpan<float> v, float p, Span<float> acc)
+    {
+        ref float rv = ref MemoryMarshal.GetReference(v);
+        ref float racc = ref MemoryMarshal.GetReference(acc);
+        var scale = Vector512.Create(p);
+        int i = 0;
+        for (; i + 16 <= v.Length; i += 16)
+            Vector512.FusedMultiplyAdd(Vector512.LoadUnsafe(ref rv, (nuint)i), scale, Vector512.LoadUnsafe(ref racc, (nuint)i)).StoreUnsafe(ref racc, (nuint)i);
+        for (; i < v.Length; i++) acc[i] += v[i] * p;
     }
 }

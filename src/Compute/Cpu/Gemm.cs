@@ -3,9 +3,9 @@
 // k-major (panel p holds W[32p .. 32p+31, k] for k = 0..K-1 contiguously), so the micro-kernel streams
 // it linearly and decode (M = 1) reads each weight exactly once.
 //
-// Loops (BLIS order, per thread over its own range of panels):
-//   kc block (KC deep, the B slice KC×32 fits L1) → mc block (MCBlocks×6 rows of packed x, fits L2)
-//   → panel → 6-row block → micro-kernel 6×32 (12 zmm accumulators, AVX-512 FMA).
+// Loops: threads take work items (one panel × a range of 6-row blocks; narrow matrices split rows too),
+//   then kc block (KC deep, the B slice KC×32 stays in L1) → 6-row block → micro-kernel 6×32
+//   (12 zmm accumulators, AVX-512 FMA).
 // Without AVX-512 the same loops run a 6×16 Vector256 micro-kernel twice per panel (AVX2; on hardware
 // without 256-bit SIMD the runtime lowers Vector256 to Vector128 pairs).
 using System.Runtime.CompilerServices;
@@ -20,7 +20,6 @@ public static unsafe class Gemm
     public const int NR = 32;
     private const int MR = 6;
     private const int KC = 256;
-    private const int MCBlocks = 24;
 
     public static readonly bool UseAvx512 = Vector512.IsHardwareAccelerated && Avx512F.IsSupported;
 
@@ -71,39 +70,47 @@ public static unsafe class Gemm
             for (int b = b0; b < b1; b++) PackRows(x, m, k, b, packedX + (long)b * k * MR);
         });
 
-        pool.For(panels, (p0, p1) =>
+        // Work items are (panel range × row-block range): wide matrices split over panels only, narrow ones
+        // (few panels, e.g. N = 288) also over rows so every thread gets a share.
+        int rowGroups = Math.Clamp(4 * pool.Threads / panels, 1, mBlocks);
+        int rowGroupBlocks = (mBlocks + rowGroups - 1) / rowGroups;
+        pool.For(panels * rowGroups, (item0, item1) =>
         {
             float* edge = stackalloc float[MR * NR];
-            for (int kc0 = 0; kc0 < k; kc0 += KC)
+            for (int item = item0; item < item1; item++)
             {
-                int kc = Math.Min(KC, k - kc0);
-                bool accumulate = kc0 > 0;
-                for (int mb0 = 0; mb0 < mBlocks; mb0 += MCBlocks)
-                {
-                    int mb1 = Math.Min(mBlocks, mb0 + MCBlocks);
-                    for (int p = p0; p < p1; p++)
-                    {
-                        float* b = packedW + (long)p * k * NR + (long)kc0 * NR;
-                        int nr = Math.Min(NR, n - p * NR);
-                        for (int mb = mb0; mb < mb1; mb++)
-                        {
-                            float* a = packedX + (long)mb * k * MR + (long)kc0 * MR;
-                            int mr = Math.Min(MR, m - mb * MR);
-                            float* c = y + (long)mb * MR * n + p * NR;
-                            if (mr == MR && nr == NR)
-                                Tile(a, b, kc, c, n, accumulate);
-                            else
-                            {
-                                Tile(a, b, kc, edge, NR, accumulate: false);
-                                for (int i = 0; i < mr; i++)
-                                    for (int j = 0; j < nr; j++)
-                                        c[(long)i * n + j] = accumulate ? c[(long)i * n + j] + edge[i * NR + j] : edge[i * NR + j];
-                            }
-                        }
-                    }
-                }
+                int p = item % panels, group = item / panels;
+                MultiplyPanel(m, k, packedW, n, y, packedX, p, group * rowGroupBlocks, Math.Min(mBlocks, (group + 1) * rowGroupBlocks), edge);
             }
         });
+    }
+
+    /// <summary>One 32-column panel of y for row blocks [mb0, mb1), in KC-deep slices.</summary>
+    private static void MultiplyPanel(int m, int k, float* packedW, int n, float* y, float* packedX, int p, int mb0, int mb1, float* edge)
+    {
+        float* panel = packedW + (long)p * k * NR;
+        int nr = Math.Min(NR, n - p * NR);
+        for (int kc0 = 0; kc0 < k; kc0 += KC)
+        {
+            int kc = Math.Min(KC, k - kc0);
+            bool accumulate = kc0 > 0;
+            float* b = panel + (long)kc0 * NR;
+            for (int mb = mb0; mb < mb1; mb++)
+            {
+                float* a = packedX + (long)mb * k * MR + (long)kc0 * MR;
+                int mr = Math.Min(MR, m - mb * MR);
+                float* c = y + (long)mb * MR * n + p * NR;
+                if (mr == MR && nr == NR)
+                    Tile(a, b, kc, c, n, accumulate);
+                else
+                {
+                    Tile(a, b, kc, edge, NR, accumulate: false);
+                    for (int i = 0; i < mr; i++)
+                        for (int j = 0; j < nr; j++)
+                            c[(long)i * n + j] = accumulate ? c[(long)i * n + j] + edge[i * NR + j] : edge[i * NR + j];
+                }
+            }
+        }
     }
 
     /// <summary>Scratch floats <see cref="Multiply"/> needs for an m-row x.</summary>
