@@ -1,7 +1,9 @@
 // `cluster`: the command-line tool. Run: dotnet run -c Release --project src/Cli -- generate --model M --prompt "Once upon a time"
 using System.Diagnostics;
 using Cluster.Cli;
+using Cluster.Compute;
 using Cluster.Compute.Cpu;
+using Cluster.Compute.Ilgpu;
 using Cluster.Model;
 using Spectre.Console;
 
@@ -15,7 +17,7 @@ try
         _ => Usage(2, $"unknown command '{args[0]}'"),
     };
 }
-catch (Exception e) when (e is ArgumentException or ModelFormatException or FileNotFoundException or DirectoryNotFoundException)
+catch (Exception e) when (e is ArgumentException or ModelFormatException or FileNotFoundException or DirectoryNotFoundException or InvalidOperationException)
 {
     AnsiConsole.MarkupLineInterpolated($"[red]error:[/] {e.Message}");
     return 1;
@@ -34,6 +36,7 @@ static int Usage(int code, string? problem = null)
           --temperature  0 = greedy (default 1.0); --topp nucleus mass (default 0.9, 0 = off);
           --topk         keep the k most likely (default 0 = off); --seed for the sampler (default: time)
           --threads      CPU threads (default: all cores)
+          --device       cpu (default), cuda, opencl, or ilgpu-cpu (ILGPU's CPU accelerator: slow, for checking)
                cluster make-model --preset NAME --out PATH [--format gguf|llama2c] [--seed N]
           writes a seeded random model (presets: tiny, stories15M, stories110M, gpt2-tiny); llama2c also
           writes PATH.tokenizer.bin, GGUF embeds the vocabulary
@@ -75,11 +78,19 @@ static int Generate(Arguments a)
         Seed: a.Optional("seed") is { } s ? (ulong.TryParse(s, out ulong seed) ? seed : throw new ArgumentException($"--seed must be a positive integer, got '{s}'")) : (ulong)Stopwatch.GetTimestamp());
     sampling.Validate();
     int threads = a.Int("threads", Environment.ProcessorCount, min: 1);
+    string deviceName = a.Optional("device") ?? "cpu";
     a.RejectUnknown();
 
     LoadedModel? loaded = null;
     TransformerModel? model = null;
-    var device = new CpuDevice(threads);
+    IDevice device = deviceName switch
+    {
+        "cpu" => new CpuDevice(threads),
+        "cuda" => IlgpuDevice.Create(IlgpuTarget.Cuda),
+        "opencl" => IlgpuDevice.Create(IlgpuTarget.OpenCL),
+        "ilgpu-cpu" => IlgpuDevice.Create(IlgpuTarget.Cpu),
+        _ => throw new ArgumentException($"--device must be cpu, cuda, opencl or ilgpu-cpu, got '{deviceName}'"),
+    };
     var load = Stopwatch.StartNew();
     AnsiConsole.Status().Start(modelPath is null ? $"Making random {preset}" : $"Loading {Path.GetFileName(modelPath)}", ctx =>
     {
