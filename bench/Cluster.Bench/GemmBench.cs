@@ -11,13 +11,17 @@ public static class GemmBench
 
     public static void Run(int[] threadCounts, double peakPerCore)
     {
-        Console.WriteLine("| M | N | K | threads | GFLOP/s | % of peak |");
-        Console.WriteLine("|---:|---:|---:|---:|---:|---:|");
+        var ceiling = threadCounts.ToDictionary(t => t, FmaCeiling.Measure);
+        foreach (int threads in threadCounts)
+            Console.WriteLine($"FMA ceiling measured now, {threads} thread(s): {ceiling[threads]:F1} GFLOP/s");
+        Console.WriteLine();
+        Console.WriteLine($"| M | N | K | threads | GFLOP/s | % of {peakPerCore:F0}/core peak | % of measured FMA ceiling |");
+        Console.WriteLine("|---:|---:|---:|---:|---:|---:|---:|");
         foreach (var (m, n, k) in Shapes)
             foreach (int threads in threadCounts)
             {
                 double gflops = Measure(m, n, k, threads);
-                Console.WriteLine($"| {m} | {n} | {k} | {threads} | {gflops:F1} | {100 * gflops / (peakPerCore * threads):F1}% |");
+                Console.WriteLine($"| {m} | {n} | {k} | {threads} | {gflops:F1} | {100 * gflops / (peakPerCore * threads):F1}% | {100 * gflops / ceiling[threads]:F1}% |");
             }
     }
 
