@@ -40,12 +40,12 @@ public static class Attention
             float correction = MathF.Exp(runningMax - newMax);   // exp(−∞) = 0 on the first block
             runningSum *= correction;
             TensorPrimitives.Multiply(acc, correction, acc);
+            var weights = scores[..count];
+            TensorPrimitives.Subtract(weights, newMax, weights);
+            TensorPrimitives.Exp(weights, weights);
+            runningSum += TensorPrimitives.Sum(weights);
             for (int j = 0; j < count; j++)
-            {
-                float p = MathF.Exp(scores[j] - newMax);
-                runningSum += p;
-                MultiplyAdd(cacheV.AsSpan((firstSlot + j) * kvDim + kvHead * headDim, headDim), p, acc);
-            }
+                MultiplyAdd(cacheV.AsSpan((firstSlot + j) * kvDim + kvHead * headDim, headDim), weights[j], acc);
             runningMax = newMax;
         }
         TensorPrimitives.Multiply(acc, 1f / runningSum, acc);

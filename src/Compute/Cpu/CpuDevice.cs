@@ -107,10 +107,17 @@ public sealed unsafe class CpuDevice : IDevice
     public void PagedAttention(DeviceBuffer q, DeviceBuffer cacheK, DeviceBuffer cacheV, DeviceBuffer output, AttentionLayout layout)
     {
         float[] qs = Cpu(q).Data, ck = Cpu(cacheK).Data, cv = Cpu(cacheV).Data, o = Cpu(output).Data;
-        _pool.For(layout.Tokens * layout.Heads, (start, end) =>
+        // A token's cost grows with its position, so tokens are dealt out in the order 0, T−1, 1, T−2, ...:
+        // every contiguous range of work items (one per worker) then gets an even share of cheap and dear ones.
+        int tokens = layout.Tokens;
+        _pool.For(tokens * layout.Heads, (start, end) =>
         {
             for (int item = start; item < end; item++)
-                Attention.TokenHead(qs, ck, cv, o, layout, token: item / layout.Heads, head: item % layout.Heads);
+            {
+                int rank = item / layout.Heads;
+                int token = rank % 2 == 0 ? rank / 2 : tokens - 1 - rank / 2;
+                Attention.TokenHead(qs, ck, cv, o, layout, token, head: item % layout.Heads);
+            }
         });
     }
 
