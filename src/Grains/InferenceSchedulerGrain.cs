@@ -15,7 +15,7 @@ public sealed class InferenceSchedulerGrain(IGrainFactory grains, ILocalSiloDeta
     private ITokenizer? _tokenizer;
 
     private string ModelId => this.GetPrimaryKeyString();
-    private string? ShardKeyOf(ModelServing? serving) => serving is null ? null : ShardKey.Create(ModelId, 0, serving.ShardSilo);
+    private string ShardKeyOf(ModelServing serving) => ShardKey.Create(ModelId, 0, serving.ShardSilo);
 
     public async Task<ShardDescription> Serve(ModelServing serving)
     {
@@ -29,7 +29,7 @@ public sealed class InferenceSchedulerGrain(IGrainFactory grains, ILocalSiloDeta
         return description;
     }
 
-    public Task<SchedulerStatus> Status() => Task.FromResult(new SchedulerStatus(silo.Name, ShardKeyOf(_serving)));
+    public Task<SchedulerStatus> Status() => Task.FromResult(new SchedulerStatus(silo.Name, _serving is null ? null : ShardKeyOf(_serving)));
 
     public async IAsyncEnumerable<GeneratedChunk> Generate(GenerationRequest request)
     {
