@@ -19,7 +19,7 @@ public sealed class FailoverTests
         var request = new GenerationRequest { Prompt = "hello", MaxTokens = 16, Temperature = 0 };
         var before = await scheduler.GenerateAsync(request, TestContext.Current.CancellationToken);
 
-        await cluster.StopSiloAsync(victim);
+        await cluster.StopSiloAsync(victim, TestContext.Current.CancellationToken);
         var after = await scheduler.GenerateAsync(request, TestContext.Current.CancellationToken);
 
         Assert.Equal(before, after);
