@@ -92,10 +92,9 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
 
     public override Task OnDeactivateAsync(DeactivationReason reason, CancellationToken cancellationToken)
     {
-        var loaded = _loaded;
+        _worker?.Dispose();   // waits for queued device work, so the model can be freed here
+        _loaded?.Dispose();
         _loaded = null;
-        if (loaded is not null) Worker.Run(() => { loaded.Dispose(); return true; });
-        _worker?.Dispose();
         return base.OnDeactivateAsync(reason, cancellationToken);
     }
 }
