@@ -1,0 +1,26 @@
+// Generation requests and the streamed chunks the scheduler answers with.
+namespace Cluster.Contracts;
+
+[GenerateSerializer, Immutable]
+public sealed record GenerationRequest
+{
+    /// <summary>Prompt text (BOS is prepended); ignored when <see cref="PromptTokens"/> is set.</summary>
+    [Id(0)] public string Prompt { get; init; } = "";
+    /// <summary>Prompt token ids used as they are (include BOS yourself).</summary>
+    [Id(1)] public int[]? PromptTokens { get; init; }
+    [Id(2)] public int MaxTokens { get; init; } = 64;
+    /// <summary>0 samples greedily.</summary>
+    [Id(3)] public float Temperature { get; init; } = 1f;
+    [Id(4)] public float TopP { get; init; } = 0.9f;
+    [Id(5)] public int TopK { get; init; }
+    [Id(6)] public ulong Seed { get; init; } = 1;
+    /// <summary>Ends the generation when BOS or EOS is sampled (llama2.c run.c behaviour).</summary>
+    [Id(7)] public bool StopAtEos { get; init; } = true;
+}
+
+/// <summary>One generated token and the text it completes (partial UTF-8 is held back until whole).</summary>
+[GenerateSerializer, Immutable]
+public sealed record GeneratedChunk([property: Id(0)] int TokenId, [property: Id(1)] string Text);
+
+[GenerateSerializer, Immutable]
+public sealed record SchedulerStatus([property: Id(0)] string Silo, [property: Id(1)] string? ShardKey);

@@ -1,0 +1,12 @@
+// The per-model entry point (key = model id): tokenizes, drives the shard's forward steps, samples, streams tokens.
+namespace Cluster.Contracts;
+
+public interface IInferenceSchedulerGrain : IGrainWithStringKey
+{
+    /// <summary>Starts serving: loads the shard and registers the model. Idempotent for the same serving.</summary>
+    Task<ShardDescription> Serve(ModelServing serving);
+
+    IAsyncEnumerable<GeneratedChunk> Generate(GenerationRequest request);
+
+    Task<SchedulerStatus> Status();
+}

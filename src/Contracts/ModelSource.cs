@@ -1,0 +1,22 @@
+// Where a shard gets its weights: a model file (plus tokenizer for llama2.c checkpoints) or a seeded random preset.
+namespace Cluster.Contracts;
+
+[GenerateSerializer, Immutable]
+public sealed record ModelSource
+{
+    /// <summary>A model file or directory, as ModelLoader opens it; null for a random preset.</summary>
+    [Id(0)] public string? Path { get; init; }
+    [Id(1)] public string? TokenizerPath { get; init; }
+    /// <summary>A RandomModel preset name (tiny, stories15M, ...), used when <see cref="Path"/> is null.</summary>
+    [Id(2)] public string? Preset { get; init; }
+    [Id(3)] public int Seed { get; init; } = 1;
+
+    public static ModelSource File(string path, string? tokenizerPath = null) => new() { Path = path, TokenizerPath = tokenizerPath };
+    public static ModelSource Random(string preset, int seed = 1) => new() { Preset = preset, Seed = seed };
+
+    public override string ToString() => Path is null ? $"random:{Preset}:{Seed}" : Path;
+}
+
+/// <summary>What a scheduler serves: the weights and, optionally, the silo its shard is pinned to.</summary>
+[GenerateSerializer, Immutable]
+public sealed record ModelServing([property: Id(0)] ModelSource Source, [property: Id(1)] string? ShardSilo = null);

@@ -1,0 +1,15 @@
+// Shard grain keys: "{modelId}/{shardIndex}" with an optional "@{siloName}" suffix that pins placement.
+namespace Cluster.Contracts;
+
+public static class ShardKey
+{
+    public static string Create(string modelId, int shardIndex, string? silo = null) =>
+        silo is null ? $"{modelId}/{shardIndex}" : $"{modelId}/{shardIndex}@{silo}";
+
+    /// <summary>The silo name after the last '@', or null when the key is not pinned.</summary>
+    public static string? PinnedSilo(string key)
+    {
+        int at = key.LastIndexOf('@');
+        return at < 0 || at == key.Length - 1 ? null : key[(at + 1)..];
+    }
+}

@@ -1,0 +1,23 @@
+// Turns a ModelSource message into weights or a tokenizer, through the Model project's loaders.
+using Cluster.Contracts;
+using Cluster.Model;
+using Cluster.Model.Tokenizers;
+
+namespace Cluster.Grains;
+
+public static class ModelSources
+{
+    public static LoadedModel Load(ModelSource source) =>
+        source.Path is not null ? ModelLoader.Load(source.Path, source.TokenizerPath)
+        : source.Preset is not null ? RandomModel.Create(source.Preset, source.Seed)
+        : throw new ArgumentException("a model source needs a path or a preset", nameof(source));
+
+    /// <summary>The tokenizer alone: cheap for presets; model files are opened (weights are memory-mapped or read).</summary>
+    public static ITokenizer LoadTokenizer(ModelSource source) =>
+        source.Path is null && source.Preset is not null
+            ? SyntheticVocabulary.Create(RandomModel.Preset(source.Preset).VocabSize, source.Seed)
+            : Load(source).Tokenizer ?? throw new ArgumentException($"{source} carries no tokenizer: give a tokenizer path", nameof(source));
+
+    public static string Describe(ModelConfig c) =>
+        $"{c.Architecture} dim {c.Dim} hidden {c.HiddenDim} layers {c.Layers} heads {c.Heads}/{c.KvHeads} vocab {c.VocabSize} ctx {c.MaxSeqLen}";
+}

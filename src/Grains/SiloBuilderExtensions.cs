@@ -1,0 +1,14 @@
+// Everything a silo needs to host this project's grains: shard options and the pinned-shard placement director.
+using Microsoft.Extensions.DependencyInjection;
+
+namespace Cluster.Grains;
+
+public static class SiloBuilderExtensions
+{
+    public static ISiloBuilder AddClusterGrains(this ISiloBuilder silo, Action<ShardOptions>? configure = null)
+    {
+        silo.Services.AddOptions<ShardOptions>().Configure(o => configure?.Invoke(o));
+        silo.Services.AddPlacementDirector<PinnedShardPlacementStrategy, PinnedShardPlacementDirector>();
+        return silo;
+    }
+}

@@ -1,0 +1,19 @@
+// Cluster.Silo: a thin Orleans host. Clustering comes from configuration; the default model is served at start.
+using Cluster.Grains;
+using Cluster.Silo;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Orleans.Configuration;
+
+var builder = Host.CreateApplicationBuilder(args);
+var settings = SiloSettings.From(builder.Configuration);
+builder.Services.AddSingleton(settings);
+builder.UseOrleans(silo =>
+{
+    if (string.IsNullOrEmpty(settings.ClusteringProvider))
+        silo.UseLocalhostClustering(settings.SiloPort, settings.GatewayPort, settings.PrimarySilo);
+    silo.Configure<SiloOptions>(o => o.SiloName = settings.SiloName);
+    silo.AddClusterGrains(o => o.DeviceThreads = settings.DeviceThreads);
+});
+builder.Services.AddHostedService<ServeDefaultModel>();
+await builder.Build().RunAsync();

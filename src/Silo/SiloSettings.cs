@@ -1,0 +1,30 @@
+// The silo's settings, read from configuration (appsettings, command line, or env vars such as Cluster__SiloName,
+// Orleans__Endpoints__SiloPort). Orleans__Clustering__ProviderType picks Redis/AdoNet; absent, localhost clustering.
+using Cluster.Contracts;
+using Microsoft.Extensions.Configuration;
+
+namespace Cluster.Silo;
+
+public sealed record SiloSettings(
+    string SiloName, int SiloPort, int GatewayPort, string? ClusteringProvider, System.Net.IPEndPoint PrimarySilo,
+    string ModelId, ModelSource Model, string? ShardSilo, int DeviceThreads)
+{
+    public static SiloSettings From(IConfiguration config)
+    {
+        int siloPort = config.GetValue("Orleans:Endpoints:SiloPort", 11111);
+        int gatewayPort = config.GetValue("Orleans:Endpoints:GatewayPort", 30000);
+        string? modelPath = config["Cluster:Model:Path"];
+        return new SiloSettings(
+            SiloName: config["Cluster:SiloName"] ?? $"{Environment.MachineName}-{siloPort}",
+            SiloPort: siloPort,
+            GatewayPort: gatewayPort,
+            ClusteringProvider: config["Orleans:Clustering:ProviderType"],
+            PrimarySilo: System.Net.IPEndPoint.Parse(config["Cluster:PrimarySiloEndpoint"] ?? $"127.0.0.1:{siloPort}"),
+            ModelId: config["Cluster:Model:Id"] ?? "default",
+            Model: modelPath is not null
+                ? ModelSource.File(modelPath, config["Cluster:Model:Tokenizer"])
+                : ModelSource.Random(config["Cluster:Model:Preset"] ?? "tiny", config.GetValue("Cluster:Model:Seed", 1)),
+            ShardSilo: config["Cluster:Model:ShardSilo"],
+            DeviceThreads: config.GetValue("Cluster:DeviceThreads", Environment.ProcessorCount));
+    }
+}

@@ -1,0 +1,30 @@
+// A 3-silo cluster loses the silo its shard was pinned to: the shard reactivates on another silo, reloads, and the
+// next generation succeeds with the same tokens.
+using Cluster.Contracts;
+
+namespace Cluster.Tests.Grains;
+
+[Collection(nameof(ClusterCollection))]   // one cluster test at a time: the machine has few cores
+public sealed class FailoverTests
+{
+    [Fact]
+    public async Task ShardReactivatesElsewhereWhenItsSiloStops()
+    {
+        await using var cluster = await TestClusters.StartAsync(silos: 3);
+        var scheduler = cluster.Client.GetGrain<IInferenceSchedulerGrain>("failover");
+        string schedulerSilo = (await scheduler.Status()).Silo;
+        var victim = cluster.Silos.Skip(1).First(s => s.Name != schedulerSilo);   // neither the primary nor the scheduler's
+        var shard = await scheduler.Serve(new ModelServing(TestClusters.Tiny, victim.Name));
+        Assert.Equal(victim.Name, shard.Silo);
+        var request = new GenerationRequest { Prompt = "hello", MaxTokens = 16, Temperature = 0 };
+        var before = await scheduler.GenerateAsync(request, TestContext.Current.CancellationToken);
+
+        await cluster.StopSiloAsync(victim, TestContext.Current.CancellationToken);
+        var after = await scheduler.GenerateAsync(request, TestContext.Current.CancellationToken);
+
+        Assert.Equal(before, after);
+        var moved = await cluster.Client.GetGrain<IShardGrain>(shard.Key).Describe();
+        Assert.NotNull(moved);
+        Assert.NotEqual(victim.Name, moved.Silo);
+    }
+}

@@ -1,0 +1,40 @@
+// In-process Orleans clusters for grain tests: N silos hosting this project's grains with small shards.
+using Cluster.Contracts;
+using Cluster.Grains;
+using Orleans.TestingHost;
+
+namespace Cluster.Tests.Grains;
+
+public static class TestClusters
+{
+    public static readonly ModelSource Tiny = ModelSource.Random("tiny", seed: 1);
+
+    public static async Task<InProcessTestCluster> StartAsync(int silos)
+    {
+        var builder = new InProcessTestClusterBuilder((short)silos);
+        builder.ConfigureSilo((_, silo) => silo.AddClusterGrains(o => { o.DeviceThreads = 1; o.KvSequences = 4; }));
+        var cluster = builder.Build();
+        await cluster.DeployAsync();
+        return cluster;
+    }
+
+    public static async Task<List<GeneratedChunk>> GenerateAsync(
+        this IInferenceSchedulerGrain scheduler, GenerationRequest request, CancellationToken cancellation = default)
+    {
+        var chunks = new List<GeneratedChunk>();
+        await foreach (var chunk in scheduler.Generate(request).WithCancellation(cancellation)) chunks.Add(chunk);
+        return chunks;
+    }
+
+    /// <summary>Waits (up to 5 s) until the shard reports every KV block free, and returns its last description.</summary>
+    public static async Task<ShardDescription> WaitForAllBlocksFreeAsync(IShardGrain shard)
+    {
+        var deadline = DateTime.UtcNow.AddSeconds(5);
+        while (true)
+        {
+            var d = await shard.Describe() ?? throw new InvalidOperationException("the shard has no model loaded");
+            if ((d.FreeKvBlocks == d.TotalKvBlocks && d.ActiveSequences == 0) || DateTime.UtcNow > deadline) return d;
+            await Task.Delay(50);
+        }
+    }
+}
