@@ -1,0 +1,53 @@
+// Cluster.AppHost: `dotnet run --project src/AppHost [-- --model PATH [--tokenizer PATH] --port 8080]` starts a
+// primary silo, a second silo and the gateway as separate processes, wires them with the Orleans__* and OTEL_*
+// variables an Aspire app host would set, waits until all are ready, prints the URLs, and on Ctrl+C stops them all.
+using Cluster.AppHost;
+
+var options = AppHostOptions.Parse(args);
+var children = new List<ChildProcess>();
+using var shutdown = new CancellationTokenSource();
+Console.CancelKeyPress += (_, e) => { e.Cancel = true; shutdown.Cancel(); };
+AppDomain.CurrentDomain.ProcessExit += (_, _) => shutdown.Cancel();   // SIGTERM to the app host
+
+try
+{
+    var common = options.CommonEnvironment();
+    var primary = new ChildProcess("silo-1", AppHostOptions.Assembly("SiloAssembly"), options.SiloEnvironment(common, 0), "ready:");
+    children.Add(primary);
+    await primary.ReadyLine.WaitAsync(options.StartTimeout, shutdown.Token);
+    var second = new ChildProcess("silo-2", AppHostOptions.Assembly("SiloAssembly"), options.SiloEnvironment(common, 1), "ready:");
+    children.Add(second);
+    await second.ReadyLine.WaitAsync(options.StartTimeout, shutdown.Token);
+    var gateway = new ChildProcess("gateway", AppHostOptions.Assembly("GatewayAssembly"), options.GatewayEnvironment(common), readyMarker: null);
+    children.Add(gateway);
+    await AppHostOptions.WaitForHttpReady(new Uri(options.GatewayUrl, "/health/ready"), gateway, options.StartTimeout, shutdown.Token);
+
+    Console.WriteLine($$"""
+        Cluster ready (child pids: {{string.Join(' ', children.Select(c => c.Id))}})
+          OpenAI-compatible API: {{options.GatewayUrl}}v1  (GET /v1/models, POST /v1/completions, POST /v1/chat/completions)
+          try: curl {{options.GatewayUrl}}v1/completions -H 'Content-Type: application/json' -d '{"prompt":"Once upon a time","max_tokens":32}'
+          Ctrl+C stops everything.
+        """);
+    await Task.Delay(Timeout.Infinite, shutdown.Token);
+    return 0;
+}
+catch (OperationCanceledException) when (shutdown.IsCancellationRequested)
+{
+    return 0;
+}
+catch (Exception e) when (e is InvalidOperationException or TimeoutException)
+{
+    Console.Error.WriteLine($"app host: {e.Message}");
+    return 1;
+}
+finally
+{
+    Console.WriteLine("stopping...");
+    // Gateway first, then the silos in reverse order, so clients never see a half-stopped cluster.
+    for (int i = children.Count - 1; i >= 0; i--)
+    {
+        await children[i].StopAsync(TimeSpan.FromSeconds(15));
+        children[i].Dispose();
+    }
+    Console.WriteLine("all processes stopped");
+}
