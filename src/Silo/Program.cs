@@ -1,5 +1,6 @@
 // Cluster.Silo: a thin Orleans host. Clustering comes from configuration; the default model is served at start.
 using Cluster.Grains;
+using Cluster.ServiceDefaults;
 using Cluster.Silo;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
@@ -8,8 +9,10 @@ using Orleans.Configuration;
 var builder = Host.CreateApplicationBuilder(args);
 var settings = SiloSettings.From(builder.Configuration);
 builder.Services.AddSingleton(settings);
+builder.Services.AddClusterTelemetry(builder.Configuration);
 builder.UseOrleans(silo =>
 {
+    silo.AddActivityPropagation();
     if (string.IsNullOrEmpty(settings.ClusteringProvider))
         silo.UseLocalhostClustering(settings.SiloPort, settings.GatewayPort, settings.PrimarySilo);
     silo.Configure<SiloOptions>(o => o.SiloName = settings.SiloName);
