@@ -5,6 +5,7 @@ using Cluster.Silo;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Orleans.Configuration;
+using Orleans.Dashboard;
 
 var builder = Host.CreateApplicationBuilder(args);
 var settings = SiloSettings.From(builder.Configuration);
@@ -13,6 +14,7 @@ builder.Services.AddClusterTelemetry(builder.Configuration);
 builder.UseOrleans(silo =>
 {
     silo.AddActivityPropagation();
+    silo.AddDashboard();   // collects grain and silo statistics; the gateway serves the dashboard UI at /dashboard
     if (string.IsNullOrEmpty(settings.ClusteringProvider))
         silo.UseLocalhostClustering(settings.SiloPort, settings.GatewayPort, settings.PrimarySilo);
     silo.Configure<SiloOptions>(o => o.SiloName = settings.SiloName);
