@@ -8,5 +8,8 @@ public interface IInferenceSchedulerGrain : IGrainWithStringKey
 
     IAsyncEnumerable<GeneratedChunk> Generate(GenerationRequest request);
 
+    /// <summary>The prompt's token ids with BOS prepended, as <see cref="Generate"/> would encode them.</summary>
+    Task<int[]> Tokenize(string prompt);
+
     Task<SchedulerStatus> Status();
 }

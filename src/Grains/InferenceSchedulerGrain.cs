@@ -29,6 +29,9 @@ public sealed class InferenceSchedulerGrain(IGrainFactory grains, ILocalSiloDeta
         return description;
     }
 
+    public Task<int[]> Tokenize(string prompt) =>
+        Task.FromResult((_tokenizer ?? throw new InvalidOperationException($"model '{ModelId}' is not being served")).Encode(prompt, addBos: true));
+
     public Task<SchedulerStatus> Status() => Task.FromResult(new SchedulerStatus(silo.Name, _serving is null ? null : ShardKeyOf(_serving)));
 
     public async IAsyncEnumerable<GeneratedChunk> Generate(GenerationRequest request)

@@ -1,0 +1,107 @@
+// A validated /v1/completions or /v1/chat/completions request, parsed by hand from the JSON body so every bad
+// input maps to a 400 in the OpenAI error shape. Unknown fields are ignored; JSON null counts as absent.
+using System.Text.Json;
+
+namespace Cluster.Gateway;
+
+public sealed record CompletionRequest(
+    string Model, string Prompt, int MaxTokens, float Temperature, float TopP, int TopK, ulong Seed, bool Stream, bool IncludeUsage)
+{
+    public const int MaxTokensLimit = 4096;
+    public const int DefaultMaxTokens = 128;
+
+    public static CompletionRequest Parse(ReadOnlyMemory<byte> body, bool chat)
+    {
+        JsonDocument document;
+        try { document = JsonDocument.Parse(body); }
+        catch (JsonException e) { throw new ApiError(400, $"The request body is not valid JSON: {e.Message}"); }
+        using (document)
+        {
+            var root = document.RootElement;
+            if (root.ValueKind != JsonValueKind.Object) throw new ApiError(400, "The request body must be a JSON object.");
+            string model = Get(root, "model") is { } m ? String(m, "model") : throw Missing("model");
+            if (model.Length == 0) throw new ApiError(400, "'model' must not be empty.", "model");
+            string prompt = chat ? RenderMessages(root) : Get(root, "prompt") is { } p ? String(p, "prompt") : throw Missing("prompt");
+            if (Get(root, "n") is { } n && !(n.ValueKind == JsonValueKind.Number && n.TryGetInt32(out int count) && count == 1))
+                throw new ApiError(400, "Only n = 1 is supported.", "n");
+            var maxTokens = Get(root, "max_tokens") is { } mt ? ("max_tokens", mt)
+                : Get(root, "max_completion_tokens") is { } mct ? ("max_completion_tokens", mct) : default;
+            var streamOptions = Get(root, "stream_options");
+            return new CompletionRequest(
+                model, prompt,
+                MaxTokens: maxTokens.Item1 is null ? DefaultMaxTokens : Integer(maxTokens.Item2, maxTokens.Item1, 1, MaxTokensLimit),
+                Temperature: Get(root, "temperature") is { } t ? Number(t, "temperature", 0, 2) : 1f,
+                TopP: Get(root, "top_p") is { } tp ? Number(tp, "top_p", 0, 1) : 1f,
+                TopK: Get(root, "top_k") is { } tk ? Integer(tk, "top_k", 0, int.MaxValue) : 0,
+                Seed: Get(root, "seed") is { } s ? SeedValue(s) : (ulong)Random.Shared.NextInt64(),
+                Stream: Get(root, "stream") is { } st && Bool(st, "stream"),
+                IncludeUsage: streamOptions is { ValueKind: JsonValueKind.Object } so && Get(so, "include_usage") is { } iu && Bool(iu, "stream_options.include_usage"));
+        }
+    }
+
+    /// <summary>
+    /// Chat prompt rendering: the models served here (stories-style) have no chat template, so the prompt is the
+    /// messages' text contents in order, joined by a newline; roles are checked but not rendered.
+    /// </summary>
+    private static string RenderMessages(JsonElement root)
+    {
+        if (Get(root, "messages") is not { } messages) throw Missing("messages");
+        if (messages.ValueKind != JsonValueKind.Array) throw new ApiError(400, "'messages' must be an array.", "messages");
+        if (messages.GetArrayLength() == 0) throw new ApiError(400, "'messages' must not be empty.", "messages");
+        var texts = new List<string>();
+        int i = 0;
+        foreach (var message in messages.EnumerateArray())
+        {
+            string param = $"messages[{i++}]";
+            if (message.ValueKind != JsonValueKind.Object) throw new ApiError(400, $"'{param}' must be an object.", param);
+            if (Get(message, "role") is not { } role) throw Missing($"{param}.role");
+            if (String(role, $"{param}.role") is not ("system" or "developer" or "user" or "assistant" or "tool"))
+                throw new ApiError(400, $"'{param}.role' must be one of system, developer, user, assistant, tool.", $"{param}.role");
+            texts.Add(Get(message, "content") is { } content ? Content(content, $"{param}.content") : "");
+        }
+        return string.Join('\n', texts);
+    }
+
+    /// <summary>A message content: a string, or an array of {"type":"text","text":...} parts (concatenated).</summary>
+    private static string Content(JsonElement content, string param)
+    {
+        if (content.ValueKind == JsonValueKind.String) return content.GetString()!;
+        if (content.ValueKind != JsonValueKind.Array) throw new ApiError(400, $"'{param}' must be a string or an array of text parts.", param);
+        var text = new System.Text.StringBuilder();
+        foreach (var part in content.EnumerateArray())
+        {
+            if (part.ValueKind != JsonValueKind.Object || Get(part, "type") is not { ValueKind: JsonValueKind.String } type
+                || type.GetString() != "text" || Get(part, "text") is not { ValueKind: JsonValueKind.String } partText)
+                throw new ApiError(400, $"'{param}' parts must be {{\"type\":\"text\",\"text\":\"...\"}}; other content types are not supported.", param);
+            text.Append(partText.GetString());
+        }
+        return text.ToString();
+    }
+
+    private static JsonElement? Get(JsonElement obj, string name) =>
+        obj.TryGetProperty(name, out var value) && value.ValueKind != JsonValueKind.Null ? value : null;
+
+    private static ApiError Missing(string param) => new(400, $"Missing required parameter: '{param}'.", param);
+
+    private static string String(JsonElement e, string param) =>
+        e.ValueKind == JsonValueKind.String ? e.GetString()! : throw new ApiError(400, $"'{param}' must be a string.", param);
+
+    private static bool Bool(JsonElement e, string param) => e.ValueKind switch
+    {
+        JsonValueKind.True => true,
+        JsonValueKind.False => false,
+        _ => throw new ApiError(400, $"'{param}' must be a boolean.", param),
+    };
+
+    private static int Integer(JsonElement e, string param, int min, int max) =>
+        e.ValueKind == JsonValueKind.Number && e.TryGetInt32(out int v) && v >= min && v <= max ? v
+            : throw new ApiError(400, max == int.MaxValue ? $"'{param}' must be an integer >= {min}." : $"'{param}' must be an integer in [{min}, {max}].", param);
+
+    private static float Number(JsonElement e, string param, double min, double max) =>
+        e.ValueKind == JsonValueKind.Number && e.TryGetDouble(out double v) && v >= min && v <= max ? (float)v
+            : throw new ApiError(400, $"'{param}' must be a number in [{min}, {max}].", param);
+
+    private static ulong SeedValue(JsonElement e) =>
+        e.ValueKind == JsonValueKind.Number && e.TryGetInt64(out long v) ? unchecked((ulong)v)
+            : throw new ApiError(400, "'seed' must be an integer.", "seed");
+}

@@ -1,0 +1,80 @@
+// One completion: tokenizes the prompt on the model's scheduler, streams its chunks and answers them as an OpenAI
+// text_completion / chat.completion object or as server-sent chunk events. finish_reason is "length" when
+// max_tokens ended it, else "stop" (EOS, or the model's context filled up). Grain argument errors become 400s.
+using Cluster.Contracts;
+
+namespace Cluster.Gateway;
+
+public sealed class CompletionRun(HttpContext context, IInferenceSchedulerGrain scheduler, CompletionRequest request, bool chat)
+{
+    private readonly string _id = (chat ? "chatcmpl-" : "cmpl-") + Guid.NewGuid().ToString("N");
+    private readonly long _created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+
+    public async Task RunAsync()
+    {
+        var cancellation = context.RequestAborted;
+        int[] prompt = await Grain(() => scheduler.Tokenize(request.Prompt));
+        var generation = new GenerationRequest
+        {
+            PromptTokens = prompt, MaxTokens = request.MaxTokens, Temperature = request.Temperature,
+            TopP = request.TopP, TopK = request.TopK, Seed = request.Seed,
+        };
+        await using var chunks = scheduler.Generate(generation).GetAsyncEnumerator(cancellation);
+        bool any = await Grain(() => chunks.MoveNextAsync().AsTask());   // argument errors surface before any output
+        var text = new System.Text.StringBuilder();
+        int completionTokens = 0;
+        if (request.Stream) StartEvents();
+        for (; any; any = await chunks.MoveNextAsync())
+        {
+            completionTokens++;
+            text.Append(chunks.Current.Text);
+            if (request.Stream && chunks.Current.Text.Length > 0) await Send(Chunk(chunks.Current.Text, null));
+        }
+        var usage = new { prompt_tokens = prompt.Length, completion_tokens = completionTokens, total_tokens = prompt.Length + completionTokens };
+        string finish = completionTokens >= request.MaxTokens ? "length" : "stop";
+        if (!request.Stream)
+        {
+            await context.Response.WriteAsJsonAsync(Response(text.ToString(), finish, usage), cancellation);
+            return;
+        }
+        await Send(Chunk(chat ? null : "", finish));
+        if (request.IncludeUsage) await Send(Envelope(Array.Empty<object>(), usage));
+        await context.Response.Body.WriteAsync("data: [DONE]\n\n"u8.ToArray(), cancellation);
+    }
+
+    private static async Task<T> Grain<T>(Func<Task<T>> call)
+    {
+        try { return await call(); }
+        catch (ArgumentException e) { throw new ApiError(400, e.Message, "prompt"); }
+    }
+
+    private void StartEvents()
+    {
+        context.Response.ContentType = "text/event-stream";
+        context.Response.Headers.CacheControl = "no-cache";
+    }
+
+    private async Task Send(object payload)
+    {
+        await context.Response.Body.WriteAsync(OpenAiEndpoints.SseEvent(payload), context.RequestAborted);
+        await context.Response.Body.FlushAsync(context.RequestAborted);
+    }
+
+    private object Chunk(string? text, string? finish) => Envelope(chat
+        ? [new { index = 0, delta = text is null ? (object)new { } : new { role = "assistant", content = text }, logprobs = (object?)null, finish_reason = finish }]
+        : [new { text, index = 0, logprobs = (object?)null, finish_reason = finish }], usage: null);
+
+    private object Response(string text, string finish, object usage) => Envelope(chat
+        ? [new { index = 0, message = new { role = "assistant", content = text }, logprobs = (object?)null, finish_reason = finish }]
+        : [new { text, index = 0, logprobs = (object?)null, finish_reason = finish }], usage);
+
+    private object Envelope(object[] choices, object? usage) => new
+    {
+        id = _id,
+        @object = chat ? (request.Stream ? "chat.completion.chunk" : "chat.completion") : "text_completion",
+        created = _created,
+        model = request.Model,
+        choices,
+        usage,
+    };
+}

@@ -1,0 +1,25 @@
+// GET /health/ready: 200 once the cluster answers and its model registry lists at least one model, else 503.
+namespace Cluster.Gateway;
+
+public static class ReadinessEndpoint
+{
+    public static IEndpointRouteBuilder MapReadiness(this IEndpointRouteBuilder app)
+    {
+        app.MapGet("/health/ready", async (IGrainFactory grains, CancellationToken cancellation) =>
+        {
+            try
+            {
+                var models = await grains.GetGrain<Contracts.IModelRegistryGrain>(0).List()
+                    .WaitAsync(TimeSpan.FromSeconds(5), cancellation);
+                return models.Length > 0
+                    ? Results.Ok(new { status = "ready", models = models.Select(m => m.Id) })
+                    : Results.Json(new { status = "no model served yet" }, statusCode: 503);
+            }
+            catch (Exception e) when (e is not OperationCanceledException || !cancellation.IsCancellationRequested)
+            {
+                return Results.Json(new { status = "cluster unavailable", detail = e.Message }, statusCode: 503);
+            }
+        });
+        return app;
+    }
+}

@@ -1,0 +1,143 @@
+// The gateway against a 2-silo in-process cluster: the official OpenAI client (chat, streamed chat), raw HTTP
+// /v1/completions (JSON and SSE), a Microsoft.Extensions.AI IChatClient, greedy output equal to TextGenerator, the
+// stories260K greedy reference, /v1/models and /health/ready.
+using System.ClientModel;
+using System.Net;
+using System.Text;
+using System.Text.Json;
+using Cluster.Compute.Cpu;
+using Cluster.Contracts;
+using Cluster.Model;
+using Cluster.Tests.Grains;
+using Microsoft.Extensions.AI;
+using OpenAI;
+using OpenAI.Chat;
+using ChatFinishReason = OpenAI.Chat.ChatFinishReason;
+
+namespace Cluster.Tests.Gateway;
+
+[Collection(nameof(ClusterCollection))]
+public sealed class GatewayTests(ClusterFixture fixture) : IAsyncLifetime
+{
+    private const string Prompt = "Once upon a time";
+    private GatewayHost _gateway = null!;
+    private static CancellationToken Cancellation => TestContext.Current.CancellationToken;
+
+    public async ValueTask InitializeAsync()
+    {
+        await fixture.Cluster.Client.GetGrain<IInferenceSchedulerGrain>("tiny").Serve(new ModelServing(TestClusters.Tiny));
+        _gateway = await GatewayHost.StartAsync(fixture.Cluster.Client);
+    }
+
+    public ValueTask DisposeAsync() => _gateway.DisposeAsync();
+
+    private static string ExpectedGreedy(string prompt, int maxTokens)
+    {
+        var loaded = RandomModel.Create("tiny", seed: 1);
+        using var device = new CpuDevice(1);
+        using var model = new TransformerModel(device, loaded.Config, loaded.Weights);
+        return string.Concat(new TextGenerator(model, loaded.Tokenizer!).Generate(prompt, maxTokens, SamplingOptions.Greedy).Select(t => t.Text));
+    }
+
+    private ChatClient OpenAiChat() => new OpenAIClient(new ApiKeyCredential("unused"),
+        new OpenAIClientOptions { Endpoint = new Uri(_gateway.BaseAddress, "v1") }).GetChatClient("tiny");
+
+    [Fact]
+    public async Task OpenAiClientChatEqualsTextGenerator()
+    {
+        var options = new ChatCompletionOptions { Temperature = 0, MaxOutputTokenCount = 24 };
+
+        ChatCompletion completion = await OpenAiChat().CompleteChatAsync([new UserChatMessage(Prompt)], options, Cancellation);
+
+        Assert.Equal(ExpectedGreedy(Prompt, 24), completion.Content[0].Text);
+        Assert.Equal(ChatFinishReason.Length, completion.FinishReason);
+        Assert.Equal(24, completion.Usage.OutputTokenCount);
+        Assert.True(completion.Usage.InputTokenCount > 1);
+    }
+
+    [Fact]
+    public async Task OpenAiClientStreamingChatEqualsTextGenerator()
+    {
+        var options = new ChatCompletionOptions { Temperature = 0, MaxOutputTokenCount = 24 };
+        var text = new StringBuilder();
+        ChatFinishReason? finish = null;
+
+        await foreach (var update in OpenAiChat().CompleteChatStreamingAsync([new UserChatMessage(Prompt)], options, Cancellation))
+        {
+            foreach (var part in update.ContentUpdate) text.Append(part.Text);
+            finish ??= update.FinishReason;
+        }
+
+        Assert.Equal(ExpectedGreedy(Prompt, 24), text.ToString());
+        Assert.Equal(ChatFinishReason.Length, finish);
+    }
+
+    [Fact]
+    public async Task ExtensionsAiChatClientEqualsTextGenerator()
+    {
+        IChatClient client = OpenAiChat().AsIChatClient();
+
+        var response = await client.GetResponseAsync(Prompt, new ChatOptions { Temperature = 0, MaxOutputTokens = 16 }, Cancellation);
+
+        Assert.Equal(ExpectedGreedy(Prompt, 16), response.Text);
+    }
+
+    [Fact]
+    public async Task CompletionsJsonAndStreamAgree()
+    {
+        using var http = _gateway.Http();
+        string body = $$"""{"model":"tiny","prompt":"{{Prompt}}","max_tokens":20,"temperature":0}""";
+
+        using var response = await http.PostAsync("/v1/completions", new StringContent(body, Encoding.UTF8, "application/json"), Cancellation);
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        using var json = JsonDocument.Parse(await response.Content.ReadAsStringAsync(Cancellation));
+        var choice = json.RootElement.GetProperty("choices")[0];
+        Assert.Equal("text_completion", json.RootElement.GetProperty("object").GetString());
+        Assert.Equal(ExpectedGreedy(Prompt, 20), choice.GetProperty("text").GetString());
+        Assert.Equal("length", choice.GetProperty("finish_reason").GetString());
+        Assert.Equal(20, json.RootElement.GetProperty("usage").GetProperty("completion_tokens").GetInt32());
+
+        string streamed = await http.PostAsync("/v1/completions", new StringContent(body.Replace("}", ",\"stream\":true}"), Encoding.UTF8, "application/json"), Cancellation)
+            .ContinueWith(t => t.Result.Content.ReadAsStringAsync(Cancellation)).Unwrap();
+        string[] events = streamed.Split("\n\n", StringSplitOptions.RemoveEmptyEntries);
+        Assert.All(events, e => Assert.StartsWith("data: ", e));
+        Assert.Equal("data: [DONE]", events[^1]);
+        var chunks = events[..^1].Select(e => JsonDocument.Parse(e["data: ".Length..]).RootElement.GetProperty("choices")[0]).ToArray();
+        Assert.Equal(ExpectedGreedy(Prompt, 20), string.Concat(chunks.Select(c => c.GetProperty("text").GetString())));
+        Assert.Equal("length", chunks[^1].GetProperty("finish_reason").GetString());
+    }
+
+    [Fact]
+    public async Task Stories260KGreedyCompletionOfTheEmptyPromptMatchesRunC()
+    {
+        var source = ModelSource.File(SharedModels.Require("stories260K.bin"), SharedModels.Require("tok512.bin"));
+        string expected = File.ReadAllText(SharedModels.Require("expected/greedy_empty_n200.txt"));
+        var loaded = ModelLoader.Load(source.Path!, source.TokenizerPath);
+        int[] ids = File.ReadAllLines(SharedModels.Require("expected/greedy_empty_n200.token_ids.txt"))
+            .Where(l => l.Length > 0).Select(int.Parse).Take(50).ToArray();
+        await fixture.Cluster.Client.GetGrain<IInferenceSchedulerGrain>("stories260K").Serve(new ModelServing(source));
+        using var http = _gateway.Http();
+
+        using var response = await http.PostAsync("/v1/completions",
+            new StringContent("""{"model":"stories260K","prompt":"","max_tokens":50,"temperature":0}""", Encoding.UTF8, "application/json"), Cancellation);
+
+        using var json = JsonDocument.Parse(await response.Content.ReadAsStringAsync(Cancellation));
+        string text = json.RootElement.GetProperty("choices")[0].GetProperty("text").GetString()!;
+        string idsText = string.Concat(ids.Select((id, i) => loaded.Tokenizer!.DecodeBytes(i == 0 ? loaded.Tokenizer!.BosId : ids[i - 1], id)).Select(b => Encoding.UTF8.GetString(b)));
+        Assert.Equal(idsText, text);
+        Assert.StartsWith(text, expected);
+    }
+
+    [Fact]
+    public async Task ModelsAndReadiness()
+    {
+        using var http = _gateway.Http();
+
+        using var models = JsonDocument.Parse(await http.GetStringAsync("/v1/models", Cancellation));
+        using var ready = await http.GetAsync("/health/ready", Cancellation);
+
+        Assert.Equal("list", models.RootElement.GetProperty("object").GetString());
+        Assert.Contains(models.RootElement.GetProperty("data").EnumerateArray(), m => m.GetProperty("id").GetString() == "tiny");
+        Assert.Equal(HttpStatusCode.OK, ready.StatusCode);
+    }
+}
