@@ -63,7 +63,7 @@ public sealed record AppHostOptions(string? ModelPath, string? TokenizerPath, in
     public Dictionary<string, string> GatewayEnvironment(Dictionary<string, string> common) => new(common)
     {
         ["ASPNETCORE_URLS"] = $"http://127.0.0.1:{GatewayHttpPort}",
-        ["Cluster__SiloGateways"] = $"127.0.0.1:{BaseGatewayPort},127.0.0.1:{BaseGatewayPort + 1}",
+        ["Cluster__SiloGateways"] = $"{BaseGatewayPort},{BaseGatewayPort + 1}",
         ["Orleans__Endpoints__GatewayPort"] = $"{BaseGatewayPort}",
         ["OTEL_SERVICE_NAME"] = "gateway",
         ["OTEL_RESOURCE_ATTRIBUTES"] = "service.instance.id=gateway",

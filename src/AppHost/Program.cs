@@ -1,13 +1,20 @@
 // Cluster.AppHost: `dotnet run --project src/AppHost [-- --model PATH [--tokenizer PATH] --port 8080]` starts a
 // primary silo, a second silo and the gateway as separate processes, wires them with the Orleans__* and OTEL_*
 // variables an Aspire app host would set, waits until all are ready, prints the URLs, and on Ctrl+C stops them all.
+using System.Runtime.InteropServices;
 using Cluster.AppHost;
 
 var options = AppHostOptions.Parse(args);
 var children = new List<ChildProcess>();
-using var shutdown = new CancellationTokenSource();
-Console.CancelKeyPress += (_, e) => { e.Cancel = true; shutdown.Cancel(); };
-AppDomain.CurrentDomain.ProcessExit += (_, _) => shutdown.Cancel();   // SIGTERM to the app host
+var shutdown = new CancellationTokenSource();
+// Ctrl+C (SIGINT) and SIGTERM only request the shutdown; the finally below stops every child before we exit.
+void RequestShutdown(PosixSignalContext signal)
+{
+    signal.Cancel = true;
+    shutdown.Cancel();
+}
+using var interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, RequestShutdown);
+using var terminate = PosixSignalRegistration.Create(PosixSignal.SIGTERM, RequestShutdown);
 
 try
 {
@@ -25,7 +32,7 @@ try
     Console.WriteLine($$"""
         Cluster ready (child pids: {{string.Join(' ', children.Select(c => c.Id))}})
           OpenAI-compatible API: {{options.GatewayUrl}}v1  (GET /v1/models, POST /v1/completions, POST /v1/chat/completions)
-          try: curl {{options.GatewayUrl}}v1/completions -H 'Content-Type: application/json' -d '{"prompt":"Once upon a time","max_tokens":32}'
+          try: curl {{options.GatewayUrl}}v1/completions -H 'Content-Type: application/json' -d '{"model":"default","prompt":"Once upon a time","max_tokens":32}'
           Ctrl+C stops everything.
         """);
     await Task.Delay(Timeout.Infinite, shutdown.Token);

@@ -1,10 +1,14 @@
 // Cluster.Gateway: an OpenAI-compatible HTTP front end. It joins the cluster as an Orleans client and maps the
-// /v1 endpoints and the readiness probe.
+// /v1 endpoints, the readiness probe and the Orleans dashboard (/dashboard).
 using Cluster.Gateway;
+using Cluster.ServiceDefaults;
+using Orleans.Dashboard;
 
 var builder = WebApplication.CreateBuilder(args);
-builder.UseOrleansClient(client => client.UseClusterClustering(builder.Configuration));
+builder.Services.AddClusterTelemetry(builder.Configuration);
+builder.UseOrleansClient(client => client.UseClusterClustering(builder.Configuration).AddActivityPropagation().AddDashboard());
 var app = builder.Build();
 app.MapOpenAi();
 app.MapReadiness();
+app.MapOrleansDashboard(routePrefix: "/dashboard");
 await app.RunAsync();
