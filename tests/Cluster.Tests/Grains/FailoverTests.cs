@@ -27,4 +27,32 @@ public sealed class FailoverTests
         Assert.NotNull(moved);
         Assert.NotEqual(victim.Name, moved.Silo);
     }
+
+    [Fact]
+    public async Task ShardReactivatesElsewhereWhenItsSiloIsKilled()
+    {
+        await using var cluster = await TestClusters.StartAsync(silos: 3);
+        var scheduler = cluster.Client.GetGrain<IInferenceSchedulerGrain>("killed");
+        string schedulerSilo = (await scheduler.Status()).Silo;
+        var victim = cluster.Silos.Skip(1).First(s => s.Name != schedulerSilo);
+        var shard = await scheduler.Serve(new ModelServing(TestClusters.Tiny, victim.Name));
+        Assert.Equal(victim.Name, shard.Silo);
+        var request = new GenerationRequest { Prompt = "hello", MaxTokens = 16, Temperature = 0 };
+        var before = await scheduler.GenerateAsync(request, TestContext.Current.CancellationToken);
+
+        await cluster.KillSiloAsync(victim, TestContext.Current.CancellationToken);   // no graceful shutdown: the process "dies"
+        var management = cluster.Client.GetGrain<IManagementGrain>(0);
+        var deadline = DateTime.UtcNow.AddSeconds(60);
+        while ((await management.GetHosts(true, TestContext.Current.CancellationToken)).ContainsKey(victim.SiloAddress))
+        {
+            Assert.True(DateTime.UtcNow < deadline, "the killed silo was never declared dead");
+            await Task.Delay(250, TestContext.Current.CancellationToken);
+        }
+        var after = await scheduler.GenerateAsync(request, TestContext.Current.CancellationToken);
+
+        Assert.Equal(before, after);
+        var moved = await cluster.Client.GetGrain<IShardGrain>(shard.Key).Describe();
+        Assert.NotNull(moved);
+        Assert.NotEqual(victim.Name, moved.Silo);
+    }
 }

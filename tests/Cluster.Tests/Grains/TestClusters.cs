@@ -1,6 +1,7 @@
 // In-process Orleans clusters for grain tests: N silos hosting this project's grains with small shards.
 using Cluster.Contracts;
 using Cluster.Grains;
+using Orleans.Configuration;
 using Orleans.TestingHost;
 
 namespace Cluster.Tests.Grains;
@@ -12,7 +13,17 @@ public static class TestClusters
     public static async Task<InProcessTestCluster> StartAsync(int silos)
     {
         var builder = new InProcessTestClusterBuilder((short)silos);
-        builder.ConfigureSilo((_, silo) => silo.AddClusterGrains(o => { o.DeviceThreads = 1; o.KvSequences = 4; }));
+        builder.ConfigureSilo((_, silo) =>
+        {
+            silo.AddClusterGrains(o => { o.DeviceThreads = 1; o.KvSequences = 4; });
+            // Declare a killed silo dead within seconds rather than the production default of about a minute.
+            silo.Configure<ClusterMembershipOptions>(o =>
+            {
+                o.ProbeTimeout = TimeSpan.FromSeconds(1);
+                o.NumMissedProbesLimit = 2;
+                o.NumVotesForDeathDeclaration = 1;
+            });
+        });
         var cluster = builder.Build();
         await cluster.DeployAsync();
         return cluster;
