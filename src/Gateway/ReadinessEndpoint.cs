@@ -1,11 +1,13 @@
-// GET /health/ready: 200 once the cluster answers and its model registry lists at least one model, else 503.
+// Probes. GET /health: the process is alive (200). GET /ready (alias /health/ready): 200 once the cluster answers and
+// its model registry lists at least one model, else 503.
 namespace Cluster.Gateway;
 
 public static class ReadinessEndpoint
 {
     public static IEndpointRouteBuilder MapReadiness(this IEndpointRouteBuilder app)
     {
-        app.MapGet("/health/ready", async (IGrainFactory grains, CancellationToken cancellation) =>
+        app.MapGet("/health", () => Results.Ok(new { status = "alive" }));
+        var ready = async (IGrainFactory grains, CancellationToken cancellation) =>
         {
             try
             {
@@ -19,7 +21,9 @@ public static class ReadinessEndpoint
             {
                 return Results.Json(new { status = "cluster unavailable", detail = e.Message }, statusCode: 503);
             }
-        });
+        };
+        app.MapGet("/ready", ready);
+        app.MapGet("/health/ready", ready);
         return app;
     }
 }

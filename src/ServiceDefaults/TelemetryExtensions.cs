@@ -1,5 +1,5 @@
-// OpenTelemetry for silos and the gateway: Orleans' meters and activity sources, .NET runtime and HTTP metrics,
-// and the engine's own meter, exported over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set (the variable an Aspire
+// OpenTelemetry for silos and the gateway: logs, Orleans' meters and activity sources, .NET runtime and HTTP
+// metrics, and the engine's own meter, exported over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set (the variable an Aspire
 // app host or dashboard sets; OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES name the process).
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
@@ -20,7 +20,8 @@ public static class TelemetryExtensions
             .WithMetrics(metrics => metrics
                 .AddMeter("Microsoft.Orleans", "System.Runtime", "Microsoft.AspNetCore.Hosting", "System.Net.Http", ClusterSource))
             .WithTracing(tracing => tracing
-                .AddSource("Microsoft.Orleans.Runtime", "Microsoft.Orleans.Application", "Microsoft.AspNetCore", ClusterSource));
+                .AddSource("Microsoft.Orleans.Runtime", "Microsoft.Orleans.Application", "Microsoft.AspNetCore", ClusterSource))
+            .WithLogging();
         if (!string.IsNullOrWhiteSpace(configuration["OTEL_EXPORTER_OTLP_ENDPOINT"])) telemetry.UseOtlpExporter();
         return services;
     }

@@ -17,13 +17,14 @@ public sealed class GatewayHost : IAsyncDisposable
 
     private GatewayHost(WebApplication app, Uri baseAddress) => (_app, BaseAddress) = (app, baseAddress);
 
-    public static async Task<GatewayHost> StartAsync(IGrainFactory grains)
+    public static async Task<GatewayHost> StartAsync(IGrainFactory grains, params string[] apiKeys)
     {
         var builder = WebApplication.CreateSlimBuilder();
         builder.WebHost.UseUrls("http://127.0.0.1:0");
         builder.Logging.ClearProviders();
         builder.Services.AddSingleton(grains);
         var app = builder.Build();
+        app.UseApiKeys(new ApiKeys(apiKeys));
         app.MapOpenAi();
         app.MapReadiness();
         await app.StartAsync();
