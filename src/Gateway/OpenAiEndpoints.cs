@@ -1,4 +1,4 @@
-// The OpenAI-compatible endpoints: GET /v1/models, POST /v1/completions and /v1/chat/completions (JSON or, with
+// The OpenAI-compatible endpoints (and GET /v1/cluster/silos, the device inventory): GET /v1/models, POST /v1/completions and /v1/chat/completions (JSON or, with
 // "stream": true, server-sent events ending in "data: [DONE]"). Grains come from the IGrainFactory in DI.
 using System.Text.Json;
 using Cluster.Contracts;
@@ -20,6 +20,9 @@ public static class OpenAiEndpoints
                 data = models.Select(m => new { id = m.Id, @object = "model", created = 0, owned_by = m.Owner, config = m.Config }),
             });
         });
+        // Not OpenAI: the silos of the cluster and the devices each owns (behind the same API keys as /v1).
+        app.MapGet("/v1/cluster/silos", async (IGrainFactory grains) =>
+            Results.Json(new { @object = "list", data = await grains.GetGrain<IClusterInventoryGrain>(0).ActiveSilos() }));
         app.MapPost("/v1/completions", context => Complete(context, chat: false));
         app.MapPost("/v1/chat/completions", context => Complete(context, chat: true));
         return app;

@@ -1,4 +1,5 @@
-// Everything a silo needs to host this project's grains: shard options and the pinned-shard placement director.
+// Everything a silo needs to host this project's grains: shard options, the pinned-shard placement director, and
+// the device inventory report.
 using Microsoft.Extensions.DependencyInjection;
 
 namespace Cluster.Grains;
@@ -9,6 +10,7 @@ public static class SiloBuilderExtensions
     {
         silo.Services.AddOptions<ShardOptions>().Configure(o => configure?.Invoke(o));
         silo.Services.AddPlacementDirector<PinnedShardPlacementStrategy, PinnedShardPlacementDirector>();
+        silo.Services.AddSingleton<ILifecycleParticipant<ISiloLifecycle>, DeviceInventoryReporter>();
         return silo;
     }
 }
