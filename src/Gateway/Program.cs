@@ -6,6 +6,7 @@ using Orleans.Dashboard;
 
 var builder = WebApplication.CreateBuilder(args);
 builder.Services.AddClusterTelemetry(builder.Configuration);
+builder.Services.AddClusteringConnections(builder.Configuration);
 builder.UseOrleansClient(client => client.UseClusterClustering(builder.Configuration).AddActivityPropagation().AddDashboard());
 var apiKeys = ApiKeys.FromConfiguration(builder.Configuration, builder.Environment);
 var app = builder.Build();

@@ -11,6 +11,7 @@ var builder = Host.CreateApplicationBuilder(args);
 var settings = SiloSettings.From(builder.Configuration);
 builder.Services.AddSingleton(settings);
 builder.Services.AddClusterTelemetry(builder.Configuration);
+builder.Services.AddClusteringConnections(builder.Configuration);
 builder.UseOrleans(silo =>
 {
     silo.AddActivityPropagation();
