@@ -68,6 +68,7 @@ public interface IDevice : IDisposable
     DeviceBuffer Allocate(int length);                       // zero-filled
     DeviceBuffer Upload(ReadOnlySpan<float> data);
     void Download(DeviceBuffer source, Span<float> destination);   // the first destination.Length floats
+    void Write(DeviceBuffer destination, ReadOnlySpan<float> source);   // into the first source.Length floats
     DeviceMatrix UploadMatrix(ReadOnlySpan<float> weights, int rows, int cols);   // weights (rows, cols) row-major
 
     /// <summary>y (M, N) = x (M, K) · Wᵀ, W (N, K).</summary>

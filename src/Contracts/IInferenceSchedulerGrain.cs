@@ -1,9 +1,10 @@
-// The per-model entry point (key = model id): tokenizes, drives the shard's forward steps, samples, streams tokens.
+// The per-model entry point (key = model id): tokenizes, batches every running request into the shards' pipeline
+// steps (continuous batching), samples, streams tokens.
 namespace Cluster.Contracts;
 
 public interface IInferenceSchedulerGrain : IGrainWithStringKey
 {
-    /// <summary>Starts serving: loads the shard and registers the model. Idempotent for the same serving.</summary>
+    /// <summary>Starts serving: places and loads every shard of the layout and registers the model. Idempotent for the same serving.</summary>
     Task<ShardDescription> Serve(ModelServing serving);
 
     IAsyncEnumerable<GeneratedChunk> Generate(GenerationRequest request);

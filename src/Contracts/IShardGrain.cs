@@ -1,15 +1,29 @@
-// A shard holds (a slice of) a model on one device. Key "{modelId}/{shardIndex}", optionally "@{siloName}" to pin it.
+// A shard holds one slice of a model (a pipeline stage's layers at one tensor-parallel rank) on one device.
+// Key: ShardKey ("{modelId}/{replica}.{stage}.{rank}", optionally "@{siloName}" to pin it).
+using Orleans.Concurrency;
+
 namespace Cluster.Contracts;
 
 public interface IShardGrain : IGrainWithStringKey
 {
-    /// <summary>Loads the weights unless this activation already holds the same source.</summary>
-    Task<ShardDescription> Load(ModelSource source);
+    /// <summary>
+    /// Takes up its place in a serving epoch: loads its slice unless it already holds it, and starts the epoch with an
+    /// empty KV cache. A newer epoch ends the older one (its pending collectives and steps fail).
+    /// </summary>
+    Task<ShardDescription> Load(ShardAssignment assignment);
 
-    Task<ForwardResult> Forward(ForwardBatch batch);
+    /// <summary>
+    /// Runs one step of its replica's pipeline (steps are taken in Step order), passes the hidden states on to the next
+    /// stage, and answers with the last stage's logits (rank 0's chain; other ranks answer with no rows).
+    /// </summary>
+    Task<StageResult> Forward(StageBatch batch);
 
-    /// <summary>Frees the sequence's KV blocks; unknown ids are ignored.</summary>
-    Task ReleaseSequence(Guid sequence);
+    /// <summary>A tensor-parallel peer's collective message (interleaves with a Forward blocked on it).</summary>
+    [AlwaysInterleave]
+    Task Deliver(long epoch, int fromRank, long tag, Immutable<byte[]> data);
+
+    /// <summary>Frees the sequences' KV blocks; unknown ids are ignored.</summary>
+    Task Release(long epoch, Guid[] sequences);
 
     /// <summary>Null when nothing is loaded on this activation.</summary>
     Task<ShardDescription?> Describe();

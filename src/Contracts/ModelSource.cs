@@ -17,6 +17,18 @@ public sealed record ModelSource
     public override string ToString() => Path is null ? $"random:{Preset}:{Seed}" : Path;
 }
 
-/// <summary>What a scheduler serves: the weights and, optionally, the silo its shard is pinned to.</summary>
+/// <summary>
+/// What a scheduler serves: the weights, the parallel layout ("tp=2,pp=2,dp=1"; empty = one shard) and, optionally,
+/// the silos the shards are pinned to, assigned round-robin in (replica, stage, rank) order.
+/// </summary>
 [GenerateSerializer, Immutable]
-public sealed record ModelServing([property: Id(0)] ModelSource Source, [property: Id(1)] string? ShardSilo = null);
+public sealed record ModelServing(
+    [property: Id(0)] ModelSource Source,
+    [property: Id(1)] string Layout = "",
+    [property: Id(2)] string[]? Silos = null)
+{
+    public bool Equals(ModelServing? other) =>
+        other is not null && Source == other.Source && Layout == other.Layout && (Silos ?? []).SequenceEqual(other.Silos ?? []);
+
+    public override int GetHashCode() => HashCode.Combine(Source, Layout, Silos?.Length ?? 0);
+}

@@ -1,10 +1,13 @@
-// Shard grain keys: "{modelId}/{shardIndex}" with an optional "@{siloName}" suffix that pins placement.
+// Shard grain keys: "{modelId}/{replica}.{stage}.{rank}" with an optional "@{siloName}" suffix that pins placement.
 namespace Cluster.Contracts;
 
 public static class ShardKey
 {
-    public static string Create(string modelId, int shardIndex, string? silo = null) =>
-        silo is null ? $"{modelId}/{shardIndex}" : $"{modelId}/{shardIndex}@{silo}";
+    public static string Create(string modelId, int replica, int stage, int rank, string? silo = null)
+    {
+        string key = $"{modelId}/{replica}.{stage}.{rank}";
+        return silo is null ? key : $"{key}@{silo}";
+    }
 
     /// <summary>The silo name after the last '@', or null when the key is not pinned.</summary>
     public static string? PinnedSilo(string key)

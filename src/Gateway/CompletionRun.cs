@@ -1,6 +1,7 @@
 // One completion: tokenizes the prompt on the model's scheduler, streams its chunks and answers them as an OpenAI
 // text_completion / chat.completion object or as server-sent chunk events. finish_reason is "length" when
-// max_tokens ended it, else "stop" (EOS, or the model's context filled up). Grain argument errors become 400s.
+// max_tokens ended it, else "stop" (EOS, or the model's context filled up). Grain argument errors become 400s; a
+// model whose pipeline could not be brought back becomes 503 (mid-stream: an error event).
 using Cluster.Contracts;
 
 namespace Cluster.Gateway;
@@ -24,7 +25,7 @@ public sealed class CompletionRun(HttpContext context, IInferenceSchedulerGrain 
         var text = new System.Text.StringBuilder();
         int completionTokens = 0;
         if (request.Stream) StartEvents();
-        for (; any; any = await chunks.MoveNextAsync())
+        for (; any; any = await Grain(() => chunks.MoveNextAsync().AsTask()))
         {
             completionTokens++;
             text.Append(chunks.Current.Text);
@@ -46,6 +47,7 @@ public sealed class CompletionRun(HttpContext context, IInferenceSchedulerGrain 
     {
         try { return await call(); }
         catch (ArgumentException e) { throw new ApiError(400, e.Message, "prompt"); }
+        catch (ModelUnavailableException e) { throw new ApiError(503, e.Message, code: "model_unavailable", type: "server_error"); }
     }
 
     private void StartEvents()

@@ -44,6 +44,10 @@ public static class OpenAiEndpoints
         {
             await e.WriteAsync(context.Response);
         }
+        catch (ApiError e) when (context.Response.ContentType == "text/event-stream")
+        {
+            await context.Response.Body.WriteAsync(SseEvent(e.Body), context.RequestAborted);   // the stream had begun: end it with the error
+        }
     }
 
     /// <summary>The body, at most <see cref="MaxBodyBytes"/> (else 413), read whole before parsing.</summary>

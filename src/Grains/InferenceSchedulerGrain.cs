@@ -1,80 +1,349 @@
-// The per-model scheduler: tokenizes, runs prefill then one decode step per token on the shard, samples, and
-// streams tokens with llama2.c run.c semantics. The grain is non-reentrant, so concurrent requests interleave one
-// step at a time and never overlap on the shard. A sequence's KV blocks are released however the stream ends.
+// The per-model scheduler: continuous batching over the model's pipelines. Every request becomes a sequence; each
+// step carries the decode token of every ready sequence plus prompt chunks up to MaxBatchTokens (chunked prefill), so
+// requests join and leave the running batch at every step. A pipeline of S stages runs S steps at once ("lanes"),
+// each over different sequences, so its stages overlap. KV room is reserved at admission (prompt + max tokens), and
+// a sequence's blocks go back to every shard's free list when it finishes or its client goes away.
+// Failover: when a step fails or times out, the replica starts a new epoch, its shards are placed and loaded again,
+// and its sequences are replayed from their tokens so far (prompt + generated), so clients see no error unless the
+// pipeline stays down past FailoverTimeout (ModelUnavailableException: the gateway answers 503).
+// The grain is reentrant: requests, lanes and failover interleave at awaits on the grain's one thread.
 using System.Runtime.InteropServices;
 using System.Text;
+using System.Threading.Channels;
+using Orleans.Concurrency;
 using Cluster.Contracts;
 using Cluster.Model;
+using Cluster.Model.Parallel;
 using Cluster.Model.Tokenizers;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
 
 namespace Cluster.Grains;
 
-public sealed class InferenceSchedulerGrain(IGrainFactory grains, ILocalSiloDetails silo) : Grain, IInferenceSchedulerGrain
+[Reentrant]
+public sealed class InferenceSchedulerGrain(
+    IGrainFactory grains, ILocalSiloDetails silo, IOptions<SchedulerOptions> options, ILogger<InferenceSchedulerGrain> log)
+    : Grain, IInferenceSchedulerGrain
 {
+    private sealed class Sequence(GenerationRequest request, int[] prompt, int maxTokens, int blocks)
+    {
+        public Guid Id { get; } = Guid.NewGuid();
+        public List<int> Tokens { get; } = [.. prompt];   // prompt + generated
+        public int PromptLength => prompt.Length;
+        public int MaxTokens => maxTokens;
+        public int Blocks => blocks;
+        public GenerationRequest Request => request;
+        public Sampler Sampler { get; } = new(new SamplingOptions(request.Temperature, request.TopP, request.TopK, request.Seed));
+        public Decoder Decoder { get; } = Encoding.UTF8.GetDecoder();
+        public Channel<GeneratedChunk> Output { get; } = Channel.CreateUnbounded<GeneratedChunk>(new() { SingleReader = true, SingleWriter = true });
+        public Replica? Replica { get; set; }
+        /// <summary>Tokens whose K and V the replica's shards hold.</summary>
+        public int Cached { get; set; }
+        public bool InFlight { get; set; }
+        public bool Cancelled { get; set; }
+        public bool Finished { get; set; }
+        public int Generated => Tokens.Count - PromptLength;
+        public int Pending => Tokens.Count - Cached;
+    }
+
+    private sealed class Replica(int index, string[][] stageKeys)
+    {
+        public int Index => index;
+        public string[][] StageKeys => stageKeys;   // (stage, rank)
+        public IEnumerable<string> AllKeys => stageKeys.SelectMany(k => k);
+        public long Epoch { get; set; }
+        public long NextStep { get; set; }
+        public int Lanes { get; set; }
+        public bool Recovering { get; set; }
+        public int ReservedBlocks { get; set; }
+        public List<Sequence> Running { get; } = [];
+        public Queue<Sequence> Waiting { get; } = [];
+    }
+
     private ModelServing? _serving;
     private ITokenizer? _tokenizer;
+    private Replica[] _replicas = [];
+    private ShardDescription? _shape;   // rank 0 of the first stage: context, KV blocks (every shard has as many)
+    private long _lastEpoch;
 
     private string ModelId => this.GetPrimaryKeyString();
-    private string ShardKeyOf(ModelServing serving) => ShardKey.Create(ModelId, 0, serving.ShardSilo);
+    private SchedulerOptions Options => options.Value;
 
     public async Task<ShardDescription> Serve(ModelServing serving)
     {
+        if (_serving == serving && _shape is not null) return _shape;   // already serving; a lost shard comes back by failover
         if (_serving != serving)
         {
+            var layout = ParallelLayoutOf(serving);
+            foreach (var replica in _replicas) FailAll(replica, new ModelUnavailableException($"model '{ModelId}' is being served anew"));
             _tokenizer = await Task.Run(() => ModelSources.LoadTokenizer(serving.Source));
+            int shard = 0;
+            string? Pin() => serving.Silos is { Length: > 0 } silos ? silos[shard++ % silos.Length] : null;
+            _replicas = [.. Enumerable.Range(0, layout.DataParallel).Select(r => new Replica(r,
+                [.. Enumerable.Range(0, layout.PipelineStages).Select(s =>
+                    Enumerable.Range(0, layout.TensorParallel).Select(t => ShardKey.Create(ModelId, r, s, t, Pin())).ToArray())]))];
             _serving = serving;
         }
-        var description = await Shard(serving).Load(serving.Source);
-        await grains.GetGrain<IModelRegistryGrain>(0).Register(new ModelEntry(ModelId, description.Config, description.Silo));
-        return description;
+        foreach (var replica in _replicas) await Load(replica);
+        var entry = new ModelEntry(ModelId, _shape!.Config, string.Join(",", _replicas.SelectMany(r => r.AllKeys)));
+        await grains.GetGrain<IModelRegistryGrain>(0).Register(entry);
+        return _shape;
     }
 
-    public Task<int[]> Tokenize(string prompt) =>
-        Task.FromResult((_tokenizer ?? throw new InvalidOperationException($"model '{ModelId}' is not being served")).Encode(prompt, addBos: true));
+    private static ParallelLayout ParallelLayoutOf(ModelServing serving)
+    {
+        try { return ParallelLayout.Parse(serving.Layout); }
+        catch (FormatException e) { throw new ArgumentException(e.Message, nameof(serving), e); }
+    }
 
-    public Task<SchedulerStatus> Status() => Task.FromResult(new SchedulerStatus(silo.Name, _serving is null ? null : ShardKeyOf(_serving)));
+    /// <summary>Starts a new epoch on every shard of the replica (each loads its slice where it is not loaded yet).</summary>
+    private async Task Load(Replica replica)
+    {
+        var serving = _serving!;
+        long epoch = _lastEpoch = Math.Max(_lastEpoch + 1, DateTime.UtcNow.Ticks);   // above any epoch an earlier activation used
+        replica.Epoch = epoch;
+        replica.NextStep = 0;
+        var keys = replica.StageKeys;
+        var loads = new List<Task<ShardDescription>>();
+        for (int stage = 0; stage < keys.Length; stage++)
+            for (int rank = 0; rank < keys[stage].Length; rank++)
+            {
+                var assignment = new ShardAssignment(serving.Source, serving.Layout, replica.Index, stage, rank, keys[stage],
+                    stage + 1 < keys.Length ? keys[stage + 1][rank] : null, epoch);
+                loads.Add(grains.GetGrain<IShardGrain>(keys[stage][rank]).Load(assignment));
+            }
+        var descriptions = await Task.WhenAll(loads);
+        if (replica.Epoch == epoch) _shape = descriptions[0];
+    }
+
+    public Task<int[]> Tokenize(string prompt) => Task.FromResult(Tokenizer.Encode(prompt, addBos: true));
+
+    private ITokenizer Tokenizer => _tokenizer ?? throw new InvalidOperationException($"model '{ModelId}' is not being served");
+
+    public Task<SchedulerStatus> Status() => Task.FromResult(new SchedulerStatus(silo.Name,
+        [.. _replicas.SelectMany(r => r.AllKeys)], _replicas.Sum(r => r.Running.Count), _replicas.Sum(r => r.Waiting.Count)));
 
     public async IAsyncEnumerable<GeneratedChunk> Generate(GenerationRequest request)
     {
-        var serving = _serving ?? throw new InvalidOperationException($"model '{ModelId}' is not being served");
-        var tokenizer = _tokenizer!;
-        var shard = Shard(serving);
-        var description = await shard.Load(serving.Source);   // reloads where the shard reactivated elsewhere
-        int[] prompt = request.PromptTokens ?? tokenizer.Encode(request.Prompt, addBos: true);
+        var shape = _shape ?? throw new InvalidOperationException($"model '{ModelId}' is not being served");
+        int[] prompt = request.PromptTokens ?? Tokenizer.Encode(request.Prompt, addBos: true);
         if (prompt.Length == 0) throw new ArgumentException("the prompt has no tokens (not even BOS)");
-        if (prompt.Length >= description.MaxSeqLen)
-            throw new ArgumentException($"the prompt has {prompt.Length} tokens; the model's context is {description.MaxSeqLen}");
-        int maxTokens = Math.Min(request.MaxTokens, description.MaxSeqLen - prompt.Length);
-        var sampler = new Sampler(new SamplingOptions(request.Temperature, request.TopP, request.TopK, request.Seed));
-        var sequence = Guid.NewGuid();
-        var decoder = Encoding.UTF8.GetDecoder();
+        if (prompt.Length >= shape.MaxSeqLen)
+            throw new ArgumentException($"the prompt has {prompt.Length} tokens; the model's context is {shape.MaxSeqLen}");
+        int maxTokens = Math.Min(request.MaxTokens, shape.MaxSeqLen - prompt.Length);
+        if (maxTokens <= 0) yield break;
+        int vocab = Tokenizer.VocabSize;
+        foreach (int token in prompt)
+            if ((uint)token >= (uint)vocab) throw new ArgumentException($"prompt token {token} is outside the vocabulary of {vocab}");
+        var sequence = new Sequence(request, prompt, maxTokens, (prompt.Length + maxTokens + shape.KvBlockSize - 1) / shape.KvBlockSize);
+        if (sequence.Blocks > shape.TotalKvBlocks)
+            throw new ArgumentException($"prompt and max tokens need {sequence.Blocks} KV blocks; each shard's cache has {shape.TotalKvBlocks}");
+        var replica = _replicas.MinBy(r => (r.Recovering ? 1 : 0, r.Running.Count + r.Waiting.Count))!;
+        sequence.Replica = replica;
+        replica.Waiting.Enqueue(sequence);
+        Kick(replica);
         try
         {
-            int previous = prompt[^1];
-            float[] logits = maxTokens > 0 ? await Step(shard, sequence, prompt) : [];
-            for (int generated = 0; generated < maxTokens; generated++)
+            await foreach (var chunk in sequence.Output.Reader.ReadAllAsync()) yield return chunk;
+        }
+        finally
+        {
+            if (!sequence.Finished) Cancel(sequence);
+        }
+    }
+
+    /// <summary>Starts lanes (up to one per pipeline stage) while the replica has work no lane carries.</summary>
+    private void Kick(Replica replica)
+    {
+        int depth = replica.StageKeys.Length;
+        while (!replica.Recovering && replica.Lanes < depth && (replica.Waiting.Count > 0 || replica.Running.Any(s => !s.InFlight)))
+        {
+            replica.Lanes++;
+            _ = RunLane(replica);
+        }
+    }
+
+    private async Task RunLane(Replica replica)
+    {
+        try
+        {
+            while (!replica.Recovering)
             {
-                int next = sampler.Sample(logits);
-                if (request.StopAtEos && (next == tokenizer.BosId || next == tokenizer.EosId)) yield break;
-                byte[] bytes = tokenizer.DecodeBytes(previous, next);
-                var chars = new char[decoder.GetCharCount(bytes, flush: false)];
-                decoder.GetChars(bytes, chars, flush: false);
-                yield return new GeneratedChunk(next, new string(chars));
-                previous = next;
-                if (generated + 1 < maxTokens) logits = await Step(shard, sequence, [next]);
+                Admit(replica);
+                var batch = NextBatch(replica);
+                if (batch.Count == 0) break;
+                await RunStep(replica, batch);
+            }
+        }
+        catch (Exception e)
+        {
+            log.LogError(e, "model {Model} replica {Replica}: lane failed", ModelId, replica.Index);
+            FailAll(replica, e);
+        }
+        finally
+        {
+            replica.Lanes--;
+        }
+    }
+
+    /// <summary>Moves waiting sequences into the running set while their KV reservation fits.</summary>
+    private void Admit(Replica replica)
+    {
+        int capacity = _shape!.TotalKvBlocks;
+        while (replica.Waiting.TryPeek(out var next) && replica.ReservedBlocks + next.Blocks <= capacity)
+        {
+            replica.Waiting.Dequeue();
+            replica.ReservedBlocks += next.Blocks;
+            replica.Running.Add(next);
+        }
+    }
+
+    /// <summary>The next step: every ready decode token first, then prompt chunks while the token budget lasts.</summary>
+    private List<(Sequence Sequence, ForwardChunk Chunk)> NextBatch(Replica replica)
+    {
+        var batch = new List<(Sequence, ForwardChunk)>();
+        int budget = Math.Max(1, Options.MaxBatchTokens);
+        var ready = replica.Running.Where(s => !s.InFlight && s.Pending > 0).OrderBy(s => s.Pending == 1 ? 0 : 1);
+        foreach (var sequence in ready)
+        {
+            int n = Math.Min(sequence.Pending, budget);
+            if (n == 0) break;
+            budget -= n;
+            sequence.InFlight = true;
+            batch.Add((sequence, new ForwardChunk(sequence.Id, sequence.Tokens.GetRange(sequence.Cached, n).ToArray())));
+        }
+        return batch;
+    }
+
+    private async Task RunStep(Replica replica, List<(Sequence Sequence, ForwardChunk Chunk)> batch)
+    {
+        long epoch = replica.Epoch, step = replica.NextStep++;
+        var stageBatch = new StageBatch(epoch, step, [.. batch.Select(b => b.Chunk)], []);
+        StageResult result;
+        try
+        {
+            var calls = replica.StageKeys[0].Select(key => grains.GetGrain<IShardGrain>(key).Forward(stageBatch)).ToArray();
+            result = (await Task.WhenAll(calls).WaitAsync(Options.StepTimeout))[0];
+        }
+        catch (Exception e) when (e is not ArgumentException)
+        {
+            if (replica.Epoch == epoch) await Recover(replica, e);
+            return;   // the failover replays these sequences
+        }
+        if (replica.Epoch != epoch) return;   // a failover started while this step ran: its sequences replay
+
+        var logits = MemoryMarshal.Cast<byte, float>(result.Logits);
+        var finished = new List<Sequence>();
+        for (int i = 0; i < batch.Count; i++)
+        {
+            var (sequence, chunk) = batch[i];
+            sequence.InFlight = false;
+            sequence.Cached += chunk.Tokens.Length;
+            if (sequence.Cancelled || (sequence.Pending == 0 && Emit(sequence, logits.Slice(i * result.VocabSize, result.VocabSize))))
+                finished.Add(sequence);
+        }
+        foreach (var sequence in finished) Finish(sequence);
+        Kick(replica);
+    }
+
+    /// <summary>Samples the next token from the logits and streams it; true when the sequence is done.</summary>
+    private bool Emit(Sequence sequence, ReadOnlySpan<float> logits)
+    {
+        var tokenizer = Tokenizer;
+        int next = sequence.Sampler.Sample(logits.ToArray());
+        if (sequence.Request.StopAtEos && (next == tokenizer.BosId || next == tokenizer.EosId)) return true;
+        byte[] bytes = tokenizer.DecodeBytes(sequence.Tokens[^1], next);
+        var chars = new char[sequence.Decoder.GetCharCount(bytes, flush: false)];
+        sequence.Decoder.GetChars(bytes, chars, flush: false);
+        sequence.Output.Writer.TryWrite(new GeneratedChunk(next, new string(chars)));
+        sequence.Tokens.Add(next);
+        return sequence.Generated >= sequence.MaxTokens;
+    }
+
+    /// <summary>The client went away: the sequence leaves now, or when its step in flight returns.</summary>
+    private void Cancel(Sequence sequence)
+    {
+        sequence.Cancelled = true;
+        if (!sequence.InFlight) Finish(sequence);
+    }
+
+    private void Finish(Sequence sequence, Exception? error = null)
+    {
+        if (sequence.Finished) return;
+        sequence.Finished = true;
+        sequence.Output.Writer.TryComplete(error);
+        var replica = sequence.Replica!;
+        if (!replica.Running.Remove(sequence))
+        {
+            var waiting = replica.Waiting.Where(s => s != sequence).ToList();
+            replica.Waiting.Clear();
+            foreach (var s in waiting) replica.Waiting.Enqueue(s);
+            return;   // never admitted: it holds no blocks
+        }
+        replica.ReservedBlocks -= sequence.Blocks;
+        if (sequence.Cached > 0 || sequence.InFlight) _ = Release(replica, replica.Epoch, sequence.Id);
+        Kick(replica);
+    }
+
+    private async Task Release(Replica replica, long epoch, Guid sequence)
+    {
+        try
+        {
+            await Task.WhenAll(replica.AllKeys.Select(key => grains.GetGrain<IShardGrain>(key).Release(epoch, [sequence])));
+        }
+        catch (Exception e)
+        {
+            // A lost shard's blocks went with it; the failover's new epoch starts with an empty cache.
+            log.LogWarning(e, "model {Model}: releasing sequence {Sequence} failed", ModelId, sequence);
+        }
+    }
+
+    /// <summary>Brings a failed pipeline back in a new epoch and replays its sequences, or fails them after FailoverTimeout.</summary>
+    private async Task Recover(Replica replica, Exception cause)
+    {
+        replica.Recovering = true;
+        log.LogWarning(cause, "model {Model} replica {Replica}: step failed in epoch {Epoch}; replaying {Count} sequences on a new epoch",
+            ModelId, replica.Index, replica.Epoch, replica.Running.Count);
+        replica.Epoch = 0;   // results still in flight belong to the lost epoch
+        foreach (var sequence in replica.Running)
+        {
+            sequence.InFlight = false;
+            sequence.Cached = 0;
+        }
+        var deadline = DateTime.UtcNow + Options.FailoverTimeout;
+        try
+        {
+            while (true)
+            {
+                try
+                {
+                    await Load(replica).WaitAsync(Options.StepTimeout);
+                    log.LogInformation("model {Model} replica {Replica}: recovered in epoch {Epoch}", ModelId, replica.Index, replica.Epoch);
+                    break;
+                }
+                catch (Exception e) when (DateTime.UtcNow < deadline)
+                {
+                    replica.Epoch = 0;
+                    log.LogWarning(e, "model {Model} replica {Replica}: reloading failed; retrying", ModelId, replica.Index);
+                    await Task.Delay(TimeSpan.FromMilliseconds(500));
+                }
+                catch (Exception e)
+                {
+                    FailAll(replica, new ModelUnavailableException(
+                        $"model '{ModelId}' lost a shard and could not bring it back within {Options.FailoverTimeout.TotalSeconds:0} s: {e.Message}"));
+                    break;
+                }
             }
         }
         finally
         {
-            await shard.ReleaseSequence(sequence);
+            replica.Recovering = false;
         }
+        Kick(replica);
     }
 
-    private IShardGrain Shard(ModelServing serving) => grains.GetGrain<IShardGrain>(ShardKeyOf(serving));
-
-    private static async Task<float[]> Step(IShardGrain shard, Guid sequence, int[] tokens)
+    private void FailAll(Replica replica, Exception error)
     {
-        var result = await shard.Forward(new ForwardBatch([new ForwardChunk(sequence, tokens)]));
-        return MemoryMarshal.Cast<byte, float>(result.Logits).ToArray();
+        foreach (var sequence in replica.Running.Concat(replica.Waiting).ToList()) Finish(sequence, error);
     }
 }

@@ -1,100 +1,216 @@
-// A shard: holds the model and its paged KV cache on a CpuDevice; every device call runs on the shard's DeviceWorker.
+// A shard: one pipeline stage's layers at one tensor-parallel rank, on a CpuDevice, with its paged KV cache. Every
+// device call runs on the shard's DeviceWorker. The grain is reentrant so that pipeline steps overlap (step k+1
+// queues on the device while step k waits for the next stage) and peers' collective messages get in while a step is
+// blocked on them; steps still run strictly in Step order, the same order on every rank of the group.
 using System.Runtime.InteropServices;
+using Orleans.Concurrency;
+using Cluster.Compute.Collectives;
 using Cluster.Compute.Cpu;
 using Cluster.Contracts;
 using Cluster.Model;
+using Cluster.Model.Parallel;
 using Microsoft.Extensions.Options;
 
 namespace Cluster.Grains;
 
-[PinnedShardPlacement]
-public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails silo) : Grain, IShardGrain
+[PinnedShardPlacement, Reentrant]
+public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails silo, IGrainFactory grains) : Grain, IShardGrain
 {
-    private sealed class Loaded(ModelSource source, CpuDevice device, TransformerModel model, PagedKvCache cache) : IDisposable
+    /// <summary>The weights on the device: kept across epochs while the assignment's slice stays the same.</summary>
+    private sealed class LoadedSlice(ShardAssignment assignment, CpuDevice device, TransformerModel model) : IDisposable
     {
-        public ModelSource Source => source;
+        public ShardAssignment Assignment => assignment;
         public CpuDevice Device => device;
         public TransformerModel Model => model;
-        public PagedKvCache Cache => cache;
-        public Dictionary<Guid, int> Sequences { get; } = [];
+
+        public bool Holds(ShardAssignment other) =>
+            assignment.Source == other.Source && assignment.Layout == other.Layout &&
+            assignment.Replica == other.Replica && assignment.Stage == other.Stage && assignment.Rank == other.Rank;
 
         public void Dispose()
         {
-            cache.Dispose();
             model.Dispose();
             device.Dispose();
         }
     }
 
+    /// <summary>One serving epoch: the KV cache and sequences, the collectives' mailbox, and the step order.</summary>
+    private sealed class Epoch(ShardAssignment assignment, PagedKvCache cache, CollectiveMailbox mailbox, CollectiveGroup? group)
+    {
+        private readonly Dictionary<long, TaskCompletionSource> _waiting = [];
+        private long _nextStep;
+        private Exception? _ended;
+
+        public ShardAssignment Assignment => assignment;
+        public long Number => assignment.Epoch;
+        public PagedKvCache Cache => cache;
+        public CollectiveMailbox Mailbox => mailbox;
+        public CollectiveGroup? Group => group;
+        public Dictionary<Guid, int> Sequences { get; } = [];
+
+        /// <summary>Completes when every earlier step has been queued on the device.</summary>
+        public async Task WaitTurn(long step)
+        {
+            while (true)
+            {
+                if (_ended is not null) throw _ended;
+                if (step == _nextStep) return;
+                if (step < _nextStep) throw new InvalidOperationException($"step {step} of epoch {Number} arrived twice");
+                if (!_waiting.TryGetValue(step, out var turn))
+                    _waiting[step] = turn = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                await turn.Task;
+            }
+        }
+
+        public void Advance()
+        {
+            _nextStep++;
+            if (_waiting.Remove(_nextStep, out var turn)) turn.SetResult();
+        }
+
+        /// <summary>Fails waiting steps and blocked collectives; the cache is freed later, on the device thread.</summary>
+        public void End(Exception reason)
+        {
+            _ended = reason;
+            mailbox.Fail(reason);
+            foreach (var turn in _waiting.Values) turn.SetException(reason);
+            _waiting.Clear();
+        }
+    }
+
     private DeviceWorker? _worker;
-    private Loaded? _loaded;
+    private LoadedSlice? _slice;
+    private Epoch? _epoch;
+    private readonly Dictionary<long, CollectiveMailbox> _early = [];   // peers' messages for an epoch not started here yet
 
     private DeviceWorker Worker => _worker ??= new DeviceWorker($"shard {this.GetPrimaryKeyString()}");
+    private string Key => this.GetPrimaryKeyString();
 
-    public async Task<ShardDescription> Load(ModelSource source)
+    public async Task<ShardDescription> Load(ShardAssignment assignment)
     {
-        if (_loaded?.Source != source)
+        var current = _epoch;
+        if (current is not null)
         {
-            var previous = _loaded;
-            _loaded = null;
-            var o = options.Value;
-            _loaded = await Worker.Run(() =>
-            {
-                previous?.Dispose();
-                var weights = ModelSources.Load(source);
-                var device = new CpuDevice(o.DeviceThreads);
-                var model = new TransformerModel(device, weights.Config, weights.Weights);
-                int blocksPerSequence = (weights.Config.MaxSeqLen + o.KvBlockSize - 1) / o.KvBlockSize;
-                var cache = new PagedKvCache(device, weights.Config, o.KvSequences * blocksPerSequence, o.KvBlockSize);
-                return new Loaded(source, device, model, cache);
-            });
+            if (assignment.Epoch < current.Number)
+                throw new StaleEpochException($"shard {Key} is in epoch {current.Number}; epoch {assignment.Epoch} is over");
+            if (assignment.Epoch == current.Number && _slice!.Holds(assignment)) return Describe(_slice, current);
+            current.End(new StaleEpochException($"shard {Key}: epoch {current.Number} ended by epoch {assignment.Epoch}"));
         }
-        return Describe(_loaded);
-    }
-
-    public Task<ForwardResult> Forward(ForwardBatch batch)
-    {
-        var loaded = _loaded ?? throw new InvalidOperationException($"shard {this.GetPrimaryKeyString()} has no model loaded");
-        return Worker.Run(() =>
+        _epoch = null;
+        foreach (long old in _early.Keys.Where(e => e < assignment.Epoch).ToList()) _early.Remove(old);
+        var mailbox = _early.Remove(assignment.Epoch, out var early) ? early : new CollectiveMailbox();
+        var previous = _slice;
+        var previousCache = current?.Cache;
+        var o = options.Value;
+        var (slice, cache) = await Worker.Run(() =>
         {
-            var chunks = new SequenceChunk[batch.Chunks.Length];
-            for (int i = 0; i < chunks.Length; i++)
-            {
-                var chunk = batch.Chunks[i];
-                if (!loaded.Sequences.TryGetValue(chunk.Sequence, out int sequence))
-                    loaded.Sequences[chunk.Sequence] = sequence = loaded.Cache.CreateSequence();
-                chunks[i] = new SequenceChunk(sequence, chunk.Tokens, chunk.AllLogits);
-            }
-            float[] logits = loaded.Model.Forward(chunks, loaded.Cache);
-            int vocab = loaded.Model.Config.VocabSize;
-            return new ForwardResult(MemoryMarshal.AsBytes(logits.AsSpan()).ToArray(), logits.Length / vocab, vocab);
+            previousCache?.Dispose();
+            var slice = previous is not null && previous.Holds(assignment) ? previous : LoadSlice(assignment, o.DeviceThreads);
+            if (slice != previous) previous?.Dispose();
+            var c = slice.Model.Config;
+            int blocksPerSequence = (c.MaxSeqLen + o.KvBlockSize - 1) / o.KvBlockSize;
+            return (slice, slice.Model.CreateCache(o.KvSequences * blocksPerSequence, o.KvBlockSize));
         });
+        _slice = slice;
+        var group = assignment.TensorGroup.Length > 1
+            ? new CollectiveGroup(new ShardGroupTransport(grains, assignment.TensorGroup, assignment.Rank, assignment.Epoch, mailbox))
+            : null;
+        _epoch = new Epoch(assignment, cache, mailbox, group);
+        return Describe(slice, _epoch);
     }
 
-    public Task ReleaseSequence(Guid sequence)
+    private static LoadedSlice LoadSlice(ShardAssignment a, int threads)
     {
-        var loaded = _loaded;
-        if (loaded is null) return Task.CompletedTask;
+        var whole = ModelSources.Load(a.Source);
+        var spec = ShardingPlan.Create(whole.Config, ParallelLayout.Parse(a.Layout)).Get(a.Replica, a.Stage, a.Rank);
+        var weights = ShardWeights.Slice(whole.Config, whole.Weights, spec, whole.Source);
+        var device = new CpuDevice(threads);
+        return new LoadedSlice(a, device, new TransformerModel(device, whole.Config, weights));
+    }
+
+    public async Task<StageResult> Forward(StageBatch batch)
+    {
+        var epoch = Current(batch.Epoch);
+        var model = _slice!.Model;
+        await epoch.WaitTurn(batch.Step);
+        Task<float[]> compute;
+        try
+        {
+            compute = Worker.Run(() => Run(model, epoch, batch));
+        }
+        finally
+        {
+            epoch.Advance();
+        }
+        float[] output = await compute;
+        byte[] bytes = MemoryMarshal.AsBytes(output.AsSpan()).ToArray();
+        if (epoch.Assignment.NextStage is { } next)
+            return await grains.GetGrain<IShardGrain>(next).Forward(batch with { Hidden = bytes });
+        int vocab = model.Config.VocabSize;
+        return epoch.Assignment.Rank == 0 ? new StageResult(bytes, output.Length / vocab, vocab) : new StageResult([], 0, vocab);
+    }
+
+    /// <summary>On the device thread: maps the scheduler's sequence ids to cache entries and runs the stage.</summary>
+    private static float[] Run(TransformerModel model, Epoch epoch, StageBatch batch)
+    {
+        var chunks = new SequenceChunk[batch.Chunks.Length];
+        for (int i = 0; i < chunks.Length; i++)
+        {
+            var chunk = batch.Chunks[i];
+            if (!epoch.Sequences.TryGetValue(chunk.Sequence, out int sequence))
+                epoch.Sequences[chunk.Sequence] = sequence = epoch.Cache.CreateSequence();
+            chunks[i] = new SequenceChunk(sequence, chunk.Tokens, chunk.AllLogits);
+        }
+        float[]? hidden = model.Spec.IsFirstStage ? null : MemoryMarshal.Cast<byte, float>(batch.Hidden).ToArray();
+        return model.Forward(chunks, epoch.Cache, hidden, epoch.Group);
+    }
+
+    public Task Deliver(long epoch, int fromRank, long tag, Immutable<byte[]> data)
+    {
+        if (_epoch is { } current && epoch <= current.Number)
+        {
+            if (epoch == current.Number) current.Mailbox.Deliver(fromRank, tag, data.Value);
+            return Task.CompletedTask;   // an ended epoch's message: nobody waits for it
+        }
+        if (!_early.TryGetValue(epoch, out var mailbox)) _early[epoch] = mailbox = new CollectiveMailbox();
+        mailbox.Deliver(fromRank, tag, data.Value);
+        return Task.CompletedTask;
+    }
+
+    public Task Release(long epoch, Guid[] sequences)
+    {
+        if (_epoch is not { } current || current.Number != epoch) return Task.CompletedTask;   // that epoch's cache is gone
         return Worker.Run(() =>
         {
-            if (loaded.Sequences.Remove(sequence, out int id)) loaded.Cache.Release(id);
+            foreach (var sequence in sequences)
+                if (current.Sequences.Remove(sequence, out int id)) current.Cache.Release(id);
             return true;
         });
     }
 
     public Task<ShardDescription?> Describe() =>
-        _loaded is null ? Task.FromResult<ShardDescription?>(null) : Worker.Run<ShardDescription?>(() => Describe(_loaded));
+        _slice is not { } slice || _epoch is not { } epoch
+            ? Task.FromResult<ShardDescription?>(null)
+            : Worker.Run<ShardDescription?>(() => Describe(slice, epoch));
 
-    private ShardDescription Describe(Loaded loaded) => new(
-        this.GetPrimaryKeyString(), loaded.Source.ToString(), ModelSources.Describe(loaded.Model.Config), loaded.Device.Info.Name,
-        silo.Name, loaded.Cache.FreeBlocks, loaded.Cache.TotalBlocks, loaded.Cache.ActiveSequences,
-        loaded.Model.Config.MaxSeqLen);
+    private Epoch Current(long epoch) =>
+        _epoch is { } current && current.Number == epoch
+            ? current
+            : throw new StaleEpochException($"shard {Key} is in epoch {_epoch?.Number.ToString() ?? "none (not loaded)"}, the step is for epoch {epoch}");
+
+    private ShardDescription Describe(LoadedSlice slice, Epoch epoch) => new(
+        Key, slice.Assignment.Source.ToString(), ModelSources.Describe(slice.Model.Config), slice.Device.Info.Name,
+        silo.Name, epoch.Cache.FreeBlocks, epoch.Cache.TotalBlocks, epoch.Cache.ActiveSequences,
+        slice.Model.Config.MaxSeqLen, epoch.Cache.BlockSize, slice.Model.Spec.ToString(), epoch.Number);
 
     public override Task OnDeactivateAsync(DeactivationReason reason, CancellationToken cancellationToken)
     {
+        _epoch?.End(new StaleEpochException($"shard {Key} deactivated: {reason}"));
         _worker?.Dispose();   // waits for queued device work, so the model can be freed here
-        _loaded?.Dispose();
-        _loaded = null;
+        _epoch?.Cache.Dispose();
+        _slice?.Dispose();
+        _epoch = null;
+        _slice = null;
         return base.OnDeactivateAsync(reason, cancellationToken);
     }
 }

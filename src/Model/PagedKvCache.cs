@@ -19,18 +19,24 @@ public sealed class PagedKvCache : IDisposable
         public int Length;
     }
 
+    /// <summary>A cache for every layer and KV head of <paramref name="config"/>.</summary>
     public PagedKvCache(IDevice device, ModelConfig config, int blocks, int blockSize = 16)
+        : this(device, config.Layers, config.KvDim, blocks, blockSize) { }
+
+    /// <summary>A cache for <paramref name="layers"/> layers of <paramref name="kvDim"/> floats per token (a shard's layers and KV heads).</summary>
+    public PagedKvCache(IDevice device, int layers, int kvDim, int blocks, int blockSize = 16)
     {
         if (blocks <= 0) throw new ArgumentOutOfRangeException(nameof(blocks), blocks, "the cache needs at least one block");
         if (blockSize <= 0) throw new ArgumentOutOfRangeException(nameof(blockSize), blockSize, "blocks hold at least one token");
-        long floats = (long)blocks * blockSize * config.KvDim;
+        long floats = (long)blocks * blockSize * kvDim;
         if (floats > Array.MaxLength) throw new ArgumentOutOfRangeException(nameof(blocks), blocks, $"{blocks} blocks of {blockSize} tokens exceed one buffer per layer");
-        Config = config;
+        Layers = layers;
+        KvDim = kvDim;
         BlockSize = blockSize;
         TotalBlocks = blocks;
-        Keys = new DeviceBuffer[config.Layers];
-        Values = new DeviceBuffer[config.Layers];
-        for (int l = 0; l < config.Layers; l++)
+        Keys = new DeviceBuffer[layers];
+        Values = new DeviceBuffer[layers];
+        for (int l = 0; l < layers; l++)
         {
             Keys[l] = device.Allocate((int)floats);     // (blocks·blockSize, kvDim)
             Values[l] = device.Allocate((int)floats);   // (blocks·blockSize, kvDim)
@@ -42,7 +48,9 @@ public sealed class PagedKvCache : IDisposable
     public static PagedKvCache ForSequences(IDevice device, ModelConfig config, int sequences, int tokens, int blockSize = 16) =>
         new(device, config, sequences * ((tokens + blockSize - 1) / blockSize), blockSize);
 
-    public ModelConfig Config { get; }
+    public int Layers { get; }
+    /// <summary>Floats of K (and of V) per token and layer.</summary>
+    public int KvDim { get; }
     public int BlockSize { get; }
     public int TotalBlocks { get; }
     public int FreeBlocks => _free.Count;

@@ -34,7 +34,7 @@ public sealed class TextGenerator(TransformerModel model, ITokenizer tokenizer)
     private IEnumerable<GeneratedToken> Run(int[] promptTokens, int maxNewTokens, Sampler sampler)
     {
         if (maxNewTokens == 0) yield break;
-        using var cache = PagedKvCache.ForSequences(model.Device, model.Config, 1, promptTokens.Length + maxNewTokens);
+        using var cache = model.CreateCache(1, promptTokens.Length + maxNewTokens, blockSize: 16);
         int sequence = cache.CreateSequence();
         var decoder = Encoding.UTF8.GetDecoder();
         var chars = new char[64];

@@ -2,7 +2,11 @@
 // paged KV cache. Llama family: RMSNorm pre-norm, RoPE, GQA, SwiGLU. GPT-2 family: LayerNorm, learned
 // positions, GELU, biases. Every token of the batch goes through each GEMM together (prefill chunks and
 // decode steps of different sequences share one weight pass); attention reads each sequence's own pages.
+// A model object is one shard (ShardingPlan): a pipeline stage's layers cut to a tensor-parallel rank's slices,
+// or, with the default layout, the whole model.
 using Cluster.Compute;
+using Cluster.Compute.Collectives;
+using Cluster.Model.Parallel;
 
 namespace Cluster.Model;
 
@@ -18,12 +22,12 @@ public sealed record SequenceChunk(int Sequence, int[] Tokens, bool AllLogits = 
 public sealed class TransformerModel : IDisposable
 {
     private readonly IDevice _device;
-    private readonly DeviceBuffer _tokenEmbedding;       // (V, C)
+    private readonly float[]? _tokenEmbedding;           // (Vr, C) host: a vocab-parallel lookup is a row copy, then an all-reduce
     private readonly DeviceBuffer? _positionEmbedding;   // (maxT, C) GPT-2
     private readonly Layer[] _layers;
-    private readonly DeviceBuffer _finalNorm;            // (C,)
+    private readonly DeviceBuffer? _finalNorm;           // (C,)
     private readonly DeviceBuffer? _finalNormBias;       // (C,) GPT-2
-    private readonly DeviceMatrix _output;               // (V, C)
+    private readonly DeviceMatrix? _output;              // (Vr, C)
     private Activations? _scratch;
 
     private sealed class Layer
@@ -34,84 +38,173 @@ public sealed class TransformerModel : IDisposable
         public DeviceMatrix? W3;
     }
 
+    /// <summary>The whole model on one device.</summary>
     public TransformerModel(IDevice device, ModelConfig config, ModelWeights weights)
+        : this(device, config, ShardWeights.Slice(config, weights, ShardSpec.Whole(config))) { }
+
+    /// <summary>One shard: the layers of its pipeline stage, cut to its tensor-parallel slices.</summary>
+    public TransformerModel(IDevice device, ModelConfig config, ShardWeights weights)
     {
-        weights.Validate(config, "weights");
+        var spec = weights.Spec;
         _device = device;
         Config = config;
-        int C = config.Dim, H = config.HiddenDim, kv = config.KvDim;
+        Spec = spec;
+        int C = config.Dim, H = spec.Hidden.Count, q = QueryDim, kv = KvDim;
         DeviceBuffer? Vector(float[]? v) => v is null ? null : device.Upload(v);
-        _tokenEmbedding = device.Upload(weights.TokenEmbedding);
+        _tokenEmbedding = weights.TokenEmbedding;
         _positionEmbedding = Vector(weights.PositionEmbedding);
         _layers = weights.Layers.Select(w => new Layer
         {
             AttnNorm = device.Upload(w.AttnNorm), AttnNormBias = Vector(w.AttnNormBias),
             FfnNorm = device.Upload(w.FfnNorm), FfnNormBias = Vector(w.FfnNormBias),
-            Wq = device.UploadMatrix(w.Wq, C, C), Wk = device.UploadMatrix(w.Wk, kv, C),
-            Wv = device.UploadMatrix(w.Wv, kv, C), Wo = device.UploadMatrix(w.Wo, C, C),
+            Wq = device.UploadMatrix(w.Wq, q, C), Wk = device.UploadMatrix(w.Wk, kv, C),
+            Wv = device.UploadMatrix(w.Wv, kv, C), Wo = device.UploadMatrix(w.Wo, C, q),
             W1 = device.UploadMatrix(w.W1, H, C), W2 = device.UploadMatrix(w.W2, C, H),
             W3 = w.W3 is null ? null : device.UploadMatrix(w.W3, H, C),
             Bq = Vector(w.Bq), Bk = Vector(w.Bk), Bv = Vector(w.Bv), Bo = Vector(w.Bo), B1 = Vector(w.B1), B2 = Vector(w.B2),
         }).ToArray();
-        _finalNorm = device.Upload(weights.FinalNorm);
+        _finalNorm = Vector(weights.FinalNorm);
         _finalNormBias = Vector(weights.FinalNormBias);
-        _output = device.UploadMatrix(weights.Output ?? weights.TokenEmbedding, config.VocabSize, C);
+        _output = weights.Output is null ? null : device.UploadMatrix(weights.Output, spec.Vocab.Count, C);
     }
 
     public ModelConfig Config { get; }
+    public ShardSpec Spec { get; }
     public IDevice Device => _device;
+    private int QueryDim => Spec.QueryHeads.Count * Config.HeadDim;
+    /// <summary>K (and V) floats per token and layer this shard caches: its KV heads only.</summary>
+    public int KvDim => Spec.KvHeads.Count * Config.HeadDim;
+
+    /// <summary>A paged KV cache for this shard's layers and KV heads.</summary>
+    public PagedKvCache CreateCache(int blocks, int blockSize = 16) => new(_device, Spec.Layers.Count, KvDim, blocks, blockSize);
+
+    /// <summary>A cache big enough for <paramref name="sequences"/> sequences of <paramref name="tokens"/> tokens each.</summary>
+    public PagedKvCache CreateCache(int sequences, int tokens, int blockSize) => CreateCache(sequences * ((tokens + blockSize - 1) / blockSize), blockSize);
 
     /// <summary>
-    /// Runs the batch through the model, appending its K and V to the cache, and returns the logits
-    /// (R, V): for each chunk in order, one row per token when AllLogits, else one row for its last token.
+    /// Runs the batch through this shard's layers, appending its K and V to the cache. The first stage embeds the
+    /// tokens; a later stage takes the previous stage's <paramref name="hidden"/> states (T, C). The last stage returns
+    /// the logits (R, V): for each chunk in order, one row per token when AllLogits, else one row for its last token;
+    /// another stage returns its hidden states (T, C) for the next. With tensor parallelism, <paramref name="tensorGroup"/>
+    /// connects the ranks of the stage (group rank = Spec.Rank) and this blocks on its collectives, so every rank must
+    /// run the same batches in the same order.
     /// </summary>
-    public float[] Forward(IReadOnlyList<SequenceChunk> batch, PagedKvCache cache)
+    public float[] Forward(IReadOnlyList<SequenceChunk> batch, PagedKvCache cache, float[]? hidden = null, CollectiveGroup? tensorGroup = null)
     {
+        if (Spec.TensorParallel > 1 && (tensorGroup is null || tensorGroup.WorldSize != Spec.TensorParallel || tensorGroup.Rank != Spec.Rank))
+            throw new ArgumentException($"shard {Spec} needs its tensor-parallel group (rank {Spec.Rank} of {Spec.TensorParallel})", nameof(tensorGroup));
+        var group = Spec.TensorParallel > 1 ? tensorGroup : null;
         var layout = Plan(batch, cache, out int[] tokens, out int[] logitRows);
-        int T = tokens.Length, C = Config.Dim, H = Config.HiddenDim, kv = Config.KvDim;
+        int T = tokens.Length, C = Config.Dim, H = Spec.Hidden.Count, q = QueryDim, kv = KvDim;
         var a = _scratch is { } s && s.Tokens >= T && s.Rows >= logitRows.Length ? s : Grow(T, logitRows.Length);
         int[] slots = layout.TokenSlots();
         bool llama = Config.Architecture == Architecture.Llama;
 
-        _device.Embedding(_tokenEmbedding, tokens, a.X, C);                                            // x (T, C)
-        if (!llama) _device.AddEmbedding(a.X, _positionEmbedding!, layout.TokenPosition, C);
+        if (Spec.IsFirstStage)
+        {
+            if (hidden is not null) throw new ArgumentException("the first stage embeds tokens; it takes no hidden states", nameof(hidden));
+            EmbedTokens(tokens, a.X, group);                                                                     // x (T, C)
+            if (!llama) _device.AddEmbedding(a.X, _positionEmbedding!, layout.TokenPosition, C);
+        }
+        else
+        {
+            if (hidden is null || hidden.Length != T * C)
+                throw new ArgumentException($"stage {Spec.Stage} needs ({T}, {C}) hidden states from the previous stage, got {hidden?.Length ?? 0} floats", nameof(hidden));
+            _device.Write(a.X, hidden);                                                                   // x (T, C)
+        }
         for (int l = 0; l < _layers.Length; l++)
         {
             var w = _layers[l];
             Normalize(a.X, w.AttnNorm, w.AttnNormBias, a.Xb, T);                                          // xb (T, C)
-            Linear(a.Xb, w.Wq, w.Bq, a.Q, T, C);                                                          // q (T, C)
-            Linear(a.Xb, w.Wk, w.Bk, a.K, T, kv);                                                         // k (T, kvDim)
-            Linear(a.Xb, w.Wv, w.Bv, a.V, T, kv);                                                         // v (T, kvDim)
+            Linear(a.Xb, w.Wq, w.Bq, a.Q, T, q);                                                          // q (T, qr)   this rank's heads
+            Linear(a.Xb, w.Wk, w.Bk, a.K, T, kv);                                                         // k (T, kvr)
+            Linear(a.Xb, w.Wv, w.Bv, a.V, T, kv);                                                         // v (T, kvr)
             if (llama)
             {
-                _device.Rope(a.Q, layout.TokenPosition, Config.Heads, Config.HeadDim, Config.EffectiveRotaryDim, Config.RopeTheta, Config.RopeLayout);
-                _device.Rope(a.K, layout.TokenPosition, Config.KvHeads, Config.HeadDim, Config.EffectiveRotaryDim, Config.RopeTheta, Config.RopeLayout);
+                _device.Rope(a.Q, layout.TokenPosition, Spec.QueryHeads.Count, Config.HeadDim, Config.EffectiveRotaryDim, Config.RopeTheta, Config.RopeLayout);
+                _device.Rope(a.K, layout.TokenPosition, Spec.KvHeads.Count, Config.HeadDim, Config.EffectiveRotaryDim, Config.RopeTheta, Config.RopeLayout);
             }
             _device.WriteKv(a.K, a.V, cache.Keys[l], cache.Values[l], slots, kv);
-            _device.PagedAttention(a.Q, cache.Keys[l], cache.Values[l], a.Attention, layout);              // att (T, C)
-            Linear(a.Attention, w.Wo, w.Bo, a.Xb, T, C);                                                  // xb (T, C)
+            _device.PagedAttention(a.Q, cache.Keys[l], cache.Values[l], a.Attention, layout);              // att (T, qr)
+            _device.MatMul(a.Attention, w.Wo, a.Xb, T);                                                   // xb (T, C)   partial sum over ranks
+            SumOverTensorGroup(a.Xb, T * C, group);
+            if (w.Bo is not null) _device.AddBias(a.Xb, w.Bo, T, C);
             _device.Add(a.X, a.Xb, T * C);
 
             Normalize(a.X, w.FfnNorm, w.FfnNormBias, a.Xb, T);
-            Linear(a.Xb, w.W1, w.B1, a.Hidden, T, H);                                                     // hb (T, H)
+            Linear(a.Xb, w.W1, w.B1, a.Hidden, T, H);                                                     // hb (T, Hr)
             if (llama)
             {
-                _device.MatMul(a.Xb, w.W3!, a.Hidden2, T);                                                // hb2 (T, H)
+                _device.MatMul(a.Xb, w.W3!, a.Hidden2, T);                                                // hb2 (T, Hr)
                 _device.SwiGlu(a.Hidden, a.Hidden2, T * H);
             }
             else _device.Gelu(a.Hidden, T * H);
-            Linear(a.Hidden, w.W2, w.B2, a.Xb, T, C);                                                     // xb (T, C)
+            _device.MatMul(a.Hidden, w.W2, a.Xb, T);                                                      // xb (T, C)   partial sum over ranks
+            SumOverTensorGroup(a.Xb, T * C, group);
+            if (w.B2 is not null) _device.AddBias(a.Xb, w.B2, T, C);
             _device.Add(a.X, a.Xb, T * C);
         }
 
-        // Only the rows whose logits are wanted go through the final norm and the (V, C) head.
-        int R = logitRows.Length;
-        _device.GatherRows(a.X, logitRows, a.Selected, C);                                                // (R, C)
-        Normalize(a.Selected, _finalNorm, _finalNormBias, a.SelectedNormed, R);
-        _device.MatMul(a.SelectedNormed, _output, a.Logits, R);                                          // (R, V)
-        var logits = new float[R * Config.VocabSize];
-        _device.Download(a.Logits, logits);
+        float[] result;
+        if (Spec.IsLastStage)
+        {
+            // Only the rows whose logits are wanted go through the final norm and the (Vr, C) head.
+            int R = logitRows.Length;
+            _device.GatherRows(a.X, logitRows, a.Selected, C);                                            // (R, C)
+            Normalize(a.Selected, _finalNorm!, _finalNormBias, a.SelectedNormed, R);
+            _device.MatMul(a.SelectedNormed, _output!, a.Logits, R);                                     // (R, Vr)
+            var local = new float[R * Spec.Vocab.Count];
+            _device.Download(a.Logits, local);
+            result = GatherVocab(local, R, group);                                                                // (R, V)
+        }
+        else
+        {
+            result = new float[T * C];
+            _device.Download(a.X, result);                                                                // (T, C)
+        }
         foreach (var chunk in batch) cache.Advance(chunk.Sequence, chunk.Tokens.Length);
+        return result;
+    }
+
+    /// <summary>x (T, C) = the embedding rows of the tokens; with TP each rank holds a vocab slice, zeros elsewhere, summed.</summary>
+    private void EmbedTokens(int[] tokens, DeviceBuffer x, CollectiveGroup? group)
+    {
+        int C = Config.Dim;
+        var rows = new float[tokens.Length * C];                                                          // (T, C)
+        for (int t = 0; t < tokens.Length; t++)
+        {
+            int local = tokens[t] - Spec.Vocab.Offset;
+            if ((uint)local < (uint)Spec.Vocab.Count) _tokenEmbedding.AsSpan(local * C, C).CopyTo(rows.AsSpan(t * C));
+        }
+        group?.AllReduce(rows).GetAwaiter().GetResult();
+        _device.Write(x, rows);
+    }
+
+    /// <summary>Row-parallel outputs: x (n,) becomes the sum of every rank's partial x.</summary>
+    private void SumOverTensorGroup(DeviceBuffer x, int n, CollectiveGroup? group)
+    {
+        if (group is null) return;
+        var host = new float[n];
+        _device.Download(x, host);
+        group.AllReduce(host).GetAwaiter().GetResult();
+        _device.Write(x, host);
+    }
+
+    /// <summary>Vocab-parallel logits: this rank's (R, Vr) columns joined with the others' into (R, V).</summary>
+    private float[] GatherVocab(float[] local, int rows, CollectiveGroup? group)
+    {
+        if (group is null) return local;
+        float[] all = group.AllGather(local).GetAwaiter().GetResult();   // rank-major: (R, V0) (R, V1) ...
+        int V = Config.VocabSize;
+        var logits = new float[rows * V];
+        int offset = 0;
+        for (int rank = 0; rank < Spec.TensorParallel; rank++)
+        {
+            var vocab = Slice.Partition(V, Spec.TensorParallel, rank);
+            for (int r = 0; r < rows; r++)
+                all.AsSpan(offset + r * vocab.Count, vocab.Count).CopyTo(logits.AsSpan(r * V + vocab.Offset));
+            offset += rows * vocab.Count;
+        }
         return logits;
     }
 
@@ -119,8 +212,8 @@ public sealed class TransformerModel : IDisposable
     private AttentionLayout Plan(IReadOnlyList<SequenceChunk> batch, PagedKvCache cache, out int[] tokens, out int[] logitRows)
     {
         if (batch.Count == 0) throw new ArgumentException("the batch is empty", nameof(batch));
-        if (cache.Config.Layers != Config.Layers || cache.Config.KvDim != Config.KvDim)
-            throw new ArgumentException("the KV cache was made for a different model", nameof(cache));
+        if (cache.Layers != _layers.Length || cache.KvDim != KvDim)
+            throw new ArgumentException($"the KV cache holds {cache.Layers} layers of {cache.KvDim} floats; this shard needs {_layers.Length} of {KvDim}", nameof(cache));
         int total = 0, rows = 0;
         var seen = new HashSet<int>();
         foreach (var chunk in batch)
@@ -159,7 +252,7 @@ public sealed class TransformerModel : IDisposable
                 if (chunk.AllLogits || i == chunk.Tokens.Length - 1) logitRows[r++] = t;
             }
         }
-        return new AttentionLayout(tokenSequence, tokenPosition, blockTables, maxBlocks, cache.BlockSize, Config.Heads, Config.KvHeads, Config.HeadDim);
+        return new AttentionLayout(tokenSequence, tokenPosition, blockTables, maxBlocks, cache.BlockSize, Spec.QueryHeads.Count, Spec.KvHeads.Count, Config.HeadDim);
     }
 
     private void Normalize(DeviceBuffer x, DeviceBuffer weight, DeviceBuffer? bias, DeviceBuffer y, int rows)
@@ -180,23 +273,23 @@ public sealed class TransformerModel : IDisposable
         // Round up so a growing prompt does not reallocate on every step.
         tokens = Math.Max(tokens, (_scratch?.Tokens ?? 0) * 2);
         rows = Math.Max(rows, (_scratch?.Rows ?? 0) * 2);
-        _scratch = new Activations(_device, Config, tokens, rows);
+        _scratch = new Activations(_device, Config.Dim, QueryDim, KvDim, Spec.Hidden.Count, Spec.Vocab.Count, tokens, rows);
         return _scratch;
     }
 
     /// <summary>Scratch buffers for a batch of up to Tokens tokens and Rows logit rows.</summary>
     private sealed class Activations : IDisposable
     {
-        public Activations(IDevice d, ModelConfig c, int tokens, int rows)
+        public Activations(IDevice d, int dim, int queryDim, int kvDim, int hidden, int vocab, int tokens, int rows)
         {
             Tokens = tokens;
             Rows = rows;
-            X = d.Allocate(tokens * c.Dim); Xb = d.Allocate(tokens * c.Dim);
-            Q = d.Allocate(tokens * c.Dim); K = d.Allocate(tokens * c.KvDim); V = d.Allocate(tokens * c.KvDim);
-            Attention = d.Allocate(tokens * c.Dim);
-            Hidden = d.Allocate(tokens * c.HiddenDim); Hidden2 = d.Allocate(tokens * c.HiddenDim);
-            Selected = d.Allocate(rows * c.Dim); SelectedNormed = d.Allocate(rows * c.Dim);
-            Logits = d.Allocate(rows * c.VocabSize);
+            X = d.Allocate(tokens * dim); Xb = d.Allocate(tokens * dim);
+            Q = d.Allocate(tokens * queryDim); K = d.Allocate(tokens * kvDim); V = d.Allocate(tokens * kvDim);
+            Attention = d.Allocate(tokens * queryDim);
+            Hidden = d.Allocate(tokens * hidden); Hidden2 = d.Allocate(tokens * hidden);
+            Selected = d.Allocate(rows * dim); SelectedNormed = d.Allocate(rows * dim);
+            Logits = d.Allocate(rows * vocab);
         }
 
         public int Tokens { get; }
@@ -212,15 +305,14 @@ public sealed class TransformerModel : IDisposable
     public void Dispose()
     {
         _scratch?.Dispose();
-        _tokenEmbedding.Dispose();
         _positionEmbedding?.Dispose();
         foreach (var w in _layers)
         {
             foreach (var b in new[] { w.AttnNorm, w.FfnNorm, w.AttnNormBias, w.FfnNormBias, w.Bq, w.Bk, w.Bv, w.Bo, w.B1, w.B2 }) b?.Dispose();
             foreach (var m in new[] { w.Wq, w.Wk, w.Wv, w.Wo, w.W1, w.W2, w.W3 }) m?.Dispose();
         }
-        _finalNorm.Dispose();
+        _finalNorm?.Dispose();
         _finalNormBias?.Dispose();
-        _output.Dispose();
+        _output?.Dispose();
     }
 }

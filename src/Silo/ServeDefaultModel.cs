@@ -1,4 +1,4 @@
-// Once the silo is up, activates the default model's scheduler (which loads its shard) and logs "ready".
+// Once the silo is up, activates the default model's scheduler (which places and loads its shards) and logs "ready".
 using Cluster.Contracts;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
@@ -14,8 +14,9 @@ public sealed class ServeDefaultModel(
         using (lifetime.ApplicationStarted.Register(started.SetResult))
             await started.Task.WaitAsync(stoppingToken);
         var scheduler = grains.GetGrain<IInferenceSchedulerGrain>(settings.ModelId);
-        var shard = await scheduler.Serve(new ModelServing(settings.Model, settings.ShardSilo)).WaitAsync(stoppingToken);
-        log.LogInformation("ready: silo {Silo} serves model '{Model}' ({Config}) on shard {Shard} at silo {ShardSilo}, {Device}",
-            settings.SiloName, settings.ModelId, shard.Config, shard.Key, shard.Silo, shard.Device);
+        var shard = await scheduler.Serve(new ModelServing(settings.Model, settings.Layout, settings.ShardSilos)).WaitAsync(stoppingToken);
+        var status = await scheduler.Status();
+        log.LogInformation("ready: silo {Silo} serves model '{Model}' ({Config}) with layout '{Layout}' on shards {Shards}",
+            settings.SiloName, settings.ModelId, shard.Config, settings.Layout, string.Join(", ", status.Shards));
     }
 }

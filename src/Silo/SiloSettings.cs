@@ -7,7 +7,7 @@ namespace Cluster.Silo;
 
 public sealed record SiloSettings(
     string SiloName, int SiloPort, int GatewayPort, string? ClusteringProvider, System.Net.IPEndPoint PrimarySilo,
-    string ModelId, ModelSource Model, string? ShardSilo, int DeviceThreads)
+    string ModelId, ModelSource Model, string Layout, string[]? ShardSilos, int DeviceThreads)
 {
     public static SiloSettings From(IConfiguration config)
     {
@@ -24,7 +24,8 @@ public sealed record SiloSettings(
             Model: modelPath is not null
                 ? ModelSource.File(modelPath, config["Cluster:Model:Tokenizer"])
                 : ModelSource.Random(config["Cluster:Model:Preset"] ?? "tiny", config.GetValue("Cluster:Model:Seed", 1)),
-            ShardSilo: config["Cluster:Model:ShardSilo"],
+            Layout: config["Cluster:Model:Layout"] ?? "",
+            ShardSilos: config["Cluster:Model:Silos"]?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries),
             DeviceThreads: config.GetValue("Cluster:DeviceThreads", Environment.ProcessorCount));
     }
 }

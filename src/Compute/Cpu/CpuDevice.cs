@@ -31,6 +31,8 @@ public sealed unsafe class CpuDevice : IDevice
 
     public void Download(DeviceBuffer source, Span<float> destination) => Cpu(source).Data.AsSpan(0, destination.Length).CopyTo(destination);
 
+    public void Write(DeviceBuffer destination, ReadOnlySpan<float> source) => source.CopyTo(Cpu(destination).Data);
+
     public DeviceMatrix UploadMatrix(ReadOnlySpan<float> weights, int rows, int cols) => new PackedMatrix(weights, rows, cols);
 
     public void MatMul(DeviceBuffer x, DeviceMatrix w, DeviceBuffer y, int m)

@@ -80,6 +80,21 @@ public sealed unsafe class IlgpuDevice : IDevice
         }
     }
 
+    public void Write(DeviceBuffer destination, ReadOnlySpan<float> source)
+    {
+        var buffer = Own(destination);
+        CheckLength(destination, source.Length, nameof(destination));
+        fixed (float* p = source)
+        {
+            nint address = (nint)p;
+            int length = source.Length;
+            _thread.Run(() =>
+            {
+                if (length > 0) buffer.Memory.View.SubView(0, length).CopyFromCPU(ref *(float*)address, length);
+            });
+        }
+    }
+
     public DeviceMatrix UploadMatrix(ReadOnlySpan<float> weights, int rows, int cols)
     {
         if (weights.Length != (long)rows * cols) throw new ArgumentException($"weights hold {weights.Length} floats, a ({rows}, {cols}) matrix needs {(long)rows * cols}");

@@ -14,7 +14,7 @@ public sealed class FailoverTests
         var scheduler = cluster.Client.GetGrain<IInferenceSchedulerGrain>("failover");
         string schedulerSilo = (await scheduler.Status()).Silo;
         var victim = cluster.Silos.Skip(1).First(s => s.Name != schedulerSilo);   // neither the primary nor the scheduler's
-        var shard = await scheduler.Serve(new ModelServing(TestClusters.Tiny, victim.Name));
+        var shard = await scheduler.Serve(new ModelServing(TestClusters.Tiny, Silos: [victim.Name]));
         Assert.Equal(victim.Name, shard.Silo);
         var request = new GenerationRequest { Prompt = "hello", MaxTokens = 16, Temperature = 0 };
         var before = await scheduler.GenerateAsync(request, TestContext.Current.CancellationToken);
@@ -35,7 +35,7 @@ public sealed class FailoverTests
         var scheduler = cluster.Client.GetGrain<IInferenceSchedulerGrain>("killed");
         string schedulerSilo = (await scheduler.Status()).Silo;
         var victim = cluster.Silos.Skip(1).First(s => s.Name != schedulerSilo);
-        var shard = await scheduler.Serve(new ModelServing(TestClusters.Tiny, victim.Name));
+        var shard = await scheduler.Serve(new ModelServing(TestClusters.Tiny, Silos: [victim.Name]));
         Assert.Equal(victim.Name, shard.Silo);
         var request = new GenerationRequest { Prompt = "hello", MaxTokens = 16, Temperature = 0 };
         var before = await scheduler.GenerateAsync(request, TestContext.Current.CancellationToken);

@@ -27,13 +27,18 @@ public sealed class ServingTests(ClusterFixture fixture)
     private IGrainFactory Grains => fixture.Cluster.Client;
 
     [Fact]
-    public async Task ShardActivatesOnTheSiloNamedInItsKey()
+    public async Task ShardsActivateOnTheSilosNamedInTheirKeys()
     {
-        foreach (var silo in fixture.Cluster.Silos)
+        string[] silos = [.. fixture.Cluster.Silos.Select(s => s.Name).Reverse()];
+        var scheduler = Grains.GetGrain<IInferenceSchedulerGrain>("pinned");
+        await scheduler.Serve(new ModelServing(TestClusters.Tiny, "pp=2", silos));
+        var shards = (await scheduler.Status()).Shards;
+        Assert.Equal(2, shards.Length);
+        for (int i = 0; i < shards.Length; i++)
         {
-            var shard = Grains.GetGrain<IShardGrain>(ShardKey.Create("pinned", 0, silo.Name));
-            var description = await shard.Load(TestClusters.Tiny);
-            Assert.Equal(silo.Name, description.Silo);
+            Assert.Equal(silos[i], ShardKey.PinnedSilo(shards[i]));
+            var description = await Grains.GetGrain<IShardGrain>(shards[i]).Describe();
+            Assert.Equal(silos[i], description!.Silo);
         }
     }
 
@@ -57,7 +62,7 @@ public sealed class ServingTests(ClusterFixture fixture)
             Assert.Equal(expected.Select(t => t.Id), results[i].Select(c => c.TokenId));
             Assert.Equal(expected.Select(t => t.Text), results[i].Select(c => c.Text));
         }
-        var shard = await TestClusters.WaitForAllBlocksFreeAsync(Grains.GetGrain<IShardGrain>(ShardKey.Create("tiny-greedy", 0)));
+        var shard = await TestClusters.WaitForAllBlocksFreeAsync(Grains.GetGrain<IShardGrain>(ShardKey.Create("tiny-greedy", 0, 0, 0)));
         Assert.Equal(shard.TotalKvBlocks, shard.FreeKvBlocks);
         Assert.Equal(0, shard.ActiveSequences);
     }
@@ -79,7 +84,7 @@ public sealed class ServingTests(ClusterFixture fixture)
                 if (++received == 3) cancel.Cancel();
         });
 
-        var shard = await TestClusters.WaitForAllBlocksFreeAsync(Grains.GetGrain<IShardGrain>(ShardKey.Create("tiny-cancel", 0)));
+        var shard = await TestClusters.WaitForAllBlocksFreeAsync(Grains.GetGrain<IShardGrain>(ShardKey.Create("tiny-cancel", 0, 0, 0)));
         Assert.Equal(shard.TotalKvBlocks, shard.FreeKvBlocks);
         Assert.Equal(0, shard.ActiveSequences);
     }

@@ -1,0 +1,12 @@
+// Per-silo settings of the inference schedulers: continuous batching and failover.
+namespace Cluster.Grains;
+
+public sealed class SchedulerOptions
+{
+    /// <summary>Tokens one step may carry: decode tokens first, then prompt chunks up to this (chunked prefill).</summary>
+    public int MaxBatchTokens { get; set; } = 256;
+    /// <summary>How long a step may take before its pipeline is presumed lost and replayed.</summary>
+    public TimeSpan StepTimeout { get; set; } = TimeSpan.FromSeconds(60);
+    /// <summary>How long the scheduler keeps trying to bring a lost pipeline back before failing its requests with 503.</summary>
+    public TimeSpan FailoverTimeout { get; set; } = TimeSpan.FromSeconds(120);
+}

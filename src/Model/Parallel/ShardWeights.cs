@@ -1,0 +1,65 @@
+// The weights one shard holds: its stage's layers cut to its tensor-parallel slices, plus the vocab-parallel
+// embedding (first stage) and LM head with the final norm (last stage). Cut from a whole model's host weights.
+namespace Cluster.Model.Parallel;
+
+public sealed class ShardWeights
+{
+    public required ShardSpec Spec { get; init; }
+    public float[]? TokenEmbedding { get; init; }      // (Vr, C)        first stage
+    public float[]? PositionEmbedding { get; init; }   // (maxT, C)      first stage, GPT-2
+    /// <summary>Per layer of the stage: Wq/Wk/Wv/W1/W3 and their biases hold this rank's rows, Wo/W2 its columns; norms and Bo/B2 whole.</summary>
+    public required LayerWeights[] Layers { get; init; }
+    public float[]? FinalNorm { get; init; }           // (C,)           last stage
+    public float[]? FinalNormBias { get; init; }       // (C,)           last stage, GPT-2
+    public float[]? Output { get; init; }              // (Vr, C)        last stage (a copy of the embedding slice when tied)
+
+    /// <summary>Cuts <paramref name="spec"/>'s slices out of <paramref name="weights"/> (validated against <paramref name="c"/> first).</summary>
+    public static ShardWeights Slice(ModelConfig c, ModelWeights weights, ShardSpec spec, string source = "weights")
+    {
+        weights.Validate(c, source);
+        int C = c.Dim, hd = c.HeadDim;
+        var q = new Slice(spec.QueryHeads.Offset * hd, spec.QueryHeads.Count * hd);
+        var kv = new Slice(spec.KvHeads.Offset * hd, spec.KvHeads.Count * hd);
+        var layers = new LayerWeights[spec.Layers.Count];
+        for (int i = 0; i < layers.Length; i++)
+        {
+            var w = weights.Layers[spec.Layers.Offset + i];
+            layers[i] = new LayerWeights
+            {
+                AttnNorm = w.AttnNorm, AttnNormBias = w.AttnNormBias, FfnNorm = w.FfnNorm, FfnNormBias = w.FfnNormBias,
+                Wq = Rows(w.Wq, C, q), Wk = Rows(w.Wk, C, kv), Wv = Rows(w.Wv, C, kv),
+                Bq = Part(w.Bq, q), Bk = Part(w.Bk, kv), Bv = Part(w.Bv, kv),
+                Wo = Columns(w.Wo, C, C, q), Bo = w.Bo,
+                W1 = Rows(w.W1, C, spec.Hidden), W3 = w.W3 is null ? null : Rows(w.W3, C, spec.Hidden), B1 = Part(w.B1, spec.Hidden),
+                W2 = Columns(w.W2, C, c.HiddenDim, spec.Hidden), B2 = w.B2,
+            };
+        }
+        return new ShardWeights
+        {
+            Spec = spec,
+            TokenEmbedding = spec.IsFirstStage ? Rows(weights.TokenEmbedding, C, spec.Vocab) : null,
+            PositionEmbedding = spec.IsFirstStage ? weights.PositionEmbedding : null,
+            Layers = layers,
+            FinalNorm = spec.IsLastStage ? weights.FinalNorm : null,
+            FinalNormBias = spec.IsLastStage ? weights.FinalNormBias : null,
+            Output = spec.IsLastStage ? Rows(weights.Output ?? weights.TokenEmbedding, C, spec.Vocab) : null,
+        };
+    }
+
+    // Whole slices share the source array: a single-shard model costs no copy.
+
+    /// <summary>Rows [slice) of a row-major (rows, cols) matrix.</summary>
+    private static float[] Rows(float[] m, int cols, Slice rows) =>
+        rows.Count * cols == m.Length ? m : m.AsSpan(rows.Offset * cols, rows.Count * cols).ToArray();
+
+    /// <summary>Columns [slice) of a row-major (rows, cols) matrix, as a (rows, slice.Count) matrix.</summary>
+    private static float[] Columns(float[] m, int rows, int cols, Slice columns)
+    {
+        if (columns.Count == cols) return m;
+        var result = new float[rows * columns.Count];
+        for (int r = 0; r < rows; r++) m.AsSpan(r * cols + columns.Offset, columns.Count).CopyTo(result.AsSpan(r * columns.Count));
+        return result;
+    }
+
+    private static float[]? Part(float[]? v, Slice slice) => v is null || slice.Count == v.Length ? v : v.AsSpan(slice.Offset, slice.Count).ToArray();
+}

@@ -1,0 +1,95 @@
+// The one owner of the rank grid (Megatron's parallel_state): which replica, pipeline stage and tensor-parallel
+// rank each shard is, and which slice of which weight it holds. Megatron's pattern: Q/K/V and the MLP gate/up are
+// column-parallel (by KV-head groups and hidden units), the attention output and MLP down projections row-parallel,
+// the embedding and LM head vocab-parallel on the first and last stage.
+namespace Cluster.Model.Parallel;
+
+/// <summary>A contiguous range [Offset, Offset + Count).</summary>
+public readonly record struct Slice(int Offset, int Count)
+{
+    public int End => Offset + Count;
+
+    /// <summary>Piece <paramref name="index"/> of <paramref name="length"/> split into <paramref name="parts"/> near-equal pieces (the first length % parts get one more).</summary>
+    public static Slice Partition(int length, int parts, int index)
+    {
+        int size = length / parts, extra = length % parts;
+        return new Slice(index * size + Math.Min(index, extra), size + (index < extra ? 1 : 0));
+    }
+}
+
+/// <summary>One shard's place in the grid and the slices it owns.</summary>
+public sealed record ShardSpec(
+    int Replica, int Stage, int Rank, int TensorParallel,
+    Slice Layers,          // the decoder layers of this stage
+    Slice QueryHeads,      // this rank's attention heads
+    Slice KvHeads,         // the KV heads those query heads read
+    Slice Hidden,          // this rank's MLP hidden units
+    Slice Vocab,           // this rank's rows of the embedding and the LM head
+    bool IsFirstStage,
+    bool IsLastStage)
+{
+    /// <summary>The shard that holds the whole model.</summary>
+    public static ShardSpec Whole(ModelConfig c) => ShardingPlan.Create(c, ParallelLayout.Single).Get(0, 0, 0);
+
+    public override string ToString() =>
+        $"replica {Replica} stage {Stage} rank {Rank}/{TensorParallel}: layers {Layers.Offset}..{Layers.End - 1}, " +
+        $"heads {QueryHeads.Offset}..{QueryHeads.End - 1}, hidden {Hidden.Offset}..{Hidden.End - 1}";
+}
+
+public sealed class ShardingPlan
+{
+    private readonly ShardSpec[] _shards;   // (replica, stage, rank) row-major
+
+    private ShardingPlan(ModelConfig config, ParallelLayout layout, ShardSpec[] shards)
+    {
+        Config = config;
+        Layout = layout;
+        _shards = shards;
+    }
+
+    public ModelConfig Config { get; }
+    public ParallelLayout Layout { get; }
+    public IReadOnlyList<ShardSpec> Shards => _shards;
+
+    public ShardSpec Get(int replica, int stage, int rank) => _shards[(replica * Layout.PipelineStages + stage) * Layout.TensorParallel + rank];
+
+    /// <summary>The tensor-parallel group of a stage, in rank order.</summary>
+    public ShardSpec[] TensorGroup(int replica, int stage) => [.. Enumerable.Range(0, Layout.TensorParallel).Select(r => Get(replica, stage, r))];
+
+    public static ShardingPlan Create(ModelConfig c, ParallelLayout layout)
+    {
+        int tp = layout.TensorParallel, pp = layout.PipelineStages;
+        void Require(bool ok, string what)
+        {
+            if (!ok) throw new ArgumentException($"layout {layout} does not fit {c.Layers} layers, {c.KvHeads} KV heads: {what}", nameof(layout));
+        }
+        Require(tp >= 1 && pp >= 1 && layout.DataParallel >= 1, "degrees must be at least 1");
+        Require(tp <= c.KvHeads, $"tensor parallelism splits KV heads, so tp may be at most {c.KvHeads}");
+        Require(tp <= c.HiddenDim && tp <= c.VocabSize, "tp is larger than the hidden size or the vocabulary");
+        Require(pp <= c.Layers, "every pipeline stage needs at least one layer");
+        int[] stageLayers = layout.StageLayers?.ToArray() ?? [.. Enumerable.Range(0, pp).Select(s => Slice.Partition(c.Layers, pp, s).Count)];
+        Require(stageLayers.Length == pp && stageLayers.All(n => n > 0) && stageLayers.Sum() == c.Layers,
+            $"stage layers {string.Join('+', stageLayers)} must be {pp} positive counts adding up to {c.Layers}");
+
+        int groupSize = c.Heads / c.KvHeads;
+        var shards = new List<ShardSpec>();
+        for (int replica = 0; replica < layout.DataParallel; replica++)
+        {
+            int firstLayer = 0;
+            for (int stage = 0; stage < pp; stage++)
+            {
+                for (int rank = 0; rank < tp; rank++)
+                {
+                    var kv = Slice.Partition(c.KvHeads, tp, rank);
+                    shards.Add(new ShardSpec(replica, stage, rank, tp,
+                        new Slice(firstLayer, stageLayers[stage]),
+                        new Slice(kv.Offset * groupSize, kv.Count * groupSize), kv,
+                        Slice.Partition(c.HiddenDim, tp, rank), Slice.Partition(c.VocabSize, tp, rank),
+                        stage == 0, stage == pp - 1));
+                }
+                firstLayer += stageLayers[stage];
+            }
+        }
+        return new ShardingPlan(c, layout, [.. shards]);
+    }
+}
