@@ -264,9 +264,12 @@ public sealed class InferenceSchedulerGrain(
     private void Cancel(Sequence sequence)
     {
         sequence.Cancelled = true;
-        if (!sequence.InFlight) Finish(sequence);
+        if (sequence.InFlight) return;
+        Finish(sequence);
+        Kick(sequence.Replica!);   // its KV reservation may let a waiting sequence in
     }
 
+    /// <summary>Ends the stream and frees the sequence. Starts no lane: a lane started here would run before the caller finishes its own bookkeeping.</summary>
     private void Finish(Sequence sequence, Exception? error = null)
     {
         if (sequence.Finished) return;
@@ -282,7 +285,6 @@ public sealed class InferenceSchedulerGrain(
         }
         replica.ReservedBlocks -= sequence.Blocks;
         if (sequence.Cached > 0 || sequence.InFlight) _ = Release(replica, replica.Epoch, sequence.Id);
-        Kick(replica);
     }
 
     private async Task Release(Replica replica, long epoch, Guid sequence)

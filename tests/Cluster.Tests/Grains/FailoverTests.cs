@@ -1,5 +1,6 @@
 // A 3-silo cluster loses the silo its shard was pinned to: the shard reactivates on another silo, reloads, and the
-// next generation succeeds with the same tokens.
+// next generation succeeds with the same tokens; and 8 streams in flight when a pipeline stage's silo dies all
+// finish with exactly the tokens of an undisturbed run (the scheduler replays them on a new epoch).
 using Cluster.Contracts;
 
 namespace Cluster.Tests.Grains;
@@ -52,6 +53,41 @@ public sealed class FailoverTests
 
         Assert.Equal(before, after);
         var moved = await cluster.Client.GetGrain<IShardGrain>(shard.Key).Describe();
+        Assert.NotNull(moved);
+        Assert.NotEqual(victim.Name, moved.Silo);
+    }
+
+    [Fact]
+    public async Task EightStreamsSurviveTheLossOfAStageSilo()
+    {
+        await using var cluster = await TestClusters.StartAsync(silos: 3);
+        var scheduler = cluster.Client.GetGrain<IInferenceSchedulerGrain>("mid-stream");
+        string schedulerSilo = (await scheduler.Status()).Silo;
+        var victim = cluster.Silos.Skip(1).First(s => s.Name != schedulerSilo);
+        var survivor = cluster.Silos.First(s => s != victim);
+        await scheduler.Serve(new ModelServing(TestClusters.Tiny, "pp=2", [survivor.Name, victim.Name]));   // stage 1 on the victim
+        var requests = ShardedServingTests.MixedRequests(8).Select(r => r with { MaxTokens = 60 }).ToArray();
+        var undisturbed = await Task.WhenAll(requests.Select(r => scheduler.GenerateAsync(r, TestContext.Current.CancellationToken)));
+
+        var started = requests.Select(_ => new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).ToArray();
+        var runs = requests.Select(async (request, i) =>
+        {
+            var chunks = new List<GeneratedChunk>();
+            await foreach (var chunk in scheduler.Generate(request).WithCancellation(TestContext.Current.CancellationToken))
+            {
+                chunks.Add(chunk);
+                if (chunks.Count == 2) started[i].SetResult();
+            }
+            started[i].TrySetResult();
+            return chunks;
+        }).ToArray();
+        await Task.WhenAll(started.Select(s => s.Task));
+        await cluster.KillSiloAsync(victim, TestContext.Current.CancellationToken);
+        var disturbed = await Task.WhenAll(runs);
+
+        for (int i = 0; i < requests.Length; i++) Assert.Equal(undisturbed[i], disturbed[i]);
+        var shards = (await scheduler.Status()).Shards;
+        var moved = await cluster.Client.GetGrain<IShardGrain>(shards[1]).Describe();
         Assert.NotNull(moved);
         Assert.NotEqual(victim.Name, moved.Silo);
     }

@@ -15,7 +15,7 @@ public static class TestClusters
         var builder = new InProcessTestClusterBuilder((short)silos);
         builder.ConfigureSilo((_, silo) =>
         {
-            silo.AddClusterGrains(o => { o.DeviceThreads = 1; o.KvSequences = 4; });
+            silo.AddClusterGrains(o => { o.DeviceThreads = 1; o.KvSequences = 8; }, o => o.StepTimeout = TimeSpan.FromSeconds(20));
             // Declare a killed silo dead within seconds rather than the production default of about a minute.
             silo.Configure<ClusterMembershipOptions>(o =>
             {
