@@ -1,7 +1,9 @@
 // The per-model scheduler: continuous batching over the model's pipelines. Every request becomes a sequence; each
 // step carries the decode token of every ready sequence plus prompt chunks up to MaxBatchTokens (chunked prefill), so
 // requests join and leave the running batch at every step. A pipeline of S stages runs S steps at once ("lanes"),
-// each over different sequences, so its stages overlap. KV room is reserved at admission (prompt + max tokens), and
+// so its stages overlap: decode steps of different sequences interleave, and a long prompt's chunks follow each other
+// down the pipeline GPipe-style (chunk k+1 enters stage 0 while chunk k is in stage 1; every stage takes steps in
+// order, so each chunk finds the K and V of the ones before it). KV room is reserved at admission (prompt + max tokens), and
 // a sequence's blocks go back to every shard's free list when it finishes or its client goes away.
 // Failover: when a step fails or times out, the replica starts a new epoch, its shards are placed and loaded again,
 // and its sequences are replayed from their tokens so far (prompt + generated), so clients see no error unless the
@@ -39,11 +41,16 @@ public sealed class InferenceSchedulerGrain(
         public Replica? Replica { get; set; }
         /// <summary>Tokens whose K and V the replica's shards hold.</summary>
         public int Cached { get; set; }
-        public bool InFlight { get; set; }
+        /// <summary>Tokens sent in steps so far (Cached plus those in flight).</summary>
+        public int Scheduled { get; set; }
+        public bool InFlight => Scheduled > Cached;
+        /// <summary>The logits after its last token, from the step that carried it (steps may answer out of order).</summary>
+        public float[]? NextLogits { get; set; }
         public bool Cancelled { get; set; }
         public bool Finished { get; set; }
         public int Generated => Tokens.Count - PromptLength;
-        public int Pending => Tokens.Count - Cached;
+        /// <summary>Tokens not yet sent in any step.</summary>
+        public int Unscheduled => Tokens.Count - Scheduled;
     }
 
     private sealed class Replica(int index, string[][] stageKeys)
@@ -156,7 +163,7 @@ public sealed class InferenceSchedulerGrain(
     private void Kick(Replica replica)
     {
         int depth = replica.StageKeys.Length;
-        while (!replica.Recovering && replica.Lanes < depth && (replica.Waiting.Count > 0 || replica.Running.Any(s => !s.InFlight)))
+        while (!replica.Recovering && replica.Lanes < depth && (replica.Waiting.Count > 0 || replica.Running.Any(s => s.Unscheduled > 0)))
         {
             replica.Lanes++;
             _ = RunLane(replica);
@@ -199,23 +206,23 @@ public sealed class InferenceSchedulerGrain(
     }
 
     /// <summary>The next step: every ready decode token first, then prompt chunks while the token budget lasts.</summary>
-    private List<(Sequence Sequence, ForwardChunk Chunk)> NextBatch(Replica replica)
+    private List<(Sequence Sequence, ForwardChunk Chunk, bool Last)> NextBatch(Replica replica)
     {
-        var batch = new List<(Sequence, ForwardChunk)>();
+        var batch = new List<(Sequence, ForwardChunk, bool)>();
         int budget = Math.Max(1, Options.MaxBatchTokens);
-        var ready = replica.Running.Where(s => !s.InFlight && s.Pending > 0).OrderBy(s => s.Pending == 1 ? 0 : 1);
+        var ready = replica.Running.Where(s => s.Unscheduled > 0).OrderBy(s => s.Cached > 0 && s.Unscheduled == 1 ? 0 : 1);
         foreach (var sequence in ready)
         {
-            int n = Math.Min(sequence.Pending, budget);
+            int n = Math.Min(sequence.Unscheduled, budget);
             if (n == 0) break;
             budget -= n;
-            sequence.InFlight = true;
-            batch.Add((sequence, new ForwardChunk(sequence.Id, sequence.Tokens.GetRange(sequence.Cached, n).ToArray())));
+            batch.Add((sequence, new ForwardChunk(sequence.Id, sequence.Tokens.GetRange(sequence.Scheduled, n).ToArray()), n == sequence.Unscheduled));
+            sequence.Scheduled += n;
         }
         return batch;
     }
 
-    private async Task RunStep(Replica replica, List<(Sequence Sequence, ForwardChunk Chunk)> batch)
+    private async Task RunStep(Replica replica, List<(Sequence Sequence, ForwardChunk Chunk, bool Last)> batch)
     {
         long epoch = replica.Epoch, step = replica.NextStep++;
         var stageBatch = new StageBatch(epoch, step, [.. batch.Select(b => b.Chunk)], []);
@@ -236,21 +243,21 @@ public sealed class InferenceSchedulerGrain(
         var finished = new List<Sequence>();
         for (int i = 0; i < batch.Count; i++)
         {
-            var (sequence, chunk) = batch[i];
-            sequence.InFlight = false;
+            var (sequence, chunk, last) = batch[i];
             sequence.Cached += chunk.Tokens.Length;
-            if (sequence.Cancelled || (sequence.Pending == 0 && Emit(sequence, logits.Slice(i * result.VocabSize, result.VocabSize))))
-                finished.Add(sequence);
+            if (last) sequence.NextLogits = logits.Slice(i * result.VocabSize, result.VocabSize).ToArray();
+            if (sequence.InFlight) continue;   // another chunk of its prompt is still in the pipeline
+            if (sequence.Cancelled || Emit(sequence, sequence.NextLogits!)) finished.Add(sequence);
         }
         foreach (var sequence in finished) Finish(sequence);
         Kick(replica);
     }
 
     /// <summary>Samples the next token from the logits and streams it; true when the sequence is done.</summary>
-    private bool Emit(Sequence sequence, ReadOnlySpan<float> logits)
+    private bool Emit(Sequence sequence, float[] logits)
     {
         var tokenizer = Tokenizer;
-        int next = sequence.Sampler.Sample(logits.ToArray());
+        int next = sequence.Sampler.Sample(logits);
         if (sequence.Request.StopAtEos && (next == tokenizer.BosId || next == tokenizer.EosId)) return true;
         byte[] bytes = tokenizer.DecodeBytes(sequence.Tokens[^1], next);
         var chars = new char[sequence.Decoder.GetCharCount(bytes, flush: false)];
@@ -307,11 +314,7 @@ public sealed class InferenceSchedulerGrain(
         log.LogWarning(cause, "model {Model} replica {Replica}: step failed in epoch {Epoch}; replaying {Count} sequences on a new epoch",
             ModelId, replica.Index, replica.Epoch, replica.Running.Count);
         replica.Epoch = 0;   // results still in flight belong to the lost epoch
-        foreach (var sequence in replica.Running)
-        {
-            sequence.InFlight = false;
-            sequence.Cached = 0;
-        }
+        foreach (var sequence in replica.Running) sequence.Cached = sequence.Scheduled = 0;
         var deadline = DateTime.UtcNow + Options.FailoverTimeout;
         try
         {

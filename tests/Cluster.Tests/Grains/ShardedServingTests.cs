@@ -1,6 +1,7 @@
 // Sharded serving on the 2-silo cluster: every layout's greedy output equals the model on one device (tiny, and
 // stories260K against llama2.c run.c), 16 concurrent streaming requests of mixed lengths each equal their run alone,
-// and afterwards (also after cancellations) every shard's KV blocks are back on its free list.
+// prompts longer than a step's token budget go down the pipeline chunk after chunk, and afterwards (also after
+// cancellations) every shard's KV blocks are back on its free list.
 using Cluster.Compute.Cpu;
 using Cluster.Contracts;
 using Cluster.Model;
@@ -35,6 +36,37 @@ public sealed class ShardedServingTests(ClusterFixture fixture)
         var generator = new TextGenerator(model, loaded.Tokenizer!);
         for (int i = 0; i < prompts.Length; i++)
             Assert.Equal(generator.Generate(prompts[i], 24, SamplingOptions.Greedy).Select(t => t.Id), results[i].Select(c => c.TokenId));
+        await AssertEveryBlockFree(scheduler);
+    }
+
+    [Fact]
+    public async Task LongPromptsFlowThroughThePipelineInChunks()
+    {
+        var scheduler = Grains.GetGrain<IInferenceSchedulerGrain>("long-prompts");
+        await scheduler.Serve(new ModelServing(TestClusters.Tiny, "pp=3", Silos));
+        var rng = new Random(3);
+        int[][] prompts = [.. new[] { 700, 300, 5 }.Select(n => new[] { 1 }.Concat(Enumerable.Range(1, n - 1).Select(_ => rng.Next(3, 512))).ToArray())];
+        prompts[0] = prompts[0][..500];   // the tiny preset's context is 512
+
+        var results = await Task.WhenAll(prompts.Select(p => scheduler.GenerateAsync(
+            new GenerationRequest { PromptTokens = p, MaxTokens = 8, Temperature = 0, StopAtEos = false }, TestContext.Current.CancellationToken)));
+
+        var loaded = RandomModel.Create("tiny", seed: 1);
+        using var device = new CpuDevice(1);
+        using var model = new TransformerModel(device, loaded.Config, loaded.Weights);
+        for (int i = 0; i < prompts.Length; i++)
+        {
+            using var cache = model.CreateCache(1, 512, 16);
+            int sequence = cache.CreateSequence();
+            var expected = new List<int>();
+            float[] logits = model.Forward([new SequenceChunk(sequence, prompts[i])], cache);
+            for (int t = 0; t < 8; t++)
+            {
+                expected.Add(Sampler.ArgMax(logits));
+                if (t < 7) logits = model.Forward([new SequenceChunk(sequence, [expected[^1]])], cache);
+            }
+            Assert.Equal(expected, results[i].Select(c => c.TokenId));
+        }
         await AssertEveryBlockFree(scheduler);
     }
 
