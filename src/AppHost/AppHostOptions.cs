@@ -4,7 +4,8 @@ using System.Reflection;
 
 namespace Cluster.AppHost;
 
-public sealed record AppHostOptions(string? ModelPath, string? TokenizerPath, int GatewayHttpPort, int BaseSiloPort, int BaseGatewayPort, TimeSpan StartTimeout)
+public sealed record AppHostOptions(
+    string? ModelPath, string? TokenizerPath, string Layout, int GatewayHttpPort, int BaseSiloPort, int BaseGatewayPort, TimeSpan StartTimeout)
 {
     public Uri GatewayUrl => new($"http://127.0.0.1:{GatewayHttpPort}/");
 
@@ -23,7 +24,7 @@ public sealed record AppHostOptions(string? ModelPath, string? TokenizerPath, in
         string? model = Value("--model");
         if (model is not null && !File.Exists(model) && !Directory.Exists(model)) throw new ArgumentException($"--model {model}: no such file");
         return new AppHostOptions(model is null ? null : Path.GetFullPath(model), Value("--tokenizer") is { } t ? Path.GetFullPath(t) : null,
-            Port("--port", 8080), Port("--silo-port", 11111), Port("--gateway-port", 30000), TimeSpan.FromSeconds(120));
+            Value("--layout") ?? "pp=2", Port("--port", 8080), Port("--silo-port", 11111), Port("--gateway-port", 30000), TimeSpan.FromSeconds(120));
     }
 
     /// <summary>The path of a child's entry assembly, recorded at build time (see AppHost.csproj).</summary>
@@ -46,12 +47,18 @@ public sealed record AppHostOptions(string? ModelPath, string? TokenizerPath, in
             if (Environment.GetEnvironmentVariable(key) is { Length: > 0 } value) environment[key] = value;
         if (ModelPath is not null) environment["Cluster__Model__Path"] = ModelPath;
         if (TokenizerPath is not null) environment["Cluster__Model__Tokenizer"] = TokenizerPath;
+        environment["Cluster__Model__Layout"] = Layout;
+        environment["Cluster__Model__Silos"] = "silo-1,silo-2";   // shards round-robin over both silos
         return environment;
     }
 
-    /// <summary>Silo <paramref name="index"/>: its own ports, all pointing at silo 0 as the primary (localhost clustering).</summary>
-    public Dictionary<string, string> SiloEnvironment(Dictionary<string, string> common, int index) => new(common)
+    /// <summary>
+    /// Silo <paramref name="index"/>: its own ports, all pointing at silo 0 as the primary (localhost clustering). The last
+    /// silo serves the model, once every silo its shards are pinned to has joined.
+    /// </summary>
+    public Dictionary<string, string> SiloEnvironment(Dictionary<string, string> common, int index, bool last) => new(common)
     {
+        ["Cluster__Model__Serve"] = last ? "true" : "false",
         ["Cluster__SiloName"] = $"silo-{index + 1}",
         ["Orleans__Endpoints__SiloPort"] = $"{BaseSiloPort + index}",
         ["Orleans__Endpoints__GatewayPort"] = $"{BaseGatewayPort + index}",

@@ -1,4 +1,4 @@
-// Cluster.AppHost: `dotnet run --project src/AppHost [-- --model PATH [--tokenizer PATH] --port 8080]` starts a
+// Cluster.AppHost: `dotnet run --project src/AppHost [-- --model PATH [--tokenizer PATH] [--layout pp=2] --port 8080]` starts a
 // primary silo, a second silo and the gateway as separate processes, wires them with the Orleans__* and OTEL_*
 // variables an Aspire app host would set, waits until all are ready, prints the URLs, and on Ctrl+C stops them all.
 using System.Runtime.InteropServices;
@@ -19,10 +19,10 @@ using var terminate = PosixSignalRegistration.Create(PosixSignal.SIGTERM, Reques
 try
 {
     var common = options.CommonEnvironment();
-    var primary = new ChildProcess("silo-1", AppHostOptions.Assembly("SiloAssembly"), options.SiloEnvironment(common, 0), "ready:");
+    var primary = new ChildProcess("silo-1", AppHostOptions.Assembly("SiloAssembly"), options.SiloEnvironment(common, 0, last: false), "ready:");
     children.Add(primary);
     await primary.ReadyLine.WaitAsync(options.StartTimeout, shutdown.Token);
-    var second = new ChildProcess("silo-2", AppHostOptions.Assembly("SiloAssembly"), options.SiloEnvironment(common, 1), "ready:");
+    var second = new ChildProcess("silo-2", AppHostOptions.Assembly("SiloAssembly"), options.SiloEnvironment(common, 1, last: true), "ready:");
     children.Add(second);
     await second.ReadyLine.WaitAsync(options.StartTimeout, shutdown.Token);
     var gateway = new ChildProcess("gateway", AppHostOptions.Assembly("GatewayAssembly"), options.GatewayEnvironment(common), readyMarker: null);

@@ -1,4 +1,5 @@
-// Once the silo is up, activates the default model's scheduler (which places and loads its shards) and logs "ready".
+// Once the silo is up, activates the default model's scheduler (which places and loads its shards) and logs "ready";
+// a silo told not to serve (Cluster__Model__Serve=false) logs "ready" as soon as it is up.
 using Cluster.Contracts;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
@@ -13,6 +14,11 @@ public sealed class ServeDefaultModel(
         var started = new TaskCompletionSource();
         using (lifetime.ApplicationStarted.Register(started.SetResult))
             await started.Task.WaitAsync(stoppingToken);
+        if (!settings.ServeModel)
+        {
+            log.LogInformation("ready: silo {Silo} is up (another silo serves the model)", settings.SiloName);
+            return;
+        }
         var scheduler = grains.GetGrain<IInferenceSchedulerGrain>(settings.ModelId);
         var shard = await scheduler.Serve(new ModelServing(settings.Model, settings.Layout, settings.ShardSilos)).WaitAsync(stoppingToken);
         var status = await scheduler.Status();

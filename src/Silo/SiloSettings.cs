@@ -7,7 +7,7 @@ namespace Cluster.Silo;
 
 public sealed record SiloSettings(
     string SiloName, int SiloPort, int GatewayPort, string? ClusteringProvider, System.Net.IPEndPoint PrimarySilo,
-    string ModelId, ModelSource Model, string Layout, string[]? ShardSilos, int DeviceThreads)
+    string ModelId, ModelSource Model, string Layout, string[]? ShardSilos, bool ServeModel, int DeviceThreads)
 {
     public static SiloSettings From(IConfiguration config)
     {
@@ -26,6 +26,7 @@ public sealed record SiloSettings(
                 : ModelSource.Random(config["Cluster:Model:Preset"] ?? "tiny", config.GetValue("Cluster:Model:Seed", 1)),
             Layout: config["Cluster:Model:Layout"] ?? "",
             ShardSilos: config["Cluster:Model:Silos"]?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries),
+            ServeModel: config.GetValue("Cluster:Model:Serve", true),
             DeviceThreads: config.GetValue("Cluster:DeviceThreads", Environment.ProcessorCount));
     }
 }
