@@ -7,8 +7,9 @@ namespace Cluster.Grains;
 
 public static class ModelSources
 {
-    public static LoadedModel Load(ModelSource source) =>
-        source.Path is not null ? ModelLoader.Load(source.Path, source.TokenizerPath)
+    /// <param name="select">Which tensors of a model file to read (a shard's); presets are made whole.</param>
+    public static LoadedModel Load(ModelSource source, Func<ModelConfig, WeightFilter>? select = null) =>
+        source.Path is not null ? ModelLoader.Load(source.Path, source.TokenizerPath, select)
         : source.Preset is not null ? RandomModel.Create(source.Preset, source.Seed)
         : throw new ArgumentException("a model source needs a path or a preset", nameof(source));
 

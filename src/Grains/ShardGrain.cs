@@ -121,11 +121,12 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
 
     private static LoadedSlice LoadSlice(ShardAssignment a, int threads)
     {
-        var whole = ModelSources.Load(a.Source);
-        var spec = ShardingPlan.Create(whole.Config, ParallelLayout.Parse(a.Layout)).Get(a.Replica, a.Stage, a.Rank);
-        var weights = ShardWeights.Slice(whole.Config, whole.Weights, spec, whole.Source);
+        var layout = ParallelLayout.Parse(a.Layout);
+        ShardSpec SpecOf(ModelConfig config) => ShardingPlan.Create(config, layout).Get(a.Replica, a.Stage, a.Rank);
+        var loaded = ModelSources.Load(a.Source, config => WeightFilter.For(SpecOf(config)));   // only this stage's tensors
+        var weights = ShardWeights.Slice(loaded.Config, loaded.Weights, SpecOf(loaded.Config), loaded.Source);
         var device = new CpuDevice(threads);
-        return new LoadedSlice(a, device, new TransformerModel(device, whole.Config, weights));
+        return new LoadedSlice(a, device, new TransformerModel(device, loaded.Config, weights));
     }
 
     public async Task<StageResult> Forward(StageBatch batch)

@@ -8,13 +8,14 @@ namespace Cluster.Model;
 public static class ModelLoader
 {
     /// <param name="tokenizerPath">llama2.c tokenizer.bin for llama2.c checkpoints, or a tokenizer.json for safetensors; GGUF embeds its own.</param>
-    public static LoadedModel Load(string path, string? tokenizerPath = null)
+    /// <param name="select">Chooses, from the config, which tensors to read (a shard's); default: all.</param>
+    public static LoadedModel Load(string path, string? tokenizerPath = null, Func<ModelConfig, WeightFilter>? select = null)
     {
         if (Directory.Exists(path))
         {
             if (!File.Exists(Path.Combine(path, SafetensorsFormat.WeightsFile)))
                 throw new ModelFormatException(path, $"directory has no {SafetensorsFormat.WeightsFile}");
-            return SafetensorsFormat.Load(path, tokenizerPath);
+            return SafetensorsFormat.Load(path, tokenizerPath, select);
         }
         Span<byte> head = stackalloc byte[9];
         int read;
@@ -31,10 +32,10 @@ public static class ModelLoader
         if (magic == GgufFile.Magic)
         {
             if (tokenizerPath is not null) throw new ModelFormatException(path, "GGUF files carry their own tokenizer; a separate one is not supported");
-            return GgufFormat.Load(path);
+            return GgufFormat.Load(path, select);
         }
         if (read == 9 && head[8] == (byte)'{' && BitConverter.ToUInt64(head) < (ulong)new FileInfo(path).Length)
-            return SafetensorsFormat.Load(path, tokenizerPath);
-        return Llama2cFormat.Load(path, tokenizerPath);
+            return SafetensorsFormat.Load(path, tokenizerPath, select);
+        return Llama2cFormat.Load(path, tokenizerPath, select);
     }
 }

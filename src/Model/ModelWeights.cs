@@ -24,6 +24,9 @@ public sealed class LayerWeights
     public float[]? W3 { get; init; }                      // (H, C)
     public float[]? B1 { get; init; }                      // (H,) GPT-2
     public float[]? B2 { get; init; }                      // (C,) GPT-2
+
+    /// <summary>A layer a WeightFilter left out: every tensor empty.</summary>
+    public static LayerWeights Skipped { get; } = new() { AttnNorm = [], Wq = [], Wk = [], Wv = [], Wo = [], FfnNorm = [], W1 = [], W2 = [] };
 }
 
 public sealed class ModelWeights
@@ -36,9 +39,13 @@ public sealed class ModelWeights
     /// <summary>The LM head (V, C); null when tied to the token embedding.</summary>
     public float[]? Output { get; init; }
 
-    /// <summary>Throws <see cref="ModelFormatException"/> naming the first tensor whose size or presence disagrees with the config.</summary>
-    public void Validate(ModelConfig c, string source)
+    /// <summary>
+    /// Throws <see cref="ModelFormatException"/> naming the first tensor whose size or presence disagrees with the config;
+    /// with a <paramref name="filter"/>, only the tensors it selects are checked.
+    /// </summary>
+    public void Validate(ModelConfig c, string source, WeightFilter? filter = null)
     {
+        filter ??= WeightFilter.Everything(c);
         void Check(float[]? t, long expected, string name, bool required = true)
         {
             if (t is null)
@@ -51,11 +58,12 @@ public sealed class ModelWeights
         }
         bool gpt2 = c.Architecture == Architecture.Gpt2;
         long C = c.Dim, H = c.HiddenDim, kv = c.KvDim;
-        Check(TokenEmbedding, c.VocabSize * C, "token_embedding");
-        Check(PositionEmbedding, (long)c.MaxSeqLen * C, "position_embedding", gpt2);
+        if (filter.TokenEmbedding(c)) Check(TokenEmbedding, c.VocabSize * C, "token_embedding");
+        if (filter.Embedding) Check(PositionEmbedding, (long)c.MaxSeqLen * C, "position_embedding", gpt2);
         if (Layers.Length != c.Layers) throw new ModelFormatException(source, $"has {Layers.Length} layers, config says {c.Layers}");
         for (int l = 0; l < Layers.Length; l++)
         {
+            if (!filter.Layer(l)) continue;
             var w = Layers[l];
             string p = $"layers.{l}.";
             Check(w.AttnNorm, C, p + "attn_norm");
@@ -78,6 +86,6 @@ public sealed class ModelWeights
         }
         Check(FinalNorm, C, "final_norm");
         Check(FinalNormBias, C, "final_norm.bias", gpt2);
-        Check(Output, c.VocabSize * C, "output", !c.TiedEmbeddings);
+        if (filter.Output) Check(Output, c.VocabSize * C, "output", !c.TiedEmbeddings);
     }
 }

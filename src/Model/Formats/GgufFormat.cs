@@ -11,7 +11,8 @@ namespace Cluster.Model.Formats;
 
 public static class GgufFormat
 {
-    public static LoadedModel Load(string path)
+    /// <param name="select">Chooses, once the metadata is read, which tensors to read (default: all).</param>
+    public static LoadedModel Load(string path, Func<ModelConfig, WeightFilter>? select = null)
     {
         using var file = MappedFile.Open(path);
         var gguf = GgufFile.Parse(file);
@@ -24,8 +25,9 @@ public static class GgufFormat
         };
         config.Validate(path);
         var tensors = new TensorSource(file, gguf);
-        var weights = config.Architecture == Architecture.Llama ? LlamaWeights(tensors, config) : Gpt2Weights(tensors, config);
-        weights.Validate(config, path);
+        var filter = select?.Invoke(config) ?? WeightFilter.Everything(config);
+        var weights = config.Architecture == Architecture.Llama ? LlamaWeights(tensors, config, filter) : Gpt2Weights(tensors, config, filter);
+        weights.Validate(config, path, filter);
         return new LoadedModel(config, weights, ReadTokenizer(gguf, config), path);
     }
 
@@ -91,14 +93,14 @@ public static class GgufFormat
         public float[]? ReadOptional(string name, params long[] ne) => gguf.Tensors.ContainsKey(name) ? Read(name, ne) : null;
     }
 
-    private static ModelWeights LlamaWeights(TensorSource t, ModelConfig c)
+    private static ModelWeights LlamaWeights(TensorSource t, ModelConfig c, WeightFilter filter)
     {
         long C = c.Dim, H = c.HiddenDim, kv = c.KvDim, V = c.VocabSize;
         var layers = new LayerWeights[c.Layers];
         for (int l = 0; l < c.Layers; l++)
         {
             string p = $"blk.{l}.";
-            layers[l] = new LayerWeights
+            layers[l] = !filter.Layer(l) ? LayerWeights.Skipped : new LayerWeights
             {
                 AttnNorm = t.Read(p + "attn_norm.weight", C),
                 Wq = t.Read(p + "attn_q.weight", C, C),
@@ -113,20 +115,25 @@ public static class GgufFormat
         }
         return new ModelWeights
         {
-            TokenEmbedding = t.Read("token_embd.weight", C, V),
+            TokenEmbedding = filter.TokenEmbedding(c) ? t.Read("token_embd.weight", C, V) : [],
             Layers = layers,
             FinalNorm = t.Read("output_norm.weight", C),
-            Output = t.ReadOptional("output.weight", C, V),
+            Output = filter.Head(c) ? t.ReadOptional("output.weight", C, V) : null,
         };
     }
 
-    private static ModelWeights Gpt2Weights(TensorSource t, ModelConfig c)
+    private static ModelWeights Gpt2Weights(TensorSource t, ModelConfig c, WeightFilter filter)
     {
         long C = c.Dim, H = c.HiddenDim, kv = c.KvDim, V = c.VocabSize;
         var layers = new LayerWeights[c.Layers];
         for (int l = 0; l < c.Layers; l++)
         {
             string p = $"blk.{l}.";
+            if (!filter.Layer(l))
+            {
+                layers[l] = LayerWeights.Skipped;
+                continue;
+            }
             var qkv = t.Read(p + "attn_qkv.weight", C, C + 2 * kv);   // (C + 2kv, C)
             var qkvBias = t.Read(p + "attn_qkv.bias", C + 2 * kv);
             layers[l] = new LayerWeights
@@ -151,12 +158,12 @@ public static class GgufFormat
         }
         return new ModelWeights
         {
-            TokenEmbedding = t.Read("token_embd.weight", C, V),
-            PositionEmbedding = t.Read("position_embd.weight", C, c.MaxSeqLen),
+            TokenEmbedding = filter.TokenEmbedding(c) ? t.Read("token_embd.weight", C, V) : [],
+            PositionEmbedding = filter.Embedding ? t.Read("position_embd.weight", C, c.MaxSeqLen) : null,
             Layers = layers,
             FinalNorm = t.Read("output_norm.weight", C),
             FinalNormBias = t.Read("output_norm.bias", C),
-            Output = t.ReadOptional("output.weight", C, V),
+            Output = filter.Head(c) ? t.ReadOptional("output.weight", C, V) : null,
         };
     }
 

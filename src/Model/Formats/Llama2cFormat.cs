@@ -12,7 +12,8 @@ public static class Llama2cFormat
     public const uint Magic = 0x616b3432;   // "ak42" little endian
     private const int V1HeaderBytes = 256;
 
-    public static LoadedModel Load(string path, string? tokenizerPath = null)
+    /// <param name="select">Chooses, once the header is read, which tensors to read (default: all).</param>
+    public static LoadedModel Load(string path, string? tokenizerPath = null, Func<ModelConfig, WeightFilter>? select = null)
     {
         using var file = MappedFile.Open(path);
         var reader = new SpanReader(file.Span(0, Math.Min(file.Length, V1HeaderBytes), "header"), path);
@@ -38,16 +39,18 @@ public static class Llama2cFormat
 
         long C = config.Dim, H = config.HiddenDim, kv = config.KvDim, L = config.Layers, V = config.VocabSize;
         long offset = v1 ? V1HeaderBytes : reader.Position;
-        float[] Next(long count, string tensor)
+        var filter = select?.Invoke(config) ?? WeightFilter.Everything(config);
+        // Tensors follow each other with no index: one left out is stepped over.
+        float[] Next(long count, string tensor, bool wanted = true)
         {
-            var t = file.ReadFloats(offset, count, tensor);
+            var t = wanted ? file.ReadFloats(offset, count, tensor) : [];
             offset += count * 4;
             return t;
         }
         float[][] PerLayer(long count, string name)
         {
             var all = new float[L][];
-            for (int l = 0; l < L; l++) all[l] = Next(count, $"layers.{l}.{name}");
+            for (int l = 0; l < L; l++) all[l] = Next(count, $"layers.{l}.{name}", filter.Layer(l));
             return all;
         }
 
@@ -58,13 +61,13 @@ public static class Llama2cFormat
             attnNorm = PerLayer(C, "attn_norm");
             ffnNorm = PerLayer(C, "ffn_norm");
             finalNorm = Next(C, "final_norm");
-            emb = Next(V * C, "token_embedding");
+            emb = Next(V * C, "token_embedding", filter.TokenEmbedding(config));
             wq = PerLayer(C * C, "wq"); wk = PerLayer(kv * C, "wk"); wv = PerLayer(kv * C, "wv"); wo = PerLayer(C * C, "wo");
             w1 = PerLayer(H * C, "w1"); w2 = PerLayer(C * H, "w2"); w3 = PerLayer(H * C, "w3");
         }
         else
         {
-            emb = Next(V * C, "token_embedding");
+            emb = Next(V * C, "token_embedding", filter.TokenEmbedding(config));
             attnNorm = PerLayer(C, "attn_norm");
             wq = PerLayer(C * C, "wq"); wk = PerLayer(kv * C, "wk"); wv = PerLayer(kv * C, "wv"); wo = PerLayer(C * C, "wo");
             ffnNorm = PerLayer(C, "ffn_norm");
@@ -74,19 +77,19 @@ public static class Llama2cFormat
             long ropeTable = (long)config.MaxSeqLen * config.HeadDim / 2;
             offset += 2 * ropeTable * 4;
         }
-        float[]? output = shared ? null : Next(V * C, "output");
+        float[]? output = shared ? null : Next(V * C, "output", filter.Head(config));
         if (offset != file.Length)
             throw new ModelFormatException(path, $"size mismatch: the header's shapes need {offset} bytes, the file has {file.Length}");
 
         var layers = new LayerWeights[L];
         for (int l = 0; l < L; l++)
-            layers[l] = new LayerWeights
+            layers[l] = !filter.Layer(l) ? LayerWeights.Skipped : new LayerWeights
             {
                 AttnNorm = attnNorm[l], Wq = wq[l], Wk = wk[l], Wv = wv[l], Wo = wo[l],
                 FfnNorm = ffnNorm[l], W1 = w1[l], W2 = w2[l], W3 = w3[l],
             };
         var weights = new ModelWeights { TokenEmbedding = emb, Layers = layers, FinalNorm = finalNorm, Output = output };
-        weights.Validate(config, path);
+        weights.Validate(config, path, filter);
         var tokenizer = tokenizerPath is null ? null : Tokenizers.SentencePieceBpeTokenizer.LoadLlama2c(tokenizerPath, config.VocabSize);
         return new LoadedModel(config, weights, tokenizer, path);
     }

@@ -13,7 +13,8 @@ public static class SafetensorsFormat
     public const string WeightsFile = "model.safetensors", ConfigFile = "config.json", TokenizerFile = "tokenizer.json";
 
     /// <summary>Loads a checkpoint from its directory or its .safetensors file; the tokenizer defaults to tokenizer.json beside it.</summary>
-    public static LoadedModel Load(string path, string? tokenizerPath = null)
+    /// <param name="select">Chooses, once config.json is read, which tensors to read (default: all).</param>
+    public static LoadedModel Load(string path, string? tokenizerPath = null, Func<ModelConfig, WeightFilter>? select = null)
     {
         string weightsPath = Directory.Exists(path) ? Path.Combine(path, WeightsFile) : path;
         string directory = Path.GetDirectoryName(Path.GetFullPath(weightsPath))!;
@@ -23,8 +24,10 @@ public static class SafetensorsFormat
 
         using var file = MappedFile.Open(weightsPath);
         var tensors = new TensorSource(file, SafetensorsFile.Parse(file));
-        var weights = config.Architecture == Architecture.Llama ? LlamaWeights(tensors, ref config) : Gpt2Weights(tensors, config);
-        weights.Validate(config, weightsPath);
+        if (config.Architecture == Architecture.Llama && !tensors.Has("lm_head.weight")) config = config with { TiedEmbeddings = true };
+        var filter = select?.Invoke(config) ?? WeightFilter.Everything(config);
+        var weights = config.Architecture == Architecture.Llama ? LlamaWeights(tensors, config, filter) : Gpt2Weights(tensors, config, filter);
+        weights.Validate(config, weightsPath, filter);
 
         tokenizerPath ??= Path.Combine(directory, TokenizerFile);
         var tokenizer = File.Exists(tokenizerPath) ? HfTokenizerJson.Load(tokenizerPath, bos, eos) : null;
@@ -59,15 +62,14 @@ public static class SafetensorsFormat
         return t;
     }
 
-    private static ModelWeights LlamaWeights(TensorSource t, ref ModelConfig c)
+    private static ModelWeights LlamaWeights(TensorSource t, ModelConfig c, WeightFilter filter)
     {
         long C = c.Dim, H = c.HiddenDim, kv = c.KvDim, V = c.VocabSize;
-        if (!t.Has("lm_head.weight")) c = c with { TiedEmbeddings = true };
         var layers = new LayerWeights[c.Layers];
         for (int l = 0; l < c.Layers; l++)
         {
             string p = $"model.layers.{l}.";
-            layers[l] = new LayerWeights
+            layers[l] = !filter.Layer(l) ? LayerWeights.Skipped : new LayerWeights
             {
                 AttnNorm = t.Read(p + "input_layernorm.weight", C),
                 Wq = t.Read(p + "self_attn.q_proj.weight", C, C),
@@ -82,14 +84,14 @@ public static class SafetensorsFormat
         }
         return new ModelWeights
         {
-            TokenEmbedding = t.Read("model.embed_tokens.weight", V, C),
+            TokenEmbedding = filter.TokenEmbedding(c) ? t.Read("model.embed_tokens.weight", V, C) : [],
             Layers = layers,
             FinalNorm = t.Read("model.norm.weight", C),
-            Output = c.TiedEmbeddings ? null : t.Read("lm_head.weight", V, C),
+            Output = filter.Head(c) ? t.Read("lm_head.weight", V, C) : null,
         };
     }
 
-    private static ModelWeights Gpt2Weights(TensorSource t, ModelConfig c)
+    private static ModelWeights Gpt2Weights(TensorSource t, ModelConfig c, WeightFilter filter)
     {
         long C = c.Dim, H = c.HiddenDim, kv = c.KvDim, V = c.VocabSize;
         string root = t.Has("transformer.wte.weight") ? "transformer." : "";
@@ -97,6 +99,11 @@ public static class SafetensorsFormat
         for (int l = 0; l < c.Layers; l++)
         {
             string p = $"{root}h.{l}.";
+            if (!filter.Layer(l))
+            {
+                layers[l] = LayerWeights.Skipped;
+                continue;
+            }
             var qkv = t.ReadTransposed(p + "attn.c_attn.weight", C, C + 2 * kv);   // → (C + 2kv, C)
             var qkvBias = t.Read(p + "attn.c_attn.bias", C + 2 * kv);
             layers[l] = new LayerWeights
@@ -121,12 +128,12 @@ public static class SafetensorsFormat
         }
         return new ModelWeights
         {
-            TokenEmbedding = t.Read(root + "wte.weight", V, C),
-            PositionEmbedding = t.Read(root + "wpe.weight", c.MaxSeqLen, C),
+            TokenEmbedding = filter.TokenEmbedding(c) ? t.Read(root + "wte.weight", V, C) : [],
+            PositionEmbedding = filter.Embedding ? t.Read(root + "wpe.weight", c.MaxSeqLen, C) : null,
             Layers = layers,
             FinalNorm = t.Read(root + "ln_f.weight", C),
             FinalNormBias = t.Read(root + "ln_f.bias", C),
-            Output = c.TiedEmbeddings ? null : t.Read("lm_head.weight", V, C),
+            Output = filter.Head(c) ? t.Read("lm_head.weight", V, C) : null,
         };
     }
 }

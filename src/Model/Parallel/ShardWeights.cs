@@ -13,10 +13,13 @@ public sealed class ShardWeights
     public float[]? FinalNormBias { get; init; }       // (C,)           last stage, GPT-2
     public float[]? Output { get; init; }              // (Vr, C)        last stage (a copy of the embedding slice when tied)
 
-    /// <summary>Cuts <paramref name="spec"/>'s slices out of <paramref name="weights"/> (validated against <paramref name="c"/> first).</summary>
+    /// <summary>
+    /// Cuts <paramref name="spec"/>'s slices out of <paramref name="weights"/>, which must hold (at least) the tensors
+    /// WeightFilter.For(spec) selects: a loader given that filter reads no more than this shard needs.
+    /// </summary>
     public static ShardWeights Slice(ModelConfig c, ModelWeights weights, ShardSpec spec, string source = "weights")
     {
-        weights.Validate(c, source);
+        weights.Validate(c, source, WeightFilter.For(spec));
         int C = c.Dim, hd = c.HeadDim;
         var q = new Slice(spec.QueryHeads.Offset * hd, spec.QueryHeads.Count * hd);
         var kv = new Slice(spec.KvHeads.Offset * hd, spec.KvHeads.Count * hd);
