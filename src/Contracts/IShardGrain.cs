@@ -13,17 +13,15 @@ public interface IShardGrain : IGrainWithStringKey
     Task<ShardDescription> Load(ShardAssignment assignment);
 
     /// <summary>
-    /// Runs one step of its replica's pipeline (steps are taken in Step order), passes the hidden states on to the next
-    /// stage, and answers with the last stage's logits (rank 0's chain; other ranks answer with no rows).
+    /// Runs one step of its replica's pipeline (steps are taken in Step order): frees the ended sequences, runs the
+    /// chunks (if any), passes the hidden states on to the next stage, and answers with the last stage's logits (rank
+    /// 0's chain; other ranks answer with no rows).
     /// </summary>
     Task<StageResult> Forward(StageBatch batch);
 
     /// <summary>A tensor-parallel peer's collective message (interleaves with a Forward blocked on it).</summary>
     [AlwaysInterleave]
     Task Deliver(long epoch, int fromRank, long tag, Immutable<byte[]> data);
-
-    /// <summary>Frees the sequences' KV blocks; unknown ids are ignored.</summary>
-    Task Release(long epoch, Guid[] sequences);
 
     /// <summary>Null when nothing is loaded on this activation.</summary>
     Task<ShardDescription?> Describe();

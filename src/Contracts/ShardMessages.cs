@@ -19,13 +19,20 @@ public sealed record ShardAssignment(
 [GenerateSerializer, Immutable]
 public sealed record ForwardChunk([property: Id(0)] Guid Sequence, [property: Id(1)] int[] Tokens, [property: Id(2)] bool AllLogits = false);
 
-/// <summary>One pipeline step: the chunks, and (after the first stage) the previous stage's hidden states (T, C) as float32 bytes (empty on the first). Immutable: not copied between grains of one silo.</summary>
+/// <summary>
+/// One pipeline step: sequences that ended (their KV blocks are freed first, in step order, so every shard's cache
+/// sees the same history), the chunks, and after the first stage the previous stage's hidden states (T', C) as
+/// float32 bytes, T' leaving out each chunk's cached prefix, whose length (PrefixHits) the first stage found.
+/// Immutable: not copied between grains of one silo.
+/// </summary>
 [GenerateSerializer, Immutable]
 public sealed record StageBatch(
     [property: Id(0)] long Epoch,
     [property: Id(1)] long Step,
     [property: Id(2)] ForwardChunk[] Chunks,
-    [property: Id(3)] byte[] Hidden);
+    [property: Id(3)] byte[] Hidden,
+    [property: Id(4)] Guid[] Released,
+    [property: Id(5)] int[]? PrefixHits = null);
 
 /// <summary>Rows × VocabSize float32 logits (little-endian), one row per chunk, or one per token where AllLogits.</summary>
 [GenerateSerializer, Immutable]
@@ -44,7 +51,9 @@ public sealed record ShardDescription(
     [property: Id(8)] int MaxSeqLen,
     [property: Id(9)] int KvBlockSize,
     [property: Id(10)] string Slice,
-    [property: Id(11)] long Epoch);
+    [property: Id(11)] long Epoch,
+    [property: Id(12)] int CachedKvBlocks,
+    [property: Id(13)] long PrefixHitTokens);
 
 /// <summary>The step or collective belongs to an epoch that a newer one has ended (the scheduler replays).</summary>
 [GenerateSerializer]

@@ -4,7 +4,8 @@
 // so its stages overlap: decode steps of different sequences interleave, and a long prompt's chunks follow each other
 // down the pipeline GPipe-style (chunk k+1 enters stage 0 while chunk k is in stage 1; every stage takes steps in
 // order, so each chunk finds the K and V of the ones before it). KV room is reserved at admission (prompt + max tokens), and
-// a sequence's blocks go back to every shard's free list when it finishes or its client goes away.
+// a sequence's blocks go back to every shard's free list (or prefix cache) when it finishes or its client goes away:
+// the next step carries the release, so every shard's cache sees the same history and finds the same prefixes.
 // Failover: when a step fails or times out, the replica starts a new epoch, its shards are placed and loaded again,
 // and its sequences are replayed from their tokens so far (prompt + generated), so clients see no error unless the
 // pipeline stays down past FailoverTimeout (ModelUnavailableException: the gateway answers 503).
@@ -64,6 +65,8 @@ public sealed class InferenceSchedulerGrain(
         public bool Recovering { get; set; }
         public int ReservedBlocks { get; set; }
         public List<Sequence> Running { get; } = [];
+        /// <summary>Ended sequences whose blocks the next step frees on every shard.</summary>
+        public List<Guid> Released { get; } = [];
         public Queue<Sequence> Waiting { get; } = [];
     }
 
@@ -163,7 +166,8 @@ public sealed class InferenceSchedulerGrain(
     private void Kick(Replica replica)
     {
         int depth = replica.StageKeys.Length;
-        while (!replica.Recovering && replica.Lanes < depth && (replica.Waiting.Count > 0 || replica.Running.Any(s => s.Unscheduled > 0)))
+        while (!replica.Recovering && replica.Lanes < depth &&
+               (replica.Waiting.Count > 0 || replica.Released.Count > 0 || replica.Running.Any(s => s.Unscheduled > 0)))
         {
             replica.Lanes++;
             _ = RunLane(replica);
@@ -178,8 +182,10 @@ public sealed class InferenceSchedulerGrain(
             {
                 Admit(replica);
                 var batch = NextBatch(replica);
-                if (batch.Count == 0) break;
-                await RunStep(replica, batch);
+                Guid[] released = [.. replica.Released];
+                replica.Released.Clear();
+                if (batch.Count == 0 && released.Length == 0) break;
+                await RunStep(replica, batch, released);
             }
         }
         catch (Exception e)
@@ -222,10 +228,11 @@ public sealed class InferenceSchedulerGrain(
         return batch;
     }
 
-    private async Task RunStep(Replica replica, List<(Sequence Sequence, ForwardChunk Chunk, bool Last)> batch)
+    /// <summary>One step down the pipeline: frees <paramref name="released"/>, runs the chunks, samples where a sequence's last token was in it.</summary>
+    private async Task RunStep(Replica replica, List<(Sequence Sequence, ForwardChunk Chunk, bool Last)> batch, Guid[] released)
     {
         long epoch = replica.Epoch, step = replica.NextStep++;
-        var stageBatch = new StageBatch(epoch, step, [.. batch.Select(b => b.Chunk)], []);
+        var stageBatch = new StageBatch(epoch, step, [.. batch.Select(b => b.Chunk)], [], released);
         StageResult result;
         try
         {
@@ -291,20 +298,7 @@ public sealed class InferenceSchedulerGrain(
             return;   // never admitted: it holds no blocks
         }
         replica.ReservedBlocks -= sequence.Blocks;
-        if (sequence.Cached > 0 || sequence.InFlight) _ = Release(replica, replica.Epoch, sequence.Id);
-    }
-
-    private async Task Release(Replica replica, long epoch, Guid sequence)
-    {
-        try
-        {
-            await Task.WhenAll(replica.AllKeys.Select(key => grains.GetGrain<IShardGrain>(key).Release(epoch, [sequence])));
-        }
-        catch (Exception e)
-        {
-            // A lost shard's blocks went with it; the failover's new epoch starts with an empty cache.
-            log.LogWarning(e, "model {Model}: releasing sequence {Sequence} failed", ModelId, sequence);
-        }
+        if (sequence.Scheduled > 0) replica.Released.Add(sequence.Id);   // freed by the next step, after any step it is in
     }
 
     /// <summary>Brings a failed pipeline back in a new epoch and replays its sequences, or fails them after FailoverTimeout.</summary>
@@ -315,6 +309,7 @@ public sealed class InferenceSchedulerGrain(
             ModelId, replica.Index, replica.Epoch, replica.Running.Count);
         replica.Epoch = 0;   // results still in flight belong to the lost epoch
         foreach (var sequence in replica.Running) sequence.Cached = sequence.Scheduled = 0;
+        replica.Released.Clear();   // the new epoch's caches start empty
         var deadline = DateTime.UtcNow + Options.FailoverTimeout;
         try
         {

@@ -134,7 +134,7 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
         var epoch = Current(batch.Epoch);
         var model = _slice!.Model;
         await epoch.WaitTurn(batch.Step);
-        Task<float[]> compute;
+        Task<(float[] Output, int[] Hits)> compute;
         try
         {
             compute = Worker.Run(() => Run(model, epoch, batch));
@@ -143,27 +143,41 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
         {
             epoch.Advance();
         }
-        float[] output = await compute;
+        var (output, hits) = await compute;
         byte[] bytes = MemoryMarshal.AsBytes(output.AsSpan()).ToArray();
         if (epoch.Assignment.NextStage is { } next)
-            return await grains.GetGrain<IShardGrain>(next).Forward(batch with { Hidden = bytes });
+            return await grains.GetGrain<IShardGrain>(next).Forward(batch with { Hidden = bytes, PrefixHits = hits });
         int vocab = model.Config.VocabSize;
         return epoch.Assignment.Rank == 0 ? new StageResult(bytes, output.Length / vocab, vocab) : new StageResult([], 0, vocab);
     }
 
-    /// <summary>On the device thread: maps the scheduler's sequence ids to cache entries and runs the stage.</summary>
-    private static float[] Run(TransformerModel model, Epoch epoch, StageBatch batch)
+    /// <summary>
+    /// On the device thread: frees the ended sequences, maps the scheduler's sequence ids to cache entries (a new one
+    /// takes its cached prefix: the first stage finds it, later stages must find the same), and runs the stage on the
+    /// tokens past those prefixes. Returns the output and the prefix hits.
+    /// </summary>
+    private static (float[] Output, int[] Hits) Run(TransformerModel model, Epoch epoch, StageBatch batch)
     {
+        foreach (var ended in batch.Released)
+            if (epoch.Sequences.Remove(ended, out int id)) epoch.Cache.Release(id);
+        var hits = new int[batch.Chunks.Length];
+        if (hits.Length == 0) return ([], hits);
         var chunks = new SequenceChunk[batch.Chunks.Length];
         for (int i = 0; i < chunks.Length; i++)
         {
             var chunk = batch.Chunks[i];
             if (!epoch.Sequences.TryGetValue(chunk.Sequence, out int sequence))
+            {
                 epoch.Sequences[chunk.Sequence] = sequence = epoch.Cache.CreateSequence();
-            chunks[i] = new SequenceChunk(sequence, chunk.Tokens, chunk.AllLogits);
+                int wanted = batch.PrefixHits?[i] ?? int.MaxValue;
+                hits[i] = chunk.AllLogits ? 0 : epoch.Cache.AttachPrefix(sequence, chunk.Tokens, wanted);
+                if (batch.PrefixHits is not null && hits[i] != wanted)
+                    throw new InvalidOperationException($"stage {model.Spec.Stage} holds {hits[i]} cached prompt tokens of a sequence, the first stage {wanted}");
+            }
+            chunks[i] = new SequenceChunk(sequence, chunk.Tokens[hits[i]..], chunk.AllLogits);
         }
         float[]? hidden = model.Spec.IsFirstStage ? null : MemoryMarshal.Cast<byte, float>(batch.Hidden).ToArray();
-        return model.Forward(chunks, epoch.Cache, hidden, epoch.Group);
+        return (model.Forward(chunks, epoch.Cache, hidden, epoch.Group), hits);
     }
 
     public Task Deliver(long epoch, int fromRank, long tag, Immutable<byte[]> data)
@@ -176,17 +190,6 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
         if (!_early.TryGetValue(epoch, out var mailbox)) _early[epoch] = mailbox = new CollectiveMailbox();
         mailbox.Deliver(fromRank, tag, data.Value);
         return Task.CompletedTask;
-    }
-
-    public Task Release(long epoch, Guid[] sequences)
-    {
-        if (_epoch is not { } current || current.Number != epoch) return Task.CompletedTask;   // that epoch's cache is gone
-        return Worker.Run(() =>
-        {
-            foreach (var sequence in sequences)
-                if (current.Sequences.Remove(sequence, out int id)) current.Cache.Release(id);
-            return true;
-        });
     }
 
     public Task<ShardDescription?> Describe() =>
@@ -202,7 +205,8 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
     private ShardDescription Describe(LoadedSlice slice, Epoch epoch) => new(
         Key, slice.Assignment.Source.ToString(), ModelSources.Describe(slice.Model.Config), slice.Device.Info.Name,
         silo.Name, epoch.Cache.FreeBlocks, epoch.Cache.TotalBlocks, epoch.Cache.ActiveSequences,
-        slice.Model.Config.MaxSeqLen, epoch.Cache.BlockSize, slice.Model.Spec.ToString(), epoch.Number);
+        slice.Model.Config.MaxSeqLen, epoch.Cache.BlockSize, slice.Model.Spec.ToString(), epoch.Number,
+        epoch.Cache.CachedBlocks, epoch.Cache.PrefixHitTokens);
 
     public override Task OnDeactivateAsync(DeactivationReason reason, CancellationToken cancellationToken)
     {

@@ -162,7 +162,7 @@ public sealed class TransformerModel : IDisposable
             result = new float[T * C];
             _device.Download(a.X, result);                                                                // (T, C)
         }
-        foreach (var chunk in batch) cache.Advance(chunk.Sequence, chunk.Tokens.Length);
+        foreach (var chunk in batch) cache.Advance(chunk.Sequence, chunk.Tokens);
         return result;
     }
 

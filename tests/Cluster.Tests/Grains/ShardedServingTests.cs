@@ -1,7 +1,7 @@
 // Sharded serving on the 2-silo cluster: every layout's greedy output equals the model on one device (tiny, and
 // stories260K against llama2.c run.c), 16 concurrent streaming requests of mixed lengths each equal their run alone,
-// prompts longer than a step's token budget go down the pipeline chunk after chunk, and afterwards (also after
-// cancellations) every shard's KV blocks are back on its free list.
+// prompts longer than a step's token budget go down the pipeline chunk after chunk, prompts sharing a prefix reuse
+// its cached blocks on every shard, and afterwards (also after cancellations) every KV block is free again.
 using Cluster.Compute.Cpu;
 using Cluster.Contracts;
 using Cluster.Model;
@@ -54,20 +54,51 @@ public sealed class ShardedServingTests(ClusterFixture fixture)
         var loaded = RandomModel.Create("tiny", seed: 1);
         using var device = new CpuDevice(1);
         using var model = new TransformerModel(device, loaded.Config, loaded.Weights);
+        for (int i = 0; i < prompts.Length; i++) Assert.Equal(Greedy(model, prompts[i], 8), results[i].Select(c => c.TokenId));
+        await AssertEveryBlockFree(scheduler);
+    }
+
+    [Theory]
+    [InlineData("tp=2,pp=2")]
+    [InlineData("pp=3")]
+    public async Task PromptsSharingAPrefixReuseItsBlocksOnEveryShard(string layout)
+    {
+        var scheduler = Grains.GetGrain<IInferenceSchedulerGrain>("prefix-" + layout.Replace(',', '-').Replace("=", ""));
+        await scheduler.Serve(new ModelServing(TestClusters.Tiny, layout, Silos));
+        var rng = new Random(8);
+        int[] system = [1, .. Enumerable.Range(0, 70).Select(_ => rng.Next(3, 512))];   // a shared "system prompt"
+        int[][] prompts = [.. Enumerable.Range(0, 4).Select(i => system.Concat(Enumerable.Range(0, 3 + i).Select(_ => rng.Next(3, 512))).ToArray())];
+        GenerationRequest Request(int[] p) => new() { PromptTokens = p, MaxTokens = 6, Temperature = 0, StopAtEos = false };
+
+        var first = await scheduler.GenerateAsync(Request(prompts[0]), TestContext.Current.CancellationToken);
+        var rest = await Task.WhenAll(prompts.Skip(1).Select(p => scheduler.GenerateAsync(Request(p), TestContext.Current.CancellationToken)));
+
+        var loaded = RandomModel.Create("tiny", seed: 1);
+        using var device = new CpuDevice(1);
+        using var model = new TransformerModel(device, loaded.Config, loaded.Weights);
+        List<GeneratedChunk>[] results = [first, .. rest];
         for (int i = 0; i < prompts.Length; i++)
+            Assert.Equal(Greedy(model, prompts[i], 6), results[i].Select(c => c.TokenId));
+        foreach (string key in (await scheduler.Status()).Shards)
         {
-            using var cache = model.CreateCache(1, 512, 16);
-            int sequence = cache.CreateSequence();
-            var expected = new List<int>();
-            float[] logits = model.Forward([new SequenceChunk(sequence, prompts[i])], cache);
-            for (int t = 0; t < 8; t++)
-            {
-                expected.Add(Sampler.ArgMax(logits));
-                if (t < 7) logits = model.Forward([new SequenceChunk(sequence, [expected[^1]])], cache);
-            }
-            Assert.Equal(expected, results[i].Select(c => c.TokenId));
+            var shard = (await Grains.GetGrain<IShardGrain>(key).Describe())!;
+            Assert.Equal(3 * 64, shard.PrefixHitTokens);   // each later prompt found the first's 4 full blocks of 16 (71 tokens)
         }
         await AssertEveryBlockFree(scheduler);
+    }
+
+    private static List<int> Greedy(TransformerModel model, int[] prompt, int steps)
+    {
+        using var cache = model.CreateCache(1, prompt.Length + steps, 16);
+        int sequence = cache.CreateSequence();
+        var tokens = new List<int>();
+        float[] logits = model.Forward([new SequenceChunk(sequence, prompt)], cache);
+        for (int t = 0; t < steps; t++)
+        {
+            tokens.Add(Sampler.ArgMax(logits));
+            if (t < steps - 1) logits = model.Forward([new SequenceChunk(sequence, [tokens[^1]])], cache);
+        }
+        return tokens;
     }
 
     [Fact]
