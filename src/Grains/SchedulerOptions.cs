@@ -5,8 +5,11 @@ public sealed class SchedulerOptions
 {
     /// <summary>Tokens one step may carry: decode tokens first, then prompt chunks up to this (chunked prefill).</summary>
     public int MaxBatchTokens { get; set; } = 256;
+    // Both stay well inside an Orleans client's 30 s response timeout, so a client waiting for its next token hears
+    // either the token or the 503 before its own call gives up.
+
     /// <summary>How long a step may take before its pipeline is presumed lost and replayed.</summary>
-    public TimeSpan StepTimeout { get; set; } = TimeSpan.FromSeconds(60);
+    public TimeSpan StepTimeout { get; set; } = TimeSpan.FromSeconds(10);
     /// <summary>How long the scheduler keeps trying to bring a lost pipeline back before failing its requests with 503.</summary>
-    public TimeSpan FailoverTimeout { get; set; } = TimeSpan.FromSeconds(120);
+    public TimeSpan FailoverTimeout { get; set; } = TimeSpan.FromSeconds(15);
 }

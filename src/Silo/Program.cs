@@ -2,6 +2,7 @@
 using Cluster.Grains;
 using Cluster.ServiceDefaults;
 using Cluster.Silo;
+using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Orleans.Configuration;
@@ -19,7 +20,7 @@ builder.UseOrleans(silo =>
     if (string.IsNullOrEmpty(settings.ClusteringProvider))
         silo.UseLocalhostClustering(settings.SiloPort, settings.GatewayPort, settings.PrimarySilo);
     silo.Configure<SiloOptions>(o => o.SiloName = settings.SiloName);
-    silo.AddClusterGrains(o => o.DeviceThreads = settings.DeviceThreads);
+    silo.AddClusterGrains(o => o.DeviceThreads = settings.DeviceThreads, o => builder.Configuration.GetSection("Cluster:Scheduler").Bind(o));
 });
 builder.Services.AddHostedService<ServeDefaultModel>();
 await builder.Build().RunAsync();

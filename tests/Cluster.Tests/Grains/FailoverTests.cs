@@ -1,7 +1,10 @@
 // A 3-silo cluster loses the silo its shard was pinned to: the shard reactivates on another silo, reloads, and the
 // next generation succeeds with the same tokens; and 8 streams in flight when a pipeline stage's silo dies all
-// finish with exactly the tokens of an undisturbed run (the scheduler replays them on a new epoch).
+// finish with exactly the tokens of an undisturbed run (the scheduler replays them on a new epoch); when the lost
+// stage cannot be reloaded within the failover timeout, requests end with ModelUnavailableException (HTTP 503).
 using Cluster.Contracts;
+using Cluster.Model;
+using Cluster.Model.Formats;
 
 namespace Cluster.Tests.Grains;
 
@@ -90,5 +93,26 @@ public sealed class FailoverTests
         var moved = await cluster.Client.GetGrain<IShardGrain>(shards[1]).Describe();
         Assert.NotNull(moved);
         Assert.NotEqual(victim.Name, moved.Silo);
+    }
+
+    [Fact]
+    public async Task RequestsEndWithModelUnavailableWhenALostStageCannotBeReloaded()
+    {
+        using var files = new Formats.TempDirectory();
+        string path = files.File("tiny.gguf");
+        GgufWriter.Write(RandomModel.Create("tiny", seed: 1), path);
+        await using var cluster = await TestClusters.StartAsync(silos: 3, failoverTimeout: TimeSpan.FromSeconds(3));
+        var scheduler = cluster.Client.GetGrain<IInferenceSchedulerGrain>("unreloadable");
+        string schedulerSilo = (await scheduler.Status()).Silo;
+        var victim = cluster.Silos.Skip(1).First(s => s.Name != schedulerSilo);
+        var survivor = cluster.Silos.First(s => s != victim);
+        await scheduler.Serve(new ModelServing(ModelSource.File(path), "pp=2", [survivor.Name, victim.Name]));
+        var request = new GenerationRequest { Prompt = "hello", MaxTokens = 8, Temperature = 0 };
+        Assert.Equal(8, (await scheduler.GenerateAsync(request, TestContext.Current.CancellationToken)).Count);
+
+        File.Delete(path);   // the model's storage is gone too: stage 1 cannot be loaded anywhere else
+        await cluster.KillSiloAsync(victim, TestContext.Current.CancellationToken);
+
+        await Assert.ThrowsAsync<ModelUnavailableException>(() => scheduler.GenerateAsync(request, TestContext.Current.CancellationToken));
     }
 }

@@ -10,12 +10,19 @@ public static class TestClusters
 {
     public static readonly ModelSource Tiny = ModelSource.Random("tiny", seed: 1);
 
-    public static async Task<InProcessTestCluster> StartAsync(int silos)
+    public static async Task<InProcessTestCluster> StartAsync(int silos, TimeSpan? failoverTimeout = null)
     {
         var builder = new InProcessTestClusterBuilder((short)silos);
+        // Clients reach the cluster through the primary silo's gateway only, which failover tests never kill: a
+        // request in flight through a gateway silo that dies is lost until the client's response timeout (30 s).
+        builder.Options.GatewayPerSilo = false;
         builder.ConfigureSilo((_, silo) =>
         {
-            silo.AddClusterGrains(o => { o.DeviceThreads = 1; o.KvSequences = 8; }, o => o.StepTimeout = TimeSpan.FromSeconds(20));
+            silo.AddClusterGrains(o => { o.DeviceThreads = 1; o.KvSequences = 8; }, o =>
+            {
+                o.StepTimeout = TimeSpan.FromSeconds(5);
+                if (failoverTimeout is { } timeout) o.FailoverTimeout = timeout;
+            });
             // Declare a killed silo dead within seconds rather than the production default of about a minute.
             silo.Configure<ClusterMembershipOptions>(o =>
             {
