@@ -1,5 +1,6 @@
 // cluster-bench: the engine's benchmarks, printed as Markdown tables for the README.
 // Run from the repository root: bash bench/run.sh (or dotnet run -c Release --project bench/Cluster.Bench -- gemm)
+// Commands: gemm, model (single process); transport, collectives, serving (in-process Orleans clusters).
 using Cluster.Bench;
 
 string command = args.FirstOrDefault() ?? "help";
@@ -15,14 +16,28 @@ switch (command)
             int.Parse(Option(args, "--prompt") ?? "128"), int.Parse(Option(args, "--decode") ?? "128"),
             withLlamaCpp: !args.Contains("--no-llamacpp"));
         return 0;
+    case "transport":
+        await TransportBench.Run([64 << 10, 1 << 20, 16 << 20], [64 << 10, 256 << 10, (1 << 20) - (1 << 10)], minSeconds: 0.5, minBytes: 64L << 20);
+        return 0;
+    case "collectives":
+        await CollectivesBench.Run(Ints(Option(args, "--sizes")) ?? [1, 4, 16, 64], Ints(Option(args, "--members")) ?? [2, 3, 4]);
+        return 0;
+    case "serving":
+        await ServingBench.Run();
+        return 0;
     default:
         Console.WriteLine("""
             usage: cluster-bench gemm  [--threads 1,2] [--peak-per-core 265]
                    cluster-bench model [--threads 1,2] [--presets stories15M,stories110M] [--prompt 128] [--decode 128] [--no-llamacpp]
+                   cluster-bench transport                                        (grain calls and memory streams, MB/s, same vs cross silo)
+                   cluster-bench collectives [--sizes 1,4,16,64] [--members 2,3,4]  (all-reduce / all-to-all bus GB/s, in process vs across silos)
+                   cluster-bench serving                                          (continuous batching and sharding layouts, tokens/s)
             run from the repository root; bench/run.sh installs llama.cpp (npm) and runs everything
             """);
         return command == "help" ? 0 : 2;
 }
+
+static int[]? Ints(string? list) => list?.Split(',').Select(int.Parse).ToArray();
 
 static string? Option(string[] args, string name)
 {
