@@ -102,6 +102,24 @@ public sealed class ShardedServingTests(ClusterFixture fixture)
     }
 
     [Fact]
+    public async Task Stories15MShapeUnderTp2Pp2EqualsOneDevice()
+    {
+        var source = ModelSource.Random("stories15M", seed: 2);
+        var scheduler = Grains.GetGrain<IInferenceSchedulerGrain>("stories15M-tp2-pp2");
+        await scheduler.Serve(new ModelServing(source, "tp=2,pp=2", Silos));
+        int[] prompt = [1, .. Enumerable.Range(0, 40).Select(i => 100 + i * 37)];
+
+        var chunks = await scheduler.GenerateAsync(
+            new GenerationRequest { PromptTokens = prompt, MaxTokens = 12, Temperature = 0, StopAtEos = false }, TestContext.Current.CancellationToken);
+
+        var loaded = RandomModel.Create("stories15M", seed: 2);
+        using var device = new CpuDevice(1);
+        using var model = new TransformerModel(device, loaded.Config, loaded.Weights);
+        Assert.Equal(Greedy(model, prompt, 12), chunks.Select(c => c.TokenId));
+        await AssertEveryBlockFree(scheduler);
+    }
+
+    [Fact]
     public async Task Stories260KUnderTp2Pp2MatchesRunC()
     {
         var source = ModelSource.File(SharedModels.Require("stories260K.bin"), SharedModels.Require("tok512.bin"));

@@ -23,6 +23,15 @@ public sealed class ShardedForwardTests
     }
 
     [Theory]
+    [InlineData("tp=2,pp=2")]
+    [InlineData("tp=3,pp=3")]
+    public void Stories15MShapeLayoutEqualsOneDevice(string layout)
+    {
+        var model = RandomModel.Create("stories15M", seed: 3);   // dim 288, 6 layers, 6 heads, vocab 32000
+        AssertLayoutEqualsOneDevice(model.Config, model.Weights, ParallelLayout.Parse(layout));
+    }
+
+    [Theory]
     [InlineData("tp=2")]
     [InlineData("tp=3,pp=2")]
     public void Gpt2LayoutEqualsOneDevice(string layout)
