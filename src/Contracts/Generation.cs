@@ -16,6 +16,11 @@ public sealed record GenerationRequest
     [Id(6)] public ulong Seed { get; init; } = 1;
     /// <summary>Ends the generation when BOS or EOS is sampled (llama2.c run.c behaviour).</summary>
     [Id(7)] public bool StopAtEos { get; init; } = true;
+    /// <summary>
+    /// Tokens this generation already produced and delivered before its scheduler was lost: they count towards
+    /// MaxTokens, the sampler moves past them, and generation carries on after them exactly as it would have.
+    /// </summary>
+    [Id(8)] public int[]? Resume { get; init; }
 }
 
 /// <summary>One generated token and the text it completes (partial UTF-8 is held back until whole).</summary>

@@ -1,7 +1,8 @@
 // One completion: tokenizes the prompt on the model's scheduler, streams its chunks and answers them as an OpenAI
 // text_completion / chat.completion object or as server-sent chunk events. finish_reason is "length" when
 // max_tokens ended it, else "stop" (EOS, or the model's context filled up). Grain argument errors become 400s; a
-// model whose pipeline could not be brought back becomes 503 (mid-stream: an error event).
+// model whose pipeline could not be brought back becomes 503 (mid-stream: an error event). A stream whose scheduler's
+// silo dies resumes on the scheduler's next activation (ResumableGeneration).
 using Cluster.Contracts;
 
 namespace Cluster.Gateway;
@@ -10,6 +11,9 @@ public sealed class CompletionRun(HttpContext context, IInferenceSchedulerGrain 
 {
     private readonly string _id = (chat ? "chatcmpl-" : "cmpl-") + Guid.NewGuid().ToString("N");
     private readonly long _created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+
+    /// <summary>How long a stream waits for its scheduler to come back on another silo before it fails.</summary>
+    private static readonly TimeSpan ResumePatience = TimeSpan.FromSeconds(60);
 
     public async Task RunAsync()
     {
@@ -20,12 +24,12 @@ public sealed class CompletionRun(HttpContext context, IInferenceSchedulerGrain 
             PromptTokens = prompt, MaxTokens = request.MaxTokens, Temperature = request.Temperature,
             TopP = request.TopP, TopK = request.TopK, Seed = request.Seed,
         };
-        await using var chunks = scheduler.Generate(generation).GetAsyncEnumerator(cancellation);
-        bool any = await Grain(() => chunks.MoveNextAsync().AsTask());   // argument errors surface before any output
+        await using var chunks = new ResumableGeneration(scheduler, generation, ResumePatience, cancellation);
+        bool any = await Grain(chunks.MoveNextAsync);   // argument errors surface before any output
         var text = new System.Text.StringBuilder();
         int completionTokens = 0;
         if (request.Stream) StartEvents();
-        for (; any; any = await Grain(() => chunks.MoveNextAsync().AsTask()))
+        for (; any; any = await Grain(chunks.MoveNextAsync))
         {
             completionTokens++;
             text.Append(chunks.Current.Text);

@@ -50,6 +50,18 @@ public sealed class InferenceSchedulerGrain(
         public bool Cancelled { get; set; }
         public bool Finished { get; set; }
         public int Generated => Tokens.Count - PromptLength;
+
+        /// <summary>Takes up a generation after its delivered tokens: they join the sequence, the sampler and the UTF-8 decoder move past them.</summary>
+        public void ResumeAfter(int[] delivered, ITokenizer tokenizer)
+        {
+            foreach (int token in delivered)
+            {
+                byte[] bytes = tokenizer.DecodeBytes(Tokens[^1], token);
+                Decoder.GetChars(bytes, new char[Decoder.GetCharCount(bytes, flush: false)], flush: false);   // as delivery did
+                Tokens.Add(token);
+            }
+            Sampler.Skip(delivered.Length);
+        }
         /// <summary>Tokens not yet sent in any step.</summary>
         public int Unscheduled => Tokens.Count - Scheduled;
     }
@@ -75,6 +87,7 @@ public sealed class InferenceSchedulerGrain(
     private Replica[] _replicas = [];
     private ShardDescription? _shape;   // rank 0 of the first stage: context, KV blocks (every shard has as many)
     private long _lastEpoch;
+    private Task<ShardDescription>? _servingConfigured;
 
     private string ModelId => this.GetPrimaryKeyString();
     private SchedulerOptions Options => options.Value;
@@ -126,28 +139,43 @@ public sealed class InferenceSchedulerGrain(
         if (replica.Epoch == epoch) _shape = descriptions[0];
     }
 
-    public Task<int[]> Tokenize(string prompt) => Task.FromResult(Tokenizer.Encode(prompt, addBos: true));
+    public async Task<int[]> Tokenize(string prompt)
+    {
+        await ServingShape();
+        return Tokenizer.Encode(prompt, addBos: true);
+    }
 
     private ITokenizer Tokenizer => _tokenizer ?? throw new InvalidOperationException($"model '{ModelId}' is not being served");
+
+    /// <summary>The served model's shape; a fresh activation of a configured model serves it first.</summary>
+    private async Task<ShardDescription> ServingShape()
+    {
+        if (_shape is not null) return _shape;
+        if (!Options.ConfiguredModels.TryGetValue(ModelId, out var configured))
+            throw new InvalidOperationException($"model '{ModelId}' is not being served");
+        return await (_servingConfigured ??= Serve(configured));   // once, however many requests arrive meanwhile
+    }
 
     public Task<SchedulerStatus> Status() => Task.FromResult(new SchedulerStatus(silo.Name,
         [.. _replicas.SelectMany(r => r.AllKeys)], _replicas.Sum(r => r.Running.Count), _replicas.Sum(r => r.Waiting.Count)));
 
     public async IAsyncEnumerable<GeneratedChunk> Generate(GenerationRequest request)
     {
-        var shape = _shape ?? throw new InvalidOperationException($"model '{ModelId}' is not being served");
+        var shape = await ServingShape();
         int[] prompt = request.PromptTokens ?? Tokenizer.Encode(request.Prompt, addBos: true);
+        int[] resume = request.Resume ?? [];
         if (prompt.Length == 0) throw new ArgumentException("the prompt has no tokens (not even BOS)");
         if (prompt.Length >= shape.MaxSeqLen)
             throw new ArgumentException($"the prompt has {prompt.Length} tokens; the model's context is {shape.MaxSeqLen}");
         int maxTokens = Math.Min(request.MaxTokens, shape.MaxSeqLen - prompt.Length);
-        if (maxTokens <= 0) yield break;
+        if (maxTokens <= resume.Length) yield break;
         int vocab = Tokenizer.VocabSize;
-        foreach (int token in prompt)
+        foreach (int token in prompt.Concat(resume))
             if ((uint)token >= (uint)vocab) throw new ArgumentException($"prompt token {token} is outside the vocabulary of {vocab}");
         var sequence = new Sequence(request, prompt, maxTokens, (prompt.Length + maxTokens + shape.KvBlockSize - 1) / shape.KvBlockSize);
         if (sequence.Blocks > shape.TotalKvBlocks)
             throw new ArgumentException($"prompt and max tokens need {sequence.Blocks} KV blocks; each shard's cache has {shape.TotalKvBlocks}");
+        sequence.ResumeAfter(resume, Tokenizer);
         var replica = _replicas.MinBy(r => (r.Recovering ? 1 : 0, r.Running.Count + r.Waiting.Count))!;
         sequence.Replica = replica;
         replica.Waiting.Enqueue(sequence);

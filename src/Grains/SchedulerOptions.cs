@@ -1,4 +1,6 @@
 // Per-silo settings of the inference schedulers: continuous batching and failover.
+using Cluster.Contracts;
+
 namespace Cluster.Grains;
 
 public sealed class SchedulerOptions
@@ -12,4 +14,9 @@ public sealed class SchedulerOptions
     public TimeSpan StepTimeout { get; set; } = TimeSpan.FromSeconds(10);
     /// <summary>How long the scheduler keeps trying to bring a lost pipeline back before failing its requests with 503.</summary>
     public TimeSpan FailoverTimeout { get; set; } = TimeSpan.FromSeconds(15);
+    /// <summary>
+    /// Models this silo serves from its configuration, by model id: a scheduler activating without a serving (its
+    /// previous activation's silo died) takes its serving from here and serves again on its first request.
+    /// </summary>
+    public Dictionary<string, ModelServing> ConfiguredModels { get; } = [];
 }

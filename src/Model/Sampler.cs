@@ -40,6 +40,13 @@ public sealed class Sampler
         return _options.TopP <= 0 || _options.TopP >= 1 ? SampleMultinomial(logits, coin) : SampleTopP(logits, _options.TopP, coin);
     }
 
+    /// <summary>Moves the generator past <paramref name="samples"/> earlier samples (resuming a generation elsewhere).</summary>
+    public void Skip(int samples)
+    {
+        if (_options.Temperature == 0f) return;   // greedy draws nothing
+        for (int i = 0; i < samples; i++) RandomFloat();
+    }
+
     public static int ArgMax(ReadOnlySpan<float> values)
     {
         int best = 0;

@@ -1,4 +1,5 @@
 // Cluster.Silo: a thin Orleans host. Clustering comes from configuration; the default model is served at start.
+using Cluster.Contracts;
 using Cluster.Grains;
 using Cluster.ServiceDefaults;
 using Cluster.Silo;
@@ -20,7 +21,12 @@ builder.UseOrleans(silo =>
     if (string.IsNullOrEmpty(settings.ClusteringProvider))
         silo.UseLocalhostClustering(settings.SiloPort, settings.GatewayPort, settings.PrimarySilo);
     silo.Configure<SiloOptions>(o => o.SiloName = settings.SiloName);
-    silo.AddClusterGrains(o => o.DeviceThreads = settings.DeviceThreads, o => builder.Configuration.GetSection("Cluster:Scheduler").Bind(o));
+    silo.AddClusterGrains(o => o.DeviceThreads = settings.DeviceThreads, o =>
+    {
+        builder.Configuration.GetSection("Cluster:Scheduler").Bind(o);
+        // Every silo knows the configured model, so its scheduler can come back on any silo.
+        o.ConfiguredModels[settings.ModelId] = new ModelServing(settings.Model, settings.Layout, settings.ShardSilos);
+    });
 });
 builder.Services.AddHostedService<ServeDefaultModel>();
 await builder.Build().RunAsync();

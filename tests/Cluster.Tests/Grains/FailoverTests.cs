@@ -1,7 +1,8 @@
 // A 3-silo cluster loses the silo its shard was pinned to: the shard reactivates on another silo, reloads, and the
 // next generation succeeds with the same tokens; and 8 streams in flight when a pipeline stage's silo dies all
 // finish with exactly the tokens of an undisturbed run (the scheduler replays them on a new epoch); when the lost
-// stage cannot be reloaded within the failover timeout, requests end with ModelUnavailableException (HTTP 503).
+// stage cannot be reloaded within the failover timeout, requests end with ModelUnavailableException (HTTP 503); and
+// streams read as the gateway reads them carry on with the same tokens when the scheduler's own silo dies.
 using Cluster.Contracts;
 using Cluster.Model;
 using Cluster.Model.Formats;
@@ -101,7 +102,7 @@ public sealed class FailoverTests
         using var files = new Formats.TempDirectory();
         string path = files.File("tiny.gguf");
         GgufWriter.Write(RandomModel.Create("tiny", seed: 1), path);
-        await using var cluster = await TestClusters.StartAsync(silos: 3, failoverTimeout: TimeSpan.FromSeconds(3));
+        await using var cluster = await TestClusters.StartAsync(silos: 3, o => o.FailoverTimeout = TimeSpan.FromSeconds(3));
         var scheduler = cluster.Client.GetGrain<IInferenceSchedulerGrain>("unreloadable");
         string schedulerSilo = (await scheduler.Status()).Silo;
         var victim = cluster.Silos.Skip(1).First(s => s.Name != schedulerSilo);
@@ -114,5 +115,51 @@ public sealed class FailoverTests
         await cluster.KillSiloAsync(victim, TestContext.Current.CancellationToken);
 
         await Assert.ThrowsAsync<ModelUnavailableException>(() => scheduler.GenerateAsync(request, TestContext.Current.CancellationToken));
+    }
+
+    [Fact]
+    public async Task StreamsResumeWhenTheSchedulersSiloDies()
+    {
+        var serving = new ModelServing(TestClusters.Tiny, "pp=2");
+        string[] ids = [.. Enumerable.Range(0, 12).Select(i => $"resilient-{i}")];
+        await using var cluster = await TestClusters.StartAsync(silos: 3, o =>
+        {
+            foreach (string id in ids) o.ConfiguredModels[id] = serving;   // what each silo's configuration would say
+        });
+        var primary = cluster.Silos[0];
+        IInferenceSchedulerGrain? scheduler = null;
+        foreach (string id in ids)   // a scheduler away from the primary, whose gateway the client uses
+        {
+            var candidate = cluster.Client.GetGrain<IInferenceSchedulerGrain>(id);
+            if ((await candidate.Status()).Silo != primary.Name) { scheduler = candidate; break; }
+        }
+        Assert.NotNull(scheduler);
+        var victim = cluster.Silos.Single(s => s.Name == scheduler.Status().Result.Silo);
+        var requests = ShardedServingTests.MixedRequests(8).Select(r => r with { MaxTokens = 48 }).ToArray();
+        var undisturbed = await Task.WhenAll(requests.Select(r => Collect(scheduler, r, TestContext.Current.CancellationToken)));
+
+        var started = requests.Select(_ => new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).ToArray();
+        var runs = requests.Select((r, i) => Collect(scheduler, r, TestContext.Current.CancellationToken, started[i])).ToArray();
+        await Task.WhenAll(started.Select(s => s.Task));
+        await cluster.KillSiloAsync(victim, TestContext.Current.CancellationToken);
+        var disturbed = await Task.WhenAll(runs);
+
+        for (int i = 0; i < requests.Length; i++) Assert.Equal(undisturbed[i], disturbed[i]);
+        Assert.NotEqual(victim.Name, (await scheduler.Status()).Silo);
+    }
+
+    /// <summary>The stream as the gateway reads it (resuming on a lost scheduler); signals after its second chunk.</summary>
+    private static async Task<List<GeneratedChunk>> Collect(
+        IInferenceSchedulerGrain scheduler, GenerationRequest request, CancellationToken cancellation, TaskCompletionSource? started = null)
+    {
+        var chunks = new List<GeneratedChunk>();
+        await using var stream = new Cluster.Gateway.ResumableGeneration(scheduler, request, TimeSpan.FromSeconds(60), cancellation);
+        while (await stream.MoveNextAsync())
+        {
+            chunks.Add(stream.Current);
+            if (chunks.Count == 2) started?.SetResult();
+        }
+        started?.TrySetResult();
+        return chunks;
     }
 }

@@ -10,7 +10,7 @@ public static class TestClusters
 {
     public static readonly ModelSource Tiny = ModelSource.Random("tiny", seed: 1);
 
-    public static async Task<InProcessTestCluster> StartAsync(int silos, TimeSpan? failoverTimeout = null)
+    public static async Task<InProcessTestCluster> StartAsync(int silos, Action<SchedulerOptions>? schedulers = null)
     {
         var builder = new InProcessTestClusterBuilder((short)silos);
         // Clients reach the cluster through the primary silo's gateway only, which failover tests never kill: a
@@ -21,7 +21,7 @@ public static class TestClusters
             silo.AddClusterGrains(o => { o.DeviceThreads = 1; o.KvSequences = 8; }, o =>
             {
                 o.StepTimeout = TimeSpan.FromSeconds(5);
-                if (failoverTimeout is { } timeout) o.FailoverTimeout = timeout;
+                schedulers?.Invoke(o);
             });
             // Declare a killed silo dead within seconds rather than the production default of about a minute.
             silo.Configure<ClusterMembershipOptions>(o =>
