@@ -1,0 +1,157 @@
+// Redis membership with real processes: a redis-server, two silo processes and the gateway process configured only
+// through the Orleans__* keys an Aspire app host would set (ProviderType=Redis, ServiceKey, ConnectionStrings__*).
+// The silos find each other through Redis, the model is served pp=2 with one stage on each, and a completion works.
+// Needs redis-server (bash infra/install-test-deps.sh installs it); skips with a message where it is missing.
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using System.Reflection;
+using System.Text;
+using System.Text.Json;
+
+namespace Cluster.Tests.AppHost;
+
+public sealed class RedisClusteringTests
+{
+    [Fact]
+    public async Task SilosJoinThroughRedisAndServeAShardedModel()
+    {
+        string? redis = FindOnPath("redis-server");
+        if (redis is null) Assert.Skip("redis-server is not installed (bash infra/install-test-deps.sh installs it): Redis clustering not tested");
+        var cancel = TestContext.Current.CancellationToken;
+        int redisPort = FreePort(), http = FreePort();
+        var processes = new List<Child>();
+        try
+        {
+            var server = Child.Start("redis", redis, ["--port", $"{redisPort}", "--save", "", "--appendonly", "no"], new(), "Ready to accept connections");
+            processes.Add(server);
+            await server.Ready.WaitAsync(TimeSpan.FromSeconds(30), cancel);
+
+            var common = new Dictionary<string, string>
+            {
+                ["Orleans__ClusterId"] = "redis-test-" + Guid.NewGuid().ToString("N")[..8],
+                ["Orleans__ServiceId"] = "cluster",
+                ["Orleans__Clustering__ProviderType"] = "Redis",
+                ["Orleans__Clustering__ServiceKey"] = "clustering",
+                ["ConnectionStrings__clustering"] = $"127.0.0.1:{redisPort}",
+                ["DOTNET_ENVIRONMENT"] = "Development",
+                ["Cluster__Model__Layout"] = "pp=2",
+                ["Cluster__Model__Silos"] = "a,b",
+                ["Cluster__DeviceThreads"] = "1",
+            };
+            foreach (var (name, serve) in new[] { ("a", "false"), ("b", "true") })   // b serves once a has joined
+            {
+                var silo = Child.Start($"silo {name}", "dotnet", [Assembly("SiloAssembly")], new(common)
+                {
+                    ["Cluster__SiloName"] = name,
+                    ["Orleans__Endpoints__SiloPort"] = $"{FreePort()}",
+                    ["Orleans__Endpoints__GatewayPort"] = $"{FreePort()}",
+                    ["Cluster__Model__Serve"] = serve,
+                }, "ready:");
+                processes.Add(silo);
+                await silo.Ready.WaitAsync(TimeSpan.FromMinutes(2), cancel);
+            }
+            var gateway = Child.Start("gateway", "dotnet", [Assembly("GatewayAssembly")], new(common) { ["ASPNETCORE_URLS"] = $"http://127.0.0.1:{http}" }, readyMarker: null);
+            processes.Add(gateway);
+
+            using var client = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{http}/"), Timeout = TimeSpan.FromSeconds(30) };
+            await WaitForReady(client, gateway, cancel);
+            string models = await client.GetStringAsync("v1/models", cancel);
+            Assert.Contains("default/0.0.0@a", models);
+            Assert.Contains("default/0.1.0@b", models);
+            using var response = await client.PostAsync("v1/completions",
+                new StringContent("""{"model":"default","prompt":"Once upon a time","max_tokens":8,"temperature":0}""", Encoding.UTF8, "application/json"), cancel);
+            string body = await response.Content.ReadAsStringAsync(cancel);
+            Assert.True(response.IsSuccessStatusCode, body);
+            using var json = JsonDocument.Parse(body);
+            Assert.Equal(8, json.RootElement.GetProperty("usage").GetProperty("completion_tokens").GetInt32());
+        }
+        catch (Exception e) when (e is not Xunit.Sdk.XunitException)
+        {
+            throw new Exception($"process output:\n{string.Join("\n", processes.Select(p => p.Output))}", e);
+        }
+        finally
+        {
+            foreach (var p in Enumerable.Reverse(processes)) p.Dispose();
+        }
+    }
+
+    private static async Task WaitForReady(HttpClient client, Child gateway, CancellationToken cancel)
+    {
+        var deadline = DateTime.UtcNow.AddMinutes(2);
+        while (true)
+        {
+            Assert.False(gateway.HasExited, "the gateway exited");
+            try
+            {
+                using var ready = await client.GetAsync("health/ready", cancel);
+                if (ready.StatusCode == HttpStatusCode.OK) return;
+            }
+            catch (HttpRequestException) { }   // not listening yet
+            Assert.True(DateTime.UtcNow < deadline, "the gateway never became ready");
+            await Task.Delay(250, cancel);
+        }
+    }
+
+    private static string Assembly(string key)
+    {
+        string path = typeof(RedisClusteringTests).Assembly.GetCustomAttributes<AssemblyMetadataAttribute>().Single(a => a.Key == key).Value!;
+        Assert.True(File.Exists(path), $"{path} missing (the test project builds it first)");
+        return path;
+    }
+
+    private static string? FindOnPath(string program) =>
+        (Environment.GetEnvironmentVariable("PATH") ?? "").Split(':').Select(d => Path.Combine(d, program)).FirstOrDefault(File.Exists);
+
+    private static int FreePort()
+    {
+        using var listener = new TcpListener(IPAddress.Loopback, 0);
+        listener.Start();
+        return ((IPEndPoint)listener.LocalEndpoint).Port;
+    }
+
+    /// <summary>A child process with its output collected, ready when a line contains the marker.</summary>
+    private sealed class Child : IDisposable
+    {
+        private readonly Process _process;
+        private readonly StringBuilder _output = new();
+        private readonly TaskCompletionSource _ready = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        private Child(string name, Process process, string? readyMarker)
+        {
+            _process = process;
+            void Line(string? text)
+            {
+                if (text is null) return;
+                lock (_output) _output.AppendLine($"[{name}] {text}");
+                if (readyMarker is not null && text.Contains(readyMarker, StringComparison.Ordinal)) _ready.TrySetResult();
+            }
+            _process.OutputDataReceived += (_, e) => Line(e.Data);
+            _process.ErrorDataReceived += (_, e) => Line(e.Data);
+            _process.Exited += (_, _) => _ready.TrySetException(new Exception($"{name} exited with {_process.ExitCode} before it was ready"));
+        }
+
+        public static Child Start(string name, string file, string[] args, Dictionary<string, string> environment, string? readyMarker)
+        {
+            var start = new ProcessStartInfo(file, args) { RedirectStandardOutput = true, RedirectStandardError = true };
+            foreach (var (key, value) in environment) start.Environment[key] = value;
+            var process = new Process { StartInfo = start, EnableRaisingEvents = true };
+            var child = new Child(name, process, readyMarker);
+            process.Start();
+            process.BeginOutputReadLine();
+            process.BeginErrorReadLine();
+            return child;
+        }
+
+        public Task Ready => _ready.Task;
+        public bool HasExited => _process.HasExited;
+        public string Output { get { lock (_output) return _output.ToString(); } }
+
+        public void Dispose()
+        {
+            if (!_process.HasExited) _process.Kill(entireProcessTree: true);
+            _process.WaitForExit(10_000);
+            _process.Dispose();
+        }
+    }
+}
