@@ -33,3 +33,7 @@ public sealed record SchedulerStatus([property: Id(0)] string Silo, [property: I
 /// <summary>The model's pipeline could not be brought back within the failover timeout (the gateway answers 503).</summary>
 [GenerateSerializer]
 public sealed class ModelUnavailableException(string message) : Exception(message);
+
+/// <summary>No model of that id is served (the gateway answers 404).</summary>
+[GenerateSerializer]
+public sealed class ModelNotServedException(string message) : Exception(message);

@@ -1,6 +1,6 @@
 // One completion: tokenizes the prompt on the model's scheduler, streams its chunks and answers them as an OpenAI
 // text_completion / chat.completion object or as server-sent chunk events. finish_reason is "length" when
-// max_tokens ended it, else "stop" (EOS, or the model's context filled up). Grain argument errors become 400s; a
+// max_tokens ended it, else "stop" (EOS, or the model's context filled up). Grain argument errors become 400s, an unknown model 404; a
 // model whose pipeline could not be brought back becomes 503 (mid-stream: an error event). A stream whose scheduler's
 // silo dies resumes on the scheduler's next activation (ResumableGeneration).
 using Cluster.Contracts;
@@ -52,6 +52,7 @@ public sealed class CompletionRun(HttpContext context, IInferenceSchedulerGrain 
         try { return await call(); }
         catch (ArgumentException e) { throw new ApiError(400, e.Message, "prompt"); }
         catch (ModelUnavailableException e) { throw new ApiError(503, e.Message, code: "model_unavailable", type: "server_error"); }
+        catch (ModelNotServedException e) { throw new ApiError(404, e.Message, "model", "model_not_found"); }
     }
 
     private void StartEvents()

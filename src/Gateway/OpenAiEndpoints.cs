@@ -17,7 +17,7 @@ public static class OpenAiEndpoints
             return Results.Json(new
             {
                 @object = "list",
-                data = models.Select(m => new { id = m.Id, @object = "model", created = 0, owned_by = m.Owner, config = m.Config }),
+                data = models.Select(m => new { id = m.Id, @object = "model", created = 0, owned_by = "cluster", config = m.Config, layout = m.Layout, shards = m.Shards }),
             });
         });
         // Not OpenAI: the silos of the cluster and the devices each owns (behind the same API keys as /v1).
@@ -35,9 +35,6 @@ public static class OpenAiEndpoints
             var body = await ReadBody(context.Request, context.RequestAborted);
             var request = CompletionRequest.Parse(body, chat);
             var grains = context.RequestServices.GetRequiredService<IGrainFactory>();
-            var models = await grains.GetGrain<IModelRegistryGrain>(0).List();
-            if (!models.Any(m => m.Id == request.Model))
-                throw new ApiError(404, $"The model '{request.Model}' does not exist.", "model", "model_not_found");
             await new CompletionRun(context, grains.GetGrain<IInferenceSchedulerGrain>(request.Model), request, chat).RunAsync();
         }
         catch (ApiError e) when (!context.Response.HasStarted)

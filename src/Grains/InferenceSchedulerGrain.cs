@@ -108,7 +108,7 @@ public sealed class InferenceSchedulerGrain(
             _serving = serving;
         }
         foreach (var replica in _replicas) await Load(replica);
-        var entry = new ModelEntry(ModelId, _shape!.Config, string.Join(",", _replicas.SelectMany(r => r.AllKeys)));
+        var entry = new ModelEntry(ModelId, _shape!.Config, ParallelLayoutOf(_serving!).ToString(), [.. _replicas.SelectMany(r => r.AllKeys)]);
         await grains.GetGrain<IModelRegistryGrain>(0).Register(entry);
         return _shape;
     }
@@ -145,14 +145,14 @@ public sealed class InferenceSchedulerGrain(
         return Tokenizer.Encode(prompt, addBos: true);
     }
 
-    private ITokenizer Tokenizer => _tokenizer ?? throw new InvalidOperationException($"model '{ModelId}' is not being served");
+    private ITokenizer Tokenizer => _tokenizer ?? throw new ModelNotServedException($"The model '{ModelId}' does not exist.");
 
     /// <summary>The served model's shape; a fresh activation of a configured model serves it first.</summary>
     private async Task<ShardDescription> ServingShape()
     {
         if (_shape is not null) return _shape;
         if (!Options.ConfiguredModels.TryGetValue(ModelId, out var configured))
-            throw new InvalidOperationException($"model '{ModelId}' is not being served");
+            throw new ModelNotServedException($"The model '{ModelId}' does not exist.");
         return await (_servingConfigured ??= Serve(configured));   // once, however many requests arrive meanwhile
     }
 
