@@ -1,5 +1,4 @@
 // Cluster.Silo: a thin Orleans host. Clustering comes from configuration; the default model is served at start.
-using Cluster.Contracts;
 using Cluster.Grains;
 using Cluster.ServiceDefaults;
 using Cluster.Silo;
@@ -25,7 +24,7 @@ builder.UseOrleans(silo =>
     {
         builder.Configuration.GetSection("Cluster:Scheduler").Bind(o);
         // Every silo knows the configured model, so its scheduler can come back on any silo.
-        o.ConfiguredModels[settings.ModelId] = new ModelServing(settings.Model, settings.Layout, settings.ShardSilos);
+        o.ConfiguredModels[settings.ModelId] = settings.Serving;
     });
 });
 builder.Services.AddHostedService<ServeDefaultModel>();

@@ -20,7 +20,7 @@ public sealed class ServeDefaultModel(
             return;
         }
         var scheduler = grains.GetGrain<IInferenceSchedulerGrain>(settings.ModelId);
-        var shard = await scheduler.Serve(new ModelServing(settings.Model, settings.Layout, settings.ShardSilos)).WaitAsync(stoppingToken);
+        var shard = await scheduler.Serve(settings.Serving).WaitAsync(stoppingToken);
         var status = await scheduler.Status();
         log.LogInformation("ready: silo {Silo} serves model '{Model}' ({Config}) with layout '{Layout}' on shards {Shards}",
             settings.SiloName, settings.ModelId, shard.Config, settings.Layout, string.Join(", ", status.Shards));

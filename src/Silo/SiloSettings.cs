@@ -9,6 +9,9 @@ public sealed record SiloSettings(
     string SiloName, int SiloPort, int GatewayPort, string? ClusteringProvider, System.Net.IPEndPoint PrimarySilo,
     string ModelId, ModelSource Model, string Layout, string[]? ShardSilos, bool ServeModel, int DeviceThreads)
 {
+    /// <summary>What the default model is served as: its source, layout and the silos its shards are pinned to.</summary>
+    public ModelServing Serving => new(Model, Layout, ShardSilos);
+
     public static SiloSettings From(IConfiguration config)
     {
         int siloPort = config.GetValue("Orleans:Endpoints:SiloPort", 11111);
