@@ -1,0 +1,39 @@
+// Cross-entropy of next-token logits against targets, with its gradient in one pass (llm.c's fused classifier).
+namespace Cluster.Compute.Cpu;
+
+public static class CrossEntropy
+{
+    /// <summary>Target id of a position that does not count (padding, prompt tokens in a completion-only loss).</summary>
+    public const int Ignore = -1;
+
+    /// <summary>
+    /// The mean over counted positions of −log softmax(logits[t])[targets[t]], logits (T, V); dlogits (T, V) receives
+    /// (softmax − onehot) / counted, zero on ignored rows. Returns 0 when nothing counts.
+    /// </summary>
+    public static float LossAndGradient(ReadOnlySpan<float> logits, ReadOnlySpan<int> targets, Span<float> dlogits, int vocab)
+    {
+        int counted = 0;
+        foreach (int target in targets)
+        {
+            if (target == Ignore) continue;
+            if ((uint)target >= (uint)vocab) throw new ArgumentOutOfRangeException(nameof(targets), target, $"target outside the vocabulary of {vocab}");
+            counted++;
+        }
+        dlogits.Slice(0, targets.Length * vocab).Clear();
+        if (counted == 0) return 0;
+        double loss = 0;
+        for (int t = 0; t < targets.Length; t++)
+        {
+            if (targets[t] == Ignore) continue;
+            var row = logits.Slice(t * vocab, vocab);
+            var grad = dlogits.Slice(t * vocab, vocab);
+            float max = System.Numerics.Tensors.TensorPrimitives.Max(row);
+            double sum = 0;
+            for (int i = 0; i < vocab; i++) sum += Math.Exp(row[i] - max);
+            loss += Math.Log(sum) + max - row[targets[t]];
+            for (int i = 0; i < vocab; i++) grad[i] = (float)(Math.Exp(row[i] - max) / sum) / counted;
+            grad[targets[t]] -= 1f / counted;
+        }
+        return (float)(loss / counted);
+    }
+}
