@@ -1,12 +1,22 @@
-// Backward of y (M, N) = x (M, K) · Wᵀ + b with W (N, K) row-major, as the forward GEMM computes it:
-// dx (M, K) += dy · W, dW (N, K) += dyᵀ · x, db (N,) += Σ_m dy. Plain row loops over SIMD axpys (a packed
-// backward GEMM comes with the training issue's performance work).
+// A linear layer y (M, N) = x (M, K) · Wᵀ + b with W (N, K) row-major, forward and backward, on host spans for
+// training: dx (M, K) += dy · W, dW (N, K) += dyᵀ · x, db (N,) += Σ_m dy. Plain row loops over SIMD dots and
+// axpys; inference uses the packed GEMM (CpuDevice.MatMul), and packed training GEMMs are still to come.
 using System.Numerics.Tensors;
 
 namespace Cluster.Compute.Cpu;
 
-public static class LinearBackward
+public static class Linear
 {
+    /// <summary>y (M, N) = x (M, K) · Wᵀ (+ b when not empty).</summary>
+    public static void Forward(ReadOnlySpan<float> x, ReadOnlySpan<float> w, ReadOnlySpan<float> b, Span<float> y, int m, int n, int k)
+    {
+        for (int row = 0; row < m; row++)
+        {
+            var xRow = x.Slice(row * k, k);
+            for (int o = 0; o < n; o++) y[row * n + o] = TensorPrimitives.Dot(xRow, w.Slice(o * k, k)) + (b.IsEmpty ? 0f : b[o]);
+        }
+    }
+
     public static void Backward(ReadOnlySpan<float> x, ReadOnlySpan<float> w, ReadOnlySpan<float> dy,
         Span<float> dx, Span<float> dw, Span<float> db, int m, int n, int k)
     {

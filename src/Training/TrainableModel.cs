@@ -1,0 +1,247 @@
+// A Llama-family decoder for training on one device (llm.c's gpt2_forward / gpt2_backward, for Llama): the forward
+// keeps every activation the backward needs, the backward accumulates fp32 gradients into tensors shaped like the
+// weights. Sequences may pack several documents: each document's positions restart at 0 and attention never crosses
+// documents. Its logits equal the inference TransformerModel's (a test holds it to 1e-5).
+//   dotnet test --project tests/Cluster.Tests -c Release -- --filter-class Cluster.Tests.Training.TrainableModelTests
+using Cluster.Compute.Cpu;
+using Cluster.Model;
+
+namespace Cluster.Training;
+
+/// <summary>One training sequence: tokens (T,), next-token targets (T,; CrossEntropy.Ignore where not counted), and optionally document ids (T,).</summary>
+public sealed record TrainingSequence(int[] Tokens, int[] Targets, int[]? Documents = null);
+
+public sealed class TrainableModel
+{
+    public TrainableModel(ModelConfig config, ModelWeights weights)
+    {
+        if (config.Architecture != Architecture.Llama) throw new NotSupportedException("training runs the Llama family so far; GPT-2 is not supported yet");
+        weights.Validate(config, "weights");
+        Config = config;
+        Weights = weights;
+        Gradients = ZerosLike(weights);
+    }
+
+    public ModelConfig Config { get; }
+    /// <summary>The parameters, updated in place by an optimizer.</summary>
+    public ModelWeights Weights { get; }
+    /// <summary>∂loss/∂parameter, same shapes; a tied head's gradient lands in TokenEmbedding.</summary>
+    public ModelWeights Gradients { get; }
+
+    /// <summary>Every (parameter, gradient) pair, in a fixed order (for optimizers, clipping and checkpoints).</summary>
+    public IEnumerable<(string Name, float[] Parameter, float[] Gradient)> Parameters()
+    {
+        yield return ("token_embedding", Weights.TokenEmbedding, Gradients.TokenEmbedding);
+        for (int l = 0; l < Config.Layers; l++)
+        {
+            LayerWeights w = Weights.Layers[l], g = Gradients.Layers[l];
+            string p = $"layers.{l}.";
+            yield return (p + "attn_norm", w.AttnNorm, g.AttnNorm);
+            yield return (p + "wq", w.Wq, g.Wq);
+            yield return (p + "wk", w.Wk, g.Wk);
+            yield return (p + "wv", w.Wv, g.Wv);
+            yield return (p + "wo", w.Wo, g.Wo);
+            yield return (p + "ffn_norm", w.FfnNorm, g.FfnNorm);
+            yield return (p + "w1", w.W1, g.W1);
+            yield return (p + "w2", w.W2, g.W2);
+            yield return (p + "w3", w.W3!, g.W3!);
+        }
+        yield return ("final_norm", Weights.FinalNorm, Gradients.FinalNorm);
+        if (Weights.Output is not null) yield return ("output", Weights.Output, Gradients.Output!);
+    }
+
+    public void ZeroGradients()
+    {
+        foreach (var (_, _, gradient) in Parameters()) Array.Clear(gradient);
+    }
+
+    /// <summary>
+    /// Forward and backward over a batch: returns the mean cross-entropy over every counted target of the batch and
+    /// adds its gradient to <see cref="Gradients"/> (call ZeroGradients between optimizer steps).
+    /// </summary>
+    public float ForwardBackward(IReadOnlyList<TrainingSequence> batch)
+    {
+        int total = batch.Sum(s => s.Targets.Count(t => t != CrossEntropy.Ignore));
+        if (total == 0) throw new ArgumentException("the batch has no counted targets", nameof(batch));
+        double loss = 0;
+        foreach (var sequence in batch)
+        {
+            var activations = Forward(sequence.Tokens, sequence.Documents);
+            int counted = sequence.Targets.Count(t => t != CrossEntropy.Ignore);
+            if (counted == 0) continue;
+            var dlogits = new float[activations.Logits.Length];
+            float sequenceLoss = CrossEntropy.LossAndGradient(activations.Logits, sequence.Targets, dlogits, Config.VocabSize);
+            float share = counted / (float)total;   // the batch mean weighs each counted target equally
+            System.Numerics.Tensors.TensorPrimitives.Multiply(dlogits, share, dlogits);
+            loss += sequenceLoss * share;
+            Backward(sequence.Tokens, activations, dlogits);
+        }
+        return (float)loss;
+    }
+
+    /// <summary>The logits (T, V) of every position (no gradients).</summary>
+    public float[] Logits(int[] tokens, int[]? documents = null) => Forward(tokens, documents).Logits;
+
+    /// <summary>What the forward keeps for the backward, per layer and for the head.</summary>
+    private sealed class SavedActivations(int layers)
+    {
+        public required int[] Positions;                 // (T,)
+        public required int[] Documents;                 // (T,) or empty
+        public readonly float[][] LayerInput = new float[layers][];     // (T, C)
+        public readonly float[][] AttnNormed = new float[layers][];     // (T, C)
+        public readonly float[][] Q = new float[layers][];              // (T, C)    after RoPE
+        public readonly float[][] K = new float[layers][];              // (T, kv)   after RoPE
+        public readonly float[][] V = new float[layers][];              // (T, kv)
+        public readonly float[][] Probs = new float[layers][];          // (nh, T, T)
+        public readonly float[][] Attention = new float[layers][];      // (T, C)
+        public readonly float[][] Residual = new float[layers][];       // (T, C)    x after attention
+        public readonly float[][] FfnNormed = new float[layers][];      // (T, C)
+        public readonly float[][] Gate = new float[layers][];           // (T, H)    before SwiGLU
+        public readonly float[][] Up = new float[layers][];             // (T, H)
+        public readonly float[][] Hidden = new float[layers][];         // (T, H)    SwiGLU output
+        public float[] Final = [];                                      // (T, C)    last layer output
+        public float[] FinalNormed = [];                                // (T, C)
+        public float[] Logits = [];                                     // (T, V)
+    }
+
+    private SavedActivations Forward(int[] tokens, int[]? documents)
+    {
+        var c = Config;
+        int T = tokens.Length, C = c.Dim, H = c.HiddenDim, kv = c.KvDim, V = c.VocabSize;
+        if (T == 0) throw new ArgumentException("a training sequence needs tokens", nameof(tokens));
+        if (T > c.MaxSeqLen) throw new ArgumentException($"a sequence of {T} tokens is longer than the context of {c.MaxSeqLen}", nameof(tokens));
+        if (documents is not null && documents.Length != T) throw new ArgumentException("documents must give one id per token", nameof(documents));
+        foreach (int token in tokens)
+            if ((uint)token >= (uint)V) throw new ArgumentOutOfRangeException(nameof(tokens), token, $"token outside the vocabulary of {V}");
+        var a = new SavedActivations(c.Layers) { Positions = PositionsOf(T, documents), Documents = documents ?? [] };
+
+        var x = new float[T * C];                                                            // (T, C)
+        for (int t = 0; t < T; t++) Weights.TokenEmbedding.AsSpan(tokens[t] * C, C).CopyTo(x.AsSpan(t * C));
+        for (int l = 0; l < c.Layers; l++)
+        {
+            var w = Weights.Layers[l];
+            a.LayerInput[l] = x;
+            var n1 = a.AttnNormed[l] = RmsNormRows(x, w.AttnNorm, T);
+            var q = a.Q[l] = new float[T * C];
+            var k = a.K[l] = new float[T * kv];
+            var v = a.V[l] = new float[T * kv];
+            Linear.Forward(n1, w.Wq, [], q, T, C, C);
+            Linear.Forward(n1, w.Wk, [], k, T, kv, C);
+            Linear.Forward(n1, w.Wv, [], v, T, kv, C);
+            for (int t = 0; t < T; t++)
+            {
+                RotaryEmbedding.Apply(q.AsSpan(t * C, C), a.Positions[t], c.Heads, c.HeadDim, c.EffectiveRotaryDim, c.RopeTheta, c.RopeLayout);
+                RotaryEmbedding.Apply(k.AsSpan(t * kv, kv), a.Positions[t], c.KvHeads, c.HeadDim, c.EffectiveRotaryDim, c.RopeTheta, c.RopeLayout);
+            }
+            var att = a.Attention[l] = new float[T * C];
+            var probs = a.Probs[l] = new float[c.Heads * T * T];
+            CausalAttention.Forward(q, k, v, att, probs, a.Documents, T, c.Heads, c.KvHeads, c.HeadDim);
+            var x1 = a.Residual[l] = new float[T * C];
+            Linear.Forward(att, w.Wo, [], x1, T, C, C);
+            System.Numerics.Tensors.TensorPrimitives.Add(x1, x, x1);
+            var n2 = a.FfnNormed[l] = RmsNormRows(x1, w.FfnNorm, T);
+            var gate = a.Gate[l] = new float[T * H];
+            var up = a.Up[l] = new float[T * H];
+            Linear.Forward(n2, w.W1, [], gate, T, H, C);
+            Linear.Forward(n2, w.W3!, [], up, T, H, C);
+            var hidden = a.Hidden[l] = (float[])gate.Clone();
+            Activations.SwiGlu(hidden, up);
+            var next = new float[T * C];
+            Linear.Forward(hidden, w.W2, [], next, T, C, H);
+            System.Numerics.Tensors.TensorPrimitives.Add(next, x1, next);
+            x = next;
+        }
+        a.Final = x;
+        a.FinalNormed = RmsNormRows(x, Weights.FinalNorm, T);
+        a.Logits = new float[T * V];
+        Linear.Forward(a.FinalNormed, Weights.Output ?? Weights.TokenEmbedding, [], a.Logits, T, V, C);
+        return a;
+    }
+
+    private void Backward(int[] tokens, SavedActivations a, float[] dlogits)
+    {
+        var c = Config;
+        int T = tokens.Length, C = c.Dim, H = c.HiddenDim, kv = c.KvDim, V = c.VocabSize;
+        var dFinalNormed = new float[T * C];
+        Linear.Backward(a.FinalNormed, Weights.Output ?? Weights.TokenEmbedding, dlogits, dFinalNormed,
+            Gradients.Output ?? Gradients.TokenEmbedding, [], T, V, C);
+        var dx = new float[T * C];                                                           // ∂L/∂(layer output)
+        RmsNormRowsBackward(a.Final, Weights.FinalNorm, dFinalNormed, dx, Gradients.FinalNorm, T);
+        for (int l = c.Layers - 1; l >= 0; l--)
+        {
+            LayerWeights w = Weights.Layers[l], g = Gradients.Layers[l];
+            // x_out = x1 + W2·swiglu(W1·n2, W3·n2)
+            var dx1 = (float[])dx.Clone();
+            var dHidden = new float[T * H];
+            Linear.Backward(a.Hidden[l], w.W2, dx, dHidden, g.W2, [], T, C, H);
+            var dGate = new float[T * H];
+            var dUp = new float[T * H];
+            Activations.SwiGluBackward(a.Gate[l], a.Up[l], dHidden, dGate, dUp);
+            var dn2 = new float[T * C];
+            Linear.Backward(a.FfnNormed[l], w.W1, dGate, dn2, g.W1, [], T, H, C);
+            Linear.Backward(a.FfnNormed[l], w.W3!, dUp, dn2, g.W3!, [], T, H, C);
+            RmsNormRowsBackward(a.Residual[l], w.FfnNorm, dn2, dx1, g.FfnNorm, T);
+            // x1 = x_in + Wo·attention(rope(Wq·n1), rope(Wk·n1), Wv·n1)
+            var dxIn = (float[])dx1.Clone();
+            var dAtt = new float[T * C];
+            Linear.Backward(a.Attention[l], w.Wo, dx1, dAtt, g.Wo, [], T, C, C);
+            var dq = new float[T * C];
+            var dk = new float[T * kv];
+            var dv = new float[T * kv];
+            CausalAttention.Backward(a.Q[l], a.K[l], a.V[l], a.Probs[l], dAtt, dq, dk, dv, T, c.Heads, c.KvHeads, c.HeadDim);
+            for (int t = 0; t < T; t++)
+            {
+                RotaryEmbedding.Backward(dq.AsSpan(t * C, C), a.Positions[t], c.Heads, c.HeadDim, c.EffectiveRotaryDim, c.RopeTheta, c.RopeLayout);
+                RotaryEmbedding.Backward(dk.AsSpan(t * kv, kv), a.Positions[t], c.KvHeads, c.HeadDim, c.EffectiveRotaryDim, c.RopeTheta, c.RopeLayout);
+            }
+            var dn1 = new float[T * C];
+            Linear.Backward(a.AttnNormed[l], w.Wq, dq, dn1, g.Wq, [], T, C, C);
+            Linear.Backward(a.AttnNormed[l], w.Wk, dk, dn1, g.Wk, [], T, kv, C);
+            Linear.Backward(a.AttnNormed[l], w.Wv, dv, dn1, g.Wv, [], T, kv, C);
+            RmsNormRowsBackward(a.LayerInput[l], w.AttnNorm, dn1, dxIn, g.AttnNorm, T);
+            dx = dxIn;
+        }
+        EmbeddingBackward.Backward(tokens, dx, Gradients.TokenEmbedding, C);
+    }
+
+    /// <summary>Positions restart at 0 with each document (llama-style packing), else run 0..T-1.</summary>
+    private static int[] PositionsOf(int tokens, int[]? documents)
+    {
+        var positions = new int[tokens];
+        for (int t = 1; t < tokens; t++)
+            positions[t] = documents is not null && documents[t] != documents[t - 1] ? 0 : positions[t - 1] + 1;
+        return positions;
+    }
+
+    private float[] RmsNormRows(float[] x, float[] weight, int rows)
+    {
+        int C = Config.Dim;
+        var y = new float[x.Length];
+        for (int r = 0; r < rows; r++) Norms.RmsNorm(x.AsSpan(r * C, C), weight, y.AsSpan(r * C, C), Config.NormEps);
+        return y;
+    }
+
+    private void RmsNormRowsBackward(float[] x, float[] weight, float[] dy, float[] dx, float[] dWeight, int rows)
+    {
+        int C = Config.Dim;
+        for (int r = 0; r < rows; r++)
+            Norms.RmsNormBackward(x.AsSpan(r * C, C), weight, dy.AsSpan(r * C, C), dx.AsSpan(r * C, C), dWeight, Config.NormEps);
+    }
+
+    private static ModelWeights ZerosLike(ModelWeights w)
+    {
+        static float[] Z(float[] a) => new float[a.Length];
+        static float[]? ZOpt(float[]? a) => a is null ? null : new float[a.Length];
+        return new ModelWeights
+        {
+            TokenEmbedding = Z(w.TokenEmbedding),
+            Layers = [.. w.Layers.Select(l => new LayerWeights
+            {
+                AttnNorm = Z(l.AttnNorm), Wq = Z(l.Wq), Wk = Z(l.Wk), Wv = Z(l.Wv), Wo = Z(l.Wo),
+                FfnNorm = Z(l.FfnNorm), W1 = Z(l.W1), W2 = Z(l.W2), W3 = ZOpt(l.W3),
+            })],
+            FinalNorm = Z(w.FinalNorm),
+            Output = ZOpt(w.Output),
+        };
+    }
+}

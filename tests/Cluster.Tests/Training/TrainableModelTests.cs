@@ -1,0 +1,103 @@
+// The trainable decoder: its logits equal the inference model's, packed documents do not see each other, its
+// whole-model gradients agree with finite differences of its loss, and AdamW steps on it fit a small fixed set.
+using Cluster.Compute.Cpu;
+using Cluster.Model;
+using Cluster.Training;
+
+namespace Cluster.Tests.Training;
+
+public sealed class TrainableModelTests
+{
+    private static (ModelConfig Config, ModelWeights Weights) Small(int seed) =>
+        (TestModels.SmallConfig(Architecture.Llama), TestModels.RandomWeights(TestModels.SmallConfig(Architecture.Llama), seed));
+
+    [Fact]
+    public void LogitsEqualTheInferenceModel()
+    {
+        foreach (var (config, weights) in new[] { Small(1), (RandomModel.Preset("tiny"), RandomModel.Create("tiny", 2).Weights) })
+        {
+            int[] tokens = [.. Enumerable.Range(0, 19).Select(i => (i * 7 + 3) % config.VocabSize)];
+            using var device = new CpuDevice(1);
+            using var inference = new TransformerModel(device, config, weights);
+            using var cache = inference.CreateCache(1, tokens.Length, 4);
+            float[] expected = inference.Forward([new SequenceChunk(cache.CreateSequence(), tokens, AllLogits: true)], cache);
+
+            float[] actual = new TrainableModel(config, weights).Logits(tokens);
+
+            Assert.True(Reference.MaxRelativeError(actual, expected) <= 1e-5, $"max error {Reference.MaxRelativeError(actual, expected)}");
+        }
+    }
+
+    [Fact]
+    public void PackedDocumentsAreComputedAsIfAlone()
+    {
+        var (config, weights) = Small(3);
+        var model = new TrainableModel(config, weights);
+        int[] first = [5, 9, 2, 40, 7], second = [11, 3, 3, 60];
+        float[] packed = model.Logits([.. first, .. second], [.. first.Select(_ => 0), .. second.Select(_ => 1)]);
+
+        float[] alone = [.. model.Logits(first), .. model.Logits(second)];
+
+        Assert.True(Reference.MaxRelativeError(packed, alone) <= 1e-5);
+    }
+
+    [Fact]
+    public void GradientsAgreeWithFiniteDifferencesOfTheLoss()
+    {
+        var (config, weights) = Small(4);
+        var model = new TrainableModel(config, weights);
+        var rng = new Random(5);
+        TrainingSequence Sequence(int n) => new([.. Enumerable.Range(0, n).Select(_ => rng.Next(config.VocabSize))],
+                                                [.. Enumerable.Range(0, n).Select(i => i == 1 ? CrossEntropy.Ignore : rng.Next(config.VocabSize))]);
+        TrainingSequence[] batch = [Sequence(7), Sequence(4)];
+        model.ZeroGradients();
+        model.ForwardBackward(batch);
+
+        foreach (var (name, parameter, gradient) in model.Parameters())
+            foreach (int i in new[] { 0, parameter.Length / 2, parameter.Length - 1 })
+            {
+                float keep = parameter[i];
+                const float h = 1e-2f;
+                parameter[i] = keep + h; double up = Loss();
+                parameter[i] = keep - h; double down = Loss();
+                parameter[i] = keep;
+                double numeric = (up - down) / (2 * h);
+                Assert.True(Math.Abs(gradient[i] - numeric) <= 2e-2 * Math.Abs(numeric) + 2e-4,
+                    $"{name}[{i}]: analytic {gradient[i]:E3}, numeric {numeric:E3}");
+            }
+
+        double Loss()
+        {
+            var probe = new TrainableModel(config, weights);   // shares the parameters; its own gradients are thrown away
+            return probe.ForwardBackward(batch);
+        }
+    }
+
+    [Fact]
+    public void AdamWStepsFitASmallSet()
+    {
+        var (config, weights) = Small(6);
+        var model = new TrainableModel(config, weights);
+        var rng = new Random(7);
+        TrainingSequence[] data = [.. Enumerable.Range(0, 4).Select(_ =>
+        {
+            int[] text = [.. Enumerable.Range(0, 12).Select(_ => rng.Next(config.VocabSize))];
+            return new TrainingSequence(text[..^1], text[1..]);
+        })];
+        var state = model.Parameters().Select(p => (M: new float[p.Parameter.Length], V: new float[p.Parameter.Length])).ToArray();
+        float first = 0, last = 0;
+        for (int step = 1; step <= 40; step++)
+        {
+            model.ZeroGradients();
+            last = model.ForwardBackward(data);
+            if (step == 1) first = last;
+            int i = 0;
+            foreach (var (_, parameter, gradient) in model.Parameters())
+            {
+                AdamW.Update(parameter, gradient, state[i].M, state[i].V, step, learningRate: 1e-2f);
+                i++;
+            }
+        }
+        Assert.True(last < 0.3f * first, $"loss went from {first} to {last}");
+    }
+}
