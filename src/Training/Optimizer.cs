@@ -1,0 +1,64 @@
+// The optimizer of a training run: AdamW over every parameter of a TrainableModel, the gradient clipped to a global
+// L2 norm first, and the learning rate from a linear warmup then cosine decay to a floor (nanoGPT's get_lr).
+using Cluster.Compute.Cpu;
+
+namespace Cluster.Training;
+
+public sealed record OptimizerOptions
+{
+    public float LearningRate { get; init; } = 3e-4f;
+    public float MinLearningRate { get; init; } = 3e-5f;
+    public int WarmupSteps { get; init; } = 10;
+    public int TotalSteps { get; init; } = 1000;
+    public float Beta1 { get; init; } = 0.9f;
+    public float Beta2 { get; init; } = 0.95f;
+    public float Eps { get; init; } = 1e-8f;
+    public float WeightDecay { get; init; } = 0.1f;
+    /// <summary>Largest global L2 norm of the gradient; 0 turns clipping off.</summary>
+    public float ClipNorm { get; init; } = 1f;
+
+    /// <summary>The learning rate of 1-based <paramref name="step"/>: linear warmup, cosine decay, then the floor.</summary>
+    public float LearningRateAt(int step)
+    {
+        if (step <= WarmupSteps) return LearningRate * step / Math.Max(1, WarmupSteps);
+        if (step >= TotalSteps) return MinLearningRate;
+        double progress = (step - WarmupSteps) / (double)Math.Max(1, TotalSteps - WarmupSteps);
+        return (float)(MinLearningRate + 0.5 * (1 + Math.Cos(Math.PI * progress)) * (LearningRate - MinLearningRate));
+    }
+}
+
+public sealed class Optimizer(TrainableModel model, OptimizerOptions options)
+{
+    private readonly (float[] M, float[] V)[] _moments = [.. model.Parameters().Select(p => (new float[p.Parameter.Length], new float[p.Parameter.Length]))];
+
+    public OptimizerOptions Options => options;
+    /// <summary>Steps taken so far.</summary>
+    public int Step { get; private set; }
+
+    /// <summary>Clips the accumulated gradient, applies one AdamW step and returns (learning rate, gradient norm before clipping).</summary>
+    public (float LearningRate, float GradientNorm) Apply()
+    {
+        Step++;
+        float norm = GlobalNorm();
+        float clip = options.ClipNorm > 0 && norm > options.ClipNorm ? options.ClipNorm / norm : 1f;
+        float lr = options.LearningRateAt(Step);
+        int i = 0;
+        foreach (var (name, parameter, gradient) in model.Parameters())
+        {
+            if (clip != 1f) System.Numerics.Tensors.TensorPrimitives.Multiply(gradient, clip, gradient);
+            // Norm weights are not decayed (as in nanoGPT: only matrices and embeddings are).
+            float decay = name.EndsWith("norm", StringComparison.Ordinal) ? 0f : options.WeightDecay;
+            AdamW.Update(parameter, gradient, _moments[i].M, _moments[i].V, Step, lr, options.Beta1, options.Beta2, options.Eps, decay);
+            i++;
+        }
+        return (lr, norm);
+    }
+
+    private float GlobalNorm()
+    {
+        double sum = 0;
+        foreach (var (_, _, gradient) in model.Parameters())
+            sum += System.Numerics.Tensors.TensorPrimitives.SumOfSquares(gradient);
+        return (float)Math.Sqrt(sum);
+    }
+}
