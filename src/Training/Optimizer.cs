@@ -35,6 +35,12 @@ public sealed class Optimizer(TrainableModel model, OptimizerOptions options)
     /// <summary>Steps taken so far.</summary>
     public int Step { get; private set; }
 
+    /// <summary>The first and second moments of each parameter, in <see cref="TrainableModel.Parameters"/> order.</summary>
+    internal IReadOnlyList<(float[] M, float[] V)> Moments => _moments;
+
+    /// <summary>Continues from a checkpoint taken after <paramref name="step"/> steps (the moments are restored in place).</summary>
+    internal void ResumeAt(int step) => Step = step;
+
     /// <summary>Clips the accumulated gradient, applies one AdamW step and returns (learning rate, gradient norm before clipping).</summary>
     public (float LearningRate, float GradientNorm) Apply()
     {
