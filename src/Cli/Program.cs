@@ -13,11 +13,12 @@ try
     {
         "generate" => Generate(new Arguments(args[1..])),
         "make-model" => MakeModel(new Arguments(args[1..])),
+        "train" => TrainCommand.Run(new Arguments(args[1..])),
         null or "help" or "--help" or "-h" => Usage(0),
         _ => Usage(2, $"unknown command '{args[0]}'"),
     };
 }
-catch (Exception e) when (e is ArgumentException or ModelFormatException or FileNotFoundException or DirectoryNotFoundException or InvalidOperationException)
+catch (Exception e) when (e is ArgumentException or ModelFormatException or FileNotFoundException or DirectoryNotFoundException or InvalidOperationException or NotSupportedException)
 {
     AnsiConsole.MarkupLineInterpolated($"[red]error:[/] {e.Message}");
     return 1;
@@ -40,7 +41,7 @@ static int Usage(int code, string? problem = null)
                cluster make-model --preset NAME --out PATH [--format gguf|llama2c] [--seed N]
           writes a seeded random model (presets: tiny, stories15M, stories110M, gpt2-tiny); llama2c also
           writes PATH.tokenizer.bin, GGUF embeds the vocabulary
-        """);
+        """ + "\n" + TrainCommand.Usage);
     return code;
 }
 
