@@ -1,10 +1,8 @@
 // A shard holds one slice of a model (a pipeline stage's layers at one tensor-parallel rank) on one device.
 // Key: ShardKey ("{modelId}/{replica}.{stage}.{rank}", optionally "@{siloName}" to pin it).
-using Orleans.Concurrency;
-
 namespace Cluster.Contracts;
 
-public interface IShardGrain : IGrainWithStringKey
+public interface IShardGrain : ICollectiveMember
 {
     /// <summary>
     /// Takes up its place in a serving epoch: loads its slice unless it already holds it, and starts the epoch with an
@@ -18,10 +16,6 @@ public interface IShardGrain : IGrainWithStringKey
     /// 0's chain; other ranks answer with no rows).
     /// </summary>
     Task<StageResult> Forward(StageBatch batch);
-
-    /// <summary>A tensor-parallel peer's collective message (interleaves with a Forward blocked on it).</summary>
-    [AlwaysInterleave]
-    Task Deliver(long epoch, int fromRank, long tag, Immutable<byte[]> data);
 
     /// <summary>Null when nothing is loaded on this activation.</summary>
     Task<ShardDescription?> Describe();

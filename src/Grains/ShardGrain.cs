@@ -81,7 +81,7 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
     private DeviceWorker? _worker;
     private LoadedSlice? _slice;
     private Epoch? _epoch;
-    private readonly Dictionary<long, CollectiveMailbox> _early = [];   // peers' messages for an epoch not started here yet
+    private readonly EpochInbox _inbox = new();
 
     private DeviceWorker Worker => _worker ??= new DeviceWorker($"shard {this.GetPrimaryKeyString()}");
     private string Key => this.GetPrimaryKeyString();
@@ -97,8 +97,7 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
             current.End(new StaleEpochException($"shard {Key}: epoch {current.Number} ended by epoch {assignment.Epoch}"));
         }
         _epoch = null;
-        foreach (long old in _early.Keys.Where(e => e < assignment.Epoch).ToList()) _early.Remove(old);
-        var mailbox = _early.Remove(assignment.Epoch, out var early) ? early : new CollectiveMailbox();
+        var mailbox = _inbox.Begin(assignment.Epoch, new StaleEpochException($"shard {Key}: epoch {assignment.Epoch} began"));
         var previous = _slice;
         var previousCache = current?.Cache;
         var o = options.Value;
@@ -113,7 +112,7 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
         });
         _slice = slice;
         var group = assignment.TensorGroup.Length > 1
-            ? new CollectiveGroup(new ShardGroupTransport(grains, assignment.TensorGroup, assignment.Rank, assignment.Epoch, mailbox))
+            ? new CollectiveGroup(new GrainGroupTransport(key => grains.GetGrain<IShardGrain>(key), assignment.TensorGroup, assignment.Rank, assignment.Epoch, mailbox))
             : null;
         _epoch = new Epoch(assignment, cache, mailbox, group);
         return Describe(slice, _epoch);
@@ -182,13 +181,7 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
 
     public Task Deliver(long epoch, int fromRank, long tag, Immutable<byte[]> data)
     {
-        if (_epoch is { } current && epoch <= current.Number)
-        {
-            if (epoch == current.Number) current.Mailbox.Deliver(fromRank, tag, data.Value);
-            return Task.CompletedTask;   // an ended epoch's message: nobody waits for it
-        }
-        if (!_early.TryGetValue(epoch, out var mailbox)) _early[epoch] = mailbox = new CollectiveMailbox();
-        mailbox.Deliver(fromRank, tag, data.Value);
+        _inbox.Deliver(epoch, fromRank, tag, data.Value);
         return Task.CompletedTask;
     }
 
