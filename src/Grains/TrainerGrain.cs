@@ -1,0 +1,105 @@
+// A data-parallel trainer (see ITrainerGrain). The model and optimizer live on the grain's DeviceWorker thread; the
+// gradient all-reduce blocks that thread while the peers' chunks come in through Deliver, which interleaves.
+using System.Runtime.InteropServices;
+using Cluster.Compute.Collectives;
+using Cluster.Contracts;
+using Cluster.Training;
+using Orleans.Concurrency;
+
+namespace Cluster.Grains;
+
+[PinnedShardPlacement, Reentrant]
+public sealed class TrainerGrain(IGrainFactory grains) : Grain, ITrainerGrain
+{
+    private sealed record Run(TrainerAssignment Assignment, TrainableModel Model, Optimizer Optimizer, CollectiveGroup? Group);
+
+    private readonly EpochInbox _inbox = new();
+    private DeviceWorker? _worker;
+    private Run? _run;
+
+    private DeviceWorker Worker => _worker ??= new DeviceWorker($"trainer {this.GetPrimaryKeyString()}");
+
+    public async Task Start(TrainerAssignment a)
+    {
+        if (a.Group.Length == 0 || (uint)a.Rank >= (uint)a.Group.Length)
+            throw new ArgumentException($"rank {a.Rank} is not in a group of {a.Group.Length}");
+        var mailbox = _inbox.Begin(a.Epoch, new InvalidOperationException($"trainer {this.GetPrimaryKeyString()}: epoch {a.Epoch} began"));
+        _run = null;
+        var (model, optimizer) = await Worker.Run(() =>
+        {
+            var loaded = ModelSources.Load(a.Source);
+            var model = new TrainableModel(loaded.Config, loaded.Weights);
+            return (model, new Optimizer(model, new OptimizerOptions
+            {
+                LearningRate = a.LearningRate, MinLearningRate = a.MinLearningRate, WarmupSteps = a.WarmupSteps,
+                TotalSteps = a.TotalSteps, WeightDecay = a.WeightDecay, ClipNorm = a.ClipNorm,
+            }));
+        });
+        var group = a.Group.Length > 1
+            ? new CollectiveGroup(new GrainGroupTransport(key => grains.GetGrain<ITrainerGrain>(key), a.Group, a.Rank, a.Epoch, mailbox))
+            : null;
+        _run = new Run(a, model, optimizer, group);
+    }
+
+    public Task<TrainingStepReport> Step(TrainingStepMessage step)
+    {
+        var run = _run is { } r && r.Assignment.Epoch == step.Epoch
+            ? r : throw new InvalidOperationException($"trainer {this.GetPrimaryKeyString()} is not started for epoch {step.Epoch}");
+        if (step.GlobalTargets <= 0) throw new ArgumentException("the global batch has no counted targets");
+        return Worker.Run(() =>
+        {
+            var model = run.Model;
+            model.ZeroGradients();
+            TrainingSequence[] batch = [.. step.Sequences.Select(s => new TrainingSequence(s.Tokens, s.Targets, s.Documents))];
+            int counted = batch.Sum(s => s.Targets.Count(t => t != Compute.Cpu.CrossEntropy.Ignore));
+            float loss = counted > 0 ? model.ForwardBackward(batch) : 0f;
+            float share = counted / (float)step.GlobalTargets;   // this replica's part of the global mean
+            SumGradientsOverGroup(model, share, run.Group);
+            var (lr, norm) = run.Optimizer.Apply();
+            return new TrainingStepReport(run.Optimizer.Step, loss * share, lr, norm);
+        });
+    }
+
+    /// <summary>Every replica's gradient, each weighted by its share of the global batch, summed in one ring all-reduce.</summary>
+    private static void SumGradientsOverGroup(TrainableModel model, float share, CollectiveGroup? group)
+    {
+        var gradients = model.Parameters().Select(p => p.Gradient).ToArray();
+        if (group is null)
+        {
+            foreach (var g in gradients) System.Numerics.Tensors.TensorPrimitives.Multiply(g, share, g);
+            return;
+        }
+        var flat = new float[gradients.Sum(g => g.Length)];
+        int offset = 0;
+        foreach (var g in gradients)
+        {
+            System.Numerics.Tensors.TensorPrimitives.Multiply(g, share, flat.AsSpan(offset, g.Length));
+            offset += g.Length;
+        }
+        group.AllReduce(flat).GetAwaiter().GetResult();
+        offset = 0;
+        foreach (var g in gradients)
+        {
+            flat.AsSpan(offset, g.Length).CopyTo(g);
+            offset += g.Length;
+        }
+    }
+
+    public Task<byte[]> ParameterBytes()
+    {
+        var run = _run ?? throw new InvalidOperationException($"trainer {this.GetPrimaryKeyString()} is not started");
+        return Worker.Run(() => run.Model.Parameters().SelectMany(p => MemoryMarshal.AsBytes(p.Parameter.AsSpan()).ToArray()).ToArray());
+    }
+
+    public Task Deliver(long epoch, int fromRank, long tag, Immutable<byte[]> data)
+    {
+        _inbox.Deliver(epoch, fromRank, tag, data.Value);
+        return Task.CompletedTask;
+    }
+
+    public override Task OnDeactivateAsync(DeactivationReason reason, CancellationToken cancellationToken)
+    {
+        _worker?.Dispose();
+        return base.OnDeactivateAsync(reason, cancellationToken);
+    }
+}
