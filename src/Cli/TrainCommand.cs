@@ -14,7 +14,7 @@ public static class TrainCommand
     public const string Usage = """
                cluster train [--model PATH | --preset NAME] [--tokenizer PATH] [--data additions|FILE.txt] [--steps N]
                              [--batch N] [--seq N] [--lr F] [--warmup N] [--seed N] [--checkpoint DIR] [--out PATH]
-          trains the model (Llama family, fp32 on the CPU) on generated additions ("23+19=42", default) or on a text
+          trains the model (Llama or GPT-2 family, fp32 on the CPU) on generated additions ("23+19=42", default) or on a text
           file (one document per line), tokenized with the model's tokenizer and packed into --seq tokens (default 64),
           --batch sequences a step (default 4), AdamW with warmup + cosine decay from --lr (default 1e-3);
           --checkpoint DIR resumes from DIR when it holds a checkpoint and saves there every 50 steps and at the end;

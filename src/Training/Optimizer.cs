@@ -52,8 +52,7 @@ public sealed class Optimizer(TrainableModel model, OptimizerOptions options)
         foreach (var (name, parameter, gradient) in model.Parameters())
         {
             if (clip != 1f) System.Numerics.Tensors.TensorPrimitives.Multiply(gradient, clip, gradient);
-            // Norm weights are not decayed (as in nanoGPT: only matrices and embeddings are).
-            float decay = name.EndsWith("norm", StringComparison.Ordinal) ? 0f : options.WeightDecay;
+            float decay = TrainableModel.IsMatrix(name) ? options.WeightDecay : 0f;   // as nanoGPT: norms and biases are not decayed
             AdamW.Update(parameter, gradient, _moments[i].M, _moments[i].V, Step, lr, options.Beta1, options.Beta2, options.Eps, decay);
             i++;
         }

@@ -1,4 +1,4 @@
-// A Llama-family decoder for training on one device (llm.c's gpt2_forward / gpt2_backward, for Llama): the forward
+// A decoder for training on one device, Llama or GPT-2 family (llm.c's gpt2_forward / gpt2_backward): the forward
 // keeps every activation the backward needs, the backward accumulates fp32 gradients into tensors shaped like the
 // weights. Sequences may pack several documents: each document's positions restart at 0 and attention never crosses
 // documents. Its logits equal the inference TransformerModel's (a test holds it to 1e-5).
@@ -15,7 +15,6 @@ public sealed class TrainableModel
 {
     public TrainableModel(ModelConfig config, ModelWeights weights)
     {
-        if (config.Architecture != Architecture.Llama) throw new NotSupportedException("training runs the Llama family so far; GPT-2 is not supported yet");
         weights.Validate(config, "weights");
         Config = config;
         Weights = weights;
@@ -31,23 +30,31 @@ public sealed class TrainableModel
     /// <summary>Every (parameter, gradient) pair, in a fixed order (for optimizers, clipping and checkpoints).</summary>
     public IEnumerable<(string Name, float[] Parameter, float[] Gradient)> Parameters()
     {
-        yield return ("token_embedding", Weights.TokenEmbedding, Gradients.TokenEmbedding);
+        var all = new List<(string, float[]?, float[]?)> { ("token_embedding", Weights.TokenEmbedding, Gradients.TokenEmbedding),
+            ("position_embedding", Weights.PositionEmbedding, Gradients.PositionEmbedding) };
         for (int l = 0; l < Config.Layers; l++)
         {
             LayerWeights w = Weights.Layers[l], g = Gradients.Layers[l];
             string p = $"layers.{l}.";
-            yield return (p + "attn_norm", w.AttnNorm, g.AttnNorm);
-            yield return (p + "wq", w.Wq, g.Wq);
-            yield return (p + "wk", w.Wk, g.Wk);
-            yield return (p + "wv", w.Wv, g.Wv);
-            yield return (p + "wo", w.Wo, g.Wo);
-            yield return (p + "ffn_norm", w.FfnNorm, g.FfnNorm);
-            yield return (p + "w1", w.W1, g.W1);
-            yield return (p + "w2", w.W2, g.W2);
-            yield return (p + "w3", w.W3!, g.W3!);
+            all.AddRange([
+                (p + "attn_norm", w.AttnNorm, g.AttnNorm), (p + "attn_norm.bias", w.AttnNormBias, g.AttnNormBias),
+                (p + "wq", w.Wq, g.Wq), (p + "bq", w.Bq, g.Bq), (p + "wk", w.Wk, g.Wk), (p + "bk", w.Bk, g.Bk),
+                (p + "wv", w.Wv, g.Wv), (p + "bv", w.Bv, g.Bv), (p + "wo", w.Wo, g.Wo), (p + "bo", w.Bo, g.Bo),
+                (p + "ffn_norm", w.FfnNorm, g.FfnNorm), (p + "ffn_norm.bias", w.FfnNormBias, g.FfnNormBias),
+                (p + "w1", w.W1, g.W1), (p + "b1", w.B1, g.B1), (p + "w2", w.W2, g.W2), (p + "b2", w.B2, g.B2), (p + "w3", w.W3, g.W3),
+            ]);
         }
-        yield return ("final_norm", Weights.FinalNorm, Gradients.FinalNorm);
-        if (Weights.Output is not null) yield return ("output", Weights.Output, Gradients.Output!);
+        all.AddRange([("final_norm", Weights.FinalNorm, Gradients.FinalNorm), ("final_norm.bias", Weights.FinalNormBias, Gradients.FinalNormBias),
+            ("output", Weights.Output, Gradients.Output)]);
+        foreach (var (name, parameter, gradient) in all)
+            if (parameter is not null) yield return (name, parameter, gradient!);   // the tensors this architecture has
+    }
+
+    /// <summary>Whether a parameter of <see cref="Parameters"/> is a matrix (embeddings, projections, head) rather than a norm weight or a bias.</summary>
+    public static bool IsMatrix(string name)
+    {
+        string last = name[(name.LastIndexOf('.') + 1)..];
+        return last is "token_embedding" or "position_embedding" or "output" || (last.Length == 2 && last[0] == 'w');
     }
 
     public void ZeroGradients()
@@ -97,7 +104,7 @@ public sealed class TrainableModel
         public readonly float[][] Residual = new float[layers][];       // (T, C)    x after attention
         public readonly float[][] FfnNormed = new float[layers][];      // (T, C)
         public readonly float[][] Gate = new float[layers][];           // (T, H)    before SwiGLU
-        public readonly float[][] Up = new float[layers][];             // (T, H)
+        public readonly float[][] Up = new float[layers][];             // (T, H)    Llama
         public readonly float[][] Hidden = new float[layers][];         // (T, H)    SwiGLU output
         public float[] Final = [];                                      // (T, C)    last layer output
         public float[] FinalNormed = [];                                // (T, C)
@@ -114,21 +121,27 @@ public sealed class TrainableModel
         foreach (int token in tokens)
             if ((uint)token >= (uint)V) throw new ArgumentOutOfRangeException(nameof(tokens), token, $"token outside the vocabulary of {V}");
         var a = new SavedActivations(c.Layers) { Positions = PositionsOf(T, documents), Documents = documents ?? [] };
+        bool llama = c.Architecture == Architecture.Llama;
 
         var x = new float[T * C];                                                            // (T, C)
-        for (int t = 0; t < T; t++) Weights.TokenEmbedding.AsSpan(tokens[t] * C, C).CopyTo(x.AsSpan(t * C));
+        for (int t = 0; t < T; t++)
+        {
+            Weights.TokenEmbedding.AsSpan(tokens[t] * C, C).CopyTo(x.AsSpan(t * C));
+            if (Weights.PositionEmbedding is { } positions)                                 // GPT-2: learned positions
+                System.Numerics.Tensors.TensorPrimitives.Add(x.AsSpan(t * C, C), positions.AsSpan(a.Positions[t] * C, C), x.AsSpan(t * C, C));
+        }
         for (int l = 0; l < c.Layers; l++)
         {
             var w = Weights.Layers[l];
             a.LayerInput[l] = x;
-            var n1 = a.AttnNormed[l] = RmsNormRows(x, w.AttnNorm, T);
+            var n1 = a.AttnNormed[l] = NormalizeRows(x, w.AttnNorm, w.AttnNormBias, T);
             var q = a.Q[l] = new float[T * C];
             var k = a.K[l] = new float[T * kv];
             var v = a.V[l] = new float[T * kv];
-            Linear.Forward(n1, w.Wq, [], q, T, C, C);
-            Linear.Forward(n1, w.Wk, [], k, T, kv, C);
-            Linear.Forward(n1, w.Wv, [], v, T, kv, C);
-            for (int t = 0; t < T; t++)
+            Linear.Forward(n1, w.Wq, w.Bq, q, T, C, C);
+            Linear.Forward(n1, w.Wk, w.Bk, k, T, kv, C);
+            Linear.Forward(n1, w.Wv, w.Bv, v, T, kv, C);
+            for (int t = 0; t < T && llama; t++)
             {
                 RotaryEmbedding.Apply(q.AsSpan(t * C, C), a.Positions[t], c.Heads, c.HeadDim, c.EffectiveRotaryDim, c.RopeTheta, c.RopeLayout);
                 RotaryEmbedding.Apply(k.AsSpan(t * kv, kv), a.Positions[t], c.KvHeads, c.HeadDim, c.EffectiveRotaryDim, c.RopeTheta, c.RopeLayout);
@@ -137,22 +150,26 @@ public sealed class TrainableModel
             var probs = a.Probs[l] = new float[c.Heads * T * T];
             CausalAttention.Forward(q, k, v, att, probs, a.Documents, T, c.Heads, c.KvHeads, c.HeadDim);
             var x1 = a.Residual[l] = new float[T * C];
-            Linear.Forward(att, w.Wo, [], x1, T, C, C);
+            Linear.Forward(att, w.Wo, w.Bo, x1, T, C, C);
             System.Numerics.Tensors.TensorPrimitives.Add(x1, x, x1);
-            var n2 = a.FfnNormed[l] = RmsNormRows(x1, w.FfnNorm, T);
+            var n2 = a.FfnNormed[l] = NormalizeRows(x1, w.FfnNorm, w.FfnNormBias, T);
             var gate = a.Gate[l] = new float[T * H];
-            var up = a.Up[l] = new float[T * H];
-            Linear.Forward(n2, w.W1, [], gate, T, H, C);
-            Linear.Forward(n2, w.W3!, [], up, T, H, C);
+            Linear.Forward(n2, w.W1, w.B1, gate, T, H, C);
             var hidden = a.Hidden[l] = (float[])gate.Clone();
-            Activations.SwiGlu(hidden, up);
+            if (llama)
+            {
+                var up = a.Up[l] = new float[T * H];
+                Linear.Forward(n2, w.W3!, [], up, T, H, C);
+                Activations.SwiGlu(hidden, up);
+            }
+            else Activations.Gelu(hidden);
             var next = new float[T * C];
-            Linear.Forward(hidden, w.W2, [], next, T, C, H);
+            Linear.Forward(hidden, w.W2, w.B2, next, T, C, H);
             System.Numerics.Tensors.TensorPrimitives.Add(next, x1, next);
             x = next;
         }
         a.Final = x;
-        a.FinalNormed = RmsNormRows(x, Weights.FinalNorm, T);
+        a.FinalNormed = NormalizeRows(x, Weights.FinalNorm, Weights.FinalNormBias, T);
         a.Logits = new float[T * V];
         Linear.Forward(a.FinalNormed, Weights.Output ?? Weights.TokenEmbedding, [], a.Logits, T, V, C);
         return a;
@@ -166,42 +183,48 @@ public sealed class TrainableModel
         Linear.Backward(a.FinalNormed, Weights.Output ?? Weights.TokenEmbedding, dlogits, dFinalNormed,
             Gradients.Output ?? Gradients.TokenEmbedding, [], T, V, C);
         var dx = new float[T * C];                                                           // ∂L/∂(layer output)
-        RmsNormRowsBackward(a.Final, Weights.FinalNorm, dFinalNormed, dx, Gradients.FinalNorm, T);
+        NormalizeRowsBackward(a.Final, Weights.FinalNorm, dFinalNormed, dx, Gradients.FinalNorm, Gradients.FinalNormBias, T);
+        bool llama = c.Architecture == Architecture.Llama;
         for (int l = c.Layers - 1; l >= 0; l--)
         {
             LayerWeights w = Weights.Layers[l], g = Gradients.Layers[l];
-            // x_out = x1 + W2·swiglu(W1·n2, W3·n2)
+            // x_out = x1 + W2·swiglu(W1·n2, W3·n2)   (GPT-2: W2·gelu(W1·n2 + b1) + b2)
             var dx1 = (float[])dx.Clone();
             var dHidden = new float[T * H];
-            Linear.Backward(a.Hidden[l], w.W2, dx, dHidden, g.W2, [], T, C, H);
+            Linear.Backward(a.Hidden[l], w.W2, dx, dHidden, g.W2, g.B2, T, C, H);
             var dGate = new float[T * H];
-            var dUp = new float[T * H];
-            Activations.SwiGluBackward(a.Gate[l], a.Up[l], dHidden, dGate, dUp);
             var dn2 = new float[T * C];
-            Linear.Backward(a.FfnNormed[l], w.W1, dGate, dn2, g.W1, [], T, H, C);
-            Linear.Backward(a.FfnNormed[l], w.W3!, dUp, dn2, g.W3!, [], T, H, C);
-            RmsNormRowsBackward(a.Residual[l], w.FfnNorm, dn2, dx1, g.FfnNorm, T);
+            if (llama)
+            {
+                var dUp = new float[T * H];
+                Activations.SwiGluBackward(a.Gate[l], a.Up[l], dHidden, dGate, dUp);
+                Linear.Backward(a.FfnNormed[l], w.W3!, dUp, dn2, g.W3!, [], T, H, C);
+            }
+            else Activations.GeluBackward(a.Gate[l], dHidden, dGate);
+            Linear.Backward(a.FfnNormed[l], w.W1, dGate, dn2, g.W1, g.B1, T, H, C);
+            NormalizeRowsBackward(a.Residual[l], w.FfnNorm, dn2, dx1, g.FfnNorm, g.FfnNormBias, T);
             // x1 = x_in + Wo·attention(rope(Wq·n1), rope(Wk·n1), Wv·n1)
             var dxIn = (float[])dx1.Clone();
             var dAtt = new float[T * C];
-            Linear.Backward(a.Attention[l], w.Wo, dx1, dAtt, g.Wo, [], T, C, C);
+            Linear.Backward(a.Attention[l], w.Wo, dx1, dAtt, g.Wo, g.Bo, T, C, C);
             var dq = new float[T * C];
             var dk = new float[T * kv];
             var dv = new float[T * kv];
             CausalAttention.Backward(a.Q[l], a.K[l], a.V[l], a.Probs[l], dAtt, dq, dk, dv, T, c.Heads, c.KvHeads, c.HeadDim);
-            for (int t = 0; t < T; t++)
+            for (int t = 0; t < T && llama; t++)
             {
                 RotaryEmbedding.Backward(dq.AsSpan(t * C, C), a.Positions[t], c.Heads, c.HeadDim, c.EffectiveRotaryDim, c.RopeTheta, c.RopeLayout);
                 RotaryEmbedding.Backward(dk.AsSpan(t * kv, kv), a.Positions[t], c.KvHeads, c.HeadDim, c.EffectiveRotaryDim, c.RopeTheta, c.RopeLayout);
             }
             var dn1 = new float[T * C];
-            Linear.Backward(a.AttnNormed[l], w.Wq, dq, dn1, g.Wq, [], T, C, C);
-            Linear.Backward(a.AttnNormed[l], w.Wk, dk, dn1, g.Wk, [], T, kv, C);
-            Linear.Backward(a.AttnNormed[l], w.Wv, dv, dn1, g.Wv, [], T, kv, C);
-            RmsNormRowsBackward(a.LayerInput[l], w.AttnNorm, dn1, dxIn, g.AttnNorm, T);
+            Linear.Backward(a.AttnNormed[l], w.Wq, dq, dn1, g.Wq, g.Bq, T, C, C);
+            Linear.Backward(a.AttnNormed[l], w.Wk, dk, dn1, g.Wk, g.Bk, T, kv, C);
+            Linear.Backward(a.AttnNormed[l], w.Wv, dv, dn1, g.Wv, g.Bv, T, kv, C);
+            NormalizeRowsBackward(a.LayerInput[l], w.AttnNorm, dn1, dxIn, g.AttnNorm, g.AttnNormBias, T);
             dx = dxIn;
         }
         EmbeddingBackward.Backward(tokens, dx, Gradients.TokenEmbedding, C);
+        if (Gradients.PositionEmbedding is { } dPositions) EmbeddingBackward.Backward(a.Positions, dx, dPositions, C);
     }
 
     /// <summary>Positions restart at 0 with each document (llama-style packing), else run 0..T-1.</summary>
@@ -213,19 +236,23 @@ public sealed class TrainableModel
         return positions;
     }
 
-    private float[] RmsNormRows(float[] x, float[] weight, int rows)
+    /// <summary>RMSNorm (Llama) or LayerNorm with its bias (GPT-2) over each row of x (rows, C).</summary>
+    private float[] NormalizeRows(float[] x, float[] weight, float[]? bias, int rows)
     {
         int C = Config.Dim;
         var y = new float[x.Length];
-        for (int r = 0; r < rows; r++) Norms.RmsNorm(x.AsSpan(r * C, C), weight, y.AsSpan(r * C, C), Config.NormEps);
+        for (int r = 0; r < rows; r++)
+            if (bias is null) Norms.RmsNorm(x.AsSpan(r * C, C), weight, y.AsSpan(r * C, C), Config.NormEps);
+            else Norms.LayerNorm(x.AsSpan(r * C, C), weight, bias, y.AsSpan(r * C, C), Config.NormEps);
         return y;
     }
 
-    private void RmsNormRowsBackward(float[] x, float[] weight, float[] dy, float[] dx, float[] dWeight, int rows)
+    private void NormalizeRowsBackward(float[] x, float[] weight, float[] dy, float[] dx, float[] dWeight, float[]? dBias, int rows)
     {
         int C = Config.Dim;
         for (int r = 0; r < rows; r++)
-            Norms.RmsNormBackward(x.AsSpan(r * C, C), weight, dy.AsSpan(r * C, C), dx.AsSpan(r * C, C), dWeight, Config.NormEps);
+            if (dBias is null) Norms.RmsNormBackward(x.AsSpan(r * C, C), weight, dy.AsSpan(r * C, C), dx.AsSpan(r * C, C), dWeight, Config.NormEps);
+            else Norms.LayerNormBackward(x.AsSpan(r * C, C), weight, dy.AsSpan(r * C, C), dx.AsSpan(r * C, C), dWeight, dBias, Config.NormEps);
     }
 
     private static ModelWeights ZerosLike(ModelWeights w)
@@ -235,12 +262,16 @@ public sealed class TrainableModel
         return new ModelWeights
         {
             TokenEmbedding = Z(w.TokenEmbedding),
+            PositionEmbedding = ZOpt(w.PositionEmbedding),
             Layers = [.. w.Layers.Select(l => new LayerWeights
             {
-                AttnNorm = Z(l.AttnNorm), Wq = Z(l.Wq), Wk = Z(l.Wk), Wv = Z(l.Wv), Wo = Z(l.Wo),
-                FfnNorm = Z(l.FfnNorm), W1 = Z(l.W1), W2 = Z(l.W2), W3 = ZOpt(l.W3),
+                AttnNorm = Z(l.AttnNorm), AttnNormBias = ZOpt(l.AttnNormBias), Wq = Z(l.Wq), Wk = Z(l.Wk), Wv = Z(l.Wv), Wo = Z(l.Wo),
+                Bq = ZOpt(l.Bq), Bk = ZOpt(l.Bk), Bv = ZOpt(l.Bv), Bo = ZOpt(l.Bo),
+                FfnNorm = Z(l.FfnNorm), FfnNormBias = ZOpt(l.FfnNormBias), W1 = Z(l.W1), W2 = Z(l.W2), W3 = ZOpt(l.W3),
+                B1 = ZOpt(l.B1), B2 = ZOpt(l.B2),
             })],
             FinalNorm = Z(w.FinalNorm),
+            FinalNormBias = ZOpt(w.FinalNormBias),
             Output = ZOpt(w.Output),
         };
     }

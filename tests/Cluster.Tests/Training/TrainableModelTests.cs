@@ -8,13 +8,16 @@ namespace Cluster.Tests.Training;
 
 public sealed class TrainableModelTests
 {
-    private static (ModelConfig Config, ModelWeights Weights) Small(int seed) =>
-        (TestModels.SmallConfig(Architecture.Llama), TestModels.RandomWeights(TestModels.SmallConfig(Architecture.Llama), seed));
+    private static (ModelConfig Config, ModelWeights Weights) Small(int seed, Architecture architecture = Architecture.Llama) =>
+        (TestModels.SmallConfig(architecture), TestModels.RandomWeights(TestModels.SmallConfig(architecture), seed));
+
+    public static TheoryData<Architecture> Architectures => new() { Architecture.Llama, Architecture.Gpt2 };
 
     [Fact]
     public void LogitsEqualTheInferenceModel()
     {
-        foreach (var (config, weights) in new[] { Small(1), (RandomModel.Preset("tiny"), RandomModel.Create("tiny", 2).Weights) })
+        foreach (var (config, weights) in new[] { Small(1), Small(1, Architecture.Gpt2), (RandomModel.Preset("tiny"), RandomModel.Create("tiny", 2).Weights),
+                                                  (RandomModel.Preset("gpt2-tiny"), RandomModel.Create("gpt2-tiny", 2).Weights) })
         {
             int[] tokens = [.. Enumerable.Range(0, 19).Select(i => (i * 7 + 3) % config.VocabSize)];
             using var device = new CpuDevice(1);
@@ -28,10 +31,11 @@ public sealed class TrainableModelTests
         }
     }
 
-    [Fact]
-    public void PackedDocumentsAreComputedAsIfAlone()
+    [Theory]
+    [MemberData(nameof(Architectures))]
+    public void PackedDocumentsAreComputedAsIfAlone(Architecture architecture)
     {
-        var (config, weights) = Small(3);
+        var (config, weights) = Small(3, architecture);
         var model = new TrainableModel(config, weights);
         int[] first = [5, 9, 2, 40, 7], second = [11, 3, 3, 60];
         float[] packed = model.Logits([.. first, .. second], [.. first.Select(_ => 0), .. second.Select(_ => 1)]);
@@ -41,10 +45,11 @@ public sealed class TrainableModelTests
         Assert.True(Reference.MaxRelativeError(packed, alone) <= 1e-5);
     }
 
-    [Fact]
-    public void GradientsAgreeWithFiniteDifferencesOfTheLoss()
+    [Theory]
+    [MemberData(nameof(Architectures))]
+    public void GradientsAgreeWithFiniteDifferencesOfTheLoss(Architecture architecture)
     {
-        var (config, weights) = Small(4);
+        var (config, weights) = Small(4, architecture);
         var model = new TrainableModel(config, weights);
         var rng = new Random(5);
         TrainingSequence Sequence(int n) => new([.. Enumerable.Range(0, n).Select(_ => rng.Next(config.VocabSize))],
