@@ -13,7 +13,7 @@ public static class TrainCommand
 {
     public const string Usage = """
                cluster train [--model PATH | --preset NAME] [--tokenizer PATH] [--data additions|FILE.txt] [--steps N]
-                             [--batch N] [--seq N] [--lr F] [--warmup N] [--seed N] [--checkpoint DIR] [--out PATH]
+                             [--batch N] [--seq N] [--lr F] [--warmup N] [--seed N] [--threads N] [--checkpoint DIR] [--out PATH]
           trains the model (Llama or GPT-2 family, fp32 on the CPU) on generated additions ("23+19=42", default) or on a text
           file (one document per line), tokenized with the model's tokenizer and packed into --seq tokens (default 64),
           --batch sequences a step (default 4), AdamW with warmup + cosine decay from --lr (default 1e-3);
@@ -33,6 +33,7 @@ public static class TrainCommand
         string? checkpoint = a.Optional("checkpoint"), output = a.Optional("out");
         var loaded = modelPath is null ? RandomModel.Create(preset, seed) : ModelLoader.Load(modelPath, tokenizerPath);
         int sequenceLength = a.Int("seq", Math.Min(64, loaded.Config.MaxSeqLen), min: 2);
+        int threads = a.Int("threads", Environment.ProcessorCount, min: 1);
         a.RejectUnknown();
         if (sequenceLength > loaded.Config.MaxSeqLen) throw new ArgumentException($"--seq {sequenceLength} is longer than the model's context of {loaded.Config.MaxSeqLen}");
         var tokenizer = loaded.Tokenizer ?? throw new ArgumentException("the model carries no tokenizer: pass --tokenizer");
@@ -41,7 +42,7 @@ public static class TrainCommand
             : File.Exists(data) ? [.. File.ReadLines(data).Where(l => l.Length > 0)]
             : throw new ArgumentException($"--data must be 'additions' or a text file, got '{data}'");
         var dataset = new PackedDataset(documents.Select(d => tokenizer.Encode(d, addBos: true)), sequenceLength, seed);
-        var model = new TrainableModel(loaded.Config, loaded.Weights);
+        using var model = new TrainableModel(loaded.Config, loaded.Weights, threads);
         var optimizer = new Optimizer(model, new OptimizerOptions
         {
             LearningRate = learningRate, MinLearningRate = learningRate / 10, WarmupSteps = warmup, TotalSteps = steps,

@@ -4,12 +4,13 @@ using System.Runtime.InteropServices;
 using Cluster.Compute.Collectives;
 using Cluster.Contracts;
 using Cluster.Training;
+using Microsoft.Extensions.Options;
 using Orleans.Concurrency;
 
 namespace Cluster.Grains;
 
 [PinnedShardPlacement, Reentrant]
-public sealed class TrainerGrain(IGrainFactory grains) : Grain, ITrainerGrain
+public sealed class TrainerGrain(IGrainFactory grains, IOptions<ShardOptions> options) : Grain, ITrainerGrain
 {
     private sealed record Run(TrainerAssignment Assignment, TrainableModel Model, Optimizer Optimizer, CollectiveGroup? Group);
 
@@ -24,11 +25,14 @@ public sealed class TrainerGrain(IGrainFactory grains) : Grain, ITrainerGrain
         if (a.Group.Length == 0 || (uint)a.Rank >= (uint)a.Group.Length)
             throw new ArgumentException($"rank {a.Rank} is not in a group of {a.Group.Length}");
         var mailbox = _inbox.Begin(a.Epoch, new InvalidOperationException($"trainer {this.GetPrimaryKeyString()}: epoch {a.Epoch} began"));
+        var previous = _run;
         _run = null;
+        int threads = options.Value.DeviceThreads;
         var (model, optimizer) = await Worker.Run(() =>
         {
+            previous?.Model.Dispose();
             var loaded = ModelSources.Load(a.Source);
-            var model = new TrainableModel(loaded.Config, loaded.Weights);
+            var model = new TrainableModel(loaded.Config, loaded.Weights, threads);
             return (model, new Optimizer(model, new OptimizerOptions
             {
                 LearningRate = a.LearningRate, MinLearningRate = a.MinLearningRate, WarmupSteps = a.WarmupSteps,
@@ -100,6 +104,7 @@ public sealed class TrainerGrain(IGrainFactory grains) : Grain, ITrainerGrain
     public override Task OnDeactivateAsync(DeactivationReason reason, CancellationToken cancellationToken)
     {
         _worker?.Dispose();
+        _run?.Model.Dispose();
         return base.OnDeactivateAsync(reason, cancellationToken);
     }
 }

@@ -11,14 +11,26 @@ namespace Cluster.Training;
 /// <summary>One training sequence: tokens (T,), next-token targets (T,; CrossEntropy.Ignore where not counted), and optionally document ids (T,).</summary>
 public sealed record TrainingSequence(int[] Tokens, int[] Targets, int[]? Documents = null);
 
-public sealed class TrainableModel
+public sealed class TrainableModel : IDisposable
 {
-    public TrainableModel(ModelConfig config, ModelWeights weights)
+    private readonly WorkerPool _pool;
+    private readonly Linear _linear;
+
+    /// <param name="threads">CPU threads the model's products run on.</param>
+    public TrainableModel(ModelConfig config, ModelWeights weights, int threads = 1)
     {
         weights.Validate(config, "weights");
         Config = config;
         Weights = weights;
         Gradients = ZerosLike(weights);
+        _pool = new WorkerPool(threads);
+        _linear = new Linear(_pool);
+    }
+
+    public void Dispose()
+    {
+        _linear.Dispose();
+        _pool.Dispose();
     }
 
     public ModelConfig Config { get; }
@@ -138,9 +150,9 @@ public sealed class TrainableModel
             var q = a.Q[l] = new float[T * C];
             var k = a.K[l] = new float[T * kv];
             var v = a.V[l] = new float[T * kv];
-            Linear.Forward(n1, w.Wq, w.Bq, q, T, C, C);
-            Linear.Forward(n1, w.Wk, w.Bk, k, T, kv, C);
-            Linear.Forward(n1, w.Wv, w.Bv, v, T, kv, C);
+            _linear.Forward(n1, w.Wq, w.Bq, q, T, C, C);
+            _linear.Forward(n1, w.Wk, w.Bk, k, T, kv, C);
+            _linear.Forward(n1, w.Wv, w.Bv, v, T, kv, C);
             for (int t = 0; t < T && llama; t++)
             {
                 RotaryEmbedding.Apply(q.AsSpan(t * C, C), a.Positions[t], c.Heads, c.HeadDim, c.EffectiveRotaryDim, c.RopeTheta, c.RopeLayout);
@@ -150,28 +162,28 @@ public sealed class TrainableModel
             var probs = a.Probs[l] = new float[c.Heads * T * T];
             CausalAttention.Forward(q, k, v, att, probs, a.Documents, T, c.Heads, c.KvHeads, c.HeadDim);
             var x1 = a.Residual[l] = new float[T * C];
-            Linear.Forward(att, w.Wo, w.Bo, x1, T, C, C);
+            _linear.Forward(att, w.Wo, w.Bo, x1, T, C, C);
             System.Numerics.Tensors.TensorPrimitives.Add(x1, x, x1);
             var n2 = a.FfnNormed[l] = NormalizeRows(x1, w.FfnNorm, w.FfnNormBias, T);
             var gate = a.Gate[l] = new float[T * H];
-            Linear.Forward(n2, w.W1, w.B1, gate, T, H, C);
+            _linear.Forward(n2, w.W1, w.B1, gate, T, H, C);
             var hidden = a.Hidden[l] = (float[])gate.Clone();
             if (llama)
             {
                 var up = a.Up[l] = new float[T * H];
-                Linear.Forward(n2, w.W3!, [], up, T, H, C);
+                _linear.Forward(n2, w.W3!, [], up, T, H, C);
                 Activations.SwiGlu(hidden, up);
             }
             else Activations.Gelu(hidden);
             var next = new float[T * C];
-            Linear.Forward(hidden, w.W2, w.B2, next, T, C, H);
+            _linear.Forward(hidden, w.W2, w.B2, next, T, C, H);
             System.Numerics.Tensors.TensorPrimitives.Add(next, x1, next);
             x = next;
         }
         a.Final = x;
         a.FinalNormed = NormalizeRows(x, Weights.FinalNorm, Weights.FinalNormBias, T);
         a.Logits = new float[T * V];
-        Linear.Forward(a.FinalNormed, Weights.Output ?? Weights.TokenEmbedding, [], a.Logits, T, V, C);
+        _linear.Forward(a.FinalNormed, Weights.Output ?? Weights.TokenEmbedding, [], a.Logits, T, V, C);
         return a;
     }
 
@@ -180,7 +192,7 @@ public sealed class TrainableModel
         var c = Config;
         int T = tokens.Length, C = c.Dim, H = c.HiddenDim, kv = c.KvDim, V = c.VocabSize;
         var dFinalNormed = new float[T * C];
-        Linear.Backward(a.FinalNormed, Weights.Output ?? Weights.TokenEmbedding, dlogits, dFinalNormed,
+        _linear.Backward(a.FinalNormed, Weights.Output ?? Weights.TokenEmbedding, dlogits, dFinalNormed,
             Gradients.Output ?? Gradients.TokenEmbedding, [], T, V, C);
         var dx = new float[T * C];                                                           // ∂L/∂(layer output)
         NormalizeRowsBackward(a.Final, Weights.FinalNorm, dFinalNormed, dx, Gradients.FinalNorm, Gradients.FinalNormBias, T);
@@ -191,22 +203,22 @@ public sealed class TrainableModel
             // x_out = x1 + W2·swiglu(W1·n2, W3·n2)   (GPT-2: W2·gelu(W1·n2 + b1) + b2)
             var dx1 = (float[])dx.Clone();
             var dHidden = new float[T * H];
-            Linear.Backward(a.Hidden[l], w.W2, dx, dHidden, g.W2, g.B2, T, C, H);
+            _linear.Backward(a.Hidden[l], w.W2, dx, dHidden, g.W2, g.B2, T, C, H);
             var dGate = new float[T * H];
             var dn2 = new float[T * C];
             if (llama)
             {
                 var dUp = new float[T * H];
                 Activations.SwiGluBackward(a.Gate[l], a.Up[l], dHidden, dGate, dUp);
-                Linear.Backward(a.FfnNormed[l], w.W3!, dUp, dn2, g.W3!, [], T, H, C);
+                _linear.Backward(a.FfnNormed[l], w.W3!, dUp, dn2, g.W3!, [], T, H, C);
             }
             else Activations.GeluBackward(a.Gate[l], dHidden, dGate);
-            Linear.Backward(a.FfnNormed[l], w.W1, dGate, dn2, g.W1, g.B1, T, H, C);
+            _linear.Backward(a.FfnNormed[l], w.W1, dGate, dn2, g.W1, g.B1, T, H, C);
             NormalizeRowsBackward(a.Residual[l], w.FfnNorm, dn2, dx1, g.FfnNorm, g.FfnNormBias, T);
             // x1 = x_in + Wo·attention(rope(Wq·n1), rope(Wk·n1), Wv·n1)
             var dxIn = (float[])dx1.Clone();
             var dAtt = new float[T * C];
-            Linear.Backward(a.Attention[l], w.Wo, dx1, dAtt, g.Wo, g.Bo, T, C, C);
+            _linear.Backward(a.Attention[l], w.Wo, dx1, dAtt, g.Wo, g.Bo, T, C, C);
             var dq = new float[T * C];
             var dk = new float[T * kv];
             var dv = new float[T * kv];
@@ -217,9 +229,9 @@ public sealed class TrainableModel
                 RotaryEmbedding.Backward(dk.AsSpan(t * kv, kv), a.Positions[t], c.KvHeads, c.HeadDim, c.EffectiveRotaryDim, c.RopeTheta, c.RopeLayout);
             }
             var dn1 = new float[T * C];
-            Linear.Backward(a.AttnNormed[l], w.Wq, dq, dn1, g.Wq, g.Bq, T, C, C);
-            Linear.Backward(a.AttnNormed[l], w.Wk, dk, dn1, g.Wk, g.Bk, T, kv, C);
-            Linear.Backward(a.AttnNormed[l], w.Wv, dv, dn1, g.Wv, g.Bv, T, kv, C);
+            _linear.Backward(a.AttnNormed[l], w.Wq, dq, dn1, g.Wq, g.Bq, T, C, C);
+            _linear.Backward(a.AttnNormed[l], w.Wk, dk, dn1, g.Wk, g.Bk, T, kv, C);
+            _linear.Backward(a.AttnNormed[l], w.Wv, dv, dn1, g.Wv, g.Bv, T, kv, C);
             NormalizeRowsBackward(a.LayerInput[l], w.AttnNorm, dn1, dxIn, g.AttnNorm, g.AttnNormBias, T);
             dx = dxIn;
         }

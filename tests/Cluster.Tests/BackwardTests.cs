@@ -123,7 +123,9 @@ public sealed class BackwardTests
         const int m = 3, n = 5, k = 7;
         float[] x = Random(m * k, 13), w = Random(n * k, 14), b = Random(n, 15), r = Random(m * n, 16);
         float[] dx = new float[x.Length], dw = new float[w.Length], db = new float[n];
-        Cluster.Compute.Cpu.Linear.Backward(x, w, r, dx, dw, db, m, n, k);
+        using var pool = new WorkerPool(2);
+        using var linear = new Cluster.Compute.Cpu.Linear(pool);
+        linear.Backward(x, w, r, dx, dw, db, m, n, k);
         double Loss(double[] xs, double[] ws, double[] bs)
         {
             var y = new double[m * n];

@@ -24,7 +24,7 @@ public sealed class DataParallelTrainingTests(ClusterFixture fixture)
         await Task.WhenAll(trainers.Select((t, rank) => t.Start(Assignment(rank))));
 
         var loaded = RandomModel.Create("tiny", seed: 4);
-        var single = new TrainableModel(loaded.Config, loaded.Weights);
+        using var single = new TrainableModel(loaded.Config, loaded.Weights);
         var optimizer = new Optimizer(single, new OptimizerOptions
         {
             LearningRate = 1e-3f, MinLearningRate = 1e-4f, WarmupSteps = 1, TotalSteps = 10, WeightDecay = 0.1f, ClipNorm = 1f,

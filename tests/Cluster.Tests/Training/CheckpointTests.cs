@@ -30,16 +30,16 @@ public sealed class CheckpointTests
     [Fact]
     public void ResumingFromACheckpointIsBitwiseTheSameRun()
     {
-        var straight = new TrainableModel(Config, TestModels.RandomWeights(Config, 1));
+        using var straight = new TrainableModel(Config, TestModels.RandomWeights(Config, 1));
         var (straightLosses, _) = Run(straight, new Optimizer(straight, Options), Data(), default, 8);
 
-        var first = new TrainableModel(Config, TestModels.RandomWeights(Config, 1));
+        using var first = new TrainableModel(Config, TestModels.RandomWeights(Config, 1));
         var firstOptimizer = new Optimizer(first, Options);
         var (firstLosses, cursor) = Run(first, firstOptimizer, Data(), default, 3);
         using var dir = new TempDirectory();
         Checkpoint.Save(dir.Path, first, firstOptimizer, cursor);
 
-        var resumed = new TrainableModel(Config, TestModels.RandomWeights(Config, 99));   // other weights: the checkpoint overwrites them
+        using var resumed = new TrainableModel(Config, TestModels.RandomWeights(Config, 99));   // other weights: the checkpoint overwrites them
         var resumedOptimizer = new Optimizer(resumed, Options);
         var resumedCursor = Checkpoint.Load(dir.Path, resumed, resumedOptimizer);
         var (restLosses, _) = Run(resumed, resumedOptimizer, Data(), resumedCursor, 5);
@@ -53,14 +53,14 @@ public sealed class CheckpointTests
     [Fact]
     public void DamagedCheckpointsAreRefused()
     {
-        var model = new TrainableModel(Config, TestModels.RandomWeights(Config, 1));
+        using var model = new TrainableModel(Config, TestModels.RandomWeights(Config, 1));
         var optimizer = new Optimizer(model, Options);
         using var dir = new TempDirectory();
         Assert.Throws<ModelFormatException>(() => Checkpoint.Load(dir.Path, model, optimizer));              // nothing there
 
         Checkpoint.Save(dir.Path, model, optimizer, default);
         var other = TestModels.SmallConfig(Architecture.Llama) with { Layers = 3 };
-        var bigger = new TrainableModel(other, TestModels.RandomWeights(other, 1));
+        using var bigger = new TrainableModel(other, TestModels.RandomWeights(other, 1));
         Assert.Throws<ModelFormatException>(() => Checkpoint.Load(dir.Path, bigger, new Optimizer(bigger, Options)));   // another model
 
         File.WriteAllBytes(Path.Combine(dir.Path, Checkpoint.ManifestFile), [0xc1, 0x00]);

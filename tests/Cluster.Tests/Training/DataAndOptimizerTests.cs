@@ -58,7 +58,7 @@ public sealed class DataAndOptimizerTests
     public void ClippingBoundsTheGlobalNorm()
     {
         var config = TestModels.SmallConfig(Architecture.Llama);
-        var model = new TrainableModel(config, TestModels.RandomWeights(config, 3));
+        using var model = new TrainableModel(config, TestModels.RandomWeights(config, 3));
         foreach (var (_, _, gradient) in model.Parameters()) Array.Fill(gradient, 1f);
         double norm = Math.Sqrt(model.Parameters().Sum(p => (double)p.Gradient.Length));
         var optimizer = new Optimizer(model, new OptimizerOptions { ClipNorm = 1f });
@@ -74,7 +74,7 @@ public sealed class DataAndOptimizerTests
     public void TrainingOnGeneratedAdditionsLowersTheLoss()
     {
         var config = TestModels.SmallConfig(Architecture.Llama) with { VocabSize = 16, MaxSeqLen = 32 };
-        var model = new TrainableModel(config, TestModels.RandomWeights(config, 11));
+        using var model = new TrainableModel(config, TestModels.RandomWeights(config, 11));
         // Characters as tokens: digits 0-9, '+' 10, '=' 11, BOS 12.
         int Token(char ch) => ch switch { '+' => 10, '=' => 11, _ => ch - '0' };
         var documents = ArithmeticData.Additions(400, seed: 1).Select(text => new[] { 12 }.Concat(text.Select(Token)).ToArray());

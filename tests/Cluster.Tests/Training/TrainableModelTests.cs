@@ -25,7 +25,8 @@ public sealed class TrainableModelTests
             using var cache = inference.CreateCache(1, tokens.Length, 4);
             float[] expected = inference.Forward([new SequenceChunk(cache.CreateSequence(), tokens, AllLogits: true)], cache);
 
-            float[] actual = new TrainableModel(config, weights).Logits(tokens);
+            using var trainable = new TrainableModel(config, weights);
+            float[] actual = trainable.Logits(tokens);
 
             Assert.True(Reference.MaxRelativeError(actual, expected) <= 1e-5, $"max error {Reference.MaxRelativeError(actual, expected)}");
         }
@@ -36,7 +37,7 @@ public sealed class TrainableModelTests
     public void PackedDocumentsAreComputedAsIfAlone(Architecture architecture)
     {
         var (config, weights) = Small(3, architecture);
-        var model = new TrainableModel(config, weights);
+        using var model = new TrainableModel(config, weights);
         int[] first = [5, 9, 2, 40, 7], second = [11, 3, 3, 60];
         float[] packed = model.Logits([.. first, .. second], [.. first.Select(_ => 0), .. second.Select(_ => 1)]);
 
@@ -50,7 +51,7 @@ public sealed class TrainableModelTests
     public void GradientsAgreeWithFiniteDifferencesOfTheLoss(Architecture architecture)
     {
         var (config, weights) = Small(4, architecture);
-        var model = new TrainableModel(config, weights);
+        using var model = new TrainableModel(config, weights);
         var rng = new Random(5);
         TrainingSequence Sequence(int n) => new([.. Enumerable.Range(0, n).Select(_ => rng.Next(config.VocabSize))],
                                                 [.. Enumerable.Range(0, n).Select(i => i == 1 ? CrossEntropy.Ignore : rng.Next(config.VocabSize))]);
@@ -73,7 +74,7 @@ public sealed class TrainableModelTests
 
         double Loss()
         {
-            var probe = new TrainableModel(config, weights);   // shares the parameters; its own gradients are thrown away
+            using var probe = new TrainableModel(config, weights);   // shares the parameters; its own gradients are thrown away
             return probe.ForwardBackward(batch);
         }
     }
@@ -82,7 +83,7 @@ public sealed class TrainableModelTests
     public void AdamWStepsFitASmallSet()
     {
         var (config, weights) = Small(6);
-        var model = new TrainableModel(config, weights);
+        using var model = new TrainableModel(config, weights);
         var rng = new Random(7);
         TrainingSequence[] data = [.. Enumerable.Range(0, 4).Select(_ =>
         {
