@@ -80,6 +80,7 @@ public sealed class TrainableModel : IDisposable
     /// </summary>
     public float ForwardBackward(IReadOnlyList<TrainingSequence> batch)
     {
+        _linear.ForgetPacked();   // an optimizer may have changed the weights since the last call
         int total = batch.Sum(s => s.Targets.Count(t => t != CrossEntropy.Ignore));
         if (total == 0) throw new ArgumentException("the batch has no counted targets", nameof(batch));
         double loss = 0;
@@ -99,7 +100,11 @@ public sealed class TrainableModel : IDisposable
     }
 
     /// <summary>The logits (T, V) of every position (no gradients).</summary>
-    public float[] Logits(int[] tokens, int[]? documents = null) => Forward(tokens, documents).Logits;
+    public float[] Logits(int[] tokens, int[]? documents = null)
+    {
+        _linear.ForgetPacked();
+        return Forward(tokens, documents).Logits;
+    }
 
     /// <summary>What the forward keeps for the backward, per layer and for the head.</summary>
     private sealed class SavedActivations(int layers)

@@ -1,4 +1,6 @@
 // Cross-entropy of next-token logits against targets, with its gradient in one pass (llm.c's fused classifier).
+using System.Numerics.Tensors;
+
 namespace Cluster.Compute.Cpu;
 
 public static class CrossEntropy
@@ -27,11 +29,12 @@ public static class CrossEntropy
             if (targets[t] == Ignore) continue;
             var row = logits.Slice(t * vocab, vocab);
             var grad = dlogits.Slice(t * vocab, vocab);
-            float max = System.Numerics.Tensors.TensorPrimitives.Max(row);
-            double sum = 0;
-            for (int i = 0; i < vocab; i++) sum += Math.Exp(row[i] - max);
+            float max = TensorPrimitives.Max(row);
+            TensorPrimitives.Subtract(row, max, grad);
+            TensorPrimitives.Exp(grad, grad);                                   // exp(logit − max)
+            float sum = TensorPrimitives.Sum(grad);
             loss += Math.Log(sum) + max - row[targets[t]];
-            for (int i = 0; i < vocab; i++) grad[i] = (float)(Math.Exp(row[i] - max) / sum) / counted;
+            TensorPrimitives.Multiply(grad, 1f / (sum * counted), grad);       // softmax / counted
             grad[targets[t]] -= 1f / counted;
         }
         return (float)(loss / counted);

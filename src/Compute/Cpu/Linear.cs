@@ -1,7 +1,7 @@
 // A linear layer y (M, N) = x (M, K) · Wᵀ + b with W (N, K) row-major, forward and backward, on host spans for
 // training: dx (M, K) += dy · W, dW (N, K) += dyᵀ · x, db (N,) += Σ_m dy. Every product runs on the packed AVX-512
-// GEMM (Gemm.Multiply) over the worker pool: W is packed per call (training changes it every step), and the backward
-// feeds it the transposes it needs.
+// GEMM (Gemm.Multiply) over the worker pool. W (and the Wᵀ the backward multiplies by) is packed once and kept until
+// ForgetPacked, which the owner calls whenever the weights may have changed (an optimizer step).
 using System.Numerics.Tensors;
 using System.Runtime.InteropServices;
 
@@ -9,55 +9,83 @@ namespace Cluster.Compute.Cpu;
 
 public sealed unsafe class Linear(WorkerPool pool) : IDisposable
 {
-    private float* _packed;
-    private long _packedLength;
+    /// <summary>A matrix packed for Gemm.Multiply, in native memory.</summary>
+    private sealed class Packed : IDisposable
+    {
+        public Packed(ReadOnlySpan<float> b, int n, int k)
+        {
+            Pointer = (float*)NativeMemory.AlignedAlloc((nuint)(Gemm.PackedLength(n, k) * sizeof(float)), 64);
+            Gemm.Pack(b[..(n * k)], n, k, Pointer);
+        }
+
+        public float* Pointer { get; private set; }
+
+        public void Dispose()
+        {
+            NativeMemory.AlignedFree(Pointer);
+            Pointer = null;
+        }
+    }
+
+    private readonly Dictionary<float[], Packed> _weights = new(ReferenceEqualityComparer.Instance);             // W
+    private readonly Dictionary<float[], Packed> _transposedWeights = new(ReferenceEqualityComparer.Instance);   // Wᵀ
     private float[] _scratch = [];
     private float[] _product = [];
 
-    /// <summary>y (M, N) = x (M, K) · Wᵀ (+ b when not empty).</summary>
-    public void Forward(ReadOnlySpan<float> x, ReadOnlySpan<float> w, ReadOnlySpan<float> b, Span<float> y, int m, int n, int k)
+    /// <summary>Drops every packed weight: call when the weights may have changed.</summary>
+    public void ForgetPacked()
     {
-        Multiply(x, w, y, m, n, k);
+        foreach (var packed in _weights.Values.Concat(_transposedWeights.Values)) packed.Dispose();
+        _weights.Clear();
+        _transposedWeights.Clear();
+    }
+
+    /// <summary>y (M, N) = x (M, K) · Wᵀ (+ b when not empty).</summary>
+    public void Forward(ReadOnlySpan<float> x, float[] w, ReadOnlySpan<float> b, Span<float> y, int m, int n, int k)
+    {
+        if (!_weights.TryGetValue(w, out var packed)) _weights[w] = packed = new Packed(w, n, k);
+        Multiply(x, packed.Pointer, y, m, n, k);
         if (b.IsEmpty) return;
         for (int row = 0; row < m; row++) TensorPrimitives.Add(y.Slice(row * n, n), b, y.Slice(row * n, n));
     }
 
     /// <summary>dx (M, K) += dy · W, dW (N, K) += dyᵀ · x, db (N,) += Σ_m dy (db may be empty).</summary>
-    public void Backward(ReadOnlySpan<float> x, ReadOnlySpan<float> w, ReadOnlySpan<float> dy,
+    public void Backward(ReadOnlySpan<float> x, float[] w, ReadOnlySpan<float> dy,
         Span<float> dx, Span<float> dw, Span<float> db, int m, int n, int k)
     {
         var product = Product(Math.Max(m * k, n * k));
-        Multiply(dy, Transpose(w, n, k), product.AsSpan(0, m * k), m, k, n);                 // dy (M, N) · (Wᵀ)ᵀ
+        if (!_transposedWeights.TryGetValue(w, out var transposed)) _transposedWeights[w] = transposed = new Packed(Transpose(w, n, k), k, n);
+        Multiply(dy, transposed.Pointer, product.AsSpan(0, m * k), m, k, n);                  // dy (M, N) · (Wᵀ)ᵀ
         TensorPrimitives.Add(dx[..(m * k)], product.AsSpan(0, m * k), dx[..(m * k)]);
-        Multiply(Transpose(dy, m, n), Transpose(x, m, k), product.AsSpan(0, n * k), n, k, m); // dyᵀ (N, M) · (xᵀ)ᵀ
+        using (var xt = new Packed(Transpose(x, m, k), k, m))
+            Multiply(Transpose(dy, m, n), xt.Pointer, product.AsSpan(0, n * k), n, k, m);  // dyᵀ (N, M) · (xᵀ)ᵀ
         TensorPrimitives.Add(dw[..(n * k)], product.AsSpan(0, n * k), dw[..(n * k)]);
         if (db.IsEmpty) return;
         for (int row = 0; row < m; row++) TensorPrimitives.Add(db, dy.Slice(row * n, n), db);
     }
 
-    /// <summary>y (m, n) = a (m, k) · Bᵀ with B (n, k): packs B, then the GEMM.</summary>
-    private void Multiply(ReadOnlySpan<float> a, ReadOnlySpan<float> b, Span<float> y, int m, int n, int k)
+    /// <summary>y (m, n) = a (m, k) · Bᵀ with B (n, k) packed.</summary>
+    private void Multiply(ReadOnlySpan<float> a, float* packedB, Span<float> y, int m, int n, int k)
     {
-        long packed = Gemm.PackedLength(n, k);
-        if (packed > _packedLength)
-        {
-            NativeMemory.AlignedFree(_packed);
-            _packed = (float*)NativeMemory.AlignedAlloc((nuint)(packed * sizeof(float)), 64);
-            _packedLength = packed;
-        }
-        Gemm.Pack(b[..(n * k)], n, k, _packed);
         long scratch = Gemm.ScratchLength(m, k);
         if (_scratch.Length < scratch) _scratch = GC.AllocateUninitializedArray<float>(checked((int)scratch), pinned: true);
         fixed (float* pa = a, py = y, ps = _scratch)
-            Gemm.Multiply(pool, pa, m, k, _packed, n, py, ps);
+            Gemm.Multiply(pool, pa, m, k, packedB, n, py, ps);
     }
 
+    /// <summary>aᵀ (cols, rows) of a (rows, cols), in 32×32 tiles so reads and writes both stay in cache.</summary>
     private static float[] Transpose(ReadOnlySpan<float> a, int rows, int cols)
     {
+        const int Tile = 32;
         var t = GC.AllocateUninitializedArray<float>(rows * cols);
-        for (int r = 0; r < rows; r++)
-            for (int c = 0; c < cols; c++)
-                t[c * rows + r] = a[r * cols + c];
+        for (int r0 = 0; r0 < rows; r0 += Tile)
+            for (int c0 = 0; c0 < cols; c0 += Tile)
+            {
+                int r1 = Math.Min(rows, r0 + Tile), c1 = Math.Min(cols, c0 + Tile);
+                for (int r = r0; r < r1; r++)
+                    for (int c = c0; c < c1; c++)
+                        t[c * rows + r] = a[r * cols + c];
+            }
         return t;
     }
 
@@ -67,10 +95,5 @@ public sealed unsafe class Linear(WorkerPool pool) : IDisposable
         return _product;
     }
 
-    public void Dispose()
-    {
-        NativeMemory.AlignedFree(_packed);
-        _packed = null;
-        _packedLength = 0;
-    }
+    public void Dispose() => ForgetPacked();
 }
