@@ -76,47 +76,42 @@ public sealed class TrainableModel : IDisposable
 
     /// <summary>
     /// Forward and backward over a batch: returns the mean cross-entropy over every counted target of the batch and
-    /// adds its gradient to <see cref="Gradients"/> (call ZeroGradients between optimizer steps).
+    /// adds its gradient to <see cref="Gradients"/> (call ZeroGradients between optimizer steps). The batch's sequences
+    /// go through every product together, as rows of one matrix; attention keeps to each sequence.
     /// </summary>
     public float ForwardBackward(IReadOnlyList<TrainingSequence> batch)
     {
         _linear.ForgetPacked();   // an optimizer may have changed the weights since the last call
-        int total = batch.Sum(s => s.Targets.Count(t => t != CrossEntropy.Ignore));
-        if (total == 0) throw new ArgumentException("the batch has no counted targets", nameof(batch));
-        double loss = 0;
         foreach (var sequence in batch)
-        {
-            var activations = Forward(sequence.Tokens, sequence.Documents);
-            int counted = sequence.Targets.Count(t => t != CrossEntropy.Ignore);
-            if (counted == 0) continue;
-            var dlogits = new float[activations.Logits.Length];
-            float sequenceLoss = CrossEntropy.LossAndGradient(activations.Logits, sequence.Targets, dlogits, Config.VocabSize);
-            float share = counted / (float)total;   // the batch mean weighs each counted target equally
-            System.Numerics.Tensors.TensorPrimitives.Multiply(dlogits, share, dlogits);
-            loss += sequenceLoss * share;
-            Backward(sequence.Tokens, activations, dlogits);
-        }
-        return (float)loss;
+            if (sequence.Targets.Length != sequence.Tokens.Length) throw new ArgumentException("a sequence needs one target per token", nameof(batch));
+        int[] targets = [.. batch.SelectMany(s => s.Targets)];
+        if (targets.All(t => t == CrossEntropy.Ignore)) throw new ArgumentException("the batch has no counted targets", nameof(batch));
+        var activations = Forward(batch);
+        var dlogits = new float[activations.Logits.Length];
+        float loss = CrossEntropy.LossAndGradient(activations.Logits, targets, dlogits, Config.VocabSize);
+        Backward(activations, dlogits);
+        return loss;
     }
 
     /// <summary>The logits (T, V) of every position (no gradients).</summary>
     public float[] Logits(int[] tokens, int[]? documents = null)
     {
         _linear.ForgetPacked();
-        return Forward(tokens, documents).Logits;
+        return Forward([new TrainingSequence(tokens, new int[tokens.Length], documents)]).Logits;
     }
 
-    /// <summary>What the forward keeps for the backward, per layer and for the head.</summary>
+    /// <summary>What the forward keeps for the backward, per layer and for the head; T counts the tokens of the whole batch.</summary>
     private sealed class SavedActivations(int layers)
     {
+        public required int[] Tokens;                    // (T,)
         public required int[] Positions;                 // (T,)
-        public required int[] Documents;                 // (T,) or empty
+        public required (int Offset, int Length, int[] Documents)[] Sequences;   // each sequence's rows and document ids (or empty)
         public readonly float[][] LayerInput = new float[layers][];     // (T, C)
         public readonly float[][] AttnNormed = new float[layers][];     // (T, C)
         public readonly float[][] Q = new float[layers][];              // (T, C)    after RoPE
         public readonly float[][] K = new float[layers][];              // (T, kv)   after RoPE
         public readonly float[][] V = new float[layers][];              // (T, kv)
-        public readonly float[][] Probs = new float[layers][];          // (nh, T, T)
+        public readonly float[][][] Probs = new float[layers][][];      // per sequence (nh, Ti, Ti)
         public readonly float[][] Attention = new float[layers][];      // (T, C)
         public readonly float[][] Residual = new float[layers][];       // (T, C)    x after attention
         public readonly float[][] FfnNormed = new float[layers][];      // (T, C)
@@ -128,24 +123,32 @@ public sealed class TrainableModel : IDisposable
         public float[] Logits = [];                                     // (T, V)
     }
 
-    private SavedActivations Forward(int[] tokens, int[]? documents)
+    private SavedActivations Forward(IReadOnlyList<TrainingSequence> batch)
     {
         var c = Config;
-        int T = tokens.Length, C = c.Dim, H = c.HiddenDim, kv = c.KvDim, V = c.VocabSize;
-        if (T == 0) throw new ArgumentException("a training sequence needs tokens", nameof(tokens));
-        if (T > c.MaxSeqLen) throw new ArgumentException($"a sequence of {T} tokens is longer than the context of {c.MaxSeqLen}", nameof(tokens));
-        if (documents is not null && documents.Length != T) throw new ArgumentException("documents must give one id per token", nameof(documents));
-        foreach (int token in tokens)
-            if ((uint)token >= (uint)V) throw new ArgumentOutOfRangeException(nameof(tokens), token, $"token outside the vocabulary of {V}");
-        var a = new SavedActivations(c.Layers) { Positions = PositionsOf(T, documents), Documents = documents ?? [] };
+        int T = batch.Sum(s => s.Tokens.Length), C = c.Dim, H = c.HiddenDim, kv = c.KvDim, V = c.VocabSize;
+        if (batch.Count == 0 || batch.Any(s => s.Tokens.Length == 0)) throw new ArgumentException("every training sequence needs tokens", nameof(batch));
+        var sequences = new (int, int, int[])[batch.Count];
+        var positions = new int[T];
+        for (int i = 0, offset = 0; i < batch.Count; offset += batch[i].Tokens.Length, i++)
+        {
+            var (tokens, documents) = (batch[i].Tokens, batch[i].Documents);
+            if (tokens.Length > c.MaxSeqLen) throw new ArgumentException($"a sequence of {tokens.Length} tokens is longer than the context of {c.MaxSeqLen}", nameof(batch));
+            if (documents is not null && documents.Length != tokens.Length) throw new ArgumentException("documents must give one id per token", nameof(batch));
+            foreach (int token in tokens)
+                if ((uint)token >= (uint)V) throw new ArgumentOutOfRangeException(nameof(batch), token, $"token outside the vocabulary of {V}");
+            sequences[i] = (offset, tokens.Length, documents ?? []);
+            PositionsOf(tokens.Length, documents).CopyTo(positions, offset);
+        }
+        var a = new SavedActivations(c.Layers) { Tokens = [.. batch.SelectMany(s => s.Tokens)], Positions = positions, Sequences = sequences };
         bool llama = c.Architecture == Architecture.Llama;
 
         var x = new float[T * C];                                                            // (T, C)
         for (int t = 0; t < T; t++)
         {
-            Weights.TokenEmbedding.AsSpan(tokens[t] * C, C).CopyTo(x.AsSpan(t * C));
-            if (Weights.PositionEmbedding is { } positions)                                 // GPT-2: learned positions
-                System.Numerics.Tensors.TensorPrimitives.Add(x.AsSpan(t * C, C), positions.AsSpan(a.Positions[t] * C, C), x.AsSpan(t * C, C));
+            Weights.TokenEmbedding.AsSpan(a.Tokens[t] * C, C).CopyTo(x.AsSpan(t * C));
+            if (Weights.PositionEmbedding is { } learned)                                   // GPT-2: learned positions
+                System.Numerics.Tensors.TensorPrimitives.Add(x.AsSpan(t * C, C), learned.AsSpan(a.Positions[t] * C, C), x.AsSpan(t * C, C));
         }
         for (int l = 0; l < c.Layers; l++)
         {
@@ -164,8 +167,14 @@ public sealed class TrainableModel : IDisposable
                 RotaryEmbedding.Apply(k.AsSpan(t * kv, kv), a.Positions[t], c.KvHeads, c.HeadDim, c.EffectiveRotaryDim, c.RopeTheta, c.RopeLayout);
             }
             var att = a.Attention[l] = new float[T * C];
-            var probs = a.Probs[l] = new float[c.Heads * T * T];
-            CausalAttention.Forward(q, k, v, att, probs, a.Documents, T, c.Heads, c.KvHeads, c.HeadDim);
+            a.Probs[l] = new float[a.Sequences.Length][];
+            for (int i = 0; i < a.Sequences.Length; i++)
+            {
+                var (offset, length, documents) = a.Sequences[i];
+                var probs = a.Probs[l][i] = new float[c.Heads * length * length];
+                CausalAttention.Forward(q.AsSpan(offset * C, length * C), k.AsSpan(offset * kv, length * kv), v.AsSpan(offset * kv, length * kv),
+                    att.AsSpan(offset * C, length * C), probs, documents, length, c.Heads, c.KvHeads, c.HeadDim);
+            }
             var x1 = a.Residual[l] = new float[T * C];
             _linear.Forward(att, w.Wo, w.Bo, x1, T, C, C);
             System.Numerics.Tensors.TensorPrimitives.Add(x1, x, x1);
@@ -192,10 +201,10 @@ public sealed class TrainableModel : IDisposable
         return a;
     }
 
-    private void Backward(int[] tokens, SavedActivations a, float[] dlogits)
+    private void Backward(SavedActivations a, float[] dlogits)
     {
         var c = Config;
-        int T = tokens.Length, C = c.Dim, H = c.HiddenDim, kv = c.KvDim, V = c.VocabSize;
+        int T = a.Tokens.Length, C = c.Dim, H = c.HiddenDim, kv = c.KvDim, V = c.VocabSize;
         var dFinalNormed = new float[T * C];
         _linear.Backward(a.FinalNormed, Weights.Output ?? Weights.TokenEmbedding, dlogits, dFinalNormed,
             Gradients.Output ?? Gradients.TokenEmbedding, [], T, V, C);
@@ -227,7 +236,12 @@ public sealed class TrainableModel : IDisposable
             var dq = new float[T * C];
             var dk = new float[T * kv];
             var dv = new float[T * kv];
-            CausalAttention.Backward(a.Q[l], a.K[l], a.V[l], a.Probs[l], dAtt, dq, dk, dv, T, c.Heads, c.KvHeads, c.HeadDim);
+            for (int i = 0; i < a.Sequences.Length; i++)
+            {
+                var (o, n, _) = a.Sequences[i];
+                CausalAttention.Backward(a.Q[l].AsSpan(o * C, n * C), a.K[l].AsSpan(o * kv, n * kv), a.V[l].AsSpan(o * kv, n * kv), a.Probs[l][i],
+                    dAtt.AsSpan(o * C, n * C), dq.AsSpan(o * C, n * C), dk.AsSpan(o * kv, n * kv), dv.AsSpan(o * kv, n * kv), n, c.Heads, c.KvHeads, c.HeadDim);
+            }
             for (int t = 0; t < T && llama; t++)
             {
                 RotaryEmbedding.Backward(dq.AsSpan(t * C, C), a.Positions[t], c.Heads, c.HeadDim, c.EffectiveRotaryDim, c.RopeTheta, c.RopeLayout);
@@ -240,7 +254,7 @@ public sealed class TrainableModel : IDisposable
             NormalizeRowsBackward(a.LayerInput[l], w.AttnNorm, dn1, dxIn, g.AttnNorm, g.AttnNormBias, T);
             dx = dxIn;
         }
-        EmbeddingBackward.Backward(tokens, dx, Gradients.TokenEmbedding, C);
+        EmbeddingBackward.Backward(a.Tokens, dx, Gradients.TokenEmbedding, C);
         if (Gradients.PositionEmbedding is { } dPositions) EmbeddingBackward.Backward(a.Positions, dx, dPositions, C);
     }
 
