@@ -31,6 +31,7 @@ public sealed unsafe class Linear(WorkerPool pool) : IDisposable
     private readonly Dictionary<float[], Packed> _transposedWeights = new(ReferenceEqualityComparer.Instance);   // Wᵀ
     private float[] _scratch = [];
     private float[] _product = [];
+    private float[] _transposedX = [], _transposedDy = [];   // reused: the head's dyᵀ alone is tens of MB
 
     /// <summary>Drops every packed weight: call when the weights may have changed.</summary>
     public void ForgetPacked()
@@ -54,11 +55,20 @@ public sealed unsafe class Linear(WorkerPool pool) : IDisposable
         Span<float> dx, Span<float> dw, Span<float> db, int m, int n, int k)
     {
         var product = Product(Math.Max(m * k, n * k));
-        if (!_transposedWeights.TryGetValue(w, out var transposed)) _transposedWeights[w] = transposed = new Packed(Transpose(w, n, k), k, n);
+        if (!_transposedWeights.TryGetValue(w, out var transposed))
+        {
+            var wt = new float[n * k];
+            Transpose(w, n, k, wt);
+            _transposedWeights[w] = transposed = new Packed(wt, k, n);
+        }
         Multiply(dy, transposed.Pointer, product.AsSpan(0, m * k), m, k, n);                  // dy (M, N) · (Wᵀ)ᵀ
         TensorPrimitives.Add(dx[..(m * k)], product.AsSpan(0, m * k), dx[..(m * k)]);
-        using (var xt = new Packed(Transpose(x, m, k), k, m))
-            Multiply(Transpose(dy, m, n), xt.Pointer, product.AsSpan(0, n * k), n, k, m);  // dyᵀ (N, M) · (xᵀ)ᵀ
+        Grow(ref _transposedX, m * k);
+        Grow(ref _transposedDy, m * n);
+        Transpose(x, m, k, _transposedX);
+        Transpose(dy, m, n, _transposedDy);
+        using (var xt = new Packed(_transposedX, k, m))
+            Multiply(_transposedDy.AsSpan(0, m * n), xt.Pointer, product.AsSpan(0, n * k), n, k, m);  // dyᵀ (N, M) · (xᵀ)ᵀ
         TensorPrimitives.Add(dw[..(n * k)], product.AsSpan(0, n * k), dw[..(n * k)]);
         if (db.IsEmpty) return;
         for (int row = 0; row < m; row++) TensorPrimitives.Add(db, dy.Slice(row * n, n), db);
@@ -73,11 +83,10 @@ public sealed unsafe class Linear(WorkerPool pool) : IDisposable
             Gemm.Multiply(pool, pa, m, k, packedB, n, py, ps);
     }
 
-    /// <summary>aᵀ (cols, rows) of a (rows, cols), in 32×32 tiles so reads and writes both stay in cache.</summary>
-    private static float[] Transpose(ReadOnlySpan<float> a, int rows, int cols)
+    /// <summary>t (cols, rows) = aᵀ of a (rows, cols), in 32×32 tiles so reads and writes both stay in cache.</summary>
+    private static void Transpose(ReadOnlySpan<float> a, int rows, int cols, Span<float> t)
     {
         const int Tile = 32;
-        var t = GC.AllocateUninitializedArray<float>(rows * cols);
         for (int r0 = 0; r0 < rows; r0 += Tile)
             for (int c0 = 0; c0 < cols; c0 += Tile)
             {
@@ -86,12 +95,16 @@ public sealed unsafe class Linear(WorkerPool pool) : IDisposable
                     for (int c = c0; c < c1; c++)
                         t[c * rows + r] = a[r * cols + c];
             }
-        return t;
+    }
+
+    private static void Grow(ref float[] buffer, int length)
+    {
+        if (buffer.Length < length) buffer = GC.AllocateUninitializedArray<float>(length);
     }
 
     private float[] Product(int length)
     {
-        if (_product.Length < length) _product = GC.AllocateUninitializedArray<float>(length, pinned: true);
+        Grow(ref _product, length);
         return _product;
     }
 
