@@ -20,7 +20,9 @@ public sealed record TrainerAssignment(
     [property: Id(6)] int WarmupSteps,
     [property: Id(7)] int TotalSteps,
     [property: Id(8)] float WeightDecay,
-    [property: Id(9)] float ClipNorm);
+    [property: Id(9)] float ClipNorm,
+    /// <summary>0: every replica keeps the whole optimizer state; 1: ZeRO-1, each keeps its slice's.</summary>
+    [property: Id(10)] int ZeroStage = 0);
 
 /// <summary>This trainer's part of one step's global batch; GlobalTargets counts the targets of the whole batch.</summary>
 [GenerateSerializer, Immutable]

@@ -12,7 +12,8 @@ namespace Cluster.Grains;
 [PinnedShardPlacement, Reentrant]
 public sealed class TrainerGrain(IGrainFactory grains, IOptions<ShardOptions> options) : Grain, ITrainerGrain
 {
-    private sealed record Run(TrainerAssignment Assignment, TrainableModel Model, Optimizer Optimizer, CollectiveGroup? Group);
+    /// <summary>A started run: with ZeRO-1 the optimizer is a ShardedOptimizer over this replica's slice, else a whole Optimizer.</summary>
+    private sealed record Run(TrainerAssignment Assignment, TrainableModel Model, Optimizer? Optimizer, ShardedOptimizer? Sharded, CollectiveGroup? Group);
 
     private readonly EpochInbox _inbox = new();
     private DeviceWorker? _worker;
@@ -24,25 +25,29 @@ public sealed class TrainerGrain(IGrainFactory grains, IOptions<ShardOptions> op
     {
         if (a.Group.Length == 0 || (uint)a.Rank >= (uint)a.Group.Length)
             throw new ArgumentException($"rank {a.Rank} is not in a group of {a.Group.Length}");
+        if (a.ZeroStage is not (0 or 1)) throw new ArgumentException($"ZeRO stage {a.ZeroStage} is not supported (0 or 1)");
         var mailbox = _inbox.Begin(a.Epoch, new InvalidOperationException($"trainer {this.GetPrimaryKeyString()}: epoch {a.Epoch} began"));
         var previous = _run;
         _run = null;
         int threads = options.Value.DeviceThreads;
-        var (model, optimizer) = await Worker.Run(() =>
+        var (model, optimizer, sharded) = await Worker.Run(() =>
         {
             previous?.Model.Dispose();
             var loaded = ModelSources.Load(a.Source);
             var model = new TrainableModel(loaded.Config, loaded.Weights, threads);
-            return (model, new Optimizer(model, new OptimizerOptions
+            var options = new OptimizerOptions
             {
                 LearningRate = a.LearningRate, MinLearningRate = a.MinLearningRate, WarmupSteps = a.WarmupSteps,
                 TotalSteps = a.TotalSteps, WeightDecay = a.WeightDecay, ClipNorm = a.ClipNorm,
-            }));
+            };
+            return a.ZeroStage == 1
+                ? (model, (Optimizer?)null, new ShardedOptimizer(model, options, a.Rank, a.Group.Length))
+                : (model, new Optimizer(model, options), (ShardedOptimizer?)null);
         });
         var group = a.Group.Length > 1
             ? new CollectiveGroup(new GrainGroupTransport(key => grains.GetGrain<ITrainerGrain>(key), a.Group, a.Rank, a.Epoch, mailbox))
             : null;
-        _run = new Run(a, model, optimizer, group);
+        _run = new Run(a, model, optimizer, sharded, group);
     }
 
     public Task<TrainingStepReport> Step(TrainingStepMessage step)
@@ -58,8 +63,9 @@ public sealed class TrainerGrain(IGrainFactory grains, IOptions<ShardOptions> op
             int counted = batch.Sum(s => s.Targets.Count(t => t != Compute.Cpu.CrossEntropy.Ignore));
             float loss = counted > 0 ? model.ForwardBackward(batch) : 0f;
             float share = counted / (float)step.GlobalTargets;   // this replica's part of the global mean
+            if (run.Sharded is { } sharded) return ZeroStep(model, share, run.Group, sharded, loss * share);
             SumGradientsOverGroup(model, share, run.Group);
-            var (lr, norm) = run.Optimizer.Apply();
+            var (lr, norm) = run.Optimizer!.Apply();
             return new TrainingStepReport(run.Optimizer.Step, loss * share, lr, norm);
         });
     }
@@ -87,6 +93,39 @@ public sealed class TrainerGrain(IGrainFactory grains, IOptions<ShardOptions> op
             flat.AsSpan(offset, g.Length).CopyTo(g);
             offset += g.Length;
         }
+    }
+
+    /// <summary>
+    /// ZeRO-1: the weighted gradients are reduce-scattered (each replica gets the sum of its slice), the global norm
+    /// comes from an all-reduce of the slices' sums of squares, each replica updates its slice, and an all-gather
+    /// hands every replica the whole updated parameters.
+    /// </summary>
+    private static TrainingStepReport ZeroStep(TrainableModel model, float share, CollectiveGroup? group, ShardedOptimizer optimizer, float lossShare)
+    {
+        var parameters = model.Parameters().ToArray();
+        var gradients = new float[optimizer.TotalLength];
+        var values = new float[optimizer.TotalLength];
+        int offset = 0;
+        foreach (var (_, parameter, gradient) in parameters)
+        {
+            System.Numerics.Tensors.TensorPrimitives.Multiply(gradient, share, gradients.AsSpan(offset, gradient.Length));
+            parameter.CopyTo(values, offset);
+            offset += parameter.Length;
+        }
+        float[] mine = group is null ? gradients : group.ReduceScatter(gradients).GetAwaiter().GetResult();   // (Count,)
+        float[] squares = [System.Numerics.Tensors.TensorPrimitives.SumOfSquares(mine)];
+        group?.AllReduce(squares).GetAwaiter().GetResult();
+        float norm = MathF.Sqrt(squares[0]);
+        float[] slice = values.AsSpan(optimizer.Offset, optimizer.Count).ToArray();
+        float lr = optimizer.Apply(slice, mine, norm);
+        float[] updated = group is null ? slice : group.AllGather(slice).GetAwaiter().GetResult();   // (TotalLength,)
+        offset = 0;
+        foreach (var (_, parameter, _) in parameters)
+        {
+            updated.AsSpan(offset, parameter.Length).CopyTo(parameter);
+            offset += parameter.Length;
+        }
+        return new TrainingStepReport(optimizer.Step, lossShare, lr, norm);
     }
 
     public Task<byte[]> ParameterBytes()

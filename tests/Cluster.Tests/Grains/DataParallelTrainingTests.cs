@@ -1,6 +1,6 @@
 // Data-parallel training on trainer grains across the 2-silo cluster: two replicas, each taking half of every global
 // batch, summing their gradients with the ring all-reduce, end every step with the same weights as one trainer that
-// took the whole batch (within 1e-5), and the replicas hold exactly the same bits. (The sums run in another order, and
+// took the whole batch (within 1e-5), with or without ZeRO-1, and the replicas hold exactly the same bits. (The sums run in another order, and
 // Adam's first steps divide each gradient by its own size, so the learning rate bounds the difference: 1e-3 here.)
 using System.Runtime.InteropServices;
 using Cluster.Contracts;
@@ -12,15 +12,17 @@ namespace Cluster.Tests.Grains;
 [Collection(nameof(ClusterCollection))]
 public sealed class DataParallelTrainingTests(ClusterFixture fixture)
 {
-    [Fact]
-    public async Task TwoReplicasTrainLikeOneWithTheWholeBatch()
+    [Theory]
+    [InlineData(0)]
+    [InlineData(1)]   // ZeRO-1: each replica keeps and updates only its slice of the optimizer state
+    public async Task TwoReplicasTrainLikeOneWithTheWholeBatch(int zeroStage)
     {
         var source = ModelSource.Random("tiny", seed: 4);
         string[] silos = [.. fixture.Cluster.Silos.Select(s => s.Name)];
-        string[] group = [$"dp-test/0@{silos[0]}", $"dp-test/1@{silos[1]}"];
+        string[] group = [$"dp-zero{zeroStage}/0@{silos[0]}", $"dp-zero{zeroStage}/1@{silos[1]}"];
         var trainers = group.Select(k => fixture.Cluster.Client.GetGrain<ITrainerGrain>(k)).ToArray();
         TrainerAssignment Assignment(int rank) => new(source, group, rank, Epoch: 1, LearningRate: 1e-3f, MinLearningRate: 1e-4f,
-            WarmupSteps: 1, TotalSteps: 10, WeightDecay: 0.1f, ClipNorm: 1f);
+            WarmupSteps: 1, TotalSteps: 10, WeightDecay: 0.1f, ClipNorm: 1f, ZeroStage: zeroStage);
         await Task.WhenAll(trainers.Select((t, rank) => t.Start(Assignment(rank))));
 
         var loaded = RandomModel.Create("tiny", seed: 4);

@@ -92,4 +92,39 @@ public sealed class DataAndOptimizerTests
         }
         Assert.True(last < 0.6f * first, $"loss went from {first} to {last}");
     }
+
+    [Fact]
+    public void ZeroSlicesTogetherMakeTheSameStepAsOneOptimizer()
+    {
+        var config = TestModels.SmallConfig(Architecture.Gpt2);   // biases and norms: the slices cut across decayed and undecayed tensors
+        var options = new OptimizerOptions { LearningRate = 1e-2f, WarmupSteps = 1, TotalSteps = 5, WeightDecay = 0.1f, ClipNorm = 0.5f };
+        using var whole = new TrainableModel(config, TestModels.RandomWeights(config, 21));
+        using var sliced = new TrainableModel(config, TestModels.RandomWeights(config, 21));
+        var optimizer = new Optimizer(whole, options);
+        const int replicas = 3;
+        var shards = Enumerable.Range(0, replicas).Select(r => new ShardedOptimizer(sliced, options, r, replicas)).ToArray();
+        Assert.Equal(shards[0].TotalLength, shards.Sum(z => z.Count));                                  // the slices cover everything once
+        Assert.All(shards.Skip(1).Zip(shards), pair => Assert.Equal(pair.Second.Offset + pair.Second.Count, pair.First.Offset));
+
+        for (int step = 1; step <= 3; step++)
+        {
+            float[] gradient = Reference.Random(shards[0].TotalLength, 40 + step);
+            int offset = 0;
+            foreach (var (_, _, g) in whole.Parameters()) { gradient.AsSpan(offset, g.Length).CopyTo(g); offset += g.Length; }
+            double squares = whole.Parameters().Sum(p => (double)System.Numerics.Tensors.TensorPrimitives.SumOfSquares(p.Gradient));
+            optimizer.Apply();
+
+            float[] values = [.. sliced.Parameters().SelectMany(p => p.Parameter)];
+            foreach (var shard in shards)
+            {
+                var slice = values.AsSpan(shard.Offset, shard.Count).ToArray();
+                shard.Apply(slice, gradient.AsSpan(shard.Offset, shard.Count).ToArray(), (float)Math.Sqrt(squares));
+                slice.CopyTo(values, shard.Offset);
+            }
+            offset = 0;
+            foreach (var (_, p, _) in sliced.Parameters()) { values.AsSpan(offset, p.Length).CopyTo(p); offset += p.Length; }
+        }
+        foreach (var (a, b) in whole.Parameters().Zip(sliced.Parameters()))
+            Assert.True(a.Parameter.AsSpan().SequenceEqual(b.Parameter), $"{a.Name} differs");
+    }
 }

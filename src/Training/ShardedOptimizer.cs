@@ -1,0 +1,58 @@
+// ZeRO stage 1 (Rajbhandari et al.): each of N data-parallel replicas keeps AdamW's moments for its own contiguous
+// slice of the flattened parameters only (1/N of the optimizer state), and updates just that slice from the
+// reduce-scattered gradient; the replicas then all-gather the updated slices. The update of each element is the
+// same AdamW as Optimizer's, so a ZeRO run matches a plain one up to the gradient norm's summation order.
+using Cluster.Compute.Collectives;
+using Cluster.Compute.Cpu;
+
+namespace Cluster.Training;
+
+public sealed class ShardedOptimizer
+{
+    private readonly OptimizerOptions _options;
+    private readonly (int Start, int Length, bool Decay)[] _runs;   // parts of this slice, by the tensor they belong to
+    private readonly float[] _m, _v;
+
+    public ShardedOptimizer(TrainableModel model, OptimizerOptions options, int rank, int worldSize)
+    {
+        _options = options;
+        var tensors = model.Parameters().Select(p => (p.Name, p.Parameter.Length)).ToArray();
+        TotalLength = tensors.Sum(t => t.Length);
+        (Offset, Count) = CollectiveGroup.Partition(TotalLength, worldSize, rank);
+        var runs = new List<(int, int, bool)>();
+        int start = 0;
+        foreach (var (name, length) in tensors)
+        {
+            int from = Math.Max(start, Offset), to = Math.Min(start + length, Offset + Count);
+            if (from < to) runs.Add((from - Offset, to - from, TrainableModel.IsMatrix(name)));
+            start += length;
+        }
+        _runs = [.. runs];
+        _m = new float[Count];
+        _v = new float[Count];
+    }
+
+    /// <summary>Length of the flattened parameters (every tensor of TrainableModel.Parameters, in order).</summary>
+    public int TotalLength { get; }
+    /// <summary>This replica's slice of the flattened parameters.</summary>
+    public int Offset { get; }
+    public int Count { get; }
+    public int Step { get; private set; }
+
+    /// <summary>
+    /// One AdamW step on this replica's slice: <paramref name="parameters"/> and <paramref name="gradients"/> are the
+    /// slice (Count,), the gradient already summed over replicas; <paramref name="globalNorm"/> is the whole gradient's
+    /// L2 norm, for clipping. Returns the learning rate used.
+    /// </summary>
+    public float Apply(Span<float> parameters, Span<float> gradients, float globalNorm)
+    {
+        Step++;
+        float clip = _options.ClipNorm > 0 && globalNorm > _options.ClipNorm ? _options.ClipNorm / globalNorm : 1f;
+        if (clip != 1f) System.Numerics.Tensors.TensorPrimitives.Multiply(gradients, clip, gradients);
+        float lr = _options.LearningRateAt(Step);
+        foreach (var (start, length, decay) in _runs)
+            AdamW.Update(parameters.Slice(start, length), gradients.Slice(start, length), _m.AsSpan(start, length), _v.AsSpan(start, length),
+                Step, lr, _options.Beta1, _options.Beta2, _options.Eps, decay ? _options.WeightDecay : 0f);
+        return lr;
+    }
+}
