@@ -1,0 +1,62 @@
+// Training jobs on the 2-silo cluster: a data-parallel job over both silos runs to completion with its loss
+// falling, publishing every step; a cancelled job stops; a bad spec is refused.
+using Cluster.Contracts;
+
+namespace Cluster.Tests.Grains;
+
+[Collection(nameof(ClusterCollection))]
+public sealed class TrainingJobTests(ClusterFixture fixture)
+{
+    private IGrainFactory Grains => fixture.Cluster.Client;
+
+    private TrainingJobSpec Spec(int steps) => new()
+    {
+        Source = ModelSource.Random("tiny", seed: 3), Steps = steps, BatchSize = 4, SequenceLength = 32, LearningRate = 3e-3f,
+        WarmupSteps = 2, DataParallel = 2, Silos = [.. fixture.Cluster.Silos.Select(s => s.Name)],
+    };
+
+    [Fact]
+    public async Task ADataParallelJobRunsToCompletionAndItsLossFalls()
+    {
+        var job = Grains.GetGrain<ITrainingJobGrain>("job-complete");
+        var submitted = await job.Submit(Spec(30));
+        Assert.Equal(30, submitted.Steps);
+
+        var events = new List<TrainingJobEvent>();
+        await foreach (var e in job.Events().WithCancellation(TestContext.Current.CancellationToken)) events.Add(e);
+
+        Assert.Equal(TrainingJobState.Completed, events[^1].State);
+        var steps = events.Where(e => e.State == TrainingJobState.Running && e.Step > 0).ToList();
+        Assert.Equal(Enumerable.Range(1, 30), steps.Select(e => e.Step));
+        Assert.True(steps[^1].Loss < 0.7f * steps[0].Loss, $"loss went from {steps[0].Loss} to {steps[^1].Loss}");
+        var status = await job.Status();
+        Assert.Equal(TrainingJobState.Completed, status!.State);
+        Assert.Equal(30, status.Step);
+    }
+
+    [Fact]
+    public async Task ACancelledJobStops()
+    {
+        var job = Grains.GetGrain<ITrainingJobGrain>("job-cancel");
+        await job.Submit(Spec(100_000));
+        var events = new List<TrainingJobEvent>();
+        await foreach (var e in job.Events().WithCancellation(TestContext.Current.CancellationToken))
+        {
+            events.Add(e);
+            if (e.Step == 2) await job.Cancel();
+        }
+        Assert.Equal(TrainingJobState.Cancelled, events[^1].State);
+        Assert.True(events[^1].Step < 100, $"stopped at step {events[^1].Step}");
+    }
+
+    [Fact]
+    public async Task BadSpecsAreRefusedAndUnknownJobsHaveNoStatus()
+    {
+        var job = Grains.GetGrain<ITrainingJobGrain>("job-bad");
+        await Assert.ThrowsAsync<ArgumentException>(() => job.Submit(Spec(10) with { BatchSize = 1 }));           // fewer sequences than replicas
+        await Assert.ThrowsAsync<ArgumentException>(() => job.Submit(Spec(10) with { LearningRate = float.NaN }));
+        await Assert.ThrowsAsync<ArgumentException>(() => job.Submit(Spec(10) with { Dataset = "documents" }));   // without documents
+        Assert.Null(await job.Status());
+        Assert.Null(await Grains.GetGrain<ITrainingJobGrain>("job-none").Cancel());
+    }
+}
