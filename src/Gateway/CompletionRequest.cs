@@ -1,6 +1,7 @@
 // A validated /v1/completions or /v1/chat/completions request, parsed by hand from the JSON body so every bad
 // input maps to a 400 in the OpenAI error shape. Unknown fields are ignored; JSON null counts as absent.
 using System.Text.Json;
+using static Cluster.Gateway.JsonFields;
 
 namespace Cluster.Gateway;
 
@@ -12,13 +13,9 @@ public sealed record CompletionRequest(
 
     public static CompletionRequest Parse(ReadOnlyMemory<byte> body, bool chat)
     {
-        JsonDocument document;
-        try { document = JsonDocument.Parse(body); }
-        catch (JsonException e) { throw new ApiError(400, $"The request body is not valid JSON: {e.Message}"); }
-        using (document)
+        using (var document = ParseObject(body))
         {
             var root = document.RootElement;
-            if (root.ValueKind != JsonValueKind.Object) throw new ApiError(400, "The request body must be a JSON object.");
             string model = Get(root, "model") is { } m ? String(m, "model") : throw Missing("model");
             if (model.Length == 0) throw new ApiError(400, "'model' must not be empty.", "model");
             string prompt = chat ? RenderMessages(root) : Get(root, "prompt") is { } p ? String(p, "prompt") : throw Missing("prompt");
@@ -77,29 +74,6 @@ public sealed record CompletionRequest(
         }
         return text.ToString();
     }
-
-    private static JsonElement? Get(JsonElement obj, string name) =>
-        obj.TryGetProperty(name, out var value) && value.ValueKind != JsonValueKind.Null ? value : null;
-
-    private static ApiError Missing(string param) => new(400, $"Missing required parameter: '{param}'.", param);
-
-    private static string String(JsonElement e, string param) =>
-        e.ValueKind == JsonValueKind.String ? e.GetString()! : throw new ApiError(400, $"'{param}' must be a string.", param);
-
-    private static bool Bool(JsonElement e, string param) => e.ValueKind switch
-    {
-        JsonValueKind.True => true,
-        JsonValueKind.False => false,
-        _ => throw new ApiError(400, $"'{param}' must be a boolean.", param),
-    };
-
-    private static int Integer(JsonElement e, string param, int min, int max) =>
-        e.ValueKind == JsonValueKind.Number && e.TryGetInt32(out int v) && v >= min && v <= max ? v
-            : throw new ApiError(400, max == int.MaxValue ? $"'{param}' must be an integer >= {min}." : $"'{param}' must be an integer in [{min}, {max}].", param);
-
-    private static float Number(JsonElement e, string param, double min, double max) =>
-        e.ValueKind == JsonValueKind.Number && e.TryGetDouble(out double v) && v >= min && v <= max ? (float)v
-            : throw new ApiError(400, $"'{param}' must be a number in [{min}, {max}].", param);
 
     private static ulong SeedValue(JsonElement e) =>
         e.ValueKind == JsonValueKind.Number && e.TryGetInt64(out long v) ? unchecked((ulong)v)

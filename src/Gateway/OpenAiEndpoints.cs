@@ -48,7 +48,7 @@ public static class OpenAiEndpoints
     }
 
     /// <summary>The body, at most <see cref="MaxBodyBytes"/> (else 413), read whole before parsing.</summary>
-    private static async Task<ReadOnlyMemory<byte>> ReadBody(HttpRequest request, CancellationToken cancellation)
+    internal static async Task<ReadOnlyMemory<byte>> ReadBody(HttpRequest request, CancellationToken cancellation)
     {
         var tooLarge = new ApiError(413, $"The request body exceeds {MaxBodyBytes} bytes.");
         if (request.ContentLength > MaxBodyBytes) throw tooLarge;

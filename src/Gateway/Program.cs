@@ -1,5 +1,5 @@
 // Cluster.Gateway: an OpenAI-compatible HTTP front end. It joins the cluster as an Orleans client and maps the
-// /v1 endpoints, the readiness probe and the Orleans dashboard (/dashboard).
+// /v1 endpoints (OpenAI-compatible inference, training jobs), the readiness probe and the Orleans dashboard (/dashboard).
 using Cluster.Gateway;
 using Cluster.ServiceDefaults;
 using Orleans.Dashboard;
@@ -12,6 +12,7 @@ var apiKeys = ApiKeys.FromConfiguration(builder.Configuration, builder.Environme
 var app = builder.Build();
 app.UseApiKeys(apiKeys);
 app.MapOpenAi();
+app.MapJobs();
 app.MapReadiness();
 app.MapOrleansDashboard(routePrefix: "/dashboard");
 await app.RunAsync();

@@ -41,6 +41,8 @@ public sealed class TrainingJobGrain(IGrainFactory grains, ILogger<TrainingJobGr
         {
             if (!ok) throw new ArgumentException(what);
         }
+        Require(s.Source.Path is not null || Model.RandomModel.Presets.Contains(s.Source.Preset ?? ""),
+            $"preset must be one of {string.Join(", ", Model.RandomModel.Presets)} (or give a model path)");
         Require(s.Steps is >= 1 and <= 1_000_000, "steps must be from 1 to 1000000");
         Require(s.DataParallel is >= 1 and <= 64, "data_parallel must be from 1 to 64");
         Require(s.BatchSize >= s.DataParallel && s.BatchSize <= 4096, "batch_size must be at least data_parallel (every replica takes a sequence) and at most 4096");

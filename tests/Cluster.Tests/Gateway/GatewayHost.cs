@@ -26,6 +26,7 @@ public sealed class GatewayHost : IAsyncDisposable
         var app = builder.Build();
         app.UseApiKeys(new ApiKeys(apiKeys));
         app.MapOpenAi();
+        app.MapJobs();
         app.MapReadiness();
         await app.StartAsync();
         string address = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();

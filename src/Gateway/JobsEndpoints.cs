@@ -1,0 +1,90 @@
+// The jobs API: POST /v1/jobs starts a training job, GET /v1/jobs/{id} answers its status, GET /v1/jobs/{id}/events
+// streams its progress as server-sent events until it ends, POST /v1/jobs/{id}/cancel stops it.
+using System.Text.Json;
+using Cluster.Contracts;
+using static Cluster.Gateway.JsonFields;
+
+namespace Cluster.Gateway;
+
+public static class JobsEndpoints
+{
+    public static IEndpointRouteBuilder MapJobs(this IEndpointRouteBuilder app)
+    {
+        app.MapPost("/v1/jobs", context => Answer(context, async grains =>
+        {
+            var spec = ParseSpec(await OpenAiEndpoints.ReadBody(context.Request, context.RequestAborted));
+            string id = "job-" + Guid.NewGuid().ToString("N");
+            try { return Results.Json(Body(await grains.GetGrain<ITrainingJobGrain>(id).Submit(spec)), statusCode: 201); }
+            catch (ArgumentException e) { throw new ApiError(400, e.Message); }
+        }));
+        app.MapGet("/v1/jobs/{id}", (HttpContext context, string id) => Answer(context, async grains =>
+            Results.Json(Body(await grains.GetGrain<ITrainingJobGrain>(id).Status() ?? throw NotFound(id)))));
+        app.MapPost("/v1/jobs/{id}/cancel", (HttpContext context, string id) => Answer(context, async grains =>
+            Results.Json(Body(await grains.GetGrain<ITrainingJobGrain>(id).Cancel() ?? throw NotFound(id)))));
+        app.MapGet("/v1/jobs/{id}/events", (HttpContext context, string id) => Answer(context, async grains =>
+        {
+            var job = grains.GetGrain<ITrainingJobGrain>(id);
+            if (await job.Status() is null) throw NotFound(id);
+            context.Response.ContentType = "text/event-stream";
+            context.Response.Headers.CacheControl = "no-cache";
+            await foreach (var e in job.Events().WithCancellation(context.RequestAborted))
+            {
+                await context.Response.Body.WriteAsync(OpenAiEndpoints.SseEvent(new
+                {
+                    @object = "training.job.event", step = e.Step, loss = float.IsNaN(e.Loss) ? (float?)null : e.Loss,
+                    learning_rate = e.LearningRate, tokens_per_second = e.TokensPerSecond, state = State(e.State), error = e.Error,
+                }), context.RequestAborted);
+                await context.Response.Body.FlushAsync(context.RequestAborted);
+            }
+            await context.Response.Body.WriteAsync("data: [DONE]\n\n"u8.ToArray(), context.RequestAborted);
+            return Results.Empty;
+        }));
+        return app;
+    }
+
+    private static async Task Answer(HttpContext context, Func<IGrainFactory, Task<IResult>> handle)
+    {
+        try { await (await handle(context.RequestServices.GetRequiredService<IGrainFactory>())).ExecuteAsync(context); }
+        catch (ApiError e) when (!context.Response.HasStarted) { await e.WriteAsync(context.Response); }
+    }
+
+    private static ApiError NotFound(string id) => new(404, $"No job '{id}'.", "id", "job_not_found");
+
+    private static string State(TrainingJobState state) => state.ToString().ToLowerInvariant();
+
+    private static object Body(TrainingJobStatus s) => new
+    {
+        id = s.Id, @object = "training.job", state = State(s.State), step = s.Step, steps = s.Steps, loss = s.Loss, error = s.Error,
+    };
+
+    /// <summary>The job from the request body: a model ("preset" or "model_path"), the data and the hyper-parameters.</summary>
+    private static TrainingJobSpec ParseSpec(ReadOnlyMemory<byte> body)
+    {
+        using var document = ParseObject(body);
+        var root = document.RootElement;
+        int seed = Get(root, "seed") is { } sd ? Integer(sd, "seed", 0, int.MaxValue) : 1;
+        var source = Get(root, "model_path") is { } path
+            ? ModelSource.File(String(path, "model_path"), Get(root, "tokenizer_path") is { } t ? String(t, "tokenizer_path") : null)
+            : ModelSource.Random(Get(root, "preset") is { } p ? String(p, "preset") : throw Missing("preset"), seed);
+        return new TrainingJobSpec
+        {
+            Source = source,
+            Dataset = Get(root, "dataset") is { } d ? String(d, "dataset") : "additions",
+            Documents = Get(root, "documents") is { } docs ? Strings(docs, "documents") : null,
+            Steps = Get(root, "steps") is { } st ? Integer(st, "steps", 1, 1_000_000) : 100,
+            BatchSize = Get(root, "batch_size") is { } b ? Integer(b, "batch_size", 1, 4096) : 4,
+            SequenceLength = Get(root, "sequence_length") is { } sl ? Integer(sl, "sequence_length", 2, 1 << 16) : 64,
+            LearningRate = Get(root, "learning_rate") is { } lr ? Number(lr, "learning_rate", 1e-9, 1) : 1e-3f,
+            WarmupSteps = Get(root, "warmup_steps") is { } w ? Integer(w, "warmup_steps", 0, 1_000_000) : 10,
+            DataParallel = Get(root, "data_parallel") is { } dp ? Integer(dp, "data_parallel", 1, 64) : 1,
+            ZeroStage = Get(root, "zero_stage") is { } z ? Integer(z, "zero_stage", 0, 1) : 0,
+            Silos = Get(root, "silos") is { } silos ? Strings(silos, "silos") : null,
+            Seed = seed,
+        };
+    }
+
+    private static string[] Strings(JsonElement e, string param) =>
+        e.ValueKind == JsonValueKind.Array && e.EnumerateArray().All(x => x.ValueKind == JsonValueKind.String)
+            ? [.. e.EnumerateArray().Select(x => x.GetString()!)]
+            : throw new ApiError(400, $"'{param}' must be an array of strings.", param);
+}

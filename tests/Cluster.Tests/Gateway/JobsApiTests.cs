@@ -1,0 +1,73 @@
+// The jobs API over real HTTP: a job is created, its events stream as SSE until it completes, its status and cancel
+// answer, and bad requests get 4xx in the OpenAI error shape.
+using System.Net;
+using System.Text;
+using System.Text.Json;
+using Cluster.Tests.Grains;
+
+namespace Cluster.Tests.Gateway;
+
+[Collection(nameof(ClusterCollection))]
+public sealed class JobsApiTests(ClusterFixture fixture)
+{
+    private static StringContent Json(string body) => new(body, Encoding.UTF8, "application/json");
+
+    [Fact]
+    public async Task AJobIsCreatedStreamsItsProgressAndCompletes()
+    {
+        await using var gateway = await GatewayHost.StartAsync(fixture.Cluster.Client);
+        using var http = gateway.Http();
+        var cancel = TestContext.Current.CancellationToken;
+        using var created = await http.PostAsync("v1/jobs",
+            Json("""{"preset":"tiny","steps":12,"batch_size":4,"sequence_length":32,"learning_rate":0.003,"data_parallel":2}"""), cancel);
+        string body = await created.Content.ReadAsStringAsync(cancel);
+        Assert.Equal(HttpStatusCode.Created, created.StatusCode);
+        string id = JsonDocument.Parse(body).RootElement.GetProperty("id").GetString()!;
+
+        string events = await http.GetStringAsync($"v1/jobs/{id}/events", cancel);   // SSE until the job ends
+
+        var data = events.Split("\n\n", StringSplitOptions.RemoveEmptyEntries).Select(e => e["data: ".Length..]).ToList();
+        Assert.Equal("[DONE]", data[^1]);
+        var last = JsonDocument.Parse(data[^2]).RootElement;
+        Assert.Equal("completed", last.GetProperty("state").GetString());
+        Assert.Equal(12, last.GetProperty("step").GetInt32());
+        using var status = JsonDocument.Parse(await http.GetStringAsync($"v1/jobs/{id}", cancel));
+        Assert.Equal("completed", status.RootElement.GetProperty("state").GetString());
+        using var cancelled = await http.PostAsync($"v1/jobs/{id}/cancel", null, cancel);
+        Assert.Equal(HttpStatusCode.OK, cancelled.StatusCode);   // cancelling a finished job changes nothing
+    }
+
+    [Theory]
+    [InlineData("{", 400)]
+    [InlineData("[]", 400)]
+    [InlineData("""{"steps":5}""", 400)]                                       // no model
+    [InlineData("""{"preset":"nope"}""", 400)]
+    [InlineData("""{"preset":"tiny","steps":0}""", 400)]
+    [InlineData("""{"preset":"tiny","steps":"5"}""", 400)]
+    [InlineData("""{"preset":"tiny","learning_rate":2}""", 400)]
+    [InlineData("""{"preset":"tiny","batch_size":2,"data_parallel":3}""", 400)]
+    [InlineData("""{"preset":"tiny","dataset":"documents"}""", 400)]
+    [InlineData("""{"preset":"tiny","documents":[1,2]}""", 400)]
+    [InlineData("""{"preset":"tiny","zero_stage":3}""", 400)]
+    public async Task BadJobRequestsAreRefused(string request, int status)
+    {
+        await using var gateway = await GatewayHost.StartAsync(fixture.Cluster.Client);
+        using var http = gateway.Http();
+        using var response = await http.PostAsync("v1/jobs", Json(request), TestContext.Current.CancellationToken);
+        Assert.Equal(status, (int)response.StatusCode);
+        using var error = JsonDocument.Parse(await response.Content.ReadAsStringAsync(TestContext.Current.CancellationToken));
+        Assert.True(error.RootElement.TryGetProperty("error", out _));
+    }
+
+    [Fact]
+    public async Task UnknownJobsAre404()
+    {
+        await using var gateway = await GatewayHost.StartAsync(fixture.Cluster.Client);
+        using var http = gateway.Http();
+        foreach (var (method, path) in new[] { ("GET", "v1/jobs/job-none"), ("GET", "v1/jobs/job-none/events"), ("POST", "v1/jobs/job-none/cancel") })
+        {
+            using var response = await http.SendAsync(new HttpRequestMessage(new HttpMethod(method), path), TestContext.Current.CancellationToken);
+            Assert.Equal(HttpStatusCode.NotFound, response.StatusCode);
+        }
+    }
+}
