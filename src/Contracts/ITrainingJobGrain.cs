@@ -22,6 +22,15 @@ public sealed record TrainingJobSpec
     /// <summary>Silos the replicas are pinned to, round-robin; null lets Orleans place them.</summary>
     [Id(10)] public string[]? Silos { get; init; }
     [Id(11)] public int Seed { get; init; } = 1;
+
+    // Value equality, lists included: submitting the same spec again is recognised as the same job.
+    public bool Equals(TrainingJobSpec? other) =>
+        other is not null && Source == other.Source && Dataset == other.Dataset && Steps == other.Steps && BatchSize == other.BatchSize &&
+        SequenceLength == other.SequenceLength && LearningRate.Equals(other.LearningRate) && WarmupSteps == other.WarmupSteps &&
+        DataParallel == other.DataParallel && ZeroStage == other.ZeroStage && Seed == other.Seed &&
+        (Documents ?? []).SequenceEqual(other.Documents ?? []) && (Silos ?? []).SequenceEqual(other.Silos ?? []);
+
+    public override int GetHashCode() => HashCode.Combine(Source, Dataset, Steps, BatchSize, SequenceLength, DataParallel, Seed);
 }
 
 /// <summary>One step's progress, or a change of state (Step is the last step taken).</summary>

@@ -51,15 +51,20 @@ public sealed class InferenceSchedulerGrain(
         public bool Finished { get; set; }
         public int Generated => Tokens.Count - PromptLength;
 
+        /// <summary>Appends a generated token; returns the text it completes (a partial UTF-8 character waits in the decoder).</summary>
+        public string Append(int token, ITokenizer tokenizer)
+        {
+            byte[] bytes = tokenizer.DecodeBytes(Tokens[^1], token);
+            var chars = new char[Decoder.GetCharCount(bytes, flush: false)];
+            Decoder.GetChars(bytes, chars, flush: false);
+            Tokens.Add(token);
+            return new string(chars);
+        }
+
         /// <summary>Takes up a generation after its delivered tokens: they join the sequence, the sampler and the UTF-8 decoder move past them.</summary>
         public void ResumeAfter(int[] delivered, ITokenizer tokenizer)
         {
-            foreach (int token in delivered)
-            {
-                byte[] bytes = tokenizer.DecodeBytes(Tokens[^1], token);
-                Decoder.GetChars(bytes, new char[Decoder.GetCharCount(bytes, flush: false)], flush: false);   // as delivery did
-                Tokens.Add(token);
-            }
+            foreach (int token in delivered) Append(token, tokenizer);
             Sampler.Skip(delivered.Length);
         }
         /// <summary>Tokens not yet sent in any step.</summary>
@@ -294,11 +299,7 @@ public sealed class InferenceSchedulerGrain(
         var tokenizer = Tokenizer;
         int next = sequence.Sampler.Sample(logits);
         if (sequence.Request.StopAtEos && (next == tokenizer.BosId || next == tokenizer.EosId)) return true;
-        byte[] bytes = tokenizer.DecodeBytes(sequence.Tokens[^1], next);
-        var chars = new char[sequence.Decoder.GetCharCount(bytes, flush: false)];
-        sequence.Decoder.GetChars(bytes, chars, flush: false);
-        sequence.Output.Writer.TryWrite(new GeneratedChunk(next, new string(chars)));
-        sequence.Tokens.Add(next);
+        sequence.Output.Writer.TryWrite(new GeneratedChunk(next, sequence.Append(next, tokenizer)));
         return sequence.Generated >= sequence.MaxTokens;
     }
 

@@ -74,25 +74,9 @@ public sealed class TrainerGrain(IGrainFactory grains, IOptions<ShardOptions> op
     private static void SumGradientsOverGroup(TrainableModel model, float share, CollectiveGroup? group)
     {
         var gradients = model.Parameters().Select(p => p.Gradient).ToArray();
-        if (group is null)
-        {
-            foreach (var g in gradients) System.Numerics.Tensors.TensorPrimitives.Multiply(g, share, g);
-            return;
-        }
-        var flat = new float[gradients.Sum(g => g.Length)];
-        int offset = 0;
-        foreach (var g in gradients)
-        {
-            System.Numerics.Tensors.TensorPrimitives.Multiply(g, share, flat.AsSpan(offset, g.Length));
-            offset += g.Length;
-        }
-        group.AllReduce(flat).GetAwaiter().GetResult();
-        offset = 0;
-        foreach (var g in gradients)
-        {
-            flat.AsSpan(offset, g.Length).CopyTo(g);
-            offset += g.Length;
-        }
+        var flat = Flatten(gradients, share);
+        group?.AllReduce(flat).GetAwaiter().GetResult();
+        Unflatten(flat, gradients);
     }
 
     /// <summary>
@@ -102,30 +86,40 @@ public sealed class TrainerGrain(IGrainFactory grains, IOptions<ShardOptions> op
     /// </summary>
     private static TrainingStepReport ZeroStep(TrainableModel model, float share, CollectiveGroup? group, ShardedOptimizer optimizer, float lossShare)
     {
-        var parameters = model.Parameters().ToArray();
-        var gradients = new float[optimizer.TotalLength];
-        var values = new float[optimizer.TotalLength];
-        int offset = 0;
-        foreach (var (_, parameter, gradient) in parameters)
-        {
-            System.Numerics.Tensors.TensorPrimitives.Multiply(gradient, share, gradients.AsSpan(offset, gradient.Length));
-            parameter.CopyTo(values, offset);
-            offset += parameter.Length;
-        }
+        var parameters = model.Parameters().Select(p => p.Parameter).ToArray();
+        var gradients = Flatten(model.Parameters().Select(p => p.Gradient), share);
         float[] mine = group is null ? gradients : group.ReduceScatter(gradients).GetAwaiter().GetResult();   // (Count,)
         float[] squares = [System.Numerics.Tensors.TensorPrimitives.SumOfSquares(mine)];
         group?.AllReduce(squares).GetAwaiter().GetResult();
         float norm = MathF.Sqrt(squares[0]);
-        float[] slice = values.AsSpan(optimizer.Offset, optimizer.Count).ToArray();
+        float[] slice = Flatten(parameters, 1f).AsSpan(optimizer.Offset, optimizer.Count).ToArray();
         float lr = optimizer.Apply(slice, mine, norm);
-        float[] updated = group is null ? slice : group.AllGather(slice).GetAwaiter().GetResult();   // (TotalLength,)
-        offset = 0;
-        foreach (var (_, parameter, _) in parameters)
-        {
-            updated.AsSpan(offset, parameter.Length).CopyTo(parameter);
-            offset += parameter.Length;
-        }
+        Unflatten(group is null ? slice : group.AllGather(slice).GetAwaiter().GetResult(), parameters);   // (TotalLength,)
         return new TrainingStepReport(optimizer.Step, lossShare, lr, norm);
+    }
+
+    /// <summary>The tensors one after another in one array, each times <paramref name="scale"/>.</summary>
+    private static float[] Flatten(IEnumerable<float[]> tensors, float scale)
+    {
+        var all = tensors.ToArray();
+        var flat = new float[all.Sum(t => t.Length)];
+        int offset = 0;
+        foreach (var t in all)
+        {
+            System.Numerics.Tensors.TensorPrimitives.Multiply(t, scale, flat.AsSpan(offset, t.Length));
+            offset += t.Length;
+        }
+        return flat;
+    }
+
+    private static void Unflatten(float[] flat, float[][] tensors)
+    {
+        int offset = 0;
+        foreach (var t in tensors)
+        {
+            flat.AsSpan(offset, t.Length).CopyTo(t);
+            offset += t.Length;
+        }
     }
 
     public Task<byte[]> ParameterBytes()

@@ -22,7 +22,7 @@ public sealed record SequenceChunk(int Sequence, int[] Tokens, bool AllLogits = 
 public sealed class TransformerModel : IDisposable
 {
     private readonly IDevice _device;
-    private readonly float[]? _tokenEmbedding;           // (Vr, C) host: a vocab-parallel lookup is a row copy, then an all-reduce
+    private readonly DeviceBuffer? _tokenEmbedding;      // (Vr + 1, C) first stage: this rank's vocab rows, then a zero row
     private readonly DeviceBuffer? _positionEmbedding;   // (maxT, C) GPT-2
     private readonly Layer[] _layers;
     private readonly DeviceBuffer? _finalNorm;           // (C,)
@@ -51,7 +51,13 @@ public sealed class TransformerModel : IDisposable
         Spec = spec;
         int C = config.Dim, H = spec.Hidden.Count, q = QueryDim, kv = KvDim;
         DeviceBuffer? Vector(float[]? v) => v is null ? null : device.Upload(v);
-        _tokenEmbedding = weights.TokenEmbedding;
+        if (weights.TokenEmbedding is { } embedding)
+        {
+            // Tokens outside this rank's vocab slice look up the extra zero row, so the all-reduce sums exactly one real row.
+            var table = new float[embedding.Length + C];
+            embedding.CopyTo(table, 0);
+            _tokenEmbedding = device.Upload(table);
+        }
         _positionEmbedding = Vector(weights.PositionEmbedding);
         _layers = weights.Layers.Select(w => new Layer
         {
@@ -169,15 +175,14 @@ public sealed class TransformerModel : IDisposable
     /// <summary>x (T, C) = the embedding rows of the tokens; with TP each rank holds a vocab slice, zeros elsewhere, summed.</summary>
     private void EmbedTokens(int[] tokens, DeviceBuffer x, CollectiveGroup? group)
     {
-        int C = Config.Dim;
-        var rows = new float[tokens.Length * C];                                                          // (T, C)
+        var rows = new int[tokens.Length];                                                                // (T,) rows of this rank's table
         for (int t = 0; t < tokens.Length; t++)
         {
             int local = tokens[t] - Spec.Vocab.Offset;
-            if ((uint)local < (uint)Spec.Vocab.Count) _tokenEmbedding.AsSpan(local * C, C).CopyTo(rows.AsSpan(t * C));
+            rows[t] = (uint)local < (uint)Spec.Vocab.Count ? local : Spec.Vocab.Count;
         }
-        group?.AllReduce(rows).GetAwaiter().GetResult();
-        _device.Write(x, rows);
+        _device.Embedding(_tokenEmbedding!, rows, x, Config.Dim);
+        SumOverTensorGroup(x, tokens.Length * Config.Dim, group);
     }
 
     /// <summary>Row-parallel outputs: x (n,) becomes the sum of every rank's partial x.</summary>
@@ -305,6 +310,7 @@ public sealed class TransformerModel : IDisposable
     public void Dispose()
     {
         _scratch?.Dispose();
+        _tokenEmbedding?.Dispose();
         _positionEmbedding?.Dispose();
         foreach (var w in _layers)
         {

@@ -13,8 +13,6 @@ public sealed record ParallelLayout
 
     public static ParallelLayout Single { get; } = new();
 
-    public int ShardsPerReplica => TensorParallel * PipelineStages;
-
     /// <summary>Parses "tp=2,pp=2,dp=1,layers=3+2" (any subset, any order; empty means one shard).</summary>
     public static ParallelLayout Parse(string? text)
     {

@@ -2,6 +2,8 @@
 // rank each shard is, and which slice of which weight it holds. Megatron's pattern: Q/K/V and the MLP gate/up are
 // column-parallel (by KV-head groups and hidden units), the attention output and MLP down projections row-parallel,
 // the embedding and LM head vocab-parallel on the first and last stage.
+using Cluster.Compute.Collectives;
+
 namespace Cluster.Model.Parallel;
 
 /// <summary>A contiguous range [Offset, Offset + Count).</summary>
@@ -12,8 +14,8 @@ public readonly record struct Slice(int Offset, int Count)
     /// <summary>Piece <paramref name="index"/> of <paramref name="length"/> split into <paramref name="parts"/> near-equal pieces (the first length % parts get one more).</summary>
     public static Slice Partition(int length, int parts, int index)
     {
-        int size = length / parts, extra = length % parts;
-        return new Slice(index * size + Math.Min(index, extra), size + (index < extra ? 1 : 0));
+        var (offset, count) = CollectiveGroup.Partition(length, parts, index);   // the same split the collectives use
+        return new Slice(offset, count);
     }
 }
 

@@ -21,6 +21,7 @@ public sealed class TrainingJobTests(ClusterFixture fixture)
         var job = Grains.GetGrain<ITrainingJobGrain>("job-complete");
         var submitted = await job.Submit(Spec(30));
         Assert.Equal(30, submitted.Steps);
+        Assert.Equal(submitted.Id, (await job.Submit(Spec(30))).Id);   // the same spec again (new lists) is the same job
 
         var events = new List<TrainingJobEvent>();
         await foreach (var e in job.Events().WithCancellation(TestContext.Current.CancellationToken)) events.Add(e);
