@@ -42,10 +42,12 @@ public sealed class Optimizer(TrainableModel model, OptimizerOptions options)
     internal void ResumeAt(int step) => Step = step;
 
     /// <summary>Clips the accumulated gradient, applies one AdamW step and returns (learning rate, gradient norm before clipping).</summary>
-    public (float LearningRate, float GradientNorm) Apply()
+    public (float LearningRate, float GradientNorm) Apply() => Apply((float)Math.Sqrt(model.CountedGradientSquares()));
+
+    /// <summary>As Apply(), with the gradient norm of the whole model given (a shard's optimizer clips by the norm over every shard).</summary>
+    public (float LearningRate, float GradientNorm) Apply(float norm)
     {
         Step++;
-        float norm = GlobalNorm();
         float clip = options.ClipNorm > 0 && norm > options.ClipNorm ? options.ClipNorm / norm : 1f;
         float lr = options.LearningRateAt(Step);
         int i = 0;
@@ -57,13 +59,5 @@ public sealed class Optimizer(TrainableModel model, OptimizerOptions options)
             i++;
         }
         return (lr, norm);
-    }
-
-    private float GlobalNorm()
-    {
-        double sum = 0;
-        foreach (var (_, _, gradient) in model.Parameters())
-            sum += System.Numerics.Tensors.TensorPrimitives.SumOfSquares(gradient);
-        return (float)Math.Sqrt(sum);
     }
 }

@@ -10,21 +10,21 @@ namespace Cluster.Training;
 public sealed class ShardedOptimizer
 {
     private readonly OptimizerOptions _options;
-    private readonly (int Start, int Length, bool Decay)[] _runs;   // parts of this slice, by the tensor they belong to
+    private readonly (int Start, int Length, bool Decay, bool Counted)[] _runs;   // parts of this slice, by the tensor they belong to
     private readonly float[] _m, _v;
 
     public ShardedOptimizer(TrainableModel model, OptimizerOptions options, int rank, int worldSize)
     {
         _options = options;
-        var tensors = model.Parameters().Select(p => (p.Name, p.Parameter.Length)).ToArray();
+        var tensors = model.Parameters().Select(p => (p.Name, p.Parameter.Length, p.Counted)).ToArray();
         TotalLength = tensors.Sum(t => t.Length);
         (Offset, Count) = CollectiveGroup.Partition(TotalLength, worldSize, rank);
-        var runs = new List<(int, int, bool)>();
+        var runs = new List<(int, int, bool, bool)>();
         int start = 0;
-        foreach (var (name, length) in tensors)
+        foreach (var (name, length, counted) in tensors)
         {
             int from = Math.Max(start, Offset), to = Math.Min(start + length, Offset + Count);
-            if (from < to) runs.Add((from - Offset, to - from, TrainableModel.IsMatrix(name)));
+            if (from < to) runs.Add((from - Offset, to - from, TrainableModel.IsMatrix(name), counted));
             start += length;
         }
         _runs = [.. runs];
@@ -39,6 +39,15 @@ public sealed class ShardedOptimizer
     public int Count { get; }
     public int Step { get; private set; }
 
+    /// <summary>Σ g² over the parts of this slice that count in the global norm (ParameterSlice.Counted); <paramref name="gradients"/> is the slice (Count,).</summary>
+    public double CountedSquares(ReadOnlySpan<float> gradients)
+    {
+        double sum = 0;
+        foreach (var (start, length, _, counted) in _runs)
+            if (counted) sum += System.Numerics.Tensors.TensorPrimitives.SumOfSquares(gradients.Slice(start, length));
+        return sum;
+    }
+
     /// <summary>
     /// One AdamW step on this replica's slice: <paramref name="parameters"/> and <paramref name="gradients"/> are the
     /// slice (Count,), the gradient already summed over replicas; <paramref name="globalNorm"/> is the whole gradient's
@@ -50,7 +59,7 @@ public sealed class ShardedOptimizer
         float clip = _options.ClipNorm > 0 && globalNorm > _options.ClipNorm ? _options.ClipNorm / globalNorm : 1f;
         if (clip != 1f) System.Numerics.Tensors.TensorPrimitives.Multiply(gradients, clip, gradients);
         float lr = _options.LearningRateAt(Step);
-        foreach (var (start, length, decay) in _runs)
+        foreach (var (start, length, decay, _) in _runs)
             AdamW.Update(parameters.Slice(start, length), gradients.Slice(start, length), _m.AsSpan(start, length), _v.AsSpan(start, length),
                 Step, lr, _options.Beta1, _options.Beta2, _options.Eps, decay ? _options.WeightDecay : 0f);
         return lr;

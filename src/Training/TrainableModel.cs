@@ -1,28 +1,102 @@
-// A decoder for training on one device, Llama or GPT-2 family (llm.c's gpt2_forward / gpt2_backward): the forward
-// keeps every activation the backward needs, the backward accumulates fp32 gradients into tensors shaped like the
-// weights. Sequences may pack several documents: each document's positions restart at 0 and attention never crosses
-// documents. Its logits equal the inference TransformerModel's (a test holds it to 1e-5).
+// One shard of a decoder for training, Llama or GPT-2 family (llm.c's gpt2_forward / gpt2_backward, cut the Megatron
+// way): a pipeline stage's layers at one tensor-parallel rank, or the whole model when the shard is whole. The forward
+// keeps every activation the backward needs; the backward accumulates fp32 gradients into tensors shaped like the
+// shard's weights. Tensor parallelism: Q/K/V and gate/up are column-parallel (identity forward, all-reduce of the input
+// gradient backward), the attention output and down projections row-parallel (all-reduce forward, identity backward),
+// the embedding and LM head vocab-parallel. Sequences may pack several documents: each document's positions restart
+// at 0 and attention never crosses documents. A whole shard's logits equal the inference TransformerModel's.
 //   dotnet test --project tests/Cluster.Tests -c Release -- --filter-class Cluster.Tests.Training.TrainableModelTests
+using System.Numerics.Tensors;
+using Cluster.Compute.Collectives;
 using Cluster.Compute.Cpu;
 using Cluster.Model;
+using Cluster.Model.Parallel;
 
 namespace Cluster.Training;
 
 /// <summary>One training sequence: tokens (T,), next-token targets (T,; CrossEntropy.Ignore where not counted), and optionally document ids (T,).</summary>
-public sealed record TrainingSequence(int[] Tokens, int[] Targets, int[]? Documents = null);
+public sealed record TrainingSequence(int[] Tokens, int[] Targets, int[]? Documents = null)
+{
+    public int CountedTargets => Targets.Count(t => t != CrossEntropy.Ignore);
+}
+
+/// <summary>
+/// A parameter of a shard by its logical identity: the whole model's tensor <paramref name="Name"/> of shape
+/// (Rows, Columns) (vectors: Columns = 1), of which this shard holds <paramref name="Range"/> along <paramref name="Axis"/>.
+/// <paramref name="Counted"/>: this shard is the one whose copy counts once in a global norm (replicated tensors count on one rank).
+/// </summary>
+public sealed record ParameterSlice(string Name, float[] Parameter, float[] Gradient, int Rows, int Columns, int Axis, Slice Range, bool Counted)
+{
+    public bool IsWhole => Range.Count == (Axis == 0 ? Rows : Columns);
+
+    public void Deconstruct(out string name, out float[] parameter, out float[] gradient) => (name, parameter, gradient) = (Name, Parameter, Gradient);
+}
+
+/// <summary>What one micro-batch's forward keeps for its backward; T counts the tokens of the whole micro-batch.</summary>
+public sealed class StageActivations
+{
+    internal StageActivations(int layers) => (LayerInput, AttnNormed, Q, K, V, Probs, Attention, Residual, FfnNormed, Gate, Up, Hidden) =
+        (new float[layers][], new float[layers][], new float[layers][], new float[layers][], new float[layers][], new float[layers][][],
+         new float[layers][], new float[layers][], new float[layers][], new float[layers][], new float[layers][], new float[layers][]);
+
+    internal int[] Tokens = [];                       // (T,)
+    internal int[] Targets = [];                      // (T,)
+    internal int[] Positions = [];                    // (T,)
+    internal (int Offset, int Length, int[] Documents)[] Sequences = [];   // each sequence's rows and document ids (or empty)
+    internal readonly float[][] LayerInput;           // (T, C)
+    internal readonly float[][] AttnNormed;           // (T, C)
+    internal readonly float[][] Q;                    // (T, Cq)   this rank's heads, after RoPE
+    internal readonly float[][] K;                    // (T, Ckv)  after RoPE
+    internal readonly float[][] V;                    // (T, Ckv)
+    internal readonly float[][][] Probs;              // per sequence (nh_local, Ti, Ti)
+    internal readonly float[][] Attention;            // (T, Cq)
+    internal readonly float[][] Residual;             // (T, C)    x after attention
+    internal readonly float[][] FfnNormed;            // (T, C)
+    internal readonly float[][] Gate;                 // (T, Hl)   before the activation
+    internal readonly float[][] Up;                   // (T, Hl)   Llama
+    internal readonly float[][] Hidden;               // (T, Hl)   activation output
+    internal float[] FinalNormed = [];                // (T, C)    last stage
+
+    /// <summary>The stage's output (T, C): the hidden state for the next stage, or the last layer's output on the last stage.</summary>
+    public float[] Output { get; internal set; } = [];
+    /// <summary>The logits (T, V) of every position, whole vocabulary (last stage only).</summary>
+    public float[] Logits { get; internal set; } = [];
+    public int TokenCount => Tokens.Length;
+}
 
 public sealed class TrainableModel : IDisposable
 {
     private readonly WorkerPool _pool;
     private readonly Linear _linear;
+    private readonly CollectiveGroup? _tensorGroup;
+    private readonly float[]? _head, _headGradient;   // (Vl, C) the LM head; the embedding slice itself when tied on one stage
+    private readonly int _cq, _ckv, _hidden, _vocab, _heads, _kvHeads;   // this rank's widths
 
-    /// <param name="threads">CPU threads the model's products run on.</param>
+    /// <summary>The whole model on one device.</summary>
     public TrainableModel(ModelConfig config, ModelWeights weights, int threads = 1)
+        : this(config, ShardWeights.Slice(config, weights, ShardSpec.Whole(config)), threads) { }
+
+    /// <param name="weights">This shard's slices (ShardWeights.Slice); trained in place.</param>
+    /// <param name="tensorGroup">The stage's tensor-parallel group, rank order = ShardSpec.Rank (null when tp = 1).</param>
+    /// <param name="threads">CPU threads the model's products run on.</param>
+    public TrainableModel(ModelConfig config, ShardWeights weights, int threads = 1, CollectiveGroup? tensorGroup = null)
     {
-        weights.Validate(config, "weights");
+        var spec = weights.Spec;
+        if ((tensorGroup?.WorldSize ?? 1) != spec.TensorParallel || (tensorGroup?.Rank ?? 0) != spec.Rank)
+            throw new ArgumentException($"shard {spec} needs a tensor group of {spec.TensorParallel} ranks where it is rank {spec.Rank}", nameof(tensorGroup));
         Config = config;
+        Spec = spec;
         Weights = weights;
+        _tensorGroup = spec.TensorParallel > 1 ? tensorGroup : null;
+        int hd = config.HeadDim;
+        (_heads, _kvHeads) = (spec.QueryHeads.Count, spec.KvHeads.Count);
+        (_cq, _ckv, _hidden, _vocab) = (_heads * hd, _kvHeads * hd, spec.Hidden.Count, spec.Vocab.Count);
         Gradients = ZerosLike(weights);
+        // A tied head on the embedding's own stage is the embedding (one parameter, one gradient); on another stage it is
+        // a copy whose gradient the trainer sums with the first stage's (TiedHeadGradient).
+        bool sharedHead = config.TiedEmbeddings && spec.IsFirstStage && spec.IsLastStage;
+        _head = sharedHead ? weights.TokenEmbedding : weights.Output;
+        _headGradient = sharedHead ? Gradients.TokenEmbedding : Gradients.Output;
         _pool = new WorkerPool(threads);
         _linear = new Linear(_pool);
     }
@@ -34,32 +108,60 @@ public sealed class TrainableModel : IDisposable
     }
 
     public ModelConfig Config { get; }
+    public ShardSpec Spec { get; }
     /// <summary>The parameters, updated in place by an optimizer.</summary>
-    public ModelWeights Weights { get; }
-    /// <summary>∂loss/∂parameter, same shapes; a tied head's gradient lands in TokenEmbedding.</summary>
-    public ModelWeights Gradients { get; }
+    public ShardWeights Weights { get; }
+    /// <summary>∂loss/∂parameter, same shapes as <see cref="Weights"/>.</summary>
+    public ShardWeights Gradients { get; }
 
-    /// <summary>Every (parameter, gradient) pair, in a fixed order (for optimizers, clipping and checkpoints).</summary>
-    public IEnumerable<(string Name, float[] Parameter, float[] Gradient)> Parameters()
+    /// <summary>The head's gradient when it is a tied copy of the first stage's embedding (sum it with that stage's), else null.</summary>
+    public float[]? TiedHeadGradient => Config.TiedEmbeddings && Spec.IsLastStage && !Spec.IsFirstStage ? _headGradient : null;
+    /// <summary>The embedding's gradient that a last stage's tied head copy sums with (first stage of a pipeline with a tied head), else null.</summary>
+    public float[]? TiedEmbeddingGradient => Config.TiedEmbeddings && Spec.IsFirstStage && !Spec.IsLastStage ? Gradients.TokenEmbedding : null;
+
+    /// <summary>Every parameter of this shard by its logical identity, in a fixed order (optimizers, clipping, checkpoints).</summary>
+    public IEnumerable<ParameterSlice> Parameters()
     {
-        var all = new List<(string, float[]?, float[]?)> { ("token_embedding", Weights.TokenEmbedding, Gradients.TokenEmbedding),
-            ("position_embedding", Weights.PositionEmbedding, Gradients.PositionEmbedding) };
-        for (int l = 0; l < Config.Layers; l++)
+        var c = Config;
+        int C = c.Dim, hd = c.HeadDim;
+        bool rank0 = Spec.Rank == 0;
+        var q = new Slice(Spec.QueryHeads.Offset * hd, _cq);
+        var kv = new Slice(Spec.KvHeads.Offset * hd, _ckv);
+        ParameterSlice? Whole(string name, float[]? p, float[]? g, int rows, int columns = 1) =>
+            p is null ? null : new(name, p, g!, rows, columns, 0, new Slice(0, rows), rank0);
+        ParameterSlice? Split(string name, float[]? p, float[]? g, int rows, int columns, int axis, Slice range) =>
+            p is null ? null : new(name, p, g!, rows, columns, axis, range, range.Count != (axis == 0 ? rows : columns) || rank0);
+
+        var all = new List<ParameterSlice?>();
+        if (Spec.IsFirstStage)
+            all.AddRange([Split("token_embedding", Weights.TokenEmbedding, Gradients.TokenEmbedding, c.VocabSize, C, 0, Spec.Vocab),
+                Whole("position_embedding", Weights.PositionEmbedding, Gradients.PositionEmbedding, c.MaxSeqLen, C)]);
+        for (int i = 0; i < Weights.Layers.Length; i++)
         {
-            LayerWeights w = Weights.Layers[l], g = Gradients.Layers[l];
-            string p = $"layers.{l}.";
+            LayerWeights w = Weights.Layers[i], g = Gradients.Layers[i];
+            string p = $"layers.{Spec.Layers.Offset + i}.";
             all.AddRange([
-                (p + "attn_norm", w.AttnNorm, g.AttnNorm), (p + "attn_norm.bias", w.AttnNormBias, g.AttnNormBias),
-                (p + "wq", w.Wq, g.Wq), (p + "bq", w.Bq, g.Bq), (p + "wk", w.Wk, g.Wk), (p + "bk", w.Bk, g.Bk),
-                (p + "wv", w.Wv, g.Wv), (p + "bv", w.Bv, g.Bv), (p + "wo", w.Wo, g.Wo), (p + "bo", w.Bo, g.Bo),
-                (p + "ffn_norm", w.FfnNorm, g.FfnNorm), (p + "ffn_norm.bias", w.FfnNormBias, g.FfnNormBias),
-                (p + "w1", w.W1, g.W1), (p + "b1", w.B1, g.B1), (p + "w2", w.W2, g.W2), (p + "b2", w.B2, g.B2), (p + "w3", w.W3, g.W3),
+                Whole(p + "attn_norm", w.AttnNorm, g.AttnNorm, C), Whole(p + "attn_norm.bias", w.AttnNormBias, g.AttnNormBias, C),
+                Split(p + "wq", w.Wq, g.Wq, C, C, 0, q), Split(p + "bq", w.Bq, g.Bq, C, 1, 0, q),
+                Split(p + "wk", w.Wk, g.Wk, c.KvDim, C, 0, kv), Split(p + "bk", w.Bk, g.Bk, c.KvDim, 1, 0, kv),
+                Split(p + "wv", w.Wv, g.Wv, c.KvDim, C, 0, kv), Split(p + "bv", w.Bv, g.Bv, c.KvDim, 1, 0, kv),
+                Split(p + "wo", w.Wo, g.Wo, C, C, 1, q), Whole(p + "bo", w.Bo, g.Bo, C),
+                Whole(p + "ffn_norm", w.FfnNorm, g.FfnNorm, C), Whole(p + "ffn_norm.bias", w.FfnNormBias, g.FfnNormBias, C),
+                Split(p + "w1", w.W1, g.W1, c.HiddenDim, C, 0, Spec.Hidden), Split(p + "b1", w.B1, g.B1, c.HiddenDim, 1, 0, Spec.Hidden),
+                Split(p + "w2", w.W2, g.W2, C, c.HiddenDim, 1, Spec.Hidden), Whole(p + "b2", w.B2, g.B2, C),
+                Split(p + "w3", w.W3, g.W3, c.HiddenDim, C, 0, Spec.Hidden),
             ]);
         }
-        all.AddRange([("final_norm", Weights.FinalNorm, Gradients.FinalNorm), ("final_norm.bias", Weights.FinalNormBias, Gradients.FinalNormBias),
-            ("output", Weights.Output, Gradients.Output)]);
-        foreach (var (name, parameter, gradient) in all)
-            if (parameter is not null) yield return (name, parameter, gradient!);   // the tensors this architecture has
+        if (Spec.IsLastStage)
+        {
+            all.AddRange([Whole("final_norm", Weights.FinalNorm, Gradients.FinalNorm, C), Whole("final_norm.bias", Weights.FinalNormBias, Gradients.FinalNormBias, C)]);
+            if (!ReferenceEquals(_head, Weights.TokenEmbedding))
+                all.Add(TiedHeadGradient is not null
+                    ? new ParameterSlice("token_embedding", _head!, _headGradient!, c.VocabSize, C, 0, Spec.Vocab, false)   // the first stage's counts
+                    : Split("output", _head, _headGradient, c.VocabSize, C, 0, Spec.Vocab));
+        }
+        foreach (var parameter in all)
+            if (parameter is not null) yield return parameter;   // the tensors this architecture and shard have
     }
 
     /// <summary>Whether a parameter of <see cref="Parameters"/> is a matrix (embeddings, projections, head) rather than a norm weight or a bias.</summary>
@@ -69,28 +171,29 @@ public sealed class TrainableModel : IDisposable
         return last is "token_embedding" or "position_embedding" or "output" || (last.Length == 2 && last[0] == 'w');
     }
 
+    /// <summary>Begins a step: clears the gradients and forgets weight layouts packed before an optimizer changed them.</summary>
     public void ZeroGradients()
     {
+        _linear.ForgetPacked();
         foreach (var (_, _, gradient) in Parameters()) Array.Clear(gradient);
     }
 
+    /// <summary>Σ gradient² over the parameters this shard counts (see ParameterSlice.Counted).</summary>
+    public double CountedGradientSquares() =>
+        Parameters().Where(p => p.Counted).Sum(p => (double)TensorPrimitives.SumOfSquares(p.Gradient));
+
     /// <summary>
-    /// Forward and backward over a batch: returns the mean cross-entropy over every counted target of the batch and
-    /// adds its gradient to <see cref="Gradients"/> (call ZeroGradients between optimizer steps). The batch's sequences
-    /// go through every product together, as rows of one matrix; attention keeps to each sequence.
+    /// Forward and backward of a whole model over a batch: returns the mean cross-entropy over every counted target of
+    /// the batch and adds its gradient to <see cref="Gradients"/> (call ZeroGradients between optimizer steps). The
+    /// batch's sequences go through every product together, as rows of one matrix; attention keeps to each sequence.
     /// </summary>
     public float ForwardBackward(IReadOnlyList<TrainingSequence> batch)
     {
+        if (!Spec.IsFirstStage || !Spec.IsLastStage) throw new InvalidOperationException($"shard {Spec} is one stage of a pipeline: run it with a PipelineTrainer");
+        if (batch.All(s => s.CountedTargets == 0)) throw new ArgumentException("the batch has no counted targets", nameof(batch));
         _linear.ForgetPacked();   // an optimizer may have changed the weights since the last call
-        foreach (var sequence in batch)
-            if (sequence.Targets.Length != sequence.Tokens.Length) throw new ArgumentException("a sequence needs one target per token", nameof(batch));
-        int[] targets = [.. batch.SelectMany(s => s.Targets)];
-        if (targets.All(t => t == CrossEntropy.Ignore)) throw new ArgumentException("the batch has no counted targets", nameof(batch));
         var activations = Forward(batch);
-        var dlogits = new float[activations.Logits.Length];
-        float loss = CrossEntropy.LossAndGradient(activations.Logits, targets, dlogits, Config.VocabSize);
-        Backward(activations, dlogits);
-        return loss;
+        return Backward(activations, null, 1f).Loss;
     }
 
     /// <summary>The logits (T, V) of every position (no gradients).</summary>
@@ -100,84 +203,67 @@ public sealed class TrainableModel : IDisposable
         return Forward([new TrainingSequence(tokens, new int[tokens.Length], documents)]).Logits;
     }
 
-    /// <summary>What the forward keeps for the backward, per layer and for the head; T counts the tokens of the whole batch.</summary>
-    private sealed class SavedActivations(int layers)
-    {
-        public required int[] Tokens;                    // (T,)
-        public required int[] Positions;                 // (T,)
-        public required (int Offset, int Length, int[] Documents)[] Sequences;   // each sequence's rows and document ids (or empty)
-        public readonly float[][] LayerInput = new float[layers][];     // (T, C)
-        public readonly float[][] AttnNormed = new float[layers][];     // (T, C)
-        public readonly float[][] Q = new float[layers][];              // (T, C)    after RoPE
-        public readonly float[][] K = new float[layers][];              // (T, kv)   after RoPE
-        public readonly float[][] V = new float[layers][];              // (T, kv)
-        public readonly float[][][] Probs = new float[layers][][];      // per sequence (nh, Ti, Ti)
-        public readonly float[][] Attention = new float[layers][];      // (T, C)
-        public readonly float[][] Residual = new float[layers][];       // (T, C)    x after attention
-        public readonly float[][] FfnNormed = new float[layers][];      // (T, C)
-        public readonly float[][] Gate = new float[layers][];           // (T, H)    before SwiGLU
-        public readonly float[][] Up = new float[layers][];             // (T, H)    Llama
-        public readonly float[][] Hidden = new float[layers][];         // (T, H)    SwiGLU output
-        public float[] Final = [];                                      // (T, C)    last layer output
-        public float[] FinalNormed = [];                                // (T, C)
-        public float[] Logits = [];                                     // (T, V)
-    }
-
-    private SavedActivations Forward(IReadOnlyList<TrainingSequence> batch)
+    /// <summary>
+    /// This stage's forward over a micro-batch. The first stage embeds the tokens; later stages take the previous
+    /// stage's <paramref name="input"/> (T, C). The last stage also computes the logits.
+    /// </summary>
+    public StageActivations Forward(IReadOnlyList<TrainingSequence> batch, float[]? input = null)
     {
         var c = Config;
-        int T = batch.Sum(s => s.Tokens.Length), C = c.Dim, H = c.HiddenDim, kv = c.KvDim, V = c.VocabSize;
+        int T = batch.Sum(s => s.Tokens.Length), C = c.Dim, H = _hidden, kv = _ckv, Cq = _cq;
         if (batch.Count == 0 || batch.Any(s => s.Tokens.Length == 0)) throw new ArgumentException("every training sequence needs tokens", nameof(batch));
+        if (Spec.IsFirstStage != input is null) throw new ArgumentException(Spec.IsFirstStage ? "the first stage embeds tokens: no input" : $"stage {Spec.Stage} needs the previous stage's output", nameof(input));
+        if (input is not null && input.Length != T * C) throw new ArgumentException($"the input holds {input.Length} floats, not {T}×{C}", nameof(input));
         var sequences = new (int, int, int[])[batch.Count];
         var positions = new int[T];
         for (int i = 0, offset = 0; i < batch.Count; offset += batch[i].Tokens.Length, i++)
         {
-            var (tokens, documents) = (batch[i].Tokens, batch[i].Documents);
+            var (tokens, targets, documents) = batch[i];
+            if (targets.Length != tokens.Length) throw new ArgumentException("a sequence needs one target per token", nameof(batch));
             if (tokens.Length > c.MaxSeqLen) throw new ArgumentException($"a sequence of {tokens.Length} tokens is longer than the context of {c.MaxSeqLen}", nameof(batch));
             if (documents is not null && documents.Length != tokens.Length) throw new ArgumentException("documents must give one id per token", nameof(batch));
             foreach (int token in tokens)
-                if ((uint)token >= (uint)V) throw new ArgumentOutOfRangeException(nameof(batch), token, $"token outside the vocabulary of {V}");
+                if ((uint)token >= (uint)c.VocabSize) throw new ArgumentOutOfRangeException(nameof(batch), token, $"token outside the vocabulary of {c.VocabSize}");
             sequences[i] = (offset, tokens.Length, documents ?? []);
             PositionsOf(tokens.Length, documents).CopyTo(positions, offset);
         }
-        var a = new SavedActivations(c.Layers) { Tokens = [.. batch.SelectMany(s => s.Tokens)], Positions = positions, Sequences = sequences };
+        var a = new StageActivations(Weights.Layers.Length)
+        {
+            Tokens = [.. batch.SelectMany(s => s.Tokens)], Targets = [.. batch.SelectMany(s => s.Targets)], Positions = positions, Sequences = sequences,
+        };
         bool llama = c.Architecture == Architecture.Llama;
 
-        var x = new float[T * C];                                                            // (T, C)
-        for (int t = 0; t < T; t++)
-        {
-            Weights.TokenEmbedding.AsSpan(a.Tokens[t] * C, C).CopyTo(x.AsSpan(t * C));
-            if (Weights.PositionEmbedding is { } learned)                                   // GPT-2: learned positions
-                System.Numerics.Tensors.TensorPrimitives.Add(x.AsSpan(t * C, C), learned.AsSpan(a.Positions[t] * C, C), x.AsSpan(t * C, C));
-        }
-        for (int l = 0; l < c.Layers; l++)
+        var x = input ?? Embed(a);                                                           // (T, C)
+        for (int l = 0; l < Weights.Layers.Length; l++)
         {
             var w = Weights.Layers[l];
             a.LayerInput[l] = x;
             var n1 = a.AttnNormed[l] = NormalizeRows(x, w.AttnNorm, w.AttnNormBias, T);
-            var q = a.Q[l] = new float[T * C];
+            var q = a.Q[l] = new float[T * Cq];
             var k = a.K[l] = new float[T * kv];
             var v = a.V[l] = new float[T * kv];
-            _linear.Forward(n1, w.Wq, w.Bq, q, T, C, C);
+            _linear.Forward(n1, w.Wq, w.Bq, q, T, Cq, C);
             _linear.Forward(n1, w.Wk, w.Bk, k, T, kv, C);
             _linear.Forward(n1, w.Wv, w.Bv, v, T, kv, C);
             for (int t = 0; t < T && llama; t++)
             {
-                RotaryEmbedding.Apply(q.AsSpan(t * C, C), a.Positions[t], c.Heads, c.HeadDim, c.EffectiveRotaryDim, c.RopeTheta, c.RopeLayout);
-                RotaryEmbedding.Apply(k.AsSpan(t * kv, kv), a.Positions[t], c.KvHeads, c.HeadDim, c.EffectiveRotaryDim, c.RopeTheta, c.RopeLayout);
+                RotaryEmbedding.Apply(q.AsSpan(t * Cq, Cq), a.Positions[t], _heads, c.HeadDim, c.EffectiveRotaryDim, c.RopeTheta, c.RopeLayout);
+                RotaryEmbedding.Apply(k.AsSpan(t * kv, kv), a.Positions[t], _kvHeads, c.HeadDim, c.EffectiveRotaryDim, c.RopeTheta, c.RopeLayout);
             }
-            var att = a.Attention[l] = new float[T * C];
+            var att = a.Attention[l] = new float[T * Cq];
             a.Probs[l] = new float[a.Sequences.Length][];
             for (int i = 0; i < a.Sequences.Length; i++)
             {
                 var (offset, length, documents) = a.Sequences[i];
-                var probs = a.Probs[l][i] = new float[c.Heads * length * length];
-                CausalAttention.Forward(q.AsSpan(offset * C, length * C), k.AsSpan(offset * kv, length * kv), v.AsSpan(offset * kv, length * kv),
-                    att.AsSpan(offset * C, length * C), probs, documents, length, c.Heads, c.KvHeads, c.HeadDim);
+                var probs = a.Probs[l][i] = new float[_heads * length * length];
+                CausalAttention.Forward(q.AsSpan(offset * Cq, length * Cq), k.AsSpan(offset * kv, length * kv), v.AsSpan(offset * kv, length * kv),
+                    att.AsSpan(offset * Cq, length * Cq), probs, documents, length, _heads, _kvHeads, c.HeadDim);
             }
             var x1 = a.Residual[l] = new float[T * C];
-            _linear.Forward(att, w.Wo, w.Bo, x1, T, C, C);
-            System.Numerics.Tensors.TensorPrimitives.Add(x1, x, x1);
+            _linear.Forward(att, w.Wo, [], x1, T, C, Cq);
+            SumOverTensorGroup(x1);                                                          // row-parallel: the ranks' partial sums
+            AddBias(x1, w.Bo, T);
+            TensorPrimitives.Add(x1, x, x1);
             var n2 = a.FfnNormed[l] = NormalizeRows(x1, w.FfnNorm, w.FfnNormBias, T);
             var gate = a.Gate[l] = new float[T * H];
             _linear.Forward(n2, w.W1, w.B1, gate, T, H, C);
@@ -190,28 +276,46 @@ public sealed class TrainableModel : IDisposable
             }
             else Activations.Gelu(hidden);
             var next = new float[T * C];
-            _linear.Forward(hidden, w.W2, w.B2, next, T, C, H);
-            System.Numerics.Tensors.TensorPrimitives.Add(next, x1, next);
+            _linear.Forward(hidden, w.W2, [], next, T, C, H);
+            SumOverTensorGroup(next);
+            AddBias(next, w.B2, T);
+            TensorPrimitives.Add(next, x1, next);
             x = next;
         }
-        a.Final = x;
-        a.FinalNormed = NormalizeRows(x, Weights.FinalNorm, Weights.FinalNormBias, T);
-        a.Logits = new float[T * V];
-        _linear.Forward(a.FinalNormed, Weights.Output ?? Weights.TokenEmbedding, [], a.Logits, T, V, C);
+        a.Output = x;
+        if (!Spec.IsLastStage) return a;
+        a.FinalNormed = NormalizeRows(x, Weights.FinalNorm!, Weights.FinalNormBias, T);
+        var logits = new float[T * _vocab];                                                  // (T, Vl)
+        _linear.Forward(a.FinalNormed, _head!, [], logits, T, _vocab, C);
+        a.Logits = GatherVocab(logits, T);                                                   // (T, V)
         return a;
     }
 
-    private void Backward(SavedActivations a, float[] dlogits)
+    /// <summary>
+    /// This stage's backward of a micro-batch: the last stage starts from the cross-entropy of its logits, scaled by
+    /// <paramref name="lossScale"/> (the micro-batch's share of the global mean); other stages from the next stage's
+    /// <paramref name="outputGradient"/> (T, C). Adds to <see cref="Gradients"/>; returns the loss (last stage, unscaled)
+    /// and ∂L/∂input (T, C) for the previous stage (null on the first).
+    /// </summary>
+    public (float Loss, float[]? InputGradient) Backward(StageActivations a, float[]? outputGradient, float lossScale)
     {
         var c = Config;
-        int T = a.Tokens.Length, C = c.Dim, H = c.HiddenDim, kv = c.KvDim, V = c.VocabSize;
-        var dFinalNormed = new float[T * C];
-        _linear.Backward(a.FinalNormed, Weights.Output ?? Weights.TokenEmbedding, dlogits, dFinalNormed,
-            Gradients.Output ?? Gradients.TokenEmbedding, [], T, V, C);
-        var dx = new float[T * C];                                                           // ∂L/∂(layer output)
-        NormalizeRowsBackward(a.Final, Weights.FinalNorm, dFinalNormed, dx, Gradients.FinalNorm, Gradients.FinalNormBias, T);
+        int T = a.Tokens.Length, C = c.Dim, H = _hidden, kv = _ckv, Cq = _cq, V = c.VocabSize;
+        if (Spec.IsLastStage == outputGradient is not null) throw new ArgumentException(Spec.IsLastStage ? "the last stage starts from its loss" : "a stage before the last needs the next stage's gradient", nameof(outputGradient));
+        float loss = 0;
+        var dx = outputGradient ?? new float[T * C];                                         // ∂L/∂(stage output) (T, C)
+        if (Spec.IsLastStage)
+        {
+            var dlogits = new float[T * V];
+            loss = CrossEntropy.LossAndGradient(a.Logits, a.Targets, dlogits, V);
+            if (lossScale != 1f) TensorPrimitives.Multiply(dlogits, lossScale, dlogits);
+            var dFinalNormed = new float[T * C];
+            _linear.Backward(a.FinalNormed, _head!, VocabColumns(dlogits, T), dFinalNormed, _headGradient!, [], T, _vocab, C);
+            SumOverTensorGroup(dFinalNormed);                                                // column-parallel head: its input's gradient sums over ranks
+            NormalizeRowsBackward(a.Output, Weights.FinalNorm!, dFinalNormed, dx, Gradients.FinalNorm!, Gradients.FinalNormBias, T);
+        }
         bool llama = c.Architecture == Architecture.Llama;
-        for (int l = c.Layers - 1; l >= 0; l--)
+        for (int l = Weights.Layers.Length - 1; l >= 0; l--)
         {
             LayerWeights w = Weights.Layers[l], g = Gradients.Layers[l];
             // x_out = x1 + W2·swiglu(W1·n2, W3·n2)   (GPT-2: W2·gelu(W1·n2 + b1) + b2)
@@ -228,34 +332,94 @@ public sealed class TrainableModel : IDisposable
             }
             else Activations.GeluBackward(a.Gate[l], dHidden, dGate);
             _linear.Backward(a.FfnNormed[l], w.W1, dGate, dn2, g.W1, g.B1, T, H, C);
+            SumOverTensorGroup(dn2);
             NormalizeRowsBackward(a.Residual[l], w.FfnNorm, dn2, dx1, g.FfnNorm, g.FfnNormBias, T);
             // x1 = x_in + Wo·attention(rope(Wq·n1), rope(Wk·n1), Wv·n1)
             var dxIn = (float[])dx1.Clone();
-            var dAtt = new float[T * C];
-            _linear.Backward(a.Attention[l], w.Wo, dx1, dAtt, g.Wo, g.Bo, T, C, C);
-            var dq = new float[T * C];
+            var dAtt = new float[T * Cq];
+            _linear.Backward(a.Attention[l], w.Wo, dx1, dAtt, g.Wo, g.Bo, T, C, Cq);
+            var dq = new float[T * Cq];
             var dk = new float[T * kv];
             var dv = new float[T * kv];
             for (int i = 0; i < a.Sequences.Length; i++)
             {
                 var (o, n, _) = a.Sequences[i];
-                CausalAttention.Backward(a.Q[l].AsSpan(o * C, n * C), a.K[l].AsSpan(o * kv, n * kv), a.V[l].AsSpan(o * kv, n * kv), a.Probs[l][i],
-                    dAtt.AsSpan(o * C, n * C), dq.AsSpan(o * C, n * C), dk.AsSpan(o * kv, n * kv), dv.AsSpan(o * kv, n * kv), n, c.Heads, c.KvHeads, c.HeadDim);
+                CausalAttention.Backward(a.Q[l].AsSpan(o * Cq, n * Cq), a.K[l].AsSpan(o * kv, n * kv), a.V[l].AsSpan(o * kv, n * kv), a.Probs[l][i],
+                    dAtt.AsSpan(o * Cq, n * Cq), dq.AsSpan(o * Cq, n * Cq), dk.AsSpan(o * kv, n * kv), dv.AsSpan(o * kv, n * kv), n, _heads, _kvHeads, c.HeadDim);
             }
             for (int t = 0; t < T && llama; t++)
             {
-                RotaryEmbedding.Backward(dq.AsSpan(t * C, C), a.Positions[t], c.Heads, c.HeadDim, c.EffectiveRotaryDim, c.RopeTheta, c.RopeLayout);
-                RotaryEmbedding.Backward(dk.AsSpan(t * kv, kv), a.Positions[t], c.KvHeads, c.HeadDim, c.EffectiveRotaryDim, c.RopeTheta, c.RopeLayout);
+                RotaryEmbedding.Backward(dq.AsSpan(t * Cq, Cq), a.Positions[t], _heads, c.HeadDim, c.EffectiveRotaryDim, c.RopeTheta, c.RopeLayout);
+                RotaryEmbedding.Backward(dk.AsSpan(t * kv, kv), a.Positions[t], _kvHeads, c.HeadDim, c.EffectiveRotaryDim, c.RopeTheta, c.RopeLayout);
             }
             var dn1 = new float[T * C];
-            _linear.Backward(a.AttnNormed[l], w.Wq, dq, dn1, g.Wq, g.Bq, T, C, C);
+            _linear.Backward(a.AttnNormed[l], w.Wq, dq, dn1, g.Wq, g.Bq, T, Cq, C);
             _linear.Backward(a.AttnNormed[l], w.Wk, dk, dn1, g.Wk, g.Bk, T, kv, C);
             _linear.Backward(a.AttnNormed[l], w.Wv, dv, dn1, g.Wv, g.Bv, T, kv, C);
+            SumOverTensorGroup(dn1);
             NormalizeRowsBackward(a.LayerInput[l], w.AttnNorm, dn1, dxIn, g.AttnNorm, g.AttnNormBias, T);
             dx = dxIn;
         }
-        EmbeddingBackward.Backward(a.Tokens, dx, Gradients.TokenEmbedding, C);
+        if (!Spec.IsFirstStage) return (loss, dx);
+        var vocab = Spec.Vocab;
+        for (int t = 0; t < T; t++)   // vocab-parallel embedding: this rank's rows only
+            if (a.Tokens[t] >= vocab.Offset && a.Tokens[t] < vocab.End)
+                TensorPrimitives.Add(Gradients.TokenEmbedding!.AsSpan((a.Tokens[t] - vocab.Offset) * C, C), dx.AsSpan(t * C, C), Gradients.TokenEmbedding.AsSpan((a.Tokens[t] - vocab.Offset) * C, C));
         if (Gradients.PositionEmbedding is { } dPositions) EmbeddingBackward.Backward(a.Positions, dx, dPositions, C);
+        return (loss, null);
+    }
+
+    /// <summary>x (T, C): this rank's embedding rows for the tokens in its vocab slice, summed over the ranks, plus learned positions.</summary>
+    private float[] Embed(StageActivations a)
+    {
+        int T = a.Tokens.Length, C = Config.Dim;
+        var vocab = Spec.Vocab;
+        var x = new float[T * C];
+        for (int t = 0; t < T; t++)
+            if (a.Tokens[t] >= vocab.Offset && a.Tokens[t] < vocab.End)
+                Weights.TokenEmbedding!.AsSpan((a.Tokens[t] - vocab.Offset) * C, C).CopyTo(x.AsSpan(t * C));
+        SumOverTensorGroup(x);
+        if (Weights.PositionEmbedding is { } learned)                                        // GPT-2: learned positions
+            for (int t = 0; t < T; t++)
+                TensorPrimitives.Add(x.AsSpan(t * C, C), learned.AsSpan(a.Positions[t] * C, C), x.AsSpan(t * C, C));
+        return x;
+    }
+
+    private void SumOverTensorGroup(float[] x) => _tensorGroup?.AllReduce(x).GetAwaiter().GetResult();
+
+    private void AddBias(float[] y, float[]? bias, int rows)
+    {
+        if (bias is null) return;
+        for (int r = 0; r < rows; r++) TensorPrimitives.Add(y.AsSpan(r * bias.Length, bias.Length), bias, y.AsSpan(r * bias.Length, bias.Length));
+    }
+
+    /// <summary>Vocab-parallel logits: this rank's (T, Vl) columns joined with the others' into (T, V).</summary>
+    private float[] GatherVocab(float[] local, int rows)
+    {
+        if (_tensorGroup is null) return local;
+        float[] all = _tensorGroup.AllGather(local).GetAwaiter().GetResult();   // rank-major: (T, V0) (T, V1) ...
+        int V = Config.VocabSize;
+        var logits = new float[rows * V];
+        int offset = 0;
+        for (int rank = 0; rank < Spec.TensorParallel; rank++)
+        {
+            var vocab = Slice.Partition(V, Spec.TensorParallel, rank);
+            for (int r = 0; r < rows; r++)
+                all.AsSpan(offset + r * vocab.Count, vocab.Count).CopyTo(logits.AsSpan(r * V + vocab.Offset));
+            offset += rows * vocab.Count;
+        }
+        return logits;
+    }
+
+    /// <summary>This rank's columns (T, Vl) of a whole-vocabulary (T, V) matrix.</summary>
+    private float[] VocabColumns(float[] whole, int rows)
+    {
+        if (_tensorGroup is null) return whole;
+        int V = Config.VocabSize;
+        var vocab = Spec.Vocab;
+        var local = new float[rows * vocab.Count];
+        for (int r = 0; r < rows; r++) whole.AsSpan(r * V + vocab.Offset, vocab.Count).CopyTo(local.AsSpan(r * vocab.Count));
+        return local;
     }
 
     /// <summary>Positions restart at 0 with each document (llama-style packing), else run 0..T-1.</summary>
@@ -286,24 +450,5 @@ public sealed class TrainableModel : IDisposable
             else Norms.LayerNormBackward(x.AsSpan(r * C, C), weight, dy.AsSpan(r * C, C), dx.AsSpan(r * C, C), dWeight, dBias, Config.NormEps);
     }
 
-    private static ModelWeights ZerosLike(ModelWeights w)
-    {
-        static float[] Z(float[] a) => new float[a.Length];
-        static float[]? ZOpt(float[]? a) => a is null ? null : new float[a.Length];
-        return new ModelWeights
-        {
-            TokenEmbedding = Z(w.TokenEmbedding),
-            PositionEmbedding = ZOpt(w.PositionEmbedding),
-            Layers = [.. w.Layers.Select(l => new LayerWeights
-            {
-                AttnNorm = Z(l.AttnNorm), AttnNormBias = ZOpt(l.AttnNormBias), Wq = Z(l.Wq), Wk = Z(l.Wk), Wv = Z(l.Wv), Wo = Z(l.Wo),
-                Bq = ZOpt(l.Bq), Bk = ZOpt(l.Bk), Bv = ZOpt(l.Bv), Bo = ZOpt(l.Bo),
-                FfnNorm = Z(l.FfnNorm), FfnNormBias = ZOpt(l.FfnNormBias), W1 = Z(l.W1), W2 = Z(l.W2), W3 = ZOpt(l.W3),
-                B1 = ZOpt(l.B1), B2 = ZOpt(l.B2),
-            })],
-            FinalNorm = Z(w.FinalNorm),
-            FinalNormBias = ZOpt(w.FinalNormBias),
-            Output = ZOpt(w.Output),
-        };
-    }
+    private static ShardWeights ZerosLike(ShardWeights w) => ShardWeights.Map(w, a => new float[a.Length]);
 }

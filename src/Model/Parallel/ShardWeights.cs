@@ -49,6 +49,28 @@ public sealed class ShardWeights
         };
     }
 
+    /// <summary>A shard of the same spec whose every tensor is <paramref name="map"/> of this one's (copies, zeros of the same shapes).</summary>
+    public static ShardWeights Map(ShardWeights w, Func<float[], float[]> map)
+    {
+        float[]? Opt(float[]? a) => a is null ? null : map(a);
+        return new ShardWeights
+        {
+            Spec = w.Spec,
+            TokenEmbedding = Opt(w.TokenEmbedding),
+            PositionEmbedding = Opt(w.PositionEmbedding),
+            Layers = [.. w.Layers.Select(l => new LayerWeights
+            {
+                AttnNorm = map(l.AttnNorm), AttnNormBias = Opt(l.AttnNormBias), Wq = map(l.Wq), Wk = map(l.Wk), Wv = map(l.Wv), Wo = map(l.Wo),
+                Bq = Opt(l.Bq), Bk = Opt(l.Bk), Bv = Opt(l.Bv), Bo = Opt(l.Bo),
+                FfnNorm = map(l.FfnNorm), FfnNormBias = Opt(l.FfnNormBias), W1 = map(l.W1), W2 = map(l.W2), W3 = Opt(l.W3),
+                B1 = Opt(l.B1), B2 = Opt(l.B2),
+            })],
+            FinalNorm = Opt(w.FinalNorm),
+            FinalNormBias = Opt(w.FinalNormBias),
+            Output = Opt(w.Output),
+        };
+    }
+
     // Whole slices share the source array: a single-shard model costs no copy.
 
     /// <summary>Rows [slice) of a row-major (rows, cols) matrix.</summary>

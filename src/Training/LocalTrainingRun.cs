@@ -1,0 +1,83 @@
+// A data × pipeline × tensor-parallel training run inside one process: every shard of the layout is a ShardTrainer on
+// its own thread, its groups joined by in-process transports. What the trainer grains do across silos, without them:
+// the CLI's `cluster train --layout`, the parallel-training tests and the training benchmark use it.
+using Cluster.Compute.Collectives;
+using Cluster.Model;
+using Cluster.Model.Parallel;
+
+namespace Cluster.Training;
+
+public sealed class LocalTrainingRun : IDisposable
+{
+    private readonly ShardTrainer[] _shards;   // ShardingPlan order: (replica, stage, rank)
+
+    private LocalTrainingRun(ShardingPlan plan, ShardTrainer[] shards) => (Plan, _shards) = (plan, shards);
+
+    public ShardingPlan Plan { get; }
+    public IReadOnlyList<ShardTrainer> Shards => _shards;
+    public int Step => _shards[0].Step;
+
+    /// <param name="threads">CPU threads of each shard's products.</param>
+    public static LocalTrainingRun Create(ModelConfig config, ModelWeights weights, ParallelLayout layout, OptimizerOptions options,
+        int zeroStage = 0, int threads = 1)
+    {
+        var plan = ShardingPlan.Create(config, layout);
+        int dp = layout.DataParallel, pp = layout.PipelineStages, tp = layout.TensorParallel;
+        var tensor = Groups(dp * pp, tp);      // [replica * pp + stage][rank]
+        var pipeline = Groups(dp * tp, pp);    // [replica * tp + rank][stage]
+        var data = Groups(pp * tp, dp);        // [stage * tp + rank][replica]
+        var shards = plan.Shards.Select(s =>
+        {
+            var tensorGroup = tp > 1 ? new CollectiveGroup(tensor[s.Replica * pp + s.Stage][s.Rank]) : null;   // the model's and the trainer's: one operation count
+            var own = ShardWeights.Map(ShardWeights.Slice(config, weights, s), a => (float[])a.Clone());   // whole tensors are shared with the source: copy
+            var model = new TrainableModel(config, own, threads, tensorGroup);
+            return new ShardTrainer(model, options, new TrainingGroups(tensorGroup,
+                pp > 1 ? pipeline[s.Replica * tp + s.Rank][s.Stage] : null,
+                dp > 1 ? new CollectiveGroup(data[s.Stage * tp + s.Rank][s.Replica]) : null), zeroStage);
+        }).ToArray();
+        return new LocalTrainingRun(plan, shards);
+
+        static ICollectiveTransport[][] Groups(int count, int size) => [.. Enumerable.Range(0, count).Select(_ => InProcessTransport.CreateGroup(size))];
+    }
+
+    /// <summary>
+    /// One step over the global batch: replica r trains on its contiguous share of the sequences, cut into
+    /// <paramref name="microBatches"/> micro-batches. Returns the step's global mean loss, learning rate and gradient norm.
+    /// </summary>
+    public StepResult TrainStep(IReadOnlyList<TrainingSequence> batch, int microBatches = 1, PipelineSchedule schedule = PipelineSchedule.OneFOneB)
+    {
+        int dp = Plan.Layout.DataParallel;
+        if (batch.Count < dp * microBatches) throw new ArgumentException($"a batch of {batch.Count} sequences cannot feed {dp} replicas × {microBatches} micro-batches", nameof(batch));
+        int globalTargets = batch.Sum(s => s.CountedTargets);
+        var perReplica = Enumerable.Range(0, dp).Select(r =>
+        {
+            var share = Slice.Partition(batch.Count, dp, r);
+            return (IReadOnlyList<IReadOnlyList<TrainingSequence>>)[.. Enumerable.Range(0, microBatches).Select(m =>
+            {
+                var part = Slice.Partition(share.Count, microBatches, m);
+                return (IReadOnlyList<TrainingSequence>)[.. batch.Skip(share.Offset + part.Offset).Take(part.Count)];
+            })];
+        }).ToArray();
+        var steps = _shards.Select(s => Task.Factory.StartNew(() => s.TrainStep(perReplica[s.Model.Spec.Replica], globalTargets, schedule),
+            TaskCreationOptions.LongRunning)).ToArray();
+        var pending = steps.ToList();
+        while (pending.Count > 0)
+        {
+            var done = Task.WhenAny(pending).GetAwaiter().GetResult();
+            if (done.IsFaulted) throw done.Exception!.InnerException!;   // its peers wait for its messages for ever: fail the step now
+            pending.Remove(done);
+        }
+        var results = steps.Select(t => t.Result).ToArray();
+        var last = results.Where((_, i) => _shards[i].Model.Spec is { IsLastStage: true, Rank: 0 }).ToArray();
+        return results[0] with { LossShare = last.Sum(r => r.LossShare) };
+    }
+
+    /// <summary>Replica 0's shards put back together as whole-model weights.</summary>
+    public ModelWeights Assemble() =>
+        WeightAssembly.Assemble(Plan.Config, _shards.Where(s => s.Model.Spec.Replica == 0).SelectMany(s => s.Model.Parameters()));
+
+    public void Dispose()
+    {
+        foreach (var shard in _shards) shard.Dispose();
+    }
+}

@@ -1,0 +1,212 @@
+// One shard's side of a training step in a data × pipeline × tensor-parallel run (Megatron's schedules.py and
+// DDP/ZeRO in one place): the pipeline schedule over micro-batches (activations sent to the next stage, gradients
+// back), the tied-embedding gradient summed between the first and last stage, the data-parallel gradient all-reduce
+// (or ZeRO-1's reduce-scatter / sharded update / all-gather), the global gradient norm over every shard, and AdamW.
+// Every shard of the run calls TrainStep with the same micro-batches (each replica its own), so every collective and
+// message pairs up. The calls block the calling thread on the groups' messages: run each shard on its own thread.
+//   dotnet test --project tests/Cluster.Tests -c Release -- --filter-class Cluster.Tests.Training.ParallelTrainingTests
+using System.Runtime.InteropServices;
+using Cluster.Compute.Collectives;
+
+namespace Cluster.Training;
+
+/// <summary>The groups a shard trains in; null where its degree is 1.</summary>
+/// <param name="Tensor">The stage's tensor-parallel ranks (rank = ShardSpec.Rank).</param>
+/// <param name="Pipeline">Point-to-point messages between the stages of this replica at this rank (rank = stage).</param>
+/// <param name="Data">The replicas of this shard (rank = replica).</param>
+public sealed record TrainingGroups(CollectiveGroup? Tensor = null, ICollectiveTransport? Pipeline = null, CollectiveGroup? Data = null);
+
+public enum PipelineSchedule
+{
+    /// <summary>All forwards, then all backwards (GPipe): activations of every micro-batch are alive at once.</summary>
+    GPipe,
+    /// <summary>One forward, one backward (PipeDream-Flush): a stage keeps at most (stages − stage) micro-batches' activations.</summary>
+    OneFOneB,
+}
+
+/// <summary>After a step: its number, the loss's share of the global mean this shard computed (last stages; 0 elsewhere), the learning rate and the gradient norm.</summary>
+public sealed record StepResult(int Step, float LossShare, float LearningRate, float GradientNorm);
+
+public sealed class ShardTrainer : IDisposable
+{
+    private const int ActivationMessage = 0, GradientMessage = 1, TiedEmbeddingMessage = 2, NormMessage = 3;
+
+    private readonly TrainingGroups _groups;
+    private readonly Optimizer? _optimizer;
+    private readonly ShardedOptimizer? _sharded;
+    private long _exchanges;   // TrainStep calls so far: keeps one step's pipeline messages apart from the next's
+
+    /// <param name="model">This shard (owned: disposed with the trainer).</param>
+    /// <param name="zeroStage">0: every replica keeps the whole optimizer state; 1: each keeps its slice (ZeRO-1).</param>
+    public ShardTrainer(TrainableModel model, OptimizerOptions options, TrainingGroups groups, int zeroStage = 0)
+    {
+        if (zeroStage is not (0 or 1)) throw new ArgumentException($"ZeRO stage {zeroStage} is not supported (0 or 1)", nameof(zeroStage));
+        bool oneStage = model.Spec.IsFirstStage && model.Spec.IsLastStage;
+        if (oneStage ? groups.Pipeline is { WorldSize: > 1 } : groups.Pipeline is null || groups.Pipeline.Rank != model.Spec.Stage)
+            throw new ArgumentException($"shard {model.Spec} needs a pipeline transport where it is rank {model.Spec.Stage}", nameof(groups));
+        Model = model;
+        _groups = groups;
+        if (zeroStage == 1) _sharded = new ShardedOptimizer(model, options, groups.Data?.Rank ?? 0, groups.Data?.WorldSize ?? 1);
+        else _optimizer = new Optimizer(model, options);
+    }
+
+    public TrainableModel Model { get; }
+    /// <summary>The plain optimizer (ZeRO stage 0), for checkpoints.</summary>
+    public Optimizer? Optimizer => _optimizer;
+    public int Step => _optimizer?.Step ?? _sharded!.Step;
+
+    public void Dispose() => Model.Dispose();
+
+    /// <summary>
+    /// One optimizer step over this replica's <paramref name="microBatches"/>; <paramref name="globalTargets"/> counts the
+    /// targets of every replica's micro-batches together, so the summed gradient is that of the global batch's mean loss.
+    /// </summary>
+    public StepResult TrainStep(IReadOnlyList<IReadOnlyList<TrainingSequence>> microBatches, int globalTargets, PipelineSchedule schedule)
+    {
+        if (microBatches.Count == 0) throw new ArgumentException("a step needs at least one micro-batch", nameof(microBatches));
+        if (globalTargets <= 0) throw new ArgumentException("the global batch has no counted targets", nameof(globalTargets));
+        _exchanges++;
+        Model.ZeroGradients();
+        float lossShare = RunPipeline(microBatches, globalTargets, schedule);
+        SumTiedEmbeddingGradient();
+        return _sharded is null ? PlainStep(lossShare) : ZeroStep(_sharded, lossShare);
+    }
+
+    /// <summary>The forwards and backwards of this stage in the schedule's order; returns Σ loss × share over the micro-batches (last stage).</summary>
+    private float RunPipeline(IReadOnlyList<IReadOnlyList<TrainingSequence>> microBatches, int globalTargets, PipelineSchedule schedule)
+    {
+        var spec = Model.Spec;
+        var saved = new StageActivations?[microBatches.Count];
+        float lossShare = 0;
+        foreach (var (forward, m) in Operations(schedule, spec.Stage, _groups.Pipeline?.WorldSize ?? 1, microBatches.Count))
+            if (forward)
+            {
+                var input = spec.IsFirstStage ? null : Receive(spec.Stage - 1, ActivationMessage, m);   // (T, C)
+                var a = saved[m] = Model.Forward(microBatches[m], input);
+                if (!spec.IsLastStage) Send(spec.Stage + 1, ActivationMessage, m, a.Output);
+            }
+            else
+            {
+                var outputGradient = spec.IsLastStage ? null : Receive(spec.Stage + 1, GradientMessage, m);   // (T, C)
+                float share = microBatches[m].Sum(s => s.CountedTargets) / (float)globalTargets;
+                var (loss, inputGradient) = Model.Backward(saved[m]!, outputGradient, share);
+                saved[m] = null;   // 1F1B's point: activations live only between a micro-batch's forward and backward
+                lossShare += loss * share;
+                if (!spec.IsFirstStage) Send(spec.Stage - 1, GradientMessage, m, inputGradient!);
+            }
+        return lossShare;
+    }
+
+    /// <summary>A stage's (forward?, micro-batch) operations in schedule order.</summary>
+    public static IEnumerable<(bool Forward, int MicroBatch)> Operations(PipelineSchedule schedule, int stage, int stages, int microBatches)
+    {
+        if (schedule == PipelineSchedule.GPipe)
+        {
+            for (int m = 0; m < microBatches; m++) yield return (true, m);
+            for (int m = microBatches - 1; m >= 0; m--) yield return (false, m);
+            yield break;
+        }
+        int warmup = Math.Min(stages - stage - 1, microBatches);   // forwards in flight before the first backward
+        for (int m = 0; m < warmup; m++) yield return (true, m);
+        for (int m = warmup; m < microBatches; m++)
+        {
+            yield return (true, m);
+            yield return (false, m - warmup);
+        }
+        for (int m = microBatches - warmup; m < microBatches; m++) yield return (false, m);
+    }
+
+    /// <summary>A tied LM head on the last stage and the embedding on the first are one parameter: both copies get the sum.</summary>
+    private void SumTiedEmbeddingGradient()
+    {
+        int last = (_groups.Pipeline?.WorldSize ?? 1) - 1;
+        if (Model.TiedEmbeddingGradient is { } embedding) AddPeerCopy(embedding, last);
+        else if (Model.TiedHeadGradient is { } head) AddPeerCopy(head, 0);
+
+        void AddPeerCopy(float[] gradient, int peer)
+        {
+            Send(peer, TiedEmbeddingMessage, 0, gradient);
+            System.Numerics.Tensors.TensorPrimitives.Add(gradient, Receive(peer, TiedEmbeddingMessage, 0), gradient);   // a + b = b + a: both copies stay equal
+        }
+    }
+
+    private StepResult PlainStep(float lossShare)
+    {
+        var gradients = Model.Parameters().Select(p => p.Gradient).ToArray();
+        if (_groups.Data is { } data)
+        {
+            var flat = Flatten(gradients);
+            data.AllReduce(flat).GetAwaiter().GetResult();
+            Unflatten(flat, gradients);
+        }
+        float norm = MathF.Sqrt(SumOverModel((float)Model.CountedGradientSquares()));
+        var (lr, _) = _optimizer!.Apply(norm);
+        return new StepResult(_optimizer.Step, lossShare, lr, norm);
+    }
+
+    /// <summary>
+    /// ZeRO-1: the gradients are reduce-scattered (each replica gets the sum of its slice), the global norm comes from
+    /// the slices' sums of squares, each replica updates its slice, and an all-gather hands every replica the whole
+    /// updated parameters.
+    /// </summary>
+    private StepResult ZeroStep(ShardedOptimizer optimizer, float lossShare)
+    {
+        var parameters = Model.Parameters().Select(p => p.Parameter).ToArray();
+        var gradients = Flatten(Model.Parameters().Select(p => p.Gradient));
+        var data = _groups.Data;
+        float[] mine = data is null ? gradients : data.ReduceScatter(gradients).GetAwaiter().GetResult();   // (Count,)
+        float[] squares = [(float)optimizer.CountedSquares(mine)];
+        data?.AllReduce(squares).GetAwaiter().GetResult();
+        float norm = MathF.Sqrt(SumOverModel(squares[0]));
+        float[] slice = Flatten(parameters).AsSpan(optimizer.Offset, optimizer.Count).ToArray();
+        float lr = optimizer.Apply(slice, mine, norm);
+        Unflatten(data is null ? slice : data.AllGather(slice).GetAwaiter().GetResult(), parameters);   // (TotalLength,)
+        return new StepResult(optimizer.Step, lossShare, lr, norm);
+    }
+
+    /// <summary>A per-shard value summed over the replica's whole model: its tensor-parallel ranks, then its stages (in stage order, so every shard gets the same bits).</summary>
+    private float SumOverModel(float value)
+    {
+        float[] sum = [value];
+        _groups.Tensor?.AllReduce(sum).GetAwaiter().GetResult();
+        if (_groups.Pipeline is not { WorldSize: > 1 } pipeline) return sum[0];
+        for (int stage = 0; stage < pipeline.WorldSize; stage++)
+            if (stage != pipeline.Rank) Send(stage, NormMessage, 0, sum);
+        float total = 0;
+        for (int stage = 0; stage < pipeline.WorldSize; stage++)
+            total += stage == pipeline.Rank ? sum[0] : Receive(stage, NormMessage, 0)[0];
+        return total;
+    }
+
+    private long Tag(int kind, int microBatch) => (_exchanges << 24) | ((long)kind << 20) | (uint)microBatch;
+
+    private void Send(int stage, int kind, int microBatch, float[] data) =>
+        _groups.Pipeline!.SendAsync(stage, Tag(kind, microBatch), MemoryMarshal.AsBytes(data.AsSpan()).ToArray()).GetAwaiter().GetResult();
+
+    private float[] Receive(int stage, int kind, int microBatch) =>
+        MemoryMarshal.Cast<byte, float>(_groups.Pipeline!.ReceiveAsync(stage, Tag(kind, microBatch)).GetAwaiter().GetResult()).ToArray();
+
+    /// <summary>The tensors one after another in one array.</summary>
+    private static float[] Flatten(IEnumerable<float[]> tensors)
+    {
+        var all = tensors.ToArray();
+        var flat = new float[all.Sum(t => t.Length)];
+        int offset = 0;
+        foreach (var t in all)
+        {
+            t.CopyTo(flat, offset);
+            offset += t.Length;
+        }
+        return flat;
+    }
+
+    private static void Unflatten(float[] flat, float[][] tensors)
+    {
+        int offset = 0;
+        foreach (var t in tensors)
+        {
+            flat.AsSpan(offset, t.Length).CopyTo(t);
+            offset += t.Length;
+        }
+    }
+}
