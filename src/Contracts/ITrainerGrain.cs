@@ -1,44 +1,62 @@
-// A data-parallel trainer: one replica of a model being trained, on one silo. Every step each trainer of the group
-// runs forward and backward on its part of the global batch, the gradients are summed with a ring all-reduce among
-// the trainers (so every replica holds the same bits), and each applies the same AdamW update.
-// Key: "{jobId}/{rank}", optionally "@{siloName}" to pin it.
+// A trainer: one shard of a model being trained (a pipeline stage's layers at one tensor-parallel rank, in one
+// data-parallel replica), on one silo. Every step each trainer runs its stage's part of the pipeline schedule over its
+// replica's micro-batches (activations to the next stage's trainer, gradients back), then the replicas sum their
+// gradients with a ring all-reduce (or ZeRO-1) and each applies the same AdamW update.
+// Key: "{jobId}/{replica}.{stage}.{rank}", optionally "@{siloName}" to pin it.
 namespace Cluster.Contracts;
 
 /// <summary>One training sequence as the trainers receive it (see Cluster.Training.TrainingSequence).</summary>
 [GenerateSerializer, Immutable]
 public sealed record TrainingSequenceMessage([property: Id(0)] int[] Tokens, [property: Id(1)] int[] Targets, [property: Id(2)] int[]? Documents);
 
-/// <summary>Where a trainer sits and how it trains: the model, its data-parallel group, the optimizer's settings.</summary>
+/// <summary>
+/// Where a trainer sits and how it trains: the model, the layout and every shard's key in ShardingPlan order (replica,
+/// stage, rank), this trainer's index there, the optimizer's settings, and the checkpoint to start from (null: the source's weights).
+/// </summary>
 [GenerateSerializer, Immutable]
 public sealed record TrainerAssignment(
     [property: Id(0)] ModelSource Source,
-    [property: Id(1)] string[] Group,
-    [property: Id(2)] int Rank,
-    [property: Id(3)] long Epoch,
-    [property: Id(4)] float LearningRate,
-    [property: Id(5)] float MinLearningRate,
-    [property: Id(6)] int WarmupSteps,
-    [property: Id(7)] int TotalSteps,
-    [property: Id(8)] float WeightDecay,
-    [property: Id(9)] float ClipNorm,
+    [property: Id(1)] string Layout,
+    [property: Id(2)] string[] Shards,
+    [property: Id(3)] int Index,
+    [property: Id(4)] long Epoch,
+    [property: Id(5)] float LearningRate,
+    [property: Id(6)] float MinLearningRate,
+    [property: Id(7)] int WarmupSteps,
+    [property: Id(8)] int TotalSteps,
+    [property: Id(9)] float WeightDecay,
+    [property: Id(10)] float ClipNorm,
     /// <summary>0: every replica keeps the whole optimizer state; 1: ZeRO-1, each keeps its slice's.</summary>
-    [property: Id(10)] int ZeroStage = 0);
+    [property: Id(11)] int ZeroStage = 0,
+    [property: Id(12)] string? RestoreFrom = null);
 
-/// <summary>This trainer's part of one step's global batch; GlobalTargets counts the targets of the whole batch.</summary>
+/// <summary>This trainer's replica's micro-batches of one step; GlobalTargets counts the targets of every replica's together.</summary>
 [GenerateSerializer, Immutable]
-public sealed record TrainingStepMessage([property: Id(0)] long Epoch, [property: Id(1)] TrainingSequenceMessage[] Sequences, [property: Id(2)] int GlobalTargets);
+public sealed record TrainingStepMessage(
+    [property: Id(0)] long Epoch, [property: Id(1)] TrainingSequenceMessage[][] MicroBatches, [property: Id(2)] int GlobalTargets,
+    /// <summary>"1f1b" or "gpipe".</summary>
+    [property: Id(3)] string Schedule = "1f1b");
 
-/// <summary>This trainer's share of the step's mean loss (the shares add up to it), and the step's learning rate and gradient norm.</summary>
+/// <summary>The step's number, this trainer's share of its mean loss (last stages, rank 0; 0 elsewhere), its learning rate and gradient norm.</summary>
 [GenerateSerializer, Immutable]
 public sealed record TrainingStepReport([property: Id(0)] int Step, [property: Id(1)] float LossShare, [property: Id(2)] float LearningRate, [property: Id(3)] float GradientNorm);
 
 public interface ITrainerGrain : ICollectiveMember
 {
-    /// <summary>Loads the model (fresh weights from the source) and starts a run in the assignment's epoch.</summary>
+    /// <summary>Loads its shard (from the checkpoint when one is given, else the source's weights) and starts a run in the assignment's epoch; an earlier epoch's run ends.</summary>
     Task Start(TrainerAssignment assignment);
 
     Task<TrainingStepReport> Step(TrainingStepMessage step);
 
-    /// <summary>Every parameter as float32 bytes, in the model's fixed parameter order.</summary>
+    /// <summary>
+    /// Copies its state after the steps taken so far (every trainer of the run must be asked together: ZeRO-1 gathers
+    /// the moments) and writes it into <paramref name="directory"/> while training goes on. Completes when written.
+    /// </summary>
+    Task SaveCheckpoint(long epoch, string directory);
+
+    /// <summary>Ends the run (a step blocked on a lost peer fails) and frees the shard.</summary>
+    Task Stop();
+
+    /// <summary>Every parameter of its shard as float32 bytes, in the shard's fixed parameter order.</summary>
     Task<byte[]> ParameterBytes();
 }

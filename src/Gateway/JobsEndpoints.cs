@@ -1,5 +1,6 @@
-// The jobs API: POST /v1/jobs starts a training job, GET /v1/jobs/{id} answers its status, GET /v1/jobs/{id}/events
-// streams its progress as server-sent events until it ends, POST /v1/jobs/{id}/cancel stops it.
+// The jobs API: POST /v1/jobs starts a training job (model, dataset, layout, hyper-parameters, where to serve the
+// result), GET /v1/jobs/{id} answers its status, GET /v1/jobs/{id}/events streams its progress as server-sent events
+// until it ends, POST /v1/jobs/{id}/cancel stops it.
 using System.Text.Json;
 using Cluster.Contracts;
 using static Cluster.Gateway.JsonFields;
@@ -32,7 +33,7 @@ public static class JobsEndpoints
                 await context.Response.Body.WriteAsync(OpenAiEndpoints.SseEvent(new
                 {
                     @object = "training.job.event", step = e.Step, loss = float.IsNaN(e.Loss) ? (float?)null : e.Loss,
-                    learning_rate = e.LearningRate, tokens_per_second = e.TokensPerSecond, state = State(e.State), error = e.Error,
+                    learning_rate = e.LearningRate, tokens_per_second = e.TokensPerSecond, state = State(e.State), error = e.Error, note = e.Note,
                 }), context.RequestAborted);
                 await context.Response.Body.FlushAsync(context.RequestAborted);
             }
@@ -55,6 +56,7 @@ public static class JobsEndpoints
     private static object Body(TrainingJobStatus s) => new
     {
         id = s.Id, @object = "training.job", state = State(s.State), step = s.Step, steps = s.Steps, loss = s.Loss, error = s.Error,
+        layout = s.Layout, checkpoint_step = s.CheckpointStep, restarts = s.Restarts, model = s.Model,
     };
 
     /// <summary>The job from the request body: a model ("preset" or "model_path"), the data and the hyper-parameters.</summary>
@@ -76,7 +78,12 @@ public static class JobsEndpoints
             SequenceLength = Get(root, "sequence_length") is { } sl ? Integer(sl, "sequence_length", 2, 1 << 16) : 64,
             LearningRate = Get(root, "learning_rate") is { } lr ? Number(lr, "learning_rate", 1e-9, 1) : 1e-3f,
             WarmupSteps = Get(root, "warmup_steps") is { } w ? Integer(w, "warmup_steps", 0, 1_000_000) : 10,
-            DataParallel = Get(root, "data_parallel") is { } dp ? Integer(dp, "data_parallel", 1, 64) : 1,
+            Layout = Get(root, "layout") is { } layout ? String(layout, "layout") : "",
+            MicroBatches = Get(root, "micro_batches") is { } mb ? Integer(mb, "micro_batches", 1, 1024) : 1,
+            Schedule = Get(root, "schedule") is { } schedule ? String(schedule, "schedule") : "1f1b",
+            CheckpointEvery = Get(root, "checkpoint_every") is { } ce ? Integer(ce, "checkpoint_every", 1, 1_000_000) : 25,
+            ServeAs = Get(root, "serve_as") is { } serveAs ? String(serveAs, "serve_as") : null,
+            ServeLayout = Get(root, "serve_layout") is { } serveLayout ? String(serveLayout, "serve_layout") : "",
             ZeroStage = Get(root, "zero_stage") is { } z ? Integer(z, "zero_stage", 0, 1) : 0,
             Silos = Get(root, "silos") is { } silos ? Strings(silos, "silos") : null,
             Seed = seed,

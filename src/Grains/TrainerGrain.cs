@@ -1,8 +1,12 @@
-// A data-parallel trainer (see ITrainerGrain). The model and optimizer live on the grain's DeviceWorker thread; the
-// gradient all-reduce blocks that thread while the peers' chunks come in through Deliver, which interleaves.
+// A trainer (see ITrainerGrain): one shard of a training run. Its ShardTrainer lives on the grain's DeviceWorker
+// thread; the step's collectives and pipeline messages block that thread while the peers' messages come in through
+// Deliver, which interleaves. Three groups, each on its own channel of the one inbox: the stage's tensor-parallel
+// ranks, the replica's pipeline stages at this rank, and this shard's data-parallel replicas.
 using System.Runtime.InteropServices;
 using Cluster.Compute.Collectives;
 using Cluster.Contracts;
+using Cluster.Model;
+using Cluster.Model.Parallel;
 using Cluster.Training;
 using Microsoft.Extensions.Options;
 using Orleans.Concurrency;
@@ -12,8 +16,9 @@ namespace Cluster.Grains;
 [PinnedShardPlacement, Reentrant]
 public sealed class TrainerGrain(IGrainFactory grains, IOptions<ShardOptions> options) : Grain, ITrainerGrain
 {
-    /// <summary>A started run: with ZeRO-1 the optimizer is a ShardedOptimizer over this replica's slice, else a whole Optimizer.</summary>
-    private sealed record Run(TrainerAssignment Assignment, TrainableModel Model, Optimizer? Optimizer, ShardedOptimizer? Sharded, CollectiveGroup? Group);
+    private const int TensorChannel = 0, PipelineChannel = 1, DataChannel = 2;
+
+    private sealed record Run(TrainerAssignment Assignment, ShardTrainer Trainer);
 
     private readonly EpochInbox _inbox = new();
     private DeviceWorker? _worker;
@@ -23,109 +28,98 @@ public sealed class TrainerGrain(IGrainFactory grains, IOptions<ShardOptions> op
 
     public async Task Start(TrainerAssignment a)
     {
-        if (a.Group.Length == 0 || (uint)a.Rank >= (uint)a.Group.Length)
-            throw new ArgumentException($"rank {a.Rank} is not in a group of {a.Group.Length}");
+        var layout = ParseLayout(a.Layout);
+        if (a.Shards.Length != layout.DataParallel * layout.PipelineStages * layout.TensorParallel || (uint)a.Index >= (uint)a.Shards.Length)
+            throw new ArgumentException($"shard {a.Index} of {a.Shards.Length} keys does not fit layout {layout}");
         if (a.ZeroStage is not (0 or 1)) throw new ArgumentException($"ZeRO stage {a.ZeroStage} is not supported (0 or 1)");
         var mailbox = _inbox.Begin(a.Epoch, new InvalidOperationException($"trainer {this.GetPrimaryKeyString()}: epoch {a.Epoch} began"));
         var previous = _run;
         _run = null;
         int threads = options.Value.DeviceThreads;
-        var (model, optimizer, sharded) = await Worker.Run(() =>
+        var trainer = await Worker.Run(() =>
         {
-            previous?.Model.Dispose();
-            var loaded = ModelSources.Load(a.Source);
-            var model = new TrainableModel(loaded.Config, loaded.Weights, threads);
-            var options = new OptimizerOptions
+            previous?.Trainer.Dispose();
+            var spec = default(ShardSpec);
+            var loaded = ModelSources.Load(a.Source, c => WeightFilter.For(spec = ShardingPlan.Create(c, layout).Shards[a.Index]));
+            var plan = ShardingPlan.Create(loaded.Config, layout);
+            spec = plan.Shards[a.Index];
+            var groups = Groups(a, plan, spec, mailbox);
+            var model = new TrainableModel(loaded.Config, ShardWeights.Slice(loaded.Config, loaded.Weights, spec), threads, groups.Tensor);
+            var trainer = new ShardTrainer(model, new OptimizerOptions
             {
                 LearningRate = a.LearningRate, MinLearningRate = a.MinLearningRate, WarmupSteps = a.WarmupSteps,
                 TotalSteps = a.TotalSteps, WeightDecay = a.WeightDecay, ClipNorm = a.ClipNorm,
-            };
-            return a.ZeroStage == 1
-                ? (model, (Optimizer?)null, new ShardedOptimizer(model, options, a.Rank, a.Group.Length))
-                : (model, new Optimizer(model, options), (ShardedOptimizer?)null);
+            }, groups, a.ZeroStage);
+            if (a.RestoreFrom is not null) Checkpoint.Restore(a.RestoreFrom, trainer);
+            return trainer;
         });
-        var group = a.Group.Length > 1
-            ? new CollectiveGroup(new GrainGroupTransport(key => grains.GetGrain<ITrainerGrain>(key), a.Group, a.Rank, a.Epoch, mailbox))
-            : null;
-        _run = new Run(a, model, optimizer, sharded, group);
+        _run = new Run(a, trainer);
     }
+
+    /// <summary>The shard's groups: peers by key, in rank order, each group on its own channel.</summary>
+    private TrainingGroups Groups(TrainerAssignment a, ShardingPlan plan, ShardSpec spec, CollectiveMailbox mailbox)
+    {
+        var layout = plan.Layout;
+        string Key(int replica, int stage, int rank) => a.Shards[(replica * layout.PipelineStages + stage) * layout.TensorParallel + rank];
+        ICollectiveTransport Transport(string[] peers, int rank, int channel) =>
+            new GrainGroupTransport(key => grains.GetGrain<ITrainerGrain>(key), peers, rank, a.Epoch, mailbox, channel);
+        var tensor = layout.TensorParallel > 1
+            ? new CollectiveGroup(Transport([.. Enumerable.Range(0, layout.TensorParallel).Select(r => Key(spec.Replica, spec.Stage, r))], spec.Rank, TensorChannel)) : null;
+        var pipeline = layout.PipelineStages > 1
+            ? Transport([.. Enumerable.Range(0, layout.PipelineStages).Select(s => Key(spec.Replica, s, spec.Rank))], spec.Stage, PipelineChannel) : null;
+        var data = layout.DataParallel > 1
+            ? new CollectiveGroup(Transport([.. Enumerable.Range(0, layout.DataParallel).Select(r => Key(r, spec.Stage, spec.Rank))], spec.Replica, DataChannel)) : null;
+        return new TrainingGroups(tensor, pipeline, data);
+    }
+
+    private static ParallelLayout ParseLayout(string text)
+    {
+        try { return ParallelLayout.Parse(text); }
+        catch (FormatException e) { throw new ArgumentException(e.Message, nameof(text), e); }
+    }
+
+    private Run Current(long epoch) => _run is { } r && r.Assignment.Epoch == epoch
+        ? r : throw new InvalidOperationException($"trainer {this.GetPrimaryKeyString()} is not started for epoch {epoch}");
 
     public Task<TrainingStepReport> Step(TrainingStepMessage step)
     {
-        var run = _run is { } r && r.Assignment.Epoch == step.Epoch
-            ? r : throw new InvalidOperationException($"trainer {this.GetPrimaryKeyString()} is not started for epoch {step.Epoch}");
-        if (step.GlobalTargets <= 0) throw new ArgumentException("the global batch has no counted targets");
+        var run = Current(step.Epoch);
+        var schedule = step.Schedule switch
+        {
+            "1f1b" => PipelineSchedule.OneFOneB,
+            "gpipe" => PipelineSchedule.GPipe,
+            _ => throw new ArgumentException($"schedule must be '1f1b' or 'gpipe', not '{step.Schedule}'"),
+        };
+        IReadOnlyList<TrainingSequence>[] microBatches = [.. step.MicroBatches.Select(m => (IReadOnlyList<TrainingSequence>)
+            [.. m.Select(s => new TrainingSequence(s.Tokens, s.Targets, s.Documents))])];
         return Worker.Run(() =>
         {
-            var model = run.Model;
-            model.ZeroGradients();
-            TrainingSequence[] batch = [.. step.Sequences.Select(s => new TrainingSequence(s.Tokens, s.Targets, s.Documents))];
-            int counted = batch.Sum(s => s.Targets.Count(t => t != Compute.Cpu.CrossEntropy.Ignore));
-            float loss = counted > 0 ? model.ForwardBackward(batch) : 0f;
-            float share = counted / (float)step.GlobalTargets;   // this replica's part of the global mean
-            if (run.Sharded is { } sharded) return ZeroStep(model, share, run.Group, sharded, loss * share);
-            SumGradientsOverGroup(model, share, run.Group);
-            var (lr, norm) = run.Optimizer!.Apply();
-            return new TrainingStepReport(run.Optimizer.Step, loss * share, lr, norm);
+            var result = run.Trainer.TrainStep(microBatches, step.GlobalTargets, schedule);
+            return new TrainingStepReport(result.Step, result.LossShare, result.LearningRate, result.GradientNorm);
         });
     }
 
-    /// <summary>Every replica's gradient, each weighted by its share of the global batch, summed in one ring all-reduce.</summary>
-    private static void SumGradientsOverGroup(TrainableModel model, float share, CollectiveGroup? group)
+    public async Task SaveCheckpoint(long epoch, string directory)
     {
-        var gradients = model.Parameters().Select(p => p.Gradient).ToArray();
-        var flat = Flatten(gradients, share);
-        group?.AllReduce(flat).GetAwaiter().GetResult();
-        Unflatten(flat, gradients);
+        var run = Current(epoch);
+        var state = await Worker.Run(run.Trainer.CaptureState);   // between steps, in step order
+        if (state.Spec.Replica != 0) return;                        // every replica holds the same state: replica 0 writes
+        await Task.Run(() => Checkpoint.WriteShard(directory, state));   // off the device thread: the next steps go on
     }
 
-    /// <summary>
-    /// ZeRO-1: the weighted gradients are reduce-scattered (each replica gets the sum of its slice), the global norm
-    /// comes from an all-reduce of the slices' sums of squares, each replica updates its slice, and an all-gather
-    /// hands every replica the whole updated parameters.
-    /// </summary>
-    private static TrainingStepReport ZeroStep(TrainableModel model, float share, CollectiveGroup? group, ShardedOptimizer optimizer, float lossShare)
+    public async Task Stop()
     {
-        var parameters = model.Parameters().Select(p => p.Parameter).ToArray();
-        var gradients = Flatten(model.Parameters().Select(p => p.Gradient), share);
-        float[] mine = group is null ? gradients : group.ReduceScatter(gradients).GetAwaiter().GetResult();   // (Count,)
-        float[] squares = [System.Numerics.Tensors.TensorPrimitives.SumOfSquares(mine)];
-        group?.AllReduce(squares).GetAwaiter().GetResult();
-        float norm = MathF.Sqrt(squares[0]);
-        float[] slice = Flatten(parameters, 1f).AsSpan(optimizer.Offset, optimizer.Count).ToArray();
-        float lr = optimizer.Apply(slice, mine, norm);
-        Unflatten(group is null ? slice : group.AllGather(slice).GetAwaiter().GetResult(), parameters);   // (TotalLength,)
-        return new TrainingStepReport(optimizer.Step, lossShare, lr, norm);
-    }
-
-    /// <summary>The tensors one after another in one array, each times <paramref name="scale"/>.</summary>
-    private static float[] Flatten(IEnumerable<float[]> tensors, float scale)
-    {
-        var all = tensors.ToArray();
-        var flat = new float[all.Sum(t => t.Length)];
-        int offset = 0;
-        foreach (var t in all)
-        {
-            System.Numerics.Tensors.TensorPrimitives.Multiply(t, scale, flat.AsSpan(offset, t.Length));
-            offset += t.Length;
-        }
-        return flat;
-    }
-
-    private static void Unflatten(float[] flat, float[][] tensors)
-    {
-        int offset = 0;
-        foreach (var t in tensors)
-        {
-            flat.AsSpan(offset, t.Length).CopyTo(t);
-            offset += t.Length;
-        }
+        _inbox.Begin(long.MaxValue, new OperationCanceledException($"trainer {this.GetPrimaryKeyString()} stopped"));   // unblocks a step waiting on peers
+        var run = _run;
+        _run = null;
+        if (run is not null) await Worker.Run(() => { run.Trainer.Dispose(); return 0; });
+        DeactivateOnIdle();
     }
 
     public Task<byte[]> ParameterBytes()
     {
         var run = _run ?? throw new InvalidOperationException($"trainer {this.GetPrimaryKeyString()} is not started");
-        return Worker.Run(() => run.Model.Parameters().SelectMany(p => MemoryMarshal.AsBytes(p.Parameter.AsSpan()).ToArray()).ToArray());
+        return Worker.Run(() => run.Trainer.Model.Parameters().SelectMany(p => MemoryMarshal.AsBytes(p.Parameter.AsSpan()).ToArray()).ToArray());
     }
 
     public Task Deliver(long epoch, int fromRank, long tag, Immutable<byte[]> data)
@@ -136,8 +130,9 @@ public sealed class TrainerGrain(IGrainFactory grains, IOptions<ShardOptions> op
 
     public override Task OnDeactivateAsync(DeactivationReason reason, CancellationToken cancellationToken)
     {
+        _inbox.Begin(long.MaxValue, new OperationCanceledException($"trainer {this.GetPrimaryKeyString()} deactivated"));
+        _run?.Trainer.Dispose();
         _worker?.Dispose();
-        _run?.Model.Dispose();
         return base.OnDeactivateAsync(reason, cancellationToken);
     }
 }

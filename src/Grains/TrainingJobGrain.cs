@@ -1,38 +1,65 @@
-// A training job (see ITrainingJobGrain): starts one trainer grain per data-parallel replica, then each step takes
-// the next global batch from the packed dataset, splits it between the replicas and has them step together
-// (gradients summed by their all-reduce), publishing every step's loss to the job's subscribers. Reentrant, so
-// status, events and cancel are answered while the step loop runs on the grain's own thread.
+// A training job (see ITrainingJobGrain): starts one trainer grain per shard of the layout, then each step takes the
+// next global batch from the packed dataset, splits it between the replicas and into micro-batches, and has every
+// trainer step together, publishing the step's loss to subscribers. Every CheckpointEvery steps the trainers copy
+// their state and write it while training goes on; when all have written, the manifest and the job's durable record
+// (the step log up to that step) follow. A step that fails or times out means a lost trainer: the job starts a new
+// epoch on the same keys (pinned placement puts a dead silo's shards on a live one), every trainer restores the last
+// checkpoint, and the steps after it are redone and logged once. Reentrant: status, events and cancel are answered
+// while the step loop runs on the grain's own thread.
+using System.Diagnostics;
 using System.Threading.Channels;
 using Cluster.Compute.Collectives;
 using Cluster.Contracts;
+using Cluster.Model;
+using Cluster.Model.Formats;
+using Cluster.Model.Parallel;
 using Cluster.Training;
 using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
 using Orleans.Concurrency;
 
 namespace Cluster.Grains;
 
 [Reentrant]
-public sealed class TrainingJobGrain(IGrainFactory grains, ILogger<TrainingJobGrain> log) : Grain, ITrainingJobGrain
+public sealed class TrainingJobGrain(
+    IGrainFactory grains, IOptions<TrainingOptions> options, ILogger<TrainingJobGrain> log,
+    [PersistentState("job", TrainingOptions.JobStorage)] IPersistentState<TrainingJobRecord> stored) : Grain, ITrainingJobGrain
 {
-    private TrainingJobSpec? _spec;
-    private TrainingJobState _state = TrainingJobState.Queued;
-    private string? _error;
-    private readonly List<TrainingJobEvent> _events = [];
+    private readonly List<TrainingJobEvent> _events = [];   // the step log: the stored one plus the steps since its checkpoint
     private readonly List<Channel<TrainingJobEvent>> _subscribers = [];
     private readonly CancellationTokenSource _cancel = new();
 
     private string Id => this.GetPrimaryKeyString();
-    private bool Ended => _state is TrainingJobState.Completed or TrainingJobState.Failed or TrainingJobState.Cancelled;
+    private TrainingJobRecord Record => stored.State;
+    private static bool IsEnded(TrainingJobState s) => s is TrainingJobState.Completed or TrainingJobState.Failed or TrainingJobState.Cancelled;
+    private string Marker => Path.Combine(options.Value.RunningDirectory, Uri.EscapeDataString(Id));
 
-    public Task<TrainingJobStatus> Submit(TrainingJobSpec spec)
+    public override Task OnActivateAsync(CancellationToken cancellationToken)
     {
-        if (_spec is not null)
-            return _spec == spec ? Task.FromResult(Describe()) : throw new ArgumentException($"job '{Id}' already runs another spec");
+        _events.AddRange(Record.Events);
+        if (Record.Spec is not null && !IsEnded(Record.State))
+        {
+            log.LogInformation("training job {Job} resumes from step {Step} after its grain was lost", Id, Record.CheckpointStep);
+            Record.Restarts++;
+            _ = Run(Record.Spec);   // the previous activation died with its silo: carry on from the last checkpoint
+        }
+        return base.OnActivateAsync(cancellationToken);
+    }
+
+    public async Task<TrainingJobStatus> Submit(TrainingJobSpec spec)
+    {
+        if (Record.Spec is not null)
+            return Record.Spec == spec ? Describe() : throw new ArgumentException($"job '{Id}' already runs another spec");
         Validate(spec);
-        _spec = spec;
+        Record.Spec = spec;
+        Record.State = TrainingJobState.Queued;
         Publish(new TrainingJobEvent(0, float.NaN, 0, 0, TrainingJobState.Queued));
+        Record.Events = [.. _events];
+        await stored.WriteStateAsync();
+        Directory.CreateDirectory(options.Value.RunningDirectory);
+        await File.WriteAllTextAsync(Marker, spec.Source.ToString());
         _ = Run(spec);   // the step loop runs on this grain's scheduler; Submit answers at once
-        return Task.FromResult(Describe());
+        return Describe();
     }
 
     private static void Validate(TrainingJobSpec s)
@@ -41,71 +68,200 @@ public sealed class TrainingJobGrain(IGrainFactory grains, ILogger<TrainingJobGr
         {
             if (!ok) throw new ArgumentException(what);
         }
-        Require(s.Source.Path is not null || Model.RandomModel.Presets.Contains(s.Source.Preset ?? ""),
-            $"preset must be one of {string.Join(", ", Model.RandomModel.Presets)} (or give a model path)");
+        Require(s.Source.Path is not null || RandomModel.Presets.Contains(s.Source.Preset ?? ""),
+            $"preset must be one of {string.Join(", ", RandomModel.Presets)} (or give a model path)");
+        ParallelLayout layout;
+        try { layout = ParallelLayout.Parse(s.Layout); }
+        catch (FormatException e) { throw new ArgumentException(e.Message); }
+        if (s.Source.Path is null) ShardingPlan.Create(RandomModel.Preset(s.Source.Preset!), layout);   // throws ArgumentException when it does not fit
         Require(s.Steps is >= 1 and <= 1_000_000, "steps must be from 1 to 1000000");
-        Require(s.DataParallel is >= 1 and <= 64, "data_parallel must be from 1 to 64");
-        Require(s.BatchSize >= s.DataParallel && s.BatchSize <= 4096, "batch_size must be at least data_parallel (every replica takes a sequence) and at most 4096");
+        Require(s.MicroBatches is >= 1 and <= 1024, "micro_batches must be from 1 to 1024");
+        Require(s.BatchSize >= layout.DataParallel * s.MicroBatches && s.BatchSize <= 4096,
+            "batch_size must be at least data parallel × micro_batches (every micro-batch takes a sequence) and at most 4096");
         Require(s.SequenceLength is >= 2 and <= 1 << 16, "sequence_length must be from 2 to 65536");
         Require(float.IsFinite(s.LearningRate) && s.LearningRate > 0 && s.LearningRate < 1, "learning_rate must be in (0, 1)");
         Require(s.WarmupSteps >= 0, "warmup_steps must be at least 0");
         Require(s.ZeroStage is 0 or 1, "zero_stage must be 0 or 1");
-        Require(s.Dataset == "additions" || (s.Dataset == "documents" && s.Documents is { Length: > 0 }),
-            "dataset must be 'additions' or 'documents' (with a non-empty documents list)");
+        Require(s.Schedule is "1f1b" or "gpipe", "schedule must be '1f1b' or 'gpipe'");
+        Require(s.CheckpointEvery >= 1, "checkpoint_every must be at least 1");
+        Require(s.Dataset == "additions" || (s.Dataset is "text" or "jsonl" && s.Documents is { Length: > 0 }),
+            "dataset must be 'additions', 'text' or 'jsonl' (the last two with a non-empty documents list)");
+        Require(s.ServeAs is null || (s.ServeAs.Length is > 0 and <= 128 && !s.ServeAs.Contains('/') && !s.ServeAs.Contains('@')),
+            "serve_as must be a model id of 1 to 128 characters without '/' or '@'");
+        if (s.ServeAs is not null)
+            try { ParallelLayout.Parse(s.ServeLayout); }
+            catch (FormatException e) { throw new ArgumentException("serve_layout: " + e.Message); }
     }
 
     private async Task Run(TrainingJobSpec spec)
     {
+        var o = options.Value;
+        var layout = ParallelLayout.Parse(spec.Layout);
+        string directory = o.JobDirectory(Id);
+        int shardsPerReplica = layout.PipelineStages * layout.TensorParallel;
+        string[] keys = [.. Enumerable.Range(0, layout.DataParallel * shardsPerReplica).Select(i => ShardKey.Create(Id,
+            i / shardsPerReplica, i % shardsPerReplica / layout.TensorParallel, i % layout.TensorParallel,
+            spec.Silos is { Length: > 0 } silos ? silos[i % silos.Length] : null))];
+        var trainers = keys.Select(k => grains.GetGrain<ITrainerGrain>(k)).ToArray();
+        DateTime? lostSince = null;
         try
         {
-            _state = TrainingJobState.Running;
-            var (dataset, keys) = await Task.Run(() =>
+            var dataset = await Task.Run(() => Dataset(spec));
+            while (true)
             {
-                var tokenizer = ModelSources.LoadTokenizer(spec.Source);
-                string[] documents = spec.Dataset == "additions" ? ArithmeticData.Additions(10_000, spec.Seed) : spec.Documents!;
-                var data = new PackedDataset(documents.Select(d => tokenizer.Encode(d, addBos: true)), spec.SequenceLength, spec.Seed);
-                string[] trainerKeys = [.. Enumerable.Range(0, spec.DataParallel).Select(r =>
-                    spec.Silos is { Length: > 0 } silos ? $"{Id}/{r}@{silos[r % silos.Length]}" : $"{Id}/{r}")];
-                return (data, trainerKeys);
-            });
-            var trainers = keys.Select(k => grains.GetGrain<ITrainerGrain>(k)).ToArray();
-            long epoch = DateTime.UtcNow.Ticks;
-            await Task.WhenAll(trainers.Select((t, rank) => t.Start(new TrainerAssignment(spec.Source, keys, rank, epoch,
-                spec.LearningRate, spec.LearningRate / 10, spec.WarmupSteps, spec.Steps, WeightDecay: 0.1f, ClipNorm: 1f, spec.ZeroStage))));
-            Publish(new TrainingJobEvent(0, float.NaN, 0, 0, TrainingJobState.Running));
-
-            var cursor = default(DataCursor);
-            var clock = System.Diagnostics.Stopwatch.StartNew();
-            for (int step = 1; step <= spec.Steps; step++)
-            {
-                if (_cancel.IsCancellationRequested)
+                Record.Epoch = Math.Max(Record.Epoch + 1, DateTime.UtcNow.Ticks);   // above any epoch an earlier activation used
+                long epoch = Record.Epoch;
+                var pendingSave = Task.CompletedTask;
+                try
                 {
-                    _state = TrainingJobState.Cancelled;
+                    var manifest = Record.Checkpoint is { } from ? await Task.Run(() => Checkpoint.ReadManifest(from)) : null;
+                    int step = manifest?.Step ?? 0;
+                    var cursor = manifest?.Cursor ?? default;
+                    _events.RemoveAll(e => e.Step > step);   // steps after the checkpoint are redone: each is logged once
+                    await AllOrFirstFailure(trainers.Select((t, i) => t.Start(Assignment(spec, keys, i, epoch))).ToArray(), o.StepTimeout);
+                    lostSince = null;
+                    Record.State = TrainingJobState.Running;
+                    Publish(new TrainingJobEvent(step, float.NaN, 0, 0, TrainingJobState.Running,
+                        Note: manifest is null ? $"started: {keys.Length} trainers, layout {layout}" : $"resumed from the checkpoint of step {step}"));
+                    var clock = Stopwatch.StartNew();
+                    long tokens = 0;
+                    while (step < spec.Steps && !_cancel.IsCancellationRequested)
+                    {
+                        (var batch, cursor) = dataset.Take(spec.BatchSize, cursor);
+                        step++;
+                        var (loss, lr) = await Step(trainers, layout, spec, batch, epoch);
+                        tokens += (long)spec.BatchSize * spec.SequenceLength;
+                        Publish(new TrainingJobEvent(step, loss, lr, (float)(tokens / clock.Elapsed.TotalSeconds), Record.State));
+                        if (step % spec.CheckpointEvery == 0 || step == spec.Steps)
+                        {
+                            await pendingSave;   // one checkpoint in flight at a time
+                            pendingSave = Save(trainers, epoch, layout, directory, step, cursor);
+                        }
+                    }
+                    await pendingSave;
                     break;
                 }
-                (var batch, cursor) = dataset.Take(spec.BatchSize, cursor);
-                int targets = batch.Sum(s => s.Targets.Count(t => t != Compute.Cpu.CrossEntropy.Ignore));
-                var reports = await Task.WhenAll(trainers.Select((trainer, rank) =>
+                catch (Exception e) when (!_cancel.IsCancellationRequested && e is not (ArgumentException or FormatException or ModelFormatException))
                 {
-                    var (offset, count) = CollectiveGroup.Partition(batch.Length, trainers.Length, rank);
-                    TrainingSequenceMessage[] part = [.. batch.Skip(offset).Take(count).Select(s => new TrainingSequenceMessage(s.Tokens, s.Targets, s.Documents))];
-                    return trainer.Step(new TrainingStepMessage(epoch, part, targets));
-                }));
-                float tokensPerSecond = (float)(step * spec.BatchSize * spec.SequenceLength / clock.Elapsed.TotalSeconds);
-                Publish(new TrainingJobEvent(step, reports.Sum(r => r.LossShare), reports[0].LearningRate, tokensPerSecond, TrainingJobState.Running));
+                    lostSince ??= DateTime.UtcNow;
+                    if (DateTime.UtcNow - lostSince > o.RecoveryTimeout) throw new TimeoutException($"trainers lost and not back within {o.RecoveryTimeout}: {e.Message}", e);
+                    Record.Restarts++;
+                    log.LogWarning(e, "training job {Job}: a trainer was lost; restarting from step {Step}", Id, Record.CheckpointStep);
+                    Publish(new TrainingJobEvent(Record.CheckpointStep, float.NaN, 0, 0, Record.State,
+                        Note: $"trainer lost ({e.GetType().Name}: {e.Message}); resuming from the checkpoint of step {Record.CheckpointStep}"));
+                    await Task.Delay(TimeSpan.FromSeconds(1));   // let the membership settle before placing the shards again
+                }
             }
-            if (_state == TrainingJobState.Running) _state = TrainingJobState.Completed;
+            Record.State = _cancel.IsCancellationRequested ? TrainingJobState.Cancelled : TrainingJobState.Completed;
+            if (Record.State == TrainingJobState.Completed && spec.ServeAs is { } modelId) await PublishModel(spec, modelId, directory);
         }
         catch (Exception e)
         {
             log.LogError(e, "training job {Job} failed", Id);
-            _state = TrainingJobState.Failed;
-            _error = e.Message;
+            Record.State = TrainingJobState.Failed;
+            Record.Error = e.Message;
         }
-        var last = _events.LastOrDefault(e => e.Step > 0);
-        Publish(new TrainingJobEvent(last?.Step ?? 0, last?.Loss ?? float.NaN, last?.LearningRate ?? 0, last?.TokensPerSecond ?? 0, _state, _error));
+        await Task.WhenAll(trainers.Select(async t =>
+        {
+            try { await t.Stop().WaitAsync(TimeSpan.FromSeconds(10)); }
+            catch (Exception e) { log.LogDebug(e, "stopping a trainer of job {Job}", Id); }
+        }));
+        var last = _events.LastOrDefault(e => e.IsStep);
+        Publish(new TrainingJobEvent(last?.Step ?? 0, last?.Loss ?? float.NaN, last?.LearningRate ?? 0, last?.TokensPerSecond ?? 0, Record.State, Record.Error,
+            Record.Model is { } served ? $"serving the trained model as '{served}'" : null));
+        Record.Events = [.. _events];
+        await stored.WriteStateAsync();
+        File.Delete(Marker);
         foreach (var subscriber in _subscribers) subscriber.Writer.TryComplete();
         _subscribers.Clear();
+    }
+
+    private TrainerAssignment Assignment(TrainingJobSpec spec, string[] keys, int index, long epoch) => new(spec.Source, spec.Layout, keys, index, epoch,
+        spec.LearningRate, spec.LearningRate / 10, spec.WarmupSteps, spec.Steps, WeightDecay: 0.1f, ClipNorm: 1f, spec.ZeroStage, Record.Checkpoint);
+
+    private static PackedDataset Dataset(TrainingJobSpec spec)
+    {
+        var tokenizer = ModelSources.LoadTokenizer(spec.Source);
+        TrainingDocument[] documents = spec.Dataset switch
+        {
+            "additions" => [.. Datasets.Additions(10_000, spec.Seed).Select(p => Datasets.PromptCompletion(p.Prompt, p.Completion, tokenizer))],
+            "text" => Datasets.Text(spec.Documents!, tokenizer),
+            _ => Datasets.Jsonl(spec.Documents!, tokenizer, "documents"),
+        };
+        return new PackedDataset(documents, spec.SequenceLength, spec.Seed);
+    }
+
+    /// <summary>One step on every trainer: replica r takes its share of the batch in micro-batches; returns the global mean loss and the learning rate.</summary>
+    private async Task<(float Loss, float LearningRate)> Step(ITrainerGrain[] trainers, ParallelLayout layout, TrainingJobSpec spec, TrainingSequence[] batch, long epoch)
+    {
+        int globalTargets = batch.Sum(s => s.CountedTargets);
+        if (globalTargets == 0) throw new ArgumentException("a global batch has no counted targets: are the documents shorter than 2 tokens?");
+        int shardsPerReplica = layout.PipelineStages * layout.TensorParallel;
+        var messages = Enumerable.Range(0, layout.DataParallel).Select(replica =>
+        {
+            var (offset, count) = CollectiveGroup.Partition(batch.Length, layout.DataParallel, replica);
+            return new TrainingStepMessage(epoch, [.. Enumerable.Range(0, spec.MicroBatches).Select(m =>
+            {
+                var (mOffset, mCount) = CollectiveGroup.Partition(count, spec.MicroBatches, m);
+                return batch.Skip(offset + mOffset).Take(mCount).Select(s => new TrainingSequenceMessage(s.Tokens, s.Targets, s.Documents)).ToArray();
+            })], globalTargets, spec.Schedule);
+        }).ToArray();
+        var reports = await AllOrFirstFailure(trainers.Select((t, i) => t.Step(messages[i / shardsPerReplica])).ToArray(), options.Value.StepTimeout);
+        int lossReporter = (layout.PipelineStages - 1) * layout.TensorParallel;   // last stage, rank 0, of each replica
+        return (reports.Where((_, i) => i % shardsPerReplica == lossReporter).Sum(r => r.LossShare), reports[0].LearningRate);
+    }
+
+    /// <summary>The trainers copy their state now (in step order) and write it while training goes on; then the manifest and the job's record.</summary>
+    private async Task Save(ITrainerGrain[] trainers, long epoch, ParallelLayout layout, string root, int step, DataCursor cursor)
+    {
+        string directory = Checkpoint.StepDirectory(root, step);
+        Record.State = TrainingJobState.Checkpointing;
+        await AllOrFirstFailure(trainers.Select(t => t.SaveCheckpoint(epoch, directory)).ToArray(), options.Value.StepTimeout);
+        string[] files = [.. Enumerable.Range(0, layout.PipelineStages).SelectMany(s => Enumerable.Range(0, layout.TensorParallel).Select(r => Checkpoint.ShardFile(s, r)))];
+        await Task.Run(() => Checkpoint.WriteManifest(directory, step, cursor, layout, files));
+        Record.Checkpoint = directory;
+        Record.CheckpointStep = step;
+        Record.Events = [.. _events.Where(e => e.Step <= step)];
+        if (Record.State == TrainingJobState.Checkpointing) Record.State = TrainingJobState.Running;
+        await stored.WriteStateAsync();
+        Publish(new TrainingJobEvent(step, float.NaN, 0, 0, Record.State, Note: $"checkpoint of step {step} saved"));
+    }
+
+    /// <summary>The final checkpoint, assembled whole whatever the layout, written as GGUF and served under <paramref name="modelId"/>.</summary>
+    private async Task PublishModel(TrainingJobSpec spec, string modelId, string directory)
+    {
+        string path = Path.Combine(directory, "model.gguf");
+        string checkpoint = Record.Checkpoint!;
+        await Task.Run(() =>
+        {
+            var loaded = ModelSources.Load(spec.Source);
+            var trained = loaded with { Weights = WeightAssembly.Assemble(loaded.Config, Checkpoint.ReadTensors(checkpoint)) };
+            GgufWriter.Write(trained, path, name: modelId);
+        });
+        await grains.GetGrain<IInferenceSchedulerGrain>(modelId).Serve(new ModelServing(ModelSource.File(path), spec.ServeLayout, spec.Silos));
+        Record.Model = modelId;
+    }
+
+    /// <summary>Every task's result; fails as soon as one fails (its peers may wait on it for ever) or when <paramref name="timeout"/> passes.</summary>
+    private static async Task<T[]> AllOrFirstFailure<T>(Task<T>[] tasks, TimeSpan timeout)
+    {
+        await AllOrFirstFailure(tasks.Cast<Task>().ToArray(), timeout);
+        return [.. tasks.Select(t => t.Result)];
+    }
+
+    private static async Task AllOrFirstFailure(Task[] tasks, TimeSpan timeout)
+    {
+        var all = Task.WhenAll(tasks);
+        _ = all.ContinueWith(t => t.Exception, TaskScheduler.Default);   // observed: abandoned calls fail later
+        var deadline = Task.Delay(timeout);
+        var pending = tasks.ToList();
+        while (pending.Count > 0)
+        {
+            var done = await Task.WhenAny([.. pending, deadline]);
+            if (done == deadline) throw new TimeoutException($"no answer within {timeout}");
+            await done;   // throws when it failed
+            pending.Remove(done);
+        }
     }
 
     private void Publish(TrainingJobEvent e)
@@ -114,14 +270,14 @@ public sealed class TrainingJobGrain(IGrainFactory grains, ILogger<TrainingJobGr
         foreach (var subscriber in _subscribers) subscriber.Writer.TryWrite(e);
     }
 
-    public Task<TrainingJobStatus?> Status() => Task.FromResult(_spec is null ? null : Describe());
+    public Task<TrainingJobStatus?> Status() => Task.FromResult(Record.Spec is null ? null : Describe());
 
     public async IAsyncEnumerable<TrainingJobEvent> Events()
     {
-        if (_spec is null) throw new ArgumentException($"no job '{Id}'");
+        if (Record.Spec is null) throw new ArgumentException($"no job '{Id}'");
         var channel = Channel.CreateUnbounded<TrainingJobEvent>();
         foreach (var e in _events) channel.Writer.TryWrite(e);
-        if (Ended) channel.Writer.TryComplete();
+        if (IsEnded(Record.State)) channel.Writer.TryComplete();
         else _subscribers.Add(channel);
         try
         {
@@ -135,14 +291,15 @@ public sealed class TrainingJobGrain(IGrainFactory grains, ILogger<TrainingJobGr
 
     public Task<TrainingJobStatus?> Cancel()
     {
-        if (_spec is null) return Task.FromResult<TrainingJobStatus?>(null);
+        if (Record.Spec is null) return Task.FromResult<TrainingJobStatus?>(null);
         _cancel.Cancel();
         return Task.FromResult<TrainingJobStatus?>(Describe());
     }
 
     private TrainingJobStatus Describe()
     {
-        var last = _events.LastOrDefault(e => e.Step > 0);
-        return new TrainingJobStatus(Id, _state, last?.Step ?? 0, _spec!.Steps, last?.Loss, _error);
+        var last = _events.LastOrDefault(e => e.IsStep);
+        return new TrainingJobStatus(Id, Record.State, last?.Step ?? 0, Record.Spec!.Steps, last?.Loss, Record.Error,
+            ParallelLayout.Parse(Record.Spec.Layout).ToString(), Record.CheckpointStep, Record.Restarts, Record.Model);
     }
 }

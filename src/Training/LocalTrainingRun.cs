@@ -58,18 +58,41 @@ public sealed class LocalTrainingRun : IDisposable
                 return (IReadOnlyList<TrainingSequence>)[.. batch.Skip(share.Offset + part.Offset).Take(part.Count)];
             })];
         }).ToArray();
-        var steps = _shards.Select(s => Task.Factory.StartNew(() => s.TrainStep(perReplica[s.Model.Spec.Replica], globalTargets, schedule),
-            TaskCreationOptions.LongRunning)).ToArray();
-        var pending = steps.ToList();
+        var results = OnEveryShard(s => s.TrainStep(perReplica[s.Model.Spec.Replica], globalTargets, schedule));
+        var last = results.Where((_, i) => _shards[i].Model.Spec is { IsLastStage: true, Rank: 0 }).ToArray();
+        return results[0] with { LossShare = last.Sum(r => r.LossShare) };
+    }
+
+    /// <summary>Writes a checkpoint of the current step under <paramref name="root"/> (replica 0's shards); returns its directory.</summary>
+    public string SaveCheckpoint(string root, DataCursor cursor)
+    {
+        var states = OnEveryShard(s => s.CaptureState());   // every replica takes part: ZeRO-1 gathers the moments
+        string directory = Checkpoint.StepDirectory(root, Step);
+        string[] files = [.. states.Where(state => state.Spec.Replica == 0).Select(state => Checkpoint.WriteShard(directory, state))];
+        Checkpoint.WriteManifest(directory, Step, cursor, Plan.Layout, files);
+        return directory;
+    }
+
+    /// <summary>Every shard takes its state from a checkpoint saved at any layout; returns its manifest (step, data cursor).</summary>
+    public CheckpointManifest Restore(string directory)
+    {
+        CheckpointManifest? manifest = null;
+        foreach (var shard in _shards) manifest = Checkpoint.Restore(directory, shard);
+        return manifest!;
+    }
+
+    /// <summary>Runs <paramref name="work"/> on every shard at once, each on its own thread (their collectives block until all take part).</summary>
+    private T[] OnEveryShard<T>(Func<ShardTrainer, T> work)
+    {
+        var tasks = _shards.Select(s => Task.Factory.StartNew(() => work(s), TaskCreationOptions.LongRunning)).ToArray();
+        var pending = tasks.ToList();
         while (pending.Count > 0)
         {
             var done = Task.WhenAny(pending).GetAwaiter().GetResult();
-            if (done.IsFaulted) throw done.Exception!.InnerException!;   // its peers wait for its messages for ever: fail the step now
+            if (done.IsFaulted) throw done.Exception!.InnerException!;   // its peers wait for its messages for ever: fail now
             pending.Remove(done);
         }
-        var results = steps.Select(t => t.Result).ToArray();
-        var last = results.Where((_, i) => _shards[i].Model.Spec is { IsLastStage: true, Rank: 0 }).ToArray();
-        return results[0] with { LossShare = last.Sum(r => r.LossShare) };
+        return [.. tasks.Select(t => t.Result)];
     }
 
     /// <summary>Replica 0's shards put back together as whole-model weights.</summary>

@@ -1,6 +1,7 @@
 // Training data as fixed-length sequences: tokenized documents in a seeded shuffled order per epoch, packed whole
 // into sequences of T tokens with document ids (attention never crosses them, positions restart) and next-token
-// targets that never reach into the next document; the rest of a sequence is padding that counts for nothing.
+// targets that never reach into the next document and count only where the document says its tokens are learned;
+// the rest of a sequence is padding that counts for nothing.
 // A cursor (epoch, position in the epoch's order) says where the next batch starts, so a run resumes exactly.
 using Cluster.Compute.Cpu;
 
@@ -10,14 +11,16 @@ public readonly record struct DataCursor(int Epoch, int Position);
 
 public sealed class PackedDataset
 {
-    private readonly int[][] _documents;
+    private readonly TrainingDocument[] _documents;
 
-    /// <param name="documents">Token ids per document (BOS first if the model expects one); longer than the sequence length are cut.</param>
-    public PackedDataset(IEnumerable<int[]> documents, int sequenceLength, int seed, int padToken = 0)
+    /// <param name="documents">Tokenized documents (BOS first if the model expects one); longer than the sequence length are cut.</param>
+    public PackedDataset(IEnumerable<TrainingDocument> documents, int sequenceLength, int seed, int padToken = 0)
     {
         if (sequenceLength < 2) throw new ArgumentOutOfRangeException(nameof(sequenceLength), sequenceLength, "sequences need at least 2 tokens");
-        _documents = [.. documents.Where(d => d.Length >= 2).Select(d => d.Length > sequenceLength ? d[..sequenceLength] : d)];
+        _documents = [.. documents.Where(d => d.Tokens.Length >= 2).Select(d => d.Tokens.Length > sequenceLength
+            ? new TrainingDocument(d.Tokens[..sequenceLength], d.Learned?[..sequenceLength]) : d)];
         if (_documents.Length == 0) throw new ArgumentException("the dataset has no document of 2 tokens or more", nameof(documents));
+        if (_documents.Any(d => d.Learned is { } l && l.Length != d.Tokens.Length)) throw new ArgumentException("a document's learned mask must give one flag per token", nameof(documents));
         SequenceLength = sequenceLength;
         Seed = seed;
         PadToken = padToken;
@@ -46,12 +49,12 @@ public sealed class PackedDataset
         while (true)
         {
             if (cursor.Position == _documents.Length) cursor = new DataCursor(cursor.Epoch + 1, 0);
-            var next = _documents[Order(cursor.Epoch)[cursor.Position]];
+            var (next, learned) = _documents[Order(cursor.Epoch)[cursor.Position]];
             if (filled + next.Length > T && filled > 0) break;   // whole documents only: it starts the next sequence
             for (int i = 0; i < next.Length; i++)
             {
                 tokens[filled + i] = next[i];
-                targets[filled + i] = i + 1 < next.Length ? next[i + 1] : CrossEntropy.Ignore;
+                targets[filled + i] = i + 1 < next.Length && (learned?[i + 1] ?? true) ? next[i + 1] : CrossEntropy.Ignore;
                 documents[filled + i] = document;
             }
             filled += next.Length;

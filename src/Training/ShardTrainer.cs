@@ -51,8 +51,6 @@ public sealed class ShardTrainer : IDisposable
     }
 
     public TrainableModel Model { get; }
-    /// <summary>The plain optimizer (ZeRO stage 0), for checkpoints.</summary>
-    public Optimizer? Optimizer => _optimizer;
     public int Step => _optimizer?.Step ?? _sharded!.Step;
 
     public void Dispose() => Model.Dispose();
@@ -95,6 +93,51 @@ public sealed class ShardTrainer : IDisposable
                 if (!spec.IsFirstStage) Send(spec.Stage - 1, GradientMessage, m, inputGradient!);
             }
         return lossShare;
+    }
+
+    /// <summary>
+    /// A copy of this shard's parameters and AdamW moments, per tensor, to checkpoint while training goes on. With
+    /// ZeRO-1 the replicas' moment slices are all-gathered first, so every replica must call it together.
+    /// </summary>
+    public ShardState CaptureState()
+    {
+        var slices = Model.Parameters().Select(p => p with { Parameter = (float[])p.Parameter.Clone(), Gradient = [] }).ToArray();
+        float[][] m, v;
+        if (_sharded is { } sharded)
+        {
+            float[] allM = _groups.Data?.AllGather(sharded.M).GetAwaiter().GetResult() ?? sharded.M;   // (TotalLength,)
+            float[] allV = _groups.Data?.AllGather(sharded.V).GetAwaiter().GetResult() ?? sharded.V;
+            (m, v) = (Split(allM, slices), Split(allV, slices));
+        }
+        else (m, v) = ([.. _optimizer!.Moments.Select(x => (float[])x.M.Clone())], [.. _optimizer.Moments.Select(x => (float[])x.V.Clone())]);
+        return new ShardState(Model.Spec, slices, m, v, Step);
+
+        static float[][] Split(float[] flat, ParameterSlice[] slices)
+        {
+            var parts = new float[slices.Length][];
+            for (int i = 0, offset = 0; i < slices.Length; offset += slices[i].Parameter.Length, i++) parts[i] = flat.AsSpan(offset, slices[i].Parameter.Length).ToArray();
+            return parts;
+        }
+    }
+
+    /// <summary>Puts parameters and moments (per tensor, in Parameters order) back, as after <paramref name="step"/> steps.</summary>
+    public void RestoreState(float[][] parameters, float[][] m, float[][] v, int step)
+    {
+        var slices = Model.Parameters().ToArray();
+        for (int i = 0; i < slices.Length; i++) parameters[i].CopyTo(slices[i].Parameter, 0);
+        if (_sharded is { } sharded)
+        {
+            Flatten(m).AsSpan(sharded.Offset, sharded.Count).CopyTo(sharded.M);
+            Flatten(v).AsSpan(sharded.Offset, sharded.Count).CopyTo(sharded.V);
+            sharded.ResumeAt(step);
+            return;
+        }
+        for (int i = 0; i < slices.Length; i++)
+        {
+            m[i].CopyTo(_optimizer!.Moments[i].M, 0);
+            v[i].CopyTo(_optimizer.Moments[i].V, 0);
+        }
+        _optimizer!.ResumeAt(step);
     }
 
     /// <summary>A stage's (forward?, micro-batch) operations in schedule order.</summary>

@@ -39,6 +39,13 @@ public sealed class ShardedOptimizer
     public int Count { get; }
     public int Step { get; private set; }
 
+    /// <summary>AdamW's first and second moments of this slice (Count,), for checkpoints.</summary>
+    internal float[] M => _m;
+    internal float[] V => _v;
+
+    /// <summary>Continues from a checkpoint taken after <paramref name="step"/> steps (the moments are restored in place).</summary>
+    internal void ResumeAt(int step) => Step = step;
+
     /// <summary>Σ g² over the parts of this slice that count in the global norm (ParameterSlice.Counted); <paramref name="gradients"/> is the slice (Count,).</summary>
     public double CountedSquares(ReadOnlySpan<float> gradients)
     {

@@ -39,9 +39,11 @@ public static class WeightAssembly
     }
 
     /// <summary>The whole model's weights from the slices of every shard of one replica.</summary>
-    public static ModelWeights Assemble(ModelConfig c, IEnumerable<ParameterSlice> slices)
+    public static ModelWeights Assemble(ModelConfig c, IEnumerable<ParameterSlice> slices) => Assemble(c, Tensors(slices));
+
+    /// <summary>The whole model's weights from whole tensors by logical name (Tensors, Checkpoint.ReadTensors).</summary>
+    public static ModelWeights Assemble(ModelConfig c, Dictionary<string, float[]> t)
     {
-        var t = Tensors(slices);
         float[] Get(string name) => t.TryGetValue(name, out var v) ? v : throw new ArgumentException($"no shard holds {name}");
         float[]? Optional(string name) => t.GetValueOrDefault(name);
         var weights = new ModelWeights

@@ -19,7 +19,7 @@ public sealed class JobsApiTests(ClusterFixture fixture)
         using var http = gateway.Http();
         var cancel = TestContext.Current.CancellationToken;
         using var created = await http.PostAsync("v1/jobs",
-            Json("""{"preset":"tiny","steps":12,"batch_size":4,"sequence_length":32,"learning_rate":0.003,"data_parallel":2}"""), cancel);
+            Json("""{"preset":"tiny","steps":12,"batch_size":4,"sequence_length":32,"learning_rate":0.003,"layout":"dp=2"}"""), cancel);
         string body = await created.Content.ReadAsStringAsync(cancel);
         Assert.Equal(HttpStatusCode.Created, created.StatusCode);
         string id = JsonDocument.Parse(body).RootElement.GetProperty("id").GetString()!;
@@ -45,8 +45,10 @@ public sealed class JobsApiTests(ClusterFixture fixture)
     [InlineData("""{"preset":"tiny","steps":0}""", 400)]
     [InlineData("""{"preset":"tiny","steps":"5"}""", 400)]
     [InlineData("""{"preset":"tiny","learning_rate":2}""", 400)]
-    [InlineData("""{"preset":"tiny","batch_size":2,"data_parallel":3}""", 400)]
-    [InlineData("""{"preset":"tiny","dataset":"documents"}""", 400)]
+    [InlineData("""{"preset":"tiny","batch_size":2,"layout":"dp=3"}""", 400)]
+    [InlineData("""{"preset":"tiny","layout":"tp=8"}""", 400)]            // more ranks than KV heads
+    [InlineData("""{"preset":"tiny","layout":"pp=2","schedule":"zigzag"}""", 400)]
+    [InlineData("""{"preset":"tiny","dataset":"jsonl"}""", 400)]
     [InlineData("""{"preset":"tiny","documents":[1,2]}""", 400)]
     [InlineData("""{"preset":"tiny","zero_stage":3}""", 400)]
     public async Task BadJobRequestsAreRefused(string request, int status)

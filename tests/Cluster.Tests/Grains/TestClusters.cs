@@ -10,8 +10,10 @@ public static class TestClusters
 {
     public static readonly ModelSource Tiny = ModelSource.Random("tiny", seed: 1);
 
-    public static async Task<InProcessTestCluster> StartAsync(int silos, Action<SchedulerOptions>? schedulers = null)
+    /// <param name="trainingRoot">Checkpoints and job records of this cluster (a fresh directory under the temp folder when null).</param>
+    public static async Task<InProcessTestCluster> StartAsync(int silos, Action<SchedulerOptions>? schedulers = null, string? trainingRoot = null)
     {
+        trainingRoot ??= Path.Combine(Path.GetTempPath(), "cluster-tests", Guid.NewGuid().ToString("N"));
         var builder = new InProcessTestClusterBuilder((short)silos);
         // Clients reach the cluster through the primary silo's gateway only, which failover tests never kill: a
         // request in flight through a gateway silo that dies is lost until the client's response timeout (30 s).
@@ -22,6 +24,11 @@ public static class TestClusters
             {
                 o.StepTimeout = TimeSpan.FromSeconds(5);
                 schedulers?.Invoke(o);
+            }, o =>
+            {
+                o.Root = trainingRoot;
+                o.StepTimeout = TimeSpan.FromSeconds(30);
+                o.KeeperInterval = TimeSpan.FromSeconds(1);
             });
             // Declare a killed silo dead within seconds rather than the production default of about a minute.
             silo.Configure<ClusterMembershipOptions>(o =>

@@ -12,7 +12,7 @@ public sealed class TrainingJobTests(ClusterFixture fixture)
     private TrainingJobSpec Spec(int steps) => new()
     {
         Source = ModelSource.Random("tiny", seed: 3), Steps = steps, BatchSize = 4, SequenceLength = 32, LearningRate = 3e-3f,
-        WarmupSteps = 2, DataParallel = 2, Silos = [.. fixture.Cluster.Silos.Select(s => s.Name)],
+        WarmupSteps = 2, Layout = "dp=2", Silos = [.. fixture.Cluster.Silos.Select(s => s.Name)],
     };
 
     [Fact]
@@ -27,7 +27,7 @@ public sealed class TrainingJobTests(ClusterFixture fixture)
         await foreach (var e in job.Events().WithCancellation(TestContext.Current.CancellationToken)) events.Add(e);
 
         Assert.Equal(TrainingJobState.Completed, events[^1].State);
-        var steps = events.Where(e => e.State == TrainingJobState.Running && e.Step > 0).ToList();
+        var steps = events.Where(e => e.IsStep).ToList();
         Assert.Equal(Enumerable.Range(1, 30), steps.Select(e => e.Step));
         Assert.True(steps[^1].Loss < 0.7f * steps[0].Loss, $"loss went from {steps[0].Loss} to {steps[^1].Loss}");
         var status = await job.Status();
@@ -56,7 +56,7 @@ public sealed class TrainingJobTests(ClusterFixture fixture)
         var job = Grains.GetGrain<ITrainingJobGrain>("job-bad");
         await Assert.ThrowsAsync<ArgumentException>(() => job.Submit(Spec(10) with { BatchSize = 1 }));           // fewer sequences than replicas
         await Assert.ThrowsAsync<ArgumentException>(() => job.Submit(Spec(10) with { LearningRate = float.NaN }));
-        await Assert.ThrowsAsync<ArgumentException>(() => job.Submit(Spec(10) with { Dataset = "documents" }));   // without documents
+        await Assert.ThrowsAsync<ArgumentException>(() => job.Submit(Spec(10) with { Dataset = "jsonl" }));   // without documents
         Assert.Null(await job.Status());
         Assert.Null(await Grains.GetGrain<ITrainingJobGrain>("job-none").Cancel());
     }

@@ -1,7 +1,8 @@
-// Checkpoints: N steps straight equal K steps, a checkpoint, a fresh process's model and optimizer loading it, and
-// N − K more steps, bit for bit (fp32), data cursor included; a damaged checkpoint is refused with a clear error.
+// Sharded checkpoints: N steps straight equal K steps, a checkpoint, a fresh run restored from it and N-K more steps,
+// bitwise (same layout, with and without ZeRO-1); a checkpoint saved at one layout resumes at others (within 1e-5 of
+// the straight run, the sums running in other orders); damaged or foreign checkpoints are refused with a clear error.
 using Cluster.Model;
-using Cluster.Tests.Formats;
+using Cluster.Model.Parallel;
 using Cluster.Training;
 
 namespace Cluster.Tests.Training;
@@ -9,61 +10,94 @@ namespace Cluster.Tests.Training;
 public sealed class CheckpointTests
 {
     private static readonly ModelConfig Config = TestModels.SmallConfig(Architecture.Llama) with { VocabSize = 16, MaxSeqLen = 32 };
-    private static readonly OptimizerOptions Options = new() { LearningRate = 1e-2f, WarmupSteps = 2, TotalSteps = 8 };
+    private static readonly OptimizerOptions Options = new() { LearningRate = 1e-2f, WarmupSteps = 2, TotalSteps = 8, Eps = 1e-6f };
 
     private static PackedDataset Data() =>
-        new(ArithmeticData.Additions(200, seed: 3).Select(t => new[] { 12 }.Concat(t.Select(ch => ch switch { '+' => 10, '=' => 11, _ => ch - '0' })).ToArray()), 32, seed: 5);
+        new(Datasets.Additions(200, seed: 3).Select(p => new TrainingDocument([12, .. (p.Prompt + p.Completion).Select(ch => ch switch { '+' => 10, '=' => 11, _ => ch - '0' })])), 32, seed: 5);
 
-    private static (List<float> Losses, DataCursor Cursor) Run(TrainableModel model, Optimizer optimizer, PackedDataset data, DataCursor cursor, int steps)
+    private static LocalTrainingRun Run(string layout, int zeroStage = 0, int seed = 1) =>
+        LocalTrainingRun.Create(Config, TestModels.RandomWeights(Config, seed), ParallelLayout.Parse(layout), Options, zeroStage);
+
+    private static (List<float> Losses, DataCursor Cursor) Train(LocalTrainingRun run, DataCursor cursor, int steps)
     {
+        var data = Data();
         var losses = new List<float>();
         for (int i = 0; i < steps; i++)
         {
-            (var batch, cursor) = data.Take(2, cursor);
-            model.ZeroGradients();
-            losses.Add(model.ForwardBackward(batch));
-            optimizer.Apply();
+            (var batch, cursor) = data.Take(4, cursor);
+            losses.Add(run.TrainStep(batch, microBatches: 2).LossShare);
         }
         return (losses, cursor);
     }
 
-    [Fact]
-    public void ResumingFromACheckpointIsBitwiseTheSameRun()
+    [Theory]
+    [InlineData("tp=1", 0)]
+    [InlineData("tp=2,pp=2", 0)]
+    [InlineData("dp=2", 1)]
+    public void ResumingFromACheckpointIsBitwiseTheSameRun(string layout, int zeroStage)
     {
-        using var straight = new TrainableModel(Config, TestModels.RandomWeights(Config, 1));
-        var (straightLosses, _) = Run(straight, new Optimizer(straight, Options), Data(), default, 8);
+        using var straight = Run(layout, zeroStage);
+        var (straightLosses, _) = Train(straight, default, 8);
 
-        using var first = new TrainableModel(Config, TestModels.RandomWeights(Config, 1));
-        var firstOptimizer = new Optimizer(first, Options);
-        var (firstLosses, cursor) = Run(first, firstOptimizer, Data(), default, 3);
-        using var dir = new TempDirectory();
-        Checkpoint.Save(dir.Path, first, firstOptimizer, cursor);
+        using var dir = new Formats.TempDirectory();
+        using var first = Run(layout, zeroStage);
+        var (firstLosses, cursor) = Train(first, default, 3);
+        string saved = first.SaveCheckpoint(dir.Path, cursor);
+        Assert.Equal(saved, Checkpoint.Latest(dir.Path));
 
-        using var resumed = new TrainableModel(Config, TestModels.RandomWeights(Config, 99));   // other weights: the checkpoint overwrites them
-        var resumedOptimizer = new Optimizer(resumed, Options);
-        var resumedCursor = Checkpoint.Load(dir.Path, resumed, resumedOptimizer);
-        var (restLosses, _) = Run(resumed, resumedOptimizer, Data(), resumedCursor, 5);
+        using var resumed = Run(layout, zeroStage, seed: 99);   // other weights: the checkpoint overwrites them
+        var manifest = resumed.Restore(saved);
+        Assert.Equal(3, manifest.Step);
+        var (restLosses, _) = Train(resumed, manifest.Cursor, 5);
 
         Assert.Equal(straightLosses, firstLosses.Concat(restLosses));
-        foreach (var (a, b) in straight.Parameters().Zip(resumed.Parameters()))
+        Assert.Equal(8, resumed.Step);
+        foreach (var (a, b) in straight.Shards.SelectMany(s => s.Model.Parameters()).Zip(resumed.Shards.SelectMany(s => s.Model.Parameters())))
             Assert.True(a.Parameter.AsSpan().SequenceEqual(b.Parameter), $"{a.Name} differs");
-        Assert.Equal(8, resumedOptimizer.Step);
+    }
+
+    [Theory]
+    [InlineData("tp=2,pp=2", "tp=1", 0)]
+    [InlineData("tp=1", "pp=2,dp=2", 1)]
+    [InlineData("pp=2", "tp=2", 0)]
+    public void ACheckpointResumesAtAnotherLayout(string savedAt, string resumedAt, int zeroStage)
+    {
+        using var straight = Run("tp=1");
+        Train(straight, default, 6);
+
+        using var dir = new Formats.TempDirectory();
+        using var first = Run(savedAt);
+        var (_, cursor) = Train(first, default, 3);
+        string saved = first.SaveCheckpoint(dir.Path, cursor);
+
+        using var resumed = Run(resumedAt, zeroStage, seed: 99);
+        var manifest = resumed.Restore(saved);
+        Assert.Equal(ParallelLayout.Parse(savedAt), ParallelLayout.Parse(manifest.Layout));
+        Train(resumed, manifest.Cursor, 3);
+
+        var expected = WeightAssembly.Tensors(straight.Shards.SelectMany(s => s.Model.Parameters()));
+        var actual = WeightAssembly.Tensors(resumed.Shards.Where(s => s.Model.Spec.Replica == 0).SelectMany(s => s.Model.Parameters()));
+        foreach (var (name, tensor) in expected)
+            Assert.True(Reference.MaxRelativeError(actual[name], tensor) <= 1e-5, $"{name}: max error {Reference.MaxRelativeError(actual[name], tensor)}");
     }
 
     [Fact]
     public void DamagedCheckpointsAreRefused()
     {
-        using var model = new TrainableModel(Config, TestModels.RandomWeights(Config, 1));
-        var optimizer = new Optimizer(model, Options);
-        using var dir = new TempDirectory();
-        Assert.Throws<ModelFormatException>(() => Checkpoint.Load(dir.Path, model, optimizer));              // nothing there
+        using var run = Run("tp=1");
+        using var dir = new Formats.TempDirectory();
+        Assert.Throws<ModelFormatException>(() => run.Restore(dir.Path));                                   // nothing there
+        Assert.Null(Checkpoint.Latest(dir.Path));
 
-        Checkpoint.Save(dir.Path, model, optimizer, default);
-        var other = TestModels.SmallConfig(Architecture.Llama) with { Layers = 3 };
-        using var bigger = new TrainableModel(other, TestModels.RandomWeights(other, 1));
-        Assert.Throws<ModelFormatException>(() => Checkpoint.Load(dir.Path, bigger, new Optimizer(bigger, Options)));   // another model
+        string saved = run.SaveCheckpoint(dir.Path, default);
+        var other = Config with { Layers = 3 };
+        using var bigger = LocalTrainingRun.Create(other, TestModels.RandomWeights(other, 1), ParallelLayout.Single, Options);
+        Assert.Throws<ModelFormatException>(() => bigger.Restore(saved));                                   // another model
 
-        File.WriteAllBytes(Path.Combine(dir.Path, Checkpoint.ManifestFile), [0xc1, 0x00]);
-        Assert.Throws<ModelFormatException>(() => Checkpoint.Load(dir.Path, model, optimizer));              // unreadable manifest
+        File.Delete(Directory.EnumerateFiles(saved, "shard-*").First());
+        Assert.Throws<ModelFormatException>(() => run.Restore(saved));                                      // a shard's file is gone
+
+        File.WriteAllBytes(Path.Combine(saved, Checkpoint.ManifestFile), [0xc1, 0x00]);
+        Assert.Throws<ModelFormatException>(() => run.Restore(saved));                                      // unreadable manifest
     }
 }

@@ -9,7 +9,7 @@ namespace Cluster.Tests.Training;
 
 public sealed class DataAndOptimizerTests
 {
-    private static int[][] Documents(int count) => [.. Enumerable.Range(0, count).Select(i => Enumerable.Range(100 * i, 2 + i % 5).ToArray())];
+    private static TrainingDocument[] Documents(int count) => [.. Enumerable.Range(0, count).Select(i => new TrainingDocument(Enumerable.Range(100 * i, 2 + i % 5).ToArray()))];
 
     [Fact]
     public void PackingKeepsDocumentsWholeAndApart()
@@ -77,7 +77,7 @@ public sealed class DataAndOptimizerTests
         using var model = new TrainableModel(config, TestModels.RandomWeights(config, 11));
         // Characters as tokens: digits 0-9, '+' 10, '=' 11, BOS 12.
         int Token(char ch) => ch switch { '+' => 10, '=' => 11, _ => ch - '0' };
-        var documents = ArithmeticData.Additions(400, seed: 1).Select(text => new[] { 12 }.Concat(text.Select(Token)).ToArray());
+        var documents = Datasets.Additions(400, seed: 1).Select(p => new TrainingDocument([12, .. (p.Prompt + p.Completion).Select(Token)]));
         var data = new PackedDataset(documents, sequenceLength: 32, seed: 1);
         var optimizer = new Optimizer(model, new OptimizerOptions { LearningRate = 1e-2f, MinLearningRate = 1e-3f, WarmupSteps = 5, TotalSteps = 60 });
         var cursor = default(DataCursor);

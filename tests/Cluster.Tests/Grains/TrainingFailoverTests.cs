@@ -1,0 +1,52 @@
+// A training job survives losing a silo: killing the silo that holds a pipeline stage's trainer mid-job, the job
+// (re-activated from its durable record by a keeper if its own grain died too) re-places the lost shard, restores
+// every trainer from the last checkpoint and finishes without being resubmitted; its step log counts every step once.
+using Cluster.Contracts;
+
+namespace Cluster.Tests.Grains;
+
+public sealed class TrainingFailoverTests
+{
+    [Fact]
+    public async Task AJobResumesFromItsLastCheckpointWhenATrainersSiloIsKilled()
+    {
+        await using var cluster = await TestClusters.StartAsync(silos: 3);
+        var cancel = TestContext.Current.CancellationToken;
+        var victim = cluster.Silos[2];
+        var job = cluster.Client.GetGrain<ITrainingJobGrain>("job-failover");
+        const int steps = 300;
+        await job.Submit(new TrainingJobSpec
+        {
+            Source = ModelSource.Random("tiny", seed: 3), Steps = steps, BatchSize = 4, SequenceLength = 32, LearningRate = 3e-3f,
+            WarmupSteps = 2, Layout = "pp=2", Silos = [cluster.Silos[1].Name, victim.Name], CheckpointEvery = 10,
+        });
+
+        var status = await WaitFor(job, s => s.CheckpointStep >= 20, cancel);
+        Assert.True(status.Step < steps, "the job ended before the silo could be killed");
+        await cluster.KillSiloAsync(victim, cancel);   // no graceful shutdown: stage 1's trainer dies with it
+
+        status = await WaitFor(job, s => s.State is TrainingJobState.Completed or TrainingJobState.Failed, cancel);
+        Assert.Equal(TrainingJobState.Completed, status.State);
+        Assert.Equal(steps, status.Step);
+        Assert.True(status.Restarts >= 1, "the job never restarted");
+        var events = new List<TrainingJobEvent>();
+        await foreach (var e in job.Events().WithCancellation(cancel)) events.Add(e);
+        Assert.Equal(Enumerable.Range(1, steps), events.Where(e => e.IsStep).Select(e => e.Step));   // no step counted twice
+        Assert.Contains(events, e => e.Note?.Contains("resumed from the checkpoint") == true);
+    }
+
+    /// <summary>Polls the job's status (through the client, which wakes a job whose grain died) until <paramref name="done"/> holds.</summary>
+    private static async Task<TrainingJobStatus> WaitFor(ITrainingJobGrain job, Func<TrainingJobStatus, bool> done, CancellationToken cancel)
+    {
+        var deadline = DateTime.UtcNow.AddMinutes(3);
+        while (true)
+        {
+            TrainingJobStatus? status = null;
+            try { status = await job.Status(); }
+            catch (Exception) when (DateTime.UtcNow < deadline) { }   // its silo just died: ask again
+            if (status is not null && done(status)) return status;
+            if (DateTime.UtcNow > deadline) throw new TimeoutException($"job still {status?.State} at step {status?.Step}");
+            await Task.Delay(100, cancel);
+        }
+    }
+}
