@@ -5,7 +5,8 @@ using System.Reflection;
 namespace Cluster.AppHost;
 
 public sealed record AppHostOptions(
-    string? ModelPath, string? TokenizerPath, string Layout, int GatewayHttpPort, int BaseSiloPort, int BaseGatewayPort, TimeSpan StartTimeout)
+    string? ModelPath, string? TokenizerPath, string Layout, int GatewayHttpPort, int BaseSiloPort, int BaseGatewayPort, TimeSpan StartTimeout,
+    int TrainSteps, string TrainingRoot)
 {
     public Uri GatewayUrl => new($"http://127.0.0.1:{GatewayHttpPort}/");
 
@@ -23,8 +24,13 @@ public sealed record AppHostOptions(
             : throw new ArgumentException($"{name} must be a port number, got '{text}'");
         string? model = Value("--model");
         if (model is not null && !File.Exists(model) && !Directory.Exists(model)) throw new ArgumentException($"--model {model}: no such file");
+        int trainSteps = Value("--train-steps") is not { } steps ? TrainingDemo.DefaultSteps
+            : int.TryParse(steps, out int n) && n >= 0 ? n : throw new ArgumentException($"--train-steps must be a whole number (0: no training demo), got '{steps}'");
+        // A fresh training root per run by default: jobs, checkpoints and trained models of this cluster only.
+        string trainingRoot = Path.GetFullPath(Value("--training-root") ?? Path.Combine(Path.GetTempPath(), "cluster-training", DateTime.UtcNow.ToString("yyyyMMdd-HHmmss")));
         return new AppHostOptions(model is null ? null : Path.GetFullPath(model), Value("--tokenizer") is { } t ? Path.GetFullPath(t) : null,
-            Value("--layout") ?? "pp=2", Port("--port", 8080), Port("--silo-port", 11111), Port("--gateway-port", 30000), TimeSpan.FromSeconds(120));
+            Value("--layout") ?? "pp=2", Port("--port", 8080), Port("--silo-port", 11111), Port("--gateway-port", 30000), TimeSpan.FromSeconds(120),
+            trainSteps, trainingRoot);
     }
 
     /// <summary>The path of a child's entry assembly, recorded at build time (see AppHost.csproj).</summary>
@@ -49,6 +55,9 @@ public sealed record AppHostOptions(
         if (TokenizerPath is not null) environment["Cluster__Model__Tokenizer"] = TokenizerPath;
         environment["Cluster__Model__Layout"] = Layout;
         environment["Cluster__Model__Silos"] = "silo-1,silo-2";   // shards round-robin over both silos
+        environment["Cluster__Training__Root"] = TrainingRoot;         // both silos see the same checkpoints and job records
+        // Two silos (and up to two shards each) share this machine's cores: one thread per shard avoids oversubscribing them.
+        environment["Cluster__DeviceThreads"] = "1";
         return environment;
     }
 

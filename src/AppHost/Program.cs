@@ -1,6 +1,8 @@
-// Cluster.AppHost: `dotnet run --project src/AppHost [-- --model PATH [--tokenizer PATH] [--layout pp=2] --port 8080]` starts a
-// primary silo, a second silo and the gateway as separate processes, wires them with the Orleans__* and OTEL_*
-// variables an Aspire app host would set, waits until all are ready, prints the URLs, and on Ctrl+C stops them all.
+// Cluster.AppHost: `dotnet run -c Release --project src/AppHost [-- --model PATH [--tokenizer PATH] [--layout pp=2] [--port 8080]
+// [--train-steps N] [--training-root DIR]]` starts a primary silo, a second silo and the gateway as separate processes,
+// wires them with the Orleans__* and OTEL_* variables an Aspire app host would set, waits until all are ready, prints
+// the URLs, runs the training demo (a job that teaches a small model additions across both silos, then serves it and
+// asks it "23+19="), and on Ctrl+C stops them all.
 using System.Runtime.InteropServices;
 using Cluster.AppHost;
 
@@ -35,6 +37,7 @@ try
           try: curl {{options.GatewayUrl}}v1/completions -H 'Content-Type: application/json' -d '{"model":"default","prompt":"Once upon a time","max_tokens":32}'
           Ctrl+C stops everything.
         """);
+    if (options.TrainSteps > 0) await TrainingDemo.RunAsync(options, shutdown.Token);
     await Task.Delay(Timeout.Infinite, shutdown.Token);
     return 0;
 }

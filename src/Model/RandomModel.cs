@@ -16,7 +16,7 @@ public static class RandomModel
         "tiny" => Llama(64, 172, 5, 8, 4, 512, 512),
         // The training demo's model: a character-level vocabulary (the smallest synthetic one has no merges), small enough
         // to learn two-digit additions on two CPU cores in a few minutes.
-        "adder" => Llama(128, 384, 4, 4, 4, SyntheticVocabulary.FirstMerge + 95, 64),
+        "adder" => Llama(64, 256, 3, 4, 4, SyntheticVocabulary.FirstMerge + 95, 64),
         "stories15M" => Llama(288, 768, 6, 6, 6, 32000, 256),
         "stories110M" => Llama(768, 2048, 12, 12, 12, 32000, 1024),
         "gpt2-tiny" => new ModelConfig

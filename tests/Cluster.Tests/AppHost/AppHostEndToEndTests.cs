@@ -1,5 +1,6 @@
 // The app host as users run it: a real process that starts two silos and the gateway, serves a completion over
-// HTTP, and on SIGINT (Ctrl+C) stops every child it started.
+// HTTP, runs its training demo (additions, pp=2 × dp=2 across the two silos, 1500 steps) until the trained model is
+// served and answers "23+19=" with "42" and its loss is below 0.1, and on SIGINT (Ctrl+C) stops every child it started.
 using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
@@ -13,7 +14,7 @@ namespace Cluster.Tests.AppHost;
 public sealed partial class AppHostEndToEndTests
 {
     [Fact]
-    public async Task StartsServesAndStopsEveryChildOnCtrlC()
+    public async Task StartsServesTrainsTheDemoAndStopsEveryChildOnCtrlC()
     {
         if (!OperatingSystem.IsLinux()) Assert.Skip("sends SIGINT through libc: Linux only");
         string appHost = typeof(AppHostEndToEndTests).Assembly.GetCustomAttributes<AssemblyMetadataAttribute>()
@@ -28,10 +29,13 @@ public sealed partial class AppHostEndToEndTests
         using var host = Process.Start(start)!;
         var output = new StringBuilder();
         var ready = new TaskCompletionSource<int[]>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var trained = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
         host.OutputDataReceived += (_, e) =>
         {
             if (e.Data is null) return;
             lock (output) output.AppendLine(e.Data);
+            if (e.Data.StartsWith("Training demo: trained", StringComparison.Ordinal) || e.Data.StartsWith("Training demo: the job ended", StringComparison.Ordinal))
+                trained.TrySetResult(e.Data);
             const string marker = "Cluster ready (child pids: ";
             int at = e.Data.IndexOf(marker, StringComparison.Ordinal);
             if (at >= 0) ready.TrySetResult(e.Data[(at + marker.Length)..].TrimEnd(')').Split(' ').Select(int.Parse).ToArray());
@@ -52,6 +56,13 @@ public sealed partial class AppHostEndToEndTests
             Assert.True(response.IsSuccessStatusCode, body);
             using var json = JsonDocument.Parse(body);
             Assert.Equal("text_completion", json.RootElement.GetProperty("object").GetString());
+
+            string demo = await trained.Task.WaitAsync(TimeSpan.FromMinutes(8), TestContext.Current.CancellationToken);
+            Assert.EndsWith("23+19=42", demo);
+            string finalStep;
+            lock (output) finalStep = output.ToString().Split('\n').Last(l => l.Contains("step 1500/1500 loss"));
+            float loss = float.Parse(finalStep.Split("loss ")[1].Split(' ')[0], System.Globalization.CultureInfo.InvariantCulture);
+            Assert.True(loss < 0.1f, $"final loss {loss}");
 
             Assert.Equal(0, SendSignal(host.Id, SignalInterrupt));
             await host.WaitForExitAsync(TestContext.Current.CancellationToken).WaitAsync(TimeSpan.FromSeconds(60), TestContext.Current.CancellationToken);
