@@ -18,8 +18,9 @@ public sealed class LocalTrainingRun : IDisposable
     public int Step => _shards[0].Step;
 
     /// <param name="threads">CPU threads of each shard's products.</param>
+    /// <param name="lora">Train LoRA adapters on the frozen weights instead of the weights themselves.</param>
     public static LocalTrainingRun Create(ModelConfig config, ModelWeights weights, ParallelLayout layout, OptimizerOptions options,
-        int zeroStage = 0, int threads = 1)
+        int zeroStage = 0, int threads = 1, LoraOptions? lora = null)
     {
         var plan = ShardingPlan.Create(config, layout);
         int dp = layout.DataParallel, pp = layout.PipelineStages, tp = layout.TensorParallel;
@@ -30,7 +31,7 @@ public sealed class LocalTrainingRun : IDisposable
         {
             var tensorGroup = tp > 1 ? new CollectiveGroup(tensor[s.Replica * pp + s.Stage][s.Rank]) : null;   // the model's and the trainer's: one operation count
             var own = ShardWeights.Map(ShardWeights.Slice(config, weights, s), a => (float[])a.Clone());   // whole tensors are shared with the source: copy
-            var model = new TrainableModel(config, own, threads, tensorGroup);
+            var model = new TrainableModel(config, own, threads, tensorGroup, lora);
             return new ShardTrainer(model, options, new TrainingGroups(tensorGroup,
                 pp > 1 ? pipeline[s.Replica * tp + s.Rank][s.Stage] : null,
                 dp > 1 ? new CollectiveGroup(data[s.Stage * tp + s.Rank][s.Replica]) : null), zeroStage);
@@ -95,9 +96,13 @@ public sealed class LocalTrainingRun : IDisposable
         return [.. tasks.Select(t => t.Result)];
     }
 
-    /// <summary>Replica 0's shards put back together as whole-model weights.</summary>
-    public ModelWeights Assemble() =>
-        WeightAssembly.Assemble(Plan.Config, _shards.Where(s => s.Model.Spec.Replica == 0).SelectMany(s => s.Model.Parameters()));
+    /// <summary>Replica 0's shards put back together as whole-model weights (full fine-tunes; see Adapters for LoRA).</summary>
+    public ModelWeights Assemble() => _shards[0].Model.IsLora
+        ? throw new InvalidOperationException("a LoRA run trains adapters, not the weights: save them with Adapters()")
+        : WeightAssembly.Assemble(Plan.Config, _shards.Where(s => s.Model.Spec.Replica == 0).SelectMany(s => s.Model.Parameters()));
+
+    /// <summary>Replica 0's LoRA adapters, every layer (PEFT saves them).</summary>
+    public Cluster.Model.Formats.LoraTensors[] Adapters() => [.. _shards.Where(s => s.Model.Spec.Replica == 0).SelectMany(s => s.Model.Adapters()).OrderBy(a => a.Layer)];
 
     public void Dispose()
     {

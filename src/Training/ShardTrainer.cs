@@ -80,7 +80,7 @@ public sealed class ShardTrainer : IDisposable
             if (forward)
             {
                 var input = spec.IsFirstStage ? null : Receive(spec.Stage - 1, ActivationMessage, m);   // (T, C)
-                var a = saved[m] = Model.Forward(microBatches[m], input);
+                var a = saved[m] = Model.Forward(microBatches[m], input, dropoutSeed: unchecked(Step * 4096 + m));   // Step: steps done, so a resumed run draws the same masks
                 if (!spec.IsLastStage) Send(spec.Stage + 1, ActivationMessage, m, a.Output);
             }
             else

@@ -56,6 +56,8 @@ public sealed class StageActivations
     internal readonly float[][] Up;                   // (T, Hl)   Llama
     internal readonly float[][] Hidden;               // (T, Hl)   activation output
     internal float[] FinalNormed = [];                // (T, C)    last stage
+    internal readonly Dictionary<(int Layer, string Target), (float[] Input, float[] Low)> Lora = [];
+    internal int DropoutSeed;   // drop(x) (T, K), drop(x)·Aᵀ (T, r)
 
     /// <summary>The stage's output (T, C): the hidden state for the next stage, or the last layer's output on the last stage.</summary>
     public float[] Output { get; internal set; } = [];
@@ -71,6 +73,9 @@ public sealed class TrainableModel : IDisposable
     private readonly CollectiveGroup? _tensorGroup;
     private readonly float[]? _head, _headGradient;   // (Vl, C) the LM head; the embedding slice itself when tied on one stage
     private readonly int _cq, _ckv, _hidden, _vocab, _heads, _kvHeads;   // this rank's widths
+    private readonly LoraOptions? _lora;
+    private readonly Dictionary<(int Layer, string Target), LoraAdapter> _adapters = [];   // by local layer
+    private readonly float[] _frozenNormGradient;   // where a frozen norm's unused weight gradient goes
 
     /// <summary>The whole model on one device.</summary>
     public TrainableModel(ModelConfig config, ModelWeights weights, int threads = 1)
@@ -79,9 +84,15 @@ public sealed class TrainableModel : IDisposable
     /// <param name="weights">This shard's slices (ShardWeights.Slice); trained in place.</param>
     /// <param name="tensorGroup">The stage's tensor-parallel group, rank order = ShardSpec.Rank (null when tp = 1).</param>
     /// <param name="threads">CPU threads the model's products run on.</param>
-    public TrainableModel(ModelConfig config, ShardWeights weights, int threads = 1, CollectiveGroup? tensorGroup = null)
+    /// <param name="lora">Train LoRA adapters on a frozen base instead of every weight (tp = 1).</param>
+    public TrainableModel(ModelConfig config, ShardWeights weights, int threads = 1, CollectiveGroup? tensorGroup = null, LoraOptions? lora = null)
     {
         var spec = weights.Spec;
+        if (lora is not null)
+        {
+            lora.Validate(config);
+            if (spec.TensorParallel > 1) throw new ArgumentException("LoRA training runs without tensor parallelism (tp = 1)", nameof(lora));
+        }
         if ((tensorGroup?.WorldSize ?? 1) != spec.TensorParallel || (tensorGroup?.Rank ?? 0) != spec.Rank)
             throw new ArgumentException($"shard {spec} needs a tensor group of {spec.TensorParallel} ranks where it is rank {spec.Rank}", nameof(tensorGroup));
         Config = config;
@@ -91,7 +102,18 @@ public sealed class TrainableModel : IDisposable
         int hd = config.HeadDim;
         (_heads, _kvHeads) = (spec.QueryHeads.Count, spec.KvHeads.Count);
         (_cq, _ckv, _hidden, _vocab) = (_heads * hd, _kvHeads * hd, spec.Hidden.Count, spec.Vocab.Count);
-        Gradients = ZerosLike(weights);
+        _lora = lora;
+        // A frozen base needs no gradients: its tensors get empty ones, which the products skip.
+        Gradients = ShardWeights.Map(weights, a => lora is null ? new float[a.Length] : []);
+        _frozenNormGradient = new float[lora is null ? 0 : config.Dim];
+        if (lora is not null)
+            for (int l = 0; l < weights.Layers.Length; l++)
+                foreach (string target in lora.Targets)
+                {
+                    var (n, k) = Cluster.Model.Formats.PeftAdapter.Shape(config, target);
+                    // Seeded by the global layer, so every layout initialises the same adapters.
+                    _adapters[(l, target)] = new LoraAdapter(n, k, lora.Rank, new Random(lora.Seed * 1_000_003 + (spec.Layers.Offset + l) * 101 + Array.IndexOf(LoraTargets, target)));
+                }
         // A tied head on the embedding's own stage is the embedding (one parameter, one gradient); on another stage it is
         // a copy whose gradient the trainer sums with the first stage's (TiedHeadGradient).
         bool sharedHead = config.TiedEmbeddings && spec.IsFirstStage && spec.IsLastStage;
@@ -115,13 +137,31 @@ public sealed class TrainableModel : IDisposable
     public ShardWeights Gradients { get; }
 
     /// <summary>The head's gradient when it is a tied copy of the first stage's embedding (sum it with that stage's), else null.</summary>
-    public float[]? TiedHeadGradient => Config.TiedEmbeddings && Spec.IsLastStage && !Spec.IsFirstStage ? _headGradient : null;
+    public float[]? TiedHeadGradient => Config.TiedEmbeddings && Spec.IsLastStage && !Spec.IsFirstStage && _lora is null ? _headGradient : null;
     /// <summary>The embedding's gradient that a last stage's tied head copy sums with (first stage of a pipeline with a tied head), else null.</summary>
-    public float[]? TiedEmbeddingGradient => Config.TiedEmbeddings && Spec.IsFirstStage && !Spec.IsLastStage ? Gradients.TokenEmbedding : null;
+    public float[]? TiedEmbeddingGradient => Config.TiedEmbeddings && Spec.IsFirstStage && !Spec.IsLastStage && _lora is null ? Gradients.TokenEmbedding : null;
 
-    /// <summary>Every parameter of this shard by its logical identity, in a fixed order (optimizers, clipping, checkpoints).</summary>
+    private static readonly string[] LoraTargets = ["wq", "wk", "wv", "wo", "w1", "w2", "w3"];
+
+    /// <summary>Whether this shard trains LoRA adapters on a frozen base.</summary>
+    public bool IsLora => _lora is not null;
+
+    /// <summary>
+    /// Every trained parameter of this shard by its logical identity, in a fixed order (optimizers, clipping,
+    /// checkpoints): with LoRA, the adapters only ("layers.N.wq.lora_a" (r, K), "….lora_b" (N, r)).
+    /// </summary>
     public IEnumerable<ParameterSlice> Parameters()
     {
+        if (_lora is not null)
+        {
+            foreach (var ((layer, target), adapter) in _adapters.OrderBy(a => a.Key.Layer).ThenBy(a => Array.IndexOf(LoraTargets, a.Key.Target)))
+            {
+                string name = $"layers.{Spec.Layers.Offset + layer}.{target}.";
+                yield return new ParameterSlice(name + "lora_a", adapter.A, adapter.GradA, _lora.Rank, adapter.K, 0, new Slice(0, _lora.Rank), true);
+                yield return new ParameterSlice(name + "lora_b", adapter.B, adapter.GradB, adapter.N, _lora.Rank, 0, new Slice(0, adapter.N), true);
+            }
+            yield break;
+        }
         var c = Config;
         int C = c.Dim, hd = c.HeadDim;
         bool rank0 = Spec.Rank == 0;
@@ -163,6 +203,11 @@ public sealed class TrainableModel : IDisposable
         foreach (var parameter in all)
             if (parameter is not null) yield return parameter;   // the tensors this architecture and shard have
     }
+
+    /// <summary>This shard's LoRA adapters by global layer, as PEFT saves them.</summary>
+    public IEnumerable<Cluster.Model.Formats.LoraTensors> Adapters() =>
+        _adapters.OrderBy(a => a.Key.Layer).ThenBy(a => Array.IndexOf(LoraTargets, a.Key.Target))
+            .Select(a => new Cluster.Model.Formats.LoraTensors(Spec.Layers.Offset + a.Key.Layer, a.Key.Target, a.Value.A, a.Value.B));
 
     /// <summary>Whether a parameter of <see cref="Parameters"/> is a matrix (embeddings, projections, head) rather than a norm weight or a bias.</summary>
     public static bool IsMatrix(string name)
@@ -207,7 +252,8 @@ public sealed class TrainableModel : IDisposable
     /// This stage's forward over a micro-batch. The first stage embeds the tokens; later stages take the previous
     /// stage's <paramref name="input"/> (T, C). The last stage also computes the logits.
     /// </summary>
-    public StageActivations Forward(IReadOnlyList<TrainingSequence> batch, float[]? input = null)
+    /// <param name="dropoutSeed">Seeds LoRA dropout's masks (a trainer passes one per step and micro-batch, so a resumed run draws the same).</param>
+    public StageActivations Forward(IReadOnlyList<TrainingSequence> batch, float[]? input = null, int dropoutSeed = 0)
     {
         var c = Config;
         int T = batch.Sum(s => s.Tokens.Length), C = c.Dim, H = _hidden, kv = _ckv, Cq = _cq;
@@ -229,6 +275,7 @@ public sealed class TrainableModel : IDisposable
         }
         var a = new StageActivations(Weights.Layers.Length)
         {
+            DropoutSeed = dropoutSeed,
             Tokens = [.. batch.SelectMany(s => s.Tokens)], Targets = [.. batch.SelectMany(s => s.Targets)], Positions = positions, Sequences = sequences,
         };
         bool llama = c.Architecture == Architecture.Llama;
@@ -242,9 +289,9 @@ public sealed class TrainableModel : IDisposable
             var q = a.Q[l] = new float[T * Cq];
             var k = a.K[l] = new float[T * kv];
             var v = a.V[l] = new float[T * kv];
-            _linear.Forward(n1, w.Wq, w.Bq, q, T, Cq, C);
-            _linear.Forward(n1, w.Wk, w.Bk, k, T, kv, C);
-            _linear.Forward(n1, w.Wv, w.Bv, v, T, kv, C);
+            Project(a, l, "wq", n1, w.Wq, w.Bq, q, T, Cq, C);
+            Project(a, l, "wk", n1, w.Wk, w.Bk, k, T, kv, C);
+            Project(a, l, "wv", n1, w.Wv, w.Bv, v, T, kv, C);
             for (int t = 0; t < T && llama; t++)
             {
                 RotaryEmbedding.Apply(q.AsSpan(t * Cq, Cq), a.Positions[t], _heads, c.HeadDim, c.EffectiveRotaryDim, c.RopeTheta, c.RopeLayout);
@@ -260,23 +307,23 @@ public sealed class TrainableModel : IDisposable
                     att.AsSpan(offset * Cq, length * Cq), probs, documents, length, _heads, _kvHeads, c.HeadDim);
             }
             var x1 = a.Residual[l] = new float[T * C];
-            _linear.Forward(att, w.Wo, [], x1, T, C, Cq);
+            Project(a, l, "wo", att, w.Wo, null, x1, T, C, Cq);
             SumOverTensorGroup(x1);                                                          // row-parallel: the ranks' partial sums
             AddBias(x1, w.Bo, T);
             TensorPrimitives.Add(x1, x, x1);
             var n2 = a.FfnNormed[l] = NormalizeRows(x1, w.FfnNorm, w.FfnNormBias, T);
             var gate = a.Gate[l] = new float[T * H];
-            _linear.Forward(n2, w.W1, w.B1, gate, T, H, C);
+            Project(a, l, "w1", n2, w.W1, w.B1, gate, T, H, C);
             var hidden = a.Hidden[l] = (float[])gate.Clone();
             if (llama)
             {
                 var up = a.Up[l] = new float[T * H];
-                _linear.Forward(n2, w.W3!, [], up, T, H, C);
+                Project(a, l, "w3", n2, w.W3!, null, up, T, H, C);
                 Activations.SwiGlu(hidden, up);
             }
             else Activations.Gelu(hidden);
             var next = new float[T * C];
-            _linear.Forward(hidden, w.W2, [], next, T, C, H);
+            Project(a, l, "w2", hidden, w.W2, null, next, T, C, H);
             SumOverTensorGroup(next);
             AddBias(next, w.B2, T);
             TensorPrimitives.Add(next, x1, next);
@@ -321,23 +368,23 @@ public sealed class TrainableModel : IDisposable
             // x_out = x1 + W2·swiglu(W1·n2, W3·n2)   (GPT-2: W2·gelu(W1·n2 + b1) + b2)
             var dx1 = (float[])dx.Clone();
             var dHidden = new float[T * H];
-            _linear.Backward(a.Hidden[l], w.W2, dx, dHidden, g.W2, g.B2, T, C, H);
+            ProjectBackward(a, l, "w2", a.Hidden[l], w.W2, dx, dHidden, g.W2, g.B2, T, C, H);
             var dGate = new float[T * H];
             var dn2 = new float[T * C];
             if (llama)
             {
                 var dUp = new float[T * H];
                 Activations.SwiGluBackward(a.Gate[l], a.Up[l], dHidden, dGate, dUp);
-                _linear.Backward(a.FfnNormed[l], w.W3!, dUp, dn2, g.W3!, [], T, H, C);
+                ProjectBackward(a, l, "w3", a.FfnNormed[l], w.W3!, dUp, dn2, g.W3!, null, T, H, C);
             }
             else Activations.GeluBackward(a.Gate[l], dHidden, dGate);
-            _linear.Backward(a.FfnNormed[l], w.W1, dGate, dn2, g.W1, g.B1, T, H, C);
+            ProjectBackward(a, l, "w1", a.FfnNormed[l], w.W1, dGate, dn2, g.W1, g.B1, T, H, C);
             SumOverTensorGroup(dn2);
             NormalizeRowsBackward(a.Residual[l], w.FfnNorm, dn2, dx1, g.FfnNorm, g.FfnNormBias, T);
             // x1 = x_in + Wo·attention(rope(Wq·n1), rope(Wk·n1), Wv·n1)
             var dxIn = (float[])dx1.Clone();
             var dAtt = new float[T * Cq];
-            _linear.Backward(a.Attention[l], w.Wo, dx1, dAtt, g.Wo, g.Bo, T, C, Cq);
+            ProjectBackward(a, l, "wo", a.Attention[l], w.Wo, dx1, dAtt, g.Wo, g.Bo, T, C, Cq);
             var dq = new float[T * Cq];
             var dk = new float[T * kv];
             var dv = new float[T * kv];
@@ -353,20 +400,68 @@ public sealed class TrainableModel : IDisposable
                 RotaryEmbedding.Backward(dk.AsSpan(t * kv, kv), a.Positions[t], _kvHeads, c.HeadDim, c.EffectiveRotaryDim, c.RopeTheta, c.RopeLayout);
             }
             var dn1 = new float[T * C];
-            _linear.Backward(a.AttnNormed[l], w.Wq, dq, dn1, g.Wq, g.Bq, T, Cq, C);
-            _linear.Backward(a.AttnNormed[l], w.Wk, dk, dn1, g.Wk, g.Bk, T, kv, C);
-            _linear.Backward(a.AttnNormed[l], w.Wv, dv, dn1, g.Wv, g.Bv, T, kv, C);
+            ProjectBackward(a, l, "wq", a.AttnNormed[l], w.Wq, dq, dn1, g.Wq, g.Bq, T, Cq, C);
+            ProjectBackward(a, l, "wk", a.AttnNormed[l], w.Wk, dk, dn1, g.Wk, g.Bk, T, kv, C);
+            ProjectBackward(a, l, "wv", a.AttnNormed[l], w.Wv, dv, dn1, g.Wv, g.Bv, T, kv, C);
             SumOverTensorGroup(dn1);
             NormalizeRowsBackward(a.LayerInput[l], w.AttnNorm, dn1, dxIn, g.AttnNorm, g.AttnNormBias, T);
             dx = dxIn;
         }
-        if (!Spec.IsFirstStage) return (loss, dx);
+        if (!Spec.IsFirstStage || _lora is not null) return (loss, Spec.IsFirstStage ? null : dx);   // a frozen embedding needs no gradient
         var vocab = Spec.Vocab;
         for (int t = 0; t < T; t++)   // vocab-parallel embedding: this rank's rows only
             if (a.Tokens[t] >= vocab.Offset && a.Tokens[t] < vocab.End)
                 TensorPrimitives.Add(Gradients.TokenEmbedding!.AsSpan((a.Tokens[t] - vocab.Offset) * C, C), dx.AsSpan(t * C, C), Gradients.TokenEmbedding.AsSpan((a.Tokens[t] - vocab.Offset) * C, C));
         if (Gradients.PositionEmbedding is { } dPositions) EmbeddingBackward.Backward(a.Positions, dx, dPositions, C);
         return (loss, null);
+    }
+
+    /// <summary>y (T, n) = x (T, k)·Wᵀ (+ b), plus the LoRA update (α/r)·drop(x)·Aᵀ·Bᵀ when this projection is adapted.</summary>
+    private void Project(StageActivations a, int layer, string target, float[] x, float[] w, float[]? b, float[] y, int T, int n, int k)
+    {
+        _linear.Forward(x, w, b, y, T, n, k);
+        if (!_adapters.TryGetValue((layer, target), out var adapter)) return;
+        var input = x;                                                                       // (T, k)
+        if (DropoutMask(a, layer, target, x.Length) is { } mask)
+        {
+            input = new float[x.Length];
+            TensorPrimitives.Multiply(x, mask, input);
+        }
+        var low = new float[T * _lora!.Rank];                                                  // (T, r) = drop(x)·Aᵀ
+        _linear.Forward(input, adapter.A, [], low, T, _lora.Rank, k);
+        var update = new float[T * n];                                                        // (T, n) = low·Bᵀ
+        _linear.Forward(low, adapter.B, [], update, T, n, _lora.Rank);
+        TensorPrimitives.MultiplyAdd(update, _lora.Scale, y, y);
+        a.Lora[(layer, target)] = (input, low);
+    }
+
+    /// <summary>dx += dy·W (and dW, db unless frozen); with an adapter also dB, dA and its part of dx (through the dropout mask).</summary>
+    private void ProjectBackward(StageActivations a, int layer, string target, float[] x, float[] w, float[] dy, float[] dx, float[] dw, float[]? db,
+        int T, int n, int k)
+    {
+        _linear.Backward(x, w, dy, dx, dw, db ?? [], T, n, k);
+        if (!_adapters.TryGetValue((layer, target), out var adapter)) return;
+        var (input, low) = a.Lora[(layer, target)];
+        int r = _lora!.Rank;
+        var scaled = new float[dy.Length];                                                   // (T, n) ∂L/∂update
+        TensorPrimitives.Multiply(dy, _lora.Scale, scaled);
+        var dLow = new float[T * r];                                                          // (T, r)
+        _linear.Backward(low, adapter.B, scaled, dLow, adapter.GradB, [], T, n, r);
+        var dInput = new float[T * k];                                                        // (T, k)
+        _linear.Backward(input, adapter.A, dLow, dInput, adapter.GradA, [], T, r, k);
+        if (DropoutMask(a, layer, target, dInput.Length) is { } mask) TensorPrimitives.Multiply(dInput, mask, dInput);
+        TensorPrimitives.Add(dx, dInput, dx);
+    }
+
+    /// <summary>LoRA dropout's mask for one projection and micro-batch: 0 or 1/keep per element, drawn again identically for the backward; null without dropout.</summary>
+    private float[]? DropoutMask(StageActivations a, int layer, string target, int length)
+    {
+        if (_lora!.Dropout == 0) return null;
+        var random = new Random(unchecked(_lora.Seed * 1_000_003 + a.DropoutSeed * 7_919 + (Spec.Layers.Offset + layer) * 101 + Array.IndexOf(LoraTargets, target)));
+        float keep = 1 - _lora.Dropout;
+        var mask = new float[length];
+        for (int i = 0; i < length; i++) mask[i] = random.NextSingle() < keep ? 1 / keep : 0;
+        return mask;
     }
 
     /// <summary>x (T, C): this rank's embedding rows for the tokens in its vocab slice, summed over the ranks, plus learned positions.</summary>
@@ -445,6 +540,7 @@ public sealed class TrainableModel : IDisposable
     private void NormalizeRowsBackward(float[] x, float[] weight, float[] dy, float[] dx, float[] dWeight, float[]? dBias, int rows)
     {
         int C = Config.Dim;
+        if (dWeight.Length == 0) (dWeight, dBias) = (_frozenNormGradient, dBias is null ? null : _frozenNormGradient);   // frozen: the weight's gradient is not kept
         for (int r = 0; r < rows; r++)
             if (dBias is null) Norms.RmsNormBackward(x.AsSpan(r * C, C), weight, dy.AsSpan(r * C, C), dx.AsSpan(r * C, C), dWeight, Config.NormEps);
             else Norms.LayerNormBackward(x.AsSpan(r * C, C), weight, dy.AsSpan(r * C, C), dx.AsSpan(r * C, C), dWeight, dBias, Config.NormEps);

@@ -50,7 +50,7 @@ public sealed unsafe class Linear(WorkerPool pool) : IDisposable
         for (int row = 0; row < m; row++) TensorPrimitives.Add(y.Slice(row * n, n), b, y.Slice(row * n, n));
     }
 
-    /// <summary>dx (M, K) += dy · W, dW (N, K) += dyᵀ · x, db (N,) += Σ_m dy (db may be empty).</summary>
+    /// <summary>dx (M, K) += dy · W, dW (N, K) += dyᵀ · x, db (N,) += Σ_m dy (db may be empty; dw empty skips both).</summary>
     public void Backward(ReadOnlySpan<float> x, float[] w, ReadOnlySpan<float> dy,
         Span<float> dx, Span<float> dw, Span<float> db, int m, int n, int k)
     {
@@ -63,6 +63,7 @@ public sealed unsafe class Linear(WorkerPool pool) : IDisposable
         }
         Multiply(dy, transposed.Pointer, product.AsSpan(0, m * k), m, k, n);                  // dy (M, N) · (Wᵀ)ᵀ
         TensorPrimitives.Add(dx[..(m * k)], product.AsSpan(0, m * k), dx[..(m * k)]);
+        if (dw.IsEmpty) return;                                                                // a frozen weight (LoRA's base): no dW, no db
         Grow(ref _transposedX, m * k);
         Grow(ref _transposedDy, m * n);
         Transpose(x, m, k, _transposedX);
