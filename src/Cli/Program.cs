@@ -5,6 +5,7 @@ using Cluster.Compute;
 using Cluster.Compute.Cpu;
 using Cluster.Compute.Ilgpu;
 using Cluster.Model;
+using Cluster.Model.Formats;
 using Spectre.Console;
 
 try
@@ -29,8 +30,9 @@ static int Usage(int code, string? problem = null)
     if (problem is not null) AnsiConsole.MarkupLineInterpolated($"[red]error:[/] {problem}");
     Console.WriteLine("""
         usage: cluster generate [--model PATH | --preset NAME] [--tokenizer PATH] [--prompt TEXT] [--steps N]
-                                [--temperature T] [--topp P] [--topk K] [--seed S] [--threads N]
+                                [--temperature T] [--topp P] [--topk K] [--seed S] [--threads N] [--adapter DIR]
           --model        llama2.c checkpoint, GGUF file, or safetensors file/directory (with config.json)
+          --adapter      a PEFT LoRA adapter directory, merged into the model's weights
           --preset       without --model: a seeded random model of that shape (default stories15M)
           --tokenizer    llama2.c tokenizer.bin or HF tokenizer.json (GGUF carries its own)
           --steps        new tokens to generate (default 256)
@@ -80,6 +82,7 @@ static int Generate(Arguments a)
     sampling.Validate();
     int threads = a.Int("threads", Environment.ProcessorCount, min: 1);
     string deviceName = a.Optional("device") ?? "cpu";
+    string? adapter = a.Optional("adapter");
     a.RejectUnknown();
 
     LoadedModel? loaded = null;
@@ -96,6 +99,7 @@ static int Generate(Arguments a)
     AnsiConsole.Status().Start(modelPath is null ? $"Making random {preset}" : $"Loading {Path.GetFileName(modelPath)}", ctx =>
     {
         loaded = modelPath is null ? RandomModel.Create(preset) : ModelLoader.Load(modelPath, tokenizerPath);
+        if (adapter is not null) PeftAdapter.Merge(loaded.Weights, loaded.Config, adapter);
         ctx.Status($"Packing {loaded.Config.Layers} layers for {device.Info.Name}");
         model = new TransformerModel(device, loaded.Config, loaded.Weights);
     });

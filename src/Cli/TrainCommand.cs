@@ -20,12 +20,15 @@ public static class TrainCommand
                cluster train [--model PATH | --preset NAME] [--tokenizer PATH] [--data additions|FILE.txt|FILE.jsonl] [--steps N]
                              [--batch N] [--seq N] [--lr F] [--warmup N] [--seed N] [--threads N] [--layout L] [--micro-batches N]
                              [--schedule 1f1b|gpipe] [--zero 0|1] [--checkpoint DIR] [--checkpoint-every N] [--out PATH]
+                             [--lora-rank R [--lora-alpha A] [--lora-targets wq,wv,...] [--lora-dropout P] --adapter-out DIR]
           trains the model (Llama or GPT-2 family, fp32 on the CPU) on generated additions ("23+19=" -> "42", default), a text
           file (one document per line) or JSONL (prompt/completion or chat records: only completions are learned), tokenized
           with the model's tokenizer and packed into --seq tokens (default 64), --batch sequences a step (default 16), AdamW
           with warmup + cosine decay from --lr (default 1e-3); --layout (e.g. pp=2,dp=2) shards it, --micro-batches per
           replica feed the pipeline schedule; --checkpoint DIR resumes from DIR's newest checkpoint (saved at any layout) and
-          saves there every --checkpoint-every steps (default 100) and at the end; --out writes the trained model as GGUF
+          saves there every --checkpoint-every steps (default 100) and at the end; --out writes the trained model as GGUF;
+          --lora-rank trains LoRA adapters on the frozen model instead (Llama family, tp=1) and --adapter-out writes them as a
+          PEFT adapter (cluster generate --adapter DIR serves it)
         """;
 
     public static int Run(Arguments a)
@@ -49,7 +52,16 @@ public static class TrainCommand
         var loaded = modelPath is null ? RandomModel.Create(preset, seed) : ModelLoader.Load(modelPath, tokenizerPath);
         int sequenceLength = a.Int("seq", Math.Min(64, loaded.Config.MaxSeqLen), min: 2);
         int threads = a.Int("threads", Environment.ProcessorCount, min: 1);
+        int loraRank = a.Int("lora-rank", 0, min: 0);
+        var lora = loraRank == 0 ? null : new LoraOptions
+        {
+            Rank = loraRank, Alpha = a.Float("lora-alpha", 2f * loraRank), Dropout = a.Float("lora-dropout", 0f),
+            Targets = a.Optional("lora-targets")?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries) ?? ["wq", "wk", "wv", "wo"],
+        };
+        string? adapterOut = a.Optional("adapter-out");
         a.RejectUnknown();
+        if ((lora is null) != (adapterOut is null)) throw new ArgumentException("--lora-rank and --adapter-out go together");
+        if (lora is not null && output is not null) throw new ArgumentException("a LoRA run writes an adapter (--adapter-out), not a model (--out)");
         if (sequenceLength > loaded.Config.MaxSeqLen) throw new ArgumentException($"--seq {sequenceLength} is longer than the model's context of {loaded.Config.MaxSeqLen}");
         if (batchSize < layout.DataParallel * microBatches) throw new ArgumentException($"--batch {batchSize} cannot feed {layout.DataParallel} replicas × {microBatches} micro-batches");
         var tokenizer = loaded.Tokenizer ?? throw new ArgumentException("the model carries no tokenizer: pass --tokenizer");
@@ -63,9 +75,10 @@ public static class TrainCommand
         var options = new OptimizerOptions
         {
             LearningRate = learningRate, MinLearningRate = learningRate / 10, WarmupSteps = warmup, TotalSteps = steps,
+            WeightDecay = lora is null ? 0.1f : 0f,
         };
         int shards = layout.DataParallel * layout.PipelineStages * layout.TensorParallel;
-        using var run = LocalTrainingRun.Create(loaded.Config, loaded.Weights, layout, options, zeroStage, Math.Max(1, threads / shards));
+        using var run = LocalTrainingRun.Create(loaded.Config, loaded.Weights, layout, options, zeroStage, Math.Max(1, threads / shards), lora);
         var cursor = default(DataCursor);
         if (checkpoint is not null && Checkpoint.Latest(checkpoint) is { } latest)
         {
@@ -97,6 +110,12 @@ public static class TrainCommand
                 }
             });
         AnsiConsole.MarkupLineInterpolated($"final loss {loss:F4} after {run.Step} steps");
+        if (lora is not null)
+        {
+            PeftAdapter.Save(adapterOut!, loaded.Config, lora.Peft, run.Adapters(), modelPath ?? $"random:{preset}:{seed}");
+            AnsiConsole.MarkupLineInterpolated($"wrote the LoRA adapter to {adapterOut}: cluster generate --model ... --adapter {adapterOut}");
+            return 0;
+        }
         var trained = loaded with { Weights = run.Assemble() };
         if (data == "additions") ReportAdditions(trained, seed, documents.Length);
         if (output is not null)

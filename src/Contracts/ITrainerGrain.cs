@@ -9,6 +9,17 @@ namespace Cluster.Contracts;
 [GenerateSerializer, Immutable]
 public sealed record TrainingSequenceMessage([property: Id(0)] int[] Tokens, [property: Id(1)] int[] Targets, [property: Id(2)] int[]? Documents);
 
+/// <summary>LoRA: train rank-<paramref name="Rank"/> adapters on <paramref name="Targets"/> (wq, wk, wv, wo, w1, w2, w3) of a frozen base.</summary>
+[GenerateSerializer, Immutable]
+public sealed record LoraSettings(
+    [property: Id(0)] int Rank, [property: Id(1)] float Alpha, [property: Id(2)] string[] Targets, [property: Id(3)] float Dropout = 0)
+{
+    public bool Equals(LoraSettings? other) =>
+        other is not null && Rank == other.Rank && Alpha.Equals(other.Alpha) && Targets.SequenceEqual(other.Targets) && Dropout.Equals(other.Dropout);
+
+    public override int GetHashCode() => HashCode.Combine(Rank, Alpha, Targets.Length, Dropout);
+}
+
 /// <summary>
 /// Where a trainer sits and how it trains: the model, the layout and every shard's key in ShardingPlan order (replica,
 /// stage, rank), this trainer's index there, the optimizer's settings, and the checkpoint to start from (null: the source's weights).
@@ -28,7 +39,9 @@ public sealed record TrainerAssignment(
     [property: Id(10)] float ClipNorm,
     /// <summary>0: every replica keeps the whole optimizer state; 1: ZeRO-1, each keeps its slice's.</summary>
     [property: Id(11)] int ZeroStage = 0,
-    [property: Id(12)] string? RestoreFrom = null);
+    [property: Id(12)] string? RestoreFrom = null,
+    /// <summary>Null: every weight trains; else LoRA adapters on the frozen weights.</summary>
+    [property: Id(13)] LoraSettings? Lora = null);
 
 /// <summary>This trainer's replica's micro-batches of one step; GlobalTargets counts the targets of every replica's together.</summary>
 [GenerateSerializer, Immutable]

@@ -38,6 +38,8 @@ public sealed record TrainingJobSpec
     [Id(15)] public string? ServeAs { get; init; }
     /// <summary>The layout it is served in (empty: one shard).</summary>
     [Id(16)] public string ServeLayout { get; init; } = "";
+    /// <summary>Null: a full fine-tune; else LoRA adapters (published as a PEFT adapter served on the base model).</summary>
+    [Id(17)] public LoraSettings? Lora { get; init; }
 
     // Value equality, lists included: submitting the same spec again is recognised as the same job.
     public bool Equals(TrainingJobSpec? other) =>
@@ -45,6 +47,7 @@ public sealed record TrainingJobSpec
         SequenceLength == other.SequenceLength && LearningRate.Equals(other.LearningRate) && WarmupSteps == other.WarmupSteps &&
         Layout == other.Layout && ZeroStage == other.ZeroStage && Seed == other.Seed && MicroBatches == other.MicroBatches &&
         Schedule == other.Schedule && CheckpointEvery == other.CheckpointEvery && ServeAs == other.ServeAs && ServeLayout == other.ServeLayout &&
+        Lora == other.Lora &&
         (Documents ?? []).SequenceEqual(other.Documents ?? []) && (Silos ?? []).SequenceEqual(other.Silos ?? []);
 
     public override int GetHashCode() => HashCode.Combine(Source, Dataset, Steps, BatchSize, SequenceLength, Layout, Seed);

@@ -1,4 +1,5 @@
-// Where a shard gets its weights: a model file (plus tokenizer for llama2.c checkpoints) or a seeded random preset.
+// Where a shard gets its weights: a model file (plus tokenizer for llama2.c checkpoints) or a seeded random preset,
+// optionally with a LoRA adapter (a PEFT directory) merged into them at load.
 namespace Cluster.Contracts;
 
 [GenerateSerializer, Immutable]
@@ -10,11 +11,13 @@ public sealed record ModelSource
     /// <summary>A RandomModel preset name (tiny, stories15M, ...), used when <see cref="Path"/> is null.</summary>
     [Id(2)] public string? Preset { get; init; }
     [Id(3)] public int Seed { get; init; } = 1;
+    /// <summary>A PEFT LoRA adapter directory merged into the weights at load; null for none.</summary>
+    [Id(4)] public string? AdapterPath { get; init; }
 
     public static ModelSource File(string path, string? tokenizerPath = null) => new() { Path = path, TokenizerPath = tokenizerPath };
     public static ModelSource Random(string preset, int seed = 1) => new() { Preset = preset, Seed = seed };
 
-    public override string ToString() => Path is null ? $"random:{Preset}:{Seed}" : Path;
+    public override string ToString() => (Path ?? $"random:{Preset}:{Seed}") + (AdapterPath is null ? "" : $" + LoRA {AdapterPath}");
 }
 
 /// <summary>

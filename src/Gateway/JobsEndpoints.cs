@@ -85,9 +85,21 @@ public static class JobsEndpoints
             ServeAs = Get(root, "serve_as") is { } serveAs ? String(serveAs, "serve_as") : null,
             ServeLayout = Get(root, "serve_layout") is { } serveLayout ? String(serveLayout, "serve_layout") : "",
             ZeroStage = Get(root, "zero_stage") is { } z ? Integer(z, "zero_stage", 0, 1) : 0,
+            Lora = Get(root, "lora") is { } lora ? ParseLora(lora) : null,
             Silos = Get(root, "silos") is { } silos ? Strings(silos, "silos") : null,
             Seed = seed,
         };
+    }
+
+    /// <summary>"lora": {"rank": 8, "alpha": 16, "targets": ["wq", "wv"], "dropout": 0.05} (rank required).</summary>
+    private static LoraSettings ParseLora(JsonElement e)
+    {
+        if (e.ValueKind != JsonValueKind.Object) throw new ApiError(400, "'lora' must be an object with rank, alpha, targets and dropout.", "lora");
+        int rank = Get(e, "rank") is { } r ? Integer(r, "lora.rank", 1, 1024) : throw Missing("lora.rank");
+        return new LoraSettings(rank,
+            Get(e, "alpha") is { } a ? Number(a, "lora.alpha", 1e-6, 1e6) : 2f * rank,
+            Get(e, "targets") is { } t ? Strings(t, "lora.targets") : ["wq", "wk", "wv", "wo"],
+            Get(e, "dropout") is { } d ? Number(d, "lora.dropout", 0, 0.99) : 0f);
     }
 
     private static string[] Strings(JsonElement e, string param) =>

@@ -1,6 +1,7 @@
 // Turns a ModelSource message into weights or a tokenizer, through the Model project's loaders.
 using Cluster.Contracts;
 using Cluster.Model;
+using Cluster.Model.Formats;
 using Cluster.Model.Tokenizers;
 
 namespace Cluster.Grains;
@@ -8,10 +9,14 @@ namespace Cluster.Grains;
 public static class ModelSources
 {
     /// <param name="select">Which tensors of a model file to read (a shard's); presets are made whole.</param>
-    public static LoadedModel Load(ModelSource source, Func<ModelConfig, WeightFilter>? select = null) =>
-        source.Path is not null ? ModelLoader.Load(source.Path, source.TokenizerPath, select)
-        : source.Preset is not null ? RandomModel.Create(source.Preset, source.Seed)
-        : throw new ArgumentException("a model source needs a path or a preset", nameof(source));
+    public static LoadedModel Load(ModelSource source, Func<ModelConfig, WeightFilter>? select = null)
+    {
+        var loaded = source.Path is not null ? ModelLoader.Load(source.Path, source.TokenizerPath, select)
+            : source.Preset is not null ? RandomModel.Create(source.Preset, source.Seed)
+            : throw new ArgumentException("a model source needs a path or a preset", nameof(source));
+        if (source.AdapterPath is not null) PeftAdapter.Merge(loaded.Weights, loaded.Config, source.AdapterPath);   // the layers this shard loaded
+        return loaded;
+    }
 
     /// <summary>The tokenizer alone: cheap for presets; model files are opened (weights are memory-mapped or read).</summary>
     public static ITokenizer LoadTokenizer(ModelSource source) =>

@@ -44,7 +44,8 @@ public sealed class TrainerGrain(IGrainFactory grains, IOptions<ShardOptions> op
             var plan = ShardingPlan.Create(loaded.Config, layout);
             spec = plan.Shards[a.Index];
             var groups = Groups(a, plan, spec, mailbox);
-            var model = new TrainableModel(loaded.Config, ShardWeights.Slice(loaded.Config, loaded.Weights, spec), threads, groups.Tensor);
+            var lora = a.Lora is { } l ? new LoraOptions { Rank = l.Rank, Alpha = l.Alpha, Targets = l.Targets, Dropout = l.Dropout } : null;
+            var model = new TrainableModel(loaded.Config, ShardWeights.Slice(loaded.Config, loaded.Weights, spec), threads, groups.Tensor, lora);
             var trainer = new ShardTrainer(model, new OptimizerOptions
             {
                 LearningRate = a.LearningRate, MinLearningRate = a.MinLearningRate, WarmupSteps = a.WarmupSteps,

@@ -86,6 +86,13 @@ public sealed class TrainingJobGrain(
         Require(s.CheckpointEvery >= 1, "checkpoint_every must be at least 1");
         Require(s.Dataset == "additions" || (s.Dataset is "text" or "jsonl" && s.Documents is { Length: > 0 }),
             "dataset must be 'additions', 'text' or 'jsonl' (the last two with a non-empty documents list)");
+        if (s.Lora is { } lora)
+        {
+            Require(s.Source.AdapterPath is null, "LoRA trains on a base model without an adapter");
+            Require(layout.TensorParallel == 1, "LoRA training runs without tensor parallelism (tp = 1)");
+            var options = new LoraOptions { Rank = lora.Rank, Alpha = lora.Alpha, Targets = lora.Targets ?? [], Dropout = lora.Dropout };
+            if (s.Source.Path is null) options.Validate(RandomModel.Preset(s.Source.Preset!));
+        }
         Require(s.ServeAs is null || (s.ServeAs.Length is > 0 and <= 128 && !s.ServeAs.Contains('/') && !s.ServeAs.Contains('@')),
             "serve_as must be a model id of 1 to 128 characters without '/' or '@'");
         if (s.ServeAs is not null)
@@ -177,7 +184,8 @@ public sealed class TrainingJobGrain(
     }
 
     private TrainerAssignment Assignment(TrainingJobSpec spec, string[] keys, int index, long epoch) => new(spec.Source, spec.Layout, keys, index, epoch,
-        spec.LearningRate, spec.LearningRate / 10, spec.WarmupSteps, spec.Steps, WeightDecay: 0.1f, ClipNorm: 1f, spec.ZeroStage, Record.Checkpoint);
+        spec.LearningRate, spec.LearningRate / 10, spec.WarmupSteps, spec.Steps, WeightDecay: spec.Lora is null ? 0.1f : 0f, ClipNorm: 1f, spec.ZeroStage,
+        Record.Checkpoint, spec.Lora);
 
     private static PackedDataset Dataset(TrainingJobSpec spec)
     {
@@ -227,18 +235,33 @@ public sealed class TrainingJobGrain(
         Publish(new TrainingJobEvent(step, float.NaN, 0, 0, Record.State, Note: $"checkpoint of step {step} saved"));
     }
 
-    /// <summary>The final checkpoint, assembled whole whatever the layout, written as GGUF and served under <paramref name="modelId"/>.</summary>
+    /// <summary>
+    /// The final checkpoint, whatever its layout, served under <paramref name="modelId"/>: a full fine-tune assembled
+    /// whole and written as GGUF; LoRA adapters written as a PEFT adapter and served on their base model.
+    /// </summary>
     private async Task PublishModel(TrainingJobSpec spec, string modelId, string directory)
     {
-        string path = Path.Combine(directory, "model.gguf");
         string checkpoint = Record.Checkpoint!;
-        await Task.Run(() =>
+        var source = await Task.Run(() =>
         {
             var loaded = ModelSources.Load(spec.Source);
-            var trained = loaded with { Weights = WeightAssembly.Assemble(loaded.Config, Checkpoint.ReadTensors(checkpoint)) };
-            GgufWriter.Write(trained, path, name: modelId);
+            var tensors = Checkpoint.ReadTensors(checkpoint);
+            if (spec.Lora is { } lora)
+            {
+                string adapter = Path.Combine(directory, "adapter");
+                PeftAdapter.Save(adapter, loaded.Config, new PeftAdapterConfig(lora.Rank, lora.Alpha, lora.Targets, lora.Dropout),
+                    tensors.Keys.Where(k => k.EndsWith(".lora_a")).Select(k =>
+                    {
+                        string[] parts = k.Split('.');   // layers.{N}.{target}.lora_a
+                        return new LoraTensors(int.Parse(parts[1]), parts[2], tensors[k], tensors[k[..^1] + "b"]);
+                    }), spec.Source.ToString());
+                return spec.Source with { AdapterPath = adapter };
+            }
+            string path = Path.Combine(directory, "model.gguf");
+            GgufWriter.Write(loaded with { Weights = WeightAssembly.Assemble(loaded.Config, tensors) }, path, name: modelId);
+            return ModelSource.File(path);
         });
-        await grains.GetGrain<IInferenceSchedulerGrain>(modelId).Serve(new ModelServing(ModelSource.File(path), spec.ServeLayout, spec.Silos));
+        await grains.GetGrain<IInferenceSchedulerGrain>(modelId).Serve(new ModelServing(source, spec.ServeLayout, spec.Silos));
         Record.Model = modelId;
     }
 

@@ -36,6 +36,33 @@ public sealed class TrainingJobTests(ClusterFixture fixture)
     }
 
     [Fact]
+    public async Task ALoraJobOnAPipelinePublishesItsAdapterAndTheModelServesIt()
+    {
+        var job = Grains.GetGrain<ITrainingJobGrain>("job-lora");
+        await job.Submit(Spec(20) with
+        {
+            Layout = "pp=2,dp=2", MicroBatches = 2, BatchSize = 8, CheckpointEvery = 10, ServeAs = "tiny-lora",
+            Lora = new LoraSettings(Rank: 4, Alpha: 8, Targets: ["wq", "wv", "w2"]),
+        });
+        var events = new List<TrainingJobEvent>();
+        await foreach (var e in job.Events().WithCancellation(TestContext.Current.CancellationToken)) events.Add(e);
+        var status = await job.Status();
+        Assert.True(status!.State == TrainingJobState.Completed, status.Error);
+        Assert.Equal("tiny-lora", status.Model);
+        var steps = events.Where(e => e.IsStep).ToList();
+        Assert.True(steps[^1].Loss < steps[0].Loss, $"loss went from {steps[0].Loss} to {steps[^1].Loss}");
+
+        // Served on the base model with the adapter merged: its greedy text (it has learnt to stop early) differs from the base model's.
+        var cancel = TestContext.Current.CancellationToken;
+        var request = new GenerationRequest { Prompt = "12+34=", MaxTokens = 12, Temperature = 0 };
+        var tuned = await Grains.GetGrain<IInferenceSchedulerGrain>("tiny-lora").GenerateAsync(request, cancel);
+        var baseScheduler = Grains.GetGrain<IInferenceSchedulerGrain>("tiny-base-for-lora");
+        await baseScheduler.Serve(new ModelServing(Spec(1).Source));
+        var plain = await baseScheduler.GenerateAsync(request, cancel);
+        Assert.NotEqual(string.Concat(plain.Select(c => c.Text)), string.Concat(tuned.Select(c => c.Text)));
+    }
+
+    [Fact]
     public async Task ACancelledJobStops()
     {
         var job = Grains.GetGrain<ITrainingJobGrain>("job-cancel");
@@ -57,6 +84,8 @@ public sealed class TrainingJobTests(ClusterFixture fixture)
         await Assert.ThrowsAsync<ArgumentException>(() => job.Submit(Spec(10) with { BatchSize = 1 }));           // fewer sequences than replicas
         await Assert.ThrowsAsync<ArgumentException>(() => job.Submit(Spec(10) with { LearningRate = float.NaN }));
         await Assert.ThrowsAsync<ArgumentException>(() => job.Submit(Spec(10) with { Dataset = "jsonl" }));   // without documents
+        await Assert.ThrowsAsync<ArgumentException>(() => job.Submit(Spec(10) with { Layout = "tp=2", Lora = new LoraSettings(4, 8, ["wq"]) }));
+        await Assert.ThrowsAsync<ArgumentException>(() => job.Submit(Spec(10) with { Lora = new LoraSettings(4, 8, ["attention"]) }));
         Assert.Null(await job.Status());
         Assert.Null(await Grains.GetGrain<ITrainingJobGrain>("job-none").Cancel());
     }
