@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every benchmark and prints the README's tables: GEMM GFLOP/s, then model prefill/decode tokens/s
-# beside llama.cpp (installed here from npm: node-llama-cpp ships prebuilt llama.cpp binaries), then, on in-process
+# beside llama.cpp (installed here from npm: node-llama-cpp ships prebuilt llama.cpp binaries), training tokens/s and
+# MFU (one shard, then per layout), then, on in-process
 # Orleans clusters, grain transport MB/s, collective bus bandwidth, and serving tokens/s (continuous batching, layouts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +12,8 @@ bench=bench/Cluster.Bench/bin/Release/net10.0/cluster-bench.dll
 dotnet "$bench" gemm --threads 1,2
 echo
 dotnet "$bench" model --threads 1,2 --presets stories15M,stories110M
+echo
+dotnet "$bench" training --threads 1,2 --presets stories15M
 echo
 dotnet "$bench" transport
 echo

@@ -1,6 +1,6 @@
 // cluster-bench: the engine's benchmarks, printed as Markdown tables for the README.
 // Run from the repository root: bash bench/run.sh (or dotnet run -c Release --project bench/Cluster.Bench -- gemm)
-// Commands: gemm, model (single process); transport, collectives, serving (in-process Orleans clusters).
+// Commands: gemm, model, training (single process); transport, collectives, serving (in-process Orleans clusters).
 using Cluster.Bench;
 
 string command = args.FirstOrDefault() ?? "help";
@@ -25,6 +25,11 @@ switch (command)
     case "serving":
         await ServingBench.Run();
         return 0;
+    case "training":
+        TrainingBench.Run((Option(args, "--presets") ?? "stories15M").Split(','), threads,
+            (Option(args, "--layouts") ?? "pp=2;dp=2;tp=2;pp=2,dp=2").Split(';'),
+            int.Parse(Option(args, "--batch") ?? "4"), int.Parse(Option(args, "--seq") ?? "128"), int.Parse(Option(args, "--steps") ?? "5"), peakPerCore);
+        return 0;
     default:
         Console.WriteLine("""
             usage: cluster-bench gemm  [--threads 1,2] [--peak-per-core 265]
@@ -32,6 +37,8 @@ switch (command)
                    cluster-bench transport                                        (grain calls and memory streams, MB/s, same vs cross silo)
                    cluster-bench collectives [--sizes 1,4,16,64] [--members 2,3,4]  (all-reduce / all-to-all bus GB/s, in process vs across silos)
                    cluster-bench serving                                          (continuous batching and sharding layouts, tokens/s)
+                   cluster-bench training [--threads 1,2] [--presets stories15M] [--layouts "pp=2;dp=2;tp=2;pp=2,dp=2"] [--batch 4] [--seq 128] [--steps 5]
+                                                                                  (training tokens/s and MFU, one shard and per layout)
             run from the repository root; bench/run.sh installs llama.cpp (npm) and runs everything
             """);
         return command == "help" ? 0 : 2;
