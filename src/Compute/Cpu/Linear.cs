@@ -12,10 +12,12 @@ public sealed unsafe class Linear(WorkerPool pool) : IDisposable
     /// <summary>A matrix packed for Gemm.Multiply, in native memory.</summary>
     private sealed class Packed : IDisposable
     {
-        public Packed(ReadOnlySpan<float> b, int n, int k)
+        /// <summary>B (n, k) row-major, packed; with <paramref name="transposed"/>, b is (k, n) and B = bᵀ.</summary>
+        public Packed(ReadOnlySpan<float> b, int n, int k, bool transposed = false)
         {
             Pointer = (float*)NativeMemory.AlignedAlloc((nuint)(Gemm.PackedLength(n, k) * sizeof(float)), 64);
-            Gemm.Pack(b[..(n * k)], n, k, Pointer);
+            if (transposed) Gemm.PackTransposed(b[..(n * k)], k, n, Pointer);
+            else Gemm.Pack(b[..(n * k)], n, k, Pointer);
         }
 
         public float* Pointer { get; private set; }
@@ -31,7 +33,7 @@ public sealed unsafe class Linear(WorkerPool pool) : IDisposable
     private readonly Dictionary<float[], Packed> _transposedWeights = new(ReferenceEqualityComparer.Instance);   // Wᵀ
     private float[] _scratch = [];
     private float[] _product = [];
-    private float[] _transposedX = [], _transposedDy = [];   // reused: the head's dyᵀ alone is tens of MB
+    private float[] _transposedX = [];   // xᵀ, reused
 
     /// <summary>Drops every packed weight: call when the weights may have changed.</summary>
     public void ForgetPacked()
@@ -55,22 +57,18 @@ public sealed unsafe class Linear(WorkerPool pool) : IDisposable
         Span<float> dx, Span<float> dw, Span<float> db, int m, int n, int k)
     {
         var product = Product(Math.Max(m * k, n * k));
-        if (!_transposedWeights.TryGetValue(w, out var transposed))
-        {
-            var wt = new float[n * k];
-            Transpose(w, n, k, wt);
-            _transposedWeights[w] = transposed = new Packed(wt, k, n);
-        }
-        Multiply(dy, transposed.Pointer, product.AsSpan(0, m * k), m, k, n);                  // dy (M, N) · (Wᵀ)ᵀ
+        // dx (M, K) = dy (M, N) · (Wᵀ)ᵀ: Wᵀ (K, N) packed straight from W's rows, once per weight version.
+        if (!_transposedWeights.TryGetValue(w, out var transposed)) _transposedWeights[w] = transposed = new Packed(w, k, n, transposed: true);
+        Multiply(dy, transposed.Pointer, product.AsSpan(0, m * k), m, k, n);
         TensorPrimitives.Add(dx[..(m * k)], product.AsSpan(0, m * k), dx[..(m * k)]);
         if (dw.IsEmpty) return;                                                                // a frozen weight (LoRA's base): no dW, no db
+        // dWᵀ (K, N) = xᵀ (K, M) · (dyᵀ)ᵀ: dyᵀ (N, M) packed straight from dy's rows (the head's dy is tens of MB:
+        // never transposed in memory), then added into dW transposed, tile by tile.
         Grow(ref _transposedX, m * k);
-        Grow(ref _transposedDy, m * n);
         Transpose(x, m, k, _transposedX);
-        Transpose(dy, m, n, _transposedDy);
-        using (var xt = new Packed(_transposedX, k, m))
-            Multiply(_transposedDy.AsSpan(0, m * n), xt.Pointer, product.AsSpan(0, n * k), n, k, m);  // dyᵀ (N, M) · (xᵀ)ᵀ
-        TensorPrimitives.Add(dw[..(n * k)], product.AsSpan(0, n * k), dw[..(n * k)]);
+        using (var dyt = new Packed(dy, n, m, transposed: true))
+            Multiply(_transposedX.AsSpan(0, m * k), dyt.Pointer, product.AsSpan(0, k * n), k, n, m);
+        TransposeAdd(product.AsSpan(0, k * n), k, n, dw[..(n * k)]);
         if (db.IsEmpty) return;
         for (int row = 0; row < m; row++) TensorPrimitives.Add(db, dy.Slice(row * n, n), db);
     }
@@ -95,6 +93,20 @@ public sealed unsafe class Linear(WorkerPool pool) : IDisposable
                 for (int r = r0; r < r1; r++)
                     for (int c = c0; c < c1; c++)
                         t[c * rows + r] = a[r * cols + c];
+            }
+    }
+
+    /// <summary>t (cols, rows) += aᵀ of a (rows, cols), in 32×32 tiles.</summary>
+    private static void TransposeAdd(ReadOnlySpan<float> a, int rows, int cols, Span<float> t)
+    {
+        const int Tile = 32;
+        for (int r0 = 0; r0 < rows; r0 += Tile)
+            for (int c0 = 0; c0 < cols; c0 += Tile)
+            {
+                int r1 = Math.Min(rows, r0 + Tile), c1 = Math.Min(cols, c0 + Tile);
+                for (int r = r0; r < r1; r++)
+                    for (int c = c0; c < c1; c++)
+                        t[c * rows + r] += a[r * cols + c];
             }
     }
 
