@@ -43,6 +43,14 @@ public sealed class Arguments
         return value;
     }
 
+    public bool Bool(string name, bool fallback) => Optional(name) switch
+    {
+        null => fallback,
+        "true" => true,
+        "false" => false,
+        var text => throw new ArgumentException($"--{name} must be true or false, got '{text}'"),
+    };
+
     /// <summary>Throws for options no reader asked for (typos would otherwise be silently ignored).</summary>
     public void RejectUnknown()
     {

@@ -21,6 +21,7 @@ public static class TrainCommand
                              [--batch N] [--seq N] [--lr F] [--warmup N] [--seed N] [--threads N] [--layout L] [--micro-batches N]
                              [--schedule 1f1b|gpipe] [--zero 0|1] [--checkpoint DIR] [--checkpoint-every N] [--out PATH]
                              [--lora-rank R [--lora-alpha A] [--lora-targets wq,wv,...] [--lora-dropout P] --adapter-out DIR]
+                             [--recompute true] [--precision fp32|bf16]
           trains the model (Llama or GPT-2 family, fp32 on the CPU) on generated additions ("23+19=" -> "42", default), a text
           file (one document per line) or JSONL (prompt/completion or chat records: only completions are learned), tokenized
           with the model's tokenizer and packed into --seq tokens (default 64), --batch sequences a step (default 16), AdamW
@@ -28,7 +29,8 @@ public static class TrainCommand
           replica feed the pipeline schedule; --checkpoint DIR resumes from DIR's newest checkpoint (saved at any layout) and
           saves there every --checkpoint-every steps (default 100) and at the end; --out writes the trained model as GGUF;
           --lora-rank trains LoRA adapters on the frozen model instead (Llama family, tp=1) and --adapter-out writes them as a
-          PEFT adapter (cluster generate --adapter DIR serves it)
+          PEFT adapter (cluster generate --adapter DIR serves it); --recompute true keeps only each layer's input and recomputes
+          the rest in the backward (activation checkpointing); --precision bf16 rounds the products' inputs to bfloat16
         """;
 
     public static int Run(Arguments a)
@@ -59,6 +61,13 @@ public static class TrainCommand
             Targets = a.Optional("lora-targets")?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries) ?? ["wq", "wk", "wv", "wo"],
         };
         string? adapterOut = a.Optional("adapter-out");
+        bool recompute = a.Bool("recompute", false);
+        var precision = (a.Optional("precision") ?? "fp32") switch
+        {
+            "fp32" => Precision.Float32,
+            "bf16" => Precision.BFloat16,
+            var other => throw new ArgumentException($"--precision must be fp32 or bf16, got '{other}'"),
+        };
         a.RejectUnknown();
         if ((lora is null) != (adapterOut is null)) throw new ArgumentException("--lora-rank and --adapter-out go together");
         if (lora is not null && output is not null) throw new ArgumentException("a LoRA run writes an adapter (--adapter-out), not a model (--out)");
@@ -78,7 +87,8 @@ public static class TrainCommand
             WeightDecay = lora is null ? 0.1f : 0f,
         };
         int shards = layout.DataParallel * layout.PipelineStages * layout.TensorParallel;
-        using var run = LocalTrainingRun.Create(loaded.Config, loaded.Weights, layout, options, zeroStage, Math.Max(1, threads / shards), lora);
+        using var run = LocalTrainingRun.Create(loaded.Config, loaded.Weights, layout, options, zeroStage, Math.Max(1, threads / shards),
+            new TrainingMode { Lora = lora, ActivationCheckpointing = recompute, Precision = precision });
         var cursor = default(DataCursor);
         if (checkpoint is not null && Checkpoint.Latest(checkpoint) is { } latest)
         {

@@ -41,7 +41,11 @@ public sealed record TrainerAssignment(
     [property: Id(11)] int ZeroStage = 0,
     [property: Id(12)] string? RestoreFrom = null,
     /// <summary>Null: every weight trains; else LoRA adapters on the frozen weights.</summary>
-    [property: Id(13)] LoraSettings? Lora = null);
+    [property: Id(13)] LoraSettings? Lora = null,
+    /// <summary>Keep only each layer's input in the forward; the backward recomputes the rest.</summary>
+    [property: Id(14)] bool ActivationCheckpointing = false,
+    /// <summary>"fp32" or "bf16" (bf16 products, fp32 master weights and optimizer state).</summary>
+    [property: Id(15)] string Precision = "fp32");
 
 /// <summary>This trainer's replica's micro-batches of one step; GlobalTargets counts the targets of every replica's together.</summary>
 [GenerateSerializer, Immutable]

@@ -40,6 +40,10 @@ public sealed record TrainingJobSpec
     [Id(16)] public string ServeLayout { get; init; } = "";
     /// <summary>Null: a full fine-tune; else LoRA adapters (published as a PEFT adapter served on the base model).</summary>
     [Id(17)] public LoraSettings? Lora { get; init; }
+    /// <summary>Recompute each layer's activations in the backward instead of keeping them.</summary>
+    [Id(18)] public bool ActivationCheckpointing { get; init; }
+    /// <summary>"fp32" or "bf16".</summary>
+    [Id(19)] public string Precision { get; init; } = "fp32";
 
     // Value equality, lists included: submitting the same spec again is recognised as the same job.
     public bool Equals(TrainingJobSpec? other) =>
@@ -47,7 +51,7 @@ public sealed record TrainingJobSpec
         SequenceLength == other.SequenceLength && LearningRate.Equals(other.LearningRate) && WarmupSteps == other.WarmupSteps &&
         Layout == other.Layout && ZeroStage == other.ZeroStage && Seed == other.Seed && MicroBatches == other.MicroBatches &&
         Schedule == other.Schedule && CheckpointEvery == other.CheckpointEvery && ServeAs == other.ServeAs && ServeLayout == other.ServeLayout &&
-        Lora == other.Lora &&
+        Lora == other.Lora && ActivationCheckpointing == other.ActivationCheckpointing && Precision == other.Precision &&
         (Documents ?? []).SequenceEqual(other.Documents ?? []) && (Silos ?? []).SequenceEqual(other.Silos ?? []);
 
     public override int GetHashCode() => HashCode.Combine(Source, Dataset, Steps, BatchSize, SequenceLength, Layout, Seed);

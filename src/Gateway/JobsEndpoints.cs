@@ -86,6 +86,8 @@ public static class JobsEndpoints
             ServeLayout = Get(root, "serve_layout") is { } serveLayout ? String(serveLayout, "serve_layout") : "",
             ZeroStage = Get(root, "zero_stage") is { } z ? Integer(z, "zero_stage", 0, 1) : 0,
             Lora = Get(root, "lora") is { } lora ? ParseLora(lora) : null,
+            ActivationCheckpointing = Get(root, "activation_checkpointing") is { } ac ? Bool(ac, "activation_checkpointing") : false,
+            Precision = Get(root, "precision") is { } precision ? String(precision, "precision") : "fp32",
             Silos = Get(root, "silos") is { } silos ? Strings(silos, "silos") : null,
             Seed = seed,
         };

@@ -44,8 +44,18 @@ public sealed class TrainerGrain(IGrainFactory grains, IOptions<ShardOptions> op
             var plan = ShardingPlan.Create(loaded.Config, layout);
             spec = plan.Shards[a.Index];
             var groups = Groups(a, plan, spec, mailbox);
-            var lora = a.Lora is { } l ? new LoraOptions { Rank = l.Rank, Alpha = l.Alpha, Targets = l.Targets, Dropout = l.Dropout } : null;
-            var model = new TrainableModel(loaded.Config, ShardWeights.Slice(loaded.Config, loaded.Weights, spec), threads, groups.Tensor, lora);
+            var mode = new TrainingMode
+            {
+                Lora = a.Lora is { } l ? new LoraOptions { Rank = l.Rank, Alpha = l.Alpha, Targets = l.Targets, Dropout = l.Dropout } : null,
+                ActivationCheckpointing = a.ActivationCheckpointing,
+                Precision = a.Precision switch
+                {
+                    "fp32" => Precision.Float32,
+                    "bf16" => Precision.BFloat16,
+                    _ => throw new ArgumentException($"precision must be 'fp32' or 'bf16', not '{a.Precision}'"),
+                },
+            };
+            var model = new TrainableModel(loaded.Config, ShardWeights.Slice(loaded.Config, loaded.Weights, spec), threads, groups.Tensor, mode);
             var trainer = new ShardTrainer(model, new OptimizerOptions
             {
                 LearningRate = a.LearningRate, MinLearningRate = a.MinLearningRate, WarmupSteps = a.WarmupSteps,

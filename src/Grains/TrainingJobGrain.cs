@@ -83,6 +83,7 @@ public sealed class TrainingJobGrain(
         Require(s.WarmupSteps >= 0, "warmup_steps must be at least 0");
         Require(s.ZeroStage is 0 or 1, "zero_stage must be 0 or 1");
         Require(s.Schedule is "1f1b" or "gpipe", "schedule must be '1f1b' or 'gpipe'");
+        Require(s.Precision is "fp32" or "bf16", "precision must be 'fp32' or 'bf16'");
         Require(s.CheckpointEvery >= 1, "checkpoint_every must be at least 1");
         Require(s.Dataset == "additions" || (s.Dataset is "text" or "jsonl" && s.Documents is { Length: > 0 }),
             "dataset must be 'additions', 'text' or 'jsonl' (the last two with a non-empty documents list)");
@@ -185,7 +186,7 @@ public sealed class TrainingJobGrain(
 
     private TrainerAssignment Assignment(TrainingJobSpec spec, string[] keys, int index, long epoch) => new(spec.Source, spec.Layout, keys, index, epoch,
         spec.LearningRate, spec.LearningRate / 10, spec.WarmupSteps, spec.Steps, WeightDecay: spec.Lora is null ? 0.1f : 0f, ClipNorm: 1f, spec.ZeroStage,
-        Record.Checkpoint, spec.Lora);
+        Record.Checkpoint, spec.Lora, spec.ActivationCheckpointing, spec.Precision);
 
     private static PackedDataset Dataset(TrainingJobSpec spec)
     {

@@ -18,9 +18,9 @@ public sealed class LocalTrainingRun : IDisposable
     public int Step => _shards[0].Step;
 
     /// <param name="threads">CPU threads of each shard's products.</param>
-    /// <param name="lora">Train LoRA adapters on the frozen weights instead of the weights themselves.</param>
+    /// <param name="mode">LoRA, activation checkpointing, precision (default: every weight, fp32).</param>
     public static LocalTrainingRun Create(ModelConfig config, ModelWeights weights, ParallelLayout layout, OptimizerOptions options,
-        int zeroStage = 0, int threads = 1, LoraOptions? lora = null)
+        int zeroStage = 0, int threads = 1, TrainingMode? mode = null)
     {
         var plan = ShardingPlan.Create(config, layout);
         int dp = layout.DataParallel, pp = layout.PipelineStages, tp = layout.TensorParallel;
@@ -31,7 +31,7 @@ public sealed class LocalTrainingRun : IDisposable
         {
             var tensorGroup = tp > 1 ? new CollectiveGroup(tensor[s.Replica * pp + s.Stage][s.Rank]) : null;   // the model's and the trainer's: one operation count
             var own = ShardWeights.Map(ShardWeights.Slice(config, weights, s), a => (float[])a.Clone());   // whole tensors are shared with the source: copy
-            var model = new TrainableModel(config, own, threads, tensorGroup, lora);
+            var model = new TrainableModel(config, own, threads, tensorGroup, mode);
             return new ShardTrainer(model, options, new TrainingGroups(tensorGroup,
                 pp > 1 ? pipeline[s.Replica * tp + s.Rank][s.Stage] : null,
                 dp > 1 ? new CollectiveGroup(data[s.Stage * tp + s.Rank][s.Replica]) : null), zeroStage);

@@ -56,8 +56,16 @@ public sealed class StageActivations
     internal readonly float[][] Up;                   // (T, Hl)   Llama
     internal readonly float[][] Hidden;               // (T, Hl)   activation output
     internal float[] FinalNormed = [];                // (T, C)    last stage
-    internal readonly Dictionary<(int Layer, string Target), (float[] Input, float[] Low)> Lora = [];
-    internal int DropoutSeed;   // drop(x) (T, K), drop(x)·Aᵀ (T, r)
+    internal readonly Dictionary<(int Layer, string Target), (float[] Input, float[] Low)> Lora = [];   // drop(x) (T, K), drop(x)·Aᵀ (T, r)
+    internal int DropoutSeed;
+
+    /// <summary>Lets go of layer <paramref name="l"/>'s activations but its input (activation checkpointing).</summary>
+    internal void ForgetLayer(int l)
+    {
+        AttnNormed[l] = Q[l] = K[l] = V[l] = Attention[l] = Residual[l] = FfnNormed[l] = Gate[l] = Up[l] = Hidden[l] = null!;
+        Probs[l] = null!;
+        foreach (var key in Lora.Keys.Where(k => k.Layer == l).ToList()) Lora.Remove(key);
+    }
 
     /// <summary>The stage's output (T, C): the hidden state for the next stage, or the last layer's output on the last stage.</summary>
     public float[] Output { get; internal set; } = [];
@@ -73,6 +81,7 @@ public sealed class TrainableModel : IDisposable
     private readonly CollectiveGroup? _tensorGroup;
     private readonly float[]? _head, _headGradient;   // (Vl, C) the LM head; the embedding slice itself when tied on one stage
     private readonly int _cq, _ckv, _hidden, _vocab, _heads, _kvHeads;   // this rank's widths
+    private readonly TrainingMode _mode;
     private readonly LoraOptions? _lora;
     private readonly Dictionary<(int Layer, string Target), LoraAdapter> _adapters = [];   // by local layer
     private readonly float[] _frozenNormGradient;   // where a frozen norm's unused weight gradient goes
@@ -84,14 +93,16 @@ public sealed class TrainableModel : IDisposable
     /// <param name="weights">This shard's slices (ShardWeights.Slice); trained in place.</param>
     /// <param name="tensorGroup">The stage's tensor-parallel group, rank order = ShardSpec.Rank (null when tp = 1).</param>
     /// <param name="threads">CPU threads the model's products run on.</param>
-    /// <param name="lora">Train LoRA adapters on a frozen base instead of every weight (tp = 1).</param>
-    public TrainableModel(ModelConfig config, ShardWeights weights, int threads = 1, CollectiveGroup? tensorGroup = null, LoraOptions? lora = null)
+    /// <param name="mode">LoRA, activation checkpointing, precision (default: every weight, all activations kept, fp32).</param>
+    public TrainableModel(ModelConfig config, ShardWeights weights, int threads = 1, CollectiveGroup? tensorGroup = null, TrainingMode? mode = null)
     {
         var spec = weights.Spec;
+        _mode = mode ?? new TrainingMode();
+        var lora = _mode.Lora;
         if (lora is not null)
         {
             lora.Validate(config);
-            if (spec.TensorParallel > 1) throw new ArgumentException("LoRA training runs without tensor parallelism (tp = 1)", nameof(lora));
+            if (spec.TensorParallel > 1) throw new ArgumentException("LoRA training runs without tensor parallelism (tp = 1)", nameof(mode));
         }
         if ((tensorGroup?.WorldSize ?? 1) != spec.TensorParallel || (tensorGroup?.Rank ?? 0) != spec.Rank)
             throw new ArgumentException($"shard {spec} needs a tensor group of {spec.TensorParallel} ranks where it is rank {spec.Rank}", nameof(tensorGroup));
@@ -120,7 +131,7 @@ public sealed class TrainableModel : IDisposable
         _head = sharedHead ? weights.TokenEmbedding : weights.Output;
         _headGradient = sharedHead ? Gradients.TokenEmbedding : Gradients.Output;
         _pool = new WorkerPool(threads);
-        _linear = new Linear(_pool);
+        _linear = new Linear(_pool, _mode.Precision == Precision.BFloat16);
     }
 
     public void Dispose()
@@ -283,50 +294,8 @@ public sealed class TrainableModel : IDisposable
         var x = input ?? Embed(a);                                                           // (T, C)
         for (int l = 0; l < Weights.Layers.Length; l++)
         {
-            var w = Weights.Layers[l];
-            a.LayerInput[l] = x;
-            var n1 = a.AttnNormed[l] = NormalizeRows(x, w.AttnNorm, w.AttnNormBias, T);
-            var q = a.Q[l] = new float[T * Cq];
-            var k = a.K[l] = new float[T * kv];
-            var v = a.V[l] = new float[T * kv];
-            Project(a, l, "wq", n1, w.Wq, w.Bq, q, T, Cq, C);
-            Project(a, l, "wk", n1, w.Wk, w.Bk, k, T, kv, C);
-            Project(a, l, "wv", n1, w.Wv, w.Bv, v, T, kv, C);
-            for (int t = 0; t < T && llama; t++)
-            {
-                RotaryEmbedding.Apply(q.AsSpan(t * Cq, Cq), a.Positions[t], _heads, c.HeadDim, c.EffectiveRotaryDim, c.RopeTheta, c.RopeLayout);
-                RotaryEmbedding.Apply(k.AsSpan(t * kv, kv), a.Positions[t], _kvHeads, c.HeadDim, c.EffectiveRotaryDim, c.RopeTheta, c.RopeLayout);
-            }
-            var att = a.Attention[l] = new float[T * Cq];
-            a.Probs[l] = new float[a.Sequences.Length][];
-            for (int i = 0; i < a.Sequences.Length; i++)
-            {
-                var (offset, length, documents) = a.Sequences[i];
-                var probs = a.Probs[l][i] = new float[_heads * length * length];
-                CausalAttention.Forward(q.AsSpan(offset * Cq, length * Cq), k.AsSpan(offset * kv, length * kv), v.AsSpan(offset * kv, length * kv),
-                    att.AsSpan(offset * Cq, length * Cq), probs, documents, length, _heads, _kvHeads, c.HeadDim);
-            }
-            var x1 = a.Residual[l] = new float[T * C];
-            Project(a, l, "wo", att, w.Wo, null, x1, T, C, Cq);
-            SumOverTensorGroup(x1);                                                          // row-parallel: the ranks' partial sums
-            AddBias(x1, w.Bo, T);
-            TensorPrimitives.Add(x1, x, x1);
-            var n2 = a.FfnNormed[l] = NormalizeRows(x1, w.FfnNorm, w.FfnNormBias, T);
-            var gate = a.Gate[l] = new float[T * H];
-            Project(a, l, "w1", n2, w.W1, w.B1, gate, T, H, C);
-            var hidden = a.Hidden[l] = (float[])gate.Clone();
-            if (llama)
-            {
-                var up = a.Up[l] = new float[T * H];
-                Project(a, l, "w3", n2, w.W3!, null, up, T, H, C);
-                Activations.SwiGlu(hidden, up);
-            }
-            else Activations.Gelu(hidden);
-            var next = new float[T * C];
-            Project(a, l, "w2", hidden, w.W2, null, next, T, C, H);
-            SumOverTensorGroup(next);
-            AddBias(next, w.B2, T);
-            TensorPrimitives.Add(next, x1, next);
+            var next = ForwardLayer(a, l, x);
+            if (_mode.ActivationCheckpointing) a.ForgetLayer(l);   // only its input stays; the backward recomputes the rest
             x = next;
         }
         a.Output = x;
@@ -336,6 +305,59 @@ public sealed class TrainableModel : IDisposable
         _linear.Forward(a.FinalNormed, _head!, [], logits, T, _vocab, C);
         a.Logits = GatherVocab(logits, T);                                                   // (T, V)
         return a;
+    }
+
+    /// <summary>Layer <paramref name="l"/> of this stage on x (T, C): keeps its activations in <paramref name="a"/>, returns its output (T, C).</summary>
+    private float[] ForwardLayer(StageActivations a, int l, float[] x)
+    {
+        var c = Config;
+        int T = a.Tokens.Length, C = c.Dim, H = _hidden, kv = _ckv, Cq = _cq;
+        bool llama = c.Architecture == Architecture.Llama;
+        var w = Weights.Layers[l];
+        a.LayerInput[l] = x;
+        var n1 = a.AttnNormed[l] = NormalizeRows(x, w.AttnNorm, w.AttnNormBias, T);
+        var q = a.Q[l] = new float[T * Cq];
+        var k = a.K[l] = new float[T * kv];
+        var v = a.V[l] = new float[T * kv];
+        Project(a, l, "wq", n1, w.Wq, w.Bq, q, T, Cq, C);
+        Project(a, l, "wk", n1, w.Wk, w.Bk, k, T, kv, C);
+        Project(a, l, "wv", n1, w.Wv, w.Bv, v, T, kv, C);
+        for (int t = 0; t < T && llama; t++)
+        {
+            RotaryEmbedding.Apply(q.AsSpan(t * Cq, Cq), a.Positions[t], _heads, c.HeadDim, c.EffectiveRotaryDim, c.RopeTheta, c.RopeLayout);
+            RotaryEmbedding.Apply(k.AsSpan(t * kv, kv), a.Positions[t], _kvHeads, c.HeadDim, c.EffectiveRotaryDim, c.RopeTheta, c.RopeLayout);
+        }
+        var att = a.Attention[l] = new float[T * Cq];
+        a.Probs[l] = new float[a.Sequences.Length][];
+        for (int i = 0; i < a.Sequences.Length; i++)
+        {
+            var (offset, length, documents) = a.Sequences[i];
+            var probs = a.Probs[l][i] = new float[_heads * length * length];
+            CausalAttention.Forward(q.AsSpan(offset * Cq, length * Cq), k.AsSpan(offset * kv, length * kv), v.AsSpan(offset * kv, length * kv),
+                att.AsSpan(offset * Cq, length * Cq), probs, documents, length, _heads, _kvHeads, c.HeadDim);
+        }
+        var x1 = a.Residual[l] = new float[T * C];
+        Project(a, l, "wo", att, w.Wo, null, x1, T, C, Cq);
+        SumOverTensorGroup(x1);                                                          // row-parallel: the ranks' partial sums
+        AddBias(x1, w.Bo, T);
+        TensorPrimitives.Add(x1, x, x1);
+        var n2 = a.FfnNormed[l] = NormalizeRows(x1, w.FfnNorm, w.FfnNormBias, T);
+        var gate = a.Gate[l] = new float[T * H];
+        Project(a, l, "w1", n2, w.W1, w.B1, gate, T, H, C);
+        var hidden = a.Hidden[l] = (float[])gate.Clone();
+        if (llama)
+        {
+            var up = a.Up[l] = new float[T * H];
+            Project(a, l, "w3", n2, w.W3!, null, up, T, H, C);
+            Activations.SwiGlu(hidden, up);
+        }
+        else Activations.Gelu(hidden);
+        var next = new float[T * C];
+        Project(a, l, "w2", hidden, w.W2, null, next, T, C, H);
+        SumOverTensorGroup(next);
+        AddBias(next, w.B2, T);
+        TensorPrimitives.Add(next, x1, next);
+        return next;
     }
 
     /// <summary>
@@ -365,6 +387,7 @@ public sealed class TrainableModel : IDisposable
         for (int l = Weights.Layers.Length - 1; l >= 0; l--)
         {
             LayerWeights w = Weights.Layers[l], g = Gradients.Layers[l];
+            if (_mode.ActivationCheckpointing) ForwardLayer(a, l, a.LayerInput[l]);   // recompute what the forward let go
             // x_out = x1 + W2·swiglu(W1·n2, W3·n2)   (GPT-2: W2·gelu(W1·n2 + b1) + b2)
             var dx1 = (float[])dx.Clone();
             var dHidden = new float[T * H];

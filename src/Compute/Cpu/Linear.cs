@@ -7,17 +7,20 @@ using System.Runtime.InteropServices;
 
 namespace Cluster.Compute.Cpu;
 
-public sealed unsafe class Linear(WorkerPool pool) : IDisposable
+/// <param name="bfloat16">Round every product's inputs to bfloat16 (fp32 accumulation): bf16 compute numerics.</param>
+public sealed unsafe class Linear(WorkerPool pool, bool bfloat16 = false) : IDisposable
 {
     /// <summary>A matrix packed for Gemm.Multiply, in native memory.</summary>
     private sealed class Packed : IDisposable
     {
         /// <summary>B (n, k) row-major, packed; with <paramref name="transposed"/>, b is (k, n) and B = bᵀ.</summary>
-        public Packed(ReadOnlySpan<float> b, int n, int k, bool transposed = false)
+        public Packed(ReadOnlySpan<float> b, int n, int k, bool transposed = false, bool bfloat16 = false)
         {
-            Pointer = (float*)NativeMemory.AlignedAlloc((nuint)(Gemm.PackedLength(n, k) * sizeof(float)), 64);
+            long length = Gemm.PackedLength(n, k);
+            Pointer = (float*)NativeMemory.AlignedAlloc((nuint)(length * sizeof(float)), 64);
             if (transposed) Gemm.PackTransposed(b[..(n * k)], k, n, Pointer);
             else Gemm.Pack(b[..(n * k)], n, k, Pointer);
+            if (bfloat16) RoundToBFloat16(new Span<float>(Pointer, checked((int)length)));
         }
 
         public float* Pointer { get; private set; }
@@ -34,6 +37,7 @@ public sealed unsafe class Linear(WorkerPool pool) : IDisposable
     private float[] _scratch = [];
     private float[] _product = [];
     private float[] _transposedX = [];   // xᵀ, reused
+    private float[] _rounded = [];       // a product's left input rounded to bf16
 
     /// <summary>Drops every packed weight: call when the weights may have changed.</summary>
     public void ForgetPacked()
@@ -46,7 +50,7 @@ public sealed unsafe class Linear(WorkerPool pool) : IDisposable
     /// <summary>y (M, N) = x (M, K) · Wᵀ (+ b when not empty).</summary>
     public void Forward(ReadOnlySpan<float> x, float[] w, ReadOnlySpan<float> b, Span<float> y, int m, int n, int k)
     {
-        if (!_weights.TryGetValue(w, out var packed)) _weights[w] = packed = new Packed(w, n, k);
+        if (!_weights.TryGetValue(w, out var packed)) _weights[w] = packed = new Packed(w, n, k, bfloat16: bfloat16);
         Multiply(x, packed.Pointer, y, m, n, k);
         if (b.IsEmpty) return;
         for (int row = 0; row < m; row++) TensorPrimitives.Add(y.Slice(row * n, n), b, y.Slice(row * n, n));
@@ -58,7 +62,7 @@ public sealed unsafe class Linear(WorkerPool pool) : IDisposable
     {
         var product = Product(Math.Max(m * k, n * k));
         // dx (M, K) = dy (M, N) · (Wᵀ)ᵀ: Wᵀ (K, N) packed straight from W's rows, once per weight version.
-        if (!_transposedWeights.TryGetValue(w, out var transposed)) _transposedWeights[w] = transposed = new Packed(w, k, n, transposed: true);
+        if (!_transposedWeights.TryGetValue(w, out var transposed)) _transposedWeights[w] = transposed = new Packed(w, k, n, transposed: true, bfloat16: bfloat16);
         Multiply(dy, transposed.Pointer, product.AsSpan(0, m * k), m, k, n);
         TensorPrimitives.Add(dx[..(m * k)], product.AsSpan(0, m * k), dx[..(m * k)]);
         if (dw.IsEmpty) return;                                                                // a frozen weight (LoRA's base): no dW, no db
@@ -66,16 +70,23 @@ public sealed unsafe class Linear(WorkerPool pool) : IDisposable
         // never transposed in memory), then added into dW transposed, tile by tile.
         Grow(ref _transposedX, m * k);
         Transpose(x, m, k, _transposedX);
-        using (var dyt = new Packed(dy, n, m, transposed: true))
+        using (var dyt = new Packed(dy, n, m, transposed: true, bfloat16: bfloat16))
             Multiply(_transposedX.AsSpan(0, m * k), dyt.Pointer, product.AsSpan(0, k * n), k, n, m);
         TransposeAdd(product.AsSpan(0, k * n), k, n, dw[..(n * k)]);
         if (db.IsEmpty) return;
         for (int row = 0; row < m; row++) TensorPrimitives.Add(db, dy.Slice(row * n, n), db);
     }
 
-    /// <summary>y (m, n) = a (m, k) · Bᵀ with B (n, k) packed.</summary>
+    /// <summary>y (m, n) = a (m, k) · Bᵀ with B (n, k) packed (a rounded to bfloat16 first in bf16 mode).</summary>
     private void Multiply(ReadOnlySpan<float> a, float* packedB, Span<float> y, int m, int n, int k)
     {
+        if (bfloat16)
+        {
+            Grow(ref _rounded, m * k);
+            a[..(m * k)].CopyTo(_rounded);
+            RoundToBFloat16(_rounded.AsSpan(0, m * k));
+            a = _rounded.AsSpan(0, m * k);
+        }
         long scratch = Gemm.ScratchLength(m, k);
         if (_scratch.Length < scratch) _scratch = GC.AllocateUninitializedArray<float>(checked((int)scratch), pinned: true);
         fixed (float* pa = a, py = y, ps = _scratch)
@@ -94,6 +105,18 @@ public sealed unsafe class Linear(WorkerPool pool) : IDisposable
                     for (int c = c0; c < c1; c++)
                         t[c * rows + r] = a[r * cols + c];
             }
+    }
+
+    /// <summary>Rounds each value to the nearest bfloat16 (ties to even): the top 16 bits of its fp32 pattern survive.</summary>
+    public static void RoundToBFloat16(Span<float> values)
+    {
+        var bits = MemoryMarshal.Cast<float, uint>(values);
+        for (int i = 0; i < bits.Length; i++)
+        {
+            uint v = bits[i];
+            if ((v & 0x7F800000) == 0x7F800000) continue;   // inf and NaN stay as they are
+            bits[i] = (v + 0x7FFF + ((v >> 16) & 1)) & 0xFFFF0000;
+        }
     }
 
     /// <summary>t (cols, rows) += aᵀ of a (rows, cols), in 32×32 tiles.</summary>

@@ -51,6 +51,9 @@ public sealed class JobsApiTests(ClusterFixture fixture)
     [InlineData("""{"preset":"tiny","dataset":"jsonl"}""", 400)]
     [InlineData("""{"preset":"tiny","documents":[1,2]}""", 400)]
     [InlineData("""{"preset":"tiny","zero_stage":3}""", 400)]
+    [InlineData("""{"preset":"tiny","precision":"fp8"}""", 400)]
+    [InlineData("""{"preset":"tiny","lora":{"alpha":4}}""", 400)]                 // no rank
+    [InlineData("""{"preset":"tiny","activation_checkpointing":"yes"}""", 400)]
     public async Task BadJobRequestsAreRefused(string request, int status)
     {
         await using var gateway = await GatewayHost.StartAsync(fixture.Cluster.Client);

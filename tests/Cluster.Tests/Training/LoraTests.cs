@@ -16,7 +16,7 @@ public sealed class LoraTests
     private static readonly LoraOptions Lora = new() { Rank = 4, Alpha = 8, Targets = ["wq", "wk", "wv", "wo", "w1", "w2", "w3"] };
 
     private static TrainableModel Model(ModelWeights weights, LoraOptions lora) =>
-        new(Config, ShardWeights.Slice(Config, weights, ShardSpec.Whole(Config)), lora: lora);
+        new(Config, ShardWeights.Slice(Config, weights, ShardSpec.Whole(Config)), mode: new TrainingMode { Lora = lora });
 
     [Fact]
     public void AFreshAdapterChangesNothing()
@@ -69,8 +69,8 @@ public sealed class LoraTests
         var lora = Lora;   // no dropout: its masks follow (step, micro-batch) and so differ between layouts
         var batch = Enumerable.Range(0, 8).Select(i => new TrainingSequence([.. Enumerable.Range(0, 12).Select(t => (i * 13 + t * 7) % Config.VocabSize)],
             [.. Enumerable.Range(0, 12).Select(t => (i * 5 + t * 3) % Config.VocabSize)])).ToArray();
-        using var single = LocalTrainingRun.Create(Config, weights, ParallelLayout.Single, options, lora: lora);
-        using var sharded = LocalTrainingRun.Create(Config, weights, ParallelLayout.Parse("pp=2,dp=2"), options, zeroStage: 1, lora: lora);
+        using var single = LocalTrainingRun.Create(Config, weights, ParallelLayout.Single, options, mode: new TrainingMode { Lora = lora });
+        using var sharded = LocalTrainingRun.Create(Config, weights, ParallelLayout.Parse("pp=2,dp=2"), options, zeroStage: 1, mode: new TrainingMode { Lora = lora });
         for (int step = 0; step < 3; step++)
         {
             float expected = single.TrainStep(batch, 1).LossShare;
@@ -97,7 +97,7 @@ public sealed class LoraTests
         var data = new PackedDataset(Datasets.Text(texts, tokenizer), 64, seed: 1);
         var lora = new LoraOptions { Rank = 4, Alpha = 8, Targets = ["wq", "wv", "w2"] };
         using var run = LocalTrainingRun.Create(model.Config, model.Weights, ParallelLayout.Single,
-            new OptimizerOptions { LearningRate = 1e-2f, MinLearningRate = 1e-3f, WarmupSteps = 2, TotalSteps = 40, WeightDecay = 0 }, lora: lora);
+            new OptimizerOptions { LearningRate = 1e-2f, MinLearningRate = 1e-3f, WarmupSteps = 2, TotalSteps = 40, WeightDecay = 0 }, mode: new TrainingMode { Lora = lora });
         var (evaluation, _) = data.Take(8, default);
         float Evaluate()
         {

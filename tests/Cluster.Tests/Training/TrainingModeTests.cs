@@ -1,0 +1,82 @@
+// Activation checkpointing and bf16 compute: recomputing each layer in the backward gives bitwise the same training
+// steps as keeping every activation (one device, and tensor × pipeline-parallel, LoRA included); bf16 products round
+// as bfloat16 does (nearest, ties to even) and give gradients within bf16's precision of fp32's, and still learn.
+using Cluster.Compute.Cpu;
+using Cluster.Model;
+using Cluster.Model.Parallel;
+using Cluster.Training;
+
+namespace Cluster.Tests.Training;
+
+public sealed class TrainingModeTests
+{
+    private static readonly OptimizerOptions Options = new() { LearningRate = 1e-2f, WarmupSteps = 1, TotalSteps = 10 };
+
+    private static TrainingSequence[] Batch(ModelConfig c, int seed) => [.. Enumerable.Range(0, 4).Select(i =>
+    {
+        var rng = new Random(seed + i);
+        int[] tokens = [.. Enumerable.Range(0, 14).Select(_ => rng.Next(c.VocabSize))];
+        return new TrainingSequence(tokens[..^1], tokens[1..], [.. Enumerable.Range(0, 13).Select(t => t < 6 ? 0 : 1)]);
+    })];
+
+    [Theory]
+    [InlineData("tp=1", Architecture.Llama, false)]
+    [InlineData("tp=1", Architecture.Gpt2, false)]
+    [InlineData("tp=2,pp=2", Architecture.Llama, false)]
+    [InlineData("pp=2", Architecture.Llama, true)]
+    public void RecomputingActivationsGivesBitwiseTheSameSteps(string layout, Architecture architecture, bool lora)
+    {
+        var config = TestModels.SmallConfig(architecture);
+        var weights = TestModels.RandomWeights(config, 5);
+        var loraOptions = lora ? new LoraOptions { Rank = 4, Targets = ["wq", "wv", "w2"], Dropout = 0.2f } : null;
+        using var kept = LocalTrainingRun.Create(config, weights, ParallelLayout.Parse(layout), Options, mode: new TrainingMode { Lora = loraOptions });
+        using var recomputed = LocalTrainingRun.Create(config, weights, ParallelLayout.Parse(layout), Options,
+            mode: new TrainingMode { Lora = loraOptions, ActivationCheckpointing = true });
+        for (int step = 0; step < 2; step++)
+            Assert.Equal(kept.TrainStep(Batch(config, step), 2).LossShare, recomputed.TrainStep(Batch(config, step), 2).LossShare);
+        foreach (var (a, b) in kept.Shards.SelectMany(s => s.Model.Parameters()).Zip(recomputed.Shards.SelectMany(s => s.Model.Parameters())))
+            Assert.True(a.Parameter.AsSpan().SequenceEqual(b.Parameter), $"{a.Name} differs");
+    }
+
+    [Fact]
+    public void BFloat16RoundsToNearestEven()
+    {
+        float[] values = [1f, 1f + 1f / 256, 1f + 3f / 256, 1f + 1f / 512, -2.5f, float.PositiveInfinity, float.NaN, 3.14159265f];
+        Linear.RoundToBFloat16(values);
+        Assert.Equal(1f, values[0]);
+        Assert.Equal(1f, values[1]);              // halfway between 1 and 1+2^-7: ties to the even one
+        Assert.Equal(1f + 4f / 256, values[2]);   // halfway, odd neighbour below: rounds up
+        Assert.Equal(1f, values[3]);
+        Assert.Equal(-2.5f, values[4]);
+        Assert.Equal(float.PositiveInfinity, values[5]);
+        Assert.True(float.IsNaN(values[6]));
+        Assert.Equal(3.140625f, values[7]);
+    }
+
+    [Fact]
+    public void BFloat16GradientsAreWithinItsPrecisionOfFloat32sAndItLearns()
+    {
+        var config = TestModels.SmallConfig(Architecture.Llama);
+        var weights = TestModels.RandomWeights(config, 6);
+        using var fp32 = new TrainableModel(config, weights);
+        using var bf16 = new TrainableModel(config, ShardWeights.Slice(config, weights, ShardSpec.Whole(config)), mode: new TrainingMode { Precision = Precision.BFloat16 });
+        var batch = Batch(config, 1);
+        fp32.ZeroGradients();
+        bf16.ZeroGradients();
+        float lossFp32 = fp32.ForwardBackward(batch), lossBf16 = bf16.ForwardBackward(batch);
+        Assert.Equal(lossFp32, lossBf16, 2e-2 * lossFp32);
+        Assert.NotEqual(lossFp32, lossBf16);   // the rounding is real
+        foreach (var (a, b) in fp32.Parameters().Zip(bf16.Parameters()))
+        {
+            double scale = a.Gradient.Max(Math.Abs) + 1e-12, worst = a.Gradient.Zip(b.Gradient, (x, y) => Math.Abs(x - y)).Max();
+            Assert.True(worst <= 5e-2 * scale, $"{a.Name}: worst difference {worst:E2} of a largest gradient {scale:E2}");
+        }
+
+        using var run = LocalTrainingRun.Create(config, TestModels.RandomWeights(config, 7), ParallelLayout.Single, Options with { TotalSteps = 40 },
+            mode: new TrainingMode { Precision = Precision.BFloat16 });
+        var fixedBatch = Batch(config, 3);
+        float first = run.TrainStep(fixedBatch).LossShare, last = first;
+        for (int step = 1; step < 40; step++) last = run.TrainStep(fixedBatch).LossShare;
+        Assert.True(last < 0.5f * first, $"bf16 loss on a fixed batch went from {first} to {last}");
+    }
+}
