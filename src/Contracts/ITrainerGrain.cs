@@ -37,7 +37,7 @@ public sealed record TrainerAssignment(
     [property: Id(8)] int TotalSteps,
     [property: Id(9)] float WeightDecay,
     [property: Id(10)] float ClipNorm,
-    /// <summary>0: every replica keeps the whole optimizer state; 1: ZeRO-1, each keeps its slice's.</summary>
+    /// <summary>0: every replica keeps the whole optimizer state; 1: ZeRO-1, each keeps its slice's; 2: ZeRO-2, and its slice of the gradients.</summary>
     [property: Id(11)] int ZeroStage = 0,
     [property: Id(12)] string? RestoreFrom = null,
     /// <summary>Null: every weight trains; else LoRA adapters on the frozen weights.</summary>

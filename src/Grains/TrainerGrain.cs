@@ -31,7 +31,7 @@ public sealed class TrainerGrain(IGrainFactory grains, IOptions<ShardOptions> op
         var layout = ParseLayout(a.Layout);
         if (a.Shards.Length != layout.DataParallel * layout.PipelineStages * layout.TensorParallel || (uint)a.Index >= (uint)a.Shards.Length)
             throw new ArgumentException($"shard {a.Index} of {a.Shards.Length} keys does not fit layout {layout}");
-        if (a.ZeroStage is not (0 or 1)) throw new ArgumentException($"ZeRO stage {a.ZeroStage} is not supported (0 or 1)");
+        if (a.ZeroStage is < 0 or > 2) throw new ArgumentException($"ZeRO stage {a.ZeroStage} is not supported (0, 1 or 2)");
         var mailbox = _inbox.Begin(a.Epoch, new InvalidOperationException($"trainer {this.GetPrimaryKeyString()}: epoch {a.Epoch} began"));
         var previous = _run;
         _run = null;

@@ -31,27 +31,45 @@ public sealed class ShardTrainer : IDisposable
 {
     private const int ActivationMessage = 0, GradientMessage = 1, TiedEmbeddingMessage = 2, NormMessage = 3;
 
+    /// <summary>A ZeRO bucket: some of the shard's tensors (indices into Parameters()), this replica's optimizer slice of them, and (ZeRO-2) the reductions of its gradient in flight.</summary>
+    private sealed record Bucket(int[] Tensors, ShardedOptimizer Optimizer, List<Task<float[]>> Reductions);
+
     private readonly TrainingGroups _groups;
     private readonly Optimizer? _optimizer;
-    private readonly ShardedOptimizer? _sharded;
+    private readonly Bucket[] _buckets = [];
+    private readonly int _zeroStage;
     private long _exchanges;   // TrainStep calls so far: keeps one step's pipeline messages apart from the next's
 
     /// <param name="model">This shard (owned: disposed with the trainer).</param>
-    /// <param name="zeroStage">0: every replica keeps the whole optimizer state; 1: each keeps its slice (ZeRO-1).</param>
+    /// <param name="zeroStage">0: every replica keeps the whole optimizer state; 1: each keeps its slice (ZeRO-1); 2: and its slice of the gradients (ZeRO-2).</param>
     public ShardTrainer(TrainableModel model, OptimizerOptions options, TrainingGroups groups, int zeroStage = 0)
     {
-        if (zeroStage is not (0 or 1)) throw new ArgumentException($"ZeRO stage {zeroStage} is not supported (0 or 1)", nameof(zeroStage));
+        if (zeroStage is < 0 or > 2) throw new ArgumentException($"ZeRO stage {zeroStage} is not supported (0, 1 or 2)", nameof(zeroStage));
+        if (zeroStage == 2 && model.IsLora) throw new ArgumentException("LoRA's adapters are small: train them with ZeRO 0 or 1", nameof(zeroStage));
         bool oneStage = model.Spec.IsFirstStage && model.Spec.IsLastStage;
         if (oneStage ? groups.Pipeline is { WorldSize: > 1 } : groups.Pipeline is null || groups.Pipeline.Rank != model.Spec.Stage)
             throw new ArgumentException($"shard {model.Spec} needs a pipeline transport where it is rank {model.Spec.Stage}", nameof(groups));
         Model = model;
         _groups = groups;
-        if (zeroStage == 1) _sharded = new ShardedOptimizer(model, options, groups.Data?.Rank ?? 0, groups.Data?.WorldSize ?? 1);
-        else _optimizer = new Optimizer(model, options);
+        _zeroStage = zeroStage;
+        if (zeroStage == 0)
+        {
+            _optimizer = new Optimizer(model, options);
+            return;
+        }
+        var tensors = model.Parameters().ToArray();
+        int[][] buckets = zeroStage == 1
+            ? [[.. Enumerable.Range(0, tensors.Length)]]
+            : [.. Enumerable.Range(0, tensors.Length).GroupBy(i => LayerOf(tensors[i].Name) ?? -1).OrderBy(g => g.Key < 0 ? int.MaxValue : g.Key).Select(g => g.ToArray())];
+        _buckets = [.. buckets.Select(b => new Bucket(b, new ShardedOptimizer(b.Select(i => tensors[i]), options, groups.Data?.Rank ?? 0, groups.Data?.WorldSize ?? 1), []))];
+        if (zeroStage == 2) model.LayerGradientsDone = ReduceLayerGradients;
     }
 
+    /// <summary>The global layer index of a layer tensor ("layers.N.…"), else null.</summary>
+    private static int? LayerOf(string name) => name.StartsWith("layers.", StringComparison.Ordinal) ? int.Parse(name.Split('.')[1]) : null;
+
     public TrainableModel Model { get; }
-    public int Step => _optimizer?.Step ?? _sharded!.Step;
+    public int Step => _optimizer?.Step ?? _buckets[0].Optimizer.Step;
 
     public void Dispose() => Model.Dispose();
 
@@ -67,7 +85,7 @@ public sealed class ShardTrainer : IDisposable
         Model.ZeroGradients();
         float lossShare = RunPipeline(microBatches, globalTargets, schedule);
         SumTiedEmbeddingGradient();
-        return _sharded is null ? PlainStep(lossShare) : ZeroStep(_sharded, lossShare);
+        return _zeroStage == 0 ? PlainStep(lossShare) : ZeroStep(lossShare);
     }
 
     /// <summary>The forwards and backwards of this stage in the schedule's order; returns Σ loss × share over the micro-batches (last stage).</summary>
@@ -102,21 +120,26 @@ public sealed class ShardTrainer : IDisposable
     public ShardState CaptureState()
     {
         var slices = Model.Parameters().Select(p => p with { Parameter = (float[])p.Parameter.Clone(), Gradient = [] }).ToArray();
-        float[][] m, v;
-        if (_sharded is { } sharded)
+        if (_zeroStage == 0)
+            return new ShardState(Model.Spec, slices, [.. _optimizer!.Moments.Select(x => (float[])x.M.Clone())],
+                [.. _optimizer.Moments.Select(x => (float[])x.V.Clone())], Step);
+        var m = new float[slices.Length][];
+        var v = new float[slices.Length][];
+        foreach (var bucket in _buckets)   // every replica's slices of the bucket's moments, whole again
         {
-            float[] allM = _groups.Data?.AllGather(sharded.M).GetAwaiter().GetResult() ?? sharded.M;   // (TotalLength,)
-            float[] allV = _groups.Data?.AllGather(sharded.V).GetAwaiter().GetResult() ?? sharded.V;
-            (m, v) = (Split(allM, slices), Split(allV, slices));
+            Split(_groups.Data?.AllGather(bucket.Optimizer.M).GetAwaiter().GetResult() ?? bucket.Optimizer.M, bucket.Tensors, m);
+            Split(_groups.Data?.AllGather(bucket.Optimizer.V).GetAwaiter().GetResult() ?? bucket.Optimizer.V, bucket.Tensors, v);
         }
-        else (m, v) = ([.. _optimizer!.Moments.Select(x => (float[])x.M.Clone())], [.. _optimizer.Moments.Select(x => (float[])x.V.Clone())]);
         return new ShardState(Model.Spec, slices, m, v, Step);
 
-        static float[][] Split(float[] flat, ParameterSlice[] slices)
+        void Split(float[] flat, int[] tensors, float[][] into)
         {
-            var parts = new float[slices.Length][];
-            for (int i = 0, offset = 0; i < slices.Length; offset += slices[i].Parameter.Length, i++) parts[i] = flat.AsSpan(offset, slices[i].Parameter.Length).ToArray();
-            return parts;
+            int offset = 0;
+            foreach (int i in tensors)
+            {
+                into[i] = flat.AsSpan(offset, slices[i].Parameter.Length).ToArray();
+                offset += slices[i].Parameter.Length;
+            }
         }
     }
 
@@ -125,19 +148,20 @@ public sealed class ShardTrainer : IDisposable
     {
         var slices = Model.Parameters().ToArray();
         for (int i = 0; i < slices.Length; i++) parameters[i].CopyTo(slices[i].Parameter, 0);
-        if (_sharded is { } sharded)
+        foreach (var bucket in _buckets)
         {
-            Flatten(m).AsSpan(sharded.Offset, sharded.Count).CopyTo(sharded.M);
-            Flatten(v).AsSpan(sharded.Offset, sharded.Count).CopyTo(sharded.V);
-            sharded.ResumeAt(step);
-            return;
+            var optimizer = bucket.Optimizer;
+            Flatten(bucket.Tensors.Select(i => m[i])).AsSpan(optimizer.Offset, optimizer.Count).CopyTo(optimizer.M);
+            Flatten(bucket.Tensors.Select(i => v[i])).AsSpan(optimizer.Offset, optimizer.Count).CopyTo(optimizer.V);
+            optimizer.ResumeAt(step);
         }
+        if (_optimizer is null) return;
         for (int i = 0; i < slices.Length; i++)
         {
-            m[i].CopyTo(_optimizer!.Moments[i].M, 0);
+            m[i].CopyTo(_optimizer.Moments[i].M, 0);
             v[i].CopyTo(_optimizer.Moments[i].V, 0);
         }
-        _optimizer!.ResumeAt(step);
+        _optimizer.ResumeAt(step);
     }
 
     /// <summary>A stage's (forward?, micro-batch) operations in schedule order.</summary>
@@ -187,24 +211,58 @@ public sealed class ShardTrainer : IDisposable
         return new StepResult(_optimizer.Step, lossShare, lr, norm);
     }
 
-    /// <summary>
-    /// ZeRO-1: the gradients are reduce-scattered (each replica gets the sum of its slice), the global norm comes from
-    /// the slices' sums of squares, each replica updates its slice, and an all-gather hands every replica the whole
-    /// updated parameters.
-    /// </summary>
-    private StepResult ZeroStep(ShardedOptimizer optimizer, float lossShare)
+    /// <summary>ZeRO-2: a layer's backward of a micro-batch is done: reduce-scatter its gradient (not awaited) and drop the full one.</summary>
+    private void ReduceLayerGradients(int layer)
     {
-        var parameters = Model.Parameters().Select(p => p.Parameter).ToArray();
-        var gradients = Flatten(Model.Parameters().Select(p => p.Gradient));
+        var tensors = Model.Parameters().ToArray();
+        var bucket = _buckets.First(b => LayerOf(tensors[b.Tensors[0]].Name) == Model.Spec.Layers.Offset + layer);
+        var gradient = Flatten(bucket.Tensors.Select(i => tensors[i].Gradient));
+        bucket.Reductions.Add(_groups.Data?.ReduceScatter(gradient) ?? Task.FromResult(gradient));
+        Model.ReleaseLayerGradients(layer);
+    }
+
+    /// <summary>
+    /// ZeRO: each bucket's gradient is reduce-scattered (each replica gets the sum of its slice; ZeRO-2's layer buckets
+    /// were sent during the backward, one reduction per micro-batch, summed here in micro-batch order), the global norm
+    /// comes from the slices' sums of squares, each replica updates its slices, and all-gathers hand every replica the
+    /// whole updated parameters.
+    /// </summary>
+    private StepResult ZeroStep(float lossShare)
+    {
+        var tensors = Model.Parameters().ToArray();
         var data = _groups.Data;
-        float[] mine = data is null ? gradients : data.ReduceScatter(gradients).GetAwaiter().GetResult();   // (Count,)
-        float[] squares = [(float)optimizer.CountedSquares(mine)];
-        data?.AllReduce(squares).GetAwaiter().GetResult();
-        float norm = MathF.Sqrt(SumOverModel(squares[0]));
-        float[] slice = Flatten(parameters).AsSpan(optimizer.Offset, optimizer.Count).ToArray();
-        float lr = optimizer.Apply(slice, mine, norm);
-        Unflatten(data is null ? slice : data.AllGather(slice).GetAwaiter().GetResult(), parameters);   // (TotalLength,)
-        return new StepResult(optimizer.Step, lossShare, lr, norm);
+        var mine = new float[_buckets.Length][];                                             // per bucket (Count,)
+        double squares = 0;
+        for (int b = 0; b < _buckets.Length; b++)
+        {
+            var bucket = _buckets[b];
+            if (bucket.Reductions.Count == 0)
+            {
+                var gradient = Flatten(bucket.Tensors.Select(i => tensors[i].Gradient));
+                mine[b] = data is null ? gradient : data.ReduceScatter(gradient).GetAwaiter().GetResult();
+            }
+            else
+            {
+                mine[b] = new float[bucket.Optimizer.Count];
+                foreach (var reduction in bucket.Reductions)
+                    System.Numerics.Tensors.TensorPrimitives.Add(mine[b], reduction.GetAwaiter().GetResult(), mine[b]);
+                bucket.Reductions.Clear();
+            }
+            squares += bucket.Optimizer.CountedSquares(mine[b]);
+        }
+        float[] sum = [(float)squares];
+        data?.AllReduce(sum).GetAwaiter().GetResult();
+        float norm = MathF.Sqrt(SumOverModel(sum[0]));
+        float lr = 0;
+        for (int b = 0; b < _buckets.Length; b++)
+        {
+            var (indices, optimizer, _) = _buckets[b];
+            float[][] parameters = [.. indices.Select(i => tensors[i].Parameter)];
+            float[] slice = Flatten(parameters).AsSpan(optimizer.Offset, optimizer.Count).ToArray();
+            lr = optimizer.Apply(slice, mine[b], norm);
+            Unflatten(data is null ? slice : data.AllGather(slice).GetAwaiter().GetResult(), parameters);   // (TotalLength,)
+        }
+        return new StepResult(Step, lossShare, lr, norm);
     }
 
     /// <summary>A per-shard value summed over the replica's whole model: its tensor-parallel ranks, then its stages (in stage order, so every shard gets the same bits).</summary>

@@ -1,7 +1,7 @@
-// ZeRO stage 1 (Rajbhandari et al.): each of N data-parallel replicas keeps AdamW's moments for its own contiguous
-// slice of the flattened parameters only (1/N of the optimizer state), and updates just that slice from the
-// reduce-scattered gradient; the replicas then all-gather the updated slices. The update of each element is the
-// same AdamW as Optimizer's, so a ZeRO run matches a plain one up to the gradient norm's summation order.
+// AdamW over one replica's slice of a bucket of tensors (ZeRO, Rajbhandari et al.): each of N data-parallel replicas
+// keeps AdamW's moments for its own contiguous slice of the bucket's flattened tensors only (1/N of the optimizer
+// state), and updates just that slice from the reduce-scattered gradient. The update of each element is the same
+// AdamW as Optimizer's, so a ZeRO run matches a plain one up to the gradient norm's summation order.
 using Cluster.Compute.Collectives;
 using Cluster.Compute.Cpu;
 
@@ -13,10 +13,11 @@ public sealed class ShardedOptimizer
     private readonly (int Start, int Length, bool Decay, bool Counted)[] _runs;   // parts of this slice, by the tensor they belong to
     private readonly float[] _m, _v;
 
-    public ShardedOptimizer(TrainableModel model, OptimizerOptions options, int rank, int worldSize)
+    /// <param name="bucket">The tensors flattened one after another (ShardTrainer's buckets: a layer's, or all of a shard's).</param>
+    public ShardedOptimizer(IEnumerable<ParameterSlice> bucket, OptimizerOptions options, int rank, int worldSize)
     {
         _options = options;
-        var tensors = model.Parameters().Select(p => (p.Name, p.Parameter.Length, p.Counted)).ToArray();
+        var tensors = bucket.Select(p => (p.Name, p.Parameter.Length, p.Counted)).ToArray();
         TotalLength = tensors.Sum(t => t.Length);
         (Offset, Count) = CollectiveGroup.Partition(TotalLength, worldSize, rank);
         var runs = new List<(int, int, bool, bool)>();
@@ -32,9 +33,9 @@ public sealed class ShardedOptimizer
         _v = new float[Count];
     }
 
-    /// <summary>Length of the flattened parameters (every tensor of TrainableModel.Parameters, in order).</summary>
+    /// <summary>Length of the flattened bucket.</summary>
     public int TotalLength { get; }
-    /// <summary>This replica's slice of the flattened parameters.</summary>
+    /// <summary>This replica's slice of the flattened bucket.</summary>
     public int Offset { get; }
     public int Count { get; }
     public int Step { get; private set; }

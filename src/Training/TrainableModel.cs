@@ -154,6 +154,21 @@ public sealed class TrainableModel : IDisposable
 
     private static readonly string[] LoraTargets = ["wq", "wk", "wv", "wo", "w1", "w2", "w3"];
 
+    /// <summary>Called after each layer's backward of a micro-batch with the layer's index in this shard (ZeRO-2 reduces and drops its gradient there).</summary>
+    internal Action<int>? LayerGradientsDone { get; set; }
+
+    /// <summary>Lets go of layer <paramref name="l"/>'s gradient tensors; its next backward starts from new zeroed ones (ZeRO-2).</summary>
+    internal void ReleaseLayerGradients(int l) => Gradients.Layers[l] = ShardWeights.Map(
+        new ShardWeights { Spec = Spec, Layers = [Gradients.Layers[l]] }, _ => []).Layers[0];
+
+    /// <summary>Layer <paramref name="l"/>'s gradients, allocated (zeroed) again when ZeRO-2 released them.</summary>
+    private LayerWeights LayerGradients(int l)
+    {
+        if (_lora is null && Gradients.Layers[l].Wq.Length == 0)
+            Gradients.Layers[l] = ShardWeights.Map(new ShardWeights { Spec = Spec, Layers = [Weights.Layers[l]] }, a => new float[a.Length]).Layers[0];
+        return Gradients.Layers[l];
+    }
+
     /// <summary>Whether this shard trains LoRA adapters on a frozen base.</summary>
     public bool IsLora => _lora is not null;
 
@@ -386,7 +401,7 @@ public sealed class TrainableModel : IDisposable
         bool llama = c.Architecture == Architecture.Llama;
         for (int l = Weights.Layers.Length - 1; l >= 0; l--)
         {
-            LayerWeights w = Weights.Layers[l], g = Gradients.Layers[l];
+            LayerWeights w = Weights.Layers[l], g = LayerGradients(l);
             if (_mode.ActivationCheckpointing) ForwardLayer(a, l, a.LayerInput[l]);   // recompute what the forward let go
             // x_out = x1 + W2·swiglu(W1·n2, W3·n2)   (GPT-2: W2·gelu(W1·n2 + b1) + b2)
             var dx1 = (float[])dx.Clone();
@@ -429,6 +444,7 @@ public sealed class TrainableModel : IDisposable
             SumOverTensorGroup(dn1);
             NormalizeRowsBackward(a.LayerInput[l], w.AttnNorm, dn1, dxIn, g.AttnNorm, g.AttnNormBias, T);
             dx = dxIn;
+            LayerGradientsDone?.Invoke(l);
         }
         if (!Spec.IsFirstStage || _lora is not null) return (loss, Spec.IsFirstStage ? null : dx);   // a frozen embedding needs no gradient
         var vocab = Spec.Vocab;

@@ -34,6 +34,7 @@ public sealed class CheckpointTests
     [InlineData("tp=1", 0)]
     [InlineData("tp=2,pp=2", 0)]
     [InlineData("dp=2", 1)]
+    [InlineData("pp=2,dp=2", 2)]
     public void ResumingFromACheckpointIsBitwiseTheSameRun(string layout, int zeroStage)
     {
         using var straight = Run(layout, zeroStage);

@@ -1,4 +1,4 @@
-// One training step of a random model under data, tensor and pipeline parallelism (GPipe and 1F1B), ZeRO-1, and their
+// One training step of a random model under data, tensor and pipeline parallelism (GPipe and 1F1B), ZeRO-1 and -2, and their
 // products, inside one process: the shards' gradients and updated weights, put back together by logical tensor, equal
 // a single device's with the same global batch within 1e-5 (the loss too).
 using Cluster.Compute.Cpu;
@@ -29,6 +29,9 @@ public sealed class ParallelTrainingTests
         { "tp=2,pp=2", 2, PipelineSchedule.OneFOneB, 0, Architecture.Gpt2 },
         { "tp=2,pp=2,dp=2", 2, PipelineSchedule.GPipe, 1, Architecture.Llama },
         { "pp=2,dp=2", 2, PipelineSchedule.OneFOneB, 1, Architecture.Gpt2 },
+        { "dp=2", 1, PipelineSchedule.OneFOneB, 2, Architecture.Llama },     // ZeRO-2: layer gradients reduced during the backward
+        { "pp=2,dp=2", 3, PipelineSchedule.OneFOneB, 2, Architecture.Gpt2 },
+        { "tp=2,dp=2", 2, PipelineSchedule.GPipe, 2, Architecture.Llama },
     };
 
     [Theory]
@@ -56,7 +59,7 @@ public sealed class ParallelTrainingTests
         {
             var parameters = replica.SelectMany(s => s.Model.Parameters()).ToArray();
             AssertTensorsEqual(expectedWeights, WeightAssembly.Tensors(parameters), $"{layout} replica {replica.Key} weights");
-            if (zeroStage == 0)   // ZeRO-1 keeps only its slice of the summed gradient
+            if (zeroStage == 0)   // ZeRO keeps only its slice of the summed gradient
                 AssertTensorsEqual(expectedGradients, WeightAssembly.Tensors(parameters.Select(p => p with { Parameter = p.Gradient })), $"{layout} gradients");
         }
     }
