@@ -19,7 +19,7 @@ public static class TrainCommand
     public const string Usage = """
                cluster train [--model PATH | --preset NAME] [--tokenizer PATH] [--data additions|FILE.txt|FILE.jsonl] [--steps N]
                              [--batch N] [--seq N] [--lr F] [--warmup N] [--seed N] [--threads N] [--layout L] [--micro-batches N]
-                             [--schedule 1f1b|gpipe] [--zero 0|1|2] [--checkpoint DIR] [--checkpoint-every N] [--out PATH]
+                             [--schedule 1f1b|gpipe] [--zero 0|1|2|3] [--checkpoint DIR] [--checkpoint-every N] [--out PATH]
                              [--lora-rank R [--lora-alpha A] [--lora-targets wq,wv,...] [--lora-dropout P] --adapter-out DIR]
                              [--recompute true] [--precision fp32|bf16]
           trains the model (Llama or GPT-2 family, fp32 on the CPU) on generated additions ("23+19=" -> "42", default), a text

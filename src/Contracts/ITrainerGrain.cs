@@ -37,7 +37,7 @@ public sealed record TrainerAssignment(
     [property: Id(8)] int TotalSteps,
     [property: Id(9)] float WeightDecay,
     [property: Id(10)] float ClipNorm,
-    /// <summary>0: every replica keeps the whole optimizer state; 1: ZeRO-1, each keeps its slice's; 2: ZeRO-2, and its slice of the gradients.</summary>
+    /// <summary>0: every replica keeps the whole optimizer state; 1: ZeRO-1, each keeps its slice's; 2: ZeRO-2, and its slice of the gradients; 3: ZeRO-3, and of the layers' parameters.</summary>
     [property: Id(11)] int ZeroStage = 0,
     [property: Id(12)] string? RestoreFrom = null,
     /// <summary>Null: every weight trains; else LoRA adapters on the frozen weights.</summary>
@@ -74,6 +74,6 @@ public interface ITrainerGrain : ICollectiveMember
     /// <summary>Ends the run (a step blocked on a lost peer fails) and frees the shard.</summary>
     Task Stop();
 
-    /// <summary>Every parameter of its shard as float32 bytes, in the shard's fixed parameter order.</summary>
+    /// <summary>Every parameter of its shard as float32 bytes, in the shard's fixed parameter order (with ZeRO-3, ask every replica together: they gather the layers).</summary>
     Task<byte[]> ParameterBytes();
 }

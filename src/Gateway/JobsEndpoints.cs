@@ -84,7 +84,7 @@ public static class JobsEndpoints
             CheckpointEvery = Get(root, "checkpoint_every") is { } ce ? Integer(ce, "checkpoint_every", 1, 1_000_000) : 25,
             ServeAs = Get(root, "serve_as") is { } serveAs ? String(serveAs, "serve_as") : null,
             ServeLayout = Get(root, "serve_layout") is { } serveLayout ? String(serveLayout, "serve_layout") : "",
-            ZeroStage = Get(root, "zero_stage") is { } z ? Integer(z, "zero_stage", 0, 2) : 0,
+            ZeroStage = Get(root, "zero_stage") is { } z ? Integer(z, "zero_stage", 0, 3) : 0,
             Lora = Get(root, "lora") is { } lora ? ParseLora(lora) : null,
             ActivationCheckpointing = Get(root, "activation_checkpointing") is { } ac ? Bool(ac, "activation_checkpointing") : false,
             Precision = Get(root, "precision") is { } precision ? String(precision, "precision") : "fp32",

@@ -31,7 +31,7 @@ public sealed class TrainerGrain(IGrainFactory grains, IOptions<ShardOptions> op
         var layout = ParseLayout(a.Layout);
         if (a.Shards.Length != layout.DataParallel * layout.PipelineStages * layout.TensorParallel || (uint)a.Index >= (uint)a.Shards.Length)
             throw new ArgumentException($"shard {a.Index} of {a.Shards.Length} keys does not fit layout {layout}");
-        if (a.ZeroStage is < 0 or > 2) throw new ArgumentException($"ZeRO stage {a.ZeroStage} is not supported (0, 1 or 2)");
+        if (a.ZeroStage is < 0 or > 3) throw new ArgumentException($"ZeRO stage {a.ZeroStage} is not supported (0 to 3)");
         var mailbox = _inbox.Begin(a.Epoch, new InvalidOperationException($"trainer {this.GetPrimaryKeyString()}: epoch {a.Epoch} began"));
         var previous = _run;
         _run = null;
@@ -130,7 +130,7 @@ public sealed class TrainerGrain(IGrainFactory grains, IOptions<ShardOptions> op
     public Task<byte[]> ParameterBytes()
     {
         var run = _run ?? throw new InvalidOperationException($"trainer {this.GetPrimaryKeyString()} is not started");
-        return Worker.Run(() => run.Trainer.Model.Parameters().SelectMany(p => MemoryMarshal.AsBytes(p.Parameter.AsSpan()).ToArray()).ToArray());
+        return Worker.Run(() => run.Trainer.WholeParameters().SelectMany(p => MemoryMarshal.AsBytes(p.Parameter.AsSpan()).ToArray()).ToArray());
     }
 
     public Task Deliver(long epoch, int fromRank, long tag, Immutable<byte[]> data)

@@ -81,7 +81,7 @@ public sealed class TrainingJobGrain(
         Require(s.SequenceLength is >= 2 and <= 1 << 16, "sequence_length must be from 2 to 65536");
         Require(float.IsFinite(s.LearningRate) && s.LearningRate > 0 && s.LearningRate < 1, "learning_rate must be in (0, 1)");
         Require(s.WarmupSteps >= 0, "warmup_steps must be at least 0");
-        Require(s.ZeroStage is >= 0 and <= 2, "zero_stage must be 0, 1 or 2");
+        Require(s.ZeroStage is >= 0 and <= 3, "zero_stage must be 0, 1, 2 or 3");
         Require(s.Schedule is "1f1b" or "gpipe", "schedule must be '1f1b' or 'gpipe'");
         Require(s.Precision is "fp32" or "bf16", "precision must be 'fp32' or 'bf16'");
         Require(s.CheckpointEvery >= 1, "checkpoint_every must be at least 1");

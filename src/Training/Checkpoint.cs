@@ -94,7 +94,7 @@ public static class Checkpoint
         var slices = trainer.Model.Parameters().ToArray();
         float[][] Mine(string suffix) => [.. slices.Select(slice =>
         {
-            var mine = new float[slice.Parameter.Length];
+            var mine = new float[slice.Length];
             WeightAssembly.CopySlice(mine, pieces.Whole(slice.Name, slice.Rows, slice.Columns, slice.Axis, suffix), slice, toWhole: false);
             return mine;
         })];

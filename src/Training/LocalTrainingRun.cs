@@ -99,7 +99,10 @@ public sealed class LocalTrainingRun : IDisposable
     /// <summary>Replica 0's shards put back together as whole-model weights (full fine-tunes; see Adapters for LoRA).</summary>
     public ModelWeights Assemble() => _shards[0].Model.IsLora
         ? throw new InvalidOperationException("a LoRA run trains adapters, not the weights: save them with Adapters()")
-        : WeightAssembly.Assemble(Plan.Config, _shards.Where(s => s.Model.Spec.Replica == 0).SelectMany(s => s.Model.Parameters()));
+        : WeightAssembly.Assemble(Plan.Config, WholeParameters().Where((_, i) => _shards[i].Model.Spec.Replica == 0).SelectMany(p => p));
+
+    /// <summary>Every shard's parameters, whole (ZeRO-3 gathers its layers), in shard order.</summary>
+    public ParameterSlice[][] WholeParameters() => OnEveryShard(s => s.WholeParameters());
 
     /// <summary>Replica 0's LoRA adapters, every layer (PEFT saves them).</summary>
     public Cluster.Model.Formats.LoraTensors[] Adapters() => [.. _shards.Where(s => s.Model.Spec.Replica == 0).SelectMany(s => s.Model.Adapters()).OrderBy(a => a.Layer)];

@@ -1,7 +1,14 @@
 // One shard's side of a training step in a data × pipeline × tensor-parallel run (Megatron's schedules.py and
 // DDP/ZeRO in one place): the pipeline schedule over micro-batches (activations sent to the next stage, gradients
 // back), the tied-embedding gradient summed between the first and last stage, the data-parallel gradient all-reduce
-// (or ZeRO-1's reduce-scatter / sharded update / all-gather), the global gradient norm over every shard, and AdamW.
+// (or ZeRO's reduce-scatter / sharded update / all-gather), the global gradient norm over every shard, and AdamW.
+// ZeRO works by buckets: ZeRO-1 has one (every tensor of the shard, reduced after the backward); ZeRO-2 has one per
+// decoder layer, each reduce-scattered as soon as that layer's backward of a micro-batch ends (the collective runs
+// while the layers below are differentiated, and the layer's full gradient is dropped: a replica keeps only its
+// slices between micro-batches), plus one for the tensors outside the layers (embedding, final norm, head), reduced
+// after the tied-embedding sum. ZeRO-3 also partitions the layers' parameters: a replica keeps only its slice of each
+// layer bucket (its master copy, which its optimizer slice updates), all-gathers a layer just before the forward or
+// backward uses it and drops it right after; the embedding and head (the bucket outside the layers) stay whole.
 // Every shard of the run calls TrainStep with the same micro-batches (each replica its own), so every collective and
 // message pairs up. The calls block the calling thread on the groups' messages: run each shard on its own thread.
 //   dotnet test --project tests/Cluster.Tests -c Release -- --filter-class Cluster.Tests.Training.ParallelTrainingTests
@@ -31,8 +38,15 @@ public sealed class ShardTrainer : IDisposable
 {
     private const int ActivationMessage = 0, GradientMessage = 1, TiedEmbeddingMessage = 2, NormMessage = 3;
 
-    /// <summary>A ZeRO bucket: some of the shard's tensors (indices into Parameters()), this replica's optimizer slice of them, and (ZeRO-2) the reductions of its gradient in flight.</summary>
-    private sealed record Bucket(int[] Tensors, ShardedOptimizer Optimizer, List<Task<float[]>> Reductions);
+    /// <summary>
+    /// A ZeRO bucket: some of the shard's tensors (indices into Parameters()), this replica's optimizer slice of them,
+    /// (ZeRO-2/3) the reductions of its gradient in flight, and (ZeRO-3, layer buckets) this replica's slice of its
+    /// parameters.
+    /// </summary>
+    private sealed record Bucket(int[] Tensors, ShardedOptimizer Optimizer, List<Task<float[]>> Reductions, int Layer)
+    {
+        public float[]? Owned { get; set; }
+    }
 
     private readonly TrainingGroups _groups;
     private readonly Optimizer? _optimizer;
@@ -41,11 +55,11 @@ public sealed class ShardTrainer : IDisposable
     private long _exchanges;   // TrainStep calls so far: keeps one step's pipeline messages apart from the next's
 
     /// <param name="model">This shard (owned: disposed with the trainer).</param>
-    /// <param name="zeroStage">0: every replica keeps the whole optimizer state; 1: each keeps its slice (ZeRO-1); 2: and its slice of the gradients (ZeRO-2).</param>
+    /// <param name="zeroStage">0: every replica keeps the whole optimizer state; 1: each keeps its slice (ZeRO-1); 2: and its slice of the gradients (ZeRO-2); 3: and of the layers' parameters (ZeRO-3).</param>
     public ShardTrainer(TrainableModel model, OptimizerOptions options, TrainingGroups groups, int zeroStage = 0)
     {
-        if (zeroStage is < 0 or > 2) throw new ArgumentException($"ZeRO stage {zeroStage} is not supported (0, 1 or 2)", nameof(zeroStage));
-        if (zeroStage == 2 && model.IsLora) throw new ArgumentException("LoRA's adapters are small: train them with ZeRO 0 or 1", nameof(zeroStage));
+        if (zeroStage is < 0 or > 3) throw new ArgumentException($"ZeRO stage {zeroStage} is not supported (0 to 3)", nameof(zeroStage));
+        if (zeroStage >= 2 && model.IsLora) throw new ArgumentException("LoRA's adapters are small: train them with ZeRO 0 or 1", nameof(zeroStage));
         bool oneStage = model.Spec.IsFirstStage && model.Spec.IsLastStage;
         if (oneStage ? groups.Pipeline is { WorldSize: > 1 } : groups.Pipeline is null || groups.Pipeline.Rank != model.Spec.Stage)
             throw new ArgumentException($"shard {model.Spec} needs a pipeline transport where it is rank {model.Spec.Stage}", nameof(groups));
@@ -61,8 +75,53 @@ public sealed class ShardTrainer : IDisposable
         int[][] buckets = zeroStage == 1
             ? [[.. Enumerable.Range(0, tensors.Length)]]
             : [.. Enumerable.Range(0, tensors.Length).GroupBy(i => LayerOf(tensors[i].Name) ?? -1).OrderBy(g => g.Key < 0 ? int.MaxValue : g.Key).Select(g => g.ToArray())];
-        _buckets = [.. buckets.Select(b => new Bucket(b, new ShardedOptimizer(b.Select(i => tensors[i]), options, groups.Data?.Rank ?? 0, groups.Data?.WorldSize ?? 1), []))];
-        if (zeroStage == 2) model.LayerGradientsDone = ReduceLayerGradients;
+        _buckets = [.. buckets.Select(b => new Bucket(b, new ShardedOptimizer(b.Select(i => tensors[i]), options, groups.Data?.Rank ?? 0, groups.Data?.WorldSize ?? 1), [],
+            LayerOf(tensors[b[0]].Name) is { } layer ? layer - model.Spec.Layers.Offset : -1))];
+        if (zeroStage >= 2)
+        {
+            model.LayerGradientsDone = ReduceLayerGradients;
+            for (int l = 0; l < model.Weights.Layers.Length; l++) model.ReleaseLayerGradients(l);   // a layer's come and go with its backward
+        }
+        if (zeroStage < 3) return;
+        foreach (var bucket in _buckets.Where(b => b.Layer >= 0))   // keep this replica's slice of each layer, drop the rest
+        {
+            bucket.Owned = Flatten(bucket.Tensors.Select(i => tensors[i].Parameter)).AsSpan(bucket.Optimizer.Offset, bucket.Optimizer.Count).ToArray();
+            model.ReleaseLayerWeights(bucket.Layer);
+        }
+        model.LayerWeightsNeeded = GatherLayer;
+        model.LayerWeightsDone = model.ReleaseLayerWeights;
+    }
+
+    /// <summary>ZeRO-3: the layer's parameters, whole again from every replica's slice, just before they are used.</summary>
+    private void GatherLayer(int layer)
+    {
+        var bucket = _buckets.First(b => b.Layer == layer);
+        float[] whole = _groups.Data?.AllGather(bucket.Owned!).GetAwaiter().GetResult() ?? bucket.Owned!;
+        var tensors = Model.Parameters().ToArray();
+        float[][] parts = [.. bucket.Tensors.Select(i => new float[tensors[i].Length])];
+        Unflatten(whole, parts);
+        Model.SetLayerWeights(layer, parts);
+    }
+
+    /// <summary>
+    /// Every parameter of this shard, whole: ZeRO-3 all-gathers the layers (every replica must call it together), other
+    /// stages hand out the model's own tensors.
+    /// </summary>
+    public ParameterSlice[] WholeParameters()
+    {
+        var slices = Model.Parameters().ToArray();
+        if (_zeroStage < 3) return slices;
+        foreach (var bucket in _buckets.Where(b => b.Owned is not null))
+        {
+            float[] whole = _groups.Data?.AllGather(bucket.Owned!).GetAwaiter().GetResult() ?? bucket.Owned!;
+            int offset = 0;
+            foreach (int i in bucket.Tensors)
+            {
+                slices[i] = slices[i] with { Parameter = whole.AsSpan(offset, slices[i].Length).ToArray() };
+                offset += slices[i].Length;
+            }
+        }
+        return slices;
     }
 
     /// <summary>The global layer index of a layer tensor ("layers.N.…"), else null.</summary>
@@ -119,7 +178,7 @@ public sealed class ShardTrainer : IDisposable
     /// </summary>
     public ShardState CaptureState()
     {
-        var slices = Model.Parameters().Select(p => p with { Parameter = (float[])p.Parameter.Clone(), Gradient = [] }).ToArray();
+        var slices = WholeParameters().Select(p => p with { Parameter = (float[])p.Parameter.Clone(), Gradient = [] }).ToArray();
         if (_zeroStage == 0)
             return new ShardState(Model.Spec, slices, [.. _optimizer!.Moments.Select(x => (float[])x.M.Clone())],
                 [.. _optimizer.Moments.Select(x => (float[])x.V.Clone())], Step);
@@ -137,8 +196,8 @@ public sealed class ShardTrainer : IDisposable
             int offset = 0;
             foreach (int i in tensors)
             {
-                into[i] = flat.AsSpan(offset, slices[i].Parameter.Length).ToArray();
-                offset += slices[i].Parameter.Length;
+                into[i] = flat.AsSpan(offset, slices[i].Length).ToArray();
+                offset += slices[i].Length;
             }
         }
     }
@@ -147,10 +206,12 @@ public sealed class ShardTrainer : IDisposable
     public void RestoreState(float[][] parameters, float[][] m, float[][] v, int step)
     {
         var slices = Model.Parameters().ToArray();
-        for (int i = 0; i < slices.Length; i++) parameters[i].CopyTo(slices[i].Parameter, 0);
+        for (int i = 0; i < slices.Length; i++)
+            if (slices[i].Parameter.Length == slices[i].Length) parameters[i].CopyTo(slices[i].Parameter, 0);   // ZeRO-3's dropped layers: below
         foreach (var bucket in _buckets)
         {
             var optimizer = bucket.Optimizer;
+            if (bucket.Owned is not null) bucket.Owned = Flatten(bucket.Tensors.Select(i => parameters[i])).AsSpan(optimizer.Offset, optimizer.Count).ToArray();
             Flatten(bucket.Tensors.Select(i => m[i])).AsSpan(optimizer.Offset, optimizer.Count).CopyTo(optimizer.M);
             Flatten(bucket.Tensors.Select(i => v[i])).AsSpan(optimizer.Offset, optimizer.Count).CopyTo(optimizer.V);
             optimizer.ResumeAt(step);
@@ -215,7 +276,7 @@ public sealed class ShardTrainer : IDisposable
     private void ReduceLayerGradients(int layer)
     {
         var tensors = Model.Parameters().ToArray();
-        var bucket = _buckets.First(b => LayerOf(tensors[b.Tensors[0]].Name) == Model.Spec.Layers.Offset + layer);
+        var bucket = _buckets.First(b => b.Layer == layer);
         var gradient = Flatten(bucket.Tensors.Select(i => tensors[i].Gradient));
         bucket.Reductions.Add(_groups.Data?.ReduceScatter(gradient) ?? Task.FromResult(gradient));
         Model.ReleaseLayerGradients(layer);
@@ -256,7 +317,12 @@ public sealed class ShardTrainer : IDisposable
         float lr = 0;
         for (int b = 0; b < _buckets.Length; b++)
         {
-            var (indices, optimizer, _) = _buckets[b];
+            var (indices, optimizer, _, _) = _buckets[b];
+            if (_buckets[b].Owned is { } owned)   // ZeRO-3: the slice is the master copy; the next use gathers it
+            {
+                lr = optimizer.Apply(owned, mine[b], norm);
+                continue;
+            }
             float[][] parameters = [.. indices.Select(i => tensors[i].Parameter)];
             float[] slice = Flatten(parameters).AsSpan(optimizer.Offset, optimizer.Count).ToArray();
             lr = optimizer.Apply(slice, mine[b], norm);

@@ -28,6 +28,8 @@ public sealed record TrainingSequence(int[] Tokens, int[] Targets, int[]? Docume
 public sealed record ParameterSlice(string Name, float[] Parameter, float[] Gradient, int Rows, int Columns, int Axis, Slice Range, bool Counted)
 {
     public bool IsWhole => Range.Count == (Axis == 0 ? Rows : Columns);
+    /// <summary>Elements of this slice (what Parameter holds, also while ZeRO-3 has dropped it).</summary>
+    public int Length => Range.Count * (Axis == 0 ? Columns : Rows);
 
     public void Deconstruct(out string name, out float[] parameter, out float[] gradient) => (name, parameter, gradient) = (Name, Parameter, Gradient);
 }
@@ -156,6 +158,34 @@ public sealed class TrainableModel : IDisposable
 
     /// <summary>Called after each layer's backward of a micro-batch with the layer's index in this shard (ZeRO-2 reduces and drops its gradient there).</summary>
     internal Action<int>? LayerGradientsDone { get; set; }
+
+    /// <summary>Called before and after each use of a layer's weights (forward, recompute, backward): ZeRO-3 gathers and drops them there.</summary>
+    internal Action<int>? LayerWeightsNeeded { get; set; }
+    internal Action<int>? LayerWeightsDone { get; set; }
+
+    /// <summary>Layer <paramref name="l"/>'s weights again, from its tensors in Parameters order (ZeRO-3 after a gather; the released layer tells which exist).</summary>
+    internal void SetLayerWeights(int l, IReadOnlyList<float[]> tensors)
+    {
+        var present = Weights.Layers[l];
+        int i = 0;
+        float[]? Next(float[]? slot) => slot is null ? null : tensors[i++];
+        Weights.Layers[l] = new LayerWeights   // in Parameters order: initialisers run in the order written
+        {
+            AttnNorm = Next(present.AttnNorm)!, AttnNormBias = Next(present.AttnNormBias), Wq = Next(present.Wq)!, Bq = Next(present.Bq),
+            Wk = Next(present.Wk)!, Bk = Next(present.Bk), Wv = Next(present.Wv)!, Bv = Next(present.Bv), Wo = Next(present.Wo)!, Bo = Next(present.Bo),
+            FfnNorm = Next(present.FfnNorm)!, FfnNormBias = Next(present.FfnNormBias), W1 = Next(present.W1)!, B1 = Next(present.B1),
+            W2 = Next(present.W2)!, B2 = Next(present.B2), W3 = Next(present.W3),
+        };
+        if (i != tensors.Count) throw new ArgumentException($"layer {l} has {i} tensors, {tensors.Count} given", nameof(tensors));
+    }
+
+    /// <summary>Lets go of layer <paramref name="l"/>'s weights (and their packed copies) until they are set again (ZeRO-3).</summary>
+    internal void ReleaseLayerWeights(int l)
+    {
+        var layer = Weights.Layers[l];
+        foreach (var w in new[] { layer.Wq, layer.Wk, layer.Wv, layer.Wo, layer.W1, layer.W2, layer.W3 }) if (w is not null) _linear.Forget(w);
+        Weights.Layers[l] = ShardWeights.Map(new ShardWeights { Spec = Spec, Layers = [layer] }, _ => []).Layers[0];
+    }
 
     /// <summary>Lets go of layer <paramref name="l"/>'s gradient tensors; its next backward starts from new zeroed ones (ZeRO-2).</summary>
     internal void ReleaseLayerGradients(int l) => Gradients.Layers[l] = ShardWeights.Map(
@@ -309,7 +339,9 @@ public sealed class TrainableModel : IDisposable
         var x = input ?? Embed(a);                                                           // (T, C)
         for (int l = 0; l < Weights.Layers.Length; l++)
         {
+            LayerWeightsNeeded?.Invoke(l);
             var next = ForwardLayer(a, l, x);
+            LayerWeightsDone?.Invoke(l);
             if (_mode.ActivationCheckpointing) a.ForgetLayer(l);   // only its input stays; the backward recomputes the rest
             x = next;
         }
@@ -401,6 +433,7 @@ public sealed class TrainableModel : IDisposable
         bool llama = c.Architecture == Architecture.Llama;
         for (int l = Weights.Layers.Length - 1; l >= 0; l--)
         {
+            LayerWeightsNeeded?.Invoke(l);
             LayerWeights w = Weights.Layers[l], g = LayerGradients(l);
             if (_mode.ActivationCheckpointing) ForwardLayer(a, l, a.LayerInput[l]);   // recompute what the forward let go
             // x_out = x1 + W2·swiglu(W1·n2, W3·n2)   (GPT-2: W2·gelu(W1·n2 + b1) + b2)
@@ -445,6 +478,7 @@ public sealed class TrainableModel : IDisposable
             NormalizeRowsBackward(a.LayerInput[l], w.AttnNorm, dn1, dxIn, g.AttnNorm, g.AttnNormBias, T);
             dx = dxIn;
             LayerGradientsDone?.Invoke(l);
+            LayerWeightsDone?.Invoke(l);
         }
         if (!Spec.IsFirstStage || _lora is not null) return (loss, Spec.IsFirstStage ? null : dx);   // a frozen embedding needs no gradient
         var vocab = Spec.Vocab;

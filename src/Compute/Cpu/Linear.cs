@@ -47,6 +47,13 @@ public sealed unsafe class Linear(WorkerPool pool, bool bfloat16 = false) : IDis
         _transposedWeights.Clear();
     }
 
+    /// <summary>Drops one weight's packed copies (its owner is letting go of it).</summary>
+    public void Forget(float[] w)
+    {
+        if (_weights.Remove(w, out var packed)) packed.Dispose();
+        if (_transposedWeights.Remove(w, out var transposed)) transposed.Dispose();
+    }
+
     /// <summary>y (M, N) = x (M, K) · Wᵀ (+ b when not empty).</summary>
     public void Forward(ReadOnlySpan<float> x, float[] w, ReadOnlySpan<float> b, Span<float> y, int m, int n, int k)
     {

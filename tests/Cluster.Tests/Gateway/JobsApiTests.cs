@@ -50,7 +50,7 @@ public sealed class JobsApiTests(ClusterFixture fixture)
     [InlineData("""{"preset":"tiny","layout":"pp=2","schedule":"zigzag"}""", 400)]
     [InlineData("""{"preset":"tiny","dataset":"jsonl"}""", 400)]
     [InlineData("""{"preset":"tiny","documents":[1,2]}""", 400)]
-    [InlineData("""{"preset":"tiny","zero_stage":3}""", 400)]
+    [InlineData("""{"preset":"tiny","zero_stage":4}""", 400)]
     [InlineData("""{"preset":"tiny","precision":"fp8"}""", 400)]
     [InlineData("""{"preset":"tiny","lora":{"alpha":4}}""", 400)]                 // no rank
     [InlineData("""{"preset":"tiny","activation_checkpointing":"yes"}""", 400)]

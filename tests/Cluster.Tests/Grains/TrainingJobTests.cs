@@ -1,4 +1,4 @@
-// Training jobs on the 2-silo cluster: a data-parallel job over both silos runs to completion with its loss
+// Training jobs on the 2-silo cluster: a data-parallel (ZeRO-3) job over both silos runs to completion with its loss
 // falling, publishing every step; a cancelled job stops; a bad spec is refused.
 using Cluster.Contracts;
 
@@ -19,9 +19,9 @@ public sealed class TrainingJobTests(ClusterFixture fixture)
     public async Task ADataParallelJobRunsToCompletionAndItsLossFalls()
     {
         var job = Grains.GetGrain<ITrainingJobGrain>("job-complete");
-        var submitted = await job.Submit(Spec(30));
+        var submitted = await job.Submit(Spec(30) with { ZeroStage = 3, CheckpointEvery = 10 });   // ZeRO-3 across the silos, checkpoints gathered
         Assert.Equal(30, submitted.Steps);
-        Assert.Equal(submitted.Id, (await job.Submit(Spec(30))).Id);   // the same spec again (new lists) is the same job
+        Assert.Equal(submitted.Id, (await job.Submit(Spec(30) with { ZeroStage = 3, CheckpointEvery = 10 })).Id);   // the same spec again (new lists) is the same job
 
         var events = new List<TrainingJobEvent>();
         await foreach (var e in job.Events().WithCancellation(TestContext.Current.CancellationToken)) events.Add(e);

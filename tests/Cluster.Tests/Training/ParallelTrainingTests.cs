@@ -1,4 +1,4 @@
-// One training step of a random model under data, tensor and pipeline parallelism (GPipe and 1F1B), ZeRO-1 and -2, and their
+// One training step of a random model under data, tensor and pipeline parallelism (GPipe and 1F1B), ZeRO-1, -2 and -3, and their
 // products, inside one process: the shards' gradients and updated weights, put back together by logical tensor, equal
 // a single device's with the same global batch within 1e-5 (the loss too).
 using Cluster.Compute.Cpu;
@@ -32,6 +32,9 @@ public sealed class ParallelTrainingTests
         { "dp=2", 1, PipelineSchedule.OneFOneB, 2, Architecture.Llama },     // ZeRO-2: layer gradients reduced during the backward
         { "pp=2,dp=2", 3, PipelineSchedule.OneFOneB, 2, Architecture.Gpt2 },
         { "tp=2,dp=2", 2, PipelineSchedule.GPipe, 2, Architecture.Llama },
+        { "dp=2", 2, PipelineSchedule.OneFOneB, 3, Architecture.Llama },     // ZeRO-3: each replica keeps a slice of every layer
+        { "pp=2,dp=2", 2, PipelineSchedule.GPipe, 3, Architecture.Gpt2 },
+        { "tp=2,dp=2", 1, PipelineSchedule.OneFOneB, 3, Architecture.Llama },
     };
 
     [Theory]
@@ -55,9 +58,10 @@ public sealed class ParallelTrainingTests
 
         Assert.Equal(expectedLoss, result.LossShare, 1e-5);
         // Every replica's shards hold the same weights; replica 0's gradients (summed over replicas) are the whole batch's.
-        foreach (var replica in run.Shards.GroupBy(s => s.Model.Spec.Replica))
+        var whole = run.WholeParameters();
+        foreach (var replica in run.Shards.Select((s, i) => (s.Model.Spec.Replica, Index: i)).GroupBy(s => s.Replica))
         {
-            var parameters = replica.SelectMany(s => s.Model.Parameters()).ToArray();
+            var parameters = replica.SelectMany(s => whole[s.Index]).ToArray();
             AssertTensorsEqual(expectedWeights, WeightAssembly.Tensors(parameters), $"{layout} replica {replica.Key} weights");
             if (zeroStage == 0)   // ZeRO keeps only its slice of the summed gradient
                 AssertTensorsEqual(expectedGradients, WeightAssembly.Tensors(parameters.Select(p => p with { Parameter = p.Gradient })), $"{layout} gradients");
