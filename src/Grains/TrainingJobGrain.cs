@@ -20,7 +20,7 @@ using Orleans.Concurrency;
 
 namespace Cluster.Grains;
 
-[Reentrant]
+[Reentrant, PinnedShardPlacement]   // a key ending "@{silo}" pins the job there (its trainers' keys inherit the pin unless the spec names silos)
 public sealed class TrainingJobGrain(
     IGrainFactory grains, IOptions<TrainingOptions> options, ILogger<TrainingJobGrain> log,
     [PersistentState("job", TrainingOptions.JobStorage)] IPersistentState<TrainingJobRecord> stored) : Grain, ITrainingJobGrain

@@ -1,7 +1,9 @@
 // A training job survives losing a silo: killing the silo that holds a pipeline stage's trainer mid-job, the job
-// (re-activated from its durable record by a keeper if its own grain died too) re-places the lost shard, restores
-// every trainer from the last checkpoint and finishes without being resubmitted; its step log counts every step once.
+// re-places the lost shard, restores every trainer from the last checkpoint and finishes without being resubmitted;
+// killing the silo that holds the job grain itself, a keeper on a surviving silo wakes it and it resumes from its
+// durable record with nobody calling it. Either way its step log counts every step once.
 using Cluster.Contracts;
+using Cluster.Training;
 
 namespace Cluster.Tests.Grains;
 
@@ -33,6 +35,43 @@ public sealed class TrainingFailoverTests
         await foreach (var e in job.Events().WithCancellation(cancel)) events.Add(e);
         Assert.Equal(Enumerable.Range(1, steps), events.Where(e => e.IsStep).Select(e => e.Step));   // no step counted twice
         Assert.Contains(events, e => e.Note?.Contains("resumed from the checkpoint") == true);
+    }
+
+    [Fact]
+    public async Task AJobWhoseOwnSiloIsKilledIsWokenAndResumesByItself()
+    {
+        using var root = new Formats.TempDirectory();
+        await using var cluster = await TestClusters.StartAsync(silos: 3, trainingRoot: root.Path);
+        var cancel = TestContext.Current.CancellationToken;
+        var victim = cluster.Silos[2];
+        string id = $"job-self@{victim.Name}";   // the job grain lives on the victim
+        var job = cluster.Client.GetGrain<ITrainingJobGrain>(id);
+        const int steps = 300;
+        await job.Submit(new TrainingJobSpec
+        {
+            Source = ModelSource.Random("tiny", seed: 5), Steps = steps, BatchSize = 4, SequenceLength = 32, LearningRate = 3e-3f,
+            WarmupSteps = 2, Layout = "dp=2", Silos = [cluster.Silos[0].Name, cluster.Silos[1].Name], CheckpointEvery = 10,
+        });
+
+        var status = await WaitFor(job, s => s.CheckpointStep >= 20, cancel);
+        Assert.True(status.Step < steps, "the job ended before the silo could be killed");
+        await cluster.KillSiloAsync(victim, cancel);
+
+        // Nobody calls the job now: the keeper on a surviving silo wakes it, and it resumes from its durable record,
+        // which shows as checkpoints past the one it was killed after.
+        string checkpoints = Path.Combine(root.Path, "jobs", Uri.EscapeDataString(id));
+        int killedAfter = Checkpoint.ReadManifest(Checkpoint.Latest(checkpoints)!).Step;
+        var deadline = DateTime.UtcNow.AddMinutes(2);
+        while (Checkpoint.ReadManifest(Checkpoint.Latest(checkpoints)!).Step <= killedAfter + 10 && DateTime.UtcNow < deadline)
+            await Task.Delay(200, cancel);
+        Assert.True(Checkpoint.ReadManifest(Checkpoint.Latest(checkpoints)!).Step > killedAfter + 10, "the job did not go on by itself");
+        status = await WaitFor(job, s => s.State is TrainingJobState.Completed or TrainingJobState.Failed, cancel);
+        Assert.Equal(TrainingJobState.Completed, status.State);
+        Assert.Equal(steps, status.Step);
+        Assert.True(status.Restarts >= 1, "the job never restarted");
+        var events = new List<TrainingJobEvent>();
+        await foreach (var e in job.Events().WithCancellation(cancel)) events.Add(e);
+        Assert.Equal(Enumerable.Range(1, steps), events.Where(e => e.IsStep).Select(e => e.Step));
     }
 
     /// <summary>Polls the job's status (through the client, which wakes a job whose grain died) until <paramref name="done"/> holds.</summary>
