@@ -52,6 +52,8 @@ public sealed class ShardTrainer : IDisposable
     private readonly Optimizer? _optimizer;
     private readonly Bucket[] _buckets = [];
     private readonly int _zeroStage;
+    private bool _finalBackward;                                                          // this stage's last backward of the step is running
+    private readonly List<(int Layer, float[] Gradient, Task Sum)> _layerSums = [];      // ZeRO-0: layers' all-reduces in flight
     private long _exchanges;   // TrainStep calls so far: keeps one step's pipeline messages apart from the next's
 
     /// <param name="model">This shard (owned: disposed with the trainer).</param>
@@ -69,6 +71,7 @@ public sealed class ShardTrainer : IDisposable
         if (zeroStage == 0)
         {
             _optimizer = new Optimizer(model, options);
+            if (groups.Data is not null) model.LayerGradientsDone = SumLayerGradients;
             return;
         }
         var tensors = model.Parameters().ToArray();
@@ -153,7 +156,12 @@ public sealed class ShardTrainer : IDisposable
         var spec = Model.Spec;
         var saved = new StageActivations?[microBatches.Count];
         float lossShare = 0;
-        foreach (var (forward, m) in Operations(schedule, spec.Stage, _groups.Pipeline?.WorldSize ?? 1, microBatches.Count))
+        var operations = Operations(schedule, spec.Stage, _groups.Pipeline?.WorldSize ?? 1, microBatches.Count).ToArray();
+        int lastBackward = Array.FindLastIndex(operations, o => !o.Forward);
+        for (int op = 0; op < operations.Length; op++)
+        {
+            var (forward, m) = operations[op];
+            _finalBackward = op == lastBackward;   // the layers' gradients are whole once it has passed them
             if (forward)
             {
                 var input = spec.IsFirstStage ? null : Receive(spec.Stage - 1, ActivationMessage, m);   // (T, C)
@@ -169,6 +177,7 @@ public sealed class ShardTrainer : IDisposable
                 lossShare += loss * share;
                 if (!spec.IsFirstStage) Send(spec.Stage - 1, GradientMessage, m, inputGradient!);
             }
+        }
         return lossShare;
     }
 
@@ -258,14 +267,35 @@ public sealed class ShardTrainer : IDisposable
         }
     }
 
+    /// <summary>
+    /// Data parallelism without ZeRO: a layer's gradient is whole once the step's last backward has passed it, so its
+    /// all-reduce starts then (not awaited) and runs while the layers below are differentiated.
+    /// </summary>
+    private void SumLayerGradients(int layer)
+    {
+        if (!_finalBackward) return;
+        var gradient = Flatten(LayerTensors(layer).Select(p => p.Gradient));
+        _layerSums.Add((layer, gradient, _groups.Data!.AllReduce(gradient)));
+    }
+
+    /// <summary>A layer's parameters (its index in this shard), in Parameters order.</summary>
+    private IEnumerable<ParameterSlice> LayerTensors(int layer) => Model.Parameters().Where(p => LayerOf(p.Name) == Model.Spec.Layers.Offset + layer);
+
     private StepResult PlainStep(float lossShare)
     {
-        var gradients = Model.Parameters().Select(p => p.Gradient).ToArray();
         if (_groups.Data is { } data)
         {
-            var flat = Flatten(gradients);
+            foreach (var (layer, gradient, sum) in _layerSums)   // the layers' sums, started during the backward
+            {
+                sum.GetAwaiter().GetResult();
+                Unflatten(gradient, [.. LayerTensors(layer).Select(p => p.Gradient)]);
+            }
+            var summed = _layerSums.Select(s => s.Layer).ToHashSet();
+            _layerSums.Clear();
+            float[][] rest = [.. Model.Parameters().Where(p => LayerOf(p.Name) is not { } l || !summed.Contains(l - Model.Spec.Layers.Offset)).Select(p => p.Gradient)];
+            var flat = Flatten(rest);                                                        // embedding, final norm, head (after the tie sum)
             data.AllReduce(flat).GetAwaiter().GetResult();
-            Unflatten(flat, gradients);
+            Unflatten(flat, rest);
         }
         float norm = MathF.Sqrt(SumOverModel((float)Model.CountedGradientSquares()));
         var (lr, _) = _optimizer!.Apply(norm);
