@@ -52,7 +52,9 @@ public sealed record TrainerAssignment(
 public sealed record TrainingStepMessage(
     [property: Id(0)] long Epoch, [property: Id(1)] TrainingSequenceMessage[][] MicroBatches, [property: Id(2)] int GlobalTargets,
     /// <summary>"1f1b" or "gpipe".</summary>
-    [property: Id(3)] string Schedule = "1f1b");
+    [property: Id(3)] string Schedule = "1f1b",
+    /// <summary>Copy the trainer's state right after this step, for a SaveCheckpoint of this step to write (in the step's own work, so every replica copies between the same steps).</summary>
+    [property: Id(4)] bool CaptureAfter = false);
 
 /// <summary>The step's number, this trainer's share of its mean loss (last stages, rank 0; 0 elsewhere), its learning rate and gradient norm.</summary>
 [GenerateSerializer, Immutable]
@@ -66,10 +68,10 @@ public interface ITrainerGrain : ICollectiveMember
     Task<TrainingStepReport> Step(TrainingStepMessage step);
 
     /// <summary>
-    /// Copies its state after the steps taken so far (every trainer of the run must be asked together: ZeRO-1 gathers
-    /// the moments) and writes it into <paramref name="directory"/> while training goes on. Completes when written.
+    /// Writes the state copied after step <paramref name="step"/> (whose message asked for it with CaptureAfter) into
+    /// <paramref name="directory"/>, while training goes on. Completes when written.
     /// </summary>
-    Task SaveCheckpoint(long epoch, string directory);
+    Task SaveCheckpoint(long epoch, string directory, int step);
 
     /// <summary>Ends the run (a step blocked on a lost peer fails) and frees the shard.</summary>
     Task Stop();

@@ -21,6 +21,8 @@ public sealed class TrainerGrain(IGrainFactory grains, IOptions<ShardOptions> op
     private sealed record Run(TrainerAssignment Assignment, ShardTrainer Trainer);
 
     private readonly EpochInbox _inbox = new();
+    // States copied after a step (CaptureAfter), by step number, until SaveCheckpoint writes them; either side may come first.
+    private readonly Dictionary<int, TaskCompletionSource<ShardState>> _captures = [];
     private DeviceWorker? _worker;
     private Run? _run;
 
@@ -33,6 +35,7 @@ public sealed class TrainerGrain(IGrainFactory grains, IOptions<ShardOptions> op
             throw new ArgumentException($"shard {a.Index} of {a.Shards.Length} keys does not fit layout {layout}");
         if (a.ZeroStage is < 0 or > 3) throw new ArgumentException($"ZeRO stage {a.ZeroStage} is not supported (0 to 3)");
         var mailbox = _inbox.Begin(a.Epoch, new InvalidOperationException($"trainer {this.GetPrimaryKeyString()}: epoch {a.Epoch} began"));
+        DropCaptures(new InvalidOperationException($"trainer {this.GetPrimaryKeyString()}: epoch {a.Epoch} began"));
         var previous = _run;
         _run = null;
         int threads = options.Value.DeviceThreads;
@@ -106,21 +109,45 @@ public sealed class TrainerGrain(IGrainFactory grains, IOptions<ShardOptions> op
         return Worker.Run(() =>
         {
             var result = run.Trainer.TrainStep(microBatches, step.GlobalTargets, schedule);
+            // Copied in the step's own work item: every replica copies between the same two steps, and ZeRO's gathers pair up.
+            if (step.CaptureAfter) Capture(result.Step).TrySetResult(run.Trainer.CaptureState());
             return new TrainingStepReport(result.Step, result.LossShare, result.LearningRate, result.GradientNorm);
         });
     }
 
-    public async Task SaveCheckpoint(long epoch, string directory)
+    private TaskCompletionSource<ShardState> Capture(int step)
     {
-        var run = Current(epoch);
-        var state = await Worker.Run(run.Trainer.CaptureState);   // between steps, in step order
-        if (state.Spec.Replica != 0) return;                        // every replica holds the same state: replica 0 writes
+        lock (_captures)
+        {
+            if (!_captures.TryGetValue(step, out var capture))
+                _captures[step] = capture = new TaskCompletionSource<ShardState>(TaskCreationOptions.RunContinuationsAsynchronously);
+            return capture;
+        }
+    }
+
+    /// <summary>An earlier run's copies are void: a save still waiting for one fails.</summary>
+    private void DropCaptures(Exception reason)
+    {
+        lock (_captures)
+        {
+            foreach (var capture in _captures.Values) capture.TrySetException(reason);
+            _captures.Clear();
+        }
+    }
+
+    public async Task SaveCheckpoint(long epoch, string directory, int step)
+    {
+        Current(epoch);
+        var state = await Capture(step).Task;
+        lock (_captures) _captures.Remove(step);
+        if (state.Spec.Replica != 0) return;                             // every replica holds the same state: replica 0 writes
         await Task.Run(() => Checkpoint.WriteShard(directory, state));   // off the device thread: the next steps go on
     }
 
     public async Task Stop()
     {
         _inbox.Begin(long.MaxValue, new OperationCanceledException($"trainer {this.GetPrimaryKeyString()} stopped"));   // unblocks a step waiting on peers
+        DropCaptures(new OperationCanceledException($"trainer {this.GetPrimaryKeyString()} stopped"));
         var run = _run;
         _run = null;
         if (run is not null) await Worker.Run(() => { run.Trainer.Dispose(); return 0; });

@@ -137,10 +137,11 @@ public sealed class TrainingJobGrain(
                     {
                         (var batch, cursor) = dataset.Take(spec.BatchSize, cursor);
                         step++;
-                        var (loss, lr) = await Step(trainers, layout, spec, batch, epoch);
+                        bool checkpoint = step % spec.CheckpointEvery == 0 || step == spec.Steps;
+                        var (loss, lr) = await Step(trainers, layout, spec, batch, epoch, captureAfter: checkpoint);
                         tokens += (long)spec.BatchSize * spec.SequenceLength;
                         Publish(new TrainingJobEvent(step, loss, lr, (float)(tokens / clock.Elapsed.TotalSeconds), Record.State));
-                        if (step % spec.CheckpointEvery == 0 || step == spec.Steps)
+                        if (checkpoint)
                         {
                             await pendingSave;   // one checkpoint in flight at a time
                             pendingSave = Save(trainers, epoch, layout, directory, step, cursor);
@@ -201,7 +202,8 @@ public sealed class TrainingJobGrain(
     }
 
     /// <summary>One step on every trainer: replica r takes its share of the batch in micro-batches; returns the global mean loss and the learning rate.</summary>
-    private async Task<(float Loss, float LearningRate)> Step(ITrainerGrain[] trainers, ParallelLayout layout, TrainingJobSpec spec, TrainingSequence[] batch, long epoch)
+    private async Task<(float Loss, float LearningRate)> Step(ITrainerGrain[] trainers, ParallelLayout layout, TrainingJobSpec spec, TrainingSequence[] batch,
+        long epoch, bool captureAfter)
     {
         int globalTargets = batch.Sum(s => s.CountedTargets);
         if (globalTargets == 0) throw new ArgumentException("a global batch has no counted targets: are the documents shorter than 2 tokens?");
@@ -213,19 +215,19 @@ public sealed class TrainingJobGrain(
             {
                 var (mOffset, mCount) = CollectiveGroup.Partition(count, spec.MicroBatches, m);
                 return batch.Skip(offset + mOffset).Take(mCount).Select(s => new TrainingSequenceMessage(s.Tokens, s.Targets, s.Documents)).ToArray();
-            })], globalTargets, spec.Schedule);
+            })], globalTargets, spec.Schedule, captureAfter);
         }).ToArray();
         var reports = await AllOrFirstFailure(trainers.Select((t, i) => t.Step(messages[i / shardsPerReplica])).ToArray(), options.Value.StepTimeout);
         int lossReporter = (layout.PipelineStages - 1) * layout.TensorParallel;   // last stage, rank 0, of each replica
         return (reports.Where((_, i) => i % shardsPerReplica == lossReporter).Sum(r => r.LossShare), reports[0].LearningRate);
     }
 
-    /// <summary>The trainers copy their state now (in step order) and write it while training goes on; then the manifest and the job's record.</summary>
+    /// <summary>The trainers write the state they copied after <paramref name="step"/> while training goes on; then the manifest and the job's record.</summary>
     private async Task Save(ITrainerGrain[] trainers, long epoch, ParallelLayout layout, string root, int step, DataCursor cursor)
     {
         string directory = Checkpoint.StepDirectory(root, step);
         Record.State = TrainingJobState.Checkpointing;
-        await AllOrFirstFailure(trainers.Select(t => t.SaveCheckpoint(epoch, directory)).ToArray(), options.Value.StepTimeout);
+        await AllOrFirstFailure(trainers.Select(t => t.SaveCheckpoint(epoch, directory, step)).ToArray(), options.Value.StepTimeout);
         string[] files = [.. Enumerable.Range(0, layout.PipelineStages).SelectMany(s => Enumerable.Range(0, layout.TensorParallel).Select(r => Checkpoint.ShardFile(s, r)))];
         await Task.Run(() => Checkpoint.WriteManifest(directory, step, cursor, layout, files));
         Record.Checkpoint = directory;
