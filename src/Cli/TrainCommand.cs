@@ -20,7 +20,7 @@ public static class TrainCommand
                cluster train [--model PATH | --preset NAME] [--tokenizer PATH] [--data additions|FILE.txt|FILE.jsonl] [--steps N]
                              [--batch N] [--seq N] [--lr F] [--warmup N] [--seed N] [--threads N] [--layout L] [--micro-batches N]
                              [--schedule 1f1b|gpipe] [--zero 0|1|2|3] [--checkpoint DIR] [--checkpoint-every N] [--out PATH]
-                             [--lora-rank R [--lora-alpha A] [--lora-targets wq,wv,...] [--lora-dropout P] --adapter-out DIR]
+                             [--lora-rank R [--lora-alpha A] [--lora-targets wq,wv,...] [--lora-dropout P] [--lora-nf4 true] --adapter-out DIR]
                              [--recompute true] [--precision fp32|bf16]
           trains the model (Llama or GPT-2 family, fp32 on the CPU) on generated additions ("23+19=" -> "42", default), a text
           file (one document per line) or JSONL (prompt/completion or chat records: only completions are learned), tokenized
@@ -29,7 +29,7 @@ public static class TrainCommand
           replica feed the pipeline schedule; --checkpoint DIR resumes from DIR's newest checkpoint (saved at any layout) and
           saves there every --checkpoint-every steps (default 100) and at the end; --out writes the trained model as GGUF;
           --lora-rank trains LoRA adapters on the frozen model instead (Llama family, tp=1) and --adapter-out writes them as a
-          PEFT adapter (cluster generate --adapter DIR serves it); --recompute true keeps only each layer's input and recomputes
+          PEFT adapter (cluster generate --adapter DIR serves it), --lora-nf4 true holding the frozen base in 4-bit NF4 (QLoRA); --recompute true keeps only each layer's input and recomputes
           the rest in the backward (activation checkpointing); --precision bf16 rounds the products' inputs to bfloat16
         """;
 
@@ -57,7 +57,7 @@ public static class TrainCommand
         int loraRank = a.Int("lora-rank", 0, min: 0);
         var lora = loraRank == 0 ? null : new LoraOptions
         {
-            Rank = loraRank, Alpha = a.Float("lora-alpha", 2f * loraRank), Dropout = a.Float("lora-dropout", 0f),
+            Rank = loraRank, Alpha = a.Float("lora-alpha", 2f * loraRank), Dropout = a.Float("lora-dropout", 0f), QuantizeBase = a.Bool("lora-nf4", false),
             Targets = a.Optional("lora-targets")?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries) ?? ["wq", "wk", "wv", "wo"],
         };
         string? adapterOut = a.Optional("adapter-out");

@@ -9,13 +9,18 @@ namespace Cluster.Contracts;
 [GenerateSerializer, Immutable]
 public sealed record TrainingSequenceMessage([property: Id(0)] int[] Tokens, [property: Id(1)] int[] Targets, [property: Id(2)] int[]? Documents);
 
-/// <summary>LoRA: train rank-<paramref name="Rank"/> adapters on <paramref name="Targets"/> (wq, wk, wv, wo, w1, w2, w3) of a frozen base.</summary>
+/// <summary>
+/// LoRA: train rank-<paramref name="Rank"/> adapters on <paramref name="Targets"/> (wq, wk, wv, wo, w1, w2, w3) of a
+/// frozen base; <paramref name="QuantizeBase"/> holds the base in NF4 (QLoRA).
+/// </summary>
 [GenerateSerializer, Immutable]
 public sealed record LoraSettings(
-    [property: Id(0)] int Rank, [property: Id(1)] float Alpha, [property: Id(2)] string[] Targets, [property: Id(3)] float Dropout = 0)
+    [property: Id(0)] int Rank, [property: Id(1)] float Alpha, [property: Id(2)] string[] Targets, [property: Id(3)] float Dropout = 0,
+    [property: Id(4)] bool QuantizeBase = false)
 {
     public bool Equals(LoraSettings? other) =>
-        other is not null && Rank == other.Rank && Alpha.Equals(other.Alpha) && Targets.SequenceEqual(other.Targets) && Dropout.Equals(other.Dropout);
+        other is not null && Rank == other.Rank && Alpha.Equals(other.Alpha) && Targets.SequenceEqual(other.Targets) && Dropout.Equals(other.Dropout) &&
+        QuantizeBase == other.QuantizeBase;
 
     public override int GetHashCode() => HashCode.Combine(Rank, Alpha, Targets.Length, Dropout);
 }

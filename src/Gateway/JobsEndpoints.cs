@@ -93,7 +93,7 @@ public static class JobsEndpoints
         };
     }
 
-    /// <summary>"lora": {"rank": 8, "alpha": 16, "targets": ["wq", "wv"], "dropout": 0.05} (rank required).</summary>
+    /// <summary>"lora": {"rank": 8, "alpha": 16, "targets": ["wq", "wv"], "dropout": 0.05, "quantize_base": true} (rank required; quantize_base: QLoRA).</summary>
     private static LoraSettings ParseLora(JsonElement e)
     {
         if (e.ValueKind != JsonValueKind.Object) throw new ApiError(400, "'lora' must be an object with rank, alpha, targets and dropout.", "lora");
@@ -101,7 +101,8 @@ public static class JobsEndpoints
         return new LoraSettings(rank,
             Get(e, "alpha") is { } a ? Number(a, "lora.alpha", 1e-6, 1e6) : 2f * rank,
             Get(e, "targets") is { } t ? Strings(t, "lora.targets") : ["wq", "wk", "wv", "wo"],
-            Get(e, "dropout") is { } d ? Number(d, "lora.dropout", 0, 0.99) : 0f);
+            Get(e, "dropout") is { } d ? Number(d, "lora.dropout", 0, 0.99) : 0f,
+            Get(e, "quantize_base") is { } q && Bool(q, "lora.quantize_base"));
     }
 
     private static string[] Strings(JsonElement e, string param) =>

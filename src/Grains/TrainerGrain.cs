@@ -49,7 +49,7 @@ public sealed class TrainerGrain(IGrainFactory grains, IOptions<ShardOptions> op
             var groups = Groups(a, plan, spec, mailbox);
             var mode = new TrainingMode
             {
-                Lora = a.Lora is { } l ? new LoraOptions { Rank = l.Rank, Alpha = l.Alpha, Targets = l.Targets, Dropout = l.Dropout } : null,
+                Lora = a.Lora is { } l ? new LoraOptions { Rank = l.Rank, Alpha = l.Alpha, Targets = l.Targets, Dropout = l.Dropout, QuantizeBase = l.QuantizeBase } : null,
                 ActivationCheckpointing = a.ActivationCheckpointing,
                 Precision = a.Precision switch
                 {

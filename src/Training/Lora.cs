@@ -1,7 +1,8 @@
 // LoRA (Hu et al.): a frozen base projection W (N, K) plus a trainable low-rank update, y = x·Wᵀ + (α/r)·drop(x)·Aᵀ·Bᵀ
 // with A (r, K) initialised uniform in ±1/√K (PEFT's Kaiming-uniform) and B (N, r) zero, so training starts from the
 // base model exactly. Only A and B get gradients and optimizer state. The adapters are exported in PEFT's layout
-// (PeftAdapter) and merged into the base weights by the serving path.
+// (PeftAdapter) and merged into the base weights by the serving path. With QuantizeBase (QLoRA) the frozen projections
+// are held in NF4 (Nf4Tensor) and a layer is dequantized to fp32 just before its forward or backward and dropped after.
 using Cluster.Model;
 using Cluster.Model.Formats;
 
@@ -16,6 +17,8 @@ public sealed record LoraOptions
     /// <summary>Dropout on the adapter's input (training only), in [0, 1).</summary>
     public float Dropout { get; init; }
     public int Seed { get; init; } = 1;
+    /// <summary>QLoRA: hold the frozen projections in 4-bit NormalFloat and dequantize each layer only while it is used.</summary>
+    public bool QuantizeBase { get; init; }
 
     public float Scale => Alpha / Rank;
     public PeftAdapterConfig Peft => new(Rank, Alpha, Targets, Dropout);

@@ -87,6 +87,7 @@ public sealed class TrainableModel : IDisposable
     private readonly LoraOptions? _lora;
     private readonly Dictionary<(int Layer, string Target), LoraAdapter> _adapters = [];   // by local layer
     private readonly float[] _frozenNormGradient;   // where a frozen norm's unused weight gradient goes
+    private readonly Nf4Tensor?[][] _quantized = [];  // QLoRA: per local layer, its projections (Parameters order: wq wk wv wo w1 w2 w3) in NF4
 
     /// <summary>The whole model on one device.</summary>
     public TrainableModel(ModelConfig config, ModelWeights weights, int threads = 1)
@@ -134,6 +135,13 @@ public sealed class TrainableModel : IDisposable
         _headGradient = sharedHead ? Gradients.TokenEmbedding : Gradients.Output;
         _pool = new WorkerPool(threads);
         _linear = new Linear(_pool, _mode.Precision == Precision.BFloat16);
+        if (lora is { QuantizeBase: true })
+        {
+            _quantized = [.. weights.Layers.Select(l => new[] { l.Wq, l.Wk, l.Wv, l.Wo, l.W1, l.W2, l.W3 }.Select(w => w is null ? null : Nf4Tensor.Quantize(w)).ToArray())];
+            for (int l = 0; l < weights.Layers.Length; l++) DropProjections(l);
+            LayerWeightsNeeded = DequantizeProjections;
+            LayerWeightsDone = DropProjections;
+        }
     }
 
     public void Dispose()
@@ -186,6 +194,34 @@ public sealed class TrainableModel : IDisposable
         foreach (var w in new[] { layer.Wq, layer.Wk, layer.Wv, layer.Wo, layer.W1, layer.W2, layer.W3 }) if (w is not null) _linear.Forget(w);
         Weights.Layers[l] = ShardWeights.Map(new ShardWeights { Spec = Spec, Layers = [layer] }, _ => []).Layers[0];
     }
+
+    /// <summary>QLoRA: layer <paramref name="l"/>'s projections in fp32 again, from their NF4 copies.</summary>
+    private void DequantizeProjections(int l)
+    {
+        var q = _quantized[l];
+        Weights.Layers[l] = WithProjections(Weights.Layers[l], [.. q.Select(t => t?.Dequantize())]);
+    }
+
+    /// <summary>QLoRA: drops layer <paramref name="l"/>'s fp32 projections (and their packed copies); the NF4 copies stay.</summary>
+    private void DropProjections(int l)
+    {
+        var layer = Weights.Layers[l];
+        foreach (var w in new[] { layer.Wq, layer.Wk, layer.Wv, layer.Wo, layer.W1, layer.W2, layer.W3 }) if (w is not null) _linear.Forget(w);
+        Weights.Layers[l] = WithProjections(layer, [.. new[] { layer.Wq, layer.Wk, layer.Wv, layer.Wo, layer.W1, layer.W2, layer.W3 }.Select(w => w is null ? null : Array.Empty<float>())]);
+    }
+
+    /// <summary>A layer with its norms and biases and these projections (wq wk wv wo w1 w2 w3).</summary>
+    private static LayerWeights WithProjections(LayerWeights l, float[]?[] p) => new()
+    {
+        AttnNorm = l.AttnNorm, AttnNormBias = l.AttnNormBias, FfnNorm = l.FfnNorm, FfnNormBias = l.FfnNormBias,
+        Bq = l.Bq, Bk = l.Bk, Bv = l.Bv, Bo = l.Bo, B1 = l.B1, B2 = l.B2,
+        Wq = p[0]!, Wk = p[1]!, Wv = p[2]!, Wo = p[3]!, W1 = p[4]!, W2 = p[5]!, W3 = p[6],
+    };
+
+    /// <summary>Bytes the frozen base's projections occupy between uses (QLoRA: their NF4 copies; else fp32).</summary>
+    public long ProjectionBytes() => _quantized.Length > 0
+        ? _quantized.Sum(layer => layer.Sum(t => t?.Bytes ?? 0))
+        : Weights.Layers.Sum(l => new[] { l.Wq, l.Wk, l.Wv, l.Wo, l.W1, l.W2, l.W3 }.Sum(w => (long)(w?.Length ?? 0) * sizeof(float)));
 
     /// <summary>Lets go of layer <paramref name="l"/>'s gradient tensors; its next backward starts from new zeroed ones (ZeRO-2).</summary>
     internal void ReleaseLayerGradients(int l) => Gradients.Layers[l] = ShardWeights.Map(
