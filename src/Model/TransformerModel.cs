@@ -200,17 +200,7 @@ public sealed class TransformerModel : IDisposable
     {
         if (group is null) return local;
         float[] all = group.AllGather(local).GetAwaiter().GetResult();   // rank-major: (R, V0) (R, V1) ...
-        int V = Config.VocabSize;
-        var logits = new float[rows * V];
-        int offset = 0;
-        for (int rank = 0; rank < Spec.TensorParallel; rank++)
-        {
-            var vocab = Slice.Partition(V, Spec.TensorParallel, rank);
-            for (int r = 0; r < rows; r++)
-                all.AsSpan(offset + r * vocab.Count, vocab.Count).CopyTo(logits.AsSpan(r * V + vocab.Offset));
-            offset += rows * vocab.Count;
-        }
-        return logits;
+        return VocabParallel.JoinColumns(all, rows, Config.VocabSize, Spec.TensorParallel);
     }
 
     /// <summary>Validates the batch, reserves cache room, and lays out tokens, positions and block tables.</summary>

@@ -602,17 +602,7 @@ public sealed class TrainableModel : IDisposable
     {
         if (_tensorGroup is null) return local;
         float[] all = _tensorGroup.AllGather(local).GetAwaiter().GetResult();   // rank-major: (T, V0) (T, V1) ...
-        int V = Config.VocabSize;
-        var logits = new float[rows * V];
-        int offset = 0;
-        for (int rank = 0; rank < Spec.TensorParallel; rank++)
-        {
-            var vocab = Slice.Partition(V, Spec.TensorParallel, rank);
-            for (int r = 0; r < rows; r++)
-                all.AsSpan(offset + r * vocab.Count, vocab.Count).CopyTo(logits.AsSpan(r * V + vocab.Offset));
-            offset += rows * vocab.Count;
-        }
-        return logits;
+        return VocabParallel.JoinColumns(all, rows, Config.VocabSize, Spec.TensorParallel);
     }
 
     /// <summary>This rank's columns (T, Vl) of a whole-vocabulary (T, V) matrix.</summary>

@@ -79,7 +79,7 @@ public sealed unsafe class Linear(WorkerPool pool, bool bfloat16 = false) : IDis
         Transpose(x, m, k, _transposedX);
         using (var dyt = new Packed(dy, n, m, transposed: true, bfloat16: bfloat16))
             Multiply(_transposedX.AsSpan(0, m * k), dyt.Pointer, product.AsSpan(0, k * n), k, n, m);
-        TransposeAdd(product.AsSpan(0, k * n), k, n, dw[..(n * k)]);
+        Transpose(product.AsSpan(0, k * n), k, n, dw[..(n * k)], add: true);
         if (db.IsEmpty) return;
         for (int row = 0; row < m; row++) TensorPrimitives.Add(db, dy.Slice(row * n, n), db);
     }
@@ -100,8 +100,8 @@ public sealed unsafe class Linear(WorkerPool pool, bool bfloat16 = false) : IDis
             Gemm.Multiply(pool, pa, m, k, packedB, n, py, ps);
     }
 
-    /// <summary>t (cols, rows) = aᵀ of a (rows, cols), in 32×32 tiles so reads and writes both stay in cache.</summary>
-    private static void Transpose(ReadOnlySpan<float> a, int rows, int cols, Span<float> t)
+    /// <summary>t (cols, rows) = aᵀ of a (rows, cols), or += with <paramref name="add"/>, in 32×32 tiles so reads and writes both stay in cache.</summary>
+    private static void Transpose(ReadOnlySpan<float> a, int rows, int cols, Span<float> t, bool add = false)
     {
         const int Tile = 32;
         for (int r0 = 0; r0 < rows; r0 += Tile)
@@ -110,7 +110,7 @@ public sealed unsafe class Linear(WorkerPool pool, bool bfloat16 = false) : IDis
                 int r1 = Math.Min(rows, r0 + Tile), c1 = Math.Min(cols, c0 + Tile);
                 for (int r = r0; r < r1; r++)
                     for (int c = c0; c < c1; c++)
-                        t[c * rows + r] = a[r * cols + c];
+                        t[c * rows + r] = add ? t[c * rows + r] + a[r * cols + c] : a[r * cols + c];
             }
     }
 
@@ -124,20 +124,6 @@ public sealed unsafe class Linear(WorkerPool pool, bool bfloat16 = false) : IDis
             if ((v & 0x7F800000) == 0x7F800000) continue;   // inf and NaN stay as they are
             bits[i] = (v + 0x7FFF + ((v >> 16) & 1)) & 0xFFFF0000;
         }
-    }
-
-    /// <summary>t (cols, rows) += aᵀ of a (rows, cols), in 32×32 tiles.</summary>
-    private static void TransposeAdd(ReadOnlySpan<float> a, int rows, int cols, Span<float> t)
-    {
-        const int Tile = 32;
-        for (int r0 = 0; r0 < rows; r0 += Tile)
-            for (int c0 = 0; c0 < cols; c0 += Tile)
-            {
-                int r1 = Math.Min(rows, r0 + Tile), c1 = Math.Min(cols, c0 + Tile);
-                for (int r = r0; r < r1; r++)
-                    for (int c = c0; c < c1; c++)
-                        t[c * rows + r] += a[r * cols + c];
-            }
     }
 
     private static void Grow(ref float[] buffer, int length)

@@ -1,5 +1,6 @@
 // In-process Orleans clusters for grain tests: N silos hosting this project's grains with small shards.
 using Cluster.Contracts;
+using Microsoft.Extensions.DependencyInjection;
 using Cluster.Grains;
 using Orleans.Configuration;
 using Orleans.TestingHost;
@@ -30,6 +31,9 @@ public static class TestClusters
                 o.StepTimeout = TimeSpan.FromSeconds(30);
                 o.KeeperInterval = TimeSpan.FromSeconds(1);
             });
+            // In-process silos share one process's CPU and memory figures, so Orleans' default resource-optimised placement
+            // sees no difference between them and leans to the silo a call comes through; spread new grains at random.
+            silo.Services.AddSingleton<Orleans.Runtime.PlacementStrategy, Orleans.Runtime.RandomPlacement>();
             // Declare a killed silo dead within seconds rather than the production default of about a minute.
             silo.Configure<ClusterMembershipOptions>(o =>
             {

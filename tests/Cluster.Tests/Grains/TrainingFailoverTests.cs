@@ -27,13 +27,7 @@ public sealed class TrainingFailoverTests
         Assert.True(status.Step < steps, "the job ended before the silo could be killed");
         await cluster.KillSiloAsync(victim, cancel);   // no graceful shutdown: stage 1's trainer dies with it
 
-        status = await WaitFor(job, s => s.State is TrainingJobState.Completed or TrainingJobState.Failed, cancel);
-        Assert.Equal(TrainingJobState.Completed, status.State);
-        Assert.Equal(steps, status.Step);
-        Assert.True(status.Restarts >= 1, "the job never restarted");
-        var events = new List<TrainingJobEvent>();
-        await foreach (var e in job.Events().WithCancellation(cancel)) events.Add(e);
-        Assert.Equal(Enumerable.Range(1, steps), events.Where(e => e.IsStep).Select(e => e.Step));   // no step counted twice
+        var events = await AssertFinishedOnceEach(job, steps, cancel);
         Assert.Contains(events, e => e.Note?.Contains("resumed from the checkpoint") == true);
     }
 
@@ -65,13 +59,20 @@ public sealed class TrainingFailoverTests
         while (Checkpoint.ReadManifest(Checkpoint.Latest(checkpoints)!).Step <= killedAfter + 10 && DateTime.UtcNow < deadline)
             await Task.Delay(200, cancel);
         Assert.True(Checkpoint.ReadManifest(Checkpoint.Latest(checkpoints)!).Step > killedAfter + 10, "the job did not go on by itself");
-        status = await WaitFor(job, s => s.State is TrainingJobState.Completed or TrainingJobState.Failed, cancel);
-        Assert.Equal(TrainingJobState.Completed, status.State);
+        await AssertFinishedOnceEach(job, steps, cancel);
+    }
+
+    /// <summary>The job completes all its steps after at least one restart, and its step log holds each step once.</summary>
+    private static async Task<List<TrainingJobEvent>> AssertFinishedOnceEach(ITrainingJobGrain job, int steps, CancellationToken cancel)
+    {
+        var status = await WaitFor(job, s => s.State is TrainingJobState.Completed or TrainingJobState.Failed, cancel);
+        Assert.True(status.State == TrainingJobState.Completed, $"{status.State}: {status.Error}");
         Assert.Equal(steps, status.Step);
         Assert.True(status.Restarts >= 1, "the job never restarted");
         var events = new List<TrainingJobEvent>();
         await foreach (var e in job.Events().WithCancellation(cancel)) events.Add(e);
-        Assert.Equal(Enumerable.Range(1, steps), events.Where(e => e.IsStep).Select(e => e.Step));
+        Assert.Equal(Enumerable.Range(1, steps), events.Where(e => e.IsStep).Select(e => e.Step));   // no step counted twice
+        return events;
     }
 
     /// <summary>Polls the job's status (through the client, which wakes a job whose grain died) until <paramref name="done"/> holds.</summary>
