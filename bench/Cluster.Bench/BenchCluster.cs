@@ -18,13 +18,14 @@ public static class BenchCluster
 
     public static async Task<InProcessTestCluster> StartAsync(int silos, Action<ShardOptions>? shards = null, Action<ISiloBuilder>? configure = null)
     {
+        string records = Path.Combine(Path.GetTempPath(), "cluster-bench", Guid.NewGuid().ToString("N"));   // this run's durable records only
         var builder = new InProcessTestClusterBuilder((short)silos);
         builder.Options.ConfigureFileLogging = false;
         builder.ConfigureSiloHost((_, host) => QuietLogging(host.Logging));
         builder.ConfigureClientHost(host => QuietLogging(host.Logging));
         builder.ConfigureSilo((_, silo) =>
         {
-            silo.AddClusterGrains(shards);
+            silo.AddClusterGrains(shards, training: o => o.Root = records);
             silo.Configure<SiloMessagingOptions>(o => o.ResponseTimeout = CallTimeout);
             configure?.Invoke(silo);
         });

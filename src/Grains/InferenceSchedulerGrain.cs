@@ -23,9 +23,17 @@ using Microsoft.Extensions.Options;
 
 namespace Cluster.Grains;
 
+/// <summary>What a scheduler keeps in durable storage: the serving it was given through the API (configured ones come from configuration).</summary>
+[GenerateSerializer]
+public sealed class SchedulerRecord
+{
+    [Id(0)] public ModelServing? Serving { get; set; }
+}
+
 [Reentrant]
 public sealed class InferenceSchedulerGrain(
-    IGrainFactory grains, ILocalSiloDetails silo, IOptions<SchedulerOptions> options, ILogger<InferenceSchedulerGrain> log)
+    IGrainFactory grains, ILocalSiloDetails silo, IOptions<SchedulerOptions> options, ILogger<InferenceSchedulerGrain> log,
+    [PersistentState("scheduler", SiloBuilderExtensions.RecordStorage)] IPersistentState<SchedulerRecord> stored)
     : Grain, IInferenceSchedulerGrain
 {
     private sealed class Sequence(GenerationRequest request, int[] prompt, int maxTokens, int blocks)
@@ -115,6 +123,11 @@ public sealed class InferenceSchedulerGrain(
         foreach (var replica in _replicas) await Load(replica);
         var entry = new ModelEntry(ModelId, _shape!.Config, ParallelLayoutOf(_serving!).ToString(), [.. _replicas.SelectMany(r => r.AllKeys)]);
         await grains.GetGrain<IModelRegistryGrain>(0).Register(entry);
+        if (!Options.ConfiguredModels.ContainsKey(ModelId) && stored.State.Serving != _serving)
+        {
+            stored.State.Serving = _serving;   // served through the API: remembered, so a later activation serves it again
+            await stored.WriteStateAsync();
+        }
         return _shape;
     }
 
@@ -152,13 +165,16 @@ public sealed class InferenceSchedulerGrain(
 
     private ITokenizer Tokenizer => _tokenizer ?? throw new ModelNotServedException($"The model '{ModelId}' does not exist.");
 
-    /// <summary>The served model's shape; a fresh activation of a configured model serves it first.</summary>
+    /// <summary>
+    /// The served model's shape; a fresh activation (its previous one died with its silo) serves again what its
+    /// configuration or its durable record says first.
+    /// </summary>
     private async Task<ShardDescription> ServingShape()
     {
         if (_shape is not null) return _shape;
-        if (!Options.ConfiguredModels.TryGetValue(ModelId, out var configured))
-            throw new ModelNotServedException($"The model '{ModelId}' does not exist.");
-        return await (_servingConfigured ??= Serve(configured));   // once, however many requests arrive meanwhile
+        var known = Options.ConfiguredModels.GetValueOrDefault(ModelId) ?? stored.State.Serving
+            ?? throw new ModelNotServedException($"The model '{ModelId}' does not exist.");
+        return await (_servingConfigured ??= Serve(known));   // once, however many requests arrive meanwhile
     }
 
     public Task<SchedulerStatus> Status() => Task.FromResult(new SchedulerStatus(silo.Name,

@@ -1,17 +1,27 @@
-// The in-memory list of served models; schedulers register when they start serving.
+// The list of served models; schedulers register when they start serving. Kept in the durable record storage, so the
+// list outlives the silo the registry lives on.
 using Cluster.Contracts;
 
 namespace Cluster.Grains;
 
-public sealed class ModelRegistryGrain : Grain, IModelRegistryGrain
+[GenerateSerializer]
+public sealed class ModelRegistryRecord
 {
-    private readonly Dictionary<string, ModelEntry> _models = [];
+    [Id(0)] public Dictionary<string, ModelEntry> Models { get; set; } = [];
+}
 
-    public Task Register(ModelEntry entry)
+public sealed class ModelRegistryGrain(
+    [PersistentState("registry", SiloBuilderExtensions.RecordStorage)] IPersistentState<ModelRegistryRecord> stored) : Grain, IModelRegistryGrain
+{
+    public async Task Register(ModelEntry entry)
     {
-        _models[entry.Id] = entry;
-        return Task.CompletedTask;
+        if (stored.State.Models.TryGetValue(entry.Id, out var known) && Same(known, entry)) return;
+        stored.State.Models[entry.Id] = entry;
+        await stored.WriteStateAsync();
     }
 
-    public Task<ModelEntry[]> List() => Task.FromResult(_models.Values.OrderBy(m => m.Id, StringComparer.Ordinal).ToArray());
+    private static bool Same(ModelEntry a, ModelEntry b) =>
+        a.Id == b.Id && a.Config == b.Config && a.Layout == b.Layout && a.Shards.SequenceEqual(b.Shards);
+
+    public Task<ModelEntry[]> List() => Task.FromResult(stored.State.Models.Values.OrderBy(m => m.Id, StringComparer.Ordinal).ToArray());
 }

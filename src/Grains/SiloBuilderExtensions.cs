@@ -1,6 +1,6 @@
 // Everything a silo needs to host this project's grains: shard, scheduler and training options, the pinned-shard
-// placement director, the device inventory report, the training jobs' durable storage (files under the training root)
-// and their keeper.
+// placement director, the device inventory report, the durable records' storage (files under the training root: jobs,
+// served models, the registry) and the training jobs' keeper.
 using Microsoft.Extensions.DependencyInjection;
 using Orleans.Persistence.FileStorage;
 
@@ -8,6 +8,9 @@ namespace Cluster.Grains;
 
 public static class SiloBuilderExtensions
 {
+    /// <summary>The grain storage of durable records: training jobs, models served through the API, the model registry.</summary>
+    public const string RecordStorage = "cluster-records";
+
     public static ISiloBuilder AddClusterGrains(
         this ISiloBuilder silo, Action<ShardOptions>? shards = null, Action<SchedulerOptions>? schedulers = null, Action<TrainingOptions>? training = null)
     {
@@ -16,7 +19,7 @@ public static class SiloBuilderExtensions
         silo.Services.AddOptions<TrainingOptions>().Configure(o => training?.Invoke(o));
         var trainingOptions = new TrainingOptions();
         training?.Invoke(trainingOptions);
-        silo.AddFileGrainStorage(TrainingOptions.JobStorage, o => o.RootDirectory = Path.Combine(trainingOptions.Root, "records"));
+        silo.AddFileGrainStorage(RecordStorage, o => o.RootDirectory = Path.Combine(trainingOptions.Root, "records"));
         silo.Services.AddSingleton<ILifecycleParticipant<ISiloLifecycle>, TrainingJobKeeper>();
         silo.Services.AddPlacementDirector<PinnedShardPlacementStrategy, PinnedShardPlacementDirector>();
         silo.Services.AddSingleton<ILifecycleParticipant<ISiloLifecycle>, DeviceInventoryReporter>();

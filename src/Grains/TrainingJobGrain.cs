@@ -23,7 +23,7 @@ namespace Cluster.Grains;
 [Reentrant, PinnedShardPlacement]   // a key ending "@{silo}" pins the job there (its trainers' keys inherit the pin unless the spec names silos)
 public sealed class TrainingJobGrain(
     IGrainFactory grains, IOptions<TrainingOptions> options, ILogger<TrainingJobGrain> log,
-    [PersistentState("job", TrainingOptions.JobStorage)] IPersistentState<TrainingJobRecord> stored) : Grain, ITrainingJobGrain
+    [PersistentState("job", SiloBuilderExtensions.RecordStorage)] IPersistentState<TrainingJobRecord> stored) : Grain, ITrainingJobGrain
 {
     private readonly List<TrainingJobEvent> _events = [];   // the step log: the stored one plus the steps since its checkpoint
     private readonly List<Channel<TrainingJobEvent>> _subscribers = [];

@@ -4,9 +4,7 @@ namespace Cluster.Grains;
 
 public sealed class TrainingOptions
 {
-    public const string JobStorage = "training-jobs";
-
-    /// <summary>Root of checkpoints ({Root}/jobs/{id}/step-N), trained models ({Root}/jobs/{id}/model.gguf) and job records ({Root}/records).</summary>
+    /// <summary>Root of checkpoints ({Root}/jobs/{id}/step-N), trained models ({Root}/jobs/{id}/model.gguf) and the durable records of jobs and served models ({Root}/records).</summary>
     public string Root { get; set; } = Path.Combine(Path.GetTempPath(), "cluster-training");
     /// <summary>How long one training step may take before its trainers are presumed lost.</summary>
     public TimeSpan StepTimeout { get; set; } = TimeSpan.FromMinutes(2);

@@ -118,6 +118,34 @@ public sealed class FailoverTests
     }
 
     [Fact]
+    public async Task AModelServedThroughTheApiComesBackAfterItsSchedulersSiloDies()
+    {
+        await using var cluster = await TestClusters.StartAsync(silos: 3);   // nothing configured: the serving comes from the Serve call only
+        var primary = cluster.Silos[0];
+        IInferenceSchedulerGrain? scheduler = null;
+        foreach (string id in Enumerable.Range(0, 12).Select(i => $"api-served-{i}"))   // a scheduler away from the primary
+        {
+            var candidate = cluster.Client.GetGrain<IInferenceSchedulerGrain>(id);
+            if ((await candidate.Status()).Silo != primary.Name) { scheduler = candidate; break; }
+        }
+        Assert.NotNull(scheduler);
+        await scheduler.Serve(new ModelServing(TestClusters.Tiny, "pp=2"));
+        var request = new GenerationRequest { Prompt = "Once", MaxTokens = 16, Temperature = 0 };
+        var before = await scheduler.GenerateAsync(request, TestContext.Current.CancellationToken);
+        var victim = cluster.Silos.Single(s => s.Name == scheduler.Status().Result.Silo);
+        await cluster.KillSiloAsync(victim, TestContext.Current.CancellationToken);
+
+        var deadline = DateTime.UtcNow.AddSeconds(60);
+        List<GeneratedChunk>? after = null;
+        while (after is null)
+            try { after = await scheduler.GenerateAsync(request, TestContext.Current.CancellationToken); }
+            catch (Exception) when (DateTime.UtcNow < deadline) { await Task.Delay(500, TestContext.Current.CancellationToken); }   // until the silo is declared dead
+        Assert.Equal(before.Select(c => c.TokenId), after.Select(c => c.TokenId));
+        Assert.NotEqual(victim.Name, (await scheduler.Status()).Silo);
+        Assert.Contains(await cluster.Client.GetGrain<IModelRegistryGrain>(0).List(), m => m.Id == scheduler.GetPrimaryKeyString());
+    }
+
+    [Fact]
     public async Task StreamsResumeWhenTheSchedulersSiloDies()
     {
         var serving = new ModelServing(TestClusters.Tiny, "pp=2");
