@@ -21,7 +21,7 @@ public static class TrainCommand
                              [--batch N] [--seq N] [--lr F] [--warmup N] [--seed N] [--threads N] [--layout L] [--micro-batches N]
                              [--schedule 1f1b|gpipe] [--zero 0|1|2|3] [--checkpoint DIR] [--checkpoint-every N] [--out PATH]
                              [--lora-rank R [--lora-alpha A] [--lora-targets wq,wv,...] [--lora-dropout P] [--lora-nf4 true] --adapter-out DIR]
-                             [--recompute true] [--precision fp32|bf16]
+                             [--recompute true] [--precision fp32|bf16] [--device cpu|cuda|opencl|ilgpu-cpu]
           trains the model (Llama or GPT-2 family, fp32 on the CPU) on generated additions ("23+19=" -> "42", default), a text
           file (one document per line) or JSONL (prompt/completion or chat records: only completions are learned), tokenized
           with the model's tokenizer and packed into --seq tokens (default 64), --batch sequences a step (default 16), AdamW
@@ -30,7 +30,8 @@ public static class TrainCommand
           saves there every --checkpoint-every steps (default 100) and at the end; --out writes the trained model as GGUF;
           --lora-rank trains LoRA adapters on the frozen model instead (Llama family, tp=1) and --adapter-out writes them as a
           PEFT adapter (cluster generate --adapter DIR serves it), --lora-nf4 true holding the frozen base in 4-bit NF4 (QLoRA); --recompute true keeps only each layer's input and recomputes
-          the rest in the backward (activation checkpointing); --precision bf16 rounds the products' inputs to bfloat16
+          the rest in the backward (activation checkpointing); --precision bf16 rounds the products' inputs to bfloat16;
+          --device runs the matrix products, forward and backward, on an ILGPU device (the other operations stay on the CPU)
         """;
 
     public static int Run(Arguments a)
@@ -62,6 +63,14 @@ public static class TrainCommand
         };
         string? adapterOut = a.Optional("adapter-out");
         bool recompute = a.Bool("recompute", false);
+        using var device = (a.Optional("device") ?? "cpu") switch
+        {
+            "cpu" => (Cluster.Compute.Ilgpu.IlgpuDevice?)null,
+            "cuda" => Cluster.Compute.Ilgpu.IlgpuDevice.Create(Cluster.Compute.Ilgpu.IlgpuTarget.Cuda),
+            "opencl" => Cluster.Compute.Ilgpu.IlgpuDevice.Create(Cluster.Compute.Ilgpu.IlgpuTarget.OpenCL),
+            "ilgpu-cpu" => Cluster.Compute.Ilgpu.IlgpuDevice.Create(Cluster.Compute.Ilgpu.IlgpuTarget.Cpu),
+            var other => throw new ArgumentException($"--device must be cpu, cuda, opencl or ilgpu-cpu, got '{other}'"),
+        };
         var precision = (a.Optional("precision") ?? "fp32") switch
         {
             "fp32" => Precision.Float32,
@@ -88,7 +97,7 @@ public static class TrainCommand
         };
         int shards = layout.DataParallel * layout.PipelineStages * layout.TensorParallel;
         using var run = LocalTrainingRun.Create(loaded.Config, loaded.Weights, layout, options, zeroStage, Math.Max(1, threads / shards),
-            new TrainingMode { Lora = lora, ActivationCheckpointing = recompute, Precision = precision });
+            new TrainingMode { Lora = lora, ActivationCheckpointing = recompute, Precision = precision, Device = device });
         var cursor = default(DataCursor);
         if (checkpoint is not null && Checkpoint.Latest(checkpoint) is { } latest)
         {

@@ -7,6 +7,7 @@
 // at 0 and attention never crosses documents. A whole shard's logits equal the inference TransformerModel's.
 //   dotnet test --project tests/Cluster.Tests -c Release -- --filter-class Cluster.Tests.Training.TrainableModelTests
 using System.Numerics.Tensors;
+using Cluster.Compute;
 using Cluster.Compute.Collectives;
 using Cluster.Compute.Cpu;
 using Cluster.Model;
@@ -79,7 +80,7 @@ public sealed class StageActivations
 public sealed class TrainableModel : IDisposable
 {
     private readonly WorkerPool _pool;
-    private readonly Linear _linear;
+    private readonly IProducts _linear;
     private readonly CollectiveGroup? _tensorGroup;
     private readonly float[]? _head, _headGradient;   // (Vl, C) the LM head; the embedding slice itself when tied on one stage
     private readonly int _cq, _ckv, _hidden, _vocab, _heads, _kvHeads;   // this rank's widths
@@ -134,7 +135,8 @@ public sealed class TrainableModel : IDisposable
         _head = sharedHead ? weights.TokenEmbedding : weights.Output;
         _headGradient = sharedHead ? Gradients.TokenEmbedding : Gradients.Output;
         _pool = new WorkerPool(threads);
-        _linear = new Linear(_pool, _mode.Precision == Precision.BFloat16);
+        if (_mode.Device is not null && _mode.Precision == Precision.BFloat16) throw new ArgumentException("bf16 products run on the CPU path only", nameof(mode));
+        _linear = _mode.Device is { } device ? new DeviceProducts(device) : new Linear(_pool, _mode.Precision == Precision.BFloat16);
         if (lora is { QuantizeBase: true })
         {
             _quantized = [.. weights.Layers.Select(l => new[] { l.Wq, l.Wk, l.Wv, l.Wo, l.W1, l.W2, l.W3 }.Select(w => w is null ? null : Nf4Tensor.Quantize(w)).ToArray())];

@@ -1,7 +1,7 @@
 // How a shard trains, beside its weights and groups: which parameters (all, or LoRA adapters on a frozen base),
 // whether the forward keeps every activation or only each layer's input (activation checkpointing: the backward
-// recomputes a layer before it differentiates it, trading one more forward for activation memory), and the
-// precision of the matrix products.
+// recomputes a layer before it differentiates it, trading one more forward for activation memory), the precision of
+// the matrix products, and the device they run on.
 namespace Cluster.Training;
 
 public enum Precision
@@ -22,4 +22,6 @@ public sealed record TrainingMode
     public LoraOptions? Lora { get; init; }
     public bool ActivationCheckpointing { get; init; }
     public Precision Precision { get; init; }
+    /// <summary>Where the matrix products (forward and backward) run: null for the CPU's GEMM, else this device's MatMul (e.g. ILGPU); the rest stays on the CPU.</summary>
+    public Cluster.Compute.IDevice? Device { get; init; }
 }

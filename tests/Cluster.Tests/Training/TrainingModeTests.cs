@@ -1,7 +1,9 @@
 // Activation checkpointing and bf16 compute: recomputing each layer in the backward gives bitwise the same training
 // steps as keeping every activation (one device, and tensor × pipeline-parallel, LoRA included); bf16 products round
-// as bfloat16 does (nearest, ties to even) and give gradients within bf16's precision of fp32's, and still learn.
+// as bfloat16 does (nearest, ties to even) and give gradients within bf16's precision of fp32's, and still learn;
+// the products on an ILGPU device (its CPU accelerator here; CUDA where there is one) give the CPU's gradients and steps.
 using Cluster.Compute.Cpu;
+using Cluster.Compute.Ilgpu;
 using Cluster.Model;
 using Cluster.Model.Parallel;
 using Cluster.Training;
@@ -36,6 +38,38 @@ public sealed class TrainingModeTests
             Assert.Equal(kept.TrainStep(Batch(config, step), 2).LossShare, recomputed.TrainStep(Batch(config, step), 2).LossShare);
         foreach (var (a, b) in kept.Shards.SelectMany(s => s.Model.Parameters()).Zip(recomputed.Shards.SelectMany(s => s.Model.Parameters())))
             Assert.True(a.Parameter.AsSpan().SequenceEqual(b.Parameter), $"{a.Name} differs");
+    }
+
+    [Theory]
+    [InlineData(IlgpuTarget.Cpu)]
+    [InlineData(IlgpuTarget.Cuda)]
+    public void ProductsOnIlgpuGiveTheCpusGradientsAndSteps(IlgpuTarget target)
+    {
+        if (!IlgpuDevice.Available().Contains(target)) Assert.Skip($"no ILGPU {target} device on this machine: skipped");
+        using var device = IlgpuDevice.Create(target);
+        foreach (var architecture in new[] { Architecture.Llama, Architecture.Gpt2 })
+        {
+            var config = TestModels.SmallConfig(architecture);
+            var batch = Batch(config, 2);
+            using var cpu = new TrainableModel(config, TestModels.RandomWeights(config, 9));
+            using var gpu = new TrainableModel(config, ShardWeights.Slice(config, TestModels.RandomWeights(config, 9), ShardSpec.Whole(config)),
+                mode: new TrainingMode { Device = device });
+            cpu.ZeroGradients();
+            gpu.ZeroGradients();
+            Assert.Equal(cpu.ForwardBackward(batch), gpu.ForwardBackward(batch), 1e-4);
+            foreach (var (a, b) in cpu.Parameters().Zip(gpu.Parameters()))
+                Assert.True(Reference.MaxRelativeError(b.Gradient, a.Gradient) <= 1e-4, $"{architecture} {a.Name}: max error {Reference.MaxRelativeError(b.Gradient, a.Gradient)}");
+        }
+        // And a whole sharded step: pp=2 with its products on the device has the CPU's loss and (clipped) gradients. (Not
+        // weights: Adam's first step turns a gradient's last-bit difference into a whole learning-rate step where it is ~0.)
+        var c = TestModels.SmallConfig(Architecture.Llama);
+        var w = TestModels.RandomWeights(c, 10);
+        using var onCpu = LocalTrainingRun.Create(c, w, ParallelLayout.Parse("pp=2"), Options);
+        using var onDevice = LocalTrainingRun.Create(c, w, ParallelLayout.Parse("pp=2"), Options, mode: new TrainingMode { Device = device });
+        Assert.Equal(onCpu.TrainStep(Batch(c, 4), 2).LossShare, onDevice.TrainStep(Batch(c, 4), 2).LossShare, 1e-4);
+        var expected = WeightAssembly.Tensors(onCpu.WholeParameters().SelectMany(p => p).Select(p => p with { Parameter = p.Gradient }));
+        foreach (var (name, tensor) in WeightAssembly.Tensors(onDevice.WholeParameters().SelectMany(p => p).Select(p => p with { Parameter = p.Gradient })))
+            Assert.True(Reference.MaxRelativeError(tensor, expected[name]) <= 1e-4, $"{name}: max error {Reference.MaxRelativeError(tensor, expected[name])}");
     }
 
     [Fact]
