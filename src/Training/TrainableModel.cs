@@ -413,14 +413,17 @@ public sealed class TrainableModel : IDisposable
             RotaryEmbedding.Apply(k.AsSpan(t * kv, kv), a.Positions[t], _kvHeads, c.HeadDim, c.EffectiveRotaryDim, c.RopeTheta, c.RopeLayout);
         }
         var att = a.Attention[l] = new float[T * Cq];
-        a.Probs[l] = new float[a.Sequences.Length][];
-        for (int i = 0; i < a.Sequences.Length; i++)
+        var allProbs = a.Probs[l] = new float[a.Sequences.Length][];
+        _pool.For(a.Sequences.Length, (s0, s1) =>   // sequences in parallel: each writes its own rows
         {
-            var (offset, length, documents) = a.Sequences[i];
-            var probs = a.Probs[l][i] = new float[_heads * length * length];
-            CausalAttention.Forward(q.AsSpan(offset * Cq, length * Cq), k.AsSpan(offset * kv, length * kv), v.AsSpan(offset * kv, length * kv),
-                att.AsSpan(offset * Cq, length * Cq), probs, documents, length, _heads, _kvHeads, c.HeadDim);
-        }
+            for (int i = s0; i < s1; i++)
+            {
+                var (offset, length, documents) = a.Sequences[i];
+                var probs = allProbs[i] = new float[_heads * length * length];
+                CausalAttention.Forward(q.AsSpan(offset * Cq, length * Cq), k.AsSpan(offset * kv, length * kv), v.AsSpan(offset * kv, length * kv),
+                    att.AsSpan(offset * Cq, length * Cq), probs, documents, length, _heads, _kvHeads, c.HeadDim);
+            }
+        });
         var x1 = a.Residual[l] = new float[T * C];
         Project(a, l, "wo", att, w.Wo, null, x1, T, C, Cq);
         SumOverTensorGroup(x1);                                                          // row-parallel: the ranks' partial sums
@@ -461,7 +464,7 @@ public sealed class TrainableModel : IDisposable
         if (Spec.IsLastStage)
         {
             var dlogits = new float[T * V];
-            loss = CrossEntropy.LossAndGradient(a.Logits, a.Targets, dlogits, V);
+            loss = CrossEntropyOverThreads(a.Logits, a.Targets, dlogits, V);
             if (lossScale != 1f) TensorPrimitives.Multiply(dlogits, lossScale, dlogits);
             var dFinalNormed = new float[T * C];
             _linear.Backward(a.FinalNormed, _head!, VocabColumns(dlogits, T), dFinalNormed, _headGradient!, [], T, _vocab, C);
@@ -497,12 +500,17 @@ public sealed class TrainableModel : IDisposable
             var dq = new float[T * Cq];
             var dk = new float[T * kv];
             var dv = new float[T * kv];
-            for (int i = 0; i < a.Sequences.Length; i++)
+            float[] lq = a.Q[l], lk = a.K[l], lv = a.V[l];
+            float[][] lprobs = a.Probs[l];
+            _pool.For(a.Sequences.Length, (s0, s1) =>   // sequences in parallel: each writes its own rows of dq, dk, dv
             {
-                var (o, n, _) = a.Sequences[i];
-                CausalAttention.Backward(a.Q[l].AsSpan(o * Cq, n * Cq), a.K[l].AsSpan(o * kv, n * kv), a.V[l].AsSpan(o * kv, n * kv), a.Probs[l][i],
-                    dAtt.AsSpan(o * Cq, n * Cq), dq.AsSpan(o * Cq, n * Cq), dk.AsSpan(o * kv, n * kv), dv.AsSpan(o * kv, n * kv), n, _heads, _kvHeads, c.HeadDim);
-            }
+                for (int i = s0; i < s1; i++)
+                {
+                    var (o, n, _) = a.Sequences[i];
+                    CausalAttention.Backward(lq.AsSpan(o * Cq, n * Cq), lk.AsSpan(o * kv, n * kv), lv.AsSpan(o * kv, n * kv), lprobs[i],
+                        dAtt.AsSpan(o * Cq, n * Cq), dq.AsSpan(o * Cq, n * Cq), dk.AsSpan(o * kv, n * kv), dv.AsSpan(o * kv, n * kv), n, _heads, _kvHeads, c.HeadDim);
+                }
+            });
             for (int t = 0; t < T && llama; t++)
             {
                 RotaryEmbedding.Backward(dq.AsSpan(t * Cq, Cq), a.Positions[t], _heads, c.HeadDim, c.EffectiveRotaryDim, c.RopeTheta, c.RopeLayout);
@@ -573,6 +581,27 @@ public sealed class TrainableModel : IDisposable
         var mask = new float[length];
         for (int i = 0; i < length; i++) mask[i] = random.NextSingle() < keep ? 1 / keep : 0;
         return mask;
+    }
+
+    /// <summary>CrossEntropy.LossAndGradient with the rows split over the worker pool; the partial sums add in row order (the same bits for the same threads).</summary>
+    private float CrossEntropyOverThreads(float[] logits, int[] targets, float[] dlogits, int vocab)
+    {
+        int counted = CrossEntropy.Counted(targets, vocab);
+        if (counted == 0)
+        {
+            Array.Clear(dlogits);
+            return 0;
+        }
+        int rows = targets.Length, workers = Math.Min(_pool.Threads, rows);
+        var partials = new double[workers];
+        _pool.Run(worker =>
+        {
+            if (worker >= workers) return;
+            int r0 = (int)((long)rows * worker / workers), r1 = (int)((long)rows * (worker + 1) / workers);
+            partials[worker] = CrossEntropy.SumOverRows(logits.AsSpan(r0 * vocab, (r1 - r0) * vocab), targets.AsSpan(r0, r1 - r0),
+                dlogits.AsSpan(r0 * vocab, (r1 - r0) * vocab), vocab, counted);
+        });
+        return (float)(partials.Sum() / counted);
     }
 
     /// <summary>x (T, C): this rank's embedding rows for the tokens in its vocab slice, summed over the ranks, plus learned positions.</summary>

@@ -14,6 +14,19 @@ public static class CrossEntropy
     /// </summary>
     public static float LossAndGradient(ReadOnlySpan<float> logits, ReadOnlySpan<int> targets, Span<float> dlogits, int vocab)
     {
+        int counted = Counted(targets, vocab);
+        return counted == 0 ? Clear(dlogits, targets.Length * vocab) : (float)(SumOverRows(logits, targets, dlogits, vocab, counted) / counted);
+    }
+
+    private static float Clear(Span<float> dlogits, int length)
+    {
+        dlogits[..length].Clear();
+        return 0;
+    }
+
+    /// <summary>How many targets count (checking each is in the vocabulary).</summary>
+    public static int Counted(ReadOnlySpan<int> targets, int vocab)
+    {
         int counted = 0;
         foreach (int target in targets)
         {
@@ -21,8 +34,16 @@ public static class CrossEntropy
             if ((uint)target >= (uint)vocab) throw new ArgumentOutOfRangeException(nameof(targets), target, $"target outside the vocabulary of {vocab}");
             counted++;
         }
+        return counted;
+    }
+
+    /// <summary>
+    /// Rows of LossAndGradient (so callers can split the rows over threads): Σ over these rows' counted targets of
+    /// −log softmax, and dlogits = (softmax − onehot) / <paramref name="counted"/> (the whole batch's count), zero on ignored rows.
+    /// </summary>
+    public static double SumOverRows(ReadOnlySpan<float> logits, ReadOnlySpan<int> targets, Span<float> dlogits, int vocab, int counted)
+    {
         dlogits.Slice(0, targets.Length * vocab).Clear();
-        if (counted == 0) return 0;
         double loss = 0;
         for (int t = 0; t < targets.Length; t++)
         {
@@ -37,6 +58,6 @@ public static class CrossEntropy
             TensorPrimitives.Multiply(grad, 1f / (sum * counted), grad);       // softmax / counted
             grad[targets[t]] -= 1f / counted;
         }
-        return (float)(loss / counted);
+        return loss;
     }
 }

@@ -52,22 +52,29 @@ public static unsafe class Gemm
     /// Packs B = aᵀ, for a (rows, cols) row-major, as <see cref="Pack"/> packs a (n = cols, k = rows) matrix: each
     /// panel row is a contiguous run of a's row, so no transposed copy of a is ever made (the backward's Wᵀ and dyᵀ).
     /// </summary>
-    public static void PackTransposed(ReadOnlySpan<float> a, int rows, int cols, float* packed)
+    public static void PackTransposed(WorkerPool pool, ReadOnlySpan<float> a, int rows, int cols, float* packed)
     {
         if (a.Length < (long)rows * cols) throw new ArgumentException($"the matrix has {a.Length} floats, ({rows}, {cols}) needs {(long)rows * cols}");
         int n = cols, k = rows, panels = (n + NR - 1) / NR;
-        for (int p = 0; p < panels; p++)
-        {
-            float* panel = packed + (long)p * k * NR;
-            int first = p * NR, width = Math.Min(NR, n - first);
-            for (int kk = 0; kk < k; kk++)
-            {
-                var row = new Span<float>(panel + (long)kk * NR, NR);
-                a.Slice(kk * cols + first, width).CopyTo(row);
-                row[width..].Clear();
-            }
-        }
+        fixed (float* source = a)
+            PackTransposedPanels(pool, source, k, n, panels, packed);
     }
+
+    private static void PackTransposedPanels(WorkerPool pool, float* a, int k, int n, int panels, float* packed) =>
+        pool.For(panels, (p0, p1) =>   // the head's dyᵀ is tens of MB: every thread packs its panels
+        {
+            for (int p = p0; p < p1; p++)
+            {
+                float* panel = packed + (long)p * k * NR;
+                int first = p * NR, width = Math.Min(NR, n - first);
+                for (int kk = 0; kk < k; kk++)
+                {
+                    var row = new Span<float>(panel + (long)kk * NR, NR);
+                    new ReadOnlySpan<float>(a + (long)kk * n + first, width).CopyTo(row);
+                    row[width..].Clear();
+                }
+            }
+        });
 
     /// <summary>y (m, n) = x (m, k) · Wᵀ with W packed by <see cref="Pack"/>. x rows have stride k, y rows stride n.</summary>
     public static void Multiply(WorkerPool pool, float* x, int m, int k, float* packedW, int n, float* y, float* scratch)

@@ -14,11 +14,11 @@ public sealed unsafe class Linear(WorkerPool pool, bool bfloat16 = false) : IPro
     private sealed class Packed : IDisposable
     {
         /// <summary>B (n, k) row-major, packed; with <paramref name="transposed"/>, b is (k, n) and B = bᵀ.</summary>
-        public Packed(ReadOnlySpan<float> b, int n, int k, bool transposed = false, bool bfloat16 = false)
+        public Packed(WorkerPool pool, ReadOnlySpan<float> b, int n, int k, bool transposed = false, bool bfloat16 = false)
         {
             long length = Gemm.PackedLength(n, k);
             Pointer = (float*)NativeMemory.AlignedAlloc((nuint)(length * sizeof(float)), 64);
-            if (transposed) Gemm.PackTransposed(b[..(n * k)], k, n, Pointer);
+            if (transposed) Gemm.PackTransposed(pool, b[..(n * k)], k, n, Pointer);
             else Gemm.Pack(b[..(n * k)], n, k, Pointer);
             if (bfloat16) RoundToBFloat16(new Span<float>(Pointer, checked((int)length)));
         }
@@ -57,7 +57,7 @@ public sealed unsafe class Linear(WorkerPool pool, bool bfloat16 = false) : IPro
     /// <summary>y (M, N) = x (M, K) · Wᵀ (+ b when not empty).</summary>
     public void Forward(ReadOnlySpan<float> x, float[] w, ReadOnlySpan<float> b, Span<float> y, int m, int n, int k)
     {
-        if (!_weights.TryGetValue(w, out var packed)) _weights[w] = packed = new Packed(w, n, k, bfloat16: bfloat16);
+        if (!_weights.TryGetValue(w, out var packed)) _weights[w] = packed = new Packed(pool, w, n, k, bfloat16: bfloat16);
         Multiply(x, packed.Pointer, y, m, n, k);
         if (b.IsEmpty) return;
         for (int row = 0; row < m; row++) TensorPrimitives.Add(y.Slice(row * n, n), b, y.Slice(row * n, n));
@@ -69,7 +69,7 @@ public sealed unsafe class Linear(WorkerPool pool, bool bfloat16 = false) : IPro
     {
         var product = Product(Math.Max(m * k, n * k));
         // dx (M, K) = dy (M, N) · (Wᵀ)ᵀ: Wᵀ (K, N) packed straight from W's rows, once per weight version.
-        if (!_transposedWeights.TryGetValue(w, out var transposed)) _transposedWeights[w] = transposed = new Packed(w, k, n, transposed: true, bfloat16: bfloat16);
+        if (!_transposedWeights.TryGetValue(w, out var transposed)) _transposedWeights[w] = transposed = new Packed(pool, w, k, n, transposed: true, bfloat16: bfloat16);
         Multiply(dy, transposed.Pointer, product.AsSpan(0, m * k), m, k, n);
         TensorPrimitives.Add(dx[..(m * k)], product.AsSpan(0, m * k), dx[..(m * k)]);
         if (dw.IsEmpty) return;                                                                // a frozen weight (LoRA's base): no dW, no db
@@ -77,9 +77,10 @@ public sealed unsafe class Linear(WorkerPool pool, bool bfloat16 = false) : IPro
         // never transposed in memory), then added into dW transposed, tile by tile.
         Grow(ref _transposedX, m * k);
         Transpose(x, m, k, _transposedX);
-        using (var dyt = new Packed(dy, n, m, transposed: true, bfloat16: bfloat16))
+        using (var dyt = new Packed(pool, dy, n, m, transposed: true, bfloat16: bfloat16))
             Multiply(_transposedX.AsSpan(0, m * k), dyt.Pointer, product.AsSpan(0, k * n), k, n, m);
-        Transpose(product.AsSpan(0, k * n), k, n, dw[..(n * k)], add: true);
+        fixed (float* pw = dw, pp = product)
+            TransposeAdd(pool, pp, k, n, pw);
         if (db.IsEmpty) return;
         for (int row = 0; row < m; row++) TensorPrimitives.Add(db, dy.Slice(row * n, n), db);
     }
@@ -100,8 +101,8 @@ public sealed unsafe class Linear(WorkerPool pool, bool bfloat16 = false) : IPro
             Gemm.Multiply(pool, pa, m, k, packedB, n, py, ps);
     }
 
-    /// <summary>t (cols, rows) = aᵀ of a (rows, cols), or += with <paramref name="add"/>, in 32×32 tiles so reads and writes both stay in cache.</summary>
-    private static void Transpose(ReadOnlySpan<float> a, int rows, int cols, Span<float> t, bool add = false)
+    /// <summary>t (cols, rows) = aᵀ of a (rows, cols), in 32×32 tiles so reads and writes both stay in cache.</summary>
+    private static void Transpose(ReadOnlySpan<float> a, int rows, int cols, Span<float> t)
     {
         const int Tile = 32;
         for (int r0 = 0; r0 < rows; r0 += Tile)
@@ -110,8 +111,25 @@ public sealed unsafe class Linear(WorkerPool pool, bool bfloat16 = false) : IPro
                 int r1 = Math.Min(rows, r0 + Tile), c1 = Math.Min(cols, c0 + Tile);
                 for (int r = r0; r < r1; r++)
                     for (int c = c0; c < c1; c++)
-                        t[c * rows + r] = add ? t[c * rows + r] + a[r * cols + c] : a[r * cols + c];
+                        t[c * rows + r] = a[r * cols + c];
             }
+    }
+
+    /// <summary>t (cols, rows) += aᵀ of a (rows, cols), in 32×32 tiles, the threads taking bands of t's rows.</summary>
+    private static void TransposeAdd(WorkerPool pool, float* a, int rows, int cols, float* t)
+    {
+        const int Tile = 32;
+        pool.For((cols + Tile - 1) / Tile, (band0, band1) =>
+        {
+            for (int c0 = band0 * Tile; c0 < Math.Min(cols, band1 * Tile); c0 += Tile)
+                for (int r0 = 0; r0 < rows; r0 += Tile)
+                {
+                    int r1 = Math.Min(rows, r0 + Tile), c1 = Math.Min(cols, c0 + Tile);
+                    for (int r = r0; r < r1; r++)
+                        for (int c = c0; c < c1; c++)
+                            t[(long)c * rows + r] += a[(long)r * cols + c];
+                }
+        });
     }
 
     /// <summary>Rounds each value to the nearest bfloat16 (ties to even): the top 16 bits of its fp32 pattern survive.</summary>
