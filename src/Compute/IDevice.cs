@@ -107,6 +107,15 @@ public interface IDevice : IDisposable
     /// <summary>x (n,) = gelu(x) with the tanh approximation (GPT-2), in place.</summary>
     void Gelu(DeviceBuffer x, int n);
 
+    /// <summary>Backward of SwiGlu from its inputs: dgate (n,) += dout·up·σ(g)·(1 + g·(1 − σ(g))), dup (n,) += dout·silu(g).</summary>
+    void SwiGluBackward(DeviceBuffer gate, DeviceBuffer up, DeviceBuffer dout, DeviceBuffer dgate, DeviceBuffer dup, int n);
+
+    /// <summary>Backward of Gelu from its input: dx (n,) += dout · gelu'(x).</summary>
+    void GeluBackward(DeviceBuffer x, DeviceBuffer dout, DeviceBuffer dx, int n);
+
+    /// <summary>Backward of RmsNorm: dx (rows, dim) += ∂L/∂x, dw (dim,) += Σ over rows of dy·x/rms.</summary>
+    void RmsNormBackward(DeviceBuffer x, DeviceBuffer weight, DeviceBuffer dy, DeviceBuffer dx, DeviceBuffer dw, int rows, int dim, float eps);
+
     /// <summary>x (n,) += y (residual connection).</summary>
     void Add(DeviceBuffer x, DeviceBuffer y, int n);
 

@@ -80,7 +80,7 @@ public sealed class StageActivations
 public sealed class TrainableModel : IDisposable
 {
     private readonly WorkerPool _pool;
-    private readonly IProducts _linear;
+    private readonly ITrainingKernels _kernels;
     private readonly CollectiveGroup? _tensorGroup;
     private readonly float[]? _head, _headGradient;   // (Vl, C) the LM head; the embedding slice itself when tied on one stage
     private readonly int _cq, _ckv, _hidden, _vocab, _heads, _kvHeads;   // this rank's widths
@@ -136,7 +136,7 @@ public sealed class TrainableModel : IDisposable
         _headGradient = sharedHead ? Gradients.TokenEmbedding : Gradients.Output;
         _pool = new WorkerPool(threads);
         if (_mode.Device is not null && _mode.Precision == Precision.BFloat16) throw new ArgumentException("bf16 products run on the CPU path only", nameof(mode));
-        _linear = _mode.Device is { } device ? new DeviceProducts(device) : new Linear(_pool, _mode.Precision == Precision.BFloat16);
+        _kernels = _mode.Device is { } device ? new DeviceTrainingKernels(device) : new CpuTrainingKernels(_pool, _mode.Precision == Precision.BFloat16);
         if (lora is { QuantizeBase: true })
         {
             _quantized = [.. weights.Layers.Select(l => new[] { l.Wq, l.Wk, l.Wv, l.Wo, l.W1, l.W2, l.W3 }.Select(w => w is null ? null : Nf4Tensor.Quantize(w)).ToArray())];
@@ -148,7 +148,7 @@ public sealed class TrainableModel : IDisposable
 
     public void Dispose()
     {
-        _linear.Dispose();
+        _kernels.Dispose();
         _pool.Dispose();
     }
 
@@ -193,7 +193,7 @@ public sealed class TrainableModel : IDisposable
     internal void ReleaseLayerWeights(int l)
     {
         var layer = Weights.Layers[l];
-        foreach (var w in new[] { layer.Wq, layer.Wk, layer.Wv, layer.Wo, layer.W1, layer.W2, layer.W3 }) if (w is not null) _linear.Forget(w);
+        foreach (var w in new[] { layer.Wq, layer.Wk, layer.Wv, layer.Wo, layer.W1, layer.W2, layer.W3 }) if (w is not null) _kernels.Forget(w);
         Weights.Layers[l] = ShardWeights.Map(new ShardWeights { Spec = Spec, Layers = [layer] }, _ => []).Layers[0];
     }
 
@@ -208,7 +208,7 @@ public sealed class TrainableModel : IDisposable
     private void DropProjections(int l)
     {
         var layer = Weights.Layers[l];
-        foreach (var w in new[] { layer.Wq, layer.Wk, layer.Wv, layer.Wo, layer.W1, layer.W2, layer.W3 }) if (w is not null) _linear.Forget(w);
+        foreach (var w in new[] { layer.Wq, layer.Wk, layer.Wv, layer.Wo, layer.W1, layer.W2, layer.W3 }) if (w is not null) _kernels.Forget(w);
         Weights.Layers[l] = WithProjections(layer, [.. new[] { layer.Wq, layer.Wk, layer.Wv, layer.Wo, layer.W1, layer.W2, layer.W3 }.Select(w => w is null ? null : Array.Empty<float>())]);
     }
 
@@ -313,7 +313,7 @@ public sealed class TrainableModel : IDisposable
     /// <summary>Begins a step: clears the gradients and forgets weight layouts packed before an optimizer changed them.</summary>
     public void ZeroGradients()
     {
-        _linear.ForgetPacked();
+        _kernels.ForgetPacked();
         foreach (var (_, _, gradient) in Parameters()) Array.Clear(gradient);
     }
 
@@ -330,7 +330,7 @@ public sealed class TrainableModel : IDisposable
     {
         if (!Spec.IsFirstStage || !Spec.IsLastStage) throw new InvalidOperationException($"shard {Spec} is one stage of a pipeline: run it with a PipelineTrainer");
         if (batch.All(s => s.CountedTargets == 0)) throw new ArgumentException("the batch has no counted targets", nameof(batch));
-        _linear.ForgetPacked();   // an optimizer may have changed the weights since the last call
+        _kernels.ForgetPacked();   // an optimizer may have changed the weights since the last call
         var activations = Forward(batch);
         return Backward(activations, null, 1f).Loss;
     }
@@ -338,7 +338,7 @@ public sealed class TrainableModel : IDisposable
     /// <summary>The logits (T, V) of every position (no gradients).</summary>
     public float[] Logits(int[] tokens, int[]? documents = null)
     {
-        _linear.ForgetPacked();
+        _kernels.ForgetPacked();
         return Forward([new TrainingSequence(tokens, new int[tokens.Length], documents)]).Logits;
     }
 
@@ -387,7 +387,7 @@ public sealed class TrainableModel : IDisposable
         if (!Spec.IsLastStage) return a;
         a.FinalNormed = NormalizeRows(x, Weights.FinalNorm!, Weights.FinalNormBias, T);
         var logits = new float[T * _vocab];                                                  // (T, Vl)
-        _linear.Forward(a.FinalNormed, _head!, [], logits, T, _vocab, C);
+        _kernels.Forward(a.FinalNormed, _head!, [], logits, T, _vocab, C);
         a.Logits = GatherVocab(logits, T);                                                   // (T, V)
         return a;
     }
@@ -437,9 +437,9 @@ public sealed class TrainableModel : IDisposable
         {
             var up = a.Up[l] = new float[T * H];
             Project(a, l, "w3", n2, w.W3!, null, up, T, H, C);
-            Activations.SwiGlu(hidden, up);
+            _kernels.SwiGlu(hidden, up);
         }
-        else Activations.Gelu(hidden);
+        else _kernels.Gelu(hidden);
         var next = new float[T * C];
         Project(a, l, "w2", hidden, w.W2, null, next, T, C, H);
         SumOverTensorGroup(next);
@@ -467,7 +467,7 @@ public sealed class TrainableModel : IDisposable
             loss = CrossEntropyOverThreads(a.Logits, a.Targets, dlogits, V);
             if (lossScale != 1f) TensorPrimitives.Multiply(dlogits, lossScale, dlogits);
             var dFinalNormed = new float[T * C];
-            _linear.Backward(a.FinalNormed, _head!, VocabColumns(dlogits, T), dFinalNormed, _headGradient!, [], T, _vocab, C);
+            _kernels.Backward(a.FinalNormed, _head!, VocabColumns(dlogits, T), dFinalNormed, _headGradient!, [], T, _vocab, C);
             SumOverTensorGroup(dFinalNormed);                                                // column-parallel head: its input's gradient sums over ranks
             NormalizeRowsBackward(a.Output, Weights.FinalNorm!, dFinalNormed, dx, Gradients.FinalNorm!, Gradients.FinalNormBias, T);
         }
@@ -486,10 +486,10 @@ public sealed class TrainableModel : IDisposable
             if (llama)
             {
                 var dUp = new float[T * H];
-                Activations.SwiGluBackward(a.Gate[l], a.Up[l], dHidden, dGate, dUp);
+                _kernels.SwiGluBackward(a.Gate[l], a.Up[l], dHidden, dGate, dUp);
                 ProjectBackward(a, l, "w3", a.FfnNormed[l], w.W3!, dUp, dn2, g.W3!, null, T, H, C);
             }
-            else Activations.GeluBackward(a.Gate[l], dHidden, dGate);
+            else _kernels.GeluBackward(a.Gate[l], dHidden, dGate);
             ProjectBackward(a, l, "w1", a.FfnNormed[l], w.W1, dGate, dn2, g.W1, g.B1, T, H, C);
             SumOverTensorGroup(dn2);
             NormalizeRowsBackward(a.Residual[l], w.FfnNorm, dn2, dx1, g.FfnNorm, g.FfnNormBias, T);
@@ -538,7 +538,7 @@ public sealed class TrainableModel : IDisposable
     /// <summary>y (T, n) = x (T, k)·Wᵀ (+ b), plus the LoRA update (α/r)·drop(x)·Aᵀ·Bᵀ when this projection is adapted.</summary>
     private void Project(StageActivations a, int layer, string target, float[] x, float[] w, float[]? b, float[] y, int T, int n, int k)
     {
-        _linear.Forward(x, w, b, y, T, n, k);
+        _kernels.Forward(x, w, b, y, T, n, k);
         if (!_adapters.TryGetValue((layer, target), out var adapter)) return;
         var input = x;                                                                       // (T, k)
         if (DropoutMask(a, layer, target, x.Length) is { } mask)
@@ -547,9 +547,9 @@ public sealed class TrainableModel : IDisposable
             TensorPrimitives.Multiply(x, mask, input);
         }
         var low = new float[T * _lora!.Rank];                                                  // (T, r) = drop(x)·Aᵀ
-        _linear.Forward(input, adapter.A, [], low, T, _lora.Rank, k);
+        _kernels.Forward(input, adapter.A, [], low, T, _lora.Rank, k);
         var update = new float[T * n];                                                        // (T, n) = low·Bᵀ
-        _linear.Forward(low, adapter.B, [], update, T, n, _lora.Rank);
+        _kernels.Forward(low, adapter.B, [], update, T, n, _lora.Rank);
         TensorPrimitives.MultiplyAdd(update, _lora.Scale, y, y);
         a.Lora[(layer, target)] = (input, low);
     }
@@ -558,16 +558,16 @@ public sealed class TrainableModel : IDisposable
     private void ProjectBackward(StageActivations a, int layer, string target, float[] x, float[] w, float[] dy, float[] dx, float[] dw, float[]? db,
         int T, int n, int k)
     {
-        _linear.Backward(x, w, dy, dx, dw, db ?? [], T, n, k);
+        _kernels.Backward(x, w, dy, dx, dw, db ?? [], T, n, k);
         if (!_adapters.TryGetValue((layer, target), out var adapter)) return;
         var (input, low) = a.Lora[(layer, target)];
         int r = _lora!.Rank;
         var scaled = new float[dy.Length];                                                   // (T, n) ∂L/∂update
         TensorPrimitives.Multiply(dy, _lora.Scale, scaled);
         var dLow = new float[T * r];                                                          // (T, r)
-        _linear.Backward(low, adapter.B, scaled, dLow, adapter.GradB, [], T, n, r);
+        _kernels.Backward(low, adapter.B, scaled, dLow, adapter.GradB, [], T, n, r);
         var dInput = new float[T * k];                                                        // (T, k)
-        _linear.Backward(input, adapter.A, dLow, dInput, adapter.GradA, [], T, r, k);
+        _kernels.Backward(input, adapter.A, dLow, dInput, adapter.GradA, [], T, r, k);
         if (DropoutMask(a, layer, target, dInput.Length) is { } mask) TensorPrimitives.Multiply(dInput, mask, dInput);
         TensorPrimitives.Add(dx, dInput, dx);
     }
@@ -661,9 +661,9 @@ public sealed class TrainableModel : IDisposable
     {
         int C = Config.Dim;
         var y = new float[x.Length];
-        for (int r = 0; r < rows; r++)
-            if (bias is null) Norms.RmsNorm(x.AsSpan(r * C, C), weight, y.AsSpan(r * C, C), Config.NormEps);
-            else Norms.LayerNorm(x.AsSpan(r * C, C), weight, bias, y.AsSpan(r * C, C), Config.NormEps);
+        if (bias is null) _kernels.RmsNorm(x, weight, y, rows, Config.NormEps);
+        else
+            for (int r = 0; r < rows; r++) Norms.LayerNorm(x.AsSpan(r * C, C), weight, bias, y.AsSpan(r * C, C), Config.NormEps);
         return y;
     }
 
@@ -671,9 +671,10 @@ public sealed class TrainableModel : IDisposable
     {
         int C = Config.Dim;
         if (dWeight.Length == 0) (dWeight, dBias) = (_frozenNormGradient, dBias is null ? null : _frozenNormGradient);   // frozen: the weight's gradient is not kept
-        for (int r = 0; r < rows; r++)
-            if (dBias is null) Norms.RmsNormBackward(x.AsSpan(r * C, C), weight, dy.AsSpan(r * C, C), dx.AsSpan(r * C, C), dWeight, Config.NormEps);
-            else Norms.LayerNormBackward(x.AsSpan(r * C, C), weight, dy.AsSpan(r * C, C), dx.AsSpan(r * C, C), dWeight, dBias, Config.NormEps);
+        if (dBias is null) _kernels.RmsNormBackward(x, weight, dy, dx, dWeight, rows, Config.NormEps);
+        else
+            for (int r = 0; r < rows; r++)
+                Norms.LayerNormBackward(x.AsSpan(r * C, C), weight, dy.AsSpan(r * C, C), dx.AsSpan(r * C, C), dWeight, dBias, Config.NormEps);
     }
 
     private static ShardWeights ZerosLike(ShardWeights w) => ShardWeights.Map(w, a => new float[a.Length]);

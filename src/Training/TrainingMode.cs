@@ -22,6 +22,6 @@ public sealed record TrainingMode
     public LoraOptions? Lora { get; init; }
     public bool ActivationCheckpointing { get; init; }
     public Precision Precision { get; init; }
-    /// <summary>Where the matrix products (forward and backward) run: null for the CPU's GEMM, else this device's MatMul (e.g. ILGPU); the rest stays on the CPU.</summary>
+    /// <summary>Where the products, SwiGLU/GELU and RMSNorm (forward and backward) run: null for the CPU, else this device (e.g. ILGPU; see DeviceTrainingKernels).</summary>
     public Cluster.Compute.IDevice? Device { get; init; }
 }

@@ -200,6 +200,39 @@ public sealed class IlgpuDeviceTests(IlgpuCpuFixture devices) : IClassFixture<Il
         Assert.Throws<ArgumentOutOfRangeException>(() => { using var t = devices.Ilgpu.Allocate(8); devices.Ilgpu.Embedding(t, [4], t, 2); });
     }
 
+    [Theory]
+    [InlineData(1, 1)]
+    [InlineData(7, 37)]
+    [InlineData(3, 288)]
+    public void TrainingBackwardKernels(int rows, int dim)
+    {
+        var random = new Random(rows * 100 + dim);
+        float[] x = Values(random, rows * dim), w = Values(random, dim), dy = Values(random, rows * dim);
+        float[] dxStart = Values(random, rows * dim), dwStart = Values(random, dim);   // the ops accumulate into what is there
+        Compare(d =>
+        {
+            using var xb = d.Upload(x);
+            using var wb = d.Upload(w);
+            using var dyb = d.Upload(dy);
+            using var dx = d.Upload(dxStart);
+            using var dw = d.Upload(dwStart);
+            d.RmsNormBackward(xb, wb, dyb, dx, dw, rows, dim, 1e-5f);
+            return [.. Read(d, dx), .. Read(d, dw)];
+        });
+        Compare(d =>
+        {
+            using var gate = d.Upload(x);
+            using var up = d.Upload(dy);
+            using var dout = d.Upload(dxStart);
+            using var dgate = d.Upload(dwStart.Concat(new float[rows * dim - dim]).ToArray());
+            using var dup = d.Allocate(rows * dim);
+            d.SwiGluBackward(gate, up, dout, dgate, dup, rows * dim);
+            using var dx = d.Upload(dy);
+            d.GeluBackward(gate, dout, dx, rows * dim);
+            return [.. Read(d, dgate), .. Read(d, dup), .. Read(d, dx)];
+        });
+    }
+
     [Fact]
     public void DisposeFreesEverything()
     {

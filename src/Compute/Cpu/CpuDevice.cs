@@ -74,6 +74,19 @@ public sealed unsafe class CpuDevice : IDevice
         }
     }
 
+    public void SwiGluBackward(DeviceBuffer gate, DeviceBuffer up, DeviceBuffer dout, DeviceBuffer dgate, DeviceBuffer dup, int n) =>
+        Activations.SwiGluBackward(Cpu(gate).Data.AsSpan(0, n), Cpu(up).Data.AsSpan(0, n), Cpu(dout).Data.AsSpan(0, n), Cpu(dgate).Data.AsSpan(0, n), Cpu(dup).Data.AsSpan(0, n));
+
+    public void GeluBackward(DeviceBuffer x, DeviceBuffer dout, DeviceBuffer dx, int n) =>
+        Activations.GeluBackward(Cpu(x).Data.AsSpan(0, n), Cpu(dout).Data.AsSpan(0, n), Cpu(dx).Data.AsSpan(0, n));
+
+    public void RmsNormBackward(DeviceBuffer x, DeviceBuffer weight, DeviceBuffer dy, DeviceBuffer dx, DeviceBuffer dw, int rows, int dim, float eps)
+    {
+        float[] xs = Cpu(x).Data, w = Cpu(weight).Data, dys = Cpu(dy).Data, dxs = Cpu(dx).Data, dws = Cpu(dw).Data;
+        for (int r = 0; r < rows; r++)   // in row order: every row adds into dw
+            Norms.RmsNormBackward(xs.AsSpan(r * dim, dim), w.AsSpan(0, dim), dys.AsSpan(r * dim, dim), dxs.AsSpan(r * dim, dim), dws.AsSpan(0, dim), eps);
+    }
+
     public void RmsNorm(DeviceBuffer x, DeviceBuffer weight, DeviceBuffer y, int rows, int dim, float eps)
     {
         float[] xs = Cpu(x).Data, w = Cpu(weight).Data, ys = Cpu(y).Data;

@@ -8,7 +8,7 @@ using System.Runtime.InteropServices;
 namespace Cluster.Compute.Cpu;
 
 /// <param name="bfloat16">Round every product's inputs to bfloat16 (fp32 accumulation): bf16 compute numerics.</param>
-public sealed unsafe class Linear(WorkerPool pool, bool bfloat16 = false) : IProducts
+public sealed unsafe class Linear(WorkerPool pool, bool bfloat16 = false) : IDisposable
 {
     /// <summary>A matrix packed for Gemm.Multiply, in native memory.</summary>
     private sealed class Packed : IDisposable

@@ -194,6 +194,32 @@ public sealed unsafe class IlgpuDevice : IDevice
         Elementwise(n, count => _kernels.Gelu(count, View(x)));
     }
 
+    public void SwiGluBackward(DeviceBuffer gate, DeviceBuffer up, DeviceBuffer dout, DeviceBuffer dgate, DeviceBuffer dup, int n)
+    {
+        foreach (var (buffer, name) in new[] { (gate, nameof(gate)), (up, nameof(up)), (dout, nameof(dout)), (dgate, nameof(dgate)), (dup, nameof(dup)) })
+            CheckLength(buffer, n, name);
+        Elementwise(n, count => _kernels.SwiGluBackward(count, View(gate), View(up), View(dout), View(dgate), View(dup)));
+    }
+
+    public void GeluBackward(DeviceBuffer x, DeviceBuffer dout, DeviceBuffer dx, int n)
+    {
+        foreach (var (buffer, name) in new[] { (x, nameof(x)), (dout, nameof(dout)), (dx, nameof(dx)) }) CheckLength(buffer, n, name);
+        Elementwise(n, count => _kernels.GeluBackward(count, View(x), View(dout), View(dx)));
+    }
+
+    public void RmsNormBackward(DeviceBuffer x, DeviceBuffer weight, DeviceBuffer dy, DeviceBuffer dx, DeviceBuffer dw, int rows, int dim, float eps)
+    {
+        CheckRows(rows, dim, x, dy, weight);
+        CheckRows(rows, dim, x, dx, dw);
+        if (rows == 0) return;
+        using var scales = Allocate(rows);
+        _thread.Run(() =>
+        {
+            _kernels.RmsNormBackwardRows(rows, View(x), View(weight), View(dy), View(dx), View(scales), dim, eps);
+            _kernels.RmsNormBackwardWeight(dim, View(x), View(dy), View(scales), View(dw), rows, dim);
+        });
+    }
+
     public void Add(DeviceBuffer x, DeviceBuffer y, int n)
     {
         CheckLength(x, n, nameof(x));

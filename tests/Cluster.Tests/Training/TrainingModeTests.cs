@@ -1,7 +1,8 @@
 // Activation checkpointing and bf16 compute: recomputing each layer in the backward gives bitwise the same training
 // steps as keeping every activation (one device, and tensor × pipeline-parallel, LoRA included); bf16 products round
 // as bfloat16 does (nearest, ties to even) and give gradients within bf16's precision of fp32's, and still learn;
-// the products on an ILGPU device (its CPU accelerator here; CUDA where there is one) give the CPU's gradients and steps.
+// the products, SwiGLU/GELU and RMSNorm on an ILGPU device (its CPU accelerator here; CUDA where there is one) give the
+// CPU's gradients and steps.
 using Cluster.Compute.Cpu;
 using Cluster.Compute.Ilgpu;
 using Cluster.Model;
@@ -43,7 +44,7 @@ public sealed class TrainingModeTests
     [Theory]
     [InlineData(IlgpuTarget.Cpu)]
     [InlineData(IlgpuTarget.Cuda)]
-    public void ProductsOnIlgpuGiveTheCpusGradientsAndSteps(IlgpuTarget target)
+    public void KernelsOnIlgpuGiveTheCpusGradientsAndSteps(IlgpuTarget target)
     {
         if (!IlgpuDevice.Available().Contains(target)) Assert.Skip($"no ILGPU {target} device on this machine: skipped");
         using var device = IlgpuDevice.Create(target);
@@ -60,7 +61,7 @@ public sealed class TrainingModeTests
             foreach (var (a, b) in cpu.Parameters().Zip(gpu.Parameters()))
                 Assert.True(Reference.MaxRelativeError(b.Gradient, a.Gradient) <= 1e-4, $"{architecture} {a.Name}: max error {Reference.MaxRelativeError(b.Gradient, a.Gradient)}");
         }
-        // And a whole sharded step: pp=2 with its products on the device has the CPU's loss and (clipped) gradients. (Not
+        // And a whole sharded step: pp=2 with its kernels on the device has the CPU's loss and (clipped) gradients. (Not
         // weights: Adam's first step turns a gradient's last-bit difference into a whole learning-rate step where it is ~0.)
         var c = TestModels.SmallConfig(Architecture.Llama);
         var w = TestModels.RandomWeights(c, 10);
