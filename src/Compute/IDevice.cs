@@ -116,6 +116,18 @@ public interface IDevice : IDisposable
     /// <summary>Backward of RmsNorm: dx (rows, dim) += ∂L/∂x, dw (dim,) += Σ over rows of dy·x/rms.</summary>
     void RmsNormBackward(DeviceBuffer x, DeviceBuffer weight, DeviceBuffer dy, DeviceBuffer dx, DeviceBuffer dw, int rows, int dim, float eps);
 
+    /// <summary>Backward of Rope: rotates dx (T, heads·headDim) in place back by each token's angle.</summary>
+    void RopeBackward(DeviceBuffer dx, ReadOnlySpan<int> positions, int heads, int headDim, int rotaryDim, float theta, RopeLayout layout);
+
+    /// <summary>Backward of LayerNorm: dx (rows, dim) += ∂L/∂x, dw, db (dim,) += their gradients summed over rows.</summary>
+    void LayerNormBackward(DeviceBuffer x, DeviceBuffer weight, DeviceBuffer dy, DeviceBuffer dx, DeviceBuffer dw, DeviceBuffer db, int rows, int dim, float eps);
+
+    /// <summary>
+    /// Cross-entropy of logits (T, vocab) against targets (T,; −1 = not counted): losses (T,) = −log softmax at the
+    /// target (0 where not counted), dlogits (T, vocab) = (softmax − onehot) / <paramref name="counted"/>.
+    /// </summary>
+    void CrossEntropy(DeviceBuffer logits, ReadOnlySpan<int> targets, DeviceBuffer dlogits, DeviceBuffer losses, int vocab, int counted);
+
     /// <summary>x (n,) += y (residual connection).</summary>
     void Add(DeviceBuffer x, DeviceBuffer y, int n);
 

@@ -1,8 +1,8 @@
-// The kernels a training step runs outside attention, wherever they run: the matrix products (forward and backward),
-// SwiGLU and GELU, and RMSNorm, each with its backward. CpuTrainingKernels runs them on the host (the packed AVX-512
-// GEMM and the CPU kernels); DeviceTrainingKernels on any IDevice (ILGPU on a GPU, or its CPU accelerator to check it),
-// copying the step's host tensors to the device and back each call: the GPU path's kernels checked end to end, not a
-// fast path. Attention, RoPE, LayerNorm, cross-entropy and the optimizer stay on the host either way.
+// The kernels a training step runs outside attention, wherever they run: the matrix products, SwiGLU and GELU,
+// RMSNorm and LayerNorm, RoPE, each with its backward, and the cross-entropy with its gradient. CpuTrainingKernels
+// runs them on the host (the packed AVX-512 GEMM and the CPU kernels); DeviceTrainingKernels on any IDevice (ILGPU on a
+// GPU, or its CPU accelerator to check it), copying the step's host tensors to the device and back each call: the GPU
+// path's kernels checked end to end, not a fast path. Attention, the embedding's gradient and AdamW stay on the host.
 using System.Numerics.Tensors;
 using Cluster.Compute.Cpu;
 
@@ -34,6 +34,14 @@ public interface ITrainingKernels : IDisposable
     void RmsNorm(float[] x, float[] w, float[] y, int rows, float eps);
     /// <summary>dx (rows, dim) += ∂L/∂x, dw (dim,) += ∂L/∂w.</summary>
     void RmsNormBackward(float[] x, float[] w, float[] dy, float[] dx, float[] dw, int rows, float eps);
+    /// <summary>y (rows, dim) = LayerNorm(x) · w + b.</summary>
+    void LayerNorm(float[] x, float[] w, float[] b, float[] y, int rows, float eps);
+    /// <summary>dx (rows, dim) += ∂L/∂x, dw, db (dim,) += theirs.</summary>
+    void LayerNormBackward(float[] x, float[] w, float[] dy, float[] dx, float[] dw, float[] db, int rows, float eps);
+    /// <summary>Rotates x (T, heads·headDim) in place by each token's position (RoPE), or back by it for the backward.</summary>
+    void Rope(float[] x, int[] positions, int heads, int headDim, int rotaryDim, float theta, RopeLayout layout, bool backward);
+    /// <summary>CrossEntropy.LossAndGradient: the mean loss over counted targets (T,; −1 = not counted), dlogits (T, vocab).</summary>
+    float CrossEntropy(float[] logits, int[] targets, float[] dlogits, int vocab);
 }
 
 /// <summary>The host's kernels: products on the packed GEMM (Linear), the rest row by row.</summary>
@@ -61,6 +69,47 @@ public sealed class CpuTrainingKernels(WorkerPool pool, bool bfloat16 = false) :
     {
         int dim = w.Length;
         for (int r = 0; r < rows; r++) Norms.RmsNormBackward(x.AsSpan(r * dim, dim), w, dy.AsSpan(r * dim, dim), dx.AsSpan(r * dim, dim), dw, eps);
+    }
+
+    public void LayerNorm(float[] x, float[] w, float[] b, float[] y, int rows, float eps)
+    {
+        int dim = w.Length;
+        for (int r = 0; r < rows; r++) Norms.LayerNorm(x.AsSpan(r * dim, dim), w, b, y.AsSpan(r * dim, dim), eps);
+    }
+
+    public void LayerNormBackward(float[] x, float[] w, float[] dy, float[] dx, float[] dw, float[] db, int rows, float eps)
+    {
+        int dim = w.Length;
+        for (int r = 0; r < rows; r++) Norms.LayerNormBackward(x.AsSpan(r * dim, dim), w, dy.AsSpan(r * dim, dim), dx.AsSpan(r * dim, dim), dw, db, eps);
+    }
+
+    public void Rope(float[] x, int[] positions, int heads, int headDim, int rotaryDim, float theta, RopeLayout layout, bool backward)
+    {
+        int width = heads * headDim;
+        for (int t = 0; t < positions.Length; t++)
+            if (backward) RotaryEmbedding.Backward(x.AsSpan(t * width, width), positions[t], heads, headDim, rotaryDim, theta, layout);
+            else RotaryEmbedding.Apply(x.AsSpan(t * width, width), positions[t], heads, headDim, rotaryDim, theta, layout);
+    }
+
+    /// <summary>The rows split over the worker pool; the partial sums add in row order (the same bits for the same threads).</summary>
+    public float CrossEntropy(float[] logits, int[] targets, float[] dlogits, int vocab)
+    {
+        int counted = Cpu.CrossEntropy.Counted(targets, vocab);
+        if (counted == 0)
+        {
+            Array.Clear(dlogits);
+            return 0;
+        }
+        int rows = targets.Length, workers = Math.Min(pool.Threads, rows);
+        var partials = new double[workers];
+        pool.Run(worker =>
+        {
+            if (worker >= workers) return;
+            int r0 = (int)((long)rows * worker / workers), r1 = (int)((long)rows * (worker + 1) / workers);
+            partials[worker] = Cpu.CrossEntropy.SumOverRows(logits.AsSpan(r0 * vocab, (r1 - r0) * vocab), targets.AsSpan(r0, r1 - r0),
+                dlogits.AsSpan(r0 * vocab, (r1 - r0) * vocab), vocab, counted);
+        });
+        return (float)(partials.Sum() / counted);
     }
 
     public void Dispose() => _linear.Dispose();
@@ -114,6 +163,31 @@ public sealed class DeviceTrainingKernels(IDevice device) : ITrainingKernels
         OnDevice([x, w, y], [2], b => device.RmsNorm(b[0], b[1], b[2], rows, w.Length, eps));
     public void RmsNormBackward(float[] x, float[] w, float[] dy, float[] dx, float[] dw, int rows, float eps) =>
         OnDevice([x, w, dy, dx, dw], [3, 4], b => device.RmsNormBackward(b[0], b[1], b[2], b[3], b[4], rows, w.Length, eps));
+
+    public void LayerNorm(float[] x, float[] w, float[] b, float[] y, int rows, float eps) =>
+        OnDevice([x, w, b, y], [3], t => device.LayerNorm(t[0], t[1], t[2], t[3], rows, w.Length, eps));
+    public void LayerNormBackward(float[] x, float[] w, float[] dy, float[] dx, float[] dw, float[] db, int rows, float eps) =>
+        OnDevice([x, w, dy, dx, dw, db], [3, 4, 5], t => device.LayerNormBackward(t[0], t[1], t[2], t[3], t[4], t[5], rows, w.Length, eps));
+
+    public void Rope(float[] x, int[] positions, int heads, int headDim, int rotaryDim, float theta, RopeLayout layout, bool backward) =>
+        OnDevice([x], [0], t =>
+        {
+            if (backward) device.RopeBackward(t[0], positions, heads, headDim, rotaryDim, theta, layout);
+            else device.Rope(t[0], positions, heads, headDim, rotaryDim, theta, layout);
+        });
+
+    public float CrossEntropy(float[] logits, int[] targets, float[] dlogits, int vocab)
+    {
+        int counted = Cpu.CrossEntropy.Counted(targets, vocab);
+        if (counted == 0)
+        {
+            Array.Clear(dlogits);
+            return 0;
+        }
+        var losses = new float[targets.Length];
+        OnDevice([logits, dlogits, losses], [1, 2], t => device.CrossEntropy(t[0], targets, t[1], t[2], vocab, counted));
+        return (float)(losses.Sum(l => (double)l) / counted);
+    }
 
     /// <summary>Uploads the tensors, runs <paramref name="work"/> on their device buffers, downloads the ones it writes.</summary>
     private void OnDevice(float[][] tensors, int[] written, Action<DeviceBuffer[]> work)

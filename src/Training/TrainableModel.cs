@@ -407,10 +407,10 @@ public sealed class TrainableModel : IDisposable
         Project(a, l, "wq", n1, w.Wq, w.Bq, q, T, Cq, C);
         Project(a, l, "wk", n1, w.Wk, w.Bk, k, T, kv, C);
         Project(a, l, "wv", n1, w.Wv, w.Bv, v, T, kv, C);
-        for (int t = 0; t < T && llama; t++)
+        if (llama)
         {
-            RotaryEmbedding.Apply(q.AsSpan(t * Cq, Cq), a.Positions[t], _heads, c.HeadDim, c.EffectiveRotaryDim, c.RopeTheta, c.RopeLayout);
-            RotaryEmbedding.Apply(k.AsSpan(t * kv, kv), a.Positions[t], _kvHeads, c.HeadDim, c.EffectiveRotaryDim, c.RopeTheta, c.RopeLayout);
+            _kernels.Rope(q, a.Positions, _heads, c.HeadDim, c.EffectiveRotaryDim, c.RopeTheta, c.RopeLayout, backward: false);
+            _kernels.Rope(k, a.Positions, _kvHeads, c.HeadDim, c.EffectiveRotaryDim, c.RopeTheta, c.RopeLayout, backward: false);
         }
         var att = a.Attention[l] = new float[T * Cq];
         var allProbs = a.Probs[l] = new float[a.Sequences.Length][];
@@ -464,7 +464,7 @@ public sealed class TrainableModel : IDisposable
         if (Spec.IsLastStage)
         {
             var dlogits = new float[T * V];
-            loss = CrossEntropyOverThreads(a.Logits, a.Targets, dlogits, V);
+            loss = _kernels.CrossEntropy(a.Logits, a.Targets, dlogits, V);
             if (lossScale != 1f) TensorPrimitives.Multiply(dlogits, lossScale, dlogits);
             var dFinalNormed = new float[T * C];
             _kernels.Backward(a.FinalNormed, _head!, VocabColumns(dlogits, T), dFinalNormed, _headGradient!, [], T, _vocab, C);
@@ -511,10 +511,10 @@ public sealed class TrainableModel : IDisposable
                         dAtt.AsSpan(o * Cq, n * Cq), dq.AsSpan(o * Cq, n * Cq), dk.AsSpan(o * kv, n * kv), dv.AsSpan(o * kv, n * kv), n, _heads, _kvHeads, c.HeadDim);
                 }
             });
-            for (int t = 0; t < T && llama; t++)
+            if (llama)
             {
-                RotaryEmbedding.Backward(dq.AsSpan(t * Cq, Cq), a.Positions[t], _heads, c.HeadDim, c.EffectiveRotaryDim, c.RopeTheta, c.RopeLayout);
-                RotaryEmbedding.Backward(dk.AsSpan(t * kv, kv), a.Positions[t], _kvHeads, c.HeadDim, c.EffectiveRotaryDim, c.RopeTheta, c.RopeLayout);
+                _kernels.Rope(dq, a.Positions, _heads, c.HeadDim, c.EffectiveRotaryDim, c.RopeTheta, c.RopeLayout, backward: true);
+                _kernels.Rope(dk, a.Positions, _kvHeads, c.HeadDim, c.EffectiveRotaryDim, c.RopeTheta, c.RopeLayout, backward: true);
             }
             var dn1 = new float[T * C];
             ProjectBackward(a, l, "wq", a.AttnNormed[l], w.Wq, dq, dn1, g.Wq, g.Bq, T, Cq, C);
@@ -583,27 +583,6 @@ public sealed class TrainableModel : IDisposable
         return mask;
     }
 
-    /// <summary>CrossEntropy.LossAndGradient with the rows split over the worker pool; the partial sums add in row order (the same bits for the same threads).</summary>
-    private float CrossEntropyOverThreads(float[] logits, int[] targets, float[] dlogits, int vocab)
-    {
-        int counted = CrossEntropy.Counted(targets, vocab);
-        if (counted == 0)
-        {
-            Array.Clear(dlogits);
-            return 0;
-        }
-        int rows = targets.Length, workers = Math.Min(_pool.Threads, rows);
-        var partials = new double[workers];
-        _pool.Run(worker =>
-        {
-            if (worker >= workers) return;
-            int r0 = (int)((long)rows * worker / workers), r1 = (int)((long)rows * (worker + 1) / workers);
-            partials[worker] = CrossEntropy.SumOverRows(logits.AsSpan(r0 * vocab, (r1 - r0) * vocab), targets.AsSpan(r0, r1 - r0),
-                dlogits.AsSpan(r0 * vocab, (r1 - r0) * vocab), vocab, counted);
-        });
-        return (float)(partials.Sum() / counted);
-    }
-
     /// <summary>x (T, C): this rank's embedding rows for the tokens in its vocab slice, summed over the ranks, plus learned positions.</summary>
     private float[] Embed(StageActivations a)
     {
@@ -662,8 +641,7 @@ public sealed class TrainableModel : IDisposable
         int C = Config.Dim;
         var y = new float[x.Length];
         if (bias is null) _kernels.RmsNorm(x, weight, y, rows, Config.NormEps);
-        else
-            for (int r = 0; r < rows; r++) Norms.LayerNorm(x.AsSpan(r * C, C), weight, bias, y.AsSpan(r * C, C), Config.NormEps);
+        else _kernels.LayerNorm(x, weight, bias, y, rows, Config.NormEps);
         return y;
     }
 
@@ -672,9 +650,7 @@ public sealed class TrainableModel : IDisposable
         int C = Config.Dim;
         if (dWeight.Length == 0) (dWeight, dBias) = (_frozenNormGradient, dBias is null ? null : _frozenNormGradient);   // frozen: the weight's gradient is not kept
         if (dBias is null) _kernels.RmsNormBackward(x, weight, dy, dx, dWeight, rows, Config.NormEps);
-        else
-            for (int r = 0; r < rows; r++)
-                Norms.LayerNormBackward(x.AsSpan(r * C, C), weight, dy.AsSpan(r * C, C), dx.AsSpan(r * C, C), dWeight, dBias, Config.NormEps);
+        else _kernels.LayerNormBackward(x, weight, dy, dx, dWeight, dBias, rows, Config.NormEps);
     }
 
     private static ShardWeights ZerosLike(ShardWeights w) => ShardWeights.Map(w, a => new float[a.Length]);

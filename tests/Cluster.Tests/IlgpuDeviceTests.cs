@@ -231,6 +231,48 @@ public sealed class IlgpuDeviceTests(IlgpuCpuFixture devices) : IClassFixture<Il
             d.GeluBackward(gate, dout, dx, rows * dim);
             return [.. Read(d, dgate), .. Read(d, dup), .. Read(d, dx)];
         });
+        float[] bias = Values(random, dim), dbStart = Values(random, dim);
+        Compare(d =>
+        {
+            using var xb = d.Upload(x);
+            using var wb = d.Upload(w);
+            using var dyb = d.Upload(dy);
+            using var dx = d.Upload(dxStart);
+            using var dw = d.Upload(dwStart);
+            using var db = d.Upload(dbStart);
+            d.LayerNormBackward(xb, wb, dyb, dx, dw, db, rows, dim, 1e-5f);
+            return [.. Read(d, dx), .. Read(d, dw), .. Read(d, db)];
+        });
+        int[] targets = [.. Enumerable.Range(0, rows).Select(r => r % 3 == 1 ? -1 : (r * 7) % dim)];
+        Compare(d =>
+        {
+            using var logits = d.Upload(x);
+            using var dlogits = d.Upload(dxStart);   // overwritten
+            using var losses = d.Allocate(rows);
+            d.CrossEntropy(logits, targets, dlogits, losses, dim, Math.Max(1, targets.Count(t => t >= 0)));
+            return [.. Read(d, dlogits), .. Read(d, losses)];
+        });
+    }
+
+    [Theory]
+    [InlineData(RopeLayout.Interleaved)]
+    [InlineData(RopeLayout.HalfSplit)]
+    public void RopeBackwardTurnsBack(RopeLayout layout)
+    {
+        var random = new Random(3);
+        const int tokens = 5, heads = 3, headDim = 8;
+        float[] x = Values(random, tokens * heads * headDim);
+        int[] positions = [0, 1, 7, 30, 513];
+        Compare(d =>
+        {
+            using var xb = d.Upload(x);
+            d.RopeBackward(xb, positions, heads, headDim, 6, 10000f, layout);
+            return Read(d, xb);
+        });
+        using var there = devices.Ilgpu.Upload(x);   // forward then backward is the identity
+        devices.Ilgpu.Rope(there, positions, heads, headDim, 6, 10000f, layout);
+        devices.Ilgpu.RopeBackward(there, positions, heads, headDim, 6, 10000f, layout);
+        AssertClose(x, Read(devices.Ilgpu, there), Tolerance);
     }
 
     [Fact]

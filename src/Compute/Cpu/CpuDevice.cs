@@ -87,6 +87,28 @@ public sealed unsafe class CpuDevice : IDevice
             Norms.RmsNormBackward(xs.AsSpan(r * dim, dim), w.AsSpan(0, dim), dys.AsSpan(r * dim, dim), dxs.AsSpan(r * dim, dim), dws.AsSpan(0, dim), eps);
     }
 
+    public void RopeBackward(DeviceBuffer dx, ReadOnlySpan<int> positions, int heads, int headDim, int rotaryDim, float theta, RopeLayout layout)
+    {
+        float[] data = Cpu(dx).Data;
+        int width = heads * headDim;
+        for (int t = 0; t < positions.Length; t++)
+            RotaryEmbedding.Backward(data.AsSpan(t * width, width), positions[t], heads, headDim, rotaryDim, theta, layout);
+    }
+
+    public void LayerNormBackward(DeviceBuffer x, DeviceBuffer weight, DeviceBuffer dy, DeviceBuffer dx, DeviceBuffer dw, DeviceBuffer db, int rows, int dim, float eps)
+    {
+        float[] xs = Cpu(x).Data, w = Cpu(weight).Data, dys = Cpu(dy).Data, dxs = Cpu(dx).Data, dws = Cpu(dw).Data, dbs = Cpu(db).Data;
+        for (int r = 0; r < rows; r++)   // in row order: every row adds into dw and db
+            Norms.LayerNormBackward(xs.AsSpan(r * dim, dim), w.AsSpan(0, dim), dys.AsSpan(r * dim, dim), dxs.AsSpan(r * dim, dim), dws.AsSpan(0, dim), dbs.AsSpan(0, dim), eps);
+    }
+
+    public void CrossEntropy(DeviceBuffer logits, ReadOnlySpan<int> targets, DeviceBuffer dlogits, DeviceBuffer losses, int vocab, int counted)
+    {
+        float[] l = Cpu(logits).Data, d = Cpu(dlogits).Data, loss = Cpu(losses).Data;
+        for (int t = 0; t < targets.Length; t++)
+            loss[t] = (float)Cluster.Compute.Cpu.CrossEntropy.SumOverRows(l.AsSpan(t * vocab, vocab), targets.Slice(t, 1), d.AsSpan(t * vocab, vocab), vocab, counted);
+    }
+
     public void RmsNorm(DeviceBuffer x, DeviceBuffer weight, DeviceBuffer y, int rows, int dim, float eps)
     {
         float[] xs = Cpu(x).Data, w = Cpu(weight).Data, ys = Cpu(y).Data;

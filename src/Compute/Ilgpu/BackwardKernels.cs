@@ -1,6 +1,7 @@
 // Backward kernels for training, one thread per element or per row / column, in the CPU backend's operation order:
-// SwiGLU's and GELU's input gradients, and RMSNorm's (a row pass for dx and each row's scale, then a column pass
-// summing the weight's gradient over the rows, so no two threads add into the same element).
+// SwiGLU's and GELU's input gradients, RMSNorm's and LayerNorm's (a row pass for dx and each row's statistics, then a
+// column pass summing the weight's (and bias's) gradient over the rows, so no two threads add into the same element),
+// and the cross-entropy of logit rows with its gradient. RoPE's backward is the forward kernel turning the other way.
 using ILGPU;
 
 namespace Cluster.Compute.Ilgpu;
@@ -49,5 +50,74 @@ internal static class BackwardKernels
         float sum = dw[c];
         for (int r = 0; r < rows; r++) sum += dy[r * dim + c] * x[r * dim + c] * scales[r];
         dw[c] = sum;
+    }
+
+    /// <summary>One thread per row r: LayerNorm's dx[r] += rstd·(dy·w − mean(dy·w) − x̂·mean(dy·w·x̂)); stats[2r], [2r+1] = mean, rstd.</summary>
+    public static void LayerNormRows(Index1D r, ArrayView<float> x, ArrayView<float> w, ArrayView<float> dy, ArrayView<float> dx, ArrayView<float> stats, int dim, float eps)
+    {
+        int row = r * dim;
+        float sum = 0f;
+        for (int i = 0; i < dim; i++) sum += x[row + i];
+        float mean = sum / dim;
+        double variance = 0;
+        for (int i = 0; i < dim; i++) variance += (double)(x[row + i] - mean) * (x[row + i] - mean);
+        float rstd = 1f / MathF.Sqrt((float)(variance / dim) + eps);
+        double meanG = 0, meanGx = 0;
+        for (int i = 0; i < dim; i++)
+        {
+            float g = dy[row + i] * w[i], xhat = (x[row + i] - mean) * rstd;
+            meanG += g;
+            meanGx += g * xhat;
+        }
+        float mg = (float)(meanG / dim), mgx = (float)(meanGx / dim);
+        for (int i = 0; i < dim; i++)
+        {
+            float xhat = (x[row + i] - mean) * rstd;
+            dx[row + i] += rstd * (dy[row + i] * w[i] - mg - xhat * mgx);
+        }
+        stats[2 * r] = mean;
+        stats[2 * r + 1] = rstd;
+    }
+
+    /// <summary>One thread per column c: dw[c] += Σ_rows dy·x̂, db[c] += Σ_rows dy.</summary>
+    public static void LayerNormWeight(Index1D c, ArrayView<float> x, ArrayView<float> dy, ArrayView<float> stats, ArrayView<float> dw, ArrayView<float> db, int rows, int dim)
+    {
+        float sumW = dw[c], sumB = db[c];
+        for (int r = 0; r < rows; r++)
+        {
+            float d = dy[r * dim + c];
+            sumB += d;
+            sumW += d * ((x[r * dim + c] - stats[2 * r]) * stats[2 * r + 1]);
+        }
+        dw[c] = sumW;
+        db[c] = sumB;
+    }
+
+    /// <summary>
+    /// One thread per row r with a counted target: losses[r] = −log softmax(logits[r])[target] and dlogits[r] =
+    /// (softmax − onehot) / counted; rows whose target is −1 get zero gradient and loss.
+    /// </summary>
+    public static void CrossEntropy(Index1D r, ArrayView<float> logits, ArrayView<int> targets, ArrayView<float> dlogits, ArrayView<float> losses, int vocab, int counted)
+    {
+        int row = r * vocab, target = targets[r];
+        if (target < 0)
+        {
+            for (int i = 0; i < vocab; i++) dlogits[row + i] = 0f;
+            losses[r] = 0f;
+            return;
+        }
+        float max = logits[row];
+        for (int i = 1; i < vocab; i++) max = MathF.Max(max, logits[row + i]);
+        float sum = 0f;
+        for (int i = 0; i < vocab; i++)
+        {
+            float e = MathF.Exp(logits[row + i] - max);
+            dlogits[row + i] = e;
+            sum += e;
+        }
+        losses[r] = MathF.Log(sum) + max - logits[row + target];
+        float scale = 1f / (sum * counted);
+        for (int i = 0; i < vocab; i++) dlogits[row + i] *= scale;
+        dlogits[row + target] -= 1f / counted;
     }
 }

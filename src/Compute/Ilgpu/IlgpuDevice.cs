@@ -155,13 +155,41 @@ public sealed unsafe class IlgpuDevice : IDevice
         if (rows > 0) _thread.Run(() => _kernels.LayerNorm(new KernelConfig(rows, GroupSize), View(x), View(weight), View(bias), View(y), dim, eps));
     }
 
-    public void Rope(DeviceBuffer x, ReadOnlySpan<int> positions, int heads, int headDim, int rotaryDim, float theta, RopeLayout layout)
+    public void Rope(DeviceBuffer x, ReadOnlySpan<int> positions, int heads, int headDim, int rotaryDim, float theta, RopeLayout layout) =>
+        Rotate(x, positions, heads, headDim, rotaryDim, theta, layout, 1f);
+
+    public void RopeBackward(DeviceBuffer dx, ReadOnlySpan<int> positions, int heads, int headDim, int rotaryDim, float theta, RopeLayout layout) =>
+        Rotate(dx, positions, heads, headDim, rotaryDim, theta, layout, -1f);   // the transpose of a rotation turns the other way
+
+    private void Rotate(DeviceBuffer x, ReadOnlySpan<int> positions, int heads, int headDim, int rotaryDim, float theta, RopeLayout layout, float direction)
     {
         if (rotaryDim % 2 != 0 || rotaryDim > headDim) throw new ArgumentException($"rotaryDim {rotaryDim} must be even and at most headDim {headDim}");
         CheckLength(x, (long)positions.Length * heads * headDim, nameof(x));
         int interleaved = layout == RopeLayout.Interleaved ? 1 : 0, pairs = rotaryDim / 2;
         WithIndices(positions, pos => Elementwise(pos.IntLength * heads * pairs,
-            n => _kernels.Rope(n, View(x), pos, RopeFrequencies(theta, rotaryDim), heads, headDim, pairs, interleaved)));
+            n => _kernels.Rope(n, View(x), pos, RopeFrequencies(direction * theta, rotaryDim), heads, headDim, pairs, interleaved)));
+    }
+
+    public void LayerNormBackward(DeviceBuffer x, DeviceBuffer weight, DeviceBuffer dy, DeviceBuffer dx, DeviceBuffer dw, DeviceBuffer db, int rows, int dim, float eps)
+    {
+        CheckRows(rows, dim, x, dy, weight);
+        CheckRows(rows, dim, x, dx, dw);
+        CheckLength(db, dim, nameof(db));
+        if (rows == 0) return;
+        using var stats = Allocate(2 * rows);
+        _thread.Run(() =>
+        {
+            _kernels.LayerNormBackwardRows(rows, View(x), View(weight), View(dy), View(dx), View(stats), dim, eps);
+            _kernels.LayerNormBackwardWeight(dim, View(x), View(dy), View(stats), View(dw), View(db), rows, dim);
+        });
+    }
+
+    public void CrossEntropy(DeviceBuffer logits, ReadOnlySpan<int> targets, DeviceBuffer dlogits, DeviceBuffer losses, int vocab, int counted)
+    {
+        CheckLength(logits, (long)targets.Length * vocab, nameof(logits));
+        CheckLength(dlogits, (long)targets.Length * vocab, nameof(dlogits));
+        CheckLength(losses, targets.Length, nameof(losses));
+        WithIndices(targets, t => Elementwise(t.IntLength, n => _kernels.CrossEntropy(n, View(logits), t, View(dlogits), View(losses), vocab, counted)));
     }
 
     public void WriteKv(DeviceBuffer k, DeviceBuffer v, DeviceBuffer cacheK, DeviceBuffer cacheV, ReadOnlySpan<int> slots, int kvDim)
@@ -295,8 +323,8 @@ public sealed unsafe class IlgpuDevice : IDevice
     {
         if (!_ropeFrequencies.TryGetValue((theta, rotaryDim), out var memory))
         {
-            var frequencies = new float[rotaryDim / 2];
-            for (int i = 0; i < frequencies.Length; i++) frequencies[i] = 1.0f / MathF.Pow(theta, 2 * i / (float)rotaryDim);
+            var frequencies = new float[rotaryDim / 2];   // a negative theta asks for the frequencies negated (RoPE's backward)
+            for (int i = 0; i < frequencies.Length; i++) frequencies[i] = MathF.Sign(theta) / MathF.Pow(MathF.Abs(theta), 2 * i / (float)rotaryDim);
             memory = _ropeFrequencies[(theta, rotaryDim)] = _accelerator.Allocate1D(frequencies);
         }
         return memory.View;
