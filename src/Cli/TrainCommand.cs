@@ -31,8 +31,8 @@ public static class TrainCommand
           --lora-rank trains LoRA adapters on the frozen model instead (Llama family, tp=1) and --adapter-out writes them as a
           PEFT adapter (cluster generate --adapter DIR serves it), --lora-nf4 true holding the frozen base in 4-bit NF4 (QLoRA); --recompute true keeps only each layer's input and recomputes
           the rest in the backward (activation checkpointing); --precision bf16 rounds the products' inputs to bfloat16;
-          --device runs the matrix products, SwiGLU/GELU, RMSNorm/LayerNorm, RoPE and the cross-entropy, forward and backward,
-          on an ILGPU device (attention, the embedding's gradient and AdamW stay on the CPU)
+          --device runs the step's kernels (products, activations, norms, RoPE, attention, loss, embedding gradient, AdamW;
+          forward and backward) on an ILGPU device, copying tensors there and back per kernel (a check, not a fast path)
         """;
 
     public static int Run(Arguments a)

@@ -128,6 +128,25 @@ public interface IDevice : IDisposable
     /// </summary>
     void CrossEntropy(DeviceBuffer logits, ReadOnlySpan<int> targets, DeviceBuffer dlogits, DeviceBuffer losses, int vocab, int counted);
 
+    /// <summary>
+    /// Causal attention of one packed training sequence, keeping the weights: output (T, heads·hd), probs (heads, T, T)
+    /// (zero where masked) from q (T, heads·hd), k, v (T, kvHeads·hd); <paramref name="documents"/> (T,) keep packed
+    /// documents apart (empty = one document).
+    /// </summary>
+    void CausalAttention(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, DeviceBuffer output, DeviceBuffer probs, ReadOnlySpan<int> documents,
+        int tokens, int heads, int kvHeads, int headDim);
+
+    /// <summary>dq, dk, dv accumulate the gradients of CausalAttention given dout and its probs.</summary>
+    void CausalAttentionBackward(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, DeviceBuffer probs, DeviceBuffer dout,
+        DeviceBuffer dq, DeviceBuffer dk, DeviceBuffer dv, int tokens, int heads, int kvHeads, int headDim);
+
+    /// <summary>dtable[rows[t]] += dx[t] (T, dim) for every t whose row is not −1 (an embedding's gradient).</summary>
+    void EmbeddingBackward(ReadOnlySpan<int> rows, DeviceBuffer dx, DeviceBuffer dtable, int dim);
+
+    /// <summary>One AdamW update (step counts from 1) of parameters (n,) from gradients, moments m and v updated in place.</summary>
+    void AdamW(DeviceBuffer parameters, DeviceBuffer gradients, DeviceBuffer m, DeviceBuffer v, int n,
+        int step, float learningRate, float beta1, float beta2, float eps, float weightDecay);
+
     /// <summary>x (n,) += y (residual connection).</summary>
     void Add(DeviceBuffer x, DeviceBuffer y, int n);
 

@@ -1,8 +1,8 @@
-// The kernels a training step runs outside attention, wherever they run: the matrix products, SwiGLU and GELU,
-// RMSNorm and LayerNorm, RoPE, each with its backward, and the cross-entropy with its gradient. CpuTrainingKernels
-// runs them on the host (the packed AVX-512 GEMM and the CPU kernels); DeviceTrainingKernels on any IDevice (ILGPU on a
-// GPU, or its CPU accelerator to check it), copying the step's host tensors to the device and back each call: the GPU
-// path's kernels checked end to end, not a fast path. Attention, the embedding's gradient and AdamW stay on the host.
+// The kernels of a training step, wherever they run: the matrix products, SwiGLU and GELU, RMSNorm and LayerNorm, RoPE,
+// causal attention, each with its backward, the cross-entropy with its gradient, the embedding's gradient and AdamW. CpuTrainingKernels runs them on the host (the packed AVX-512 GEMM and the CPU kernels);
+// DeviceTrainingKernels on any IDevice (ILGPU on a GPU, or its CPU accelerator to check it), copying the step's host
+// tensors to the device and back each call: the GPU path's kernels checked end to end, not a fast path. AdamW's update
+// too (the optimizers call it through their model's kernels).
 using System.Numerics.Tensors;
 using Cluster.Compute.Cpu;
 
@@ -42,6 +42,17 @@ public interface ITrainingKernels : IDisposable
     void Rope(float[] x, int[] positions, int heads, int headDim, int rotaryDim, float theta, RopeLayout layout, bool backward);
     /// <summary>CrossEntropy.LossAndGradient: the mean loss over counted targets (T,; −1 = not counted), dlogits (T, vocab).</summary>
     float CrossEntropy(float[] logits, int[] targets, float[] dlogits, int vocab);
+    /// <summary>Cpu.CausalAttention.Forward of one packed sequence (output, probs written).</summary>
+    void Attention(ReadOnlySpan<float> q, ReadOnlySpan<float> k, ReadOnlySpan<float> v, Span<float> output, Span<float> probs, ReadOnlySpan<int> documents,
+        int tokens, int heads, int kvHeads, int headDim);
+    /// <summary>Cpu.CausalAttention.Backward of one packed sequence (dq, dk, dv accumulate).</summary>
+    void AttentionBackward(ReadOnlySpan<float> q, ReadOnlySpan<float> k, ReadOnlySpan<float> v, ReadOnlySpan<float> probs, ReadOnlySpan<float> dout,
+        Span<float> dq, Span<float> dk, Span<float> dv, int tokens, int heads, int kvHeads, int headDim);
+    /// <summary>dtable[rows[t]] += dx[t] (T, dim), skipping rows of −1.</summary>
+    void EmbeddingBackward(int[] rows, float[] dx, float[] dtable, int dim);
+    /// <summary>Cpu.AdamW.Update: one update of the parameters from their gradients, moments in place.</summary>
+    void AdamW(Span<float> parameters, ReadOnlySpan<float> gradients, Span<float> m, Span<float> v, int step, float learningRate,
+        float beta1, float beta2, float eps, float weightDecay);
 }
 
 /// <summary>The host's kernels: products on the packed GEMM (Linear), the rest row by row.</summary>
@@ -111,6 +122,23 @@ public sealed class CpuTrainingKernels(WorkerPool pool, bool bfloat16 = false) :
         });
         return (float)(partials.Sum() / counted);
     }
+
+    public void Attention(ReadOnlySpan<float> q, ReadOnlySpan<float> k, ReadOnlySpan<float> v, Span<float> output, Span<float> probs, ReadOnlySpan<int> documents,
+        int tokens, int heads, int kvHeads, int headDim) => CausalAttention.Forward(q, k, v, output, probs, documents, tokens, heads, kvHeads, headDim);
+
+    public void AttentionBackward(ReadOnlySpan<float> q, ReadOnlySpan<float> k, ReadOnlySpan<float> v, ReadOnlySpan<float> probs, ReadOnlySpan<float> dout,
+        Span<float> dq, Span<float> dk, Span<float> dv, int tokens, int heads, int kvHeads, int headDim) =>
+        CausalAttention.Backward(q, k, v, probs, dout, dq, dk, dv, tokens, heads, kvHeads, headDim);
+
+    public void EmbeddingBackward(int[] rows, float[] dx, float[] dtable, int dim)
+    {
+        for (int t = 0; t < rows.Length; t++)
+            if (rows[t] >= 0) TensorPrimitives.Add(dtable.AsSpan(rows[t] * dim, dim), dx.AsSpan(t * dim, dim), dtable.AsSpan(rows[t] * dim, dim));
+    }
+
+    public void AdamW(Span<float> parameters, ReadOnlySpan<float> gradients, Span<float> m, Span<float> v, int step, float learningRate,
+        float beta1, float beta2, float eps, float weightDecay) =>
+        Cpu.AdamW.Update(parameters, gradients, m, v, step, learningRate, beta1, beta2, eps, weightDecay);
 
     public void Dispose() => _linear.Dispose();
 }
@@ -187,6 +215,39 @@ public sealed class DeviceTrainingKernels(IDevice device) : ITrainingKernels
         var losses = new float[targets.Length];
         OnDevice([logits, dlogits, losses], [1, 2], t => device.CrossEntropy(t[0], targets, t[1], t[2], vocab, counted));
         return (float)(losses.Sum(l => (double)l) / counted);
+    }
+
+    public void Attention(ReadOnlySpan<float> q, ReadOnlySpan<float> k, ReadOnlySpan<float> v, Span<float> output, Span<float> probs, ReadOnlySpan<int> documents,
+        int tokens, int heads, int kvHeads, int headDim)
+    {
+        using DeviceBuffer qb = device.Upload(q), kb = device.Upload(k), vb = device.Upload(v), ob = device.Allocate(output.Length), pb = device.Allocate(probs.Length);
+        device.CausalAttention(qb, kb, vb, ob, pb, documents, tokens, heads, kvHeads, headDim);
+        device.Download(ob, output);
+        device.Download(pb, probs);
+    }
+
+    public void AttentionBackward(ReadOnlySpan<float> q, ReadOnlySpan<float> k, ReadOnlySpan<float> v, ReadOnlySpan<float> probs, ReadOnlySpan<float> dout,
+        Span<float> dq, Span<float> dk, Span<float> dv, int tokens, int heads, int kvHeads, int headDim)
+    {
+        using DeviceBuffer qb = device.Upload(q), kb = device.Upload(k), vb = device.Upload(v), pb = device.Upload(probs), ob = device.Upload(dout),
+            dqb = device.Upload(dq), dkb = device.Upload(dk), dvb = device.Upload(dv);
+        device.CausalAttentionBackward(qb, kb, vb, pb, ob, dqb, dkb, dvb, tokens, heads, kvHeads, headDim);
+        device.Download(dqb, dq);
+        device.Download(dkb, dk);
+        device.Download(dvb, dv);
+    }
+
+    public void EmbeddingBackward(int[] rows, float[] dx, float[] dtable, int dim) =>
+        OnDevice([dx, dtable], [1], t => device.EmbeddingBackward(rows, t[0], t[1], dim));
+
+    public void AdamW(Span<float> parameters, ReadOnlySpan<float> gradients, Span<float> m, Span<float> v, int step, float learningRate,
+        float beta1, float beta2, float eps, float weightDecay)
+    {
+        using DeviceBuffer pb = device.Upload(parameters), gb = device.Upload(gradients), mb = device.Upload(m), vb = device.Upload(v);
+        device.AdamW(pb, gb, mb, vb, parameters.Length, step, learningRate, beta1, beta2, eps, weightDecay);
+        device.Download(pb, parameters);
+        device.Download(mb, m);
+        device.Download(vb, v);
     }
 
     /// <summary>Uploads the tensors, runs <paramref name="work"/> on their device buffers, downloads the ones it writes.</summary>

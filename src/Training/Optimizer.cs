@@ -1,7 +1,6 @@
 // The optimizer of a training run: AdamW over every parameter of a TrainableModel, the gradient clipped to a global
-// L2 norm first, and the learning rate from a linear warmup then cosine decay to a floor (nanoGPT's get_lr).
-using Cluster.Compute.Cpu;
-
+// L2 norm first, and the learning rate from a linear warmup then cosine decay to a floor (nanoGPT's get_lr). The update
+// runs where the model's kernels run.
 namespace Cluster.Training;
 
 public sealed record OptimizerOptions
@@ -55,7 +54,7 @@ public sealed class Optimizer(TrainableModel model, OptimizerOptions options)
         {
             if (clip != 1f) System.Numerics.Tensors.TensorPrimitives.Multiply(gradient, clip, gradient);
             float decay = TrainableModel.IsMatrix(name) ? options.WeightDecay : 0f;   // as nanoGPT: norms and biases are not decayed
-            AdamW.Update(parameter, gradient, _moments[i].M, _moments[i].V, Step, lr, options.Beta1, options.Beta2, options.Eps, decay);
+            model.Kernels.AdamW(parameter, gradient, _moments[i].M, _moments[i].V, Step, lr, options.Beta1, options.Beta2, options.Eps, decay);
             i++;
         }
         return (lr, norm);

@@ -3,20 +3,23 @@
 // state), and updates just that slice from the reduce-scattered gradient. The update of each element is the same
 // AdamW as Optimizer's, so a ZeRO run matches a plain one up to the gradient norm's summation order.
 using Cluster.Compute.Collectives;
-using Cluster.Compute.Cpu;
+using Cluster.Compute;
 
 namespace Cluster.Training;
 
 public sealed class ShardedOptimizer
 {
     private readonly OptimizerOptions _options;
+    private readonly ITrainingKernels _kernels;
     private readonly (int Start, int Length, bool Decay, bool Counted)[] _runs;   // parts of this slice, by the tensor they belong to
     private readonly float[] _m, _v;
 
     /// <param name="bucket">The tensors flattened one after another (ShardTrainer's buckets: a layer's, or all of a shard's).</param>
-    public ShardedOptimizer(IEnumerable<ParameterSlice> bucket, OptimizerOptions options, int rank, int worldSize)
+    /// <param name="kernels">Where the update runs (its model's kernels).</param>
+    public ShardedOptimizer(IEnumerable<ParameterSlice> bucket, OptimizerOptions options, int rank, int worldSize, ITrainingKernels kernels)
     {
         _options = options;
+        _kernels = kernels;
         var tensors = bucket.Select(p => (p.Name, p.Parameter.Length, p.Counted)).ToArray();
         TotalLength = tensors.Sum(t => t.Length);
         (Offset, Count) = CollectiveGroup.Partition(TotalLength, worldSize, rank);
@@ -68,7 +71,7 @@ public sealed class ShardedOptimizer
         if (clip != 1f) System.Numerics.Tensors.TensorPrimitives.Multiply(gradients, clip, gradients);
         float lr = _options.LearningRateAt(Step);
         foreach (var (start, length, decay, _) in _runs)
-            AdamW.Update(parameters.Slice(start, length), gradients.Slice(start, length), _m.AsSpan(start, length), _v.AsSpan(start, length),
+            _kernels.AdamW(parameters.Slice(start, length), gradients.Slice(start, length), _m.AsSpan(start, length), _v.AsSpan(start, length),
                 Step, lr, _options.Beta1, _options.Beta2, _options.Eps, decay ? _options.WeightDecay : 0f);
         return lr;
     }

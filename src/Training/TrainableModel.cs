@@ -154,6 +154,8 @@ public sealed class TrainableModel : IDisposable
 
     public ModelConfig Config { get; }
     public ShardSpec Spec { get; }
+    /// <summary>Where this shard's kernels run (the optimizers update its parameters there too).</summary>
+    public ITrainingKernels Kernels => _kernels;
     /// <summary>The parameters, updated in place by an optimizer.</summary>
     public ShardWeights Weights { get; }
     /// <summary>∂loss/∂parameter, same shapes as <see cref="Weights"/>.</summary>
@@ -420,7 +422,7 @@ public sealed class TrainableModel : IDisposable
             {
                 var (offset, length, documents) = a.Sequences[i];
                 var probs = allProbs[i] = new float[_heads * length * length];
-                CausalAttention.Forward(q.AsSpan(offset * Cq, length * Cq), k.AsSpan(offset * kv, length * kv), v.AsSpan(offset * kv, length * kv),
+                _kernels.Attention(q.AsSpan(offset * Cq, length * Cq), k.AsSpan(offset * kv, length * kv), v.AsSpan(offset * kv, length * kv),
                     att.AsSpan(offset * Cq, length * Cq), probs, documents, length, _heads, _kvHeads, c.HeadDim);
             }
         });
@@ -507,7 +509,7 @@ public sealed class TrainableModel : IDisposable
                 for (int i = s0; i < s1; i++)
                 {
                     var (o, n, _) = a.Sequences[i];
-                    CausalAttention.Backward(lq.AsSpan(o * Cq, n * Cq), lk.AsSpan(o * kv, n * kv), lv.AsSpan(o * kv, n * kv), lprobs[i],
+                    _kernels.AttentionBackward(lq.AsSpan(o * Cq, n * Cq), lk.AsSpan(o * kv, n * kv), lv.AsSpan(o * kv, n * kv), lprobs[i],
                         dAtt.AsSpan(o * Cq, n * Cq), dq.AsSpan(o * Cq, n * Cq), dk.AsSpan(o * kv, n * kv), dv.AsSpan(o * kv, n * kv), n, _heads, _kvHeads, c.HeadDim);
                 }
             });
@@ -528,10 +530,9 @@ public sealed class TrainableModel : IDisposable
         }
         if (!Spec.IsFirstStage || _lora is not null) return (loss, Spec.IsFirstStage ? null : dx);   // a frozen embedding needs no gradient
         var vocab = Spec.Vocab;
-        for (int t = 0; t < T; t++)   // vocab-parallel embedding: this rank's rows only
-            if (a.Tokens[t] >= vocab.Offset && a.Tokens[t] < vocab.End)
-                TensorPrimitives.Add(Gradients.TokenEmbedding!.AsSpan((a.Tokens[t] - vocab.Offset) * C, C), dx.AsSpan(t * C, C), Gradients.TokenEmbedding.AsSpan((a.Tokens[t] - vocab.Offset) * C, C));
-        if (Gradients.PositionEmbedding is { } dPositions) EmbeddingBackward.Backward(a.Positions, dx, dPositions, C);
+        int[] rows = [.. a.Tokens.Select(token => token >= vocab.Offset && token < vocab.End ? token - vocab.Offset : -1)];   // vocab-parallel: this rank's rows only
+        _kernels.EmbeddingBackward(rows, dx, Gradients.TokenEmbedding!, C);
+        if (Gradients.PositionEmbedding is { } dPositions) _kernels.EmbeddingBackward(a.Positions, dx, dPositions, C);
         return (loss, null);
     }
 

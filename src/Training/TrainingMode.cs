@@ -22,6 +22,6 @@ public sealed record TrainingMode
     public LoraOptions? Lora { get; init; }
     public bool ActivationCheckpointing { get; init; }
     public Precision Precision { get; init; }
-    /// <summary>Where the products, activations, norms, RoPE and cross-entropy (forward and backward) run: null for the CPU, else this device (e.g. ILGPU; see DeviceTrainingKernels).</summary>
+    /// <summary>Where the step's kernels (forward, backward, AdamW) run: null for the CPU, else this device (e.g. ILGPU; see DeviceTrainingKernels).</summary>
     public Cluster.Compute.IDevice? Device { get; init; }
 }

@@ -255,6 +255,48 @@ public sealed class IlgpuDeviceTests(IlgpuCpuFixture devices) : IClassFixture<Il
     }
 
     [Theory]
+    [InlineData(1, 1, 1, 4, false)]
+    [InlineData(9, 6, 2, 8, true)]    // grouped-query, two packed documents
+    [InlineData(13, 4, 4, 5, false)]
+    public void TrainingAttentionForwardAndBackward(int tokens, int heads, int kvHeads, int headDim, bool packed)
+    {
+        var random = new Random(tokens * 31 + heads);
+        float[] q = Values(random, tokens * heads * headDim), k = Values(random, tokens * kvHeads * headDim), v = Values(random, tokens * kvHeads * headDim);
+        float[] dout = Values(random, tokens * heads * headDim), dqStart = Values(random, q.Length), dkStart = Values(random, k.Length), dvStart = Values(random, v.Length);
+        int[] documents = packed ? [.. Enumerable.Range(0, tokens).Select(t => t < tokens / 2 ? 0 : 1)] : [];
+        Compare(d =>
+        {
+            using DeviceBuffer qb = d.Upload(q), kb = d.Upload(k), vb = d.Upload(v), output = d.Allocate(q.Length), probs = d.Allocate(heads * tokens * tokens);
+            d.CausalAttention(qb, kb, vb, output, probs, documents, tokens, heads, kvHeads, headDim);
+            using DeviceBuffer ob = d.Upload(dout), dq = d.Upload(dqStart), dk = d.Upload(dkStart), dv = d.Upload(dvStart);
+            d.CausalAttentionBackward(qb, kb, vb, probs, ob, dq, dk, dv, tokens, heads, kvHeads, headDim);
+            return [.. Read(d, output), .. Read(d, probs), .. Read(d, dq), .. Read(d, dk), .. Read(d, dv)];
+        });
+        int[] rows = [.. Enumerable.Range(0, tokens).Select(t => t % 4 == 3 ? -1 : t % 3)];
+        float[] tableStart = Values(random, 3 * headDim);
+        Compare(d =>
+        {
+            using DeviceBuffer dx = d.Upload(dout.AsSpan(0, tokens * headDim)), table = d.Upload(tableStart);
+            d.EmbeddingBackward(rows, dx, table, headDim);
+            return Read(d, table);
+        });
+    }
+
+    [Fact]
+    public void AdamWUpdate()
+    {
+        var random = new Random(17);
+        float[] p = Values(random, 301), g = Values(random, 301), m = Values(random, 301, 0.1f), v = Values(random, 301, 0.1f);
+        for (int i = 0; i < v.Length; i++) v[i] = Math.Abs(v[i]);
+        Compare(d =>
+        {
+            using DeviceBuffer pb = d.Upload(p), gb = d.Upload(g), mb = d.Upload(m), vb = d.Upload(v);
+            d.AdamW(pb, gb, mb, vb, 301, step: 3, learningRate: 1e-2f, beta1: 0.9f, beta2: 0.95f, eps: 1e-8f, weightDecay: 0.1f);
+            return [.. Read(d, pb), .. Read(d, mb), .. Read(d, vb)];
+        });
+    }
+
+    [Theory]
     [InlineData(RopeLayout.Interleaved)]
     [InlineData(RopeLayout.HalfSplit)]
     public void RopeBackwardTurnsBack(RopeLayout layout)

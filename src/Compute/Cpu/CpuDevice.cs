@@ -109,6 +109,31 @@ public sealed unsafe class CpuDevice : IDevice
             loss[t] = (float)Cluster.Compute.Cpu.CrossEntropy.SumOverRows(l.AsSpan(t * vocab, vocab), targets.Slice(t, 1), d.AsSpan(t * vocab, vocab), vocab, counted);
     }
 
+    public void CausalAttention(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, DeviceBuffer output, DeviceBuffer probs, ReadOnlySpan<int> documents,
+        int tokens, int heads, int kvHeads, int headDim) =>
+        Cluster.Compute.Cpu.CausalAttention.Forward(Cpu(q).Data.AsSpan(0, tokens * heads * headDim), Cpu(k).Data.AsSpan(0, tokens * kvHeads * headDim),
+            Cpu(v).Data.AsSpan(0, tokens * kvHeads * headDim), Cpu(output).Data.AsSpan(0, tokens * heads * headDim),
+            Cpu(probs).Data.AsSpan(0, heads * tokens * tokens), documents, tokens, heads, kvHeads, headDim);
+
+    public void CausalAttentionBackward(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, DeviceBuffer probs, DeviceBuffer dout,
+        DeviceBuffer dq, DeviceBuffer dk, DeviceBuffer dv, int tokens, int heads, int kvHeads, int headDim) =>
+        Cluster.Compute.Cpu.CausalAttention.Backward(Cpu(q).Data.AsSpan(0, tokens * heads * headDim), Cpu(k).Data.AsSpan(0, tokens * kvHeads * headDim),
+            Cpu(v).Data.AsSpan(0, tokens * kvHeads * headDim), Cpu(probs).Data.AsSpan(0, heads * tokens * tokens), Cpu(dout).Data.AsSpan(0, tokens * heads * headDim),
+            Cpu(dq).Data.AsSpan(0, tokens * heads * headDim), Cpu(dk).Data.AsSpan(0, tokens * kvHeads * headDim), Cpu(dv).Data.AsSpan(0, tokens * kvHeads * headDim),
+            tokens, heads, kvHeads, headDim);
+
+    public void EmbeddingBackward(ReadOnlySpan<int> rows, DeviceBuffer dx, DeviceBuffer dtable, int dim)
+    {
+        float[] d = Cpu(dx).Data, table = Cpu(dtable).Data;
+        for (int t = 0; t < rows.Length; t++)
+            if (rows[t] >= 0) TensorPrimitives.Add(table.AsSpan(rows[t] * dim, dim), d.AsSpan(t * dim, dim), table.AsSpan(rows[t] * dim, dim));
+    }
+
+    public void AdamW(DeviceBuffer parameters, DeviceBuffer gradients, DeviceBuffer m, DeviceBuffer v, int n,
+        int step, float learningRate, float beta1, float beta2, float eps, float weightDecay) =>
+        Cluster.Compute.Cpu.AdamW.Update(Cpu(parameters).Data.AsSpan(0, n), Cpu(gradients).Data.AsSpan(0, n), Cpu(m).Data.AsSpan(0, n), Cpu(v).Data.AsSpan(0, n),
+            step, learningRate, beta1, beta2, eps, weightDecay);
+
     public void RmsNorm(DeviceBuffer x, DeviceBuffer weight, DeviceBuffer y, int rows, int dim, float eps)
     {
         float[] xs = Cpu(x).Data, w = Cpu(weight).Data, ys = Cpu(y).Data;

@@ -120,4 +120,15 @@ internal static class BackwardKernels
         for (int i = 0; i < vocab; i++) dlogits[row + i] *= scale;
         dlogits[row + target] -= 1f / counted;
     }
+
+    /// <summary>AdamW on element i (Cpu/AdamW's arithmetic): moments, bias correction (corrections precomputed), decoupled decay.</summary>
+    public static void AdamW(Index1D i, ArrayView<float> parameters, ArrayView<float> gradients, ArrayView<float> m, ArrayView<float> v,
+        float learningRate, float beta1, float beta2, float eps, float weightDecay, float correction1, float correction2)
+    {
+        float g = gradients[i];
+        m[i] = beta1 * m[i] + (1f - beta1) * g;
+        v[i] = beta2 * v[i] + (1f - beta2) * g * g;
+        float mHat = m[i] / correction1, vHat = v[i] / correction2;
+        parameters[i] -= learningRate * (mHat / (MathF.Sqrt(vHat) + eps) + weightDecay * parameters[i]);
+    }
 }

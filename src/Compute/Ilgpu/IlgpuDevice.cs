@@ -248,6 +248,59 @@ public sealed unsafe class IlgpuDevice : IDevice
         });
     }
 
+    public void CausalAttention(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, DeviceBuffer output, DeviceBuffer probs, ReadOnlySpan<int> documents,
+        int tokens, int heads, int kvHeads, int headDim)
+    {
+        CheckTrainingAttention(q, k, v, probs, tokens, heads, kvHeads, headDim);
+        CheckLength(output, (long)tokens * heads * headDim, nameof(output));
+        if (!documents.IsEmpty && documents.Length != tokens) throw new ArgumentException($"{documents.Length} document ids for {tokens} tokens");
+        int hasDocuments = documents.IsEmpty ? 0 : 1;
+        WithIndices(documents.IsEmpty ? [0] : documents, ids => Elementwise(heads * tokens,
+            n => _kernels.TrainingAttention(n, View(q), View(k), View(v), View(output), View(probs), ids, hasDocuments, tokens, heads, kvHeads, headDim)));
+    }
+
+    public void CausalAttentionBackward(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, DeviceBuffer probs, DeviceBuffer dout,
+        DeviceBuffer dq, DeviceBuffer dk, DeviceBuffer dv, int tokens, int heads, int kvHeads, int headDim)
+    {
+        CheckTrainingAttention(q, k, v, probs, tokens, heads, kvHeads, headDim);
+        CheckLength(dout, (long)tokens * heads * headDim, nameof(dout));
+        CheckLength(dq, (long)tokens * heads * headDim, nameof(dq));
+        CheckLength(dk, (long)tokens * kvHeads * headDim, nameof(dk));
+        CheckLength(dv, (long)tokens * kvHeads * headDim, nameof(dv));
+        if (tokens == 0) return;
+        using var dscores = Allocate(heads * tokens * tokens);
+        _thread.Run(() =>
+        {
+            _kernels.AttentionBackwardQueries(heads * tokens, View(k), View(v), View(probs), View(dout), View(dq), View(dscores), tokens, heads, kvHeads, headDim);
+            _kernels.AttentionBackwardKeys(kvHeads * tokens, View(q), View(probs), View(dout), View(dscores), View(dk), View(dv), tokens, heads, kvHeads, headDim);
+        });
+    }
+
+    private void CheckTrainingAttention(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, DeviceBuffer probs, int tokens, int heads, int kvHeads, int headDim)
+    {
+        if (kvHeads <= 0 || heads % kvHeads != 0) throw new ArgumentException($"{heads} query heads cannot share {kvHeads} KV heads evenly");
+        CheckLength(q, (long)tokens * heads * headDim, nameof(q));
+        CheckLength(k, (long)tokens * kvHeads * headDim, nameof(k));
+        CheckLength(v, (long)tokens * kvHeads * headDim, nameof(v));
+        CheckLength(probs, (long)heads * tokens * tokens, nameof(probs));
+    }
+
+    public void EmbeddingBackward(ReadOnlySpan<int> rows, DeviceBuffer dx, DeviceBuffer dtable, int dim)
+    {
+        CheckLength(dx, (long)rows.Length * dim, nameof(dx));
+        CheckIndices(rows.ToArray().Where(r => r >= 0).ToArray(), dtable.Length / dim, "table row");
+        WithIndices(rows, r => Elementwise(dim, n => _kernels.EmbeddingBackward(n, r, View(dx), View(dtable), r.IntLength, dim)));
+    }
+
+    public void AdamW(DeviceBuffer parameters, DeviceBuffer gradients, DeviceBuffer m, DeviceBuffer v, int n,
+        int step, float learningRate, float beta1, float beta2, float eps, float weightDecay)
+    {
+        if (step < 1) throw new ArgumentOutOfRangeException(nameof(step), step, "steps count from 1");
+        foreach (var (buffer, name) in new[] { (parameters, nameof(parameters)), (gradients, nameof(gradients)), (m, nameof(m)), (v, nameof(v)) }) CheckLength(buffer, n, name);
+        float correction1 = 1f - MathF.Pow(beta1, step), correction2 = 1f - MathF.Pow(beta2, step);
+        Elementwise(n, count => _kernels.AdamW(count, View(parameters), View(gradients), View(m), View(v), learningRate, beta1, beta2, eps, weightDecay, correction1, correction2));
+    }
+
     public void Add(DeviceBuffer x, DeviceBuffer y, int n)
     {
         CheckLength(x, n, nameof(x));
