@@ -1,4 +1,5 @@
-// Per-silo settings for shards: CPU threads of the device and the KV cache's size.
+// Per-silo settings for shards and trainers: CPU threads of the device, the KV cache's size, and where trainers run
+// their kernels.
 namespace Cluster.Grains;
 
 public sealed class ShardOptions
@@ -8,4 +9,6 @@ public sealed class ShardOptions
     /// <summary>KV cache capacity in full-context sequences.</summary>
     public int KvSequences { get; set; } = 8;
     public int KvBlockSize { get; set; } = 16;
+    /// <summary>Where trainer grains run their kernels: "cpu", or an ILGPU device ("cuda", "opencl", "ilgpu-cpu"), one per trainer.</summary>
+    public string TrainingDevice { get; set; } = "cpu";
 }

@@ -3,7 +3,9 @@
 // Deliver, which interleaves. Three groups, each on its own channel of the one inbox: the stage's tensor-parallel
 // ranks, the replica's pipeline stages at this rank, and this shard's data-parallel replicas.
 using System.Runtime.InteropServices;
+using Cluster.Compute;
 using Cluster.Compute.Collectives;
+using Cluster.Compute.Ilgpu;
 using Cluster.Contracts;
 using Cluster.Model;
 using Cluster.Model.Parallel;
@@ -21,6 +23,7 @@ public sealed class TrainerGrain(IGrainFactory grains, IOptions<ShardOptions> op
     private sealed record Run(TrainerAssignment Assignment, ShardTrainer Trainer);
 
     private readonly EpochInbox _inbox = new();
+    private IDevice? _device;   // the ILGPU device this trainer's kernels run on (ShardOptions.TrainingDevice), or null for the CPU
     // States copied after a step (CaptureAfter), by step number, until SaveCheckpoint writes them; either side may come first.
     private readonly Dictionary<int, TaskCompletionSource<ShardState>> _captures = [];
     private DeviceWorker? _worker;
@@ -42,6 +45,14 @@ public sealed class TrainerGrain(IGrainFactory grains, IOptions<ShardOptions> op
         var trainer = await Worker.Run(() =>
         {
             previous?.Trainer.Dispose();
+            _device ??= options.Value.TrainingDevice switch
+            {
+                "cpu" => null,
+                "cuda" => IlgpuDevice.Create(IlgpuTarget.Cuda),
+                "opencl" => IlgpuDevice.Create(IlgpuTarget.OpenCL),
+                "ilgpu-cpu" => IlgpuDevice.Create(IlgpuTarget.Cpu),
+                var other => throw new ArgumentException($"TrainingDevice must be cpu, cuda, opencl or ilgpu-cpu, not '{other}'"),
+            };
             var spec = default(ShardSpec);
             var loaded = ModelSources.Load(a.Source, c => WeightFilter.For(spec = ShardingPlan.Create(c, layout).Shards[a.Index]));
             var plan = ShardingPlan.Create(loaded.Config, layout);
@@ -51,6 +62,7 @@ public sealed class TrainerGrain(IGrainFactory grains, IOptions<ShardOptions> op
             {
                 Lora = a.Lora is { } l ? new LoraOptions { Rank = l.Rank, Alpha = l.Alpha, Targets = l.Targets, Dropout = l.Dropout, QuantizeBase = l.QuantizeBase } : null,
                 ActivationCheckpointing = a.ActivationCheckpointing,
+                Device = _device,
                 Precision = a.Precision switch
                 {
                     "fp32" => Precision.Float32,
@@ -169,8 +181,9 @@ public sealed class TrainerGrain(IGrainFactory grains, IOptions<ShardOptions> op
     public override Task OnDeactivateAsync(DeactivationReason reason, CancellationToken cancellationToken)
     {
         _inbox.Begin(long.MaxValue, new OperationCanceledException($"trainer {this.GetPrimaryKeyString()} deactivated"));
-        _run?.Trainer.Dispose();
         _worker?.Dispose();
+        _run?.Trainer.Dispose();
+        _device?.Dispose();
         return base.OnDeactivateAsync(reason, cancellationToken);
     }
 }

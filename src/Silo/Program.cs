@@ -20,7 +20,7 @@ builder.UseOrleans(silo =>
     if (string.IsNullOrEmpty(settings.ClusteringProvider))
         silo.UseLocalhostClustering(settings.SiloPort, settings.GatewayPort, settings.PrimarySilo);
     silo.Configure<SiloOptions>(o => o.SiloName = settings.SiloName);
-    silo.AddClusterGrains(o => o.DeviceThreads = settings.DeviceThreads, o =>
+    silo.AddClusterGrains(o => (o.DeviceThreads, o.TrainingDevice) = (settings.DeviceThreads, settings.TrainingDevice), o =>
     {
         builder.Configuration.GetSection("Cluster:Scheduler").Bind(o);
         // Every silo knows the configured model, so its scheduler can come back on any silo.

@@ -7,7 +7,7 @@ namespace Cluster.Silo;
 
 public sealed record SiloSettings(
     string SiloName, int SiloPort, int GatewayPort, string? ClusteringProvider, System.Net.IPEndPoint PrimarySilo,
-    string ModelId, ModelSource Model, string Layout, string[]? ShardSilos, bool ServeModel, int DeviceThreads)
+    string ModelId, ModelSource Model, string Layout, string[]? ShardSilos, bool ServeModel, int DeviceThreads, string TrainingDevice)
 {
     /// <summary>What the default model is served as: its source, layout and the silos its shards are pinned to.</summary>
     public ModelServing Serving => new(Model, Layout, ShardSilos);
@@ -30,6 +30,7 @@ public sealed record SiloSettings(
             Layout: config["Cluster:Model:Layout"] ?? "",
             ShardSilos: config["Cluster:Model:Silos"]?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries),
             ServeModel: config.GetValue("Cluster:Model:Serve", true),
-            DeviceThreads: config.GetValue("Cluster:DeviceThreads", Environment.ProcessorCount));
+            DeviceThreads: config.GetValue("Cluster:DeviceThreads", Environment.ProcessorCount),
+            TrainingDevice: config["Cluster:TrainingDevice"] ?? "cpu");
     }
 }

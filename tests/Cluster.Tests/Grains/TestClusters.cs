@@ -12,7 +12,9 @@ public static class TestClusters
     public static readonly ModelSource Tiny = ModelSource.Random("tiny", seed: 1);
 
     /// <param name="trainingRoot">Checkpoints and job records of this cluster (a fresh directory under the temp folder when null).</param>
-    public static async Task<InProcessTestCluster> StartAsync(int silos, Action<SchedulerOptions>? schedulers = null, string? trainingRoot = null)
+    /// <param name="shards">Changes to the test shards' options (1 device thread, 8 KV sequences).</param>
+    public static async Task<InProcessTestCluster> StartAsync(int silos, Action<SchedulerOptions>? schedulers = null, string? trainingRoot = null,
+        Action<ShardOptions>? shards = null)
     {
         trainingRoot ??= Path.Combine(Path.GetTempPath(), "cluster-tests", Guid.NewGuid().ToString("N"));
         var builder = new InProcessTestClusterBuilder((short)silos);
@@ -21,7 +23,12 @@ public static class TestClusters
         builder.Options.GatewayPerSilo = false;
         builder.ConfigureSilo((_, silo) =>
         {
-            silo.AddClusterGrains(o => { o.DeviceThreads = 1; o.KvSequences = 8; }, o =>
+            silo.AddClusterGrains(o =>
+            {
+                o.DeviceThreads = 1;
+                o.KvSequences = 8;
+                shards?.Invoke(o);
+            }, o =>
             {
                 o.StepTimeout = TimeSpan.FromSeconds(5);
                 schedulers?.Invoke(o);
