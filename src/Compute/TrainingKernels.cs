@@ -268,9 +268,7 @@ public sealed class DeviceTrainingKernels(IDevice device) : ITrainingKernels
     private static float[] Transpose(ReadOnlySpan<float> a, int rows, int cols)
     {
         var t = new float[rows * cols];
-        for (int r = 0; r < rows; r++)
-            for (int c = 0; c < cols; c++)
-                t[c * rows + r] = a[r * cols + c];
+        Linear.Transpose(a, rows, cols, t);
         return t;
     }
 

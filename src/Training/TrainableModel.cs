@@ -28,7 +28,6 @@ public sealed record TrainingSequence(int[] Tokens, int[] Targets, int[]? Docume
 /// </summary>
 public sealed record ParameterSlice(string Name, float[] Parameter, float[] Gradient, int Rows, int Columns, int Axis, Slice Range, bool Counted)
 {
-    public bool IsWhole => Range.Count == (Axis == 0 ? Rows : Columns);
     /// <summary>Elements of this slice (what Parameter holds, also while ZeRO-3 has dropped it).</summary>
     public int Length => Range.Count * (Axis == 0 ? Columns : Rows);
 
@@ -74,7 +73,6 @@ public sealed class StageActivations
     public float[] Output { get; internal set; } = [];
     /// <summary>The logits (T, V) of every position, whole vocabulary (last stage only).</summary>
     public float[] Logits { get; internal set; } = [];
-    public int TokenCount => Tokens.Length;
 }
 
 public sealed class TrainableModel : IDisposable
@@ -196,7 +194,7 @@ public sealed class TrainableModel : IDisposable
     {
         var layer = Weights.Layers[l];
         foreach (var w in new[] { layer.Wq, layer.Wk, layer.Wv, layer.Wo, layer.W1, layer.W2, layer.W3 }) if (w is not null) _kernels.Forget(w);
-        Weights.Layers[l] = ShardWeights.Map(new ShardWeights { Spec = Spec, Layers = [layer] }, _ => []).Layers[0];
+        Weights.Layers[l] = ShardWeights.MapLayer(layer, _ => []);
     }
 
     /// <summary>QLoRA: layer <paramref name="l"/>'s projections in fp32 again, from their NF4 copies.</summary>
@@ -228,14 +226,13 @@ public sealed class TrainableModel : IDisposable
         : Weights.Layers.Sum(l => new[] { l.Wq, l.Wk, l.Wv, l.Wo, l.W1, l.W2, l.W3 }.Sum(w => (long)(w?.Length ?? 0) * sizeof(float)));
 
     /// <summary>Lets go of layer <paramref name="l"/>'s gradient tensors; its next backward starts from new zeroed ones (ZeRO-2).</summary>
-    internal void ReleaseLayerGradients(int l) => Gradients.Layers[l] = ShardWeights.Map(
-        new ShardWeights { Spec = Spec, Layers = [Gradients.Layers[l]] }, _ => []).Layers[0];
+    internal void ReleaseLayerGradients(int l) => Gradients.Layers[l] = ShardWeights.MapLayer(Gradients.Layers[l], _ => []);
 
     /// <summary>Layer <paramref name="l"/>'s gradients, allocated (zeroed) again when ZeRO-2 released them.</summary>
     private LayerWeights LayerGradients(int l)
     {
         if (_lora is null && Gradients.Layers[l].Wq.Length == 0)
-            Gradients.Layers[l] = ShardWeights.Map(new ShardWeights { Spec = Spec, Layers = [Weights.Layers[l]] }, a => new float[a.Length]).Layers[0];
+            Gradients.Layers[l] = ShardWeights.MapLayer(Weights.Layers[l], a => new float[a.Length]);
         return Gradients.Layers[l];
     }
 

@@ -102,7 +102,7 @@ public sealed unsafe class Linear(WorkerPool pool, bool bfloat16 = false) : IDis
     }
 
     /// <summary>t (cols, rows) = aᵀ of a (rows, cols), in 32×32 tiles so reads and writes both stay in cache.</summary>
-    private static void Transpose(ReadOnlySpan<float> a, int rows, int cols, Span<float> t)
+    internal static void Transpose(ReadOnlySpan<float> a, int rows, int cols, Span<float> t)
     {
         const int Tile = 32;
         for (int r0 = 0; r0 < rows; r0 += Tile)

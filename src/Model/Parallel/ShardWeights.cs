@@ -58,16 +58,23 @@ public sealed class ShardWeights
             Spec = w.Spec,
             TokenEmbedding = Opt(w.TokenEmbedding),
             PositionEmbedding = Opt(w.PositionEmbedding),
-            Layers = [.. w.Layers.Select(l => new LayerWeights
-            {
-                AttnNorm = map(l.AttnNorm), AttnNormBias = Opt(l.AttnNormBias), Wq = map(l.Wq), Wk = map(l.Wk), Wv = map(l.Wv), Wo = map(l.Wo),
-                Bq = Opt(l.Bq), Bk = Opt(l.Bk), Bv = Opt(l.Bv), Bo = Opt(l.Bo),
-                FfnNorm = map(l.FfnNorm), FfnNormBias = Opt(l.FfnNormBias), W1 = map(l.W1), W2 = map(l.W2), W3 = Opt(l.W3),
-                B1 = Opt(l.B1), B2 = Opt(l.B2),
-            })],
+            Layers = [.. w.Layers.Select(l => MapLayer(l, map))],
             FinalNorm = Opt(w.FinalNorm),
             FinalNormBias = Opt(w.FinalNormBias),
             Output = Opt(w.Output),
+        };
+    }
+
+    /// <summary>A layer whose every tensor is <paramref name="map"/> of this one's.</summary>
+    public static LayerWeights MapLayer(LayerWeights l, Func<float[], float[]> map)
+    {
+        float[]? Opt(float[]? a) => a is null ? null : map(a);
+        return new LayerWeights
+        {
+            AttnNorm = map(l.AttnNorm), AttnNormBias = Opt(l.AttnNormBias), Wq = map(l.Wq), Wk = map(l.Wk), Wv = map(l.Wv), Wo = map(l.Wo),
+            Bq = Opt(l.Bq), Bk = Opt(l.Bk), Bv = Opt(l.Bv), Bo = Opt(l.Bo),
+            FfnNorm = map(l.FfnNorm), FfnNormBias = Opt(l.FfnNormBias), W1 = map(l.W1), W2 = map(l.W2), W3 = Opt(l.W3),
+            B1 = Opt(l.B1), B2 = Opt(l.B2),
         };
     }
 
