@@ -29,11 +29,3 @@ public sealed record GeneratedChunk([property: Id(0)] int TokenId, [property: Id
 
 [GenerateSerializer, Immutable]
 public sealed record SchedulerStatus([property: Id(0)] string Silo, [property: Id(1)] string[] Shards, [property: Id(2)] int Running, [property: Id(3)] int Waiting);
-
-/// <summary>The model's pipeline could not be brought back within the failover timeout (the gateway answers 503).</summary>
-[GenerateSerializer]
-public sealed class ModelUnavailableException(string message) : Exception(message);
-
-/// <summary>No model of that id is served (the gateway answers 404).</summary>
-[GenerateSerializer]
-public sealed class ModelNotServedException(string message) : Exception(message);

@@ -7,10 +7,17 @@ public interface IInferenceSchedulerGrain : IGrainWithStringKey
     /// <summary>Starts serving: places and loads every shard of the layout and registers the model. Idempotent for the same serving.</summary>
     Task<ShardDescription> Serve(ModelServing serving);
 
-    IAsyncEnumerable<GeneratedChunk> Generate(GenerationRequest request);
+    /// <summary>
+    /// The generation's tokens as they are sampled. Cancelling (or disposing the enumerator) ends the sequence at
+    /// once, queued or running, and frees its KV blocks. Full waiting queue: <see cref="ModelOverloadedException"/>.
+    /// </summary>
+    IAsyncEnumerable<GeneratedChunk> Generate(GenerationRequest request, CancellationToken cancellation = default);
 
-    /// <summary>The prompt's token ids with BOS prepended, as <see cref="Generate"/> would encode them.</summary>
-    Task<int[]> Tokenize(string prompt);
+    /// <summary>
+    /// The prompt's token ids with BOS prepended, as <see cref="Generate"/> would encode them. A prompt longer than the
+    /// context could hold (by its UTF-8 length and the vocabulary's longest piece) is refused before any tokenizing.
+    /// </summary>
+    Task<int[]> Tokenize(string prompt, CancellationToken cancellation = default);
 
     Task<SchedulerStatus> Status();
 }

@@ -44,6 +44,8 @@ public sealed record TrainingJobSpec
     [Id(18)] public bool ActivationCheckpointing { get; init; }
     /// <summary>"fp32" or "bf16".</summary>
     [Id(19)] public string Precision { get; init; } = "fp32";
+    /// <summary>Publishing under a model id already served replaces it (the gateway asks the 'admin' role for it); configured models are never replaced.</summary>
+    [Id(21)] public bool ReplaceServed { get; init; }
 
     // Value equality, lists included: submitting the same spec again is recognised as the same job.
     public bool Equals(TrainingJobSpec? other) =>
@@ -51,7 +53,7 @@ public sealed record TrainingJobSpec
         SequenceLength == other.SequenceLength && LearningRate.Equals(other.LearningRate) && WarmupSteps == other.WarmupSteps &&
         Layout == other.Layout && ZeroStage == other.ZeroStage && Seed == other.Seed && MicroBatches == other.MicroBatches &&
         Schedule == other.Schedule && CheckpointEvery == other.CheckpointEvery && ServeAs == other.ServeAs && ServeLayout == other.ServeLayout &&
-        Lora == other.Lora && ActivationCheckpointing == other.ActivationCheckpointing && Precision == other.Precision &&
+        ReplaceServed == other.ReplaceServed && Lora == other.Lora && ActivationCheckpointing == other.ActivationCheckpointing && Precision == other.Precision &&
         (Documents ?? []).SequenceEqual(other.Documents ?? []) && (Silos ?? []).SequenceEqual(other.Silos ?? []);
 
     public override int GetHashCode() => HashCode.Combine(Source, Dataset, Steps, BatchSize, SequenceLength, Layout, Seed);

@@ -62,15 +62,15 @@ public sealed record CompletionRequest(
     /// <summary>A message content: a string, or an array of {"type":"text","text":...} parts (concatenated).</summary>
     private static string Content(JsonElement content, string param)
     {
-        if (content.ValueKind == JsonValueKind.String) return content.GetString()!;
+        if (content.ValueKind == JsonValueKind.String) return String(content, param);
         if (content.ValueKind != JsonValueKind.Array) throw new ApiError(400, $"'{param}' must be a string or an array of text parts.", param);
         var text = new System.Text.StringBuilder();
         foreach (var part in content.EnumerateArray())
         {
             if (part.ValueKind != JsonValueKind.Object || Get(part, "type") is not { ValueKind: JsonValueKind.String } type
-                || type.GetString() != "text" || Get(part, "text") is not { ValueKind: JsonValueKind.String } partText)
+                || String(type, param) != "text" || Get(part, "text") is not { ValueKind: JsonValueKind.String } partText)
                 throw new ApiError(400, $"'{param}' parts must be {{\"type\":\"text\",\"text\":\"...\"}}; other content types are not supported.", param);
-            text.Append(partText.GetString());
+            text.Append(String(partText, param));
         }
         return text.ToString();
     }

@@ -1,7 +1,8 @@
 // One completion: tokenizes the prompt on the model's scheduler, streams its chunks and answers them as an OpenAI
 // text_completion / chat.completion object or as server-sent chunk events. finish_reason is "length" when
-// max_tokens ended it, else "stop" (EOS, or the model's context filled up). Grain argument errors become 400s, an unknown model 404; a
-// model whose pipeline could not be brought back becomes 503 (mid-stream: an error event). A stream whose scheduler's
+// max_tokens ended it, else "stop" (EOS, or the model's context filled up). Grain argument errors become 400s; the
+// rest map in GatewayPipeline (unknown model 404, full queue 429, pipeline lost 503; mid-stream: an error event). The
+// client going away cancels the generation on the scheduler at once, queued or running. A stream whose scheduler's
 // silo dies resumes on the scheduler's next activation (ResumableGeneration).
 using Cluster.Contracts;
 
@@ -18,7 +19,7 @@ public sealed class CompletionRun(HttpContext context, IInferenceSchedulerGrain 
     public async Task RunAsync()
     {
         var cancellation = context.RequestAborted;
-        int[] prompt = await Grain(() => scheduler.Tokenize(request.Prompt));
+        int[] prompt = await Grain(() => scheduler.Tokenize(request.Prompt, cancellation));
         var generation = new GenerationRequest
         {
             PromptTokens = prompt, MaxTokens = request.MaxTokens, Temperature = request.Temperature,
@@ -47,12 +48,11 @@ public sealed class CompletionRun(HttpContext context, IInferenceSchedulerGrain 
         await context.Response.Body.WriteAsync("data: [DONE]\n\n"u8.ToArray(), cancellation);
     }
 
+    /// <summary>A grain call whose argument errors are the request's fault (400); other failures map in GatewayPipeline.</summary>
     private static async Task<T> Grain<T>(Func<Task<T>> call)
     {
         try { return await call(); }
         catch (ArgumentException e) { throw new ApiError(400, e.Message, "prompt"); }
-        catch (ModelUnavailableException e) { throw new ApiError(503, e.Message, code: "model_unavailable", type: "server_error"); }
-        catch (ModelNotServedException e) { throw new ApiError(404, e.Message, "model", "model_not_found"); }
     }
 
     private void StartEvents()

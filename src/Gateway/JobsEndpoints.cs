@@ -14,6 +14,9 @@ public static class JobsEndpoints
         app.MapPost("/v1/jobs", context => Answer(context, async grains =>
         {
             var spec = ParseSpec(await OpenAiEndpoints.ReadBody(context.Request, context.RequestAborted));
+            if (spec.ReplaceServed && !context.Roles().HasFlag(ApiRoles.Admin))
+                throw new ApiError(StatusCodes.Status403Forbidden, "'replace': true (publishing over a served model) needs an API key with the 'admin' role.",
+                    "replace", "insufficient_role", "permission_error");
             string id = "job-" + Guid.NewGuid().ToString("N");
             try { return Results.Json(Body(await grains.GetGrain<ITrainingJobGrain>(id).Submit(spec)), statusCode: 201); }
             catch (ArgumentException e) { throw new ApiError(400, e.Message); }
@@ -43,11 +46,9 @@ public static class JobsEndpoints
         return app;
     }
 
-    private static async Task Answer(HttpContext context, Func<IGrainFactory, Task<IResult>> handle)
-    {
-        try { await (await handle(context.RequestServices.GetRequiredService<IGrainFactory>())).ExecuteAsync(context); }
-        catch (ApiError e) when (!context.Response.HasStarted) { await e.WriteAsync(context.Response); }
-    }
+    /// <summary>Runs a handler; its failures (ApiError or grain errors) are answered by GatewayPipeline.</summary>
+    private static async Task Answer(HttpContext context, Func<IGrainFactory, Task<IResult>> handle) =>
+        await (await handle(context.RequestServices.GetRequiredService<IGrainFactory>())).ExecuteAsync(context);
 
     private static ApiError NotFound(string id) => new(404, $"No job '{id}'.", "id", "job_not_found");
 
@@ -84,6 +85,7 @@ public static class JobsEndpoints
             CheckpointEvery = Get(root, "checkpoint_every") is { } ce ? Integer(ce, "checkpoint_every", 1, 1_000_000) : 25,
             ServeAs = Get(root, "serve_as") is { } serveAs ? String(serveAs, "serve_as") : null,
             ServeLayout = Get(root, "serve_layout") is { } serveLayout ? String(serveLayout, "serve_layout") : "",
+            ReplaceServed = Get(root, "replace") is { } replace && Bool(replace, "replace"),
             ZeroStage = Get(root, "zero_stage") is { } z ? Integer(z, "zero_stage", 0, 3) : 0,
             Lora = Get(root, "lora") is { } lora ? ParseLora(lora) : null,
             ActivationCheckpointing = Get(root, "activation_checkpointing") is { } ac ? Bool(ac, "activation_checkpointing") : false,
@@ -107,6 +109,6 @@ public static class JobsEndpoints
 
     private static string[] Strings(JsonElement e, string param) =>
         e.ValueKind == JsonValueKind.Array && e.EnumerateArray().All(x => x.ValueKind == JsonValueKind.String)
-            ? [.. e.EnumerateArray().Select(x => x.GetString()!)]
+            ? [.. e.EnumerateArray().Select(x => String(x, param))]
             : throw new ApiError(400, $"'{param}' must be an array of strings.", param);
 }

@@ -37,13 +37,10 @@ public static class OpenAiEndpoints
             var grains = context.RequestServices.GetRequiredService<IGrainFactory>();
             await new CompletionRun(context, grains.GetGrain<IInferenceSchedulerGrain>(request.Model), request, chat).RunAsync();
         }
-        catch (ApiError e) when (!context.Response.HasStarted)
+        catch (Exception e) when (context.Response.ContentType == "text/event-stream" && !context.RequestAborted.IsCancellationRequested)
         {
-            await e.WriteAsync(context.Response);
-        }
-        catch (ApiError e) when (context.Response.ContentType == "text/event-stream")
-        {
-            await context.Response.Body.WriteAsync(SseEvent(e.Body), context.RequestAborted);   // the stream had begun: end it with the error
+            // the stream had begun: end it with the error event (the status line has gone)
+            await context.Response.Body.WriteAsync(SseEvent(GatewayPipeline.AsApiError(e, context).Body), context.RequestAborted);
         }
     }
 

@@ -1,5 +1,6 @@
 // Cluster.Gateway: an OpenAI-compatible HTTP front end. It joins the cluster as an Orleans client and maps the
-// /v1 endpoints (OpenAI-compatible inference, training jobs), the readiness probe and the Orleans dashboard (/dashboard).
+// /v1 endpoints (OpenAI-compatible inference, training jobs), the readiness probe and the Orleans dashboard (/dashboard),
+// behind the pipeline in GatewayPipeline (API keys and roles, allowed hosts, JSON bodies, errors without internals).
 using Cluster.Gateway;
 using Cluster.ServiceDefaults;
 using Orleans.Dashboard;
@@ -8,11 +9,8 @@ var builder = WebApplication.CreateBuilder(args);
 builder.Services.AddClusterTelemetry(builder.Configuration);
 builder.Services.AddClusteringConnections(builder.Configuration);
 builder.UseOrleansClient(client => client.UseClusterClustering(builder.Configuration).AddActivityPropagation().AddDashboard());
-var apiKeys = ApiKeys.FromConfiguration(builder.Configuration, builder.Environment);
+builder.Services.AddGateway(builder.Configuration, ApiKeys.FromConfiguration(builder.Configuration, builder.Environment));
 var app = builder.Build();
-app.UseApiKeys(apiKeys);
-app.MapOpenAi();
-app.MapJobs();
-app.MapReadiness();
+app.UseGateway();
 app.MapOrleansDashboard(routePrefix: "/dashboard");
 await app.RunAsync();

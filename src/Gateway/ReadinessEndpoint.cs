@@ -1,5 +1,5 @@
 // Probes. GET /health: the process is alive (200). GET /ready (alias /health/ready): 200 once the cluster answers and
-// its model registry lists at least one model, else 503.
+// its model registry lists at least one model, else 503. Neither says more than that (no exception text).
 namespace Cluster.Gateway;
 
 public static class ReadinessEndpoint
@@ -19,7 +19,7 @@ public static class ReadinessEndpoint
             }
             catch (Exception e) when (e is not OperationCanceledException || !cancellation.IsCancellationRequested)
             {
-                return Results.Json(new { status = "cluster unavailable", detail = e.Message }, statusCode: 503);
+                return Results.Json(new { status = "cluster unavailable" }, statusCode: 503);
             }
         };
         app.MapGet("/ready", ready);

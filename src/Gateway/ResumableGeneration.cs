@@ -19,7 +19,7 @@ public sealed class ResumableGeneration(
         var deadline = DateTime.UtcNow + patience;
         while (true)
         {
-            _chunks ??= scheduler.Generate(request with { Resume = [.. _delivered] }).GetAsyncEnumerator(cancellation);
+            _chunks ??= scheduler.Generate(request with { Resume = [.. _delivered] }, cancellation).GetAsyncEnumerator(cancellation);
             try
             {
                 if (!await _chunks.MoveNextAsync()) return false;

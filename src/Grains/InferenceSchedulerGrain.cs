@@ -8,8 +8,13 @@
 // the next step carries the release, so every shard's cache sees the same history and finds the same prefixes.
 // Failover: when a step fails or times out, the replica starts a new epoch, its shards are placed and loaded again,
 // and its sequences are replayed from their tokens so far (prompt + generated), so clients see no error unless the
-// pipeline stays down past FailoverTimeout (ModelUnavailableException: the gateway answers 503).
+// pipeline stays down past FailoverTimeout (ModelUnavailableException: the gateway answers 503), and no sequence is
+// replayed more than MaxStepFailures times (a step that fails whatever silo runs it fails its sequences instead).
+// Admission: at most MaxWaiting requests wait (then ModelOverloadedException: 429); a waiting request that does not fit
+// lets smaller ones pass at most MaxOvertakes times; prompt chunks share each step's token budget, shortest first, so a
+// long prompt neither blocks short ones nor starves. Prompts are tokenized off the grain's turn, after a length check.
 // The grain is reentrant: requests, lanes and failover interleave at awaits on the grain's one thread.
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Text;
 using System.Threading.Channels;
@@ -57,6 +62,10 @@ public sealed class InferenceSchedulerGrain(
         public float[]? NextLogits { get; set; }
         public bool Cancelled { get; set; }
         public bool Finished { get; set; }
+        /// <summary>Failed steps this sequence was in (it is replayed after each, up to MaxStepFailures).</summary>
+        public int StepFailures { get; set; }
+        /// <summary>Sequences admitted ahead of it while it did not fit.</summary>
+        public int Overtaken { get; set; }
         public int Generated => Tokens.Count - PromptLength;
 
         /// <summary>Appends a generated token; returns the text it completes (a partial UTF-8 character waits in the decoder).</summary>
@@ -97,6 +106,7 @@ public sealed class InferenceSchedulerGrain(
 
     private ModelServing? _serving;
     private ITokenizer? _tokenizer;
+    private int _longestPieceBytes;
     private Replica[] _replicas = [];
     private ShardDescription? _shape;   // rank 0 of the first stage: context, KV blocks (every shard has as many)
     private long _lastEpoch;
@@ -113,6 +123,7 @@ public sealed class InferenceSchedulerGrain(
             var layout = ParallelLayoutOf(serving);
             foreach (var replica in _replicas) FailAll(replica, new ModelUnavailableException($"model '{ModelId}' is being served anew"));
             _tokenizer = await Task.Run(() => ModelSources.LoadTokenizer(serving.Source));
+            _longestPieceBytes = Enumerable.Range(0, _tokenizer.VocabSize).Max(id => _tokenizer.DecodeBytes(-1, id).Length);
             int shard = 0;
             string? Pin() => serving.Silos is { Length: > 0 } silos ? silos[shard++ % silos.Length] : null;
             _replicas = [.. Enumerable.Range(0, layout.DataParallel).Select(r => new Replica(r,
@@ -157,10 +168,24 @@ public sealed class InferenceSchedulerGrain(
         if (replica.Epoch == epoch) _shape = descriptions[0];
     }
 
-    public async Task<int[]> Tokenize(string prompt)
+    public async Task<int[]> Tokenize(string prompt, CancellationToken cancellation)
     {
-        await ServingShape();
-        return Tokenizer.Encode(prompt, addBos: true);
+        var shape = await ServingShape();
+        return await Encode(prompt, shape, cancellation);
+    }
+
+    /// <summary>
+    /// The prompt's tokens, encoded on the thread pool so the grain's turn stays free. Every token decodes to at most
+    /// the vocabulary's longest piece, so a prompt of more UTF-8 bytes than the context times that cannot fit: it is
+    /// refused before any work.
+    /// </summary>
+    private async Task<int[]> Encode(string prompt, ShardDescription shape, CancellationToken cancellation)
+    {
+        long limit = (long)shape.MaxSeqLen * Math.Max(1, _longestPieceBytes);
+        if (prompt.Length > limit || System.Text.Encoding.UTF8.GetByteCount(prompt) > limit)
+            throw new ArgumentException($"the prompt is longer than the model's context of {shape.MaxSeqLen} tokens could hold");
+        var tokenizer = Tokenizer;
+        return await Task.Run(() => tokenizer.Encode(prompt, addBos: true), cancellation);
     }
 
     private ITokenizer Tokenizer => _tokenizer ?? throw new ModelNotServedException($"The model '{ModelId}' does not exist.");
@@ -174,16 +199,22 @@ public sealed class InferenceSchedulerGrain(
         if (_shape is not null) return _shape;
         var known = Options.ConfiguredModels.GetValueOrDefault(ModelId) ?? stored.State.Serving
             ?? throw new ModelNotServedException($"The model '{ModelId}' does not exist.");
-        return await (_servingConfigured ??= Serve(known));   // once, however many requests arrive meanwhile
+        var serving = _servingConfigured ??= Serve(known);   // once, however many requests arrive meanwhile
+        try { return await serving; }
+        catch
+        {
+            if (_servingConfigured == serving) _servingConfigured = null;   // a failed start is not kept: the next request tries again
+            throw;
+        }
     }
 
     public Task<SchedulerStatus> Status() => Task.FromResult(new SchedulerStatus(silo.Name,
         [.. _replicas.SelectMany(r => r.AllKeys)], _replicas.Sum(r => r.Running.Count), _replicas.Sum(r => r.Waiting.Count)));
 
-    public async IAsyncEnumerable<GeneratedChunk> Generate(GenerationRequest request)
+    public async IAsyncEnumerable<GeneratedChunk> Generate(GenerationRequest request, [EnumeratorCancellation] CancellationToken cancellation)
     {
         var shape = await ServingShape();
-        int[] prompt = request.PromptTokens ?? Tokenizer.Encode(request.Prompt, addBos: true);
+        int[] prompt = request.PromptTokens ?? await Encode(request.Prompt, shape, cancellation);
         int[] resume = request.Resume ?? [];
         if (prompt.Length == 0) throw new ArgumentException("the prompt has no tokens (not even BOS)");
         if (prompt.Length >= shape.MaxSeqLen)
@@ -196,6 +227,8 @@ public sealed class InferenceSchedulerGrain(
         var sequence = new Sequence(request, prompt, maxTokens, (prompt.Length + maxTokens + shape.KvBlockSize - 1) / shape.KvBlockSize);
         if (sequence.Blocks > shape.TotalKvBlocks)
             throw new ArgumentException($"prompt and max tokens need {sequence.Blocks} KV blocks; each shard's cache has {shape.TotalKvBlocks}");
+        if (_replicas.Sum(r => r.Waiting.Count) >= Options.MaxWaiting)
+            throw new ModelOverloadedException($"model '{ModelId}' has {Options.MaxWaiting} requests waiting already; retry shortly", Options.RetryAfterSeconds);
         sequence.ResumeAfter(resume, Tokenizer);
         var replica = _replicas.MinBy(r => (r.Recovering ? 1 : 0, r.Running.Count + r.Waiting.Count))!;
         sequence.Replica = replica;
@@ -203,7 +236,7 @@ public sealed class InferenceSchedulerGrain(
         Kick(replica);
         try
         {
-            await foreach (var chunk in sequence.Output.Reader.ReadAllAsync()) yield return chunk;
+            await foreach (var chunk in sequence.Output.Reader.ReadAllAsync(cancellation)) yield return chunk;
         }
         finally
         {
@@ -248,32 +281,55 @@ public sealed class InferenceSchedulerGrain(
         }
     }
 
-    /// <summary>Moves waiting sequences into the running set while their KV reservation fits.</summary>
+    /// <summary>
+    /// Moves waiting sequences into the running set, in arrival order, while their KV reservations fit. One that does not
+    /// fit yet lets later ones pass until it has been overtaken MaxOvertakes times; then admission waits for it.
+    /// </summary>
     private void Admit(Replica replica)
     {
         int capacity = _shape!.TotalKvBlocks;
-        while (replica.Waiting.TryPeek(out var next) && replica.ReservedBlocks + next.Blocks <= capacity)
+        var stillWaiting = new Queue<Sequence>();
+        Sequence? blocked = null;   // the first that did not fit
+        while (replica.Waiting.TryDequeue(out var next))
         {
-            replica.Waiting.Dequeue();
-            replica.ReservedBlocks += next.Blocks;
-            replica.Running.Add(next);
+            bool fits = replica.ReservedBlocks + next.Blocks <= capacity;
+            if (fits && (blocked is null || blocked.Overtaken < Options.MaxOvertakes))
+            {
+                if (blocked is not null) blocked.Overtaken++;
+                replica.ReservedBlocks += next.Blocks;
+                replica.Running.Add(next);
+                continue;
+            }
+            blocked ??= next;
+            stillWaiting.Enqueue(next);
         }
+        foreach (var sequence in stillWaiting) replica.Waiting.Enqueue(sequence);
     }
 
-    /// <summary>The next step: every ready decode token first, then prompt chunks while the token budget lasts.</summary>
+    /// <summary>
+    /// The next step: every ready decode token first, then prompt chunks sharing what is left of the token budget:
+    /// shortest remaining prompt first, each taking at most an even share of what is left, so short prompts finish in
+    /// one step and a long one still advances every step.
+    /// </summary>
     private List<(Sequence Sequence, ForwardChunk Chunk, bool Last)> NextBatch(Replica replica)
     {
         var batch = new List<(Sequence, ForwardChunk, bool)>();
         int budget = Math.Max(1, Options.MaxBatchTokens);
-        var ready = replica.Running.Where(s => s.Unscheduled > 0).OrderBy(s => s.Cached > 0 && s.Unscheduled == 1 ? 0 : 1);
-        foreach (var sequence in ready)
+        void Take(Sequence sequence, int n)
         {
-            int n = Math.Min(sequence.Unscheduled, budget);
-            if (n == 0) break;
             budget -= n;
             batch.Add((sequence, new ForwardChunk(sequence.Id, sequence.Tokens.GetRange(sequence.Scheduled, n).ToArray()), n == sequence.Unscheduled));
             sequence.Scheduled += n;
         }
+        static bool Decoding(Sequence s) => s.Cached > 0 && s.Unscheduled == 1;
+        foreach (var sequence in replica.Running.Where(s => s.Unscheduled > 0 && Decoding(s)))
+        {
+            if (budget == 0) return batch;
+            Take(sequence, 1);
+        }
+        var prefills = replica.Running.Where(s => s.Unscheduled > 0 && !Decoding(s)).OrderBy(s => s.Unscheduled).ToList();
+        for (int i = 0; i < prefills.Count && budget > 0; i++)
+            Take(prefills[i], Math.Min(prefills[i].Unscheduled, Math.Max(1, budget / (prefills.Count - i))));
         return batch;
     }
 
@@ -290,8 +346,13 @@ public sealed class InferenceSchedulerGrain(
         }
         catch (Exception e) when (e is not ArgumentException)
         {
-            if (replica.Epoch == epoch) await Recover(replica, e);
-            return;   // the failover replays these sequences
+            if (replica.Epoch != epoch) return;   // a failover already replays these sequences
+            foreach (var (sequence, _, _) in batch)
+                if (++sequence.StepFailures > Options.MaxStepFailures)
+                    Finish(sequence, new ModelUnavailableException(
+                        $"model '{ModelId}': a step of this request failed {sequence.StepFailures} times ({e.GetType().Name}); it is not replayed again"));
+            await Recover(replica, e);
+            return;   // the failover replays the rest
         }
         if (replica.Epoch != epoch) return;   // a failover started while this step ran: its sequences replay
 

@@ -7,6 +7,14 @@ public sealed class SchedulerOptions
 {
     /// <summary>Tokens one step may carry: decode tokens first, then prompt chunks up to this (chunked prefill).</summary>
     public int MaxBatchTokens { get; set; } = 256;
+    /// <summary>Requests a model keeps waiting for KV room; one more is refused (the gateway answers 429 with Retry-After).</summary>
+    public int MaxWaiting { get; set; } = 64;
+    /// <summary>The Retry-After a refused request is given, in seconds.</summary>
+    public int RetryAfterSeconds { get; set; } = 2;
+    /// <summary>How many later (smaller) requests may be admitted ahead of a waiting one that does not fit yet, before admission waits for it.</summary>
+    public int MaxOvertakes { get; set; } = 32;
+    /// <summary>Failed steps a sequence may be in: one more and it fails with the cause rather than being replayed again.</summary>
+    public int MaxStepFailures { get; set; } = 3;
     // Both stay well inside an Orleans client's 30 s response timeout, so a client waiting for its next token hears
     // either the token or the 503 before its own call gives up.
 

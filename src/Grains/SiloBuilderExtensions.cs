@@ -1,4 +1,4 @@
-// Everything a silo needs to host this project's grains: shard, scheduler and training options, the pinned-shard
+// Everything a silo needs to host this project's grains: shard, scheduler and training options, the model roots, the pinned-shard
 // placement director, the device inventory report, the durable records' storage (files under the training root: jobs,
 // served models, the registry) and the training jobs' keeper.
 using Microsoft.Extensions.DependencyInjection;
@@ -12,8 +12,11 @@ public static class SiloBuilderExtensions
     public const string RecordStorage = "cluster-records";
 
     public static ISiloBuilder AddClusterGrains(
-        this ISiloBuilder silo, Action<ShardOptions>? shards = null, Action<SchedulerOptions>? schedulers = null, Action<TrainingOptions>? training = null)
+        this ISiloBuilder silo, Action<ShardOptions>? shards = null, Action<SchedulerOptions>? schedulers = null, Action<TrainingOptions>? training = null,
+        Action<ModelRootOptions>? modelRoots = null)
     {
+        silo.Services.AddOptions<ModelRootOptions>().Configure(o => modelRoots?.Invoke(o));
+        silo.Services.AddSingleton<ModelRoots>();
         silo.Services.AddOptions<ShardOptions>().Configure(o => shards?.Invoke(o));
         silo.Services.AddOptions<SchedulerOptions>().Configure(o => schedulers?.Invoke(o));
         silo.Services.AddOptions<TrainingOptions>().Configure(o => training?.Invoke(o));

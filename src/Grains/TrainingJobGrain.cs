@@ -22,7 +22,7 @@ namespace Cluster.Grains;
 
 [Reentrant, PinnedShardPlacement]   // a key ending "@{silo}" pins the job there (its trainers' keys inherit the pin unless the spec names silos)
 public sealed class TrainingJobGrain(
-    IGrainFactory grains, IOptions<TrainingOptions> options, ILogger<TrainingJobGrain> log,
+    IGrainFactory grains, IOptions<TrainingOptions> options, ModelRoots modelRoots, ILogger<TrainingJobGrain> log,
     [PersistentState("job", SiloBuilderExtensions.RecordStorage)] IPersistentState<TrainingJobRecord> stored) : Grain, ITrainingJobGrain
 {
     private readonly List<TrainingJobEvent> _events = [];   // the step log: the stored one plus the steps since its checkpoint
@@ -48,6 +48,7 @@ public sealed class TrainingJobGrain(
 
     public async Task<TrainingJobStatus> Submit(TrainingJobSpec spec)
     {
+        spec = spec with { Source = modelRoots.Require(spec.Source) };   // paths named through the API: inside the model roots, resolved
         if (Record.Spec is not null)
             return Record.Spec == spec ? Describe() : throw new ArgumentException($"job '{Id}' already runs another spec");
         Validate(spec);

@@ -25,7 +25,7 @@ builder.UseOrleans(silo =>
         builder.Configuration.GetSection("Cluster:Scheduler").Bind(o);
         // Every silo knows the configured model, so its scheduler can come back on any silo.
         o.ConfiguredModels[settings.ModelId] = settings.Serving;
-    }, o => builder.Configuration.GetSection("Cluster:Training").Bind(o));
+    }, o => builder.Configuration.GetSection("Cluster:Training").Bind(o), o => o.Roots.AddRange(settings.ModelRoots));
 });
 builder.Services.AddHostedService<ServeDefaultModel>();
 await builder.Build().RunAsync();

@@ -7,7 +7,8 @@ namespace Cluster.Silo;
 
 public sealed record SiloSettings(
     string SiloName, int SiloPort, int GatewayPort, string? ClusteringProvider, System.Net.IPEndPoint PrimarySilo,
-    string ModelId, ModelSource Model, string Layout, string[]? ShardSilos, bool ServeModel, int DeviceThreads, string TrainingDevice)
+    string ModelId, ModelSource Model, string Layout, string[]? ShardSilos, bool ServeModel, int DeviceThreads, string TrainingDevice,
+    string[] ModelRoots)
 {
     /// <summary>What the default model is served as: its source, layout and the silos its shards are pinned to.</summary>
     public ModelServing Serving => new(Model, Layout, ShardSilos);
@@ -17,6 +18,10 @@ public sealed record SiloSettings(
         int siloPort = config.GetValue("Orleans:Endpoints:SiloPort", 11111);
         int gatewayPort = config.GetValue("Orleans:Endpoints:GatewayPort", 30000);
         string? modelPath = config["Cluster:Model:Path"];
+        string? tokenizerPath = config["Cluster:Model:Tokenizer"];
+        // Models named through the API load from these folders only: the configured ones and the served model's own.
+        string[] modelRoots = [.. (config["Cluster:ModelRoots"] ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries),
+            .. new[] { modelPath, tokenizerPath }.OfType<string>().Select(p => Directory.Exists(p) ? p : Path.GetDirectoryName(Path.GetFullPath(p))!)];
         return new SiloSettings(
             SiloName: config["Cluster:SiloName"] ?? $"{Environment.MachineName}-{siloPort}",
             SiloPort: siloPort,
@@ -25,12 +30,13 @@ public sealed record SiloSettings(
             PrimarySilo: System.Net.IPEndPoint.Parse(config["Cluster:PrimarySiloEndpoint"] ?? $"127.0.0.1:{siloPort}"),
             ModelId: config["Cluster:Model:Id"] ?? "default",
             Model: modelPath is not null
-                ? ModelSource.File(modelPath, config["Cluster:Model:Tokenizer"])
+                ? ModelSource.File(modelPath, tokenizerPath)
                 : ModelSource.Random(config["Cluster:Model:Preset"] ?? "tiny", config.GetValue("Cluster:Model:Seed", 1)),
             Layout: config["Cluster:Model:Layout"] ?? "",
             ShardSilos: config["Cluster:Model:Silos"]?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries),
             ServeModel: config.GetValue("Cluster:Model:Serve", true),
             DeviceThreads: config.GetValue("Cluster:DeviceThreads", Environment.ProcessorCount),
-            TrainingDevice: config["Cluster:TrainingDevice"] ?? "cpu");
+            TrainingDevice: config["Cluster:TrainingDevice"] ?? "cpu",
+            ModelRoots: modelRoots);
     }
 }

@@ -17,17 +17,20 @@ public sealed class GatewayHost : IAsyncDisposable
 
     private GatewayHost(WebApplication app, Uri baseAddress) => (_app, BaseAddress) = (app, baseAddress);
 
-    public static async Task<GatewayHost> StartAsync(IGrainFactory grains, params string[] apiKeys)
+    /// <param name="apiKeys">Keys with every role (none: an open gateway).</param>
+    public static Task<GatewayHost> StartAsync(IGrainFactory grains, params string[] apiKeys) =>
+        StartAsync(grains, new ApiKeys(apiKeys));
+
+    public static async Task<GatewayHost> StartAsync(IGrainFactory grains, ApiKeys keys, string? allowedHosts = null)
     {
         var builder = WebApplication.CreateSlimBuilder();
         builder.WebHost.UseUrls("http://127.0.0.1:0");
         builder.Logging.ClearProviders();
+        if (allowedHosts is not null) builder.Configuration["AllowedHosts"] = allowedHosts;
         builder.Services.AddSingleton(grains);
+        builder.Services.AddGateway(builder.Configuration, keys);
         var app = builder.Build();
-        app.UseApiKeys(new ApiKeys(apiKeys));
-        app.MapOpenAi();
-        app.MapJobs();
-        app.MapReadiness();
+        app.UseGateway();
         await app.StartAsync();
         string address = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
         return new GatewayHost(app, new Uri(address));

@@ -33,7 +33,7 @@ public sealed class JobsApiTests(ClusterFixture fixture)
         Assert.Equal(12, last.GetProperty("step").GetInt32());
         using var status = JsonDocument.Parse(await http.GetStringAsync($"v1/jobs/{id}", cancel));
         Assert.Equal("completed", status.RootElement.GetProperty("state").GetString());
-        using var cancelled = await http.PostAsync($"v1/jobs/{id}/cancel", null, cancel);
+        using var cancelled = await http.PostAsync($"v1/jobs/{id}/cancel", Json("{}"), cancel);
         Assert.Equal(HttpStatusCode.OK, cancelled.StatusCode);   // cancelling a finished job changes nothing
     }
 
@@ -71,7 +71,8 @@ public sealed class JobsApiTests(ClusterFixture fixture)
         using var http = gateway.Http();
         foreach (var (method, path) in new[] { ("GET", "v1/jobs/job-none"), ("GET", "v1/jobs/job-none/events"), ("POST", "v1/jobs/job-none/cancel") })
         {
-            using var response = await http.SendAsync(new HttpRequestMessage(new HttpMethod(method), path), TestContext.Current.CancellationToken);
+            using var request = new HttpRequestMessage(new HttpMethod(method), path) { Content = method == "POST" ? Json("{}") : null };
+            using var response = await http.SendAsync(request, TestContext.Current.CancellationToken);
             Assert.Equal(HttpStatusCode.NotFound, response.StatusCode);
         }
     }

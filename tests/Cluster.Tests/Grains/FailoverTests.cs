@@ -77,7 +77,7 @@ public sealed class FailoverTests
         var runs = requests.Select(async (request, i) =>
         {
             var chunks = new List<GeneratedChunk>();
-            await foreach (var chunk in scheduler.Generate(request).WithCancellation(TestContext.Current.CancellationToken))
+            await foreach (var chunk in scheduler.Generate(request, TestContext.Current.CancellationToken))
             {
                 chunks.Add(chunk);
                 if (chunks.Count == 2) started[i].SetResult();

@@ -74,13 +74,13 @@ public sealed class ServingTests(ClusterFixture fixture)
         await scheduler.Serve(new ModelServing(TestClusters.Tiny));
         var request = new GenerationRequest { Prompt = "a long story", MaxTokens = 400, Temperature = 0, StopAtEos = false };
 
-        await foreach (var chunk in scheduler.Generate(request).WithCancellation(TestContext.Current.CancellationToken))
+        await foreach (var chunk in scheduler.Generate(request, TestContext.Current.CancellationToken))
             if (chunk.TokenId >= 0) break;   // abandoned after the first token
         using var cancel = CancellationTokenSource.CreateLinkedTokenSource(TestContext.Current.CancellationToken);
         int received = 0;
         await Assert.ThrowsAnyAsync<OperationCanceledException>(async () =>
         {
-            await foreach (var _ in scheduler.Generate(request).WithCancellation(cancel.Token))
+            await foreach (var _ in scheduler.Generate(request, cancel.Token))
                 if (++received == 3) cancel.Cancel();
         });
 

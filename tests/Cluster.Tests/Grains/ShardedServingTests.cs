@@ -161,7 +161,7 @@ public sealed class ShardedServingTests(ClusterFixture fixture)
             int received = 0;
             try
             {
-                await foreach (var _ in scheduler.Generate(request).WithCancellation(cancel.Token))
+                await foreach (var _ in scheduler.Generate(request, cancel.Token))
                     if (i % 2 == 0 && ++received == 2 + i) cancel.Cancel();   // every other client goes away early
             }
             catch (OperationCanceledException) when (i % 2 == 0) { }

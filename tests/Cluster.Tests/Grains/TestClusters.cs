@@ -58,7 +58,7 @@ public static class TestClusters
         this IInferenceSchedulerGrain scheduler, GenerationRequest request, CancellationToken cancellation = default)
     {
         var chunks = new List<GeneratedChunk>();
-        await foreach (var chunk in scheduler.Generate(request).WithCancellation(cancellation)) chunks.Add(chunk);
+        await foreach (var chunk in scheduler.Generate(request, cancellation)) chunks.Add(chunk);
         return chunks;
     }
 
