@@ -8,7 +8,13 @@ using Orleans.Dashboard;
 var builder = WebApplication.CreateBuilder(args);
 builder.Services.AddClusterTelemetry(builder.Configuration);
 builder.Services.AddClusteringConnections(builder.Configuration);
-builder.UseOrleansClient(client => client.UseClusterClustering(builder.Configuration).AddActivityPropagation().AddDashboard());
+var certificate = ClusterTransportSecurity.Require(builder.Configuration,
+    localhostClustering: string.IsNullOrEmpty(builder.Configuration["Orleans:Clustering:ProviderType"]));
+builder.UseOrleansClient(client =>
+{
+    client.UseClusterClustering(builder.Configuration).AddActivityPropagation().AddDashboard();
+    if (certificate is not null) client.UseTls(certificate, o => ClusterTransportSecurity.Configure(o, certificate));
+});
 builder.Services.AddGateway(builder.Configuration, ApiKeys.FromConfiguration(builder.Configuration, builder.Environment));
 var app = builder.Build();
 app.UseGateway();

@@ -22,7 +22,7 @@ namespace Cluster.Grains;
 
 [Reentrant, PinnedShardPlacement]   // a key ending "@{silo}" pins the job there (its trainers' keys inherit the pin unless the spec names silos)
 public sealed class TrainingJobGrain(
-    IGrainFactory grains, IOptions<TrainingOptions> options, ModelRoots modelRoots, ILogger<TrainingJobGrain> log,
+    IGrainFactory grains, IOptions<TrainingOptions> options, IOptions<SchedulerOptions> schedulers, ModelRoots modelRoots, ILogger<TrainingJobGrain> log,
     [PersistentState("job", SiloBuilderExtensions.RecordStorage)] IPersistentState<TrainingJobRecord> stored) : Grain, ITrainingJobGrain
 {
     private readonly List<TrainingJobEvent> _events = [];   // the step log: the stored one plus the steps since its checkpoint
@@ -52,6 +52,7 @@ public sealed class TrainingJobGrain(
         if (Record.Spec is not null)
             return Record.Spec == spec ? Describe() : throw new ArgumentException($"job '{Id}' already runs another spec");
         Validate(spec);
+        await CheckAgainstTheCluster(spec);
         Record.Spec = spec;
         Record.State = TrainingJobState.Queued;
         Publish(new TrainingJobEvent(0, float.NaN, 0, 0, TrainingJobState.Queued));
@@ -100,6 +101,57 @@ public sealed class TrainingJobGrain(
         if (s.ServeAs is not null)
             try { ParallelLayout.Parse(s.ServeLayout); }
             catch (FormatException e) { throw new ArgumentException("serve_layout: " + e.Message); }
+    }
+
+    /// <summary>
+    /// What a spec cannot know alone: that its model loads and its layout fits the model, that the layout's trainers fit
+    /// in the silos' memory (TrainingMemory's estimate), and that the model id it publishes under is free or may be replaced.
+    /// </summary>
+    private async Task CheckAgainstTheCluster(TrainingJobSpec spec)
+    {
+        var config = await Task.Run(() => ConfigOf(spec.Source));
+        var layout = ParallelLayout.Parse(spec.Layout);
+        ShardingPlan.Create(config, layout);   // throws ArgumentException when it does not fit
+        int trainers = layout.DataParallel * layout.PipelineStages * layout.TensorParallel;
+        if (trainers > options.Value.MaxTrainersPerJob)
+            throw new ArgumentException($"layout {layout} needs {trainers} trainers; a job may have at most {options.Value.MaxTrainersPerJob} (Cluster__Training__MaxTrainersPerJob)");
+        long shardBytes = TrainingMemory.LargestShardBytes(config, new TrainingMemoryPlan(layout, spec.BatchSize, spec.SequenceLength, spec.MicroBatches,
+            spec.Schedule, spec.ZeroStage, spec.Lora is not null, spec.ActivationCheckpointing));
+        var silos = await grains.GetGrain<IClusterInventoryGrain>(0).ActiveSilos();
+        foreach (var silo in silos)
+        {
+            int shardsThere = spec.Silos is { Length: > 0 } pinned
+                ? Enumerable.Range(0, trainers).Count(i => pinned[i % pinned.Length] == silo.Silo)
+                : (trainers + silos.Length - 1) / silos.Length;
+            long memory = silo.Devices.FirstOrDefault(d => d.Kind == "Cpu")?.MemoryBytes ?? 0;
+            long needed = shardsThere * shardBytes;
+            if (memory > 0 && needed > memory)
+                throw new ArgumentException($"the job needs about {TrainingMemory.Describe(needed)} on silo {silo.Silo} ({shardsThere} trainers × " +
+                    $"{TrainingMemory.Describe(shardBytes)}: parameters, gradients, AdamW state and activations for batch {spec.BatchSize} × sequence " +
+                    $"{spec.SequenceLength}), which has {TrainingMemory.Describe(memory)}; use a smaller batch or sequence, more micro-batches, ZeRO, or more shards");
+        }
+        if (spec.ServeAs is { } modelId) await CheckModelIdFree(spec, modelId);
+    }
+
+    /// <summary>A job may publish under a new id; over a served one only with ReplaceServed; over a configured one never.</summary>
+    private async Task CheckModelIdFree(TrainingJobSpec spec, string modelId)
+    {
+        if (schedulers.Value.ConfiguredModels.ContainsKey(modelId))
+            throw new ModelIdTakenException($"'{modelId}' is a model the silos serve from their configuration; a job cannot replace it");
+        if (!spec.ReplaceServed && Record.Model != modelId && (await grains.GetGrain<IModelRegistryGrain>(0).List()).Any(m => m.Id == modelId))
+            throw new ModelIdTakenException($"a model '{modelId}' is served already: publish under another id, or set \"replace\": true (needs the admin role)");
+    }
+
+    /// <summary>The model's config, from a preset or the model file's header (no weights read); load failures are told in words, the detail logged.</summary>
+    private ModelConfig ConfigOf(ModelSource source)
+    {
+        if (source.Path is null) return RandomModel.Preset(source.Preset!);
+        try { return ModelSources.Load(source, c => new WeightFilter(new Slice(0, 0), Embedding: false, Output: false)).Config; }
+        catch (Exception e) when (e is ModelFormatException or IOException or UnauthorizedAccessException or InvalidDataException or ArgumentException)
+        {
+            log.LogWarning(e, "training job {Job}: its model does not load", Id);
+            throw new ArgumentException("'model_path' (with its tokenizer) is not a model this cluster reads; the silo log has the detail");
+        }
     }
 
     private async Task Run(TrainingJobSpec spec)
@@ -265,6 +317,7 @@ public sealed class TrainingJobGrain(
             GgufWriter.Write(loaded with { Weights = WeightAssembly.Assemble(loaded.Config, tensors) }, path, name: modelId);
             return ModelSource.File(path);
         });
+        await CheckModelIdFree(spec, modelId);   // another job may have taken the id since this one was accepted
         await grains.GetGrain<IInferenceSchedulerGrain>(modelId).Serve(new ModelServing(source, spec.ServeLayout, spec.Silos));
         Record.Model = modelId;
     }

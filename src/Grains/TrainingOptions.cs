@@ -13,6 +13,9 @@ public sealed class TrainingOptions
     /// <summary>How often each silo wakes the running jobs (a job whose silo died resumes on its next activation).</summary>
     public TimeSpan KeeperInterval { get; set; } = TimeSpan.FromSeconds(10);
 
+    /// <summary>Trainers (shards of the layout) one job may start.</summary>
+    public int MaxTrainersPerJob { get; set; } = 64;
+
     public string JobDirectory(string id) => Path.Combine(Root, "jobs", Uri.EscapeDataString(id));
     /// <summary>A running job leaves a marker here, so the keeper knows which jobs to wake.</summary>
     public string RunningDirectory => Path.Combine(Root, "running");

@@ -1,4 +1,4 @@
-// Cluster.Silo: a thin Orleans host. Clustering comes from configuration; the default model is served at start.
+// Cluster.Silo: a thin Orleans host. Clustering and TLS come from configuration; the default model is served at start.
 using Cluster.Grains;
 using Cluster.ServiceDefaults;
 using Cluster.Silo;
@@ -10,6 +10,7 @@ using Orleans.Dashboard;
 
 var builder = Host.CreateApplicationBuilder(args);
 var settings = SiloSettings.From(builder.Configuration);
+var certificate = ClusterTransportSecurity.Require(builder.Configuration, localhostClustering: string.IsNullOrEmpty(settings.ClusteringProvider));
 builder.Services.AddSingleton(settings);
 builder.Services.AddClusterTelemetry(builder.Configuration);
 builder.Services.AddClusteringConnections(builder.Configuration);
@@ -19,6 +20,7 @@ builder.UseOrleans(silo =>
     silo.AddDashboard();   // collects grain and silo statistics; the gateway serves the dashboard UI at /dashboard
     if (string.IsNullOrEmpty(settings.ClusteringProvider))
         silo.UseLocalhostClustering(settings.SiloPort, settings.GatewayPort, settings.PrimarySilo);
+    if (certificate is not null) silo.UseTls(certificate, o => ClusterTransportSecurity.Configure(o, certificate));
     silo.Configure<SiloOptions>(o => o.SiloName = settings.SiloName);
     silo.AddClusterGrains(o => (o.DeviceThreads, o.TrainingDevice) = (settings.DeviceThreads, settings.TrainingDevice), o =>
     {

@@ -1,6 +1,7 @@
 // Redis membership with real processes: a redis-server, two silo processes and the gateway process configured only
 // through the Orleans__* keys an Aspire app host would set (ProviderType=Redis, ServiceKey, ConnectionStrings__*).
 // The silos find each other through Redis, the model is served pp=2 with one stage on each, and a completion works.
+// Silos and gateway talk mutual TLS with a cluster certificate made here (Redis membership is not localhost clustering).
 // Needs redis-server (bash infra/install-test-deps.sh installs it); skips with a message where it is missing.
 using System.Diagnostics;
 using System.Net;
@@ -8,6 +9,7 @@ using System.Net.Sockets;
 using System.Reflection;
 using System.Text;
 using System.Text.Json;
+using Cluster.Tests.Formats;
 
 namespace Cluster.Tests.AppHost;
 
@@ -27,8 +29,14 @@ public sealed class RedisClusteringTests
             processes.Add(server);
             await server.Ready.WaitAsync(TimeSpan.FromSeconds(30), cancel);
 
+            using var certificate = new TempDirectory();
+            string certificatePath = Path.Combine(certificate.Path, "cluster.pfx");
+            File.WriteAllBytes(certificatePath, TestCertificates.ClusterPfx("cluster.test", "secret"));
             var common = new Dictionary<string, string>
             {
+                // Redis membership is not localhost clustering: silos and gateway talk mutual TLS with one cluster certificate.
+                ["Cluster__Tls__CertificatePath"] = certificatePath,
+                ["Cluster__Tls__CertificatePassword"] = "secret",
                 ["Orleans__ClusterId"] = "redis-test-" + Guid.NewGuid().ToString("N")[..8],
                 ["Orleans__ServiceId"] = "cluster",
                 ["Orleans__Clustering__ProviderType"] = "Redis",
