@@ -328,9 +328,26 @@ public sealed class InferenceSchedulerGrain(
             Take(sequence, 1);
         }
         var prefills = replica.Running.Where(s => s.Unscheduled > 0 && !Decoding(s)).OrderBy(s => s.Unscheduled).ToList();
-        for (int i = 0; i < prefills.Count && budget > 0; i++)
-            Take(prefills[i], Math.Min(prefills[i].Unscheduled, Math.Max(1, budget / (prefills.Count - i))));
+        int[] shares = PromptShares([.. prefills.Select(s => s.Unscheduled)], budget);
+        for (int i = 0; i < prefills.Count; i++)
+            if (shares[i] > 0) Take(prefills[i], shares[i]);
         return batch;
+    }
+
+    /// <summary>
+    /// Tokens each waiting prompt gets from a step's <paramref name="budget"/>, the prompts ordered by what they have
+    /// left (ascending): each takes at most an even share of what is still unspent, so short prompts finish in one step
+    /// and pass what they leave to the longer ones, and every prompt advances while the budget has a token for each.
+    /// </summary>
+    public static int[] PromptShares(IReadOnlyList<int> remaining, int budget)
+    {
+        var shares = new int[remaining.Count];
+        for (int i = 0; i < remaining.Count && budget > 0; i++)
+        {
+            shares[i] = Math.Min(remaining[i], Math.Max(1, budget / (remaining.Count - i)));
+            budget -= shares[i];
+        }
+        return shares;
     }
 
     /// <summary>One step down the pipeline: frees <paramref name="released"/>, runs the chunks, samples where a sequence's last token was in it.</summary>
