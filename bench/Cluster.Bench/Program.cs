@@ -1,6 +1,6 @@
 // cluster-bench: the engine's benchmarks, printed as Markdown tables for the README.
 // Run from the repository root: bash bench/run.sh (or dotnet run -c Release --project bench/Cluster.Bench -- gemm)
-// Commands: gemm, model, training (single process); transport, collectives, serving (in-process Orleans clusters).
+// Commands: gemm, model, training, tokenizer (single process); transport, collectives, serving (in-process Orleans clusters).
 using Cluster.Bench;
 
 string command = args.FirstOrDefault() ?? "help";
@@ -15,6 +15,9 @@ switch (command)
         ModelBench.Run((Option(args, "--presets") ?? "stories15M,stories110M").Split(','), threads,
             int.Parse(Option(args, "--prompt") ?? "128"), int.Parse(Option(args, "--decode") ?? "128"),
             withLlamaCpp: !args.Contains("--no-llamacpp"));
+        return 0;
+    case "tokenizer":
+        TokenizerBench.Run(int.Parse(Option(args, "--reference-max") ?? "16384"));
         return 0;
     case "transport":
         await TransportBench.Run([64 << 10, 1 << 20, 16 << 20], [64 << 10, 256 << 10, (1 << 20) - (1 << 10)], minSeconds: 0.5, minBytes: 64L << 20);
@@ -39,6 +42,7 @@ switch (command)
                    cluster-bench serving                                          (continuous batching and sharding layouts, tokens/s)
                    cluster-bench training [--threads 1,2] [--presets stories15M] [--layouts "pp=2;dp=2;tp=2;pp=2,dp=2"] [--batch 4] [--seq 128] [--steps 5]
                                                                                   (training tokens/s and MFU, one shard and per layout)
+                   cluster-bench tokenizer [--reference-max 16384]                (encode ms for 4 K..1 M chars, beside the O(n²) reference up to that size)
             run from the repository root; bench/run.sh installs llama.cpp (npm) and runs everything
             """);
         return command == "help" ? 0 : 2;

@@ -1,24 +1,55 @@
 // The paged KV cache: per layer one K and one V buffer of fixed-size blocks on the device
 // (blocks · blockSize slots of kvDim floats), per-sequence block tables, a free list, and a prefix cache.
 // Sequences grow block by block; releasing a sequence returns its blocks. Continuous batching sits on this.
-// Prefix caching: every block a sequence fills is keyed by a hash of all tokens up to its end (a chain over the
-// blocks before it). A new sequence whose first tokens match takes those blocks as they are (shared, counted by
-// reference, never written again: only full blocks are shared) and skips computing them. A block no sequence uses
-// any more stays cached, on an LRU list, until a reservation needs it. Whoever drives several caches in step (the
-// ranks and stages of one pipeline) gets the same prefix hits from each, as long as each sees the same calls in
-// the same order: the hits depend only on that history.
+// Prefix caching: every block a sequence fills is keyed by SHA-256 over its parent's key and its own tokens (a chain
+// from the first block, so the key stands for all tokens up to the block's end). A new sequence whose first tokens
+// match takes those blocks as they are (shared, counted by reference, never written again: only full blocks are
+// shared) and skips computing them. A key only finds a block: the block is used after checking that it holds the
+// prompt's tokens and follows the block attached just before it, so even two prefixes on one key (a collision,
+// or a key function that makes them) never share a block; they only miss. A block no sequence uses any more stays
+// cached, on an LRU list, until a reservation needs it. Whoever drives several caches in step (the ranks and stages
+// of one pipeline) gets the same prefix hits from each, as long as each sees the same calls in the same order: the
+// hits depend only on that history (keys are plain SHA-256, no per-process salt).
+using System.Buffers;
+using System.Buffers.Binary;
+using System.Security.Cryptography;
 using Cluster.Compute;
 
 namespace Cluster.Model;
 
 public sealed class KvCacheExhaustedException(string message) : Exception(message);
 
+/// <summary>The 256-bit key of a prefix of whole blocks; <see cref="Empty"/> is the empty prefix.</summary>
+public readonly record struct PrefixKey(ulong Bits0, ulong Bits64, ulong Bits128, ulong Bits192)
+{
+    public static PrefixKey Empty => default;
+
+    /// <summary>SHA-256 of <paramref name="parent"/>'s 32 bytes and then the block's token ids, all little-endian.</summary>
+    public static PrefixKey Sha256(PrefixKey parent, ReadOnlySpan<int> blockTokens)
+    {
+        int length = 32 + 4 * blockTokens.Length;
+        byte[]? rented = length > 1024 ? ArrayPool<byte>.Shared.Rent(length) : null;
+        Span<byte> message = rented is null ? stackalloc byte[length] : rented.AsSpan(0, length);
+        BinaryPrimitives.WriteUInt64LittleEndian(message, parent.Bits0);
+        BinaryPrimitives.WriteUInt64LittleEndian(message[8..], parent.Bits64);
+        BinaryPrimitives.WriteUInt64LittleEndian(message[16..], parent.Bits128);
+        BinaryPrimitives.WriteUInt64LittleEndian(message[24..], parent.Bits192);
+        for (int i = 0; i < blockTokens.Length; i++) BinaryPrimitives.WriteInt32LittleEndian(message[(32 + 4 * i)..], blockTokens[i]);
+        Span<byte> digest = stackalloc byte[32];
+        SHA256.HashData(message, digest);
+        if (rented is not null) ArrayPool<byte>.Shared.Return(rented);
+        return new PrefixKey(BinaryPrimitives.ReadUInt64LittleEndian(digest), BinaryPrimitives.ReadUInt64LittleEndian(digest[8..]),
+            BinaryPrimitives.ReadUInt64LittleEndian(digest[16..]), BinaryPrimitives.ReadUInt64LittleEndian(digest[24..]));
+    }
+}
+
 public sealed class PagedKvCache : IDisposable
 {
     private readonly Stack<int> _free;
     private readonly int[] _references;                                  // sequences using each block
-    private readonly Dictionary<ulong, int> _blockOfPrefix = [];         // prefix hash -> the block that ends it
-    private readonly Dictionary<int, ulong> _prefixOfBlock = [];
+    private readonly Func<PrefixKey, ReadOnlySpan<int>, PrefixKey> _keyOfBlock;
+    private readonly Dictionary<PrefixKey, int> _blockOfKey = [];        // prefix key -> the block that ends it
+    private readonly Dictionary<int, CachedBlock> _cached = [];          // block -> what it holds
     private readonly LinkedList<int> _unused = [];                        // cached blocks nobody uses, oldest first
     private readonly Dictionary<int, LinkedListNode<int>> _unusedNodes = [];
     private readonly Dictionary<int, Sequence> _sequences = [];
@@ -28,16 +59,48 @@ public sealed class PagedKvCache : IDisposable
     {
         public readonly List<int> Blocks = [];
         public int Length;
-        public ulong PrefixHash = FnvOffset;     // of the tokens in its full blocks
+        public PrefixKey PrefixKey = PrefixKey.Empty;   // of the tokens in its full blocks
+        public CachedBlock? Chain;                      // the cached block that ends those tokens (null: none yet), or NotInCache
         public readonly List<int> OpenBlockTokens = [];   // tokens of its last, not yet full block
     }
 
+    /// <summary>
+    /// What a block in the prefix cache holds: its key, the cached block before it (null for a first block) and its
+    /// tokens. An entry is never reused: a block evicted and filled again gets a new one, so following a parent by
+    /// reference means following exactly the blocks whose K and V this block was computed after.
+    /// </summary>
+    private sealed class CachedBlock(PrefixKey key, CachedBlock? parent, int[] tokens)
+    {
+        public PrefixKey Key => key;
+        public bool Forgotten { get; set; }
+
+        /// <summary>Whether a lookup can reach it: it and every block before it are still cached.</summary>
+        public bool Reachable
+        {
+            get
+            {
+                for (var block = this; block is not null; block = block.Parent)
+                    if (block.Forgotten) return false;
+                return true;
+            }
+        }
+
+        private CachedBlock? Parent => parent;
+
+        public bool Holds(CachedBlock? after, ReadOnlySpan<int> blockTokens) => parent == after && blockTokens.SequenceEqual(tokens);
+    }
+
+    /// <summary>The chain of a sequence whose full blocks are not all in the cache: nothing it fills can be found.</summary>
+    private static readonly CachedBlock NotInCache = new(PrefixKey.Empty, null, []);
+
     /// <summary>A cache for every layer and KV head of <paramref name="config"/>.</summary>
-    public PagedKvCache(IDevice device, ModelConfig config, int blocks, int blockSize = 16)
-        : this(device, config.Layers, config.KvDim, blocks, blockSize) { }
+    public PagedKvCache(IDevice device, ModelConfig config, int blocks, int blockSize = 16, Func<PrefixKey, ReadOnlySpan<int>, PrefixKey>? keyOfBlock = null)
+        : this(device, config.Layers, config.KvDim, blocks, blockSize, keyOfBlock) { }
 
     /// <summary>A cache for <paramref name="layers"/> layers of <paramref name="kvDim"/> floats per token (a shard's layers and KV heads).</summary>
-    public PagedKvCache(IDevice device, int layers, int kvDim, int blocks, int blockSize = 16)
+    /// <param name="keyOfBlock">a prefix's key from its parent's key and its last block's tokens; <see cref="PrefixKey.Sha256"/>
+    /// unless a test forces collisions.</param>
+    public PagedKvCache(IDevice device, int layers, int kvDim, int blocks, int blockSize = 16, Func<PrefixKey, ReadOnlySpan<int>, PrefixKey>? keyOfBlock = null)
     {
         if (blocks <= 0) throw new ArgumentOutOfRangeException(nameof(blocks), blocks, "the cache needs at least one block");
         if (blockSize <= 0) throw new ArgumentOutOfRangeException(nameof(blockSize), blockSize, "blocks hold at least one token");
@@ -56,6 +119,7 @@ public sealed class PagedKvCache : IDisposable
         }
         _free = new Stack<int>(Enumerable.Range(0, blocks).Reverse());
         _references = new int[blocks];
+        _keyOfBlock = keyOfBlock ?? PrefixKey.Sha256;
     }
 
     /// <summary>A cache big enough for <paramref name="sequences"/> sequences of <paramref name="tokens"/> tokens each.</summary>
@@ -70,7 +134,7 @@ public sealed class PagedKvCache : IDisposable
     /// <summary>Blocks a reservation can take: never used, or cached with no sequence using them.</summary>
     public int FreeBlocks => _free.Count + _unused.Count;
     /// <summary>Blocks that hold a known prefix (used or not).</summary>
-    public int CachedBlocks => _prefixOfBlock.Count;
+    public int CachedBlocks => _cached.Count;
     /// <summary>Prompt tokens that <see cref="AttachPrefix"/> found cached so far.</summary>
     public long PrefixHitTokens { get; private set; }
     public DeviceBuffer[] Keys { get; }
@@ -94,15 +158,18 @@ public sealed class PagedKvCache : IDisposable
         var s = Get(sequence);
         if (s.Length != 0) throw new InvalidOperationException($"sequence {sequence} already holds {s.Length} tokens");
         int blocks = Math.Min((tokens.Length - 1) / BlockSize, maxTokens / BlockSize);
-        ulong hash = s.PrefixHash;
         for (int b = 0; b < blocks; b++)
         {
-            hash = Extend(hash, tokens.Slice(b * BlockSize, BlockSize));
-            if (!_blockOfPrefix.TryGetValue(hash, out int block)) break;
+            var blockTokens = tokens.Slice(b * BlockSize, BlockSize);
+            var key = _keyOfBlock(s.PrefixKey, blockTokens);
+            if (!_blockOfKey.TryGetValue(key, out int block)) break;
+            var cached = _cached[block];
+            if (!cached.Holds(s.Chain, blockTokens)) break;   // another prefix on the same key
             if (_references[block]++ == 0) Unlist(block);
             s.Blocks.Add(block);
             s.Length += BlockSize;
-            s.PrefixHash = hash;
+            s.PrefixKey = key;
+            s.Chain = cached;
         }
         PrefixHitTokens += s.Length;
         return s.Length;
@@ -133,10 +200,43 @@ public sealed class PagedKvCache : IDisposable
             s.OpenBlockTokens.Add(token);
             s.Length++;
             if (s.OpenBlockTokens.Count < BlockSize) continue;
-            s.PrefixHash = Extend(s.PrefixHash, System.Runtime.InteropServices.CollectionsMarshal.AsSpan(s.OpenBlockTokens));
+            var blockTokens = System.Runtime.InteropServices.CollectionsMarshal.AsSpan(s.OpenBlockTokens);
+            s.PrefixKey = _keyOfBlock(s.PrefixKey, blockTokens);
+            s.Chain = Cache(s.Blocks[s.Length / BlockSize - 1], s.PrefixKey, s.Chain, blockTokens);
             s.OpenBlockTokens.Clear();
-            int block = s.Blocks[s.Length / BlockSize - 1];
-            if (!_prefixOfBlock.ContainsKey(block) && _blockOfPrefix.TryAdd(s.PrefixHash, block)) _prefixOfBlock[block] = s.PrefixHash;
+        }
+    }
+
+    /// <summary>
+    /// Caches a block just filled after the cached chain <paramref name="parent"/>; returns the entry that now ends the
+    /// sequence's chain, or <see cref="NotInCache"/> when its prefix is not (all) in the cache.
+    /// </summary>
+    private CachedBlock Cache(int block, PrefixKey key, CachedBlock? parent, ReadOnlySpan<int> tokens)
+    {
+        if (parent == NotInCache) return NotInCache;   // nothing could reach the block: every lookup starts at the first block
+        if (_blockOfKey.TryGetValue(key, out int existing))
+        {
+            var other = _cached[existing];
+            if (other.Holds(parent, tokens)) return other;   // the same prefix computed twice (sequences that missed together): one copy is enough
+            if (other.Reachable) return NotInCache;           // another prefix on the same key keeps it
+            Forget(existing);                                 // an orphan (a block before it was evicted) gives way
+        }
+        var cached = new CachedBlock(key, parent, tokens.ToArray());
+        _cached.Add(block, cached);
+        _blockOfKey.Add(key, block);
+        return cached;
+    }
+
+    /// <summary>Drops a block from the prefix cache; if no sequence uses it, it goes back to the free list.</summary>
+    private void Forget(int block)
+    {
+        _cached.Remove(block, out var forgotten);
+        forgotten!.Forgotten = true;
+        _blockOfKey.Remove(forgotten.Key);
+        if (_unusedNodes.ContainsKey(block))
+        {
+            Unlist(block);
+            _free.Push(block);
         }
     }
 
@@ -147,7 +247,7 @@ public sealed class PagedKvCache : IDisposable
         foreach (int block in s.Blocks)
         {
             if (--_references[block] > 0) continue;
-            if (_prefixOfBlock.ContainsKey(block)) _unusedNodes[block] = _unused.AddLast(block);
+            if (_cached.ContainsKey(block)) _unusedNodes[block] = _unused.AddLast(block);
             else _free.Push(block);
         }
         _sequences.Remove(sequence);
@@ -156,15 +256,8 @@ public sealed class PagedKvCache : IDisposable
     /// <summary>A never-used block if there is one, else the least recently used cached one (forgetting its prefix).</summary>
     private int Take()
     {
-        int block;
-        if (_free.Count > 0) block = _free.Pop();
-        else
-        {
-            block = _unused.First!.Value;
-            Unlist(block);
-            _blockOfPrefix.Remove(_prefixOfBlock[block]);
-            _prefixOfBlock.Remove(block);
-        }
+        if (_free.Count == 0) Forget(_unused.First!.Value);
+        int block = _free.Pop();
         _references[block] = 1;
         return block;
     }
@@ -172,17 +265,6 @@ public sealed class PagedKvCache : IDisposable
     private void Unlist(int block)
     {
         if (_unusedNodes.Remove(block, out var node)) _unused.Remove(node);
-    }
-
-    private const ulong FnvOffset = 14695981039346656037, FnvPrime = 1099511628211;
-
-    /// <summary>The prefix hash after one more block of tokens (64-bit FNV-1a over the previous hash and the token ids).</summary>
-    private static ulong Extend(ulong hash, ReadOnlySpan<int> tokens)
-    {
-        foreach (int token in tokens)
-            for (int shift = 0; shift < 32; shift += 8)
-                hash = (hash ^ (byte)(token >> shift)) * FnvPrime;
-        return hash;
     }
 
     private Sequence Get(int sequence) =>

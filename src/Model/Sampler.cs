@@ -1,10 +1,16 @@
-// Picks the next token from a row of logits: greedy (temperature 0), or temperature + top-k + top-p
-// (nucleus) sampling with run.c's xorshift generator, so a seed reproduces llama2.c's choices.
+// Picks the next token from a row of logits: greedy (temperature below 1e-4, 0 included), or temperature + top-k +
+// top-p (nucleus) sampling with run.c's xorshift generator, so a seed reproduces llama2.c's choices.
 namespace Cluster.Model;
 
 public sealed record SamplingOptions(float Temperature = 1f, float TopP = 0.9f, int TopK = 0, ulong Seed = 1)
 {
+    /// <summary>Temperatures below this pick the argmax: dividing logits by them overflows to ±∞ and the softmax to NaN.</summary>
+    public const float GreedyBelow = 1e-4f;
+
     public static SamplingOptions Greedy { get; } = new(Temperature: 0f);
+
+    /// <summary>Whether sampling is the argmax, which draws nothing from the generator.</summary>
+    public bool IsGreedy => Temperature < GreedyBelow;
 
     /// <summary>Throws ArgumentOutOfRangeException naming the bad parameter.</summary>
     public void Validate()
@@ -32,7 +38,7 @@ public sealed class Sampler
     /// <summary>The next token; <paramref name="logits"/> (V,) is overwritten with probabilities when sampling.</summary>
     public int Sample(Span<float> logits)
     {
-        if (_options.Temperature == 0f) return ArgMax(logits);
+        if (_options.IsGreedy) return ArgMax(logits);
         for (int i = 0; i < logits.Length; i++) logits[i] /= _options.Temperature;
         Softmax(logits);
         float coin = RandomFloat();
@@ -43,7 +49,7 @@ public sealed class Sampler
     /// <summary>Moves the generator past <paramref name="samples"/> earlier samples (resuming a generation elsewhere).</summary>
     public void Skip(int samples)
     {
-        if (_options.Temperature == 0f) return;   // greedy draws nothing
+        if (_options.IsGreedy) return;   // greedy draws nothing
         for (int i = 0; i < samples; i++) RandomFloat();
     }
 

@@ -1,5 +1,5 @@
-// Sampling: greedy is argmax, a seed reproduces a run, top-k / top-p only ever pick from their nucleus,
-// and sampled frequencies follow the softmax.
+// Sampling: greedy is argmax (temperature 0 or any below 1e-4), a seed reproduces a run, top-k / top-p only ever
+// pick from their nucleus, and sampled frequencies follow the softmax.
 using Cluster.Model;
 
 namespace Cluster.Tests;
@@ -13,6 +13,36 @@ public sealed class SamplerTests
     {
         Assert.Equal(1, new Sampler(SamplingOptions.Greedy).Sample(Logits.ToArray()));
         Assert.Equal(0, new Sampler(SamplingOptions.Greedy).Sample(new float[] { 2, 2, 1 }));
+    }
+
+    [Theory]
+    [InlineData(1e-30f)]
+    [InlineData(1e-38f)]   // a subnormal once turned every probability into NaN
+    [InlineData(5e-5f)]
+    public void TemperaturesBelowTheGreedyThresholdAreArgMax(float temperature)
+    {
+        var tiny = new Sampler(new SamplingOptions(Temperature: temperature, TopP: 0f, Seed: 5));
+        float[] logits = [.. Logits];
+        Assert.Equal(1, tiny.Sample(logits));
+        Assert.Equal(Logits, logits);   // greedy leaves the logits as they are: nothing was scaled or softmaxed
+        Assert.Equal(0, tiny.Sample(new float[] { 2, 2, 1 }));
+        Assert.True(new SamplingOptions(Temperature: temperature).IsGreedy);   // so Skip draws nothing either, as at 0
+    }
+
+    [Fact]
+    public void TemperatureJustAboveTheGreedyThresholdStillSamples()
+    {
+        // At 1e-3 the gaps between logits 3, 2.9 and 2.5 become 100 and 500: token 1 has all the mass but the softmax
+        // is still finite; an exact tie at the top shows the draw (coins split it between the two maxima).
+        var sampler = new Sampler(new SamplingOptions(Temperature: 1e-3f, TopP: 0f, Seed: 13));
+        float[] probabilities = [.. Logits];
+        Assert.Equal(1, sampler.Sample(probabilities));
+        Assert.All(probabilities, p => Assert.True(float.IsFinite(p)));
+        Assert.Equal(1f, probabilities[1], 1e-6f);
+
+        var tie = new Sampler(new SamplingOptions(Temperature: 1e-3f, TopP: 0f, Seed: 13));
+        var picks = Enumerable.Range(0, 200).Select(_ => tie.Sample(new float[] { 2, 2, 1 })).ToHashSet();
+        Assert.Equal([0, 1], picks.Order());
     }
 
     [Fact]

@@ -1,8 +1,9 @@
 // GPT-2 style byte-level BPE (GGUF "gpt2" vocabularies, byte-level tokenizer.json files): an adapter over
 // Microsoft.ML.Tokenizers' BpeTokenizer with ByteLevel on and the GPT-2 pre-tokenizer regex. Encoding is the
-// library's; decoding maps each piece's characters back through GPT-2's bytes↔unicode table ourselves, so a
-// token yields exact bytes even when it ends inside a UTF-8 sequence. Special tokens typed into the text are
-// not recognized (they encode as ordinary text).
+// library's, except that pre-tokens longer than MaxPreTokenChars are cut into pieces (see CappedRegexPreTokenizer:
+// the library's merging is quadratic in a pre-token's length); decoding maps each piece's characters back through
+// GPT-2's bytes↔unicode table ourselves, so a token yields exact bytes even when it ends inside a UTF-8 sequence.
+// Special tokens typed into the text are not recognized (they encode as ordinary text).
 using System.Text;
 using System.Text.RegularExpressions;
 using Microsoft.ML.Tokenizers;
@@ -11,8 +12,12 @@ namespace Cluster.Model.Tokenizers;
 
 public sealed class ByteLevelBpeTokenizer : ITokenizer
 {
-    private const string Gpt2Pattern = @"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
-    private static readonly Dictionary<char, byte> UnicodeToByte = BuildUnicodeToByte();
+    public const string Gpt2Pattern = @"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+    /// <summary>The longest pre-token encoded whole; longer ones are cut (a word never is: only blobs and long runs).</summary>
+    public const int MaxPreTokenChars = 256;
+    /// <summary>GPT-2's bytes_to_unicode: printable Latin-1 bytes stand for themselves, the rest for U+0100 onwards.</summary>
+    internal static readonly char[] ByteToUnicode = BuildByteToUnicode();
+    private static readonly Dictionary<char, byte> UnicodeToByte = Enumerable.Range(0, 256).ToDictionary(b => ByteToUnicode[b], b => (byte)b);
 
     private readonly BpeTokenizer _bpe;
     private readonly string[] _pieces;   // id → piece in GPT-2's unicode alphabet
@@ -39,7 +44,7 @@ public sealed class ByteLevelBpeTokenizer : ITokenizer
             {
                 Merges = merges.ToList(),
                 ByteLevel = true,
-                PreTokenizer = new RegexPreTokenizer(new Regex(Gpt2Pattern, RegexOptions.Compiled), null),
+                PreTokenizer = new CappedRegexPreTokenizer(new Regex(Gpt2Pattern, RegexOptions.Compiled), MaxPreTokenChars),
             });
         }
         catch (Exception e) when (e is ArgumentException or InvalidOperationException or FormatException)
@@ -71,15 +76,43 @@ public sealed class ByteLevelBpeTokenizer : ITokenizer
         return [.. bytes];
     }
 
-    /// <summary>GPT-2's bytes_to_unicode, inverted: printable Latin-1 bytes stand for themselves, the rest for U+0100 onwards.</summary>
-    private static Dictionary<char, byte> BuildUnicodeToByte()
+    /// <summary>
+    /// The regex's pre-tokens, each cut into pieces of at most <paramref name="maxChars"/> chars (never inside a
+    /// surrogate pair). Why: Microsoft.ML.Tokenizers 2.0 merges one pre-token in time quadratic in its length (it
+    /// compacts the symbol list with one shifting removal per merged symbol): with no space in the text, 64 K chars
+    /// took ~0.5 s, 256 K ~10 s, 1 M ~45 s. The cap bounds that to O(maxChars) per character. The tradeoff: a pre-token longer than
+    /// the cap is encoded piece by piece, with no merge across a cut, so its tokens can differ from what the
+    /// model's own tokenizer gives (they still decode to the same text); shorter pre-tokens are encoded exactly.
+    /// </summary>
+    private sealed class CappedRegexPreTokenizer(Regex regex, int maxChars) : PreTokenizer
     {
-        var map = new Dictionary<char, byte>(256);
+        public override IEnumerable<(int Offset, int Length)> PreTokenize(string text) => Split(text.AsSpan());
+
+        public override IEnumerable<(int Offset, int Length)> PreTokenize(ReadOnlySpan<char> text) => Split(text);
+
+        private List<(int Offset, int Length)> Split(ReadOnlySpan<char> text)
+        {
+            var pieces = new List<(int Offset, int Length)>();
+            foreach (var match in regex.EnumerateMatches(text))
+                for (int offset = match.Index, end = match.Index + match.Length; offset < end;)
+                {
+                    int length = Math.Min(maxChars, end - offset);
+                    if (offset + length < end && char.IsHighSurrogate(text[offset + length - 1])) length--;
+                    pieces.Add((offset, length));
+                    offset += length;
+                }
+            return pieces;
+        }
+    }
+
+    private static char[] BuildByteToUnicode()
+    {
+        var map = new char[256];
         int next = 256;
         for (int b = 0; b < 256; b++)
         {
             bool printable = b is >= '!' and <= '~' or >= 0xA1 and <= 0xAC or >= 0xAE and <= 0xFF;
-            map[printable ? (char)b : (char)next++] = (byte)b;
+            map[b] = printable ? (char)b : (char)next++;
         }
         return map;
     }

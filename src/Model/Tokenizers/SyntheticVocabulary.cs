@@ -2,7 +2,12 @@
 // 2 "\n</s>\n" (EOS), 3..258 byte pieces "<0x00>".."<0xFF>", then merges ranked by score -(id-259), and the 95
 // printable ASCII characters last. Merges come from BPE training on a built-in English sample (space-prefixed words,
 // as SentencePiece sees them); once those run out, seeded random concatenations of existing pieces fill the rest.
-// Any text round-trips: characters outside the vocabulary fall back to byte pieces.
+// Any text round-trips: characters outside the vocabulary fall back to byte pieces. ByteLevel is a GPT-2 style
+// vocabulary from the same sample (the 256 byte characters, then merges that spell each of its pre-tokens), and
+// EnglishText gives seeded text of any length from it, for tests and benches that encode long prompts.
+using System.Text;
+using System.Text.RegularExpressions;
+
 namespace Cluster.Model.Tokenizers;
 
 public static class SyntheticVocabulary
@@ -38,10 +43,49 @@ public static class SyntheticVocabulary
         pieces.AddRange(merges);
         pieces.AddRange(printable);
 
-        var bytes = pieces.Select(p => System.Text.Encoding.Latin1.GetBytes(p)).ToArray();
+        var bytes = pieces.Select(p => Encoding.Latin1.GetBytes(p)).ToArray();
         var scores = new float[pieces.Count];
         for (int i = FirstMerge; i < scores.Length; i++) scores[i] = -(i - FirstMerge);
         return new SentencePieceBpeTokenizer(bytes, scores, bosId: 1, eosId: 2, "synthetic vocabulary");
+    }
+
+    /// <summary>
+    /// A byte-level BPE vocabulary: GPT-2's 256 byte characters, then, for each pre-token of the sample in order (and
+    /// for its word without the leading space), merges that spell it left to right, so each encodes as one token;
+    /// last "&lt;|endoftext|&gt;".
+    /// </summary>
+    public static (Dictionary<string, int> Vocabulary, List<string> Merges) ByteLevel()
+    {
+        var vocabulary = new Dictionary<string, int>(StringComparer.Ordinal);
+        foreach (char c in ByteLevelBpeTokenizer.ByteToUnicode) vocabulary.Add(c.ToString(), vocabulary.Count);
+        var merges = new List<string>();
+        foreach (Match preToken in Regex.Matches(Sample, ByteLevelBpeTokenizer.Gpt2Pattern))
+            foreach (string word in new[] { preToken.Value, preToken.Value.TrimStart(' ') }.Where(w => w.Length > 0))
+            {
+                string spelled = new([.. Encoding.UTF8.GetBytes(word).Select(b => ByteLevelBpeTokenizer.ByteToUnicode[b])]);
+                for (int end = 2; end <= spelled.Length; end++)
+                    if (vocabulary.TryAdd(spelled[..end], vocabulary.Count)) merges.Add(spelled[..(end - 1)] + " " + spelled[end - 1]);
+            }
+        vocabulary.Add("<|endoftext|>", vocabulary.Count);
+        return (vocabulary, merges);
+    }
+
+    /// <summary>A tokenizer over <see cref="ByteLevel"/>, with "&lt;|endoftext|&gt;" as BOS and EOS.</summary>
+    public static ByteLevelBpeTokenizer CreateByteLevel()
+    {
+        var (vocabulary, merges) = ByteLevel();
+        int endOfText = vocabulary["<|endoftext|>"];
+        return new ByteLevelBpeTokenizer(vocabulary, merges, endOfText, endOfText, "synthetic byte-level vocabulary");
+    }
+
+    /// <summary>Exactly <paramref name="chars"/> characters of English: the sample's sentences in a seeded random order.</summary>
+    public static string EnglishText(int chars, int seed)
+    {
+        var sentences = Regex.Split(Sample, @"(?<=[.?!""]) ");
+        var random = new Random(seed);
+        var text = new StringBuilder(chars + Sample.Length);
+        while (text.Length < chars) text.Append(sentences[random.Next(sentences.Length)]).Append(' ');
+        return text.ToString(0, chars);
     }
 
     /// <summary>Greedy BPE on the sample: repeatedly merge the most frequent adjacent pair (ties broken ordinally).</summary>
