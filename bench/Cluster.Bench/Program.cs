@@ -1,6 +1,6 @@
 // cluster-bench: the engine's benchmarks, printed as Markdown tables for the README.
 // Run from the repository root: bash bench/run.sh (or dotnet run -c Release --project bench/Cluster.Bench -- gemm)
-// Commands: gemm, model, training, tokenizer (single process); transport, collectives, serving (in-process Orleans clusters).
+// Commands: gemm, model, training, tokenizer (single process); transport, collectives, serving, soak (in-process Orleans clusters).
 using Cluster.Bench;
 
 string command = args.FirstOrDefault() ?? "help";
@@ -28,6 +28,10 @@ switch (command)
     case "serving":
         await ServingBench.Run();
         return 0;
+    case "soak":
+        await SoakBench.Run(double.Parse(Option(args, "--minutes") ?? "10", System.Globalization.CultureInfo.InvariantCulture),
+            int.Parse(Option(args, "--concurrency") ?? "32"));
+        return 0;
     case "training":
         TrainingBench.Run((Option(args, "--presets") ?? "stories15M").Split(','), threads,
             (Option(args, "--layouts") ?? "pp=2;dp=2;tp=2;pp=2,dp=2").Split(';'),
@@ -42,6 +46,7 @@ switch (command)
                    cluster-bench serving                                          (continuous batching and sharding layouts, tokens/s)
                    cluster-bench training [--threads 1,2] [--presets stories15M] [--layouts "pp=2;dp=2;tp=2;pp=2,dp=2"] [--batch 4] [--seq 128] [--steps 5]
                                                                                   (training tokens/s and MFU, one shard and per layout)
+                   cluster-bench soak [--minutes 10] [--concurrency 32]           (completions, hostile and abandoned requests through the gateway over HTTP)
                    cluster-bench tokenizer [--reference-max 16384]                (encode ms for 4 K..1 M chars, beside the O(n²) reference up to that size)
             run from the repository root; bench/run.sh installs llama.cpp (npm) and runs everything
             """);

@@ -87,7 +87,7 @@ public static class TokenizerBench
     }
 
     /// <summary>The "model name" of /proc/cpuinfo, or the architecture where there is none.</summary>
-    private static string CpuModel()
+    internal static string CpuModel()
     {
         const string cpuInfo = "/proc/cpuinfo";
         if (File.Exists(cpuInfo))
