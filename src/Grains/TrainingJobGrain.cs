@@ -183,17 +183,17 @@ public sealed class TrainingJobGrain(
                     dataset ??= await Task.Run(() => Dataset(spec));
                     int recorded = Record.CheckpointStep;
                     var resume = await Task.Run(() => Checkpoint.FindResumePoint(directory, recorded));
-                    foreach (string removed in resume.Removed)
-                    {
-                        log.LogWarning("training job {Job}: {Removed}; removed", Id, removed);
-                        Publish(new TrainingJobEvent(Record.CheckpointStep, float.NaN, 0, 0, Record.State, Note: $"{removed}; removed"));
-                    }
-                    if (resume.Manifest is null && Record.CheckpointStep > 0)
-                        throw new ModelFormatException(directory, $"no checkpoint of step {Record.CheckpointStep} or before verifies: {string.Join("; ", resume.Removed)}");
+                    if (resume.Manifest is null && recorded > 0)
+                        throw new ModelFormatException(directory, $"no checkpoint of step {recorded} or before verifies: {string.Join("; ", resume.Removed)}");
                     (Record.Checkpoint, Record.CheckpointStep) = (resume.Directory, resume.Manifest?.Step ?? 0);
                     step = Record.CheckpointStep;
                     var cursor = resume.Manifest?.Cursor ?? default;
                     _events.RemoveAll(e => e.Step > step);   // steps after the checkpoint are redone: each is logged once
+                    foreach (string removed in resume.Removed)
+                    {
+                        log.LogWarning("training job {Job}: {Removed}; removed", Id, removed);
+                        Publish(new TrainingJobEvent(step, float.NaN, 0, 0, Record.State, Note: $"{removed}; removed"));
+                    }
                     silos = await AllOrFirstFailure(trainers.Select((t, i) => t.Start(Assignment(spec, keys, i, epoch))).ToArray(), o.StepTimeout);
                     lostSince = null;
                     Record.State = TrainingJobState.Running;

@@ -17,8 +17,16 @@ public static partial class DurableFile
     /// <summary>Creates <paramref name="path"/> and its missing parents, 0700 on Unix (existing ones keep their mode).</summary>
     public static void CreatePrivateDirectory(string path)
     {
-        if (OperatingSystem.IsWindows()) Directory.CreateDirectory(path);   // Windows: the user profile's ACLs apply
-        else Directory.CreateDirectory(path, PrivateDirectoryMode);
+        if (OperatingSystem.IsWindows())
+        {
+            Directory.CreateDirectory(path);   // Windows: the user profile's ACLs apply
+            return;
+        }
+        // Directory.CreateDirectory gives the mode to the last directory only: the missing ones are created one by one.
+        var missing = new Stack<string>();
+        for (string? directory = Path.GetFullPath(path); directory is not null && !Directory.Exists(directory); directory = Path.GetDirectoryName(directory))
+            missing.Push(directory);
+        while (missing.TryPop(out string? directory)) Directory.CreateDirectory(directory, PrivateDirectoryMode);
     }
 
     /// <summary>Writes <paramref name="path"/> whole through <paramref name="write"/>: temporary name, flushed, renamed, directory flushed.</summary>
