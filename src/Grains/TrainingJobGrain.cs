@@ -37,6 +37,7 @@ public sealed class TrainingJobGrain(
     private readonly CancellationTokenSource _cancel = new();
     private readonly SemaphoreSlim _writing = new(1, 1);   // one record write at a time: the step loop, checkpoints and Cancel all write
     private int _stepFailures;   // attempts in a row that failed while their trainers' silos lived, since the last checkpoint
+    private bool _runsHere;      // this activation runs the job (one that read another cluster's record never writes it)
 
     private string Id => this.GetPrimaryKeyString();
     private TrainingJobRecord Record => stored.State;
@@ -66,6 +67,7 @@ public sealed class TrainingJobGrain(
                 else
                 {
                     log.LogInformation("training job {Job} resumes from step {Step} after its grain was lost", Id, Record.CheckpointStep);
+                    _runsHere = true;
                     Record.Restarts++;
                     await WriteRecord();   // the loss counts even if this silo dies too before the next checkpoint
                     _ = Run(spec);   // carry on from the last checkpoint
@@ -77,7 +79,7 @@ public sealed class TrainingJobGrain(
 
     public override async Task OnDeactivateAsync(DeactivationReason reason, CancellationToken cancellationToken)
     {
-        if (Record.Spec is not null && !IsEnded(Record.State))
+        if (_runsHere && !IsEnded(Record.State))
         {
             Record.DeactivatedInOrder = true;
             try { await WriteRecord(); }
@@ -91,6 +93,7 @@ public sealed class TrainingJobGrain(
         if (Record.Spec is not null)
             return Record.Spec == spec ? Describe() : throw new ArgumentException($"job '{Id}' already runs another spec");
         Validate(spec);
+        _runsHere = true;
         Record.Spec = spec;
         Record.State = TrainingJobState.Queued;
         Record.ClusterId = cluster.Value.ClusterId;
@@ -222,8 +225,9 @@ public sealed class TrainingJobGrain(
                 {
                     _ = pendingSave.ContinueWith(t => t.Exception, TaskScheduler.Default);   // an abandoned save fails on its own: observed, never awaited again
                     Record.Restarts++;
-                    log.LogWarning(e, "training job {Job}: attempt failed at step {Step}", Id, step + 1);
-                    // Let the membership settle (a dead silo is declared so) before telling a silo loss from a failing step.
+                    log.LogWarning(e, "training job {Job}: an attempt failed after step {Step}", Id, step);
+                    // The wait doubles with each step retry; it also lets the membership declare a dead silo so before
+                    // a silo loss is told from a failing step.
                     await Task.Delay(o.RetryBackoff * Math.Pow(2, Math.Min(_stepFailures, 10)));
                     string cause = $"{e.GetType().Name}: {e.Message}";
                     string retry;
@@ -242,8 +246,8 @@ public sealed class TrainingJobGrain(
                     }
                     else
                     {
-                        if (++_stepFailures > o.StepRetries) throw new InvalidOperationException($"failed {_stepFailures} times in a row (the last at step {step + 1}): {cause}", e);
-                        retry = $"step {step + 1} failed ({cause}); retry {_stepFailures} of {o.StepRetries}";
+                        if (++_stepFailures > o.StepRetries) throw new InvalidOperationException($"failed {_stepFailures} times in a row (the last after step {step}): {cause}", e);
+                        retry = $"failed after step {step} ({cause}); retry {_stepFailures} of {o.StepRetries}";
                     }
                     Publish(new TrainingJobEvent(Record.CheckpointStep, float.NaN, 0, 0, Record.State,
                         Note: $"{retry}; resuming from the newest checkpoint that verifies"));
@@ -433,6 +437,7 @@ public sealed class TrainingJobGrain(
     public async Task<TrainingJobStatus?> Cancel()
     {
         if (Record.Spec is null) return null;
+        if (!IsEnded(Record.State) && !_runsHere) throw new ArgumentException($"job '{Id}' runs under cluster '{Record.ClusterId}', not this one");
         if (!IsEnded(Record.State) && !Record.CancelRequested)
         {
             Record.CancelRequested = true;

@@ -70,6 +70,7 @@ public sealed class TrainingRootTests
         Assert.Equal(0, seenThere!.Restarts);
         await Task.Delay(TimeSpan.FromSeconds(1), cancel);
         Assert.Equal(seenThere, await other.Client.GetGrain<ITrainingJobGrain>("job-of-cluster-a").Status());
+        await Assert.ThrowsAsync<ArgumentException>(() => other.Client.GetGrain<ITrainingJobGrain>("job-of-cluster-a").Cancel());   // nor writes its record
 
         await job.Cancel();
         var status = await job.WaitForAsync(s => s.IsEnded(), cancel);
