@@ -2,7 +2,8 @@
 // layout, step by step, checkpoints it, and reports progress. States: Queued -> Running (<-> Checkpointing) ->
 // Completed | Failed | Cancelled. The job's record is durable (grain storage): when a silo holding a trainer dies the
 // job re-places the lost shards and resumes from its last checkpoint by itself; when its own silo dies, its next
-// activation does. A completed job publishes the trained model to the serving registry.
+// activation does, unless it was cancelled, its silos died too often or it was submitted to another cluster. A
+// completed job publishes the trained model to the serving registry.
 namespace Cluster.Contracts;
 
 public enum TrainingJobState { Queued, Running, Checkpointing, Completed, Failed, Cancelled }

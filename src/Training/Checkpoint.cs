@@ -70,7 +70,7 @@ public static class Checkpoint
     /// <summary>The newest committed checkpoint under <paramref name="root"/>, unverified, or null.</summary>
     public static string? Latest(string root) => Committed(root).Select(c => c.Directory).FirstOrDefault();
 
-    /// <summary>The step directories under <paramref name="root"/>, newest first.</summary>
+    /// <summary>The committed checkpoints (step directories, not staging ones) under <paramref name="root"/>, newest first.</summary>
     private static IEnumerable<(int Step, string Directory)> Committed(string root) => Steps(root).Where(s => !s.Staging).Select(s => (s.Step, s.Directory));
 
     private static IEnumerable<(int Step, string Directory, bool Staging)> Steps(string root)
@@ -98,7 +98,10 @@ public static class Checkpoint
         return file;
     }
 
-    /// <summary>Completes the staged checkpoint in <paramref name="directory"/> whose shard files are written: the manifest, with each file's length and SHA-256.</summary>
+    /// <summary>
+    /// Completes the staged checkpoint in <paramref name="directory"/> whose shard files are written: the manifest, with
+    /// each file's length and SHA-256, read back from the written files.
+    /// </summary>
     public static void WriteManifest(string directory, int step, DataCursor cursor, ParallelLayout layout, IEnumerable<string> files)
     {
         var manifest = new CheckpointManifest

@@ -1,7 +1,7 @@
 // Crash-safe, private files: a file is written under a temporary name (mode 0600 on Unix), flushed to the disk,
 // renamed over its final name, and the rename flushed with its directory, so after a crash the name holds the old
-// whole file or the new whole file, never a torn one. Directories are created 0700 on Unix. Checkpoints, job records
-// and the running-job markers are written this way.
+// whole file or the new whole file, never a torn one. Directories are created 0700 on Unix, and flushed into their
+// parents. Checkpoints, job records and the running-job markers are written this way.
 using System.Runtime.InteropServices;
 
 namespace Cluster.Training;
@@ -22,11 +22,16 @@ public static partial class DurableFile
             Directory.CreateDirectory(path);   // Windows: the user profile's ACLs apply
             return;
         }
-        // Directory.CreateDirectory gives the mode to the last directory only: the missing ones are created one by one.
+        // Directory.CreateDirectory gives the mode to the last directory only: the missing ones are created one by one,
+        // each flushed into its parent.
         var missing = new Stack<string>();
         for (string? directory = Path.GetFullPath(path); directory is not null && !Directory.Exists(directory); directory = Path.GetDirectoryName(directory))
             missing.Push(directory);
-        while (missing.TryPop(out string? directory)) Directory.CreateDirectory(directory, PrivateDirectoryMode);
+        while (missing.TryPop(out string? directory))
+        {
+            Directory.CreateDirectory(directory, PrivateDirectoryMode);
+            FlushDirectory(Path.GetDirectoryName(directory)!);
+        }
     }
 
     /// <summary>Writes <paramref name="path"/> whole through <paramref name="write"/>: temporary name, flushed, renamed, directory flushed.</summary>
