@@ -26,8 +26,9 @@ public sealed record AppHostOptions(
         if (model is not null && !File.Exists(model) && !Directory.Exists(model)) throw new ArgumentException($"--model {model}: no such file");
         int trainSteps = Value("--train-steps") is not { } steps ? TrainingDemo.DefaultSteps
             : int.TryParse(steps, out int n) && n >= 0 ? n : throw new ArgumentException($"--train-steps must be a whole number (0: no training demo), got '{steps}'");
-        // A fresh training root per run by default: jobs, checkpoints and trained models of this cluster only.
-        string trainingRoot = Path.GetFullPath(Value("--training-root") ?? Path.Combine(Path.GetTempPath(), "cluster-training", DateTime.UtcNow.ToString("yyyyMMdd-HHmmss")));
+        // A fresh training root per run by default: jobs, checkpoints and trained models of this cluster only, in a
+        // folder only this user can open, under a name nobody can guess ahead.
+        string trainingRoot = Path.GetFullPath(Value("--training-root") ?? Directory.CreateTempSubdirectory("cluster-training-").FullName);
         return new AppHostOptions(model is null ? null : Path.GetFullPath(model), Value("--tokenizer") is { } t ? Path.GetFullPath(t) : null,
             Value("--layout") ?? "pp=2", Port("--port", 8080), Port("--silo-port", 11111), Port("--gateway-port", 30000), TimeSpan.FromSeconds(120),
             trainSteps, trainingRoot);

@@ -19,15 +19,17 @@ public static class TrainCommand
     public const string Usage = """
                cluster train [--model PATH | --preset NAME] [--tokenizer PATH] [--data additions|FILE.txt|FILE.jsonl] [--steps N]
                              [--batch N] [--seq N] [--lr F] [--warmup N] [--seed N] [--threads N] [--layout L] [--micro-batches N]
-                             [--schedule 1f1b|gpipe] [--zero 0|1|2|3] [--checkpoint DIR] [--checkpoint-every N] [--out PATH]
+                             [--schedule 1f1b|gpipe] [--zero 0|1|2|3] [--checkpoint DIR] [--checkpoint-every N]
+                             [--keep-checkpoints N] [--out PATH]
                              [--lora-rank R [--lora-alpha A] [--lora-targets wq,wv,...] [--lora-dropout P] [--lora-nf4 true] --adapter-out DIR]
                              [--recompute true] [--precision fp32|bf16] [--device cpu|cuda|opencl|ilgpu-cpu]
           trains the model (Llama or GPT-2 family, fp32 on the CPU) on generated additions ("23+19=" -> "42", default), a text
           file (one document per line) or JSONL (prompt/completion or chat records: only completions are learned), tokenized
           with the model's tokenizer and packed into --seq tokens (default 64), --batch sequences a step (default 16), AdamW
           with warmup + cosine decay from --lr (default 1e-3); --layout (e.g. pp=2,dp=2) shards it, --micro-batches per
-          replica feed the pipeline schedule; --checkpoint DIR resumes from DIR's newest checkpoint (saved at any layout) and
-          saves there every --checkpoint-every steps (default 100) and at the end; --out writes the trained model as GGUF;
+          replica feed the pipeline schedule; --checkpoint DIR resumes from DIR's newest checkpoint that verifies (saved at
+          any layout; damaged ones are removed) and saves there every --checkpoint-every steps (default 100) and at the end,
+          keeping the newest --keep-checkpoints (default 3); --out writes the trained model as GGUF;
           --lora-rank trains LoRA adapters on the frozen model instead (Llama family, tp=1) and --adapter-out writes them as a
           PEFT adapter (cluster generate --adapter DIR serves it), --lora-nf4 true holding the frozen base in 4-bit NF4 (QLoRA); --recompute true keeps only each layer's input and recomputes
           the rest in the backward (activation checkpointing); --precision bf16 rounds the products' inputs to bfloat16;
@@ -44,6 +46,7 @@ public static class TrainCommand
         int steps = a.Int("steps", 600, min: 1), batchSize = a.Int("batch", 16, min: 1), seed = a.Int("seed", 1, min: 0);
         int warmup = a.Int("warmup", Math.Min(20, steps / 10), min: 0), microBatches = a.Int("micro-batches", 1, min: 1);
         int zeroStage = a.Int("zero", 0, min: 0), checkpointEvery = a.Int("checkpoint-every", 100, min: 1);
+        int keepCheckpoints = a.Int("keep-checkpoints", Checkpoint.DefaultKeep, min: 1);
         float learningRate = a.Float("lr", 1e-3f);
         var layout = ParallelLayout.Parse(a.Optional("layout"));
         var schedule = (a.Optional("schedule") ?? "1f1b") switch
@@ -100,11 +103,16 @@ public static class TrainCommand
         using var run = LocalTrainingRun.Create(loaded.Config, loaded.Weights, layout, options, zeroStage, Math.Max(1, threads / shards),
             new TrainingMode { Lora = lora, ActivationCheckpointing = recompute, Precision = precision, Device = device });
         var cursor = default(DataCursor);
-        if (checkpoint is not null && Checkpoint.Latest(checkpoint) is { } latest)
+        if (checkpoint is not null)
         {
-            var manifest = run.Restore(latest);
-            cursor = manifest.Cursor;
-            AnsiConsole.MarkupLineInterpolated($"[grey]resumed from {latest} after step {manifest.Step} (saved at {manifest.Layout})[/]");
+            var resume = Checkpoint.FindResumePoint(checkpoint);
+            foreach (string removed in resume.Removed) AnsiConsole.MarkupLineInterpolated($"[yellow]removed: {removed}[/]");
+            if (resume.Directory is { } latest)
+            {
+                var manifest = run.Restore(latest);
+                cursor = manifest.Cursor;
+                AnsiConsole.MarkupLineInterpolated($"[grey]resumed from {latest} after step {manifest.Step} (saved at {manifest.Layout})[/]");
+            }
         }
         var c = loaded.Config;
         AnsiConsole.MarkupLineInterpolated(
@@ -126,7 +134,7 @@ public static class TrainCommand
                     tokens += batchSize * sequenceLength;
                     task.Description = $"step {run.Step}/{steps} loss {loss:F4} lr {result.LearningRate:E2} |g| {result.GradientNorm:F2} {tokens / clock.Elapsed.TotalSeconds:F0} tok/s";
                     task.Value = run.Step;
-                    if (checkpoint is not null && (run.Step % checkpointEvery == 0 || run.Step == steps)) run.SaveCheckpoint(checkpoint, cursor);
+                    if (checkpoint is not null && (run.Step % checkpointEvery == 0 || run.Step == steps)) run.SaveCheckpoint(checkpoint, cursor, keepCheckpoints);
                 }
             });
         AnsiConsole.MarkupLineInterpolated($"final loss {loss:F4} after {run.Step} steps");

@@ -67,14 +67,17 @@ public sealed record TrainingStepReport([property: Id(0)] int Step, [property: I
 
 public interface ITrainerGrain : ICollectiveMember
 {
-    /// <summary>Loads its shard (from the checkpoint when one is given, else the source's weights) and starts a run in the assignment's epoch; an earlier epoch's run ends.</summary>
-    Task Start(TrainerAssignment assignment);
+    /// <summary>
+    /// Loads its shard (from the checkpoint when one is given, else the source's weights) and starts a run in the
+    /// assignment's epoch; an earlier epoch's run ends. Answers the silo it runs on.
+    /// </summary>
+    Task<SiloAddress> Start(TrainerAssignment assignment);
 
     Task<TrainingStepReport> Step(TrainingStepMessage step);
 
     /// <summary>
     /// Writes the state copied after step <paramref name="step"/> (whose message asked for it with CaptureAfter) into
-    /// <paramref name="directory"/>, while training goes on. Completes when written.
+    /// <paramref name="directory"/> (the job's staging directory of that checkpoint), while training goes on. Completes when written.
     /// </summary>
     Task SaveCheckpoint(long epoch, string directory, int step);
 

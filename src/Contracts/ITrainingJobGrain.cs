@@ -2,7 +2,8 @@
 // layout, step by step, checkpoints it, and reports progress. States: Queued -> Running (<-> Checkpointing) ->
 // Completed | Failed | Cancelled. The job's record is durable (grain storage): when a silo holding a trainer dies the
 // job re-places the lost shards and resumes from its last checkpoint by itself; when its own silo dies, its next
-// activation does. A completed job publishes the trained model to the serving registry.
+// activation does, unless it was cancelled, its silos died too often or it was submitted to another cluster. A
+// completed job publishes the trained model to the serving registry.
 namespace Cluster.Contracts;
 
 public enum TrainingJobState { Queued, Running, Checkpointing, Completed, Failed, Cancelled }
@@ -44,6 +45,8 @@ public sealed record TrainingJobSpec
     [Id(18)] public bool ActivationCheckpointing { get; init; }
     /// <summary>"fp32" or "bf16".</summary>
     [Id(19)] public string Precision { get; init; } = "fp32";
+    /// <summary>Checkpoints kept on disk (the newest, and older ones to fall back on when it fails verification).</summary>
+    [Id(20)] public int KeepCheckpoints { get; init; } = 3;
     /// <summary>Publishing under a model id already served replaces it (the gateway asks the 'admin' role for it); configured models are never replaced.</summary>
     [Id(21)] public bool ReplaceServed { get; init; }
 
@@ -53,7 +56,7 @@ public sealed record TrainingJobSpec
         SequenceLength == other.SequenceLength && LearningRate.Equals(other.LearningRate) && WarmupSteps == other.WarmupSteps &&
         Layout == other.Layout && ZeroStage == other.ZeroStage && Seed == other.Seed && MicroBatches == other.MicroBatches &&
         Schedule == other.Schedule && CheckpointEvery == other.CheckpointEvery && ServeAs == other.ServeAs && ServeLayout == other.ServeLayout &&
-        ReplaceServed == other.ReplaceServed && Lora == other.Lora && ActivationCheckpointing == other.ActivationCheckpointing && Precision == other.Precision &&
+        ReplaceServed == other.ReplaceServed && Lora == other.Lora && ActivationCheckpointing == other.ActivationCheckpointing && Precision == other.Precision && KeepCheckpoints == other.KeepCheckpoints &&
         (Documents ?? []).SequenceEqual(other.Documents ?? []) && (Silos ?? []).SequenceEqual(other.Silos ?? []);
 
     public override int GetHashCode() => HashCode.Combine(Source, Dataset, Steps, BatchSize, SequenceLength, Layout, Seed);
@@ -91,6 +94,14 @@ public sealed class TrainingJobRecord
     [Id(6)] public int Restarts { get; set; }
     [Id(7)] public string? Model { get; set; }
     [Id(8)] public long Epoch { get; set; }
+    /// <summary>The Orleans cluster id it was submitted to: a silo of another cluster sharing the directory never resumes it.</summary>
+    [Id(9)] public string? ClusterId { get; set; }
+    /// <summary>How many times a silo running it (its own or a trainer's) died: at TrainingOptions.MaxSiloLosses it fails instead of resuming.</summary>
+    [Id(10)] public int SiloLosses { get; set; }
+    /// <summary>Cancel was asked for: the job stops, and is never resumed, even when its silo dies before it has stopped.</summary>
+    [Id(11)] public bool CancelRequested { get; set; }
+    /// <summary>Its last activation ended in order (a silo shutting down, not dying): the next one is not a silo loss.</summary>
+    [Id(12)] public bool DeactivatedInOrder { get; set; }
 }
 
 public interface ITrainingJobGrain : IGrainWithStringKey
@@ -104,6 +115,6 @@ public interface ITrainingJobGrain : IGrainWithStringKey
     /// <summary>Every event from the job's start (past ones first), until it ends.</summary>
     IAsyncEnumerable<TrainingJobEvent> Events();
 
-    /// <summary>Stops the job after its current step; null when nothing was submitted under this id.</summary>
+    /// <summary>Stops the job after its current step, for good (recorded before it answers); null when nothing was submitted under this id.</summary>
     Task<TrainingJobStatus?> Cancel();
 }

@@ -83,6 +83,7 @@ public static class JobsEndpoints
             MicroBatches = Get(root, "micro_batches") is { } mb ? Integer(mb, "micro_batches", 1, 1024) : 1,
             Schedule = Get(root, "schedule") is { } schedule ? String(schedule, "schedule") : "1f1b",
             CheckpointEvery = Get(root, "checkpoint_every") is { } ce ? Integer(ce, "checkpoint_every", 1, 1_000_000) : 25,
+            KeepCheckpoints = Get(root, "keep_checkpoints") is { } kc ? Integer(kc, "keep_checkpoints", 1, 1000) : 3,
             ServeAs = Get(root, "serve_as") is { } serveAs ? String(serveAs, "serve_as") : null,
             ServeLayout = Get(root, "serve_layout") is { } serveLayout ? String(serveLayout, "serve_layout") : "",
             ReplaceServed = Get(root, "replace") is { } replace && Bool(replace, "replace"),

@@ -2,7 +2,9 @@
 // placement director, the device inventory report, the durable records' storage (files under the training root: jobs,
 // served models, the registry) and the training jobs' keeper.
 using Microsoft.Extensions.DependencyInjection;
-using Orleans.Persistence.FileStorage;
+using Microsoft.Extensions.Options;
+using Orleans.Runtime.Hosting;
+using Orleans.Storage;
 
 namespace Cluster.Grains;
 
@@ -20,9 +22,8 @@ public static class SiloBuilderExtensions
         silo.Services.AddOptions<ShardOptions>().Configure(o => shards?.Invoke(o));
         silo.Services.AddOptions<SchedulerOptions>().Configure(o => schedulers?.Invoke(o));
         silo.Services.AddOptions<TrainingOptions>().Configure(o => training?.Invoke(o));
-        var trainingOptions = new TrainingOptions();
-        training?.Invoke(trainingOptions);
-        silo.AddFileGrainStorage(RecordStorage, o => o.RootDirectory = Path.Combine(trainingOptions.Root, "records"));
+        silo.Services.AddGrainStorage(RecordStorage, (services, _) => new RecordFileStorage(
+            services.GetRequiredService<IOptions<TrainingOptions>>().Value.RecordsDirectory, services.GetRequiredService<IGrainStorageSerializer>()));
         silo.Services.AddSingleton<ILifecycleParticipant<ISiloLifecycle>, TrainingJobKeeper>();
         silo.Services.AddPlacementDirector<PinnedShardPlacementStrategy, PinnedShardPlacementDirector>();
         silo.Services.AddSingleton<ILifecycleParticipant<ISiloLifecycle>, DeviceInventoryReporter>();

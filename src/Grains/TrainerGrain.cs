@@ -31,7 +31,7 @@ public sealed class TrainerGrain(IGrainFactory grains, IOptions<ShardOptions> op
 
     private DeviceWorker Worker => _worker ??= new DeviceWorker($"trainer {this.GetPrimaryKeyString()}");
 
-    public async Task Start(TrainerAssignment a)
+    public async Task<SiloAddress> Start(TrainerAssignment a)
     {
         var layout = ParseLayout(a.Layout);
         if (a.Shards.Length != layout.DataParallel * layout.PipelineStages * layout.TensorParallel || (uint)a.Index >= (uint)a.Shards.Length)
@@ -80,6 +80,7 @@ public sealed class TrainerGrain(IGrainFactory grains, IOptions<ShardOptions> op
             return trainer;
         });
         _run = new Run(a, trainer);
+        return GrainContext.Address.SiloAddress!;   // an active grain has its silo
     }
 
     /// <summary>The shard's groups: peers by key, in rank order, each group on its own channel.</summary>

@@ -1,12 +1,17 @@
 // A training job (see ITrainingJobGrain): starts one trainer grain per shard of the layout, then each step takes the
 // next global batch from the packed dataset, splits it between the replicas and into micro-batches, and has every
 // trainer step together, publishing the step's loss to subscribers. Every CheckpointEvery steps the trainers copy
-// their state and write it while training goes on; when all have written, the manifest and the job's durable record
-// (the step log up to that step) follow. A step that fails or times out means a lost trainer: the job starts a new
-// epoch on the same keys (pinned placement puts a dead silo's shards on a live one), every trainer restores the last
-// checkpoint, and the steps after it are redone and logged once. Reentrant: status, events and cancel are answered
-// while the step loop runs on the grain's own thread.
+// their state and write it, while training goes on, into a staging directory of this attempt; when all have written,
+// the manifest follows, the directory is renamed whole to its step and the job's durable record (the step log up to
+// that step) is written; KeepCheckpoints are kept. A failed or timed-out step starts a new attempt: a new epoch on the
+// same keys (pinned placement puts a dead silo's shards on a live one), every trainer restores the newest checkpoint
+// that verifies (a damaged one falls back to the one before), and the steps after it are redone and logged once.
+// Failure budgets end the retries: a failure that repeats with the trainers' silos alive fails the job after
+// StepRetries, a job whose silos died MaxSiloLosses times fails rather than resume, and trainers that cannot be placed
+// again within RecoveryTimeout fail it. Cancel is recorded before it answers, so a cancelled job never resumes.
+// Reentrant: status, events and cancel are answered while the step loop runs on the grain's own thread.
 using System.Diagnostics;
+using System.Globalization;
 using System.Threading.Channels;
 using Cluster.Compute.Collectives;
 using Cluster.Contracts;
@@ -17,33 +22,70 @@ using Cluster.Training;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 using Orleans.Concurrency;
+using Orleans.Configuration;
 
 namespace Cluster.Grains;
 
 [Reentrant, PinnedShardPlacement]   // a key ending "@{silo}" pins the job there (its trainers' keys inherit the pin unless the spec names silos)
 public sealed class TrainingJobGrain(
-    IGrainFactory grains, IOptions<TrainingOptions> options, IOptions<SchedulerOptions> schedulers, ModelRoots modelRoots, ILogger<TrainingJobGrain> log,
+    IGrainFactory grains, IOptions<TrainingOptions> options, IOptions<SchedulerOptions> schedulers, ModelRoots modelRoots,
+    IOptions<ClusterOptions> cluster, IClusterMembershipService membership, ILogger<TrainingJobGrain> log,
     [PersistentState("job", SiloBuilderExtensions.RecordStorage)] IPersistentState<TrainingJobRecord> stored) : Grain, ITrainingJobGrain
 {
     private readonly List<TrainingJobEvent> _events = [];   // the step log: the stored one plus the steps since its checkpoint
     private readonly List<Channel<TrainingJobEvent>> _subscribers = [];
     private readonly CancellationTokenSource _cancel = new();
+    private readonly SemaphoreSlim _writing = new(1, 1);   // one record write at a time: the step loop, checkpoints and Cancel all write
+    private int _stepFailures;   // attempts in a row that failed while their trainers' silos lived, since the last checkpoint
+    private bool _runsHere;      // this activation runs the job (one that read another cluster's record never writes it)
 
     private string Id => this.GetPrimaryKeyString();
     private TrainingJobRecord Record => stored.State;
     private static bool IsEnded(TrainingJobState s) => s is TrainingJobState.Completed or TrainingJobState.Failed or TrainingJobState.Cancelled;
     private string Marker => Path.Combine(options.Value.RunningDirectory, Uri.EscapeDataString(Id));
 
-    public override Task OnActivateAsync(CancellationToken cancellationToken)
+    public override async Task OnActivateAsync(CancellationToken cancellationToken)
     {
         _events.AddRange(Record.Events);
-        if (Record.Spec is not null && !IsEnded(Record.State))
+        if (Record.Spec is { } spec && !IsEnded(Record.State))
         {
-            log.LogInformation("training job {Job} resumes from step {Step} after its grain was lost", Id, Record.CheckpointStep);
-            Record.Restarts++;
-            _ = Run(Record.Spec);   // the previous activation died with its silo: carry on from the last checkpoint
+            if (Record.ClusterId != cluster.Value.ClusterId)
+                log.LogWarning("training job {Job} was submitted to cluster {Recorded}, not this silo's {Cluster}: not resumed", Id, Record.ClusterId, cluster.Value.ClusterId);
+            else
+            {
+                // The previous activation died with its silo, unless it was deactivated in order (the silo shut down).
+                if (!Record.DeactivatedInOrder) Record.SiloLosses++;
+                Record.DeactivatedInOrder = false;
+                if (Record.CancelRequested) Record.State = TrainingJobState.Cancelled;
+                else if (Record.SiloLosses >= options.Value.MaxSiloLosses)
+                {
+                    Record.State = TrainingJobState.Failed;
+                    Record.Error = $"took down its silo {Record.SiloLosses} times: not resumed again";
+                    log.LogError("training job {Job} {Error}", Id, Record.Error);
+                }
+                if (IsEnded(Record.State)) _ = End(Trainers(Keys(spec)));
+                else
+                {
+                    log.LogInformation("training job {Job} resumes from step {Step} after its grain was lost", Id, Record.CheckpointStep);
+                    _runsHere = true;
+                    Record.Restarts++;
+                    await WriteRecord();   // the loss counts even if this silo dies too before the next checkpoint
+                    _ = Run(spec);   // carry on from the last checkpoint
+                }
+            }
         }
-        return base.OnActivateAsync(cancellationToken);
+        await base.OnActivateAsync(cancellationToken);
+    }
+
+    public override async Task OnDeactivateAsync(DeactivationReason reason, CancellationToken cancellationToken)
+    {
+        if (_runsHere && !IsEnded(Record.State))
+        {
+            Record.DeactivatedInOrder = true;
+            try { await WriteRecord(); }
+            catch (Exception e) { log.LogWarning(e, "training job {Job}: recording an orderly deactivation ({Reason})", Id, reason); }
+        }
+        await base.OnDeactivateAsync(reason, cancellationToken);
     }
 
     public async Task<TrainingJobStatus> Submit(TrainingJobSpec spec)
@@ -53,13 +95,20 @@ public sealed class TrainingJobGrain(
             return Record.Spec == spec ? Describe() : throw new ArgumentException($"job '{Id}' already runs another spec");
         Validate(spec);
         await CheckAgainstTheCluster(spec);
+        _runsHere = true;
         Record.Spec = spec;
         Record.State = TrainingJobState.Queued;
+        Record.ClusterId = cluster.Value.ClusterId;
         Publish(new TrainingJobEvent(0, float.NaN, 0, 0, TrainingJobState.Queued));
         Record.Events = [.. _events];
-        await stored.WriteStateAsync();
-        Directory.CreateDirectory(options.Value.RunningDirectory);
-        await File.WriteAllTextAsync(Marker, spec.Source.ToString());
+        await WriteRecord();
+        string marker = Marker;
+        byte[] clusterId = System.Text.Encoding.UTF8.GetBytes(Record.ClusterId);
+        await Task.Run(() =>
+        {
+            DurableFile.CreatePrivateDirectory(options.Value.RunningDirectory);
+            DurableFile.WriteAllBytes(marker, clusterId);
+        });
         _ = Run(spec);   // the step loop runs on this grain's scheduler; Submit answers at once
         return Describe();
     }
@@ -87,6 +136,7 @@ public sealed class TrainingJobGrain(
         Require(s.Schedule is "1f1b" or "gpipe", "schedule must be '1f1b' or 'gpipe'");
         Require(s.Precision is "fp32" or "bf16", "precision must be 'fp32' or 'bf16'");
         Require(s.CheckpointEvery >= 1, "checkpoint_every must be at least 1");
+        Require(s.KeepCheckpoints is >= 1 and <= 1000, "keep_checkpoints must be from 1 to 1000");
         Require(s.Dataset == "additions" || (s.Dataset is "text" or "jsonl" && s.Documents is { Length: > 0 }),
             "dataset must be 'additions', 'text' or 'jsonl' (the last two with a non-empty documents list)");
         if (s.Lora is { } lora)
@@ -154,50 +204,71 @@ public sealed class TrainingJobGrain(
         }
     }
 
+    private ITrainerGrain[] Trainers(string[] keys) => [.. keys.Select(k => grains.GetGrain<ITrainerGrain>(k))];
+
+    /// <summary>The keys of the job's trainers: one per shard of the layout, pinned round-robin to the spec's silos when it names some.</summary>
+    private string[] Keys(TrainingJobSpec spec)
+    {
+        var layout = ParallelLayout.Parse(spec.Layout);
+        int shardsPerReplica = layout.PipelineStages * layout.TensorParallel;
+        return [.. Enumerable.Range(0, layout.DataParallel * shardsPerReplica).Select(i => ShardKey.Create(Id,
+            i / shardsPerReplica, i % shardsPerReplica / layout.TensorParallel, i % layout.TensorParallel,
+            spec.Silos is { Length: > 0 } silos ? silos[i % silos.Length] : null))];
+    }
+
     private async Task Run(TrainingJobSpec spec)
     {
         var o = options.Value;
         var layout = ParallelLayout.Parse(spec.Layout);
         string directory = o.JobDirectory(Id);
-        int shardsPerReplica = layout.PipelineStages * layout.TensorParallel;
-        string[] keys = [.. Enumerable.Range(0, layout.DataParallel * shardsPerReplica).Select(i => ShardKey.Create(Id,
-            i / shardsPerReplica, i % shardsPerReplica / layout.TensorParallel, i % layout.TensorParallel,
-            spec.Silos is { Length: > 0 } silos ? silos[i % silos.Length] : null))];
-        var trainers = keys.Select(k => grains.GetGrain<ITrainerGrain>(k)).ToArray();
-        DateTime? lostSince = null;
+        string[] keys = Keys(spec);
+        var trainers = Trainers(keys);
+        PackedDataset? dataset = null;   // kept once built: a failure to build it is retried like any other, never kept
+        DateTime? lostSince = null;      // when the trainers were first found missing: re-placing them may take until RecoveryTimeout
         try
         {
-            var dataset = await Task.Run(() => Dataset(spec));
             while (true)
             {
                 Record.Epoch = Math.Max(Record.Epoch + 1, DateTime.UtcNow.Ticks);   // above any epoch an earlier activation used
                 long epoch = Record.Epoch;
                 var pendingSave = Task.CompletedTask;
+                SiloAddress[] silos = [];   // where this attempt's trainers run, once they started
+                int step = 0;
                 try
                 {
-                    var manifest = Record.Checkpoint is { } from ? await Task.Run(() => Checkpoint.ReadManifest(from)) : null;
-                    int step = manifest?.Step ?? 0;
-                    var cursor = manifest?.Cursor ?? default;
+                    dataset ??= await Task.Run(() => Dataset(spec));
+                    int recorded = Record.CheckpointStep;
+                    var resume = await Task.Run(() => Checkpoint.FindResumePoint(directory, recorded));
+                    if (resume.Manifest is null && recorded > 0)
+                        throw new ModelFormatException(directory, $"no checkpoint of step {recorded} or before verifies: {string.Join("; ", resume.Removed)}");
+                    (Record.Checkpoint, Record.CheckpointStep) = (resume.Directory, resume.Manifest?.Step ?? 0);
+                    step = Record.CheckpointStep;
+                    var cursor = resume.Manifest?.Cursor ?? default;
                     _events.RemoveAll(e => e.Step > step);   // steps after the checkpoint are redone: each is logged once
-                    await AllOrFirstFailure(trainers.Select((t, i) => t.Start(Assignment(spec, keys, i, epoch))).ToArray(), o.StepTimeout);
+                    foreach (string removed in resume.Removed)
+                    {
+                        log.LogWarning("training job {Job}: {Removed}; removed", Id, removed);
+                        Publish(new TrainingJobEvent(step, float.NaN, 0, 0, Record.State, Note: $"{removed}; removed"));
+                    }
+                    silos = await AllOrFirstFailure(trainers.Select((t, i) => t.Start(Assignment(spec, keys, i, epoch))).ToArray(), o.StepTimeout);
                     lostSince = null;
                     Record.State = TrainingJobState.Running;
                     Publish(new TrainingJobEvent(step, float.NaN, 0, 0, TrainingJobState.Running,
-                        Note: manifest is null ? $"started: {keys.Length} trainers, layout {layout}" : $"resumed from the checkpoint of step {step}"));
+                        Note: resume.Manifest is null ? $"started: {keys.Length} trainers, layout {layout}" : $"resumed from the checkpoint of step {step}"));
                     var clock = Stopwatch.StartNew();
                     long tokens = 0;
                     while (step < spec.Steps && !_cancel.IsCancellationRequested)
                     {
                         (var batch, cursor) = dataset.Take(spec.BatchSize, cursor);
-                        step++;
-                        bool checkpoint = step % spec.CheckpointEvery == 0 || step == spec.Steps;
+                        bool checkpoint = (step + 1) % spec.CheckpointEvery == 0 || step + 1 == spec.Steps;
                         var (loss, lr) = await Step(trainers, layout, spec, batch, epoch, captureAfter: checkpoint);
+                        step++;
                         tokens += (long)spec.BatchSize * spec.SequenceLength;
                         Publish(new TrainingJobEvent(step, loss, lr, (float)(tokens / clock.Elapsed.TotalSeconds), Record.State));
                         if (checkpoint)
                         {
                             await pendingSave;   // one checkpoint in flight at a time
-                            pendingSave = Save(trainers, epoch, layout, directory, step, cursor);
+                            pendingSave = Save(trainers, epoch, spec, layout, directory, step, cursor);
                         }
                     }
                     await pendingSave;
@@ -205,24 +276,57 @@ public sealed class TrainingJobGrain(
                 }
                 catch (Exception e) when (!_cancel.IsCancellationRequested && e is not (ArgumentException or FormatException or ModelFormatException))
                 {
-                    lostSince ??= DateTime.UtcNow;
-                    if (DateTime.UtcNow - lostSince > o.RecoveryTimeout) throw new TimeoutException($"trainers lost and not back within {o.RecoveryTimeout}: {e.Message}", e);
+                    _ = pendingSave.ContinueWith(t => t.Exception, TaskScheduler.Default);   // an abandoned save fails on its own: observed, never awaited again
                     Record.Restarts++;
-                    log.LogWarning(e, "training job {Job}: a trainer was lost; restarting from step {Step}", Id, Record.CheckpointStep);
+                    log.LogWarning(e, "training job {Job}: an attempt failed after step {Step}", Id, step);
+                    // The wait doubles with each step retry; it also lets the membership declare a dead silo so before
+                    // a silo loss is told from a failing step.
+                    await Task.Delay(o.RetryBackoff * Math.Pow(2, Math.Min(_stepFailures, 10)));
+                    string cause = $"{e.GetType().Name}: {e.Message}";
+                    string retry;
+                    if (silos.Length == 0)
+                    {
+                        lostSince ??= DateTime.UtcNow;
+                        if (DateTime.UtcNow - lostSince > o.RecoveryTimeout) throw new TimeoutException($"trainers lost and not back within {o.RecoveryTimeout}: {cause}", e);
+                        retry = $"trainers not started ({cause})";
+                    }
+                    else if (silos.Any(s => membership.CurrentSnapshot.GetSiloStatus(s) == SiloStatus.Dead))
+                    {
+                        Record.SiloLosses++;
+                        await WriteRecord();
+                        if (Record.SiloLosses >= o.MaxSiloLosses) throw new InvalidOperationException($"took down its silo {Record.SiloLosses} times (the last: {cause})", e);
+                        retry = $"a trainer's silo died ({cause})";
+                    }
+                    else
+                    {
+                        if (++_stepFailures > o.StepRetries) throw new InvalidOperationException($"failed {_stepFailures} times in a row (the last after step {step}): {cause}", e);
+                        retry = $"failed after step {step} ({cause}); retry {_stepFailures} of {o.StepRetries}";
+                    }
                     Publish(new TrainingJobEvent(Record.CheckpointStep, float.NaN, 0, 0, Record.State,
-                        Note: $"trainer lost ({e.GetType().Name}: {e.Message}); resuming from the checkpoint of step {Record.CheckpointStep}"));
-                    await Task.Delay(TimeSpan.FromSeconds(1));   // let the membership settle before placing the shards again
+                        Note: $"{retry}; resuming from the newest checkpoint that verifies"));
                 }
             }
             Record.State = _cancel.IsCancellationRequested ? TrainingJobState.Cancelled : TrainingJobState.Completed;
             if (Record.State == TrainingJobState.Completed && spec.ServeAs is { } modelId) await PublishModel(spec, modelId, directory);
         }
+        catch (Exception e) when (_cancel.IsCancellationRequested)
+        {
+            log.LogInformation(e, "training job {Job} failed while it was being cancelled", Id);
+            Record.State = TrainingJobState.Cancelled;
+        }
         catch (Exception e)
         {
             log.LogError(e, "training job {Job} failed", Id);
             Record.State = TrainingJobState.Failed;
-            Record.Error = e.Message;
+            // what the job's users read: a model file's complaint can quote bytes it read, so it is told in words (the log has it whole)
+            Record.Error = e is ModelFormatException ? "its model or tokenizer is not a file this cluster reads (the silo log has the detail)" : e.Message;
         }
+        await End(trainers);
+    }
+
+    /// <summary>A job that will not run again (completed, failed or cancelled): its trainers stop, its record is final and its marker goes.</summary>
+    private async Task End(ITrainerGrain[] trainers)
+    {
         await Task.WhenAll(trainers.Select(async t =>
         {
             try { await t.Stop().WaitAsync(TimeSpan.FromSeconds(10)); }
@@ -232,10 +336,17 @@ public sealed class TrainingJobGrain(
         Publish(new TrainingJobEvent(last?.Step ?? 0, last?.Loss ?? float.NaN, last?.LearningRate ?? 0, last?.TokensPerSecond ?? 0, Record.State, Record.Error,
             Record.Model is { } served ? $"serving the trained model as '{served}'" : null));
         Record.Events = [.. _events];
-        await stored.WriteStateAsync();
+        await WriteRecord();
         File.Delete(Marker);
         foreach (var subscriber in _subscribers) subscriber.Writer.TryComplete();
         _subscribers.Clear();
+    }
+
+    private async Task WriteRecord()
+    {
+        await _writing.WaitAsync();
+        try { await stored.WriteStateAsync(); }
+        finally { _writing.Release(); }
     }
 
     private TrainerAssignment Assignment(TrainingJobSpec spec, string[] keys, int index, long epoch) => new(spec.Source, spec.Layout, keys, index, epoch,
@@ -275,20 +386,29 @@ public sealed class TrainingJobGrain(
         return (reports.Where((_, i) => i % shardsPerReplica == lossReporter).Sum(r => r.LossShare), reports[0].LearningRate);
     }
 
-    /// <summary>The trainers write the state they copied after <paramref name="step"/> while training goes on; then the manifest and the job's record.</summary>
-    private async Task Save(ITrainerGrain[] trainers, long epoch, ParallelLayout layout, string root, int step, DataCursor cursor)
+    /// <summary>
+    /// The trainers write the state they copied after <paramref name="step"/> into this attempt's staging directory
+    /// while training goes on; then the manifest, the rename to the step's directory, the job's record and pruning.
+    /// </summary>
+    private async Task Save(ITrainerGrain[] trainers, long epoch, TrainingJobSpec spec, ParallelLayout layout, string root, int step, DataCursor cursor)
     {
-        string directory = Checkpoint.StepDirectory(root, step);
+        string staging = Checkpoint.StagingDirectory(root, step, epoch.ToString(CultureInfo.InvariantCulture));
         Record.State = TrainingJobState.Checkpointing;
-        await AllOrFirstFailure(trainers.Select(t => t.SaveCheckpoint(epoch, directory, step)).ToArray(), options.Value.StepTimeout);
+        await Task.Run(() => DurableFile.CreatePrivateDirectory(staging));
+        await AllOrFirstFailure(trainers.Select(t => t.SaveCheckpoint(epoch, staging, step)).ToArray(), options.Value.StepTimeout);
         string[] files = [.. Enumerable.Range(0, layout.PipelineStages).SelectMany(s => Enumerable.Range(0, layout.TensorParallel).Select(r => Checkpoint.ShardFile(s, r)))];
-        await Task.Run(() => Checkpoint.WriteManifest(directory, step, cursor, layout, files));
-        Record.Checkpoint = directory;
+        await Task.Run(() => Checkpoint.WriteManifest(staging, step, cursor, layout, files));
+        // A later attempt resumed from an earlier checkpoint and redoes this step in its own staging directory: drop this one (pruning removes it).
+        if (Record.Epoch != epoch) return;
+        // Renamed on the grain's thread, the record updated with it: an attempt starting later resumes from here.
+        Record.Checkpoint = Checkpoint.Commit(root, step, staging);
         Record.CheckpointStep = step;
         Record.Events = [.. _events.Where(e => e.Step <= step)];
+        _stepFailures = 0;
         if (Record.State == TrainingJobState.Checkpointing) Record.State = TrainingJobState.Running;
-        await stored.WriteStateAsync();
+        await WriteRecord();
         Publish(new TrainingJobEvent(step, float.NaN, 0, 0, Record.State, Note: $"checkpoint of step {step} saved"));
+        await Task.Run(() => Checkpoint.Prune(root, spec.KeepCheckpoints));
     }
 
     /// <summary>
@@ -369,11 +489,17 @@ public sealed class TrainingJobGrain(
         }
     }
 
-    public Task<TrainingJobStatus?> Cancel()
+    public async Task<TrainingJobStatus?> Cancel()
     {
-        if (Record.Spec is null) return Task.FromResult<TrainingJobStatus?>(null);
+        if (Record.Spec is null) return null;
+        if (!IsEnded(Record.State) && !_runsHere) throw new ArgumentException($"job '{Id}' runs under cluster '{Record.ClusterId}', not this one");
+        if (!IsEnded(Record.State) && !Record.CancelRequested)
+        {
+            Record.CancelRequested = true;
+            await WriteRecord();   // before it answers: a silo that dies now leaves a job that is not resumed
+        }
         _cancel.Cancel();
-        return Task.FromResult<TrainingJobStatus?>(Describe());
+        return Describe();
     }
 
     private TrainingJobStatus Describe()

@@ -64,13 +64,19 @@ public sealed class LocalTrainingRun : IDisposable
         return results[0] with { LossShare = last.Sum(r => r.LossShare) };
     }
 
-    /// <summary>Writes a checkpoint of the current step under <paramref name="root"/> (replica 0's shards); returns its directory.</summary>
-    public string SaveCheckpoint(string root, DataCursor cursor)
+    /// <summary>
+    /// Writes a checkpoint of the current step under <paramref name="root"/> (replica 0's shards), keeping the newest
+    /// <paramref name="keep"/>; returns its directory. Throws when that step's checkpoint exists (it is never written again).
+    /// </summary>
+    public string SaveCheckpoint(string root, DataCursor cursor, int keep = Checkpoint.DefaultKeep)
     {
         var states = OnEveryShard(s => s.CaptureState());   // every replica takes part: ZeRO-1 gathers the moments
-        string directory = Checkpoint.StepDirectory(root, Step);
-        string[] files = [.. states.Where(state => state.Spec.Replica == 0).Select(state => Checkpoint.WriteShard(directory, state))];
-        Checkpoint.WriteManifest(directory, Step, cursor, Plan.Layout, files);
+        string staging = Checkpoint.StagingDirectory(root, Step, Guid.NewGuid().ToString("N"));
+        DurableFile.CreatePrivateDirectory(staging);
+        string[] files = [.. states.Where(state => state.Spec.Replica == 0).Select(state => Checkpoint.WriteShard(staging, state))];
+        Checkpoint.WriteManifest(staging, Step, cursor, Plan.Layout, files);
+        string directory = Checkpoint.Commit(root, Step, staging);
+        Checkpoint.Prune(root, keep);
         return directory;
     }
 

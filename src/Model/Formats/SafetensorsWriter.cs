@@ -24,6 +24,13 @@ public static class SafetensorsWriter
     /// <summary>Writes named F32 tensors with their PyTorch shapes, in the given order.</summary>
     public static void WriteTensors(IReadOnlyList<(string Name, long[] Shape, float[] Data)> tensors, string path)
     {
+        using var file = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20);
+        WriteTensors(tensors, file);
+    }
+
+    /// <summary>Writes named F32 tensors with their PyTorch shapes, in the given order, to <paramref name="stream"/> (left open).</summary>
+    public static void WriteTensors(IReadOnlyList<(string Name, long[] Shape, float[] Data)> tensors, Stream stream)
+    {
         var header = new MemoryStream();
         using (var json = new Utf8JsonWriter(header))
         {
@@ -48,7 +55,7 @@ public static class SafetensorsWriter
             json.WriteEndObject();
         }
         while (header.Length % 8 != 0) header.WriteByte((byte)' ');   // data 8-byte aligned, as HF writes it
-        using var output = new BinaryWriter(new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20));
+        using var output = new BinaryWriter(stream, System.Text.Encoding.UTF8, leaveOpen: true);
         output.Write((ulong)header.Length);
         output.Write(header.ToArray());
         foreach (var (_, _, data) in tensors) output.Write(System.Runtime.InteropServices.MemoryMarshal.AsBytes(data.AsSpan()));

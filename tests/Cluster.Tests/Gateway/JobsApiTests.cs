@@ -19,7 +19,7 @@ public sealed class JobsApiTests(ClusterFixture fixture)
         using var http = gateway.Http();
         var cancel = TestContext.Current.CancellationToken;
         using var created = await http.PostAsync("v1/jobs",
-            Json("""{"preset":"tiny","steps":12,"batch_size":4,"sequence_length":32,"learning_rate":0.003,"layout":"dp=2"}"""), cancel);
+            Json("""{"preset":"tiny","steps":12,"batch_size":4,"sequence_length":32,"learning_rate":0.003,"layout":"dp=2","keep_checkpoints":2}"""), cancel);
         string body = await created.Content.ReadAsStringAsync(cancel);
         Assert.Equal(HttpStatusCode.Created, created.StatusCode);
         string id = JsonDocument.Parse(body).RootElement.GetProperty("id").GetString()!;
@@ -54,6 +54,8 @@ public sealed class JobsApiTests(ClusterFixture fixture)
     [InlineData("""{"preset":"tiny","precision":"fp8"}""", 400)]
     [InlineData("""{"preset":"tiny","lora":{"alpha":4}}""", 400)]                 // no rank
     [InlineData("""{"preset":"tiny","activation_checkpointing":"yes"}""", 400)]
+    [InlineData("""{"preset":"tiny","keep_checkpoints":0}""", 400)]
+    [InlineData("""{"preset":"tiny","keep_checkpoints":1001}""", 400)]
     public async Task BadJobRequestsAreRefused(string request, int status)
     {
         await using var gateway = await GatewayHost.StartAsync(fixture.Cluster.Client);

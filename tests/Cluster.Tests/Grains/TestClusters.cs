@@ -13,17 +13,22 @@ public static class TestClusters
 
     /// <param name="trainingRoot">Checkpoints and job records of this cluster (a fresh directory under the temp folder when null).</param>
     /// <param name="shards">Changes to the test shards' options (1 device thread, 8 KV sequences).</param>
+    /// <param name="training">Changes to the training options (30 s step timeout, the keeper every second).</param>
+    /// <param name="clusterId">The Orleans cluster id (a fresh one when null).</param>
+    /// <param name="silo">More configuration of each silo; the primary silo, the only one with a gateway, has a GatewayPort.</param>
     public static async Task<InProcessTestCluster> StartAsync(int silos, Action<SchedulerOptions>? schedulers = null, string? trainingRoot = null,
-        Action<ShardOptions>? shards = null)
+        Action<ShardOptions>? shards = null, Action<TrainingOptions>? training = null, string? clusterId = null,
+        Action<InProcessTestSiloSpecificOptions, ISiloBuilder>? silo = null)
     {
         trainingRoot ??= Path.Combine(Path.GetTempPath(), "cluster-tests", Guid.NewGuid().ToString("N"));
         var builder = new InProcessTestClusterBuilder((short)silos);
+        if (clusterId is not null) builder.Options.ClusterId = clusterId;
         // Clients reach the cluster through the primary silo's gateway only, which failover tests never kill: a
         // request in flight through a gateway silo that dies is lost until the client's response timeout (30 s).
         builder.Options.GatewayPerSilo = false;
-        builder.ConfigureSilo((_, silo) =>
+        builder.ConfigureSilo((siloOptions, siloBuilder) =>
         {
-            silo.AddClusterGrains(o =>
+            siloBuilder.AddClusterGrains(o =>
             {
                 o.DeviceThreads = 1;
                 o.KvSequences = 8;
@@ -37,17 +42,19 @@ public static class TestClusters
                 o.Root = trainingRoot;
                 o.StepTimeout = TimeSpan.FromSeconds(30);
                 o.KeeperInterval = TimeSpan.FromSeconds(1);
+                training?.Invoke(o);
             });
             // In-process silos share one process's CPU and memory figures, so Orleans' default resource-optimised placement
             // sees no difference between them and leans to the silo a call comes through; spread new grains at random.
-            silo.Services.AddSingleton<Orleans.Runtime.PlacementStrategy, Orleans.Runtime.RandomPlacement>();
+            siloBuilder.Services.AddSingleton<Orleans.Runtime.PlacementStrategy, Orleans.Runtime.RandomPlacement>();
             // Declare a killed silo dead within seconds rather than the production default of about a minute.
-            silo.Configure<ClusterMembershipOptions>(o =>
+            siloBuilder.Configure<ClusterMembershipOptions>(o =>
             {
                 o.ProbeTimeout = TimeSpan.FromSeconds(1);
                 o.NumMissedProbesLimit = 2;
                 o.NumVotesForDeathDeclaration = 1;
             });
+            silo?.Invoke(siloOptions, siloBuilder);
         });
         var cluster = builder.Build();
         await cluster.DeployAsync();
@@ -61,6 +68,23 @@ public static class TestClusters
         await foreach (var chunk in scheduler.Generate(request, cancellation)) chunks.Add(chunk);
         return chunks;
     }
+
+    /// <summary>Polls the job's status (through the client, which wakes a job whose grain died) until <paramref name="done"/> holds (up to 3 minutes).</summary>
+    public static async Task<TrainingJobStatus> WaitForAsync(this ITrainingJobGrain job, Func<TrainingJobStatus, bool> done, CancellationToken cancel)
+    {
+        var deadline = DateTime.UtcNow.AddMinutes(3);
+        while (true)
+        {
+            TrainingJobStatus? status = null;
+            try { status = await job.Status(); }
+            catch (Exception) when (DateTime.UtcNow < deadline) { }   // its silo just died: ask again
+            if (status is not null && done(status)) return status;
+            if (DateTime.UtcNow > deadline) throw new TimeoutException($"job still {status?.State} at step {status?.Step}");
+            await Task.Delay(100, cancel);
+        }
+    }
+
+    public static bool IsEnded(this TrainingJobStatus status) => status.State is TrainingJobState.Completed or TrainingJobState.Failed or TrainingJobState.Cancelled;
 
     /// <summary>Waits (up to 5 s) until the shard reports every KV block free, and returns its last description.</summary>
     public static async Task<ShardDescription> WaitForAllBlocksFreeAsync(IShardGrain shard)

@@ -1,7 +1,8 @@
 // A training job survives losing a silo: killing the silo that holds a pipeline stage's trainer mid-job, the job
 // re-places the lost shard, restores every trainer from the last checkpoint and finishes without being resubmitted;
 // killing the silo that holds the job grain itself, a keeper on a surviving silo wakes it and it resumes from its
-// durable record with nobody calling it. Either way its step log counts every step once.
+// durable record with nobody calling it; when the newest checkpoint is found damaged on the resume, the job falls back
+// to the one before. Either way its step log counts every step once.
 using Cluster.Contracts;
 using Cluster.Training;
 
@@ -23,7 +24,7 @@ public sealed class TrainingFailoverTests
             WarmupSteps = 2, Layout = "pp=2", Silos = [cluster.Silos[1].Name, victim.Name], CheckpointEvery = 10,
         });
 
-        var status = await WaitFor(job, s => s.CheckpointStep >= 20, cancel);
+        var status = await job.WaitForAsync(s => s.CheckpointStep >= 20, cancel);
         Assert.True(status.Step < steps, "the job ended before the silo could be killed");
         await cluster.KillSiloAsync(victim, cancel);   // no graceful shutdown: stage 1's trainer dies with it
 
@@ -47,7 +48,7 @@ public sealed class TrainingFailoverTests
             WarmupSteps = 2, Layout = "dp=2", Silos = [cluster.Silos[0].Name, cluster.Silos[1].Name], CheckpointEvery = 10,
         });
 
-        var status = await WaitFor(job, s => s.CheckpointStep >= 20, cancel);
+        var status = await job.WaitForAsync(s => s.CheckpointStep >= 20, cancel);
         Assert.True(status.Step < steps, "the job ended before the silo could be killed");
         await cluster.KillSiloAsync(victim, cancel);
 
@@ -62,10 +63,42 @@ public sealed class TrainingFailoverTests
         await AssertFinishedOnceEach(job, steps, cancel);
     }
 
+    [Fact]
+    public async Task AResumeFallsBackPastADamagedCheckpoint()
+    {
+        using var root = new Formats.TempDirectory();
+        await using var cluster = await TestClusters.StartAsync(silos: 3, trainingRoot: root.Path);
+        var cancel = TestContext.Current.CancellationToken;
+        var victim = cluster.Silos[2];
+        string id = $"job-torn@{cluster.Silos[0].Name}";   // the job grain stays up; the trainer of stage 1 dies
+        var job = cluster.Client.GetGrain<ITrainingJobGrain>(id);
+        const int steps = 200;
+        await job.Submit(new TrainingJobSpec
+        {
+            Source = ModelSource.Random("tiny", seed: 7), Steps = steps, BatchSize = 4, SequenceLength = 32, LearningRate = 3e-3f,
+            WarmupSteps = 2, Layout = "pp=2", Silos = [cluster.Silos[1].Name, victim.Name], CheckpointEvery = 10,
+        });
+        await job.WaitForAsync(s => s.CheckpointStep >= 20, cancel);
+        await cluster.KillSiloAsync(victim, cancel);   // the job's step now waits on the dead trainer until its silo is declared dead
+        await Task.Delay(500, cancel);                  // a checkpoint whose shards were all written before may still be renamed into place
+
+        // Its newest checkpoint is torn, as by a crash of the disk under it: the resume takes the one before.
+        string checkpoints = Path.Combine(root.Path, "jobs", Uri.EscapeDataString(id));
+        string newest = Checkpoint.Latest(checkpoints)!;
+        int damaged = Checkpoint.ReadManifest(newest).Step;
+        using (var shard = File.OpenWrite(Directory.EnumerateFiles(newest, "shard-*").First())) shard.SetLength(shard.Length - 1);
+
+        var events = await AssertFinishedOnceEach(job, steps, cancel);
+        Assert.Contains(events, e => e.Note?.Contains($"the checkpoint of step {damaged} failed verification") == true);
+        Assert.Contains(events, e => e.Note == $"resumed from the checkpoint of step {damaged - 10}");
+        Assert.Equal(3, Directory.EnumerateDirectories(checkpoints).Count());   // keep_checkpoints (3) kept; no staging directories left
+        Assert.Equal(steps, Checkpoint.ReadManifest(Checkpoint.Latest(checkpoints)!).Step);
+    }
+
     /// <summary>The job completes all its steps after at least one restart, and its step log holds each step once.</summary>
     private static async Task<List<TrainingJobEvent>> AssertFinishedOnceEach(ITrainingJobGrain job, int steps, CancellationToken cancel)
     {
-        var status = await WaitFor(job, s => s.State is TrainingJobState.Completed or TrainingJobState.Failed, cancel);
+        var status = await job.WaitForAsync(s => s.IsEnded(), cancel);
         Assert.True(status.State == TrainingJobState.Completed, $"{status.State}: {status.Error}");
         Assert.Equal(steps, status.Step);
         Assert.True(status.Restarts >= 1, "the job never restarted");
@@ -73,20 +106,5 @@ public sealed class TrainingFailoverTests
         await foreach (var e in job.Events().WithCancellation(cancel)) events.Add(e);
         Assert.Equal(Enumerable.Range(1, steps), events.Where(e => e.IsStep).Select(e => e.Step));   // no step counted twice
         return events;
-    }
-
-    /// <summary>Polls the job's status (through the client, which wakes a job whose grain died) until <paramref name="done"/> holds.</summary>
-    private static async Task<TrainingJobStatus> WaitFor(ITrainingJobGrain job, Func<TrainingJobStatus, bool> done, CancellationToken cancel)
-    {
-        var deadline = DateTime.UtcNow.AddMinutes(3);
-        while (true)
-        {
-            TrainingJobStatus? status = null;
-            try { status = await job.Status(); }
-            catch (Exception) when (DateTime.UtcNow < deadline) { }   // its silo just died: ask again
-            if (status is not null && done(status)) return status;
-            if (DateTime.UtcNow > deadline) throw new TimeoutException($"job still {status?.State} at step {status?.Step}");
-            await Task.Delay(100, cancel);
-        }
     }
 }

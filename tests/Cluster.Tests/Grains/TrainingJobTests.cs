@@ -86,6 +86,7 @@ public sealed class TrainingJobTests(ClusterFixture fixture)
         await Assert.ThrowsAsync<ArgumentException>(() => job.Submit(Spec(10) with { Dataset = "jsonl" }));   // without documents
         await Assert.ThrowsAsync<ArgumentException>(() => job.Submit(Spec(10) with { Layout = "tp=2", Lora = new LoraSettings(4, 8, ["wq"]) }));
         await Assert.ThrowsAsync<ArgumentException>(() => job.Submit(Spec(10) with { Lora = new LoraSettings(4, 8, ["attention"]) }));
+        await Assert.ThrowsAsync<ArgumentException>(() => job.Submit(Spec(10) with { KeepCheckpoints = 0 }));
         Assert.Null(await job.Status());
         Assert.Null(await Grains.GetGrain<ITrainingJobGrain>("job-none").Cancel());
     }

@@ -1,6 +1,8 @@
 // Sharded checkpoints: N steps straight equal K steps, a checkpoint, a fresh run restored from it and N-K more steps,
 // bitwise (same layout, with and without ZeRO-1); a checkpoint saved at one layout resumes at others (within 1e-5 of
 // the straight run, the sums running in other orders); damaged or foreign checkpoints are refused with a clear error.
+// Durability: a resume falls back past torn or altered checkpoints (SHA-256 per file), older ones are pruned, a step
+// whose checkpoint exists is never written again, and on Unix checkpoints are private (0700 directories, 0600 files).
 using Cluster.Model;
 using Cluster.Model.Parallel;
 using Cluster.Training;
@@ -102,5 +104,101 @@ public sealed class CheckpointTests
 
         File.WriteAllBytes(Path.Combine(saved, Checkpoint.ManifestFile), [0xc1, 0x00]);
         Assert.Throws<ModelFormatException>(() => run.Restore(saved));                                      // unreadable manifest
+    }
+
+    [Fact]
+    public void AResumeFallsBackPastTornAndAlteredCheckpoints()
+    {
+        using var dir = new Formats.TempDirectory();
+        using var run = Run("tp=2");
+        var (_, cursor) = Train(run, default, 2);
+        string second = run.SaveCheckpoint(dir.Path, cursor);
+        (_, cursor) = Train(run, cursor, 2);
+        string fourth = run.SaveCheckpoint(dir.Path, cursor);
+        (_, cursor) = Train(run, cursor, 2);
+        string sixth = run.SaveCheckpoint(dir.Path, cursor);
+
+        string torn = Directory.EnumerateFiles(sixth, "shard-*").First();
+        using (var file = File.OpenWrite(torn)) file.SetLength(file.Length / 2);          // a crash mid-write
+        string altered = Directory.EnumerateFiles(fourth, "shard-*").Last();
+        var bytes = File.ReadAllBytes(altered);
+        bytes[^1] ^= 1;                                                                    // one bit flipped, the length kept
+        File.WriteAllBytes(altered, bytes);
+
+        var resume = Checkpoint.FindResumePoint(dir.Path);
+        Assert.Equal(second, resume.Directory);
+        Assert.Equal(2, resume.Manifest!.Step);
+        Assert.Collection(resume.Removed,
+            r => Assert.Contains("step 6 failed verification", r),
+            r => Assert.Contains("SHA-256", r));
+        Assert.False(Directory.Exists(sixth));   // the redo writes them again, each into a fresh directory
+        Assert.False(Directory.Exists(fourth));
+
+        using var resumed = Run("tp=2", seed: 99);
+        Assert.Equal(2, resumed.Restore(resume.Directory!).Step);
+        var (_, redoCursor) = Train(resumed, resume.Manifest.Cursor, 2);
+        Assert.Equal(fourth, resumed.SaveCheckpoint(dir.Path, redoCursor));
+        Checkpoint.Verify(fourth);
+    }
+
+    [Fact]
+    public void OnlyTheNewestCheckpointsAreKept()
+    {
+        using var dir = new Formats.TempDirectory();
+        using var run = Run("tp=1");
+        string abandoned = Checkpoint.StagingDirectory(dir.Path, 1, "an-attempt-that-died");
+        Directory.CreateDirectory(abandoned);
+        var saved = new List<string>();
+        var cursor = default(DataCursor);
+        for (int i = 0; i < 4; i++)
+        {
+            (_, cursor) = Train(run, cursor, 1);
+            saved.Add(run.SaveCheckpoint(dir.Path, cursor, keep: 2));
+        }
+        Assert.Equal(saved[2..], Directory.EnumerateDirectories(dir.Path).Order(StringComparer.Ordinal));   // the abandoned staging directory went too
+        Assert.Equal(saved[3], Checkpoint.Latest(dir.Path));
+    }
+
+    [Fact]
+    public void ARedoNeverWritesIntoACompletedCheckpoint()
+    {
+        using var dir = new Formats.TempDirectory();
+        using var run = Run("pp=2");
+        var (_, cursor) = Train(run, default, 2);
+        string second = run.SaveCheckpoint(dir.Path, cursor);
+        (_, var fourthCursor) = Train(run, cursor, 2);
+        string fourth = run.SaveCheckpoint(dir.Path, fourthCursor);
+        var written = Directory.EnumerateFiles(fourth).ToDictionary(f => f, f => (File.ReadAllBytes(f), File.GetLastWriteTimeUtc(f)));
+
+        // A run that resumed from step 2 without knowing of step 4's checkpoint redoes steps 3 and 4: it may not save over it.
+        using var redo = Run("pp=2", seed: 99);
+        redo.Restore(second);
+        Train(redo, cursor, 2);
+        Assert.Throws<IOException>(() => redo.SaveCheckpoint(dir.Path, fourthCursor));
+        foreach (var (file, (bytes, time)) in written)
+        {
+            Assert.Equal(bytes, File.ReadAllBytes(file));
+            Assert.Equal(time, File.GetLastWriteTimeUtc(file));
+        }
+        Assert.Equal(new[] { second, fourth }, Directory.EnumerateDirectories(dir.Path).Order(StringComparer.Ordinal));   // its staging directory is gone
+
+        // Resuming at most from step 2 (what a job recorded) removes step 4's checkpoint first: the redo then saves its own.
+        var resume = Checkpoint.FindResumePoint(dir.Path, maxStep: 2);
+        Assert.Equal(second, resume.Directory);
+        Assert.Contains("step 4 was never recorded", Assert.Single(resume.Removed));
+        Assert.Equal(fourth, redo.SaveCheckpoint(dir.Path, fourthCursor));
+        Checkpoint.Verify(fourth);
+    }
+
+    [Fact]
+    public void CheckpointsArePrivate()
+    {
+        if (OperatingSystem.IsWindows()) return;   // Unix modes
+        using var dir = new Formats.TempDirectory();
+        using var run = Run("tp=2");
+        string saved = run.SaveCheckpoint(dir.Path, default);
+        Assert.Equal(DurableFile.PrivateDirectoryMode, File.GetUnixFileMode(saved));
+        foreach (string file in Directory.EnumerateFiles(saved)) Assert.Equal(DurableFile.PrivateFileMode, File.GetUnixFileMode(file));
+        Assert.Equal(3, Directory.EnumerateFiles(saved).Count());   // two shards and the manifest: no temporary names left
     }
 }
