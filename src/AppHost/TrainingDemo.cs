@@ -15,6 +15,9 @@ public static class TrainingDemo
     public static async Task RunAsync(AppHostOptions options, CancellationToken cancel)
     {
         using var http = new HttpClient { BaseAddress = options.GatewayUrl, Timeout = Timeout.InfiniteTimeSpan };
+        // With API keys set, the demo uses the first one (it needs the train and inference roles), as any client would.
+        string? key = Environment.GetEnvironmentVariable("Cluster__ApiKeys")?.Split(',')[0].Trim() ?? Environment.GetEnvironmentVariable("Cluster__ApiKeys__0__Key");
+        if (!string.IsNullOrEmpty(key)) http.DefaultRequestHeaders.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", key);
         var spec = new Dictionary<string, object>
         {
             ["preset"] = "adder", ["dataset"] = "additions", ["steps"] = options.TrainSteps, ["batch_size"] = 16, ["sequence_length"] = 64,

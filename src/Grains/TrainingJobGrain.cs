@@ -225,9 +225,11 @@ public sealed class TrainingJobGrain(
         var trainers = Trainers(keys);
         PackedDataset? dataset = null;   // kept once built: a failure to build it is retried like any other, never kept
         DateTime? lostSince = null;      // when the trainers were first found missing: re-placing them may take until RecoveryTimeout
+        var slots = grains.GetGrain<ITrainingSlotsGrain>(0);
         try
         {
-            while (true)
+            await WaitForASlot(slots);
+            while (!_cancel.IsCancellationRequested)
             {
                 Record.Epoch = Math.Max(Record.Epoch + 1, DateTime.UtcNow.Ticks);   // above any epoch an earlier activation used
                 long epoch = Record.Epoch;
@@ -262,6 +264,7 @@ public sealed class TrainingJobGrain(
                         (var batch, cursor) = dataset.Take(spec.BatchSize, cursor);
                         bool checkpoint = (step + 1) % spec.CheckpointEvery == 0 || step + 1 == spec.Steps;
                         var (loss, lr) = await Step(trainers, layout, spec, batch, epoch, captureAfter: checkpoint);
+                        await slots.TryHold(Id);   // renews the lease; a job that runs is never stopped for lack of one
                         step++;
                         tokens += (long)spec.BatchSize * spec.SequenceLength;
                         Publish(new TrainingJobEvent(step, loss, lr, (float)(tokens / clock.Elapsed.TotalSeconds), Record.State));
@@ -322,6 +325,21 @@ public sealed class TrainingJobGrain(
             Record.Error = e is ModelFormatException ? "its model or tokenizer is not a file this cluster reads (the silo log has the detail)" : e.Message;
         }
         await End(trainers);
+        try { await slots.Release(Id); }
+        catch (Exception e) { log.LogWarning(e, "training job {Job}: releasing its slot failed; it lapses by itself", Id); }
+    }
+
+    /// <summary>Stays queued until the cluster has a running-job slot for this job (or it is cancelled).</summary>
+    private async Task WaitForASlot(ITrainingSlotsGrain slots)
+    {
+        bool told = false;
+        while (!_cancel.IsCancellationRequested && !await slots.TryHold(Id))
+        {
+            if (!told) Publish(new TrainingJobEvent(0, float.NaN, 0, 0, Record.State,
+                Note: $"queued: {options.Value.MaxRunningJobs} jobs are running (Cluster__Training__MaxRunningJobs); this one starts when one ends"));
+            told = true;
+            await Task.Delay(TimeSpan.FromSeconds(1));
+        }
     }
 
     /// <summary>A job that will not run again (completed, failed or cancelled): its trainers stop, its record is final and its marker goes.</summary>

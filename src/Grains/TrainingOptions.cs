@@ -38,6 +38,10 @@ public sealed class TrainingOptions
     /// <summary>How often each silo wakes the running jobs (a job whose silo died resumes on its next activation).</summary>
     public TimeSpan KeeperInterval { get; set; } = TimeSpan.FromSeconds(10);
 
+    /// <summary>Jobs that run at once in the cluster; later ones wait in the queued state for a slot.</summary>
+    public int MaxRunningJobs { get; set; } = 2;
+    /// <summary>How long a running job's slot lasts without a renewal (it renews at every step and while it starts).</summary>
+    public TimeSpan SlotLease { get; set; } = TimeSpan.FromMinutes(5);
     /// <summary>Trainers (shards of the layout) one job may start.</summary>
     public int MaxTrainersPerJob { get; set; } = 64;
 

@@ -42,6 +42,7 @@ public static class TestClusters
                 o.Root = trainingRoot;
                 o.StepTimeout = TimeSpan.FromSeconds(30);
                 o.KeeperInterval = TimeSpan.FromSeconds(1);
+                o.MaxRunningJobs = 16;   // tests that share a cluster may leave jobs running; the limit has a test of its own
                 training?.Invoke(o);
             });
             // In-process silos share one process's CPU and memory figures, so Orleans' default resource-optimised placement

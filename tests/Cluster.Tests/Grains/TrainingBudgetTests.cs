@@ -1,7 +1,8 @@
 // Failure budgets of training jobs: a failure that repeats on every attempt (here a checkpoint that cannot be written,
 // as on a full disk) fails the job after TrainingOptions.StepRetries with its cause; a job whose trainer's silo dies
 // at every attempt fails after MaxSiloLosses while the silo left goes on serving; a job whose own silo dies that often
-// is not resumed; and a cancelled job whose silo dies before it has stopped is not resumed either.
+// is not resumed; a cancelled job whose silo dies before it has stopped is not resumed either; and jobs beyond
+// TrainingOptions.MaxRunningJobs wait queued until a running one ends.
 using Cluster.Contracts;
 using Cluster.Grains;
 using Orleans.Configuration;
@@ -115,5 +116,31 @@ public sealed class TrainingBudgetTests
         var events = new List<TrainingJobEvent>();
         await foreach (var e in job.Events().WithCancellation(cancel)) events.Add(e);
         Assert.DoesNotContain(events, e => e.Note?.StartsWith("resumed") == true);
+    }
+
+    [Fact]
+    public async Task JobsBeyondTheRunningLimitWaitQueuedUntilASlotFrees()
+    {
+        using var root = new Formats.TempDirectory();
+        await using var cluster = await TestClusters.StartAsync(silos: 1, trainingRoot: root.Path, training: o => o.MaxRunningJobs = 1);
+        var cancel = TestContext.Current.CancellationToken;
+        var first = cluster.Client.GetGrain<ITrainingJobGrain>("job-first");
+        var second = cluster.Client.GetGrain<ITrainingJobGrain>("job-second");
+        await first.Submit(Spec(100_000));   // runs until cancelled
+        await first.WaitForAsync(s => s.State == TrainingJobState.Running, cancel);
+        await second.Submit(Spec(4));
+
+        await Task.Delay(TimeSpan.FromSeconds(3), cancel);   // time enough to have started, were there a slot
+        Assert.Equal(TrainingJobState.Queued, (await second.Status())!.State);
+        Assert.Equal(0, (await second.Status())!.Step);
+        bool toldWhy = false;
+        await foreach (var e in second.Events().WithCancellation(cancel))
+            if (toldWhy = e.Note?.StartsWith("queued:") == true) break;
+        Assert.True(toldWhy, "the queued job's events say why it waits");
+
+        await first.Cancel();
+        var done = await second.WaitForAsync(s => s.IsEnded(), cancel);
+        Assert.Equal(TrainingJobState.Completed, done.State);
+        Assert.Equal(TrainingJobState.Cancelled, (await first.Status())!.State);
     }
 }
