@@ -1,4 +1,4 @@
-// Self-signed cluster certificates for TLS tests, made in memory (what infra/make-cluster-certificate.sh makes with openssl).
+// Self-signed cluster certificates for TLS tests, made in memory (what infra/README.md's openssl command makes).
 using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
 
