@@ -2,7 +2,8 @@
 # Runs every benchmark and prints the README's tables: GEMM GFLOP/s, then model prefill/decode tokens/s
 # beside llama.cpp (installed here from npm: node-llama-cpp ships prebuilt llama.cpp binaries), training tokens/s and
 # MFU (one shard, then per layout), then, on in-process
-# Orleans clusters, grain transport MB/s, collective bus bandwidth, and serving tokens/s (continuous batching, layouts).
+# Orleans clusters, grain transport MB/s, collective bus bandwidth, and serving tokens/s (continuous batching, layouts);
+# then tokenizer encode times and a 10-minute soak through the gateway over HTTP.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # npm ci rejects this lock file (npm drops the other platforms' optional binaries from it), so install from package.json.
@@ -20,3 +21,7 @@ echo
 dotnet "$bench" collectives
 echo
 dotnet "$bench" serving
+echo
+dotnet "$bench" tokenizer
+echo
+dotnet "$bench" soak --minutes 10 --concurrency 32
