@@ -9,6 +9,9 @@ public static class ShardKey
         return silo is null ? key : $"{key}@{silo}";
     }
 
+    /// <summary>The model (or job) id: everything before the last '/'.</summary>
+    public static string ModelId(string key) => key.LastIndexOf('/') is > 0 and int slash ? key[..slash] : key;
+
     /// <summary>The silo name after the last '@', or null when the key is not pinned.</summary>
     public static string? PinnedSilo(string key)
     {

@@ -14,11 +14,13 @@
 // lets smaller ones pass at most MaxOvertakes times; prompt chunks share each step's token budget, shortest first, so a
 // long prompt neither blocks short ones nor starves. Prompts are tokenized off the grain's turn, after a length check.
 // The grain is reentrant: requests, lanes and failover interleave at awaits on the grain's one thread.
+using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Text;
 using System.Threading.Channels;
 using Orleans.Concurrency;
+using Cluster.Compute;
 using Cluster.Contracts;
 using Cluster.Model;
 using Cluster.Model.Parallel;
@@ -66,6 +68,11 @@ public sealed class InferenceSchedulerGrain(
         public int StepFailures { get; set; }
         /// <summary>Sequences admitted ahead of it while it did not fit.</summary>
         public int Overtaken { get; set; }
+        /// <summary>The request's trace context: each step that carries the sequence links to it.</summary>
+        public ActivityContext Trace { get; } = Activity.Current?.Context ?? default;
+        public long Arrived { get; } = Stopwatch.GetTimestamp();
+        /// <summary>When its last token was streamed (0: none yet).</summary>
+        public long LastToken { get; set; }
         public int Generated => Tokens.Count - PromptLength;
 
         /// <summary>Appends a generated token; returns the text it completes (a partial UTF-8 character waits in the decoder).</summary>
@@ -113,6 +120,7 @@ public sealed class InferenceSchedulerGrain(
     private Task<ShardDescription>? _servingConfigured;
 
     private string ModelId => this.GetPrimaryKeyString();
+    private KeyValuePair<string, object?> ModelTag => new("model", ModelId);
     private SchedulerOptions Options => options.Value;
 
     public async Task<ShardDescription> Serve(ModelServing serving)
@@ -228,11 +236,15 @@ public sealed class InferenceSchedulerGrain(
         if (sequence.Blocks > shape.TotalKvBlocks)
             throw new ArgumentException($"prompt and max tokens need {sequence.Blocks} KV blocks; each shard's cache has {shape.TotalKvBlocks}");
         if (_replicas.Sum(r => r.Waiting.Count) >= Options.MaxWaiting)
+        {
+            ClusterTelemetry.Requests.Add(1, ModelTag, new("outcome", "refused"));
             throw new ModelOverloadedException($"model '{ModelId}' has {Options.MaxWaiting} requests waiting already; retry shortly", Options.RetryAfterSeconds);
+        }
         sequence.ResumeAfter(resume, Tokenizer);
         var replica = _replicas.MinBy(r => (r.Recovering ? 1 : 0, r.Running.Count + r.Waiting.Count))!;
         sequence.Replica = replica;
         replica.Waiting.Enqueue(sequence);
+        ClusterTelemetry.Waiting.Add(1, ModelTag);
         Kick(replica);
         try
         {
@@ -298,6 +310,9 @@ public sealed class InferenceSchedulerGrain(
                 if (blocked is not null) blocked.Overtaken++;
                 replica.ReservedBlocks += next.Blocks;
                 replica.Running.Add(next);
+                ClusterTelemetry.Waiting.Add(-1, ModelTag);
+                ClusterTelemetry.Running.Add(1, ModelTag);
+                ClusterTelemetry.PromptTokens.Add(next.PromptLength, ModelTag);
                 continue;
             }
             blocked ??= next;
@@ -355,6 +370,12 @@ public sealed class InferenceSchedulerGrain(
     {
         long epoch = replica.Epoch, step = replica.NextStep++;
         var stageBatch = new StageBatch(epoch, step, [.. batch.Select(b => b.Chunk)], [], released);
+        var replicaTags = new TagList { ModelTag, { "replica", replica.Index } };
+        int stepTokens = batch.Sum(b => b.Chunk.Tokens.Length);
+        using var span = ClusterTelemetry.Source.StartActivity("serving.step", ActivityKind.Internal, parentContext: default,
+            tags: [ModelTag, new("replica", replica.Index), new("step", step), new("sequences", batch.Count), new("tokens", stepTokens)],
+            links: [.. batch.Select(b => b.Sequence.Trace).Where(c => c != default).Distinct().Select(c => new ActivityLink(c))]);
+        long started = Stopwatch.GetTimestamp();
         StageResult result;
         try
         {
@@ -372,6 +393,8 @@ public sealed class InferenceSchedulerGrain(
             return;   // the failover replays the rest
         }
         if (replica.Epoch != epoch) return;   // a failover started while this step ran: its sequences replay
+        ClusterTelemetry.StepTime.Record(Stopwatch.GetElapsedTime(started).TotalSeconds, replicaTags);
+        ClusterTelemetry.StepTokens.Record(stepTokens, replicaTags);
 
         var logits = MemoryMarshal.Cast<byte, float>(result.Logits);
         var finished = new List<Sequence>();
@@ -394,6 +417,11 @@ public sealed class InferenceSchedulerGrain(
         int next = sequence.Sampler.Sample(logits);
         if (sequence.Request.StopAtEos && (next == tokenizer.BosId || next == tokenizer.EosId)) return true;
         sequence.Output.Writer.TryWrite(new GeneratedChunk(next, sequence.Append(next, tokenizer)));
+        long now = Stopwatch.GetTimestamp();
+        if (sequence.LastToken == 0) ClusterTelemetry.TimeToFirstToken.Record(Stopwatch.GetElapsedTime(sequence.Arrived, now).TotalSeconds, ModelTag);
+        else ClusterTelemetry.InterTokenLatency.Record(Stopwatch.GetElapsedTime(sequence.LastToken, now).TotalSeconds, ModelTag);
+        sequence.LastToken = now;
+        ClusterTelemetry.GeneratedTokens.Add(1, ModelTag);
         return sequence.Generated >= sequence.MaxTokens;
     }
 
@@ -412,8 +440,11 @@ public sealed class InferenceSchedulerGrain(
         if (sequence.Finished) return;
         sequence.Finished = true;
         sequence.Output.Writer.TryComplete(error);
+        ClusterTelemetry.Requests.Add(1, ModelTag, new("outcome", error is not null ? "failed" : sequence.Cancelled ? "cancelled" : "completed"));
         var replica = sequence.Replica!;
-        if (!replica.Running.Remove(sequence))
+        bool running = replica.Running.Remove(sequence);
+        (running ? ClusterTelemetry.Running : ClusterTelemetry.Waiting).Add(-1, ModelTag);
+        if (!running)
         {
             var waiting = replica.Waiting.Where(s => s != sequence).ToList();
             replica.Waiting.Clear();
@@ -428,6 +459,8 @@ public sealed class InferenceSchedulerGrain(
     private async Task Recover(Replica replica, Exception cause)
     {
         replica.Recovering = true;
+        ClusterTelemetry.Failovers.Add(1, ModelTag, new("replica", replica.Index));
+        ClusterTelemetry.Replays.Add(replica.Running.Count, ModelTag, new("replica", replica.Index));
         log.LogWarning(cause, "model {Model} replica {Replica}: step failed in epoch {Epoch}; replaying {Count} sequences on a new epoch",
             ModelId, replica.Index, replica.Epoch, replica.Running.Count);
         replica.Epoch = 0;   // results still in flight belong to the lost epoch

@@ -2,8 +2,10 @@
 // device call runs on the shard's DeviceWorker. The grain is reentrant so that pipeline steps overlap (step k+1
 // queues on the device while step k waits for the next stage) and peers' collective messages get in while a step is
 // blocked on them; steps still run strictly in Step order, the same order on every rank of the group.
+using System.Diagnostics;
 using System.Runtime.InteropServices;
 using Orleans.Concurrency;
+using Cluster.Compute;
 using Cluster.Compute.Collectives;
 using Cluster.Compute.Cpu;
 using Cluster.Contracts;
@@ -132,7 +134,12 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
     {
         var epoch = Current(batch.Epoch);
         var model = _slice!.Model;
+        var a = epoch.Assignment;
+        var tags = ShardTags(a);
+        using var span = ClusterTelemetry.Source.StartActivity("shard.forward", ActivityKind.Internal, parentContext: default,
+            tags: [.. tags, new("step", batch.Step), new("sequences", batch.Chunks.Length), new("tokens", batch.Chunks.Sum(c => c.Tokens.Length))]);
         await epoch.WaitTurn(batch.Step);
+        long started = Stopwatch.GetTimestamp();
         Task<(float[] Output, int[] Hits)> compute;
         try
         {
@@ -143,6 +150,8 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
             epoch.Advance();
         }
         var (output, hits) = await compute;
+        ClusterTelemetry.ShardStepTime.Record(Stopwatch.GetElapsedTime(started).TotalSeconds, tags);
+        if (a.Stage == 0 && a.Rank == 0 && hits.Sum() is > 0 and int hitTokens) ClusterTelemetry.PrefixHitTokens.Add(hitTokens, tags[0]);
         byte[] bytes = MemoryMarshal.AsBytes(output.AsSpan()).ToArray();
         if (epoch.Assignment.NextStage is { } next)
             return await grains.GetGrain<IShardGrain>(next).Forward(batch with { Hidden = bytes, PrefixHits = hits });
@@ -155,7 +164,17 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
     /// takes its cached prefix: the first stage finds it, later stages must find the same), and runs the stage on the
     /// tokens past those prefixes. Returns the output and the prefix hits.
     /// </summary>
-    private static (float[] Output, int[] Hits) Run(TransformerModel model, Epoch epoch, StageBatch batch)
+    private (float[] Output, int[] Hits) Run(TransformerModel model, Epoch epoch, StageBatch batch)
+    {
+        try { return RunStage(model, epoch, batch); }
+        finally
+        {
+            var cache = epoch.Cache;
+            ClusterTelemetry.ReportKvBlocks(Key, ShardTags(epoch.Assignment), cache.TotalBlocks - cache.FreeBlocks, cache.FreeBlocks);
+        }
+    }
+
+    private static (float[] Output, int[] Hits) RunStage(TransformerModel model, Epoch epoch, StageBatch batch)
     {
         foreach (var ended in batch.Released)
             if (epoch.Sequences.Remove(ended, out int id)) epoch.Cache.Release(id);
@@ -190,6 +209,10 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
             ? Task.FromResult<ShardDescription?>(null)
             : Worker.Run<ShardDescription?>(() => Describe(slice, epoch));
 
+    /// <summary>model, replica, stage, rank, silo: the tags of this shard's telemetry.</summary>
+    private KeyValuePair<string, object?>[] ShardTags(ShardAssignment a) =>
+        [new("model", ShardKey.ModelId(Key)), new("replica", a.Replica), new("stage", a.Stage), new("rank", a.Rank), new("silo", silo.Name)];
+
     private Epoch Current(long epoch) =>
         _epoch is { } current && current.Number == epoch
             ? current
@@ -204,6 +227,7 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
     public override Task OnDeactivateAsync(DeactivationReason reason, CancellationToken cancellationToken)
     {
         _epoch?.End(new StaleEpochException($"shard {Key} deactivated: {reason}"));
+        ClusterTelemetry.ForgetKvBlocks(Key);
         _worker?.Dispose();   // waits for queued device work, so the model can be freed here
         _epoch?.Cache.Dispose();
         _slice?.Dispose();

@@ -13,6 +13,7 @@
 using System.Diagnostics;
 using System.Globalization;
 using System.Threading.Channels;
+using Cluster.Compute;
 using Cluster.Compute.Collectives;
 using Cluster.Contracts;
 using Cluster.Model;
@@ -69,6 +70,7 @@ public sealed class TrainingJobGrain(
                     log.LogInformation("training job {Job} resumes from step {Step} after its grain was lost", Id, Record.CheckpointStep);
                     _runsHere = true;
                     Record.Restarts++;
+                    ClusterTelemetry.TrainingRestarts.Add(1, JobTag);
                     await WriteRecord();   // the loss counts even if this silo dies too before the next checkpoint
                     _ = Run(spec);   // carry on from the last checkpoint
                 }
@@ -263,7 +265,12 @@ public sealed class TrainingJobGrain(
                     {
                         (var batch, cursor) = dataset.Take(spec.BatchSize, cursor);
                         bool checkpoint = (step + 1) % spec.CheckpointEvery == 0 || step + 1 == spec.Steps;
-                        var (loss, lr) = await Step(trainers, layout, spec, batch, epoch, captureAfter: checkpoint);
+                        long stepStarted = Stopwatch.GetTimestamp();
+                        float loss, lr;
+                        using (ClusterTelemetry.Source.StartActivity("training.step", ActivityKind.Internal, parentContext: default,
+                                   tags: [JobTag, new("step", step + 1), new("trainers", trainers.Length)]))
+                            (loss, lr) = await Step(trainers, layout, spec, batch, epoch, captureAfter: checkpoint);
+                        ClusterTelemetry.TrainingStepTime.Record(Stopwatch.GetElapsedTime(stepStarted).TotalSeconds, JobTag);
                         await slots.TryHold(Id);   // renews the lease; a job that runs is never stopped for lack of one
                         step++;
                         tokens += (long)spec.BatchSize * spec.SequenceLength;
@@ -281,6 +288,7 @@ public sealed class TrainingJobGrain(
                 {
                     _ = pendingSave.ContinueWith(t => t.Exception, TaskScheduler.Default);   // an abandoned save fails on its own: observed, never awaited again
                     Record.Restarts++;
+                    ClusterTelemetry.TrainingRestarts.Add(1, JobTag);
                     log.LogWarning(e, "training job {Job}: an attempt failed after step {Step}", Id, step);
                     // The wait doubles with each step retry; it also lets the membership declare a dead silo so before
                     // a silo loss is told from a failing step.
@@ -410,12 +418,15 @@ public sealed class TrainingJobGrain(
     /// </summary>
     private async Task Save(ITrainerGrain[] trainers, long epoch, TrainingJobSpec spec, ParallelLayout layout, string root, int step, DataCursor cursor)
     {
+        long started = Stopwatch.GetTimestamp();
         string staging = Checkpoint.StagingDirectory(root, step, epoch.ToString(CultureInfo.InvariantCulture));
         Record.State = TrainingJobState.Checkpointing;
         await Task.Run(() => DurableFile.CreatePrivateDirectory(staging));
         await AllOrFirstFailure(trainers.Select(t => t.SaveCheckpoint(epoch, staging, step)).ToArray(), options.Value.StepTimeout);
         string[] files = [.. Enumerable.Range(0, layout.PipelineStages).SelectMany(s => Enumerable.Range(0, layout.TensorParallel).Select(r => Checkpoint.ShardFile(s, r)))];
         await Task.Run(() => Checkpoint.WriteManifest(staging, step, cursor, layout, files));
+        ClusterTelemetry.CheckpointTime.Record(Stopwatch.GetElapsedTime(started).TotalSeconds, JobTag);
+        ClusterTelemetry.CheckpointBytes.Record(await Task.Run(() => new DirectoryInfo(staging).EnumerateFiles().Sum(f => f.Length)), JobTag);
         // A later attempt resumed from an earlier checkpoint and redoes this step in its own staging directory: drop this one (pruning removes it).
         if (Record.Epoch != epoch) return;
         // Renamed on the grain's thread, the record updated with it: an attempt starting later resumes from here.
@@ -482,8 +493,17 @@ public sealed class TrainingJobGrain(
         }
     }
 
+    private KeyValuePair<string, object?> JobTag => new("job", Id);
+
     private void Publish(TrainingJobEvent e)
     {
+        if (e.IsStep)
+        {
+            ClusterTelemetry.TrainingSteps.Add(1, JobTag);
+            ClusterTelemetry.TrainingLoss.Record(e.Loss, JobTag);
+            ClusterTelemetry.LearningRate.Record(e.LearningRate, JobTag);
+            ClusterTelemetry.TrainingTokensPerSecond.Record(e.TokensPerSecond, JobTag);
+        }
         _events.Add(e);
         foreach (var subscriber in _subscribers) subscriber.Writer.TryWrite(e);
     }

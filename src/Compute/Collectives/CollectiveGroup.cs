@@ -32,6 +32,20 @@ public sealed class CollectiveGroup(ICollectiveTransport transport, int maxMessa
         ? maxMessageBytes / sizeof(float)
         : throw new ArgumentOutOfRangeException(nameof(maxMessageBytes), maxMessageBytes, "a message must hold at least one float");
     private int _nextOperation;
+    private string _operationName = "";   // of the collective under way, for telemetry (one caller at a time)
+
+    /// <summary>Names the collective under way and records its duration when disposed (cluster.collective.*).</summary>
+    private OperationTiming Measure([System.Runtime.CompilerServices.CallerMemberName] string operation = "")
+    {
+        _operationName = operation;
+        return new OperationTiming(operation, WorldSize, System.Diagnostics.Stopwatch.GetTimestamp());
+    }
+
+    private readonly record struct OperationTiming(string Operation, int Members, long Started) : IDisposable
+    {
+        public void Dispose() => ClusterTelemetry.CollectiveDuration.Record(System.Diagnostics.Stopwatch.GetElapsedTime(Started).TotalSeconds,
+            new KeyValuePair<string, object?>("op", Operation), new KeyValuePair<string, object?>("members", Members));
+    }
 
     public int Rank => _transport.Rank;
     public int WorldSize => _transport.WorldSize;
@@ -57,6 +71,7 @@ public sealed class CollectiveGroup(ICollectiveTransport transport, int maxMessa
     public async Task Broadcast(float[] data, int root, CancellationToken cancellation = default)
     {
         int operation = NextOperation();
+        using var measured = Measure();
         ArgumentNullException.ThrowIfNull(data);
         CheckRoot(root);
         int relative = RelativeTo(root);
@@ -78,6 +93,7 @@ public sealed class CollectiveGroup(ICollectiveTransport transport, int maxMessa
     public async Task<float[]> Scatter(float[]? data, int length, int root, CancellationToken cancellation = default)
     {
         int operation = NextOperation();
+        using var measured = Measure();
         CheckRoot(root);
         ArgumentOutOfRangeException.ThrowIfNegative(length);
         var (offset, count) = Partition(length, WorldSize, Rank);
@@ -100,6 +116,7 @@ public sealed class CollectiveGroup(ICollectiveTransport transport, int maxMessa
     public async Task<float[]?> Gather(float[] part, int root, CancellationToken cancellation = default)
     {
         int operation = NextOperation();
+        using var measured = Measure();
         ArgumentNullException.ThrowIfNull(part);
         CheckRoot(root);
         if (Rank != root)
@@ -121,6 +138,7 @@ public sealed class CollectiveGroup(ICollectiveTransport transport, int maxMessa
     public async Task Reduce(float[] data, int root, CancellationToken cancellation = default)
     {
         int operation = NextOperation();
+        using var measured = Measure();
         ArgumentNullException.ThrowIfNull(data);
         CheckRoot(root);
         int relative = RelativeTo(root);
@@ -146,6 +164,7 @@ public sealed class CollectiveGroup(ICollectiveTransport transport, int maxMessa
     public async Task<float[]> AllGather(float[] part, CancellationToken cancellation = default)
     {
         int operation = NextOperation();
+        using var measured = Measure();
         ArgumentNullException.ThrowIfNull(part);
         var parts = new float[WorldSize][];
         parts[Rank] = part;
@@ -166,6 +185,7 @@ public sealed class CollectiveGroup(ICollectiveTransport transport, int maxMessa
     public async Task<float[]> ReduceScatter(float[] data, CancellationToken cancellation = default)
     {
         int operation = NextOperation();
+        using var measured = Measure();
         ArgumentNullException.ThrowIfNull(data);
         if (WorldSize == 1) return (float[])data.Clone();
         // Step s: send the running sum of piece (rank - s - 1), receive piece (rank - s - 2) and add this rank's share.
@@ -191,6 +211,7 @@ public sealed class CollectiveGroup(ICollectiveTransport transport, int maxMessa
     public async Task AllReduce(float[] data, CancellationToken cancellation = default)
     {
         int operation = NextOperation();
+        using var measured = Measure();
         ArgumentNullException.ThrowIfNull(data);
         // Reduce-scatter in place (as in ReduceScatter): afterwards piece `rank` of data holds the full sum.
         for (int step = 0; step < WorldSize - 1; step++)
@@ -211,6 +232,7 @@ public sealed class CollectiveGroup(ICollectiveTransport transport, int maxMessa
     public async Task<float[][]> AllToAll(float[][] parts, CancellationToken cancellation = default)
     {
         int operation = NextOperation();
+        using var measured = Measure();
         ArgumentNullException.ThrowIfNull(parts);
         if (parts.Length != WorldSize)
             throw new ArgumentException($"all-to-all needs one part per rank: got {parts.Length} parts for a world of {WorldSize}", nameof(parts));
@@ -286,6 +308,7 @@ public sealed class CollectiveGroup(ICollectiveTransport transport, int maxMessa
 
     private async Task SendAsync(int to, int operation, int step, ReadOnlyMemory<float> data, CancellationToken cancellation)
     {
+        ClusterTelemetry.CollectiveBytes.Add(HeaderBytes + data.Length * (long)sizeof(float), new KeyValuePair<string, object?>("op", _operationName));
         int chunks = ChunkCount(data.Length);
         if (chunks > 1 << ChunkBits)
             throw new ArgumentException($"a message of {data.Length} floats needs {chunks} chunks, over the limit of {1 << ChunkBits}: raise maxMessageBytes");

@@ -1,0 +1,129 @@
+// The engine's telemetry (ClusterTelemetry) carries the right values, seen in-process by a MeterListener and an
+// ActivityListener: tokens counted equal tokens generated, the request counted once as completed, a time to first
+// token and an inter-token latency per later token, running sequences and used KV blocks back to 0 afterwards, the
+// tensor-parallel all-reduce's bytes counted, and the request's steps spanning every shard of its layout.
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Diagnostics.Metrics;
+using Cluster.Compute;
+using Cluster.Contracts;
+
+namespace Cluster.Tests.Grains;
+
+[Collection(nameof(ClusterCollection))]
+public sealed class TelemetryTests(ClusterFixture fixture)
+{
+    private const string Model = "telemetry";
+
+    [Fact]
+    public async Task ServingTelemetryCountsWhatWasServed()
+    {
+        var cancel = TestContext.Current.CancellationToken;
+        var sums = new ConcurrentDictionary<string, double>();   // instrument (+ outcome/state) for this model -> sum
+        var recordings = new ConcurrentDictionary<string, int>();
+        var gauges = new ConcurrentDictionary<string, int>();       // "used@{stage}.{rank}" -> last value
+        using var meters = new MeterListener();
+        meters.InstrumentPublished = (instrument, listener) =>
+        {
+            if (instrument.Meter.Name == ClusterTelemetry.Name) listener.EnableMeasurementEvents(instrument);
+        };
+        void Measured(Instrument instrument, double value, ReadOnlySpan<KeyValuePair<string, object?>> tags)
+        {
+            var tagged = new Dictionary<string, object?>(tags.ToArray());
+            if (instrument.Name.StartsWith("cluster.collective")) sums.AddOrUpdate(instrument.Name + ":" + tagged["op"], value, (_, v) => v + value);
+            if (!Equals(tagged.GetValueOrDefault("model"), Model)) return;
+            if (instrument.Name == "cluster.kv.blocks")
+            {
+                gauges[$"{tagged["state"]}@{tagged["stage"]}.{tagged["rank"]}"] = (int)value;
+                return;
+            }
+            string key = instrument.Name + (tagged.GetValueOrDefault("outcome") is { } outcome ? ":" + outcome : "");
+            sums.AddOrUpdate(key, value, (_, v) => v + value);
+            recordings.AddOrUpdate(key, 1, (_, n) => n + 1);
+        }
+        meters.SetMeasurementEventCallback<long>((i, v, t, _) => Measured(i, v, t));
+        meters.SetMeasurementEventCallback<int>((i, v, t, _) => Measured(i, v, t));
+        meters.SetMeasurementEventCallback<double>((i, v, t, _) => Measured(i, v, t));
+        meters.Start();
+        var spans = new ConcurrentBag<Activity>();
+        using var activities = new ActivityListener
+        {
+            ShouldListenTo = source => source.Name == ClusterTelemetry.Name,
+            Sample = (ref ActivityCreationOptions<ActivityContext> _) => ActivitySamplingResult.AllDataAndRecorded,
+            ActivityStopped = activity =>
+            {
+                if (Equals(activity.GetTagItem("model"), Model)) spans.Add(activity);
+            },
+        };
+        ActivitySource.AddActivityListener(activities);
+
+        var scheduler = fixture.Cluster.Client.GetGrain<IInferenceSchedulerGrain>(Model);
+        await scheduler.Serve(new ModelServing(TestClusters.Tiny, "tp=2,pp=2"));
+        int[] prompt = await scheduler.Tokenize("Once upon a time", cancel);
+        var chunks = await scheduler.GenerateAsync(new GenerationRequest { PromptTokens = prompt, MaxTokens = 8, Temperature = 0, StopAtEos = false }, cancel);
+        Assert.Equal(8, chunks.Count);
+
+        Assert.Equal(8, sums["cluster.serving.generated_tokens"]);
+        Assert.Equal(prompt.Length, sums["cluster.serving.prompt_tokens"]);
+        Assert.Equal(1, sums["cluster.serving.requests:completed"]);
+        Assert.Equal(1, recordings["cluster.serving.time_to_first_token"]);
+        Assert.Equal(7, recordings["cluster.serving.inter_token_latency"]);
+        Assert.Equal(0, sums["cluster.serving.running"]);
+        Assert.Equal(0, sums["cluster.serving.waiting"]);
+        Assert.True(sums["cluster.serving.step_tokens"] >= prompt.Length + 7);
+        Assert.True(sums.GetValueOrDefault("cluster.collective.bytes:AllReduce") > 0, "tensor-parallel all-reduces are counted");
+        Assert.True(recordings.GetValueOrDefault("cluster.shard.step_time") >= 4 * 8, "every shard's part of every step is timed");
+
+        // Every shard of the layout ran in the request's steps, and its KV blocks are all free once the request is done.
+        var shardSpans = spans.Where(s => s.OperationName == "shard.forward").Select(s => $"{s.GetTagItem("stage")}.{s.GetTagItem("rank")}").ToHashSet();
+        Assert.Equal(["0.0", "0.1", "1.0", "1.1"], shardSpans.Order());
+        Assert.Contains(spans, s => s.OperationName == "serving.step" && (int)s.GetTagItem("sequences")! == 1);
+        var deadline = DateTime.UtcNow.AddSeconds(10);
+        while (true)
+        {
+            meters.RecordObservableInstruments();   // the step after the request's last carries its release to every shard
+            if (gauges.Count == 8 && gauges.Where(g => g.Key.StartsWith("used@")).All(g => g.Value == 0)) break;
+            Assert.True(DateTime.UtcNow < deadline, $"KV blocks still used: {string.Join(", ", gauges.Select(g => $"{g.Key}={g.Value}"))}");
+            await Task.Delay(100, cancel);
+        }
+        Assert.All(gauges.Where(g => g.Key.StartsWith("free@")), g => Assert.True(g.Value > 0));
+    }
+
+    [Fact]
+    public async Task TrainingTelemetryReportsEveryStepAndCheckpoint()
+    {
+        var cancel = TestContext.Current.CancellationToken;
+        const string job = "job-telemetry";
+        var values = new ConcurrentDictionary<string, ConcurrentBag<double>>();
+        using var meters = new MeterListener();
+        meters.InstrumentPublished = (instrument, listener) =>
+        {
+            if (instrument.Meter.Name == ClusterTelemetry.Name && instrument.Name.StartsWith("cluster.training")) listener.EnableMeasurementEvents(instrument);
+        };
+        void Measured(Instrument instrument, double value, ReadOnlySpan<KeyValuePair<string, object?>> tags)
+        {
+            foreach (var tag in tags)
+                if (tag.Key == "job" && Equals(tag.Value, job)) values.GetOrAdd(instrument.Name, _ => []).Add(value);
+        }
+        meters.SetMeasurementEventCallback<long>((i, v, t, _) => Measured(i, v, t));
+        meters.SetMeasurementEventCallback<double>((i, v, t, _) => Measured(i, v, t));
+        meters.Start();
+
+        var grain = fixture.Cluster.Client.GetGrain<ITrainingJobGrain>(job);
+        await grain.Submit(new TrainingJobSpec
+        {
+            Source = ModelSource.Random("tiny", seed: 5), Steps = 4, BatchSize = 4, SequenceLength = 32, LearningRate = 3e-3f, WarmupSteps = 1,
+            Layout = "dp=2", CheckpointEvery = 2,
+        });
+        var status = await grain.WaitForAsync(s => s.IsEnded(), cancel);
+        Assert.Equal(TrainingJobState.Completed, status.State);
+
+        Assert.Equal(4, values["cluster.training.steps"].Sum());
+        Assert.Equal(4, values["cluster.training.loss"].Count);
+        Assert.All(values["cluster.training.loss"], loss => Assert.True(double.IsFinite(loss) && loss > 0));
+        Assert.Contains(values["cluster.training.loss"], loss => Math.Abs(loss - status.Loss!.Value) < 1e-6);   // the last step's loss is the job's
+        Assert.Equal(4, values["cluster.training.step_time"].Count);
+        Assert.Equal(2, values["cluster.training.checkpoint_bytes"].Count);   // steps 2 and 4
+        Assert.All(values["cluster.training.checkpoint_bytes"], bytes => Assert.True(bytes > 0));
+    }
+}
