@@ -6,6 +6,7 @@ using Cluster.ServiceDefaults;
 using Orleans.Dashboard;
 
 var builder = WebApplication.CreateBuilder(args);
+builder.Configuration.AddLoggingDefaults();
 builder.Services.AddClusterTelemetry(builder.Configuration);
 builder.Services.AddClusteringConnections(builder.Configuration);
 var certificate = ClusterTransportSecurity.Require(builder.Configuration,

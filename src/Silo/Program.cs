@@ -9,6 +9,7 @@ using Orleans.Configuration;
 using Orleans.Dashboard;
 
 var builder = Host.CreateApplicationBuilder(args);
+builder.Configuration.AddLoggingDefaults();
 var settings = SiloSettings.From(builder.Configuration);
 var certificate = ClusterTransportSecurity.Require(builder.Configuration, localhostClustering: string.IsNullOrEmpty(settings.ClusteringProvider));
 builder.Services.AddSingleton(settings);
