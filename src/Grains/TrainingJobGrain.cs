@@ -317,8 +317,9 @@ public sealed class TrainingJobGrain(
                         Note: $"{retry}; resuming from the newest checkpoint that verifies"));
                 }
             }
+            // Published before the state says completed, so whoever sees "completed" finds the model served.
+            if (!_cancel.IsCancellationRequested && spec.ServeAs is { } modelId) await PublishModel(spec, modelId, directory);
             Record.State = _cancel.IsCancellationRequested ? TrainingJobState.Cancelled : TrainingJobState.Completed;
-            if (Record.State == TrainingJobState.Completed && spec.ServeAs is { } modelId) await PublishModel(spec, modelId, directory);
         }
         catch (Exception e) when (_cancel.IsCancellationRequested)
         {
