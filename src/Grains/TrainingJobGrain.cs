@@ -176,7 +176,7 @@ public sealed class TrainingJobGrain(
                 ? Enumerable.Range(0, trainers).Count(i => pinned[i % pinned.Length] == silo.Silo)
                 : (trainers + silos.Length - 1) / silos.Length;
             long memory = silo.Devices.FirstOrDefault(d => d.Kind == "Cpu")?.MemoryBytes ?? 0;
-            long needed = shardsThere * shardBytes;
+            long needed = (long)Math.Min((double)shardsThere * shardBytes, long.MaxValue / 2);   // no overflow for absurd specs
             if (memory > 0 && needed > memory)
                 throw new ArgumentException($"the job needs about {TrainingMemory.Describe(needed)} on silo {silo.Silo} ({shardsThere} trainers × " +
                     $"{TrainingMemory.Describe(shardBytes)}: parameters, gradients, AdamW state and activations for batch {spec.BatchSize} × sequence " +
