@@ -3,7 +3,7 @@
 // minutes: prompts of 1-60 words, 8-48 new tokens, a third streamed; one request in ten is hostile (bad JSON, wrong
 // content type, a path outside the model roots) and must be a 4xx; one in twenty is abandoned after its first bytes.
 // Reports requests served, errors (any 5xx, or a hostile one not 4xx), p50/p99 latency of the served ones, this
-// process's resident memory at start and end, and the KV blocks free once the load stops.
+// process's resident memory at start, at each minute and at the end, and the KV blocks free once the load stops.
 // Run: dotnet run -c Release --project bench/Cluster.Bench -- soak --minutes 10 --concurrency 32
 using System.Diagnostics;
 using System.Text;
@@ -44,6 +44,16 @@ public static class SoakBench
         int served = 0, refused = 0, abandoned = 0, errors = 0;
         var deadline = DateTime.UtcNow.AddMinutes(minutes);
         var clock = Stopwatch.StartNew();
+        var residentByMinute = new List<long>();
+        using var sampling = new CancellationTokenSource();
+        var sampler = Task.Run(async () =>
+        {
+            while (!sampling.IsCancellationRequested)
+            {
+                await Task.Delay(TimeSpan.FromMinutes(1), sampling.Token).ContinueWith(_ => { });
+                if (!sampling.IsCancellationRequested) residentByMinute.Add(Process.GetCurrentProcess().WorkingSet64 >> 20);
+            }
+        });
         await Task.WhenAll(Enumerable.Range(0, concurrency).Select(client => Task.Run(async () =>
         {
             var random = new Random(client);
@@ -91,6 +101,8 @@ public static class SoakBench
             }
         })));
         double seconds = clock.Elapsed.TotalSeconds;
+        sampling.Cancel();
+        await sampler;
         long endMemory = Process.GetCurrentProcess().WorkingSet64;
 
         var shards = (await scheduler.Status()).Shards;
@@ -106,6 +118,8 @@ public static class SoakBench
         Console.WriteLine("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
         Console.WriteLine($"| {served} | {served / seconds:F1} | {refused} | {abandoned} | {errors} | {Percentile(0.5):F0} | {Percentile(0.99):F0} | " +
             $"{startMemory >> 20} | {endMemory >> 20} | {string.Join(", ", descriptions.Select(d => $"{d!.FreeKvBlocks}/{d.TotalKvBlocks}"))} |");
+        Console.WriteLine();
+        Console.WriteLine($"Resident MiB at each minute: {string.Join(", ", residentByMinute)}");
         await app.StopAsync();
     }
 
