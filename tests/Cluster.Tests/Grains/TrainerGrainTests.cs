@@ -1,0 +1,64 @@
+// Trainer grains across two silos train as the same layout does in one process: for tp=2×pp=2 and pp=2×dp=2 with
+// ZeRO-1 (1F1B over 2 micro-batches), three steps of trainer grains pinned alternately to the two silos give the losses
+// of LocalTrainingRun on the same weights and batches, within 1e-6.
+using Cluster.Contracts;
+using Cluster.Model;
+using Cluster.Model.Formats;
+using Cluster.Model.Parallel;
+using Cluster.Training;
+
+namespace Cluster.Tests.Grains;
+
+public sealed class TrainerGrainTests
+{
+    [Theory]
+    [InlineData("tp=2,pp=2", 0)]
+    [InlineData("pp=2,dp=2", 1)]
+    public async Task TrainerGrainsAcrossSilosTrainAsOneProcess(string layoutText, int zeroStage)
+    {
+        var config = TestModels.SmallConfig(Architecture.Llama);
+        var weights = TestModels.RandomWeights(config, 11);
+        using var dir = new Formats.TempDirectory();
+        string path = Path.Combine(dir.Path, "small.gguf");
+        GgufWriter.Write(new LoadedModel(config, weights, null, "test"), path);
+        var layout = ParallelLayout.Parse(layoutText);
+        int tp = layout.TensorParallel, pp = layout.PipelineStages, dp = layout.DataParallel, perReplica = pp * tp;
+        const int microBatches = 2, sequences = 8;
+
+        await using var cluster = await TestClusters.StartAsync(silos: 2);
+        string id = "trainers-" + Guid.NewGuid().ToString("N")[..8];
+        string[] keys = [.. Enumerable.Range(0, dp * perReplica).Select(i =>
+            ShardKey.Create(id, i / perReplica, i % perReplica / tp, i % tp, cluster.Silos[i % 2].Name))];
+        var trainers = keys.Select(k => cluster.Client.GetGrain<ITrainerGrain>(k)).ToArray();
+        var options = new OptimizerOptions { LearningRate = 3e-3f, MinLearningRate = 3e-4f, WarmupSteps = 1, TotalSteps = 10 };
+        await Task.WhenAll(trainers.Select((t, i) => t.Start(new TrainerAssignment(ModelSource.File(path), layoutText, keys, i, Epoch: 1,
+            options.LearningRate, options.MinLearningRate, options.WarmupSteps, options.TotalSteps, options.WeightDecay, options.ClipNorm, zeroStage))));
+
+        using var local = LocalTrainingRun.Create(config, ModelLoader.Load(path).Weights, layout, options, zeroStage);
+        var rng = new Random(5);
+        for (int step = 0; step < 3; step++)
+        {
+            TrainingSequence[] batch = [.. Enumerable.Range(0, sequences).Select(_ =>
+            {
+                int[] tokens = [.. Enumerable.Range(0, 17).Select(_ => rng.Next(config.VocabSize))];
+                return new TrainingSequence(tokens[..^1], tokens[1..]);
+            })];
+            float expected = local.TrainStep(batch, microBatches).LossShare;
+
+            // Each replica's contiguous share of the batch, cut into micro-batches, as the job grain sends it.
+            var messages = Enumerable.Range(0, dp).Select(r =>
+            {
+                var share = Slice.Partition(batch.Length, dp, r);
+                return new TrainingStepMessage(1, [.. Enumerable.Range(0, microBatches).Select(m =>
+                {
+                    var part = Slice.Partition(share.Count, microBatches, m);
+                    return batch.Skip(share.Offset + part.Offset).Take(part.Count).Select(s => new TrainingSequenceMessage(s.Tokens, s.Targets, s.Documents)).ToArray();
+                })], batch.Sum(s => s.CountedTargets));
+            }).ToArray();
+            var reports = await Task.WhenAll(trainers.Select((t, i) => t.Step(messages[i / perReplica])));
+            float loss = reports.Where((_, i) => i % perReplica == (pp - 1) * tp).Sum(r => r.LossShare);   // last stage, rank 0, of each replica
+            Assert.Equal(expected, loss, 1e-6);
+        }
+        await Task.WhenAll(trainers.Select(t => t.Stop()));
+    }
+}
