@@ -137,6 +137,7 @@ public static class GatewayPipeline
     {
         ApiError api => api,
         BadHttpRequestException bad => new ApiError(bad.StatusCode, "The request could not be read: " + bad.Message),
+        ArgumentException argument => new ApiError(StatusCodes.Status400BadRequest, argument.Message),   // a grain refusing the request's values
         ModelOverloadedException overloaded => new ApiError(StatusCodes.Status429TooManyRequests, overloaded.Message,
             code: "model_overloaded", type: "rate_limit_error", retryAfterSeconds: overloaded.RetryAfterSeconds),
         ModelUnavailableException unavailable => ApiError.Unavailable(unavailable.Message, "model_unavailable"),

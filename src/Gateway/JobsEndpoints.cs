@@ -18,8 +18,7 @@ public static class JobsEndpoints
                 throw new ApiError(StatusCodes.Status403Forbidden, "'replace': true (publishing over a served model) needs an API key with the 'admin' role.",
                     "replace", "insufficient_role", "permission_error");
             string id = "job-" + Guid.NewGuid().ToString("N");
-            try { return Results.Json(Body(await grains.GetGrain<ITrainingJobGrain>(id).Submit(spec)), statusCode: 201); }
-            catch (ArgumentException e) { throw new ApiError(400, e.Message); }
+            return Results.Json(Body(await grains.GetGrain<ITrainingJobGrain>(id).Submit(spec)), statusCode: 201);
         }));
         app.MapGet("/v1/jobs/{id}", (HttpContext context, string id) => Answer(context, async grains =>
             Results.Json(Body(await grains.GetGrain<ITrainingJobGrain>(id).Status() ?? throw NotFound(id)))));

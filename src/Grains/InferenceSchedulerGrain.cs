@@ -190,7 +190,7 @@ public sealed class InferenceSchedulerGrain(
     private async Task<int[]> Encode(string prompt, ShardDescription shape, CancellationToken cancellation)
     {
         long limit = (long)shape.MaxSeqLen * Math.Max(1, _longestPieceBytes);
-        if (prompt.Length > limit || System.Text.Encoding.UTF8.GetByteCount(prompt) > limit)
+        if (System.Text.Encoding.UTF8.GetByteCount(prompt) > limit)
             throw new ArgumentException($"the prompt is longer than the model's context of {shape.MaxSeqLen} tokens could hold");
         var tokenizer = Tokenizer;
         return await Task.Run(() => tokenizer.Encode(prompt, addBos: true), cancellation);
@@ -372,9 +372,11 @@ public sealed class InferenceSchedulerGrain(
         var stageBatch = new StageBatch(epoch, step, [.. batch.Select(b => b.Chunk)], [], released);
         var replicaTags = new TagList { ModelTag, { "replica", replica.Index } };
         int stepTokens = batch.Sum(b => b.Chunk.Tokens.Length);
-        using var span = ClusterTelemetry.Source.StartActivity("serving.step", ActivityKind.Internal, parentContext: default,
-            tags: [ModelTag, new("replica", replica.Index), new("step", step), new("sequences", batch.Count), new("tokens", stepTokens)],
-            links: [.. batch.Select(b => b.Sequence.Trace).Where(c => c != default).Distinct().Select(c => new ActivityLink(c))]);
+        using var span = ClusterTelemetry.Source.HasListeners()
+            ? ClusterTelemetry.Source.StartActivity("serving.step", ActivityKind.Internal, parentContext: default,
+                tags: [ModelTag, new("replica", replica.Index), new("step", step), new("sequences", batch.Count), new("tokens", stepTokens)],
+                links: [.. batch.Select(b => b.Sequence.Trace).Where(c => c != default).Distinct().Select(c => new ActivityLink(c))])
+            : null;
         long started = Stopwatch.GetTimestamp();
         StageResult result;
         try

@@ -37,7 +37,8 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
     }
 
     /// <summary>One serving epoch: the KV cache and sequences, the collectives' mailbox, and the step order.</summary>
-    private sealed class Epoch(ShardAssignment assignment, PagedKvCache cache, CollectiveMailbox mailbox, CollectiveGroup? group)
+    private sealed class Epoch(ShardAssignment assignment, PagedKvCache cache, CollectiveMailbox mailbox, CollectiveGroup? group,
+        KeyValuePair<string, object?>[] tags)
     {
         private readonly Dictionary<long, TaskCompletionSource> _waiting = [];
         private long _nextStep;
@@ -48,6 +49,8 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
         public PagedKvCache Cache => cache;
         public CollectiveMailbox Mailbox => mailbox;
         public CollectiveGroup? Group => group;
+        /// <summary>model, replica, stage, rank, silo: the tags of this shard's telemetry.</summary>
+        public KeyValuePair<string, object?>[] Tags => tags;
         public Dictionary<Guid, int> Sequences { get; } = [];
 
         /// <summary>Completes when every earlier step has been queued on the device.</summary>
@@ -116,7 +119,8 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
         var group = assignment.TensorGroup.Length > 1
             ? new CollectiveGroup(new GrainGroupTransport(key => grains.GetGrain<IShardGrain>(key), assignment.TensorGroup, assignment.Rank, assignment.Epoch, mailbox))
             : null;
-        _epoch = new Epoch(assignment, cache, mailbox, group);
+        _epoch = new Epoch(assignment, cache, mailbox, group, [new("model", ShardKey.ModelId(Key)), new("replica", assignment.Replica),
+            new("stage", assignment.Stage), new("rank", assignment.Rank), new("silo", silo.Name)]);
         return Describe(slice, _epoch);
     }
 
@@ -135,7 +139,7 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
         var epoch = Current(batch.Epoch);
         var model = _slice!.Model;
         var a = epoch.Assignment;
-        var tags = ShardTags(a);
+        var tags = epoch.Tags;
         using var span = ClusterTelemetry.Source.StartActivity("shard.forward", ActivityKind.Internal, parentContext: default,
             tags: [.. tags, new("step", batch.Step), new("sequences", batch.Chunks.Length), new("tokens", batch.Chunks.Sum(c => c.Tokens.Length))]);
         await epoch.WaitTurn(batch.Step);
@@ -170,7 +174,7 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
         finally
         {
             var cache = epoch.Cache;
-            ClusterTelemetry.ReportKvBlocks(Key, ShardTags(epoch.Assignment), cache.TotalBlocks - cache.FreeBlocks, cache.FreeBlocks);
+            ClusterTelemetry.ReportKvBlocks(Key, epoch.Tags, cache.TotalBlocks - cache.FreeBlocks, cache.FreeBlocks);
         }
     }
 
@@ -208,10 +212,6 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
         _slice is not { } slice || _epoch is not { } epoch
             ? Task.FromResult<ShardDescription?>(null)
             : Worker.Run<ShardDescription?>(() => Describe(slice, epoch));
-
-    /// <summary>model, replica, stage, rank, silo: the tags of this shard's telemetry.</summary>
-    private KeyValuePair<string, object?>[] ShardTags(ShardAssignment a) =>
-        [new("model", ShardKey.ModelId(Key)), new("replica", a.Replica), new("stage", a.Stage), new("rank", a.Rank), new("silo", silo.Name)];
 
     private Epoch Current(long epoch) =>
         _epoch is { } current && current.Number == epoch

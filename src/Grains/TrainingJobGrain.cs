@@ -228,6 +228,7 @@ public sealed class TrainingJobGrain(
         PackedDataset? dataset = null;   // kept once built: a failure to build it is retried like any other, never kept
         DateTime? lostSince = null;      // when the trainers were first found missing: re-placing them may take until RecoveryTimeout
         var slots = grains.GetGrain<ITrainingSlotsGrain>(0);
+        var sinceRenewal = Stopwatch.StartNew();
         try
         {
             await WaitForASlot(slots);
@@ -271,7 +272,11 @@ public sealed class TrainingJobGrain(
                                    tags: [JobTag, new("step", step + 1), new("trainers", trainers.Length)]))
                             (loss, lr) = await Step(trainers, layout, spec, batch, epoch, captureAfter: checkpoint);
                         ClusterTelemetry.TrainingStepTime.Record(Stopwatch.GetElapsedTime(stepStarted).TotalSeconds, JobTag);
-                        await slots.TryHold(Id);   // renews the lease; a job that runs is never stopped for lack of one
+                        if (sinceRenewal.Elapsed > o.SlotLease / 4)
+                        {
+                            await slots.TryHold(Id);   // renews the lease; a job that runs is never stopped for lack of one
+                            sinceRenewal.Restart();
+                        }
                         step++;
                         tokens += (long)spec.BatchSize * spec.SequenceLength;
                         Publish(new TrainingJobEvent(step, loss, lr, (float)(tokens / clock.Elapsed.TotalSeconds), Record.State));

@@ -40,7 +40,7 @@ public sealed class TrainingOptions
 
     /// <summary>Jobs that run at once in the cluster; later ones wait in the queued state for a slot.</summary>
     public int MaxRunningJobs { get; set; } = 2;
-    /// <summary>How long a running job's slot lasts without a renewal (it renews at every step and while it starts).</summary>
+    /// <summary>How long a running job's slot lasts without a renewal (it renews after a step once a quarter of this has passed).</summary>
     public TimeSpan SlotLease { get; set; } = TimeSpan.FromMinutes(5);
     /// <summary>Trainers (shards of the layout) one job may start.</summary>
     public int MaxTrainersPerJob { get; set; } = 64;
