@@ -1,18 +1,39 @@
-// The app host's training demo, through the gateway's public API as any user would: POST /v1/jobs trains the "adder"
-// preset (a character-level Llama) on generated additions with a pipeline × data-parallel layout (pp=2, dp=2) across
-// both silos, the job's events stream as server-sent events (progress printed every 100 steps), and the finished job
-// serves the trained model as "adder"; then POST /v1/completions asks it "23+19=".
+// The app host's console part: once the gateway is healthy it prints the API's URL and a first request, then runs the
+// training demo through the gateway's public API as any user would: POST /v1/jobs trains the "adder" preset (a
+// character-level Llama) on generated additions with a pipeline × data-parallel layout (pp=2, dp=2) across the silos,
+// the job's events stream as server-sent events (progress printed every 100 steps), and the finished job serves the
+// trained model as "adder"; then POST /v1/completions asks it "23+19=". Its loss and tokens/s reach the dashboard
+// through the silos' Cluster meter.
 using System.Diagnostics;
 using System.Net.Http.Json;
 using System.Text.Json;
+using Microsoft.Extensions.Hosting;
 
 namespace Cluster.AppHost;
 
-public static class TrainingDemo
+public sealed class TrainingDemo(AppHostOptions options, ResourceNotificationService notifications) : BackgroundService
 {
-    public const int DefaultSteps = 1500;
+    protected override async Task ExecuteAsync(CancellationToken cancel)
+    {
+        try
+        {
+            await notifications.WaitForResourceHealthyAsync("gateway", cancel);
+            Console.WriteLine($$"""
+                Cluster ready: {{options.Silos}} silo(s) and the gateway.
+                  OpenAI-compatible API: {{options.GatewayUrl}}v1  (GET /v1/models, POST /v1/completions, POST /v1/chat/completions)
+                  try: curl {{options.GatewayUrl}}v1/completions -H 'Content-Type: application/json' -d '{"model":"default","prompt":"Once upon a time","max_tokens":32,"temperature":0}'
+                  Ctrl+C stops everything.
+                """);
+            if (options.TrainSteps > 0) await RunAsync(cancel);
+        }
+        catch (OperationCanceledException) when (cancel.IsCancellationRequested) { }
+        catch (Exception e) when (e is HttpRequestException or InvalidOperationException or JsonException)
+        {
+            Console.Error.WriteLine($"Training demo: {e.Message}");
+        }
+    }
 
-    public static async Task RunAsync(AppHostOptions options, CancellationToken cancel)
+    private async Task RunAsync(CancellationToken cancel)
     {
         using var http = new HttpClient { BaseAddress = options.GatewayUrl, Timeout = Timeout.InfiniteTimeSpan };
         // With API keys set, the demo uses the first one (it needs the train and inference roles), as any client would.
@@ -22,14 +43,14 @@ public static class TrainingDemo
         {
             ["preset"] = "adder", ["dataset"] = "additions", ["steps"] = options.TrainSteps, ["batch_size"] = 16, ["sequence_length"] = 64,
             ["learning_rate"] = 3e-3, ["warmup_steps"] = Math.Min(20, options.TrainSteps / 10), ["layout"] = "pp=2,dp=2", ["micro_batches"] = 2,
-            ["silos"] = new[] { "silo-1", "silo-2" }, ["checkpoint_every"] = 250, ["serve_as"] = "adder",
+            ["silos"] = Enumerable.Range(1, options.Silos).Select(i => $"silo-{i}").ToArray(), ["checkpoint_every"] = 250, ["serve_as"] = "adder",
         };
         using var created = await http.PostAsJsonAsync("v1/jobs", spec, cancel);
         string body = await created.Content.ReadAsStringAsync(cancel);
         if (!created.IsSuccessStatusCode) throw new InvalidOperationException($"training demo: POST /v1/jobs answered {(int)created.StatusCode}: {body}");
         string id = JsonDocument.Parse(body).RootElement.GetProperty("id").GetString()!;
         Console.WriteLine($"""
-            Training demo: job {id} teaches the "adder" model additions ("23+19=" -> "42"), layout pp=2,dp=2 over silo-1 and silo-2, {options.TrainSteps} steps.
+            Training demo: job {id} teaches the "adder" model additions ("23+19=" -> "42"), layout pp=2,dp=2 over {options.Silos} silo(s), {options.TrainSteps} steps.
               follow it: curl -N {options.GatewayUrl}v1/jobs/{id}/events     (checkpoints under {options.TrainingRoot})
             """);
 

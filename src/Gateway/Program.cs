@@ -6,11 +6,8 @@ using Cluster.ServiceDefaults;
 using Orleans.Dashboard;
 
 var builder = WebApplication.CreateBuilder(args);
-builder.Configuration.AddLoggingDefaults();
-builder.Services.AddClusterTelemetry(builder.Configuration);
-builder.Services.AddClusteringConnections(builder.Configuration);
-var certificate = ClusterTransportSecurity.Require(builder.Configuration,
-    localhostClustering: string.IsNullOrEmpty(builder.Configuration["Orleans:Clustering:ProviderType"]));
+builder.AddServiceDefaults();
+var certificate = ClusterTransportSecurity.Require(builder.Configuration);
 builder.UseOrleansClient(client =>
 {
     client.UseClusterClustering(builder.Configuration).AddActivityPropagation().AddDashboard();

@@ -5,6 +5,7 @@
 // anyone else, even a publicly trusted one, is refused). Without TLS anything that reaches the ports could call any
 // grain, so a process whose clustering is not localhost refuses to start without a certificate unless
 // Cluster:AllowInsecureCluster is true. infra/README.md says how to make one.
+using System.Net;
 using System.Security.Cryptography.X509Certificates;
 using Microsoft.Extensions.Configuration;
 using Orleans.Connections.Security;
@@ -30,17 +31,34 @@ public static class ClusterTransportSecurity
     }
 
     /// <summary>
-    /// The certificate to use, or null for plain TCP, which is allowed only for localhost clustering or with
-    /// Cluster:AllowInsecureCluster=true; otherwise start-up stops with a message saying so.
+    /// The certificate to use, or null for plain TCP, which is allowed only for clustering confined to this machine
+    /// (<see cref="IsLoopbackOnly"/>) or with Cluster:AllowInsecureCluster=true; otherwise start-up stops with a message saying so.
     /// </summary>
-    public static X509Certificate2? Require(IConfiguration config, bool localhostClustering)
+    public static X509Certificate2? Require(IConfiguration config)
     {
         var certificate = Certificate(config);
-        if (certificate is null && !localhostClustering && !config.GetValue("Cluster:AllowInsecureCluster", false))
+        if (certificate is null && !IsLoopbackOnly(config) && !config.GetValue("Cluster:AllowInsecureCluster", false))
             throw new InvalidOperationException(
                 "clustering is not localhost but no cluster certificate is configured: set Cluster__Tls__CertificatePath (see infra/README.md), " +
                 "or Cluster__AllowInsecureCluster=true to run without TLS on a network you trust");
         return certificate;
+    }
+
+    /// <summary>
+    /// True when every address the process clusters over is loopback: localhost clustering (no provider configured), or
+    /// Aspire's "Development" provider with a loopback advertised address (silos) and loopback gateways (clients), as the
+    /// app host configures it. Anything else (Redis, ADO.NET, a routable address) can be reached from the network.
+    /// </summary>
+    public static bool IsLoopbackOnly(IConfiguration config)
+    {
+        string? provider = config["Orleans:Clustering:ProviderType"];
+        if (string.IsNullOrEmpty(provider)) return true;
+        if (!string.Equals(provider, "Development", StringComparison.OrdinalIgnoreCase)) return false;
+        string?[] addresses = [config["Orleans:Endpoints:AdvertisedIPAddress"], config["Orleans:Clustering:PrimarySiloEndPoint"],
+            .. config.GetSection("Orleans:Clustering:Gateways").GetChildren().Select(g => g.Value)];
+        var named = addresses.Where(a => !string.IsNullOrEmpty(a)).ToArray();
+        // IPEndPoint.TryParse takes an address with or without a port.
+        return named.Length > 0 && named.All(a => IPEndPoint.TryParse(a!, out var endpoint) && IPAddress.IsLoopback(endpoint.Address));
     }
 
     /// <summary>Mutual TLS pinned to the cluster certificate.</summary>

@@ -1,4 +1,5 @@
-// Cluster.Silo: a thin Orleans host. Clustering and TLS come from configuration; the default model is served at start.
+// Cluster.Silo: a thin Orleans host. Clustering and TLS come from configuration (Orleans__* keys, as the Aspire app host
+// sets them, or localhost clustering when none is set); the default model is served at start.
 using Cluster.Grains;
 using Cluster.ServiceDefaults;
 using Cluster.Silo;
@@ -9,12 +10,10 @@ using Orleans.Configuration;
 using Orleans.Dashboard;
 
 var builder = Host.CreateApplicationBuilder(args);
-builder.Configuration.AddLoggingDefaults();
+builder.AddServiceDefaults();
 var settings = SiloSettings.From(builder.Configuration);
-var certificate = ClusterTransportSecurity.Require(builder.Configuration, localhostClustering: string.IsNullOrEmpty(settings.ClusteringProvider));
+var certificate = ClusterTransportSecurity.Require(builder.Configuration);
 builder.Services.AddSingleton(settings);
-builder.Services.AddClusterTelemetry(builder.Configuration);
-builder.Services.AddClusteringConnections(builder.Configuration);
 builder.UseOrleans(silo =>
 {
     silo.AddActivityPropagation();

@@ -68,11 +68,27 @@ public sealed class TransportSecurityTests
     [Fact]
     public void NonLocalClusteringNeedsACertificateOrAnExplicitOptOut()
     {
-        var none = new ConfigurationBuilder().Build();
-        Assert.Null(ClusterTransportSecurity.Require(none, localhostClustering: true));
-        var refusal = Assert.Throws<InvalidOperationException>(() => ClusterTransportSecurity.Require(none, localhostClustering: false));
-        Assert.Contains("Cluster__AllowInsecureCluster", refusal.Message);
-        var optedOut = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?> { ["Cluster:AllowInsecureCluster"] = "true" }).Build();
-        Assert.Null(ClusterTransportSecurity.Require(optedOut, localhostClustering: false));
+        static IConfiguration Config(params (string Key, string Value)[] pairs) =>
+            new ConfigurationBuilder().AddInMemoryCollection(pairs.Select(p => KeyValuePair.Create(p.Key, (string?)p.Value))).Build();
+        Assert.Null(ClusterTransportSecurity.Require(Config()));   // localhost clustering
+        // Aspire's development clustering as the app host sets it: loopback advertised address, primary and gateways.
+        Assert.Null(ClusterTransportSecurity.Require(Config(("Orleans:Clustering:ProviderType", "Development"),
+            ("Orleans:Endpoints:AdvertisedIPAddress", "127.0.0.1"), ("Orleans:Clustering:PrimarySiloEndPoint", "127.0.0.1:11111"))));
+        Assert.Null(ClusterTransportSecurity.Require(Config(("Orleans:Clustering:ProviderType", "Development"),
+            ("Orleans:Clustering:Gateways:0", "127.0.0.1:30000"), ("Orleans:Clustering:Gateways:1", "[::1]:30001"))));
+        foreach (var reachable in new[]
+        {
+            Config(("Orleans:Clustering:ProviderType", "Redis")),
+            Config(("Orleans:Clustering:ProviderType", "Development")),   // no address named: Orleans picks a routable one
+            Config(("Orleans:Clustering:ProviderType", "Development"), ("Orleans:Endpoints:AdvertisedIPAddress", "10.0.0.5")),
+            Config(("Orleans:Clustering:ProviderType", "Development"), ("Orleans:Endpoints:AdvertisedIPAddress", "127.0.0.1"),
+                ("Orleans:Clustering:Gateways:0", "192.168.1.2:30000")),
+            Config(("Orleans:Clustering:ProviderType", "Development"), ("Orleans:Clustering:Gateways:0", "not-an-address")),
+        })
+        {
+            var refusal = Assert.Throws<InvalidOperationException>(() => ClusterTransportSecurity.Require(reachable));
+            Assert.Contains("Cluster__AllowInsecureCluster", refusal.Message);
+        }
+        Assert.Null(ClusterTransportSecurity.Require(Config(("Orleans:Clustering:ProviderType", "Redis"), ("Cluster:AllowInsecureCluster", "true"))));
     }
 }
