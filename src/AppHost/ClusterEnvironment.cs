@@ -1,8 +1,6 @@
-// What every silo and the gateway receive besides Aspire's own variables: the Development environment (an open local
-// gateway, unless API keys are set) and every Cluster__* variable of the app host's own environment (API keys, TLS,
-// scheduler limits), so configuring the app host configures the cluster.
-using System.Collections;
-
+// The environment every silo and the gateway run in: Development, an open local gateway unless API keys are set
+// (Cluster__ApiKeys). Everything else of the app host's own environment (Cluster__* settings, TLS) reaches them anyway:
+// DCP starts resources with the app host's environment plus Aspire's variables.
 namespace Cluster.AppHost;
 
 public static class ClusterEnvironment
@@ -11,8 +9,5 @@ public static class ClusterEnvironment
     {
         environment["DOTNET_ENVIRONMENT"] = "Development";
         environment["ASPNETCORE_ENVIRONMENT"] = "Development";
-        foreach (DictionaryEntry variable in Environment.GetEnvironmentVariables())
-            if (variable.Key is string key && key.StartsWith("Cluster__", StringComparison.Ordinal) && variable.Value is string value)
-                environment[key] = value;
     }
 }

@@ -12,7 +12,7 @@ var options = AppHostOptions.From(builder.Configuration);
 
 // Development clustering (membership kept by the first silo) on loopback addresses; with a connection string named
 // "clustering" (ConnectionStrings__clustering=host:port), Redis membership instead (infra/README.md: it needs the
-// cluster certificate, Cluster__Tls__*, which the resources receive like every Cluster__* variable of the app host).
+// cluster certificate, Cluster__Tls__*, which the resources inherit from the app host's environment).
 var redis = builder.Configuration.GetConnectionString("clustering");
 var orleans = builder.AddOrleans("cluster").WithClusterId("cluster-dev").WithServiceId("cluster");
 if (redis is null) orleans.WithDevelopmentClustering();

@@ -7,10 +7,10 @@
 //   shards    cluster.shard.step_time s {model, replica, stage, rank, silo}, cluster.kv.blocks (gauge)
 //             {model, replica, stage, rank, silo, state: used|free};
 //   transport cluster.collective.bytes {op} (bytes a member sends) and cluster.collective.duration s {op, members};
-//   training  cluster.training.steps, .loss, .learning_rate, .tokens_per_second, .step_time s, .restarts,
+//   training  cluster.training.steps, .loss, .learning_rate, .gradient_norm, .tokens_per_second, .step_time s, .restarts,
 //             .checkpoint_time s, .checkpoint_bytes, all {job}.
 // Spans: "serving.step" per scheduler step (linked to the requests it carries), "shard.forward" per shard and step
-// (its child through Orleans' call propagation), "training.step" per job step.
+// (its child through Orleans' call propagation), "training.step" per job step with "trainer.step" per trainer under it.
 using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Diagnostics.Metrics;
@@ -44,6 +44,7 @@ public static class ClusterTelemetry
     public static readonly Counter<long> TrainingSteps = Meter.CreateCounter<long>("cluster.training.steps", "{step}", "Training steps taken");
     public static readonly Histogram<double> TrainingLoss = Meter.CreateHistogram<double>("cluster.training.loss", "1", "Each step's mean loss");
     public static readonly Histogram<double> LearningRate = Meter.CreateHistogram<double>("cluster.training.learning_rate", "1", "Each step's learning rate");
+    public static readonly Histogram<double> GradientNorm = Meter.CreateHistogram<double>("cluster.training.gradient_norm", "1", "Each step's global gradient norm, before clipping");
     public static readonly Histogram<double> TrainingTokensPerSecond = Meter.CreateHistogram<double>("cluster.training.tokens_per_second", "{token}/s", "Training throughput since the job (re)started");
     public static readonly Histogram<double> TrainingStepTime = Meter.CreateHistogram<double>("cluster.training.step_time", "s", "One training step on every trainer");
     public static readonly Counter<long> TrainingRestarts = Meter.CreateCounter<long>("cluster.training.restarts", "{restart}", "Attempts resumed from a checkpoint");

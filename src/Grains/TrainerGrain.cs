@@ -2,6 +2,7 @@
 // thread; the step's collectives and pipeline messages block that thread while the peers' messages come in through
 // Deliver, which interleaves. Three groups, each on its own channel of the one inbox: the stage's tensor-parallel
 // ranks, the replica's pipeline stages at this rank, and this shard's data-parallel replicas.
+using System.Diagnostics;
 using System.Runtime.InteropServices;
 using Cluster.Compute;
 using Cluster.Compute.Collectives;
@@ -108,9 +109,12 @@ public sealed class TrainerGrain(IGrainFactory grains, IOptions<ShardOptions> op
     private Run Current(long epoch) => _run is { } r && r.Assignment.Epoch == epoch
         ? r : throw new InvalidOperationException($"trainer {this.GetPrimaryKeyString()} is not started for epoch {epoch}");
 
-    public Task<TrainingStepReport> Step(TrainingStepMessage step)
+    public async Task<TrainingStepReport> Step(TrainingStepMessage step)
     {
         var run = Current(step.Epoch);
+        // A child of the job's "training.step" span (through the Orleans call that brought the step here).
+        using var span = ClusterTelemetry.Source.StartActivity("trainer.step", ActivityKind.Internal, parentContext: default,
+            tags: [new("trainer", this.GetPrimaryKeyString()), new("index", run.Assignment.Index), new("micro_batches", step.MicroBatches.Length)]);
         var schedule = step.Schedule switch
         {
             "1f1b" => PipelineSchedule.OneFOneB,
@@ -119,7 +123,7 @@ public sealed class TrainerGrain(IGrainFactory grains, IOptions<ShardOptions> op
         };
         IReadOnlyList<TrainingSequence>[] microBatches = [.. step.MicroBatches.Select(m => (IReadOnlyList<TrainingSequence>)
             [.. m.Select(s => new TrainingSequence(s.Tokens, s.Targets, s.Documents))])];
-        return Worker.Run(() =>
+        return await Worker.Run(() =>
         {
             var result = run.Trainer.TrainStep(microBatches, step.GlobalTargets, schedule);
             // Copied in the step's own work item: every replica copies between the same two steps, and ZeRO's gathers pair up.

@@ -267,11 +267,13 @@ public sealed class TrainingJobGrain(
                         (var batch, cursor) = dataset.Take(spec.BatchSize, cursor);
                         bool checkpoint = (step + 1) % spec.CheckpointEvery == 0 || step + 1 == spec.Steps;
                         long stepStarted = Stopwatch.GetTimestamp();
-                        float loss, lr;
+                        float loss, lr, gradientNorm;
+                        // Each trainer's Step call is a child span of this one (Orleans' call spans, propagated).
                         using (ClusterTelemetry.Source.StartActivity("training.step", ActivityKind.Internal, parentContext: default,
                                    tags: [JobTag, new("step", step + 1), new("trainers", trainers.Length)]))
-                            (loss, lr) = await Step(trainers, layout, spec, batch, epoch, captureAfter: checkpoint);
+                            (loss, lr, gradientNorm) = await Step(trainers, layout, spec, batch, epoch, captureAfter: checkpoint);
                         ClusterTelemetry.TrainingStepTime.Record(Stopwatch.GetElapsedTime(stepStarted).TotalSeconds, JobTag);
+                        ClusterTelemetry.GradientNorm.Record(gradientNorm, JobTag);
                         if (sinceRenewal.Elapsed > o.SlotLease / 4)
                         {
                             await slots.TryHold(Id);   // renews the lease; a job that runs is never stopped for lack of one
@@ -398,7 +400,7 @@ public sealed class TrainingJobGrain(
     }
 
     /// <summary>One step on every trainer: replica r takes its share of the batch in micro-batches; returns the global mean loss and the learning rate.</summary>
-    private async Task<(float Loss, float LearningRate)> Step(ITrainerGrain[] trainers, ParallelLayout layout, TrainingJobSpec spec, TrainingSequence[] batch,
+    private async Task<(float Loss, float LearningRate, float GradientNorm)> Step(ITrainerGrain[] trainers, ParallelLayout layout, TrainingJobSpec spec, TrainingSequence[] batch,
         long epoch, bool captureAfter)
     {
         int globalTargets = batch.Sum(s => s.CountedTargets);
@@ -415,7 +417,8 @@ public sealed class TrainingJobGrain(
         }).ToArray();
         var reports = await AllOrFirstFailure(trainers.Select((t, i) => t.Step(messages[i / shardsPerReplica])).ToArray(), options.Value.StepTimeout);
         int lossReporter = (layout.PipelineStages - 1) * layout.TensorParallel;   // last stage, rank 0, of each replica
-        return (reports.Where((_, i) => i % shardsPerReplica == lossReporter).Sum(r => r.LossShare), reports[0].LearningRate);
+        // Every trainer clips with the same global norm, so any report's norm is the step's.
+        return (reports.Where((_, i) => i % shardsPerReplica == lossReporter).Sum(r => r.LossShare), reports[0].LearningRate, reports[0].GradientNorm);
     }
 
     /// <summary>

@@ -1,7 +1,8 @@
 // The engine's telemetry (ClusterTelemetry) carries the right values, seen in-process by a MeterListener and an
 // ActivityListener: tokens counted equal tokens generated, the request counted once as completed, a time to first
 // token and an inter-token latency per later token, running sequences and used KV blocks back to 0 afterwards, the
-// tensor-parallel all-reduce's bytes counted, and the request's steps spanning every shard of its layout.
+// tensor-parallel all-reduce's bytes counted, and the request's steps spanning every shard of its layout; a training job's
+// steps counted with their loss, gradient norm and checkpoints, each step's span holding every trainer's.
 using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Diagnostics.Metrics;
@@ -108,6 +109,15 @@ public sealed class TelemetryTests(ClusterFixture fixture)
         meters.SetMeasurementEventCallback<long>((i, v, t, _) => Measured(i, v, t));
         meters.SetMeasurementEventCallback<double>((i, v, t, _) => Measured(i, v, t));
         meters.Start();
+        // Every span on the way (the engine's and Orleans' call spans), to walk from a trainer's span up to its job step.
+        var spans = new ConcurrentDictionary<ActivitySpanId, Activity>();
+        using var activities = new ActivityListener
+        {
+            ShouldListenTo = source => source.Name == ClusterTelemetry.Name || source.Name.StartsWith("Microsoft.Orleans", StringComparison.Ordinal),
+            Sample = (ref ActivityCreationOptions<ActivityContext> _) => ActivitySamplingResult.AllDataAndRecorded,
+            ActivityStopped = activity => spans[activity.SpanId] = activity,
+        };
+        ActivitySource.AddActivityListener(activities);
 
         var grain = fixture.Cluster.Client.GetGrain<ITrainingJobGrain>(job);
         await grain.Submit(new TrainingJobSpec
@@ -125,5 +135,21 @@ public sealed class TelemetryTests(ClusterFixture fixture)
         Assert.Equal(4, values["cluster.training.step_time"].Count);
         Assert.Equal(2, values["cluster.training.checkpoint_bytes"].Count);   // steps 2 and 4
         Assert.All(values["cluster.training.checkpoint_bytes"], bytes => Assert.True(bytes > 0));
+        Assert.Equal(4, values["cluster.training.gradient_norm"].Count);
+        Assert.All(values["cluster.training.gradient_norm"], norm => Assert.True(double.IsFinite(norm) && norm > 0));
+
+        // One span per job step, and under each the step of both trainers (dp=2), through Orleans' call spans.
+        var steps = spans.Values.Where(s => s.OperationName == "training.step" && Equals(s.GetTagItem("job"), job)).ToDictionary(s => s.SpanId);
+        Assert.Equal(4, steps.Count);
+        Activity? JobStepOf(Activity span)
+        {
+            for (var at = span; at is not null; at = spans.GetValueOrDefault(at.ParentSpanId))
+                if (steps.TryGetValue(at.SpanId, out var step)) return step;
+            return null;
+        }
+        var trainerSteps = spans.Values.Where(s => s.OperationName == "trainer.step").Select(s => (Trainer: s, Step: JobStepOf(s)))
+            .Where(t => t.Step is not null).ToList();
+        Assert.Equal(8, trainerSteps.Count);
+        Assert.All(steps.Values, step => Assert.Equal([0, 1], trainerSteps.Where(t => t.Step == step).Select(t => (int)t.Trainer.GetTagItem("index")!).Order()));
     }
 }

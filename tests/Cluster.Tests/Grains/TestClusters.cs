@@ -28,6 +28,7 @@ public static class TestClusters
         builder.Options.GatewayPerSilo = false;
         builder.ConfigureSilo((siloOptions, siloBuilder) =>
         {
+            siloBuilder.AddActivityPropagation();   // as the silo host: grain calls carry the caller's span
             siloBuilder.AddClusterGrains(o =>
             {
                 o.DeviceThreads = 1;

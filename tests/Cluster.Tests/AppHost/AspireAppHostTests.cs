@@ -1,0 +1,93 @@
+// The app host under Aspire.Hosting.Testing, as `dotnet run --project src/AppHost` starts it on a fresh machine: with an
+// empty data directory it first trains the English story model (the storyteller resource), then starts two silos and
+// the gateway, waits until the gateway is healthy, and runs the training demo. The tests talk to it as users do: the
+// official OpenAI client gets English from the default model, the demo's trained "adder" answers 23+19=42, and a
+// headless browser sees the resources Running and the Cluster meter's instruments in the Aspire dashboard.
+using System.ClientModel;
+using System.Net.Http.Json;
+using System.Text.Json;
+using System.Text.RegularExpressions;
+using Aspire.Hosting;
+using Aspire.Hosting.ApplicationModel;
+using Aspire.Hosting.Testing;
+using Cluster.Model;
+using Cluster.Tests.Formats;
+using OpenAI;
+using OpenAI.Chat;
+
+namespace Cluster.Tests.AppHost;
+
+public sealed class AppHostFixture : IAsyncLifetime
+{
+    private readonly TempDirectory _folder = new();
+
+    public DistributedApplication App { get; private set; } = null!;
+    public Uri Gateway { get; private set; } = null!;
+    public Uri Dashboard { get; private set; } = null!;
+    public string BrowserToken { get; } = Guid.NewGuid().ToString("N");
+
+    public async ValueTask InitializeAsync()
+    {
+        var cancel = TestContext.Current.CancellationToken;
+        int[] ports = FreePorts.Take(7);
+        Gateway = new Uri($"http://127.0.0.1:{ports[0]}/");
+        Dashboard = new Uri($"http://127.0.0.1:{ports[5]}/");
+        var builder = await DistributedApplicationTestingBuilder.CreateAsync<Projects.AppHost>(
+            ["--port", $"{ports[0]}", "--silo-port", $"{ports[1]}", "--gateway-port", $"{ports[3]}",
+             "--data-dir", _folder.File("data"), "--training-root", _folder.File("training"),
+             // The dashboard on ports of this test's own, with a login token it knows.
+             $"ASPNETCORE_URLS={Dashboard.ToString().TrimEnd('/')}", $"ASPIRE_DASHBOARD_OTLP_ENDPOINT_URL=http://127.0.0.1:{ports[6]}",
+             $"AppHost:BrowserToken={BrowserToken}"],
+            (options, _) => options.DisableDashboard = false, cancel);
+        App = await builder.BuildAsync(cancel);
+        await App.StartAsync(cancel);
+        // First start: the story model trains before the silos start (a few minutes on two cores).
+        await App.ResourceNotifications.WaitForResourceHealthyAsync("gateway", cancel).WaitAsync(TimeSpan.FromMinutes(12), cancel);
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await App.DisposeAsync();
+        _folder.Dispose();
+    }
+}
+
+public sealed class AspireAppHostTests(AppHostFixture cluster) : IClassFixture<AppHostFixture>
+{
+    private static CancellationToken Cancel => TestContext.Current.CancellationToken;
+
+    [Fact]
+    public async Task TheDefaultModelAnswersInEnglishThroughTheOpenAIClient()
+    {
+        var chat = new OpenAIClient(new ApiKeyCredential("unused"), new OpenAIClientOptions { Endpoint = new Uri(cluster.Gateway, "v1") })
+            .GetChatClient("default");
+        ChatCompletion completion = await chat.CompleteChatAsync([new UserChatMessage("Once upon a time")],
+            new ChatCompletionOptions { Temperature = 0, MaxOutputTokenCount = 48 }, Cancel);
+        string text = completion.Content[0].Text;
+        Assert.DoesNotContain('\uFFFD', text);
+        // English here means the story corpus's own words, spelled right: every word the model wrote is one of them.
+        var vocabulary = StoryCorpus.Stories(5000, seed: 1).SelectMany(Words).ToHashSet(StringComparer.Ordinal);
+        string[] words = [.. Words(text)];
+        Assert.True(words.Length >= 8, $"too few words: '{text}'");
+        Assert.True(words.All(vocabulary.Contains), $"not the corpus's English: '{text}' ({string.Join(", ", words.Where(w => !vocabulary.Contains(w)))})");
+    }
+
+    [Fact]
+    public async Task TheDemoTrainsAcrossTheSilosAndItsModelAnswers42()
+    {
+        using var http = new HttpClient { BaseAddress = cluster.Gateway };
+        // The demo (1500 steps, pp=2 x dp=2 over both silos) publishes its model as "adder" when the job completes.
+        var deadline = DateTime.UtcNow + TimeSpan.FromMinutes(10);
+        while (!(await http.GetStringAsync("v1/models", Cancel)).Contains("\"adder\"", StringComparison.Ordinal))
+        {
+            Assert.True(DateTime.UtcNow < deadline, "the demo's model was not served within 10 minutes");
+            await Task.Delay(TimeSpan.FromSeconds(2), Cancel);
+        }
+        using var response = await http.PostAsJsonAsync("v1/completions", new { model = "adder", prompt = "23+19=", max_tokens = 4, temperature = 0 }, Cancel);
+        string body = await response.Content.ReadAsStringAsync(Cancel);
+        Assert.True(response.IsSuccessStatusCode, body);
+        Assert.StartsWith("42", JsonDocument.Parse(body).RootElement.GetProperty("choices")[0].GetProperty("text").GetString());
+    }
+
+    private static IEnumerable<string> Words(string text) => Regex.Matches(text, "[A-Za-z]+").Select(m => m.Value.ToLowerInvariant());
+}
