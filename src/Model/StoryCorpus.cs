@@ -18,11 +18,10 @@ public static class StoryCorpus
         return [.. Enumerable.Range(0, count).Select(_ => new StoryWriter(random).Write())];
     }
 
-    /// <summary>A person or an animal, with the pronouns that go with it.</summary>
-    private sealed record Character(string Name, string Subject, string Object, string Possessive)
+    /// <summary>A child, with the pronouns that go with the name.</summary>
+    private sealed record Child(string Name, string Subject, string Object, string Possessive)
     {
-        public static Character Child(string name, bool girl) => girl ? new(name, "she", "her", "her") : new(name, "he", "him", "his");
-        public static Character Animal(string kind) => new($"the {kind}", "it", "it", "its");
+        public static Child Named(string name, bool girl) => girl ? new(name, "she", "her", "her") : new(name, "he", "him", "his");
     }
 
     /// <summary>A place and what one does there.</summary>
@@ -69,7 +68,7 @@ public static class StoryCorpus
     private sealed class StoryWriter(Random random)
     {
         private readonly List<(string Text, bool Optional)> _sentences = [];
-        private readonly Character _hero = NewChild(random, null);
+        private readonly Child _hero = NewChild(random, null);
         private bool _introduced;   // an opener told who the hero is (without one the plot's first sentence names the hero)
         private bool _dayTold;      // the opener began "One day": the plot goes on "later that day"
 
@@ -88,8 +87,7 @@ public static class StoryCorpus
             bool[] kept = [.. _sentences.Select(s => !s.Optional || random.Next(2) == 0)];
             while (kept.Count(k => k) > MaxSentences) kept[AnyOptional(kept, true)] = false;
             while (kept.Count(k => k) < MinSentences) kept[AnyOptional(kept, false)] = true;
-            string text = string.Join(" ", _sentences.Where((_, i) => kept[i]).Select(s => char.ToUpperInvariant(s.Text[0]) + s.Text[1..]));
-            return text.All(char.IsAscii) ? text : throw new InvalidOperationException($"a story is not ASCII: {text}");
+            return string.Join(" ", _sentences.Where((_, i) => kept[i]).Select(s => char.ToUpperInvariant(s.Text[0]) + s.Text[1..]));
         }
 
         /// <summary>A random optional sentence that is kept (or not): its index.</summary>
@@ -201,17 +199,18 @@ public static class StoryCorpus
             var goal = Pick(Goals);
             bool animalHelps = random.Next(3) == 0;
             string animal = Pick(Animals);
-            var helper = animalHelps ? Character.Animal(animal) : NewChild(random, hero);
+            var friend = NewChild(random, hero);
+            string helper = animalHelps ? $"the {animal}" : friend.Name;
             Add($"{Day()}, {hero.Name} wanted to {goal.Wish}.");
             Add(Pick($"but it was too hard, and {hero.Subject} felt sad.", $"{hero.Subject} tried and tried, but {hero.Subject} could not do it."));
             Maybe(Pick($"{hero.Subject} sat down and started to cry.", $"{hero.Name} did not know what to do."));
             Add(animalHelps
                 ? $"then {A(Pick(Traits))} {animal} came by and said, \"I can help you!\""
-                : $"then {hero.Possessive} friend {helper.Name} came by and said, \"I can help you!\"");
+                : $"then {hero.Possessive} friend {friend.Name} came by and said, \"I can help you!\"");
             Add($"together, they {goal.Done}.");
             Maybe(Pick(
-                $"{hero.Name} said, \"Thank you!\" and gave {(animalHelps ? helper.Name : helper.Object)} a big hug.",
-                $"from that day on, {hero.Name} and {helper.Name} were best friends."));
+                $"{hero.Name} said, \"Thank you!\" and gave {(animalHelps ? helper : friend.Object)} a big hug.",
+                $"from that day on, {hero.Name} and {helper} were best friends."));
         }
 
         private void NewFriend()
@@ -228,12 +227,12 @@ public static class StoryCorpus
         }
     }
 
-    private static Character NewChild(Random random, Character? other)
+    private static Child NewChild(Random random, Child? other)
     {
         while (true)
         {
             bool girl = random.Next(2) == 0;
-            var child = Character.Child(girl ? Girls[random.Next(Girls.Length)] : Boys[random.Next(Boys.Length)], girl);
+            var child = Child.Named(girl ? Girls[random.Next(Girls.Length)] : Boys[random.Next(Boys.Length)], girl);
             if (child.Name != other?.Name) return child;
         }
     }
