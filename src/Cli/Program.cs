@@ -41,7 +41,7 @@ static int Usage(int code, string? problem = null)
           --threads      CPU threads (default: all cores)
           --device       cpu (default), cuda, opencl, or ilgpu-cpu (ILGPU's CPU accelerator: slow, for checking)
                cluster make-model --preset NAME --out PATH [--format gguf|llama2c] [--seed N]
-          writes a seeded random model (presets: tiny, adder, stories15M, stories110M, gpt2-tiny); llama2c also
+          writes a seeded random model (presets: tiny, adder, stories15M, stories110M, gpt2-tiny, storyteller); llama2c also
           writes PATH.tokenizer.bin, GGUF embeds the vocabulary
         """ + "\n" + TrainCommand.Usage);
     return code;

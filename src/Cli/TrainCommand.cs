@@ -1,9 +1,10 @@
 // `cluster train`: trains a model in this process, in any data × pipeline × tensor-parallel layout (every shard on its
 // own thread), with a live progress bar and loss line; checkpoints and resumes (at any layout), writes the trained
-// model as GGUF for `cluster generate` or the cluster to serve, and on the additions data reports how many held-out
-// problems it now answers exactly.
+// model as GGUF for `cluster generate` or the cluster to serve (whole or not at all: a staging file renamed), on the
+// additions data reports how many held-out problems it now answers exactly, and on the stories data tells a story.
 //   dotnet run -c Release --project src/Cli -- train --preset adder --steps 600 --out /tmp/adder.gguf
 using System.Diagnostics;
+using Cluster.Compute;
 using Cluster.Compute.Cpu;
 using Cluster.Model;
 using Cluster.Model.Formats;
@@ -17,19 +18,20 @@ namespace Cluster.Cli;
 public static class TrainCommand
 {
     public const string Usage = """
-               cluster train [--model PATH | --preset NAME] [--tokenizer PATH] [--data additions|FILE.txt|FILE.jsonl] [--steps N]
+               cluster train [--model PATH | --preset NAME] [--tokenizer PATH] [--data additions|stories|FILE.txt|FILE.jsonl] [--steps N]
                              [--batch N] [--seq N] [--lr F] [--warmup N] [--seed N] [--threads N] [--layout L] [--micro-batches N]
                              [--schedule 1f1b|gpipe] [--zero 0|1|2|3] [--checkpoint DIR] [--checkpoint-every N]
                              [--keep-checkpoints N] [--out PATH]
                              [--lora-rank R [--lora-alpha A] [--lora-targets wq,wv,...] [--lora-dropout P] [--lora-nf4 true] --adapter-out DIR]
                              [--recompute true] [--precision fp32|bf16] [--device cpu|cuda|opencl|ilgpu-cpu]
-          trains the model (Llama or GPT-2 family, fp32 on the CPU) on generated additions ("23+19=" -> "42", default), a text
-          file (one document per line) or JSONL (prompt/completion or chat records: only completions are learned), tokenized
-          with the model's tokenizer and packed into --seq tokens (default 64), --batch sequences a step (default 16), AdamW
-          with warmup + cosine decay from --lr (default 1e-3); --layout (e.g. pp=2,dp=2) shards it, --micro-batches per
+          trains the model (Llama or GPT-2 family, fp32 on the CPU) on generated additions ("23+19=" -> "42", default),
+          generated children's stories (for the storyteller preset), a text file (one document per line) or JSONL
+          (prompt/completion or chat records: only completions are learned), tokenized with the model's tokenizer and
+          packed into --seq tokens (default 64; 256 for stories, which run to about 100), --batch sequences a step
+          (default 16), AdamW with warmup + cosine decay from --lr (default 1e-3); --layout (e.g. pp=2,dp=2) shards it, --micro-batches per
           replica feed the pipeline schedule; --checkpoint DIR resumes from DIR's newest checkpoint that verifies (saved at
           any layout; damaged ones are removed) and saves there every --checkpoint-every steps (default 100) and at the end,
-          keeping the newest --keep-checkpoints (default 3); --out writes the trained model as GGUF;
+          keeping the newest --keep-checkpoints (default 3); --out writes the trained model as GGUF (with its tokenizer);
           --lora-rank trains LoRA adapters on the frozen model instead (Llama family, tp=1) and --adapter-out writes them as a
           PEFT adapter (cluster generate --adapter DIR serves it), --lora-nf4 true holding the frozen base in 4-bit NF4 (QLoRA); --recompute true keeps only each layer's input and recomputes
           the rest in the backward (activation checkpointing); --precision bf16 rounds the products' inputs to bfloat16;
@@ -57,7 +59,7 @@ public static class TrainCommand
         };
         string? checkpoint = a.Optional("checkpoint"), output = a.Optional("out");
         var loaded = modelPath is null ? RandomModel.Create(preset, seed) : ModelLoader.Load(modelPath, tokenizerPath);
-        int sequenceLength = a.Int("seq", Math.Min(64, loaded.Config.MaxSeqLen), min: 2);
+        int sequenceLength = a.Int("seq", Math.Min(data == "stories" ? 256 : 64, loaded.Config.MaxSeqLen), min: 2);
         int threads = a.Int("threads", Environment.ProcessorCount, min: 1);
         int loraRank = a.Int("lora-rank", 0, min: 0);
         var lora = loraRank == 0 ? null : new LoraOptions
@@ -84,13 +86,16 @@ public static class TrainCommand
         a.RejectUnknown();
         if ((lora is null) != (adapterOut is null)) throw new ArgumentException("--lora-rank and --adapter-out go together");
         if (lora is not null && output is not null) throw new ArgumentException("a LoRA run writes an adapter (--adapter-out), not a model (--out)");
+        if (output is not null && !Directory.Exists(Path.GetDirectoryName(Path.GetFullPath(output))))
+            throw new ArgumentException($"--out {output}: its directory does not exist");
         if (sequenceLength > loaded.Config.MaxSeqLen) throw new ArgumentException($"--seq {sequenceLength} is longer than the model's context of {loaded.Config.MaxSeqLen}");
         if (batchSize < layout.DataParallel * microBatches) throw new ArgumentException($"--batch {batchSize} cannot feed {layout.DataParallel} replicas × {microBatches} micro-batches");
         var tokenizer = loaded.Tokenizer ?? throw new ArgumentException("the model carries no tokenizer: pass --tokenizer");
 
         TrainingDocument[] documents = data == "additions"
             ? [.. Datasets.Additions(10_000, seed).Select(p => Datasets.PromptCompletion(p.Prompt, p.Completion, tokenizer))]
-            : !File.Exists(data) ? throw new ArgumentException($"--data must be 'additions' or a .txt / .jsonl file, got '{data}'")
+            : data == "stories" ? Datasets.Stories(20_000, seed, tokenizer)
+            : !File.Exists(data) ? throw new ArgumentException($"--data must be 'additions', 'stories' or a .txt / .jsonl file, got '{data}'")
             : data.EndsWith(".jsonl", StringComparison.OrdinalIgnoreCase) ? Datasets.Jsonl(File.ReadLines(data), tokenizer, data)
             : Datasets.Text(File.ReadLines(data), tokenizer);
         var dataset = new PackedDataset(documents, sequenceLength, seed);
@@ -146,12 +151,24 @@ public static class TrainCommand
         }
         var trained = loaded with { Weights = run.Assemble() };
         if (data == "additions") ReportAdditions(trained, seed, documents.Length);
+        if (data == "stories") ReportStory(trained);
         if (output is not null)
         {
-            GgufWriter.Write(trained, output, name: "trained");
-            AnsiConsole.MarkupLineInterpolated($"wrote {output}: cluster generate --model {output} --prompt \"23+19=\" --temperature 0");
+            DurableFile.Write(output, stream => GgufWriter.Write(trained, stream, TensorType.F32, "trained", output));
+            string prompt = data == "stories" ? "Once upon a time" : "23+19=";
+            AnsiConsole.MarkupLineInterpolated($"wrote {output}: cluster generate --model {output} --prompt \"{prompt}\" --temperature 0");
         }
         return 0;
+    }
+
+    /// <summary>The greedy continuation of "Once upon a time", up to the end of the story or 100 tokens.</summary>
+    private static void ReportStory(LoadedModel trained)
+    {
+        using var device = new CpuDevice(Environment.ProcessorCount);
+        using var model = new TransformerModel(device, trained.Config, trained.Weights);
+        var generator = new TextGenerator(model, trained.Tokenizer!);
+        const string prompt = "Once upon a time";
+        AnsiConsole.MarkupLineInterpolated($"greedy story: {prompt}{string.Concat(generator.Generate(prompt, 100, SamplingOptions.Greedy).Select(t => t.Text))}");
     }
 
     /// <summary>Greedy answers to 200 additions that are not in the training set, and to "23+19=".</summary>

@@ -9,8 +9,9 @@ namespace Cluster.Contracts;
 public enum TrainingJobState { Queued, Running, Checkpointing, Completed, Failed, Cancelled }
 
 /// <summary>
-/// What to train and how. Dataset: "additions" (generated "a+b=" → "c" prompt/completion pairs), "text" (Documents are
-/// lines of text) or "jsonl" (Documents are JSONL records: prompt/completion or chat messages).
+/// What to train and how. Dataset: "additions" (generated "a+b=" → "c" prompt/completion pairs), "stories" (generated
+/// children's stories), "text" (Documents are lines of text) or "jsonl" (Documents are JSONL records: prompt/completion
+/// or chat messages).
 /// </summary>
 [GenerateSerializer, Immutable]
 public sealed record TrainingJobSpec

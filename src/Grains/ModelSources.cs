@@ -21,7 +21,7 @@ public static class ModelSources
     /// <summary>The tokenizer alone: cheap for presets; model files are opened (weights are memory-mapped or read).</summary>
     public static ITokenizer LoadTokenizer(ModelSource source) =>
         source.Path is null && source.Preset is not null
-            ? SyntheticVocabulary.Create(RandomModel.Preset(source.Preset).VocabSize, source.Seed)
+            ? RandomModel.Tokenizer(source.Preset, source.Seed)
             : Load(source).Tokenizer ?? throw new ArgumentException($"{source} carries no tokenizer: give a tokenizer path", nameof(source));
 
     public static string Describe(ModelConfig c) =>

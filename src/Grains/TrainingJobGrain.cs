@@ -139,8 +139,8 @@ public sealed class TrainingJobGrain(
         Require(s.Precision is "fp32" or "bf16", "precision must be 'fp32' or 'bf16'");
         Require(s.CheckpointEvery >= 1, "checkpoint_every must be at least 1");
         Require(s.KeepCheckpoints is >= 1 and <= 1000, "keep_checkpoints must be from 1 to 1000");
-        Require(s.Dataset == "additions" || (s.Dataset is "text" or "jsonl" && s.Documents is { Length: > 0 }),
-            "dataset must be 'additions', 'text' or 'jsonl' (the last two with a non-empty documents list)");
+        Require(s.Dataset is "additions" or "stories" ? s.Documents is null : s.Dataset is "text" or "jsonl" && s.Documents is { Length: > 0 },
+            "dataset must be 'additions' or 'stories' (generated: no documents), or 'text' or 'jsonl' with a non-empty documents list");
         if (s.Lora is { } lora)
         {
             Require(s.Source.AdapterPath is null, "LoRA trains on a base model without an adapter");
@@ -393,6 +393,7 @@ public sealed class TrainingJobGrain(
         TrainingDocument[] documents = spec.Dataset switch
         {
             "additions" => [.. Datasets.Additions(10_000, spec.Seed).Select(p => Datasets.PromptCompletion(p.Prompt, p.Completion, tokenizer))],
+            "stories" => Datasets.Stories(20_000, spec.Seed, tokenizer),
             "text" => Datasets.Text(spec.Documents!, tokenizer),
             _ => Datasets.Jsonl(spec.Documents!, tokenizer, "documents"),
         };

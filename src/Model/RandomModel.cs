@@ -1,6 +1,7 @@
 // Seeded random models with the shapes of real ones, for tests and benchmarks without downloads. Weights are
 // uniform with standard deviation 0.02; norm weights are 1 + the same noise (so a swapped norm shows in round-trip
-// tests), biases small noise. Each model carries a synthetic SentencePiece vocabulary of its vocab size.
+// tests), biases small noise. Each model carries a synthetic SentencePiece vocabulary of its vocab size; the
+// "storyteller" preset's has merges trained on StoryCorpus text, so the words of its stories are single tokens.
 using Cluster.Model.Tokenizers;
 
 namespace Cluster.Model;
@@ -9,7 +10,7 @@ public static class RandomModel
 {
     private const float Std = 0.02f;
 
-    public static IReadOnlyList<string> Presets { get; } = ["tiny", "adder", "stories15M", "stories110M", "gpt2-tiny"];
+    public static IReadOnlyList<string> Presets { get; } = ["tiny", "adder", "stories15M", "stories110M", "gpt2-tiny", "storyteller"];
 
     public static ModelConfig Preset(string name) => name switch
     {
@@ -19,6 +20,9 @@ public static class RandomModel
         "adder" => Llama(64, 256, 3, 4, 4, SyntheticVocabulary.FirstMerge + 95, 64),
         "stories15M" => Llama(288, 768, 6, 6, 6, 32000, 256),
         "stories110M" => Llama(768, 2048, 12, 12, 12, 32000, 1024),
+        // The default served model, trained at first start on StoryCorpus stories: small enough to learn them on two CPU
+        // cores in a few minutes, with a context for a whole story (they are under 128 tokens).
+        "storyteller" => Llama(StorytellerDim, StorytellerHidden, StorytellerLayers, StorytellerHeads, StorytellerHeads, StorytellerVocab, 256),
         "gpt2-tiny" => new ModelConfig
         {
             Architecture = Architecture.Gpt2, Dim = 64, HiddenDim = 256, Layers = 2, Heads = 4, KvHeads = 4,
@@ -27,15 +31,28 @@ public static class RandomModel
         _ => throw new ArgumentException($"unknown preset '{name}' (known: {string.Join(", ", Presets)})", nameof(name)),
     };
 
+    private const int StorytellerDim = 128, StorytellerHidden = 384, StorytellerLayers = 4, StorytellerHeads = 8, StorytellerVocab = 1024;
+
+    /// <summary>The storyteller's vocabulary: the same for every seed, so any of its models reads any other's data.</summary>
+    private static readonly Lazy<SentencePieceBpeTokenizer> StorytellerVocabulary = new(() =>
+        SyntheticVocabulary.Trained(StorytellerVocab, string.Join(" ", StoryCorpus.Stories(2000, seed: 0)), seed: 0, "storyteller vocabulary"));
+
+    /// <summary>The tokenizer of a preset's model made with <paramref name="seed"/> (cheap: no weights are made).</summary>
+    public static SentencePieceBpeTokenizer Tokenizer(string preset, int seed) =>
+        preset == "storyteller" ? StorytellerVocabulary.Value : SyntheticVocabulary.Create(Preset(preset).VocabSize, seed);
+
     private static ModelConfig Llama(int dim, int hidden, int layers, int heads, int kvHeads, int vocab, int seqLen) => new()
     {
         Architecture = Architecture.Llama, Dim = dim, HiddenDim = hidden, Layers = layers, Heads = heads, KvHeads = kvHeads,
         VocabSize = vocab, MaxSeqLen = seqLen, TiedEmbeddings = true,
     };
 
-    public static LoadedModel Create(string preset, int seed = 1) => Create(Preset(preset), seed, $"random:{preset}:{seed}");
+    public static LoadedModel Create(string preset, int seed = 1) => Create(Preset(preset), seed, $"random:{preset}:{seed}", Tokenizer(preset, seed));
 
-    public static LoadedModel Create(ModelConfig c, int seed, string source = "random")
+    public static LoadedModel Create(ModelConfig c, int seed, string source = "random") =>
+        Create(c, seed, source, SyntheticVocabulary.Create(c.VocabSize, seed));
+
+    private static LoadedModel Create(ModelConfig c, int seed, string source, ITokenizer tokenizer)
     {
         c.Validate(source);
         var random = new Random(seed);
@@ -71,6 +88,6 @@ public static class RandomModel
             Output = c.TiedEmbeddings ? null : Noise(V * C),
         };
         weights.Validate(c, source);
-        return new LoadedModel(c, weights, SyntheticVocabulary.Create(c.VocabSize, seed), source);
+        return new LoadedModel(c, weights, tokenizer, source);
     }
 }

@@ -1,8 +1,9 @@
 // Training documents from text: plain text (every token learned), JSONL prompt/completion records and chat records
-// (only the completion / assistant tokens are learned), and generated additions ("23+19=" → "42", the demo's data).
-// Each document is tokenized with the model's tokenizer, BOS first and EOS after a completion, so a trained model
-// stops where its answers stop.
+// (only the completion / assistant tokens are learned), generated additions ("23+19=" → "42", the demo's data) and
+// generated children's stories (StoryCorpus, the storyteller's data). Each document is tokenized with the model's
+// tokenizer, BOS first and EOS after a completion or a story, so a trained model stops where its answers stop.
 using System.Text.Json;
+using Cluster.Model;
 using Cluster.Model.Tokenizers;
 
 namespace Cluster.Training;
@@ -22,6 +23,10 @@ public static class Datasets
             return ($"{a}+{b}=", $"{a + b}");
         })];
     }
+
+    /// <summary><paramref name="count"/> seeded StoryCorpus stories, each a document BOS, story, EOS with every token learned.</summary>
+    public static TrainingDocument[] Stories(int count, int seed, ITokenizer tokenizer) =>
+        [.. StoryCorpus.Stories(count, seed).Select(story => new TrainingDocument([.. tokenizer.Encode(story, addBos: true), tokenizer.EosId]))];
 
     /// <summary>One document per line, every token learned.</summary>
     public static TrainingDocument[] Text(IEnumerable<string> lines, ITokenizer tokenizer) =>

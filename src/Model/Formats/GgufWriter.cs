@@ -14,6 +14,13 @@ public static class GgufWriter
 
     public static void Write(LoadedModel model, string path, TensorType matrixType = TensorType.F32, string name = "cluster")
     {
+        using var stream = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20);
+        Write(model, stream, matrixType, name, path);
+    }
+
+    /// <summary>Writes the model into <paramref name="stream"/> (which must tell its position), leaving it open.</summary>
+    public static void Write(LoadedModel model, Stream stream, TensorType matrixType, string name, string destination)
+    {
         if (matrixType is not (TensorType.F32 or TensorType.F16 or TensorType.Q8_0 or TensorType.Q4_0))
             throw new ArgumentException($"GGUF writer stores F32, F16, Q8_0 or Q4_0, not {matrixType}", nameof(matrixType));
         var c = model.Config;
@@ -45,8 +52,7 @@ public static class GgufWriter
         var tensors = llama ? LlamaTensors(c, w) : Gpt2Tensors(c, w);
         tensors = tensors.Select(t => t with { Type = StorageType(t, matrixType) }).ToList();
 
-        using var stream = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20);
-        using var output = new BinaryWriter(stream);
+        using var output = new BinaryWriter(stream, Encoding.UTF8, leaveOpen: true);
         output.Write(GgufFile.Magic);
         output.Write(3u);
         output.Write((ulong)tensors.Count);
@@ -63,7 +69,7 @@ public static class GgufWriter
             output.Write((uint)t.Type);
             output.Write((ulong)offset);
             offsets[i] = offset;
-            offset = GgufFile.AlignUp(offset + TensorCodec.ByteSize(t.Type, t.Data.LongLength, path, t.Name), GgufFile.DefaultAlignment);
+            offset = GgufFile.AlignUp(offset + TensorCodec.ByteSize(t.Type, t.Data.LongLength, destination, t.Name), GgufFile.DefaultAlignment);
         }
         Pad(output, GgufFile.DefaultAlignment);
         long dataStart = stream.Position;

@@ -1,7 +1,8 @@
-// A seeded SentencePiece-style vocabulary of any size ≥ 400, laid out like llama2.c's: 0 "<unk>", 1 "\n<s>\n" (BOS),
+// A seeded SentencePiece-style vocabulary of any size ≥ 354, laid out like llama2.c's: 0 "<unk>", 1 "\n<s>\n" (BOS),
 // 2 "\n</s>\n" (EOS), 3..258 byte pieces "<0x00>".."<0xFF>", then merges ranked by score -(id-259), and the 95
 // printable ASCII characters last. Merges come from BPE training on a built-in English sample (space-prefixed words,
-// as SentencePiece sees them); once those run out, seeded random concatenations of existing pieces fill the rest.
+// as SentencePiece sees them), or, through Trained, on given text; once those run out, seeded random concatenations
+// of existing pieces fill the rest.
 // Any text round-trips: characters outside the vocabulary fall back to byte pieces. ByteLevel is a GPT-2 style
 // vocabulary from the same sample (the 256 byte characters, then merges that spell each of its pre-tokens), and
 // EnglishText gives seeded text of any length from it, for tests and benches that encode long prompts.
@@ -21,7 +22,18 @@ public static class SyntheticVocabulary
         "smiled and said yes. The next day, the sun was bright and the sky was blue. Tom and his dog went to the store " +
         "to buy some food. They were very happy and they had a lot of fun together. The end.";
 
-    public static SentencePieceBpeTokenizer Create(int vocabSize, int seed)
+    /// <summary>The vocabulary with merges from the built-in English sample, split at its spaces.</summary>
+    public static SentencePieceBpeTokenizer Create(int vocabSize, int seed) =>
+        Create(vocabSize, seed, Sample.Split(' ').Select(w => " " + w), "synthetic vocabulary");
+
+    /// <summary>
+    /// The vocabulary with merges from <paramref name="text"/>: its runs of letters and its other characters one by
+    /// one, each with the space before it (so no piece spans a word and the punctuation after it).
+    /// </summary>
+    public static SentencePieceBpeTokenizer Trained(int vocabSize, string text, int seed, string source) =>
+        Create(vocabSize, seed, Regex.Matches(" " + text, "[ ]?[A-Za-z]+|[ ]?[^A-Za-z ]|[ ]").Select(m => m.Value), source);
+
+    private static SentencePieceBpeTokenizer Create(int vocabSize, int seed, IEnumerable<string> words, string source)
     {
         var printable = Enumerable.Range(' ', 95).Select(c => ((char)c).ToString()).ToArray();
         int mergeCount = vocabSize - FirstMerge - printable.Length;
@@ -30,7 +42,7 @@ public static class SyntheticVocabulary
         var pieces = new List<string> { "<unk>", "\n<s>\n", "\n</s>\n" };
         for (int b = 0; b < 256; b++) pieces.Add($"<0x{b:X2}>");
         var known = new HashSet<string>(pieces.Concat(printable), StringComparer.Ordinal);
-        var merges = TrainMerges(mergeCount, known);
+        var merges = TrainMerges(words, mergeCount, known);
         var random = new Random(seed);
         var candidates = printable.Concat(merges).ToList();
         while (merges.Count < mergeCount)
@@ -46,7 +58,7 @@ public static class SyntheticVocabulary
         var bytes = pieces.Select(p => Encoding.Latin1.GetBytes(p)).ToArray();
         var scores = new float[pieces.Count];
         for (int i = FirstMerge; i < scores.Length; i++) scores[i] = -(i - FirstMerge);
-        return new SentencePieceBpeTokenizer(bytes, scores, bosId: 1, eosId: 2, "synthetic vocabulary");
+        return new SentencePieceBpeTokenizer(bytes, scores, bosId: 1, eosId: 2, source);
     }
 
     /// <summary>
@@ -88,30 +100,37 @@ public static class SyntheticVocabulary
         return text.ToString(0, chars);
     }
 
-    /// <summary>Greedy BPE on the sample: repeatedly merge the most frequent adjacent pair (ties broken ordinally).</summary>
-    private static List<string> TrainMerges(int limit, HashSet<string> known)
+    /// <summary>
+    /// Greedy BPE on <paramref name="words"/>: repeatedly merge the most frequent adjacent pair (ties broken ordinally),
+    /// counting each distinct word once with its number of occurrences.
+    /// </summary>
+    private static List<string> TrainMerges(IEnumerable<string> words, int limit, HashSet<string> known)
     {
-        var words = Sample.Split(' ').Select(w => new List<string>((" " + w).Select(c => c.ToString()))).ToList();
+        var distinct = words.GroupBy(w => w, StringComparer.Ordinal)
+            .Select(g => (Symbols: g.Key.Select(c => c.ToString()).ToList(), Count: g.Count())).ToList();
         var merges = new List<string>();
         while (merges.Count < limit)
         {
             var counts = new Dictionary<(string, string), int>();
-            foreach (var word in words)
-                for (int i = 0; i + 1 < word.Count; i++)
-                    counts[(word[i], word[i + 1])] = counts.GetValueOrDefault((word[i], word[i + 1])) + 1;
-            var best = counts.Where(kv => !known.Contains(kv.Key.Item1 + kv.Key.Item2))
-                .OrderByDescending(kv => kv.Value).ThenBy(kv => kv.Key.Item1 + "\0" + kv.Key.Item2, StringComparer.Ordinal)
-                .Select(kv => kv.Key).FirstOrDefault();
-            if (best == default) break;
+            foreach (var (symbols, count) in distinct)
+                for (int i = 0; i + 1 < symbols.Count; i++)
+                    counts[(symbols[i], symbols[i + 1])] = counts.GetValueOrDefault((symbols[i], symbols[i + 1])) + count;
+            (string, string) best = default;
+            int bestCount = 0;
+            foreach (var (pair, count) in counts)
+                if (!known.Contains(pair.Item1 + pair.Item2) && (count > bestCount || count == bestCount &&
+                    string.CompareOrdinal(pair.Item1 + "\0" + pair.Item2, best.Item1 + "\0" + best.Item2) < 0))
+                    (best, bestCount) = (pair, count);
+            if (bestCount == 0) break;
             string merged = best.Item1 + best.Item2;
             known.Add(merged);
             merges.Add(merged);
-            foreach (var word in words)
-                for (int i = 0; i + 1 < word.Count; i++)
-                    if (word[i] == best.Item1 && word[i + 1] == best.Item2)
+            foreach (var (symbols, _) in distinct)
+                for (int i = 0; i + 1 < symbols.Count; i++)
+                    if (symbols[i] == best.Item1 && symbols[i + 1] == best.Item2)
                     {
-                        word[i] = merged;
-                        word.RemoveAt(i + 1);
+                        symbols[i] = merged;
+                        symbols.RemoveAt(i + 1);
                     }
         }
         return merges;

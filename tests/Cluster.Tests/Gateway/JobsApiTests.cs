@@ -50,6 +50,8 @@ public sealed class JobsApiTests(ClusterFixture fixture)
     [InlineData("""{"preset":"tiny","layout":"pp=2","schedule":"zigzag"}""", 400)]
     [InlineData("""{"preset":"tiny","dataset":"jsonl"}""", 400)]
     [InlineData("""{"preset":"tiny","documents":[1,2]}""", 400)]
+    [InlineData("""{"preset":"tiny","dataset":"stories","documents":["Once upon a time."]}""", 400)]   // generated: no documents
+    [InlineData("""{"preset":"tiny","dataset":"tales"}""", 400)]
     [InlineData("""{"preset":"tiny","zero_stage":4}""", 400)]
     [InlineData("""{"preset":"tiny","precision":"fp8"}""", 400)]
     [InlineData("""{"preset":"tiny","lora":{"alpha":4}}""", 400)]                 // no rank

@@ -1,5 +1,6 @@
 // Training jobs on the 2-silo cluster: a data-parallel (ZeRO-3) job over both silos runs to completion with its loss
-// falling, publishing every step; a cancelled job stops; a bad spec is refused.
+// falling, publishing every step; the storyteller trains on generated stories; a cancelled job stops; a bad spec is
+// refused.
 using Cluster.Contracts;
 
 namespace Cluster.Tests.Grains;
@@ -63,6 +64,20 @@ public sealed class TrainingJobTests(ClusterFixture fixture)
     }
 
     [Fact]
+    public async Task AStoriesJobTrainsTheStorytellerOnGeneratedStories()
+    {
+        var job = Grains.GetGrain<ITrainingJobGrain>("job-stories");
+        await job.Submit(Spec(6) with { Source = ModelSource.Random("storyteller", seed: 3), Dataset = "stories", SequenceLength = 128 });
+        var events = new List<TrainingJobEvent>();
+        await foreach (var e in job.Events().WithCancellation(TestContext.Current.CancellationToken)) events.Add(e);
+
+        Assert.True(events[^1].State == TrainingJobState.Completed, $"{events[^1].State}: {events[^1].Error}");
+        var steps = events.Where(e => e.IsStep).ToList();
+        Assert.Equal(6, steps.Count);
+        Assert.True(steps[^1].Loss < steps[0].Loss, $"loss went from {steps[0].Loss} to {steps[^1].Loss}");
+    }
+
+    [Fact]
     public async Task ACancelledJobStops()
     {
         var job = Grains.GetGrain<ITrainingJobGrain>("job-cancel");
@@ -84,6 +99,7 @@ public sealed class TrainingJobTests(ClusterFixture fixture)
         await Assert.ThrowsAsync<ArgumentException>(() => job.Submit(Spec(10) with { BatchSize = 1 }));           // fewer sequences than replicas
         await Assert.ThrowsAsync<ArgumentException>(() => job.Submit(Spec(10) with { LearningRate = float.NaN }));
         await Assert.ThrowsAsync<ArgumentException>(() => job.Submit(Spec(10) with { Dataset = "jsonl" }));   // without documents
+        await Assert.ThrowsAsync<ArgumentException>(() => job.Submit(Spec(10) with { Dataset = "stories", Documents = ["Once upon a time."] }));
         await Assert.ThrowsAsync<ArgumentException>(() => job.Submit(Spec(10) with { Layout = "tp=2", Lora = new LoraSettings(4, 8, ["wq"]) }));
         await Assert.ThrowsAsync<ArgumentException>(() => job.Submit(Spec(10) with { Lora = new LoraSettings(4, 8, ["attention"]) }));
         await Assert.ThrowsAsync<ArgumentException>(() => job.Submit(Spec(10) with { KeepCheckpoints = 0 }));
