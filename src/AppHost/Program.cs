@@ -22,8 +22,13 @@ else orleans.WithClustering(builder.AddConnectionString("clustering"));
 string modelPath = options.ModelPath ?? options.StoryModelPath;
 IResourceBuilder<ProjectResource>? storyteller = null;
 if (options.ModelPath is null && !File.Exists(options.StoryModelPath))
+{
+    string models = Path.GetDirectoryName(options.StoryModelPath)!;
+    if (OperatingSystem.IsWindows()) Directory.CreateDirectory(models);
+    else Directory.CreateDirectory(models, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
     storyteller = builder.AddProject<Projects.Cli>("storyteller")
         .WithArgs(["train", .. StoryModel.TrainingArguments, "--out", options.StoryModelPath]);
+}
 
 string[] siloNames = [.. Enumerable.Range(1, options.Silos).Select(i => $"silo-{i}")];
 var silos = new List<IResourceBuilder<ProjectResource>>();

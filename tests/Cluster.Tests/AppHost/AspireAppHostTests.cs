@@ -10,8 +10,9 @@ using System.Text.RegularExpressions;
 using Aspire.Hosting;
 using Aspire.Hosting.ApplicationModel;
 using Aspire.Hosting.Testing;
+using Microsoft.Extensions.DependencyInjection;
 using Cluster.Model;
-using Cluster.Tests.Formats;
+using TempDirectory = Cluster.Tests.Formats.TempDirectory;
 using OpenAI;
 using OpenAI.Chat;
 
@@ -37,10 +38,36 @@ public sealed class AppHostFixture : IAsyncLifetime
             (options, _) => options.DisableDashboard = false, cancel);   // the testing builder turns the dashboard off by default
         BrowserToken = builder.Configuration["AppHost:BrowserToken"]!;
         App = await builder.BuildAsync(cancel);
+        var resourceLogs = App.Services.GetRequiredService<ResourceLoggerService>();
+        foreach (string resource in new[] { "storyteller", "silo-1", "silo-2", "gateway" }) _ = Collect(resourceLogs, resource);
         await App.StartAsync(cancel);
         Dashboard = App.GetEndpoint("aspire-dashboard", "http");
-        // First start: the story model trains before the silos start (a few minutes on two cores).
-        await App.ResourceNotifications.WaitForResourceHealthyAsync("gateway", cancel).WaitAsync(TimeSpan.FromMinutes(12), cancel);
+        // First start: the story model trains before the silos start (a few minutes on two cores). A storyteller that
+        // fails stops the wait at once (the silos would never start).
+        var healthy = App.ResourceNotifications.WaitForResourceHealthyAsync("gateway", cancel);
+        var failed = App.ResourceNotifications.WaitForResourceAsync("storyteller", e => e.Snapshot.ExitCode is { } code && code != 0, cancel);
+        var first = await Task.WhenAny(healthy, failed, Task.Delay(TimeSpan.FromMinutes(12), cancel));
+        if (first != healthy)
+            throw new InvalidOperationException($"the gateway did not become healthy ({(first == failed ? "the storyteller failed" : "12 minutes")}); resource logs:\n{Logs()}");
+    }
+
+    private readonly System.Text.StringBuilder _logs = new();
+
+    /// <summary>The resources' console output so far (for failure messages).</summary>
+    public string Logs()
+    {
+        lock (_logs) return _logs.ToString();
+    }
+
+    private async Task Collect(ResourceLoggerService logs, string resource)
+    {
+        try
+        {
+            await foreach (var batch in logs.WatchAsync(resource))
+                lock (_logs)
+                    foreach (var line in batch) _logs.Append('[').Append(resource).Append("] ").AppendLine(line.Content);
+        }
+        catch (OperationCanceledException) { }
     }
 
     public async ValueTask DisposeAsync()
@@ -90,14 +117,15 @@ public sealed class AspireAppHostTests(AppHostFixture cluster) : IClassFixture<A
     [Fact]
     public async Task TheDashboardShowsTheResourcesRunningAndTheClusterMeter()
     {
-        if (AspireDashboard.Chromium() is not { } chromium)
+        string? chromium = AspireDashboard.Chromium();
+        if (chromium is null)
             Assert.Skip("no Chromium (bash infra/install-test-deps.sh installs Debian's; or set CHROMIUM_PATH): the dashboard is not tested in a browser");
         // Traffic for the serving instruments; the demo's job, which starts once the gateway is healthy, gives the training ones.
         using var http = new HttpClient { BaseAddress = cluster.Gateway };
         using var response = await http.PostAsJsonAsync("v1/completions", new { model = "default", prompt = "Once upon a time", max_tokens = 8 }, Cancel);
         Assert.True(response.IsSuccessStatusCode, await response.Content.ReadAsStringAsync(Cancel));
 
-        await using var dashboard = await AspireDashboard.LoginAsync(chromium, cluster.Dashboard, cluster.BrowserToken);
+        await using var dashboard = await AspireDashboard.LoginAsync(chromium!, cluster.Dashboard, cluster.BrowserToken);
         foreach (string resource in new[] { "silo-1", "silo-2", "gateway" })
             await dashboard.WaitForResourceStateAsync(resource, "Running", TimeSpan.FromSeconds(60));
         await dashboard.WaitForResourceStateAsync("storyteller", "Finished", TimeSpan.FromSeconds(60));
