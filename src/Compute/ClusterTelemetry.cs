@@ -9,7 +9,8 @@
 //   transport cluster.collective.bytes {op} (bytes a member sends) and cluster.collective.duration s {op, members};
 //   training  cluster.training.steps, .loss, .learning_rate, .gradient_norm, .tokens_per_second, .step_time s, .restarts,
 //             .checkpoint_time s, .checkpoint_bytes, all {job}.
-// Spans: "serving.step" per scheduler step (linked to the requests it carries), "shard.forward" per shard and step
+// Spans: "serving.step" per scheduler step (in the trace of the request it carries, or its own trace linked from each
+// request when it carries several), "shard.forward" per shard and step
 // (its child through Orleans' call propagation), "training.step" per job step with "trainer.step" per trainer under it.
 using System.Collections.Concurrent;
 using System.Diagnostics;

@@ -270,6 +270,8 @@ public sealed class InferenceSchedulerGrain(
 
     private async Task RunLane(Replica replica)
     {
+        // A lane outlives the request whose arrival started it: its steps choose their traces themselves (RunStep).
+        Activity.Current = null;
         try
         {
             while (!replica.Recovering)
@@ -372,10 +374,13 @@ public sealed class InferenceSchedulerGrain(
         var stageBatch = new StageBatch(epoch, step, [.. batch.Select(b => b.Chunk)], [], released);
         var replicaTags = new TagList { ModelTag, { "replica", replica.Index } };
         int stepTokens = batch.Sum(b => b.Chunk.Tokens.Length);
+        // A step that carries one request's sequences only is part of that request's trace (a lone completion shows every
+        // step and shard hop under it); a step shared by several requests is a trace of its own, linked from each.
+        ActivityContext[] traces = ClusterTelemetry.Source.HasListeners() ? [.. batch.Select(b => b.Sequence.Trace).Where(c => c != default).Distinct()] : [];
         using var span = ClusterTelemetry.Source.HasListeners()
-            ? ClusterTelemetry.Source.StartActivity("serving.step", ActivityKind.Internal, parentContext: default,
+            ? ClusterTelemetry.Source.StartActivity("serving.step", ActivityKind.Internal, parentContext: traces.Length == 1 ? traces[0] : default,
                 tags: [ModelTag, new("replica", replica.Index), new("step", step), new("sequences", batch.Count), new("tokens", stepTokens)],
-                links: [.. batch.Select(b => b.Sequence.Trace).Where(c => c != default).Distinct().Select(c => new ActivityLink(c))])
+                links: traces.Length > 1 ? [.. traces.Select(c => new ActivityLink(c))] : null)
             : null;
         long started = Stopwatch.GetTimestamp();
         StageResult result;

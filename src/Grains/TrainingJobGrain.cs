@@ -220,6 +220,9 @@ public sealed class TrainingJobGrain(
 
     private async Task Run(TrainingJobSpec spec)
     {
+        // The run outlives the call that started it: each training step begins a trace of its own rather than
+        // hanging the whole job (thousands of steps) under the Submit request's trace.
+        Activity.Current = null;
         var o = options.Value;
         var layout = ParallelLayout.Parse(spec.Layout);
         string directory = o.JobDirectory(Id);
@@ -268,7 +271,7 @@ public sealed class TrainingJobGrain(
                         bool checkpoint = (step + 1) % spec.CheckpointEvery == 0 || step + 1 == spec.Steps;
                         long stepStarted = Stopwatch.GetTimestamp();
                         float loss, lr, gradientNorm;
-                        // Each trainer's Step call is a child span of this one (Orleans' call spans, propagated).
+                        // A trace per step; each trainer's Step call is a child span of it (Orleans' call spans, propagated).
                         using (ClusterTelemetry.Source.StartActivity("training.step", ActivityKind.Internal, parentContext: default,
                                    tags: [JobTag, new("step", step + 1), new("trainers", trainers.Length)]))
                             (loss, lr, gradientNorm) = await Step(trainers, layout, spec, batch, epoch, captureAfter: checkpoint);

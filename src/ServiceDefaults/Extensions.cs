@@ -43,8 +43,21 @@ public static class Extensions
                 .AddMeter("Microsoft.Orleans", "System.Runtime", "Microsoft.AspNetCore.Hosting", "Microsoft.AspNetCore.Server.Kestrel",
                     "System.Net.Http", ClusterSource))
             .WithTracing(tracing => tracing
-                .AddSource("Microsoft.Orleans.Runtime", "Microsoft.Orleans.Application", "Microsoft.AspNetCore", "System.Net.Http", ClusterSource));
+                .AddSource("Microsoft.Orleans.Runtime", "Microsoft.Orleans.Application", "Microsoft.AspNetCore", "System.Net.Http", ClusterSource)
+                .SetSampler(new ParentBasedSampler(new NoOrleansRootsSampler())));
         if (!string.IsNullOrWhiteSpace(builder.Configuration["OTEL_EXPORTER_OTLP_ENDPOINT"])) telemetry.UseOtlpExporter();
         return builder;
+    }
+
+    /// <summary>
+    /// Traces begin at an HTTP request or an engine span (a scheduler step, a training step), never at an Orleans call:
+    /// Orleans names its call spans "IInterface/Method", and its background calls (timers, membership pings, directory
+    /// lookups, the Orleans dashboard's counters) would otherwise start several traces a second and bury the
+    /// requests in the dashboard's trace list. Orleans calls inside a sampled trace are kept (the parent decides).
+    /// </summary>
+    private sealed class NoOrleansRootsSampler : Sampler
+    {
+        public override SamplingResult ShouldSample(in SamplingParameters parameters) =>
+            new(parameters.Name.Contains('/') ? SamplingDecision.Drop : SamplingDecision.RecordAndSample);
     }
 }
