@@ -1,5 +1,5 @@
-// The app host's options, from its command line (`-- --silos 3 --model PATH`) or any other configuration source
-// (appsettings, AppHost__* variables are not needed: Aspire reads `--name value` arguments as configuration keys).
+// The app host's options, from its command line (`-- --silos 3 --model PATH`): Aspire reads `--name value` arguments as
+// configuration keys, so appsettings.json or environment variables with the same names work too.
 using Microsoft.Extensions.Configuration;
 
 namespace Cluster.AppHost;

@@ -1,5 +1,5 @@
 // How the app host's default English model is made: `cluster train` on the generated children's stories (the
-// "storyteller" preset and "stories" dataset, src/Training/StoryCorpus.cs), in one process using every core, written
+// "storyteller" preset and "stories" dataset, src/Model/StoryCorpus.cs), in one process using every core, written
 // as GGUF (tokenizer inside) to the data directory. A few minutes on two cores, once per machine.
 namespace Cluster.AppHost;
 

@@ -92,12 +92,10 @@ public static class TrainCommand
         if (batchSize < layout.DataParallel * microBatches) throw new ArgumentException($"--batch {batchSize} cannot feed {layout.DataParallel} replicas × {microBatches} micro-batches");
         var tokenizer = loaded.Tokenizer ?? throw new ArgumentException("the model carries no tokenizer: pass --tokenizer");
 
-        TrainingDocument[] documents = data == "additions"
-            ? [.. Datasets.Additions(10_000, seed).Select(p => Datasets.PromptCompletion(p.Prompt, p.Completion, tokenizer))]
-            : data == "stories" ? Datasets.Stories(20_000, seed, tokenizer)
-            : !File.Exists(data) ? throw new ArgumentException($"--data must be 'additions', 'stories' or a .txt / .jsonl file, got '{data}'")
+        TrainingDocument[] documents = Datasets.Generated(data, seed, tokenizer)
+            ?? (!File.Exists(data) ? throw new ArgumentException($"--data must be 'additions', 'stories' or a .txt / .jsonl file, got '{data}'")
             : data.EndsWith(".jsonl", StringComparison.OrdinalIgnoreCase) ? Datasets.Jsonl(File.ReadLines(data), tokenizer, data)
-            : Datasets.Text(File.ReadLines(data), tokenizer);
+            : Datasets.Text(File.ReadLines(data), tokenizer));
         var dataset = new PackedDataset(documents, sequenceLength, seed);
         var options = new OptimizerOptions
         {

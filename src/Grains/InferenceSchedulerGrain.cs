@@ -376,8 +376,9 @@ public sealed class InferenceSchedulerGrain(
         int stepTokens = batch.Sum(b => b.Chunk.Tokens.Length);
         // A step that carries one request's sequences only is part of that request's trace (a lone completion shows every
         // step and shard hop under it); a step shared by several requests is a trace of its own, linked from each.
-        ActivityContext[] traces = ClusterTelemetry.Source.HasListeners() ? [.. batch.Select(b => b.Sequence.Trace).Where(c => c != default).Distinct()] : [];
-        using var span = ClusterTelemetry.Source.HasListeners()
+        bool traced = ClusterTelemetry.Source.HasListeners();
+        ActivityContext[] traces = traced ? [.. batch.Select(b => b.Sequence.Trace).Where(c => c != default).Distinct()] : [];
+        using var span = traced
             ? ClusterTelemetry.Source.StartActivity("serving.step", ActivityKind.Internal, parentContext: traces.Length == 1 ? traces[0] : default,
                 tags: [ModelTag, new("replica", replica.Index), new("step", step), new("sequences", batch.Count), new("tokens", stepTokens)],
                 links: traces.Length > 1 ? [.. traces.Select(c => new ActivityLink(c))] : null)

@@ -393,13 +393,9 @@ public sealed class TrainingJobGrain(
     private static PackedDataset Dataset(TrainingJobSpec spec)
     {
         var tokenizer = ModelSources.LoadTokenizer(spec.Source);
-        TrainingDocument[] documents = spec.Dataset switch
-        {
-            "additions" => [.. Datasets.Additions(10_000, spec.Seed).Select(p => Datasets.PromptCompletion(p.Prompt, p.Completion, tokenizer))],
-            "stories" => Datasets.Stories(20_000, spec.Seed, tokenizer),
-            "text" => Datasets.Text(spec.Documents!, tokenizer),
-            _ => Datasets.Jsonl(spec.Documents!, tokenizer, "documents"),
-        };
+        TrainingDocument[] documents = Datasets.Generated(spec.Dataset, spec.Seed, tokenizer) ?? (spec.Dataset == "text"
+            ? Datasets.Text(spec.Documents!, tokenizer)
+            : Datasets.Jsonl(spec.Documents!, tokenizer, "documents"));
         return new PackedDataset(documents, spec.SequenceLength, spec.Seed);
     }
 

@@ -24,6 +24,17 @@ public static class Datasets
         })];
     }
 
+    /// <summary>
+    /// A generated dataset by name, as the CLI's --data and a job's "dataset" name it: "additions" (10,000 problems) or
+    /// "stories" (20,000 stories); null for any other name.
+    /// </summary>
+    public static TrainingDocument[]? Generated(string name, int seed, ITokenizer tokenizer) => name switch
+    {
+        "additions" => [.. Additions(10_000, seed).Select(p => PromptCompletion(p.Prompt, p.Completion, tokenizer))],
+        "stories" => Stories(20_000, seed, tokenizer),
+        _ => null,
+    };
+
     /// <summary><paramref name="count"/> seeded StoryCorpus stories, each a document BOS, story, EOS with every token learned.</summary>
     public static TrainingDocument[] Stories(int count, int seed, ITokenizer tokenizer) =>
         [.. StoryCorpus.Stories(count, seed).Select(story => new TrainingDocument([.. tokenizer.Encode(story, addBos: true), tokenizer.EosId]))];

@@ -5,7 +5,6 @@
 // Needs redis-server (bash infra/install-test-deps.sh installs it); skips with a message where it is missing.
 using System.Diagnostics;
 using System.Net;
-using System.Net.Sockets;
 using System.Reflection;
 using System.Text;
 using System.Text.Json;
@@ -21,7 +20,7 @@ public sealed class RedisClusteringTests
         string? redis = FindOnPath("redis-server");
         if (redis is null) Assert.Skip("redis-server is not installed (bash infra/install-test-deps.sh installs it): Redis clustering not tested");
         var cancel = TestContext.Current.CancellationToken;
-        int redisPort = FreePort(), http = FreePort();
+        int redisPort = FreePorts.Take(1)[0], http = FreePorts.Take(1)[0];
         var processes = new List<Child>();
         try
         {
@@ -52,8 +51,8 @@ public sealed class RedisClusteringTests
                 var silo = Child.Start($"silo {name}", "dotnet", [Assembly("SiloAssembly")], new(common)
                 {
                     ["Cluster__SiloName"] = name,
-                    ["Orleans__Endpoints__SiloPort"] = $"{FreePort()}",
-                    ["Orleans__Endpoints__GatewayPort"] = $"{FreePort()}",
+                    ["Orleans__Endpoints__SiloPort"] = $"{FreePorts.Take(1)[0]}",
+                    ["Orleans__Endpoints__GatewayPort"] = $"{FreePorts.Take(1)[0]}",
                     ["Cluster__Model__Serve"] = serve,
                 }, "ready:");
                 processes.Add(silo);
@@ -110,13 +109,6 @@ public sealed class RedisClusteringTests
 
     private static string? FindOnPath(string program) =>
         (Environment.GetEnvironmentVariable("PATH") ?? "").Split(':').Select(d => Path.Combine(d, program)).FirstOrDefault(File.Exists);
-
-    private static int FreePort()
-    {
-        using var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        return ((IPEndPoint)listener.LocalEndpoint).Port;
-    }
 
     /// <summary>A child process with its output collected, ready when a line contains the marker.</summary>
     private sealed class Child : IDisposable
