@@ -11,7 +11,7 @@ public static class GemmBench
 
     public static void Run(int[] threadCounts, double peakPerCore)
     {
-        var ceiling = threadCounts.ToDictionary(t => t, FmaCeiling.Measure);
+        var ceiling = threadCounts.ToDictionary(t => t, FmaCeiling.MeasureGflops);
         foreach (int threads in threadCounts)
             Console.WriteLine($"FMA ceiling measured now, {threads} thread(s): {ceiling[threads]:F1} GFLOP/s");
         Console.WriteLine();

@@ -22,8 +22,7 @@ public static class TrainingBench
         {
             var loaded = RandomModel.Create(preset, seed: 1);
             var c = loaded.Config;
-            long parameters = loaded.Weights.TokenEmbedding.Length + (loaded.Weights.Output?.Length ?? 0) + c.Dim * 2L
-                + (long)c.Layers * (2L * c.Dim * c.Dim + 2L * c.KvDim * c.Dim + 3L * c.HiddenDim * c.Dim + 2L * c.Dim);
+            long parameters = c.ParameterCount;
             var rng = new Random(2);
             TrainingSequence[] Batch() => [.. Enumerable.Range(0, batch).Select(_ =>
             {

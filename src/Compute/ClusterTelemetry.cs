@@ -7,8 +7,8 @@
 //   shards    cluster.shard.step_time s {model, replica, stage, rank, silo}, cluster.kv.blocks (gauge)
 //             {model, replica, stage, rank, silo, state: used|free};
 //   transport cluster.collective.bytes {op} (bytes a member sends) and cluster.collective.duration s {op, members};
-//   training  cluster.training.steps, .loss, .learning_rate, .gradient_norm, .tokens_per_second, .step_time s, .restarts,
-//             .checkpoint_time s, .checkpoint_bytes, all {job}.
+//   training  cluster.training.steps, .loss, .learning_rate, .gradient_norm, .tokens_per_second, .mfu, .step_time s,
+//             .restarts, .checkpoint_time s, .checkpoint_bytes, all {job}; .trainer_step_time s {job, replica, stage, rank, silo}.
 // Spans: "serving.step" per scheduler step (in the trace of the request it carries, or its own trace linked from each
 // request when it carries several), "shard.forward" per shard and step
 // (its child through Orleans' call propagation), "training.step" per job step with "trainer.step" per trainer under it.
@@ -48,6 +48,8 @@ public static class ClusterTelemetry
     public static readonly Histogram<double> GradientNorm = Meter.CreateHistogram<double>("cluster.training.gradient_norm", "1", "Each step's global gradient norm, before clipping");
     public static readonly Histogram<double> TrainingTokensPerSecond = Meter.CreateHistogram<double>("cluster.training.tokens_per_second", "{token}/s", "Training throughput since the job (re)started");
     public static readonly Histogram<double> TrainingStepTime = Meter.CreateHistogram<double>("cluster.training.step_time", "s", "One training step on every trainer");
+    public static readonly Histogram<double> TrainingMfu = Meter.CreateHistogram<double>("cluster.training.mfu", "1", "Model FLOP utilisation since the job (re)started, against the trainers' measured CPU peak");
+    public static readonly Histogram<double> TrainerStepTime = Meter.CreateHistogram<double>("cluster.training.trainer_step_time", "s", "One trainer's part of a step (its device work and waits for its peers)");
     public static readonly Counter<long> TrainingRestarts = Meter.CreateCounter<long>("cluster.training.restarts", "{restart}", "Attempts resumed from a checkpoint");
     public static readonly Histogram<double> CheckpointTime = Meter.CreateHistogram<double>("cluster.training.checkpoint_time", "s", "Writing one checkpoint");
     public static readonly Histogram<long> CheckpointBytes = Meter.CreateHistogram<long>("cluster.training.checkpoint_bytes", "By", "Size of one checkpoint");

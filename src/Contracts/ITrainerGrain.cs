@@ -65,13 +65,20 @@ public sealed record TrainingStepMessage(
 [GenerateSerializer, Immutable]
 public sealed record TrainingStepReport([property: Id(0)] int Step, [property: Id(1)] float LossShare, [property: Id(2)] float LearningRate, [property: Id(3)] float GradientNorm);
 
+/// <summary>
+/// Where a started trainer runs and the compute it draws on: its silo, its CPU threads, the silo's cores and one core's
+/// measured FP32 FLOP/s (0 when its kernels run on an ILGPU device, whose peak is not known): the peak MFU is taken against.
+/// </summary>
+[GenerateSerializer, Immutable]
+public sealed record TrainerStarted([property: Id(0)] SiloAddress Silo, [property: Id(1)] int Threads, [property: Id(2)] int SiloCores, [property: Id(3)] double FlopsPerCore);
+
 public interface ITrainerGrain : ICollectiveMember
 {
     /// <summary>
     /// Loads its shard (from the checkpoint when one is given, else the source's weights) and starts a run in the
-    /// assignment's epoch; an earlier epoch's run ends. Answers the silo it runs on.
+    /// assignment's epoch; an earlier epoch's run ends. Answers the silo it runs on and the compute it uses there.
     /// </summary>
-    Task<SiloAddress> Start(TrainerAssignment assignment);
+    Task<TrainerStarted> Start(TrainerAssignment assignment);
 
     Task<TrainingStepReport> Step(TrainingStepMessage step);
 

@@ -68,7 +68,9 @@ public sealed record TrainingJobSpec
 public sealed record TrainingJobEvent(
     [property: Id(0)] int Step, [property: Id(1)] float Loss, [property: Id(2)] float LearningRate,
     [property: Id(3)] float TokensPerSecond, [property: Id(4)] TrainingJobState State, [property: Id(5)] string? Error = null,
-    [property: Id(6)] string? Note = null)
+    [property: Id(6)] string? Note = null,
+    /// <summary>Model FLOP utilisation since the job (re)started (Cluster.Training.ModelFlops); null when the trainers' peak is unknown.</summary>
+    [property: Id(7)] float? Mfu = null)
 {
     /// <summary>Whether this event reports a step taken (rather than a change of state, a checkpoint or a resume).</summary>
     public bool IsStep => Note is null && Step > 0 && State is TrainingJobState.Running or TrainingJobState.Checkpointing;

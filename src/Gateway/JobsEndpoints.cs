@@ -35,7 +35,7 @@ public static class JobsEndpoints
                 await context.Response.Body.WriteAsync(OpenAiEndpoints.SseEvent(new
                 {
                     @object = "training.job.event", step = e.Step, loss = float.IsNaN(e.Loss) ? (float?)null : e.Loss,
-                    learning_rate = e.LearningRate, tokens_per_second = e.TokensPerSecond, state = State(e.State), error = e.Error, note = e.Note,
+                    learning_rate = e.LearningRate, tokens_per_second = e.TokensPerSecond, mfu = e.Mfu, state = State(e.State), error = e.Error, note = e.Note,
                 }), context.RequestAborted);
                 await context.Response.Body.FlushAsync(context.RequestAborted);
             }

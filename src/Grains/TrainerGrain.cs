@@ -6,6 +6,7 @@ using System.Diagnostics;
 using System.Runtime.InteropServices;
 using Cluster.Compute;
 using Cluster.Compute.Collectives;
+using Cluster.Compute.Cpu;
 using Cluster.Compute.Ilgpu;
 using Cluster.Contracts;
 using Cluster.Model;
@@ -17,11 +18,12 @@ using Orleans.Concurrency;
 namespace Cluster.Grains;
 
 [PinnedShardPlacement, Reentrant]
-public sealed class TrainerGrain(IGrainFactory grains, IOptions<ShardOptions> options) : Grain, ITrainerGrain
+public sealed class TrainerGrain(IGrainFactory grains, IOptions<ShardOptions> options, ILocalSiloDetails silo) : Grain, ITrainerGrain
 {
     private const int TensorChannel = 0, PipelineChannel = 1, DataChannel = 2;
 
-    private sealed record Run(TrainerAssignment Assignment, ShardTrainer Trainer);
+    /// <param name="Tags">job, replica, stage, rank, silo: the tags of this trainer's telemetry.</param>
+    private sealed record Run(TrainerAssignment Assignment, ShardTrainer Trainer, KeyValuePair<string, object?>[] Tags);
 
     private readonly EpochInbox _inbox = new();
     private IDevice? _device;   // the ILGPU device this trainer's kernels run on (ShardOptions.TrainingDevice), or null for the CPU
@@ -32,7 +34,7 @@ public sealed class TrainerGrain(IGrainFactory grains, IOptions<ShardOptions> op
 
     private DeviceWorker Worker => _worker ??= new DeviceWorker($"trainer {this.GetPrimaryKeyString()}");
 
-    public async Task<SiloAddress> Start(TrainerAssignment a)
+    public async Task<TrainerStarted> Start(TrainerAssignment a)
     {
         var layout = ParseLayout(a.Layout);
         if (a.Shards.Length != layout.DataParallel * layout.PipelineStages * layout.TensorParallel || (uint)a.Index >= (uint)a.Shards.Length)
@@ -43,7 +45,7 @@ public sealed class TrainerGrain(IGrainFactory grains, IOptions<ShardOptions> op
         var previous = _run;
         _run = null;
         int threads = options.Value.DeviceThreads;
-        var trainer = await Worker.Run(() =>
+        var (trainer, shard) = await Worker.Run(() =>
         {
             previous?.Trainer.Dispose();
             _device ??= options.Value.TrainingDevice switch
@@ -78,10 +80,13 @@ public sealed class TrainerGrain(IGrainFactory grains, IOptions<ShardOptions> op
                 TotalSteps = a.TotalSteps, WeightDecay = a.WeightDecay, ClipNorm = a.ClipNorm,
             }, groups, a.ZeroStage);
             if (a.RestoreFrom is not null) Checkpoint.Restore(a.RestoreFrom, trainer);
-            return trainer;
+            return (trainer, spec);
         });
-        _run = new Run(a, trainer);
-        return GrainContext.Address.SiloAddress!;   // an active grain has its silo
+        _run = new Run(a, trainer, [new("job", ShardKey.ModelId(this.GetPrimaryKeyString())), new("replica", shard.Replica),
+            new("stage", shard.Stage), new("rank", shard.Rank), new("silo", silo.Name)]);
+        // An active grain has its silo. FmaCeiling measures once per process (~0.1 s, on the first trainer's start).
+        double flopsPerCore = _device is null ? await Worker.Run(() => FmaCeiling.FlopsPerCore) : 0;
+        return new TrainerStarted(GrainContext.Address.SiloAddress!, threads, Environment.ProcessorCount, flopsPerCore);
     }
 
     /// <summary>The shard's groups: peers by key, in rank order, each group on its own channel.</summary>
@@ -123,13 +128,16 @@ public sealed class TrainerGrain(IGrainFactory grains, IOptions<ShardOptions> op
         };
         IReadOnlyList<TrainingSequence>[] microBatches = [.. step.MicroBatches.Select(m => (IReadOnlyList<TrainingSequence>)
             [.. m.Select(s => new TrainingSequence(s.Tokens, s.Targets, s.Documents))])];
-        return await Worker.Run(() =>
+        long started = Stopwatch.GetTimestamp();
+        var report = await Worker.Run(() =>
         {
             var result = run.Trainer.TrainStep(microBatches, step.GlobalTargets, schedule);
             // Copied in the step's own work item: every replica copies between the same two steps, and ZeRO's gathers pair up.
             if (step.CaptureAfter) Capture(result.Step).TrySetResult(run.Trainer.CaptureState());
             return new TrainingStepReport(result.Step, result.LossShare, result.LearningRate, result.GradientNorm);
         });
+        ClusterTelemetry.TrainerStepTime.Record(Stopwatch.GetElapsedTime(started).TotalSeconds, run.Tags);
+        return report;
     }
 
     private TaskCompletionSource<ShardState> Capture(int step)

@@ -229,6 +229,7 @@ public sealed class TrainingJobGrain(
         string[] keys = Keys(spec);
         var trainers = Trainers(keys);
         PackedDataset? dataset = null;   // kept once built: a failure to build it is retried like any other, never kept
+        double? flopsPerToken = null;
         DateTime? lostSince = null;      // when the trainers were first found missing: re-placing them may take until RecoveryTimeout
         var slots = grains.GetGrain<ITrainingSlotsGrain>(0);
         var sinceRenewal = Stopwatch.StartNew();
@@ -245,6 +246,7 @@ public sealed class TrainingJobGrain(
                 try
                 {
                     dataset ??= await Task.Run(() => Dataset(spec));
+                    flopsPerToken ??= await Task.Run(() => ModelFlops.PerTrainedToken(ConfigOf(spec.Source), spec.Lora is not null));
                     int recorded = Record.CheckpointStep;
                     var resume = await Task.Run(() => Checkpoint.FindResumePoint(directory, recorded));
                     if (resume.Manifest is null && recorded > 0)
@@ -258,7 +260,9 @@ public sealed class TrainingJobGrain(
                         log.LogWarning("training job {Job}: {Removed}; removed", Id, removed);
                         Publish(new TrainingJobEvent(step, float.NaN, 0, 0, Record.State, Note: $"{removed}; removed"));
                     }
-                    silos = await AllOrFirstFailure(trainers.Select((t, i) => t.Start(Assignment(spec, keys, i, epoch))).ToArray(), o.StepTimeout);
+                    var started = await AllOrFirstFailure(trainers.Select((t, i) => t.Start(Assignment(spec, keys, i, epoch))).ToArray(), o.StepTimeout);
+                    silos = [.. started.Select(s => s.Silo)];
+                    double peak = ModelFlops.Peak([.. started.Select(s => new TrainerCompute(s.Silo.ToString(), s.Threads, s.SiloCores, s.FlopsPerCore))]);
                     lostSince = null;
                     Record.State = TrainingJobState.Running;
                     Publish(new TrainingJobEvent(step, float.NaN, 0, 0, TrainingJobState.Running,
@@ -284,7 +288,9 @@ public sealed class TrainingJobGrain(
                         }
                         step++;
                         tokens += (long)spec.BatchSize * spec.SequenceLength;
-                        Publish(new TrainingJobEvent(step, loss, lr, (float)(tokens / clock.Elapsed.TotalSeconds), Record.State));
+                        double tokensPerSecond = tokens / clock.Elapsed.TotalSeconds;
+                        Publish(new TrainingJobEvent(step, loss, lr, (float)tokensPerSecond, Record.State,
+                            Mfu: peak > 0 ? (float)(tokensPerSecond * flopsPerToken.Value / peak) : null));
                         if (checkpoint)
                         {
                             await pendingSave;   // one checkpoint in flight at a time
@@ -512,6 +518,7 @@ public sealed class TrainingJobGrain(
             ClusterTelemetry.TrainingLoss.Record(e.Loss, JobTag);
             ClusterTelemetry.LearningRate.Record(e.LearningRate, JobTag);
             ClusterTelemetry.TrainingTokensPerSecond.Record(e.TokensPerSecond, JobTag);
+            if (e.Mfu is { } mfu) ClusterTelemetry.TrainingMfu.Record(mfu, JobTag);
         }
         _events.Add(e);
         foreach (var subscriber in _subscribers) subscriber.Writer.TryWrite(e);

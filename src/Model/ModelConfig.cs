@@ -28,6 +28,20 @@ public sealed record ModelConfig
     public int KvDim => KvHeads * HeadDim;
     public int EffectiveRotaryDim => RotaryDim == 0 ? HeadDim : RotaryDim;
 
+    /// <summary>Every weight of the model, the head counted once when tied: the N of 6·N FLOPs per trained token (MFU).</summary>
+    public long ParameterCount
+    {
+        get
+        {
+            bool gpt2 = Architecture == Architecture.Gpt2;
+            long attention = 2L * Dim * Dim + 2L * KvDim * Dim + (gpt2 ? 2L * Dim + 2L * KvDim : 0);   // wq wo wk wv (+ biases)
+            long ffn = (gpt2 ? 2L : 3L) * HiddenDim * Dim + (gpt2 ? HiddenDim + Dim : 0);              // w1 w2 (w3) (+ biases)
+            long norms = gpt2 ? 4L * Dim : 2L * Dim;
+            long embeddings = (long)VocabSize * Dim * (TiedEmbeddings ? 1 : 2) + (gpt2 ? (long)MaxSeqLen * Dim : 0);
+            return embeddings + (gpt2 ? 2L * Dim : Dim) + Layers * (attention + ffn + norms);
+        }
+    }
+
     /// <summary>Throws <see cref="ModelFormatException"/> naming <paramref name="source"/> unless every dimension is sane.</summary>
     public void Validate(string source)
     {

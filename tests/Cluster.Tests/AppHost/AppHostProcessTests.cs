@@ -11,6 +11,7 @@ using Cluster.Tests.Formats;
 
 namespace Cluster.Tests.AppHost;
 
+[Collection(nameof(AppHostCollection))]
 public sealed partial class AppHostProcessTests
 {
     [Fact]

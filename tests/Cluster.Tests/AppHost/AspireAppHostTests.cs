@@ -11,6 +11,7 @@ using Aspire.Hosting;
 using Aspire.Hosting.ApplicationModel;
 using Aspire.Hosting.Testing;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
 using Cluster.Model;
 using TempDirectory = Cluster.Tests.Formats.TempDirectory;
 using OpenAI;
@@ -37,6 +38,9 @@ public sealed class AppHostFixture : IAsyncLifetime
              "--data-dir", _folder.File("data"), "--training-root", _folder.File("training")],
             (options, _) => options.DisableDashboard = false, cancel);   // the testing builder turns the dashboard off by default
         BrowserToken = builder.Configuration["AppHost:BrowserToken"]!;
+        // The app host's own log (every dashboard gRPC call, each resource's console) would bury the test run's output;
+        // warnings still show, and a failure message carries the resources' logs (Logs()).
+        builder.Services.PostConfigure<LoggerFilterOptions>(filters => { filters.Rules.Clear(); filters.MinLevel = LogLevel.Warning; });
         App = await builder.BuildAsync(cancel);
         var resourceLogs = App.Services.GetRequiredService<ResourceLoggerService>();
         foreach (string resource in new[] { "storyteller", "silo-1", "silo-2", "gateway" }) _ = Collect(resourceLogs, resource);
@@ -77,6 +81,14 @@ public sealed class AppHostFixture : IAsyncLifetime
     }
 }
 
+/// <summary>
+/// The app host's tests run alone, after every other test: they keep both cores busy for minutes (training the story
+/// model, then the demo), which would stretch the timing of the cluster tests running beside them, and theirs.
+/// </summary>
+[CollectionDefinition(nameof(AppHostCollection), DisableParallelization = true)]
+public sealed class AppHostCollection;
+
+[Collection(nameof(AppHostCollection))]
 public sealed class AspireAppHostTests(AppHostFixture cluster) : IClassFixture<AppHostFixture>
 {
     private static CancellationToken Cancel => TestContext.Current.CancellationToken;

@@ -33,8 +33,9 @@ public sealed class AspireDashboard : IAsyncDisposable
         var page = await context.NewPageAsync();
         string baseUrl = dashboard.GetLeftPart(UriPartial.Authority);
         // /login?t=TOKEN checks the token, sets the session cookie and redirects to the resources page.
-        await page.GotoAsync($"{baseUrl}/login?t={browserToken}");
-        await page.WaitForURLAsync(baseUrl + "/");
+        // The first page of a freshly installed Chromium may wait on its font cache: a minute, not the default 30 s.
+        await page.GotoAsync($"{baseUrl}/login?t={browserToken}", new() { Timeout = 60_000 });
+        await page.WaitForURLAsync(baseUrl + "/", new() { Timeout = 60_000 });
         return new AspireDashboard(playwright, browser, page, baseUrl);
     }
 

@@ -101,10 +101,13 @@ public sealed class TelemetryTests(ClusterFixture fixture)
         {
             if (instrument.Meter.Name == ClusterTelemetry.Name && instrument.Name.StartsWith("cluster.training")) listener.EnableMeasurementEvents(instrument);
         };
+        var trainerTags = new ConcurrentBag<Dictionary<string, object?>>();   // of each trainer step time measured
         void Measured(Instrument instrument, double value, ReadOnlySpan<KeyValuePair<string, object?>> tags)
         {
-            foreach (var tag in tags)
-                if (tag.Key == "job" && Equals(tag.Value, job)) values.GetOrAdd(instrument.Name, _ => []).Add(value);
+            var tagged = tags.ToArray().ToDictionary(t => t.Key, t => t.Value);
+            if (!Equals(tagged.GetValueOrDefault("job"), job)) return;
+            values.GetOrAdd(instrument.Name, _ => []).Add(value);
+            if (instrument.Name == "cluster.training.trainer_step_time") trainerTags.Add(tagged);
         }
         meters.SetMeasurementEventCallback<long>((i, v, t, _) => Measured(i, v, t));
         meters.SetMeasurementEventCallback<double>((i, v, t, _) => Measured(i, v, t));
@@ -137,6 +140,13 @@ public sealed class TelemetryTests(ClusterFixture fixture)
         Assert.All(values["cluster.training.checkpoint_bytes"], bytes => Assert.True(bytes > 0));
         Assert.Equal(4, values["cluster.training.gradient_norm"].Count);
         Assert.All(values["cluster.training.gradient_norm"], norm => Assert.True(double.IsFinite(norm) && norm > 0));
+        // MFU against the measured FMA ceiling of the cores the trainers use: a fraction, never above one.
+        Assert.Equal(4, values["cluster.training.mfu"].Count);
+        Assert.All(values["cluster.training.mfu"], mfu => Assert.True(mfu > 0 && mfu <= 1, $"MFU {mfu}"));
+        // Each trainer's step time, tagged with where it ran: both replicas (dp=2), stage 0, rank 0, on a named silo.
+        Assert.Equal(8, values["cluster.training.trainer_step_time"].Count);
+        Assert.Equal([0, 0, 0, 0, 1, 1, 1, 1], trainerTags.Select(t => (int)t["replica"]!).Order());
+        Assert.All(trainerTags, t => Assert.True(Equals(t["stage"], 0) && Equals(t["rank"], 0) && t["silo"] is string { Length: > 0 }, string.Join(", ", t)));
 
         // One span per job step, and under each the step of both trainers (dp=2), through Orleans' call spans.
         var steps = spans.Values.Where(s => s.OperationName == "training.step" && Equals(s.GetTagItem("job"), job)).ToDictionary(s => s.SpanId);
