@@ -51,6 +51,14 @@ public sealed class Arguments
         var text => throw new ArgumentException($"--{name} must be true or false, got '{text}'"),
     };
 
+    /// <summary>A device name (Cluster.Compute.DeviceSpec: cpu, cuda[:N], opencl[:N], ilgpu-cpu).</summary>
+    public Cluster.Compute.DeviceSpec Device(string name, Cluster.Compute.DeviceSpec fallback)
+    {
+        if (Optional(name) is not { } text) return fallback;
+        try { return Cluster.Compute.DeviceSpec.Parse(text); }
+        catch (FormatException e) { throw new ArgumentException($"--{name}: {e.Message}"); }
+    }
+
     /// <summary>Throws for options no reader asked for (typos would otherwise be silently ignored).</summary>
     public void RejectUnknown()
     {

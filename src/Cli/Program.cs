@@ -81,20 +81,13 @@ static int Generate(Arguments a)
         Seed: a.Optional("seed") is { } s ? (ulong.TryParse(s, out ulong seed) ? seed : throw new ArgumentException($"--seed must be a positive integer, got '{s}'")) : (ulong)Stopwatch.GetTimestamp());
     sampling.Validate();
     int threads = a.Int("threads", Environment.ProcessorCount, min: 1);
-    string deviceName = a.Optional("device") ?? "cpu";
+    var deviceSpec = a.Device("device", DeviceSpec.Cpu);
     string? adapter = a.Optional("adapter");
     a.RejectUnknown();
 
     LoadedModel? loaded = null;
     TransformerModel? model = null;
-    IDevice device = deviceName switch
-    {
-        "cpu" => new CpuDevice(threads),
-        "cuda" => IlgpuDevice.Create(IlgpuTarget.Cuda),
-        "opencl" => IlgpuDevice.Create(IlgpuTarget.OpenCL),
-        "ilgpu-cpu" => IlgpuDevice.Create(IlgpuTarget.Cpu),
-        _ => throw new ArgumentException($"--device must be cpu, cuda, opencl or ilgpu-cpu, got '{deviceName}'"),
-    };
+    IDevice device = deviceSpec.Open(threads);
     var load = Stopwatch.StartNew();
     AnsiConsole.Status().Start(modelPath is null ? $"Making random {preset}" : $"Loading {Path.GetFileName(modelPath)}", ctx =>
     {

@@ -69,14 +69,8 @@ public static class TrainCommand
         };
         string? adapterOut = a.Optional("adapter-out");
         bool recompute = a.Bool("recompute", false);
-        using var device = (a.Optional("device") ?? "cpu") switch
-        {
-            "cpu" => (Cluster.Compute.Ilgpu.IlgpuDevice?)null,
-            "cuda" => Cluster.Compute.Ilgpu.IlgpuDevice.Create(Cluster.Compute.Ilgpu.IlgpuTarget.Cuda),
-            "opencl" => Cluster.Compute.Ilgpu.IlgpuDevice.Create(Cluster.Compute.Ilgpu.IlgpuTarget.OpenCL),
-            "ilgpu-cpu" => Cluster.Compute.Ilgpu.IlgpuDevice.Create(Cluster.Compute.Ilgpu.IlgpuTarget.Cpu),
-            var other => throw new ArgumentException($"--device must be cpu, cuda, opencl or ilgpu-cpu, got '{other}'"),
-        };
+        // The CPU trains on the host's kernels (no device object); any other device runs every kernel there.
+        using var device = a.Device("device", DeviceSpec.Cpu) is { IsIlgpu: true } spec ? spec.Open(threads) : null;
         var precision = (a.Optional("precision") ?? "fp32") switch
         {
             "fp32" => Precision.Float32,

@@ -1,8 +1,12 @@
-// What each silo owns (CPU cores it gives its devices, GPUs ILGPU found), reported by the silo when it starts (key 0).
+// What each silo owns: its configured devices (Cluster__Devices) and the shards and trainers each holds, reported by the
+// silo when it starts and whenever a device is taken or given back (key 0).
 namespace Cluster.Contracts;
 
+/// <summary>One device of a silo: its kind and name, CPU threads (or GPU threads), memory, its name in the silo's configuration ("cuda:1") and the keys of the shards and trainers on it.</summary>
 [GenerateSerializer, Immutable]
-public sealed record DeviceReport([property: Id(0)] string Kind, [property: Id(1)] string Name, [property: Id(2)] int Threads, [property: Id(3)] long MemoryBytes);
+public sealed record DeviceReport(
+    [property: Id(0)] string Kind, [property: Id(1)] string Name, [property: Id(2)] int Threads, [property: Id(3)] long MemoryBytes,
+    [property: Id(4)] string Device, [property: Id(5)] string[] Holders);
 
 [GenerateSerializer, Immutable]
 public sealed record SiloInventory([property: Id(0)] string Silo, [property: Id(1)] string Address, [property: Id(2)] DeviceReport[] Devices);

@@ -1,36 +1,51 @@
-// Discovers this silo's devices (the CPU threads its shards get; CUDA / OpenCL accelerators ILGPU can open) and
-// reports them to the cluster inventory once the silo is active.
-using Cluster.Compute;
+// Reports this silo's devices (DeviceSlots: the configured ones and who holds each) to the cluster inventory once the
+// silo is active, and again whenever a shard or trainer takes or gives back a device (coalesced: one report in flight).
 using Cluster.Compute.Ilgpu;
 using Cluster.Contracts;
 using Microsoft.Extensions.Logging;
-using Microsoft.Extensions.Options;
 
 namespace Cluster.Grains;
 
-public sealed class DeviceInventoryReporter(
-    IGrainFactory grains, ILocalSiloDetails silo, IOptions<ShardOptions> options, ILogger<DeviceInventoryReporter> log)
+public sealed class DeviceInventoryReporter(IGrainFactory grains, ILocalSiloDetails silo, DeviceSlots slots, ILogger<DeviceInventoryReporter> log)
     : ILifecycleParticipant<ISiloLifecycle>
 {
+    private int _pending;   // 1 while a report is queued or running; a change meanwhile sets _again
+    private int _again;
+
     public void Participate(ISiloLifecycle lifecycle) =>
-        lifecycle.Subscribe(nameof(DeviceInventoryReporter), ServiceLifecycleStage.Active, ReportAsync);
-
-    private async Task ReportAsync(CancellationToken cancellation)
-    {
-        var devices = Discover(options.Value.DeviceThreads);
-        log.LogInformation("silo {Silo} devices: {Devices}", silo.Name, string.Join("; ", devices.Select(d => $"{d.Kind} {d.Name} ({d.Threads} threads)")));
-        await grains.GetGrain<IClusterInventoryGrain>(0).Report(new SiloInventory(silo.Name, silo.SiloAddress.ToString(), devices)).WaitAsync(cancellation);
-    }
-
-    public static DeviceReport[] Discover(int cpuThreads)
-    {
-        string simd = System.Runtime.Intrinsics.Vector512.IsHardwareAccelerated ? "AVX-512" : System.Runtime.Intrinsics.Vector256.IsHardwareAccelerated ? "AVX2" : "Vector128";
-        var devices = new List<DeviceReport> { new(nameof(DeviceKind.Cpu), $"CPU ({simd}, {Environment.ProcessorCount} cores)", cpuThreads, GC.GetGCMemoryInfo().TotalAvailableMemoryBytes) };
-        foreach (var target in IlgpuDevice.Available().Where(t => t != IlgpuTarget.Cpu))
+        lifecycle.Subscribe(nameof(DeviceInventoryReporter), ServiceLifecycleStage.Active, async cancellation =>
         {
-            using var device = IlgpuDevice.Create(target);
-            devices.Add(new DeviceReport(device.Info.Kind.ToString(), device.Info.Name, device.Info.Threads, device.Info.MemoryBytes));
-        }
-        return devices.ToArray();
+            var devices = slots.Report();
+            string found = string.Join(", ", IlgpuDevice.Available().Where(t => t != IlgpuTarget.Cpu));
+            log.LogInformation("silo {Silo} devices: {Devices}; ILGPU accelerators found: {Found}", silo.Name,
+                string.Join("; ", devices.Select(d => $"{d.Device} {d.Name}")), found.Length == 0 ? "none" : found);
+            await Send(devices).WaitAsync(cancellation);
+            slots.Changed += OnChanged;
+        });
+
+    private void OnChanged()
+    {
+        Volatile.Write(ref _again, 1);
+        if (Interlocked.Exchange(ref _pending, 1) == 0) _ = Task.Run(ReportChanges);
     }
+
+    private async Task ReportChanges()
+    {
+        try
+        {
+            while (Interlocked.Exchange(ref _again, 0) == 1) await Send(slots.Report());
+        }
+        catch (Exception e)
+        {
+            log.LogWarning(e, "silo {Silo}: reporting its devices to the inventory failed; the next change reports again", silo.Name);
+        }
+        finally
+        {
+            Volatile.Write(ref _pending, 0);
+            if (Volatile.Read(ref _again) == 1) OnChanged();
+        }
+    }
+
+    private Task Send(DeviceReport[] devices) =>
+        grains.GetGrain<IClusterInventoryGrain>(0).Report(new SiloInventory(silo.Name, silo.SiloAddress.ToString(), devices));
 }

@@ -1,4 +1,4 @@
-// A shard: one pipeline stage's layers at one tensor-parallel rank, on a CpuDevice, with its paged KV cache. Every
+// A shard: one pipeline stage's layers at one tensor-parallel rank, on one of its silo's devices (DeviceSlots), with its paged KV cache. Every
 // device call runs on the shard's DeviceWorker. The grain is reentrant so that pipeline steps overlap (step k+1
 // queues on the device while step k waits for the next stage) and peers' collective messages get in while a step is
 // blocked on them; steps still run strictly in Step order, the same order on every rank of the group.
@@ -16,13 +16,13 @@ using Microsoft.Extensions.Options;
 namespace Cluster.Grains;
 
 [PinnedShardPlacement, Reentrant]
-public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails silo, IGrainFactory grains) : Grain, IShardGrain
+public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails silo, IGrainFactory grains, DeviceSlots devices) : Grain, IShardGrain
 {
     /// <summary>The weights on the device: kept across epochs while the assignment's slice stays the same.</summary>
-    private sealed class LoadedSlice(ShardAssignment assignment, CpuDevice device, TransformerModel model) : IDisposable
+    private sealed class LoadedSlice(ShardAssignment assignment, DeviceLease device, TransformerModel model) : IDisposable
     {
         public ShardAssignment Assignment => assignment;
-        public CpuDevice Device => device;
+        public DeviceLease Device => device;
         public TransformerModel Model => model;
 
         public bool Holds(ShardAssignment other) =>
@@ -109,7 +109,7 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
         var (slice, cache) = await Worker.Run(() =>
         {
             previousCache?.Dispose();
-            var slice = previous is not null && previous.Holds(assignment) ? previous : LoadSlice(assignment, o.DeviceThreads);
+            var slice = previous is not null && previous.Holds(assignment) ? previous : LoadSlice(assignment);
             if (slice != previous) previous?.Dispose();
             var c = slice.Model.Config;
             int blocksPerSequence = (c.MaxSeqLen + o.KvBlockSize - 1) / o.KvBlockSize;
@@ -124,14 +124,19 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
         return Describe(slice, _epoch);
     }
 
-    private static LoadedSlice LoadSlice(ShardAssignment a, int threads)
+    private LoadedSlice LoadSlice(ShardAssignment a)
     {
         var layout = ParallelLayout.Parse(a.Layout);
         ShardSpec SpecOf(ModelConfig config) => ShardingPlan.Create(config, layout).Get(a.Replica, a.Stage, a.Rank);
         var loaded = ModelSources.Load(a.Source, config => WeightFilter.For(SpecOf(config)));   // only this stage's tensors
         var weights = ShardWeights.Slice(loaded.Config, loaded.Weights, SpecOf(loaded.Config), loaded.Source);
-        var device = new CpuDevice(threads);
-        return new LoadedSlice(a, device, new TransformerModel(device, loaded.Config, weights));
+        var device = devices.Take(Key);
+        try { return new LoadedSlice(a, device, new TransformerModel(device.Device, loaded.Config, weights)); }
+        catch
+        {
+            device.Dispose();
+            throw;
+        }
     }
 
     public async Task<StageResult> Forward(StageBatch batch)
@@ -219,7 +224,7 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
             : throw new StaleEpochException($"shard {Key} is in epoch {_epoch?.Number.ToString() ?? "none (not loaded)"}, the step is for epoch {epoch}");
 
     private ShardDescription Describe(LoadedSlice slice, Epoch epoch) => new(
-        Key, slice.Assignment.Source.ToString(), ModelSources.Describe(slice.Model.Config), slice.Device.Info.Name,
+        Key, slice.Assignment.Source.ToString(), ModelSources.Describe(slice.Model.Config), $"{slice.Device.Spec} {slice.Device.Device.Info.Name}",
         silo.Name, epoch.Cache.FreeBlocks, epoch.Cache.TotalBlocks, epoch.Cache.ActiveSequences,
         slice.Model.Config.MaxSeqLen, epoch.Cache.BlockSize, slice.Model.Spec.ToString(), epoch.Number,
         epoch.Cache.CachedBlocks, epoch.Cache.PrefixHitTokens);

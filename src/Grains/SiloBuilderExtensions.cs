@@ -26,6 +26,7 @@ public static class SiloBuilderExtensions
             services.GetRequiredService<IOptions<TrainingOptions>>().Value.RecordsDirectory, services.GetRequiredService<IGrainStorageSerializer>()));
         silo.Services.AddSingleton<ILifecycleParticipant<ISiloLifecycle>, TrainingJobKeeper>();
         silo.Services.AddPlacementDirector<PinnedShardPlacementStrategy, PinnedShardPlacementDirector>();
+        silo.Services.AddSingleton<DeviceSlots>();
         silo.Services.AddSingleton<ILifecycleParticipant<ISiloLifecycle>, DeviceInventoryReporter>();
         return silo;
     }

@@ -18,7 +18,7 @@ using Orleans.Concurrency;
 namespace Cluster.Grains;
 
 [PinnedShardPlacement, Reentrant]
-public sealed class TrainerGrain(IGrainFactory grains, IOptions<ShardOptions> options, ILocalSiloDetails silo) : Grain, ITrainerGrain
+public sealed class TrainerGrain(IGrainFactory grains, IOptions<ShardOptions> options, ILocalSiloDetails silo, DeviceSlots devices) : Grain, ITrainerGrain
 {
     private const int TensorChannel = 0, PipelineChannel = 1, DataChannel = 2;
 
@@ -26,7 +26,7 @@ public sealed class TrainerGrain(IGrainFactory grains, IOptions<ShardOptions> op
     private sealed record Run(TrainerAssignment Assignment, ShardTrainer Trainer, KeyValuePair<string, object?>[] Tags);
 
     private readonly EpochInbox _inbox = new();
-    private IDevice? _device;   // the ILGPU device this trainer's kernels run on (ShardOptions.TrainingDevice), or null for the CPU
+    private DeviceLease? _device;   // this trainer's device (DeviceSlots), held while the grain is active
     // States copied after a step (CaptureAfter), by step number, until SaveCheckpoint writes them; either side may come first.
     private readonly Dictionary<int, TaskCompletionSource<ShardState>> _captures = [];
     private DeviceWorker? _worker;
@@ -48,14 +48,7 @@ public sealed class TrainerGrain(IGrainFactory grains, IOptions<ShardOptions> op
         var (trainer, shard) = await Worker.Run(() =>
         {
             previous?.Trainer.Dispose();
-            _device ??= options.Value.TrainingDevice switch
-            {
-                "cpu" => null,
-                "cuda" => IlgpuDevice.Create(IlgpuTarget.Cuda),
-                "opencl" => IlgpuDevice.Create(IlgpuTarget.OpenCL),
-                "ilgpu-cpu" => IlgpuDevice.Create(IlgpuTarget.Cpu),
-                var other => throw new ArgumentException($"TrainingDevice must be cpu, cuda, opencl or ilgpu-cpu, not '{other}'"),
-            };
+            _device ??= devices.Take(this.GetPrimaryKeyString());
             var spec = default(ShardSpec);
             var loaded = ModelSources.Load(a.Source, c => WeightFilter.For(spec = ShardingPlan.Create(c, layout).Shards[a.Index]));
             var plan = ShardingPlan.Create(loaded.Config, layout);
@@ -65,7 +58,7 @@ public sealed class TrainerGrain(IGrainFactory grains, IOptions<ShardOptions> op
             {
                 Lora = a.Lora is { } l ? new LoraOptions { Rank = l.Rank, Alpha = l.Alpha, Targets = l.Targets, Dropout = l.Dropout, QuantizeBase = l.QuantizeBase } : null,
                 ActivationCheckpointing = a.ActivationCheckpointing,
-                Device = _device,
+                Device = _device.Accelerator,   // null on a CPU device: the host's kernels
                 Precision = a.Precision switch
                 {
                     "fp32" => Precision.Float32,
@@ -85,7 +78,7 @@ public sealed class TrainerGrain(IGrainFactory grains, IOptions<ShardOptions> op
         _run = new Run(a, trainer, [new("job", ShardKey.ModelId(this.GetPrimaryKeyString())), new("replica", shard.Replica),
             new("stage", shard.Stage), new("rank", shard.Rank), new("silo", silo.Name)]);
         // An active grain has its silo. FmaCeiling measures once per process (~0.1 s, on the first trainer's start).
-        double flopsPerCore = _device is null ? await Worker.Run(() => FmaCeiling.FlopsPerCore) : 0;
+        double flopsPerCore = _device?.Accelerator is null ? await Worker.Run(() => FmaCeiling.FlopsPerCore) : 0;
         return new TrainerStarted(GrainContext.Address.SiloAddress!, threads, Environment.ProcessorCount, flopsPerCore);
     }
 

@@ -1,5 +1,6 @@
 // The silo's settings, read from configuration (appsettings, command line, or env vars such as Cluster__SiloName,
 // Orleans__Endpoints__SiloPort). Orleans__Clustering__ProviderType picks Redis/AdoNet; absent, localhost clustering.
+using Cluster.Compute;
 using Cluster.Contracts;
 using Microsoft.Extensions.Configuration;
 
@@ -7,7 +8,7 @@ namespace Cluster.Silo;
 
 public sealed record SiloSettings(
     string SiloName, int SiloPort, int GatewayPort, string? ClusteringProvider, System.Net.IPEndPoint PrimarySilo,
-    string ModelId, ModelSource Model, string Layout, string[]? ShardSilos, bool ServeModel, int DeviceThreads, string TrainingDevice,
+    string ModelId, ModelSource Model, string Layout, string[]? ShardSilos, bool ServeModel, int DeviceThreads, DeviceSpec[] Devices,
     string[] ModelRoots)
 {
     /// <summary>What the default model is served as: its source, layout and the silos its shards are pinned to.</summary>
@@ -36,7 +37,7 @@ public sealed record SiloSettings(
             ShardSilos: config["Cluster:Model:Silos"]?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries),
             ServeModel: config.GetValue("Cluster:Model:Serve", true),
             DeviceThreads: config.GetValue("Cluster:DeviceThreads", Environment.ProcessorCount),
-            TrainingDevice: config["Cluster:TrainingDevice"] ?? "cpu",
+            Devices: DeviceSpec.ParseList(config["Cluster:Devices"] ?? "cpu"),   // a bad name stops the silo, saying what is accepted
             ModelRoots: modelRoots);
     }
 }

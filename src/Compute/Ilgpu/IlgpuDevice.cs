@@ -26,17 +26,20 @@ public sealed unsafe class IlgpuDevice : IDevice
     private readonly Dictionary<(float Theta, int RotaryDim), MemoryBuffer1D<float, Stride1D.Dense>> _ropeFrequencies = [];   // likewise
     private volatile bool _disposed;
 
-    private IlgpuDevice(IlgpuTarget target)
+    private IlgpuDevice(IlgpuTarget target, int index)
     {
-        _thread = new DeviceThread($"ILGPU {target}");
-        try { (_context, _accelerator, _kernels, _indices) = _thread.Run(() => Open(target)); }
+        _thread = new DeviceThread($"ILGPU {target}:{index}");
+        try { (_context, _accelerator, _kernels, _indices) = _thread.Run(() => Open(target, index)); }
         catch { _thread.Dispose(); throw; }
         var kind = target switch { IlgpuTarget.Cuda => DeviceKind.Cuda, IlgpuTarget.OpenCL => DeviceKind.OpenCL, _ => DeviceKind.IlgpuCpu };
         Info = new DeviceInfo(kind, _accelerator.Name, (int)Math.Min(int.MaxValue, _accelerator.MaxNumThreads), _accelerator.MemorySize);
     }
 
-    /// <summary>Opens the first device of the target kind; throws InvalidOperationException when there is none.</summary>
-    public static IlgpuDevice Create(IlgpuTarget target) => new(target);
+    /// <summary>
+    /// Opens the <paramref name="index"/>-th device of the target kind (CUDA and OpenCL number their devices; every
+    /// index of the CPU target is a new accelerator on the host); throws InvalidOperationException when there is none.
+    /// </summary>
+    public static IlgpuDevice Create(IlgpuTarget target, int index = 0) => new(target, index);
 
     /// <summary>The targets that have at least one device on this machine (Cpu always does).</summary>
     public static IReadOnlyList<IlgpuTarget> Available()
@@ -350,14 +353,18 @@ public sealed unsafe class IlgpuDevice : IDevice
         _ => AcceleratorType.CPU,
     };
 
-    private static (Context, Accelerator, KernelSet, IndexBuffers) Open(IlgpuTarget target)
+    private static (Context, Accelerator, KernelSet, IndexBuffers) Open(IlgpuTarget target, int index)
     {
         var context = CreateContext();
         Accelerator? accelerator = null;
         try
         {
-            var device = context.Devices.FirstOrDefault(d => d.AcceleratorType == TypeOf(target))
-                ?? throw new InvalidOperationException($"no ILGPU {target} device on this machine (IlgpuDevice.Available() lists those present)");
+            var devices = context.Devices.Where(d => d.AcceleratorType == TypeOf(target)).ToArray();
+            if (devices.Length == 0)
+                throw new InvalidOperationException($"no ILGPU {target} device on this machine (IlgpuDevice.Available() lists those present)");
+            if (target != IlgpuTarget.Cpu && (uint)index >= (uint)devices.Length)
+                throw new InvalidOperationException($"no ILGPU {target} device {index} on this machine: it has {devices.Length}");
+            var device = devices[target == IlgpuTarget.Cpu ? 0 : index];
             accelerator = device.CreateAccelerator(context);
             if (accelerator.MaxNumThreadsPerGroup < GroupSize)
                 throw new NotSupportedException($"{accelerator.Name} allows {accelerator.MaxNumThreadsPerGroup} threads per group, the kernels need {GroupSize}");

@@ -1,6 +1,7 @@
-// Trainer grains on silos configured to run their training kernels on an ILGPU device (ShardOptions.TrainingDevice;
+// Trainer grains on silos configured to run their training kernels on an ILGPU device (ShardOptions.Devices;
 // ILGPU's CPU accelerator here, which runs every GPU thread as an OS thread, hence a very small model): two
 // data-parallel steps across two silos have the losses of the same run on the CPU.
+using Cluster.Compute;
 using Cluster.Compute.Cpu;
 using Cluster.Contracts;
 using Cluster.Model;
@@ -21,7 +22,7 @@ public sealed class TrainerDeviceTests
         string path = Path.Combine(dir.Path, "small.gguf");
         GgufWriter.Write(new LoadedModel(config, weights, null, "test"), path);
 
-        await using var cluster = await TestClusters.StartAsync(silos: 2, shards: o => o.TrainingDevice = "ilgpu-cpu");
+        await using var cluster = await TestClusters.StartAsync(silos: 2, shards: o => o.Devices = [DeviceSpec.Parse("ilgpu-cpu")]);
         string[] keys = [.. cluster.Silos.Select((s, r) => ShardKey.Create("device-trainers", r, 0, 0, s.Name))];
         var trainers = keys.Select(k => cluster.Client.GetGrain<ITrainerGrain>(k)).ToArray();
         var options = new OptimizerOptions { LearningRate = 1e-3f, MinLearningRate = 1e-4f, WarmupSteps = 1, TotalSteps = 10 };

@@ -1,0 +1,66 @@
+// Shard grains on a silo's configured devices (ShardOptions.Devices, Cluster__Devices): the two tensor-parallel shards
+// of a tp=2 model on a silo with two devices take one each and the inventory says which shard holds which device; on a
+// machine with CUDA, a model served from the GPU (both shards sharing it) gives the CPU's greedy tokens.
+using Cluster.Compute;
+using Cluster.Compute.Cpu;
+using Cluster.Contracts;
+using Cluster.Model;
+
+namespace Cluster.Tests.Grains;
+
+public sealed class ShardDeviceTests
+{
+    private static CancellationToken Cancel => TestContext.Current.CancellationToken;
+
+    [Fact]
+    public async Task TensorParallelShardsOnASiloWithTwoDevicesTakeOneEach()
+    {
+        await using var cluster = await TestClusters.StartAsync(silos: 1, shards: o => o.Devices = DeviceSpec.ParseList("cpu:0,cpu:1"));
+        string silo = cluster.Silos[0].Name;
+        var scheduler = cluster.Client.GetGrain<IInferenceSchedulerGrain>("on-devices");
+        await scheduler.Serve(new ModelServing(TestClusters.Tiny, "tp=2", [silo]));
+        var served = await scheduler.GenerateAsync(new GenerationRequest { Prompt = "Once upon a time", MaxTokens = 8, Temperature = 0 }, Cancel);
+        Assert.Equal(CpuGreedy("Once upon a time", 8), served.Select(c => c.TokenId));
+
+        string[] shards = [ShardKey.Create("on-devices", 0, 0, 0, silo), ShardKey.Create("on-devices", 0, 0, 1, silo)];
+        var described = await Task.WhenAll(shards.Select(k => cluster.Client.GetGrain<IShardGrain>(k).Describe()));
+        Assert.Equal(["cpu:0", "cpu:1"], described.Select(d => d!.Device.Split(' ')[0]).Order());
+
+        // The inventory lists each device with the shard on it (reported when they took them, so possibly a moment later).
+        var inventory = cluster.Client.GetGrain<IClusterInventoryGrain>(0);
+        var deadline = DateTime.UtcNow.AddSeconds(20);
+        while (true)
+        {
+            var devices = (await inventory.ActiveSilos()).Single().Devices;
+            var holders = devices.Select(d => d.Holders.Where(h => h.StartsWith("on-devices/", StringComparison.Ordinal)).ToArray()).ToArray();
+            if (holders.Length == 2 && holders.All(h => h.Length == 1) && holders.SelectMany(h => h).Order().SequenceEqual(shards.Order())) break;
+            Assert.True(DateTime.UtcNow < deadline, $"the inventory shows {string.Join("; ", devices.Select(d => $"{d.Device}: {string.Join(",", d.Holders)}"))}");
+            await Task.Delay(100, Cancel);
+        }
+    }
+
+    [Fact]
+    public async Task AModelServedFromACudaDeviceGivesTheCpusGreedyTokens()
+    {
+        // ILGPU's CPU accelerator runs each GPU thread as an OS thread: on two cores the tiny model's first step took
+        // over a minute, so the served path is checked on CUDA only (the kernels themselves: IlgpuDeviceTests).
+        if (!Cluster.Compute.Ilgpu.IlgpuDevice.Available().Contains(Cluster.Compute.Ilgpu.IlgpuTarget.Cuda))
+            Assert.Skip("no CUDA device on this machine: serving from an ILGPU device not checked");
+        await using var cluster = await TestClusters.StartAsync(silos: 1, schedulers: o => o.StepTimeout = TimeSpan.FromMinutes(1),
+            shards: o => o.Devices = [DeviceSpec.Parse("cuda:0")]);
+        var scheduler = cluster.Client.GetGrain<IInferenceSchedulerGrain>("on-cuda");
+        await scheduler.Serve(new ModelServing(TestClusters.Tiny, "tp=2", [cluster.Silos[0].Name]));
+        var served = await scheduler.GenerateAsync(new GenerationRequest { Prompt = "Once upon a time", MaxTokens = 16, Temperature = 0 }, Cancel);
+        Assert.Equal(CpuGreedy("Once upon a time", 16), served.Select(c => c.TokenId));
+        var shard = await cluster.Client.GetGrain<IShardGrain>(ShardKey.Create("on-cuda", 0, 0, 1, cluster.Silos[0].Name)).Describe();
+        Assert.StartsWith("cuda:0", shard!.Device);
+    }
+
+    private static IEnumerable<int> CpuGreedy(string prompt, int tokens)
+    {
+        var loaded = RandomModel.Create("tiny", seed: 1);
+        using var cpu = new CpuDevice(1);
+        using var model = new TransformerModel(cpu, loaded.Config, loaded.Weights);
+        return [.. new TextGenerator(model, loaded.Tokenizer!).Generate(prompt, tokens, SamplingOptions.Greedy).Select(t => t.Id)];
+    }
+}
