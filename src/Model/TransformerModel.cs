@@ -7,6 +7,7 @@
 using Cluster.Compute;
 using Cluster.Compute.Collectives;
 using Cluster.Model.Parallel;
+using static Cluster.Model.Parallel.TensorParallelRegions;
 
 namespace Cluster.Model;
 
@@ -133,7 +134,7 @@ public sealed class TransformerModel : IDisposable
             _device.WriteKv(a.K, a.V, cache.Keys[l], cache.Values[l], slots, kv);
             _device.PagedAttention(a.Q, cache.Keys[l], cache.Values[l], a.Attention, layout);              // att (T, qr)
             _device.MatMul(a.Attention, w.Wo, a.Xb, T);                                                   // xb (T, C)   partial sum over ranks
-            SumOverTensorGroup(a.Xb, T * C, group);
+            ReduceFromRegion.Forward(_device, a.Xb, T * C, group);                                        // xb (T, C)   row-parallel wo: summed
             if (w.Bo is not null) _device.AddBias(a.Xb, w.Bo, T, C);
             _device.Add(a.X, a.Xb, T * C);
 
@@ -146,7 +147,7 @@ public sealed class TransformerModel : IDisposable
             }
             else _device.Gelu(a.Hidden, T * H);
             _device.MatMul(a.Hidden, w.W2, a.Xb, T);                                                      // xb (T, C)   partial sum over ranks
-            SumOverTensorGroup(a.Xb, T * C, group);
+            ReduceFromRegion.Forward(_device, a.Xb, T * C, group);                                        // xb (T, C)   row-parallel w2: summed
             if (w.B2 is not null) _device.AddBias(a.Xb, w.B2, T, C);
             _device.Add(a.X, a.Xb, T * C);
         }
@@ -161,7 +162,7 @@ public sealed class TransformerModel : IDisposable
             _device.MatMul(a.SelectedNormed, _output!, a.Logits, R);                                     // (R, Vr)
             var local = new float[R * Spec.Vocab.Count];
             _device.Download(a.Logits, local);
-            result = GatherVocab(local, R, group);                                                                // (R, V)
+            result = GatherFromRegion.Forward(local, R, Config.VocabSize, group);                         // (R, V)   vocab-parallel head: joined
         }
         else
         {
@@ -182,25 +183,7 @@ public sealed class TransformerModel : IDisposable
             rows[t] = (uint)local < (uint)Spec.Vocab.Count ? local : Spec.Vocab.Count;
         }
         _device.Embedding(_tokenEmbedding!, rows, x, Config.Dim);
-        SumOverTensorGroup(x, tokens.Length * Config.Dim, group);
-    }
-
-    /// <summary>Row-parallel outputs: x (n,) becomes the sum of every rank's partial x.</summary>
-    private void SumOverTensorGroup(DeviceBuffer x, int n, CollectiveGroup? group)
-    {
-        if (group is null) return;
-        var host = new float[n];
-        _device.Download(x, host);
-        group.AllReduce(host).GetAwaiter().GetResult();
-        _device.Write(x, host);
-    }
-
-    /// <summary>Vocab-parallel logits: this rank's (R, Vr) columns joined with the others' into (R, V).</summary>
-    private float[] GatherVocab(float[] local, int rows, CollectiveGroup? group)
-    {
-        if (group is null) return local;
-        float[] all = group.AllGather(local).GetAwaiter().GetResult();   // rank-major: (R, V0) (R, V1) ...
-        return VocabParallel.JoinColumns(all, rows, Config.VocabSize, Spec.TensorParallel);
+        ReduceFromRegion.Forward(_device, x, tokens.Length * Config.Dim, group);                          // x (T, C)   summed over ranks
     }
 
     /// <summary>Validates the batch, reserves cache room, and lays out tokens, positions and block tables.</summary>

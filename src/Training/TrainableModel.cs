@@ -1,10 +1,12 @@
 // One shard of a decoder for training, Llama or GPT-2 family (llm.c's gpt2_forward / gpt2_backward, cut the Megatron
 // way): a pipeline stage's layers at one tensor-parallel rank, or the whole model when the shard is whole. The forward
 // keeps every activation the backward needs; the backward accumulates fp32 gradients into tensors shaped like the
-// shard's weights. Tensor parallelism: Q/K/V and gate/up are column-parallel (identity forward, all-reduce of the input
-// gradient backward), the attention output and down projections row-parallel (all-reduce forward, identity backward),
-// the embedding and LM head vocab-parallel. Sequences may pack several documents: each document's positions restart
-// at 0 and attention never crosses documents. A whole shard's logits equal the inference TransformerModel's.
+// shard's weights. Tensor parallelism (TensorParallelRegions, each forward crossing named with its backward pair): Q/K/V,
+// gate/up and the LM head are column-parallel (CopyToRegion: identity forward, all-reduce of the input gradient backward;
+// the logits leave through GatherFromRegion), the attention output and down projections row-parallel and the embedding
+// vocab-parallel (ReduceFromRegion: all-reduce forward, identity backward). Sequences may pack several documents:
+// each document's positions restart at 0 and attention never crosses documents. A whole shard's logits equal the
+// inference TransformerModel's.
 //   dotnet test --project tests/Cluster.Tests -c Release -- --filter-class Cluster.Tests.Training.TrainableModelTests
 using System.Numerics.Tensors;
 using Cluster.Compute;
@@ -12,6 +14,7 @@ using Cluster.Compute.Collectives;
 using Cluster.Compute.Cpu;
 using Cluster.Model;
 using Cluster.Model.Parallel;
+using static Cluster.Model.Parallel.TensorParallelRegions;
 
 namespace Cluster.Training;
 
@@ -384,10 +387,11 @@ public sealed class TrainableModel : IDisposable
         }
         a.Output = x;
         if (!Spec.IsLastStage) return a;
-        a.FinalNormed = NormalizeRows(x, Weights.FinalNorm!, Weights.FinalNormBias, T);
+        a.FinalNormed = NormalizeRows(x, Weights.FinalNorm!, Weights.FinalNormBias, T);     // (T, C)
+        CopyToRegion.Forward(a.FinalNormed, _tensorGroup);                                   // into the vocab-parallel head
         var logits = new float[T * _vocab];                                                  // (T, Vl)
         _kernels.Forward(a.FinalNormed, _head!, [], logits, T, _vocab, C);
-        a.Logits = GatherVocab(logits, T);                                                   // (T, V)
+        a.Logits = GatherFromRegion.Forward(logits, T, c.VocabSize, _tensorGroup);           // (T, V)
         return a;
     }
 
@@ -399,7 +403,8 @@ public sealed class TrainableModel : IDisposable
         bool llama = c.Architecture == Architecture.Llama;
         var w = Weights.Layers[l];
         a.LayerInput[l] = x;
-        var n1 = a.AttnNormed[l] = NormalizeRows(x, w.AttnNorm, w.AttnNormBias, T);
+        var n1 = a.AttnNormed[l] = NormalizeRows(x, w.AttnNorm, w.AttnNormBias, T);          // (T, C)
+        CopyToRegion.Forward(n1, _tensorGroup);                                              // into the column-parallel q/k/v
         var q = a.Q[l] = new float[T * Cq];
         var k = a.K[l] = new float[T * kv];
         var v = a.V[l] = new float[T * kv];
@@ -425,10 +430,11 @@ public sealed class TrainableModel : IDisposable
         });
         var x1 = a.Residual[l] = new float[T * C];
         Project(a, l, "wo", att, w.Wo, null, x1, T, C, Cq);
-        SumOverTensorGroup(x1);                                                          // row-parallel: the ranks' partial sums
+        ReduceFromRegion.Forward(x1, _tensorGroup);                                          // (T, C) row-parallel wo: the ranks' partial sums
         AddBias(x1, w.Bo, T);
         TensorPrimitives.Add(x1, x, x1);
-        var n2 = a.FfnNormed[l] = NormalizeRows(x1, w.FfnNorm, w.FfnNormBias, T);
+        var n2 = a.FfnNormed[l] = NormalizeRows(x1, w.FfnNorm, w.FfnNormBias, T);            // (T, C)
+        CopyToRegion.Forward(n2, _tensorGroup);                                              // into the column-parallel w1/w3
         var gate = a.Gate[l] = new float[T * H];
         Project(a, l, "w1", n2, w.W1, w.B1, gate, T, H, C);
         var hidden = a.Hidden[l] = (float[])gate.Clone();
@@ -441,7 +447,7 @@ public sealed class TrainableModel : IDisposable
         else _kernels.Gelu(hidden);
         var next = new float[T * C];
         Project(a, l, "w2", hidden, w.W2, null, next, T, C, H);
-        SumOverTensorGroup(next);
+        ReduceFromRegion.Forward(next, _tensorGroup);                                        // (T, C) row-parallel w2: the ranks' partial sums
         AddBias(next, w.B2, T);
         TensorPrimitives.Add(next, x1, next);
         return next;
@@ -466,8 +472,9 @@ public sealed class TrainableModel : IDisposable
             loss = _kernels.CrossEntropy(a.Logits, a.Targets, dlogits, V);
             if (lossScale != 1f) TensorPrimitives.Multiply(dlogits, lossScale, dlogits);
             var dFinalNormed = new float[T * C];
-            _kernels.Backward(a.FinalNormed, _head!, VocabColumns(dlogits, T), dFinalNormed, _headGradient!, [], T, _vocab, C);
-            SumOverTensorGroup(dFinalNormed);                                                // column-parallel head: its input's gradient sums over ranks
+            var dLocalLogits = GatherFromRegion.Backward(dlogits, T, V, _tensorGroup);       // (T, Vl) this rank's columns
+            _kernels.Backward(a.FinalNormed, _head!, dLocalLogits, dFinalNormed, _headGradient!, [], T, _vocab, C);
+            CopyToRegion.Backward(dFinalNormed, _tensorGroup);                               // (T, C) the head's input gradient, summed over ranks
             NormalizeRowsBackward(a.Output, Weights.FinalNorm!, dFinalNormed, dx, Gradients.FinalNorm!, Gradients.FinalNormBias, T);
         }
         bool llama = c.Architecture == Architecture.Llama;
@@ -478,6 +485,7 @@ public sealed class TrainableModel : IDisposable
             if (_mode.ActivationCheckpointing) ForwardLayer(a, l, a.LayerInput[l]);   // recompute what the forward let go
             // x_out = x1 + W2·swiglu(W1·n2, W3·n2)   (GPT-2: W2·gelu(W1·n2 + b1) + b2)
             var dx1 = (float[])dx.Clone();
+            ReduceFromRegion.Backward(dx, _tensorGroup);                                     // (T, C) w2's summed output: each partial's gradient
             var dHidden = new float[T * H];
             ProjectBackward(a, l, "w2", a.Hidden[l], w.W2, dx, dHidden, g.W2, g.B2, T, C, H);
             var dGate = new float[T * H];
@@ -490,10 +498,11 @@ public sealed class TrainableModel : IDisposable
             }
             else _kernels.GeluBackward(a.Gate[l], dHidden, dGate);
             ProjectBackward(a, l, "w1", a.FfnNormed[l], w.W1, dGate, dn2, g.W1, g.B1, T, H, C);
-            SumOverTensorGroup(dn2);
+            CopyToRegion.Backward(dn2, _tensorGroup);                                        // (T, C) w1/w3's input gradient, summed over ranks
             NormalizeRowsBackward(a.Residual[l], w.FfnNorm, dn2, dx1, g.FfnNorm, g.FfnNormBias, T);
             // x1 = x_in + Wo·attention(rope(Wq·n1), rope(Wk·n1), Wv·n1)
             var dxIn = (float[])dx1.Clone();
+            ReduceFromRegion.Backward(dx1, _tensorGroup);                                    // (T, C) wo's summed output: each partial's gradient
             var dAtt = new float[T * Cq];
             ProjectBackward(a, l, "wo", a.Attention[l], w.Wo, dx1, dAtt, g.Wo, g.Bo, T, C, Cq);
             var dq = new float[T * Cq];
@@ -519,13 +528,14 @@ public sealed class TrainableModel : IDisposable
             ProjectBackward(a, l, "wq", a.AttnNormed[l], w.Wq, dq, dn1, g.Wq, g.Bq, T, Cq, C);
             ProjectBackward(a, l, "wk", a.AttnNormed[l], w.Wk, dk, dn1, g.Wk, g.Bk, T, kv, C);
             ProjectBackward(a, l, "wv", a.AttnNormed[l], w.Wv, dv, dn1, g.Wv, g.Bv, T, kv, C);
-            SumOverTensorGroup(dn1);
+            CopyToRegion.Backward(dn1, _tensorGroup);                                        // (T, C) q/k/v's input gradient, summed over ranks
             NormalizeRowsBackward(a.LayerInput[l], w.AttnNorm, dn1, dxIn, g.AttnNorm, g.AttnNormBias, T);
             dx = dxIn;
             LayerGradientsDone?.Invoke(l);
             LayerWeightsDone?.Invoke(l);
         }
         if (!Spec.IsFirstStage || _lora is not null) return (loss, Spec.IsFirstStage ? null : dx);   // a frozen embedding needs no gradient
+        ReduceFromRegion.Backward(dx, _tensorGroup);                                         // (T, C) the summed embedding's gradient
         var vocab = Spec.Vocab;
         int[] rows = [.. a.Tokens.Select(token => token >= vocab.Offset && token < vocab.End ? token - vocab.Offset : -1)];   // vocab-parallel: this rank's rows only
         _kernels.EmbeddingBackward(rows, dx, Gradients.TokenEmbedding!, C);
@@ -590,38 +600,17 @@ public sealed class TrainableModel : IDisposable
         for (int t = 0; t < T; t++)
             if (a.Tokens[t] >= vocab.Offset && a.Tokens[t] < vocab.End)
                 Weights.TokenEmbedding!.AsSpan((a.Tokens[t] - vocab.Offset) * C, C).CopyTo(x.AsSpan(t * C));
-        SumOverTensorGroup(x);
+        ReduceFromRegion.Forward(x, _tensorGroup);                                           // (T, C) vocab-parallel: the ranks' rows summed
         if (Weights.PositionEmbedding is { } learned)                                        // GPT-2: learned positions
             for (int t = 0; t < T; t++)
                 TensorPrimitives.Add(x.AsSpan(t * C, C), learned.AsSpan(a.Positions[t] * C, C), x.AsSpan(t * C, C));
         return x;
     }
 
-    private void SumOverTensorGroup(float[] x) => _tensorGroup?.AllReduce(x).GetAwaiter().GetResult();
-
     private void AddBias(float[] y, float[]? bias, int rows)
     {
         if (bias is null) return;
         for (int r = 0; r < rows; r++) TensorPrimitives.Add(y.AsSpan(r * bias.Length, bias.Length), bias, y.AsSpan(r * bias.Length, bias.Length));
-    }
-
-    /// <summary>Vocab-parallel logits: this rank's (T, Vl) columns joined with the others' into (T, V).</summary>
-    private float[] GatherVocab(float[] local, int rows)
-    {
-        if (_tensorGroup is null) return local;
-        float[] all = _tensorGroup.AllGather(local).GetAwaiter().GetResult();   // rank-major: (T, V0) (T, V1) ...
-        return VocabParallel.JoinColumns(all, rows, Config.VocabSize, Spec.TensorParallel);
-    }
-
-    /// <summary>This rank's columns (T, Vl) of a whole-vocabulary (T, V) matrix.</summary>
-    private float[] VocabColumns(float[] whole, int rows)
-    {
-        if (_tensorGroup is null) return whole;
-        int V = Config.VocabSize;
-        var vocab = Spec.Vocab;
-        var local = new float[rows * vocab.Count];
-        for (int r = 0; r < rows; r++) whole.AsSpan(r * V + vocab.Offset, vocab.Count).CopyTo(local.AsSpan(r * vocab.Count));
-        return local;
     }
 
     /// <summary>Positions restart at 0 with each document (llama-style packing), else run 0..T-1.</summary>

@@ -19,25 +19,6 @@ public readonly record struct Slice(int Offset, int Count)
     }
 }
 
-/// <summary>The vocab-parallel embedding's and head's column blocks, one per tensor-parallel rank.</summary>
-public static class VocabParallel
-{
-    /// <summary>Rank-major blocks (R, V0) (R, V1) … (an all-gather of each rank's logits) joined into (R, V).</summary>
-    public static float[] JoinColumns(float[] rankMajor, int rows, int vocab, int ranks)
-    {
-        var joined = new float[rows * vocab];
-        int offset = 0;
-        for (int rank = 0; rank < ranks; rank++)
-        {
-            var block = Slice.Partition(vocab, ranks, rank);
-            for (int r = 0; r < rows; r++)
-                rankMajor.AsSpan(offset + r * block.Count, block.Count).CopyTo(joined.AsSpan(r * vocab + block.Offset));
-            offset += rows * block.Count;
-        }
-        return joined;
-    }
-}
-
 /// <summary>One shard's place in the grid and the slices it owns.</summary>
 public sealed record ShardSpec(
     int Replica, int Stage, int Rank, int TensorParallel,
