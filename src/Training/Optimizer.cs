@@ -50,10 +50,11 @@ public sealed class Optimizer(TrainableModel model, OptimizerOptions options)
         float clip = options.ClipNorm > 0 && norm > options.ClipNorm ? options.ClipNorm / norm : 1f;
         float lr = options.LearningRateAt(Step);
         int i = 0;
-        foreach (var (name, parameter, gradient) in model.Parameters())
+        foreach (var slice in model.Parameters())
         {
+            var (_, parameter, gradient) = slice;
             if (clip != 1f) System.Numerics.Tensors.TensorPrimitives.Multiply(gradient, clip, gradient);
-            float decay = TrainableModel.IsMatrix(name) ? options.WeightDecay : 0f;   // as nanoGPT: norms and biases are not decayed
+            float decay = slice.IsMatrix ? options.WeightDecay : 0f;   // as nanoGPT: norms and biases are not decayed
             model.Kernels.AdamW(parameter, gradient, _moments[i].M, _moments[i].V, Step, lr, options.Beta1, options.Beta2, options.Eps, decay);
             i++;
         }

@@ -20,15 +20,15 @@ public sealed class ShardedOptimizer
     {
         _options = options;
         _kernels = kernels;
-        var tensors = bucket.Select(p => (p.Name, p.Parameter.Length, p.Counted)).ToArray();
+        var tensors = bucket.Select(p => (p.IsMatrix, p.Parameter.Length, p.Counted)).ToArray();
         TotalLength = tensors.Sum(t => t.Length);
         (Offset, Count) = CollectiveGroup.Partition(TotalLength, worldSize, rank);
         var runs = new List<(int, int, bool, bool)>();
         int start = 0;
-        foreach (var (name, length, counted) in tensors)
+        foreach (var (isMatrix, length, counted) in tensors)
         {
             int from = Math.Max(start, Offset), to = Math.Min(start + length, Offset + Count);
-            if (from < to) runs.Add((from - Offset, to - from, TrainableModel.IsMatrix(name), counted));
+            if (from < to) runs.Add((from - Offset, to - from, isMatrix, counted));
             start += length;
         }
         _runs = [.. runs];

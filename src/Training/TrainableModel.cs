@@ -34,6 +34,12 @@ public sealed record ParameterSlice(string Name, float[] Parameter, float[] Grad
     /// <summary>Elements of this slice (what Parameter holds, also while ZeRO-3 has dropped it).</summary>
     public int Length => Range.Count * (Axis == 0 ? Columns : Rows);
 
+    /// <summary>
+    /// A matrix (embedding, projection, head, LoRA factor), not a vector (norm weight, bias): by its shape, as nanoGPT's
+    /// p.dim() >= 2. AdamW decays matrices only.
+    /// </summary>
+    public bool IsMatrix => Rows > 1 && Columns > 1;
+
     public void Deconstruct(out string name, out float[] parameter, out float[] gradient) => (name, parameter, gradient) = (Name, Parameter, Gradient);
 }
 
@@ -304,13 +310,6 @@ public sealed class TrainableModel : IDisposable
     public IEnumerable<Cluster.Model.Formats.LoraTensors> Adapters() =>
         _adapters.OrderBy(a => a.Key.Layer).ThenBy(a => Array.IndexOf(LoraTargets, a.Key.Target))
             .Select(a => new Cluster.Model.Formats.LoraTensors(Spec.Layers.Offset + a.Key.Layer, a.Key.Target, a.Value.A, a.Value.B));
-
-    /// <summary>Whether a parameter of <see cref="Parameters"/> is a matrix (embeddings, projections, head) rather than a norm weight or a bias.</summary>
-    public static bool IsMatrix(string name)
-    {
-        string last = name[(name.LastIndexOf('.') + 1)..];
-        return last is "token_embedding" or "position_embedding" or "output" || (last.Length == 2 && last[0] == 'w');
-    }
 
     /// <summary>Begins a step: clears the gradients and forgets weight layouts packed before an optimizer changed them.</summary>
     public void ZeroGradients()

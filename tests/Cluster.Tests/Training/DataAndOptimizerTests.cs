@@ -127,4 +127,19 @@ public sealed class DataAndOptimizerTests
         foreach (var (a, b) in whole.Parameters().Zip(sliced.Parameters()))
             Assert.True(a.Parameter.AsSpan().SequenceEqual(b.Parameter), $"{a.Name} differs");
     }
+
+    [Theory]
+    [InlineData("tiny")]
+    [InlineData("gpt2-tiny")]
+    public void WeightDecayByShapeTakesTheMatricesAndLeavesNormsAndBiases(string preset)
+    {
+        var config = RandomModel.Preset(preset);
+        using var model = new TrainableModel(config, RandomModel.Create(preset, seed: 1).Weights);
+        foreach (var p in model.Parameters())
+        {
+            string last = p.Name[(p.Name.LastIndexOf('.') + 1)..];
+            bool vector = p.Name.Contains("norm") || last is "bias" or "bq" or "bk" or "bv" or "bo" or "b1" or "b2";
+            Assert.True(p.IsMatrix != vector, $"{p.Name} ({p.Rows} x {p.Columns}) IsMatrix {p.IsMatrix}");
+        }
+    }
 }
