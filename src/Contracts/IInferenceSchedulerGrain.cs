@@ -20,4 +20,10 @@ public interface IInferenceSchedulerGrain : IGrainWithStringKey
     Task<int[]> Tokenize(string prompt, CancellationToken cancellation = default);
 
     Task<SchedulerStatus> Status();
+
+    /// <summary>
+    /// The logits of a step the scheduler sent down the pipeline, from the last stage's first rank (StageBatch.StepId).
+    /// A step the scheduler is not waiting for (over, failed over, or never sent) is ignored.
+    /// </summary>
+    Task DeliverLogits(Guid stepId, StageResult logits);
 }

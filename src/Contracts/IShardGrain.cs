@@ -12,10 +12,10 @@ public interface IShardGrain : ICollectiveMember
 
     /// <summary>
     /// Runs one step of its replica's pipeline (steps are taken in Step order): frees the ended sequences, runs the
-    /// chunks (if any), passes the hidden states on to the next stage, and answers with the last stage's logits (rank
-    /// 0's chain; other ranks answer with no rows).
+    /// chunks (if any) and passes the hidden states on to the next stage; the last stage's first rank hands the logits
+    /// to the model's scheduler (IInferenceSchedulerGrain.DeliverLogits). Completes when the rest of the pipeline has.
     /// </summary>
-    Task<StageResult> Forward(StageBatch batch);
+    Task Forward(StageBatch batch);
 
     /// <summary>Null when nothing is loaded on this activation.</summary>
     Task<ShardDescription?> Describe();

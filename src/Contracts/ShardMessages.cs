@@ -23,7 +23,8 @@ public sealed record ForwardChunk([property: Id(0)] Guid Sequence, [property: Id
 /// One pipeline step: sequences that ended (their KV blocks are freed first, in step order, so every shard's cache
 /// sees the same history), the chunks, and after the first stage the previous stage's hidden states (T', C) as
 /// float32 bytes, T' leaving out each chunk's cached prefix, whose length (PrefixHits) the first stage found.
-/// Immutable: not copied between grains of one silo.
+/// StepId names the step to its scheduler: the last stage hands the logits straight to it (DeliverLogits) rather than
+/// back up through every earlier stage. Immutable: not copied between grains of one silo.
 /// </summary>
 [GenerateSerializer, Immutable]
 public sealed record StageBatch(
@@ -32,7 +33,8 @@ public sealed record StageBatch(
     [property: Id(2)] ForwardChunk[] Chunks,
     [property: Id(3)] byte[] Hidden,
     [property: Id(4)] Guid[] Released,
-    [property: Id(5)] int[]? PrefixHits = null);
+    [property: Id(5)] int[]? PrefixHits = null,
+    [property: Id(6)] Guid StepId = default);
 
 /// <summary>Rows × VocabSize float32 logits (little-endian), one row per chunk, or one per token where AllLogits.</summary>
 [GenerateSerializer, Immutable]

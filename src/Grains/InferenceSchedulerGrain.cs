@@ -113,6 +113,8 @@ public sealed class InferenceSchedulerGrain(
 
     private ModelServing? _serving;
     private ITokenizer? _tokenizer;
+    // Steps down the pipeline whose logits the last stage has yet to deliver (DeliverLogits), by StageBatch.StepId.
+    private readonly Dictionary<Guid, TaskCompletionSource<StageResult>> _awaitingLogits = [];
     private int _longestPieceBytes;
     private Replica[] _replicas = [];
     private ShardDescription? _shape;   // rank 0 of the first stage: context, KV blocks (every shard has as many)
@@ -214,6 +216,12 @@ public sealed class InferenceSchedulerGrain(
             if (_servingConfigured == serving) _servingConfigured = null;   // a failed start is not kept: the next request tries again
             throw;
         }
+    }
+
+    public Task DeliverLogits(Guid stepId, StageResult logits)
+    {
+        if (_awaitingLogits.Remove(stepId, out var step)) step.TrySetResult(logits);
+        return Task.CompletedTask;
     }
 
     public Task<SchedulerStatus> Status() => Task.FromResult(new SchedulerStatus(silo.Name,
@@ -371,7 +379,8 @@ public sealed class InferenceSchedulerGrain(
     private async Task RunStep(Replica replica, List<(Sequence Sequence, ForwardChunk Chunk, bool Last)> batch, Guid[] released)
     {
         long epoch = replica.Epoch, step = replica.NextStep++;
-        var stageBatch = new StageBatch(epoch, step, [.. batch.Select(b => b.Chunk)], [], released);
+        var stepId = Guid.NewGuid();
+        var stageBatch = new StageBatch(epoch, step, [.. batch.Select(b => b.Chunk)], [], released, StepId: stepId);
         var replicaTags = new TagList { ModelTag, { "replica", replica.Index } };
         int stepTokens = batch.Sum(b => b.Chunk.Tokens.Length);
         // A step that carries one request's sequences only is part of that request's trace (a lone completion shows every
@@ -385,10 +394,23 @@ public sealed class InferenceSchedulerGrain(
             : null;
         long started = Stopwatch.GetTimestamp();
         StageResult result;
+        var delivered = new TaskCompletionSource<StageResult>();
+        _awaitingLogits[stepId] = delivered;
         try
         {
-            var calls = replica.StageKeys[0].Select(key => grains.GetGrain<IShardGrain>(key).Forward(stageBatch)).ToArray();
-            result = (await Task.WhenAll(calls).WaitAsync(Options.StepTimeout))[0];
+            // The logits come straight from the last stage (DeliverLogits); the calls down the pipeline complete after
+            // that, and fail if a stage did. Whichever comes first decides: the step is done once its logits are here.
+            var pipeline = Task.WhenAll(replica.StageKeys[0].Select(key => grains.GetGrain<IShardGrain>(key).Forward(stageBatch)));
+            var first = await Task.WhenAny(delivered.Task, pipeline).WaitAsync(Options.StepTimeout);
+            if (first == pipeline)
+            {
+                await pipeline;   // throws the stage's failure
+                if (!delivered.Task.IsCompleted) throw new InvalidOperationException($"step {step}: the pipeline completed without delivering its logits");
+            }
+            else _ = pipeline.ContinueWith(t => t.Exception, TaskScheduler.Default);   // its late failure is observed, not awaited
+            result = await delivered.Task;
+            if (result.Rows != batch.Count || result.VocabSize <= 0 || result.Logits.Length != (long)result.Rows * result.VocabSize * sizeof(float))
+                throw new InvalidDataException($"step {step}: the last stage delivered {result.Rows} rows of {result.VocabSize} logits for {batch.Count} sequences");
         }
         catch (Exception e) when (e is not ArgumentException)
         {
@@ -399,6 +421,10 @@ public sealed class InferenceSchedulerGrain(
                         $"model '{ModelId}': a step of this request failed {sequence.StepFailures} times ({e.GetType().Name}); it is not replayed again"));
             await Recover(replica, e);
             return;   // the failover replays the rest
+        }
+        finally
+        {
+            _awaitingLogits.Remove(stepId);
         }
         if (replica.Epoch != epoch) return;   // a failover started while this step ran: its sequences replay
         ClusterTelemetry.StepTime.Record(Stopwatch.GetElapsedTime(started).TotalSeconds, replicaTags);

@@ -139,7 +139,7 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
         }
     }
 
-    public async Task<StageResult> Forward(StageBatch batch)
+    public async Task Forward(StageBatch batch)
     {
         var epoch = Current(batch.Epoch);
         var model = _slice!.Model;
@@ -163,9 +163,10 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
         if (a.Stage == 0 && a.Rank == 0 && hits.Sum() is > 0 and int hitTokens) ClusterTelemetry.PrefixHitTokens.Add(hitTokens, tags[0]);
         byte[] bytes = MemoryMarshal.AsBytes(output.AsSpan()).ToArray();
         if (epoch.Assignment.NextStage is { } next)
-            return await grains.GetGrain<IShardGrain>(next).Forward(batch with { Hidden = bytes, PrefixHits = hits });
-        int vocab = model.Config.VocabSize;
-        return epoch.Assignment.Rank == 0 ? new StageResult(bytes, output.Length / vocab, vocab) : new StageResult([], 0, vocab);
+            await grains.GetGrain<IShardGrain>(next).Forward(batch with { Hidden = bytes, PrefixHits = hits });
+        else if (a.Rank == 0)   // the logits go straight to the scheduler, not back up through the earlier stages
+            await grains.GetGrain<IInferenceSchedulerGrain>(ShardKey.ModelId(Key))
+                .DeliverLogits(batch.StepId, new StageResult(bytes, output.Length / model.Config.VocabSize, model.Config.VocabSize));
     }
 
     /// <summary>
