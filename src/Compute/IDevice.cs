@@ -27,6 +27,8 @@ public abstract class DeviceMatrix : IDisposable
     protected DeviceMatrix(int rows, int cols) { Rows = rows; Cols = cols; }
     public int Rows { get; }
     public int Cols { get; }
+    /// <summary>Device memory the matrix takes in its layout (a packed layout may pad).</summary>
+    public virtual long Bytes => (long)Rows * Cols * sizeof(float);
     public abstract void Dispose();
 }
 

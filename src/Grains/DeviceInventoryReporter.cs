@@ -1,5 +1,6 @@
 // Reports this silo's devices (DeviceSlots: the configured ones and who holds each) to the cluster inventory once the
-// silo is active, and again whenever a shard or trainer takes or gives back a device (coalesced: one report in flight).
+// silo is active, and again whenever a shard or trainer takes or gives back a device (coalesced: one report in flight),
+// until the silo stops.
 using Cluster.Compute.Ilgpu;
 using Cluster.Contracts;
 using Microsoft.Extensions.Logging;
@@ -21,6 +22,10 @@ public sealed class DeviceInventoryReporter(IGrainFactory grains, ILocalSiloDeta
                 string.Join("; ", devices.Select(d => $"{d.Device} {d.Name}")), found.Length == 0 ? "none" : found);
             await Send(devices).WaitAsync(cancellation);
             slots.Changed += OnChanged;
+        }, _ =>
+        {
+            slots.Changed -= OnChanged;   // a stopping silo's shards give their devices back: nothing to report to anyone
+            return Task.CompletedTask;
         });
 
     private void OnChanged()
@@ -35,6 +40,7 @@ public sealed class DeviceInventoryReporter(IGrainFactory grains, ILocalSiloDeta
         {
             while (Interlocked.Exchange(ref _again, 0) == 1) await Send(slots.Report());
         }
+        catch (SiloUnavailableException) { }   // the silo is stopping
         catch (Exception e)
         {
             log.LogWarning(e, "silo {Silo}: reporting its devices to the inventory failed; the next change reports again", silo.Name);

@@ -16,7 +16,7 @@ public sealed class DeviceSlots : IDisposable
         public DeviceSpec Spec => spec;
         public IDevice? Shared => shared;   // the ILGPU device; null for the CPU
         public DeviceInfo Info => info;
-        public List<string> Holders { get; } = [];
+        public List<DeviceHolder> Holders { get; } = [];
     }
 
     private readonly Slot[] _slots;
@@ -57,7 +57,7 @@ public sealed class DeviceSlots : IDisposable
         lock (_slots)
         {
             slot = _slots.MinBy(s => s.Holders.Count)!;
-            slot.Holders.Add(holder);
+            slot.Holders.Add(new DeviceHolder(holder, 0, 0, 0));
         }
         Changed?.Invoke();
         return new DeviceLease(this, slot.Spec, slot.Shared, holder);
@@ -65,7 +65,20 @@ public sealed class DeviceSlots : IDisposable
 
     internal void GiveBack(DeviceSpec spec, string holder)
     {
-        lock (_slots) _slots.First(s => s.Spec == spec).Holders.Remove(holder);
+        lock (_slots) _slots.First(s => s.Spec == spec).Holders.RemoveAll(h => h.Key == holder);
+        Changed?.Invoke();
+    }
+
+    /// <summary>Records what a holder keeps on its device; reported on when it changed.</summary>
+    internal void Record(DeviceSpec spec, DeviceHolder memory)
+    {
+        lock (_slots)
+        {
+            var holders = _slots.First(s => s.Spec == spec).Holders;
+            int at = holders.FindIndex(h => h.Key == memory.Key);
+            if (at < 0 || holders[at] == memory) return;
+            holders[at] = memory;
+        }
         Changed?.Invoke();
     }
 
@@ -98,6 +111,10 @@ public sealed class DeviceLease(DeviceSlots slots, DeviceSpec spec, IDevice? sha
     private int _disposed;
 
     public DeviceSpec Spec => spec;
+
+    /// <summary>What the holder keeps on the device now, for the inventory (cheap when unchanged).</summary>
+    public void ReportMemory(long weightBytes, long kvBytes, long workspaceBytes) =>
+        slots.Record(spec, new DeviceHolder(holder, weightBytes, kvBytes, workspaceBytes));
 
     /// <summary>The shared ILGPU device, or null on a CPU slot (a trainer then runs its host kernels).</summary>
     public IDevice? Accelerator => shared;

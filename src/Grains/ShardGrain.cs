@@ -116,6 +116,7 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
             return (slice, slice.Model.CreateCache(o.KvSequences * blocksPerSequence, o.KvBlockSize));
         });
         _slice = slice;
+        slice.Device.ReportMemory(slice.Model.WeightBytes, cache.Bytes, slice.Model.WorkspaceBytes);
         var group = assignment.TensorGroup.Length > 1
             ? new CollectiveGroup(new GrainGroupTransport(key => grains.GetGrain<IShardGrain>(key), assignment.TensorGroup, assignment.Rank, assignment.Epoch, mailbox))
             : null;
@@ -181,6 +182,7 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
         {
             var cache = epoch.Cache;
             ClusterTelemetry.ReportKvBlocks(Key, epoch.Tags, cache.TotalBlocks - cache.FreeBlocks, cache.FreeBlocks);
+            _slice!.Device.ReportMemory(model.WeightBytes, cache.Bytes, model.WorkspaceBytes);   // the scratch grows with the batch
         }
     }
 

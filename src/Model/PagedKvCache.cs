@@ -131,6 +131,8 @@ public sealed class PagedKvCache : IDisposable
     public int KvDim { get; }
     public int BlockSize { get; }
     public int TotalBlocks { get; }
+    /// <summary>Device memory of the keys and values of every layer.</summary>
+    public long Bytes => 2L * Layers * TotalBlocks * BlockSize * KvDim * sizeof(float);
     /// <summary>Blocks a reservation can take: never used, or cached with no sequence using them.</summary>
     public int FreeBlocks => _free.Count + _unused.Count;
     /// <summary>Blocks that hold a known prefix (used or not).</summary>

@@ -73,10 +73,22 @@ public sealed class TransformerModel : IDisposable
         _finalNorm = Vector(weights.FinalNorm);
         _finalNormBias = Vector(weights.FinalNormBias);
         _output = weights.Output is null ? null : device.UploadMatrix(weights.Output, spec.Vocab.Count, C);
+        WeightBytes = CountWeightBytes();
     }
 
     public ModelConfig Config { get; }
     public ShardSpec Spec { get; }
+
+    /// <summary>Device memory of this shard's weights (the packed layout the kernels read is their only copy).</summary>
+    public long WeightBytes { get; }
+
+    private long CountWeightBytes() =>
+        new[] { _tokenEmbedding, _positionEmbedding, _finalNorm, _finalNormBias }.Sum(b => (b?.Length ?? 0) * (long)sizeof(float)) + (_output?.Bytes ?? 0)
+        + _layers.Sum(w => new[] { w.AttnNorm, w.FfnNorm, w.AttnNormBias, w.FfnNormBias, w.Bq, w.Bk, w.Bv, w.Bo, w.B1, w.B2 }.Sum(b => (b?.Length ?? 0) * (long)sizeof(float))
+            + new[] { w.Wq, w.Wk, w.Wv, w.Wo, w.W1, w.W2, w.W3 }.Sum(m => m?.Bytes ?? 0));
+
+    /// <summary>Device memory of the forward's scratch buffers, sized by the largest batch so far.</summary>
+    public long WorkspaceBytes => _scratch?.Bytes ?? 0;
     public IDevice Device => _device;
     private int QueryDim => Spec.QueryHeads.Count * Config.HeadDim;
     /// <summary>K (and V) floats per token and layer this shard caches: its KV heads only.</summary>
@@ -273,6 +285,7 @@ public sealed class TransformerModel : IDisposable
         public int Tokens { get; }
         public int Rows { get; }
         public DeviceBuffer X, Xb, Q, K, V, Attention, Hidden, Hidden2, Selected, SelectedNormed, Logits;
+        public long Bytes => new[] { X, Xb, Q, K, V, Attention, Hidden, Hidden2, Selected, SelectedNormed, Logits }.Sum(b => b.Length * (long)sizeof(float));
 
         public void Dispose()
         {

@@ -257,6 +257,7 @@ public sealed unsafe class PackedMatrix : DeviceMatrix
 
     private readonly long _bytes;
     public float* Pointer { get; private set; }
+    public override long Bytes => _bytes;
 
     public override void Dispose()
     {

@@ -26,14 +26,27 @@ public sealed class ShardDeviceTests
         var described = await Task.WhenAll(shards.Select(k => cluster.Client.GetGrain<IShardGrain>(k).Describe()));
         Assert.Equal(["cpu:0", "cpu:1"], described.Select(d => d!.Device.Split(' ')[0]).Order());
 
-        // The inventory lists each device with the shard on it (reported when they took them, so possibly a moment later).
+        // The inventory lists each device with the shard on it and what the shard keeps there: its half of the weights and
+        // its KV cache, counted as the model's own figures (reported when they took them, so possibly a moment later).
         var inventory = cluster.Client.GetGrain<IClusterInventoryGrain>(0);
         var deadline = DateTime.UtcNow.AddSeconds(20);
         while (true)
         {
             var devices = (await inventory.ActiveSilos()).Single().Devices;
-            var holders = devices.Select(d => d.Holders.Where(h => h.StartsWith("on-devices/", StringComparison.Ordinal)).ToArray()).ToArray();
-            if (holders.Length == 2 && holders.All(h => h.Length == 1) && holders.SelectMany(h => h).Order().SequenceEqual(shards.Order())) break;
+            var holders = devices.Select(d => d.Holders.Where(h => h.Key.StartsWith("on-devices/", StringComparison.Ordinal)).ToArray()).ToArray();
+            if (holders.Length == 2 && holders.All(h => h.Length == 1) && holders.SelectMany(h => h).Select(h => h.Key).Order().SequenceEqual(shards.Order())
+                && holders.All(h => h[0].WorkspaceBytes > 0))
+            {
+                var config = RandomModel.Preset("tiny");
+                foreach (var h in holders.Select(h => h[0]))
+                {
+                    // A rank holds half of every projection (packed, so at least that) and of the vocabulary's rows.
+                    Assert.InRange(h.WeightBytes, config.ParameterCount * sizeof(float) / 2 - 2 * config.Dim * sizeof(float), config.ParameterCount * sizeof(float) * 3 / 4);
+                    // Keys and values of its layers and half the KV heads, for every block of the KV pool (8 sequences).
+                    Assert.Equal(2L * config.Layers * (8 * config.MaxSeqLen) * (config.KvDim / 2) * sizeof(float), h.KvBytes);
+                }
+                break;
+            }
             Assert.True(DateTime.UtcNow < deadline, $"the inventory shows {string.Join("; ", devices.Select(d => $"{d.Device}: {string.Join(",", d.Holders)}"))}");
             await Task.Delay(100, Cancel);
         }
