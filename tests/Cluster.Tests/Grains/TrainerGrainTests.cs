@@ -1,6 +1,7 @@
-// Trainer grains across two silos train as the same layout does in one process: for tp=2×pp=2 and pp=2×dp=2 with
-// ZeRO-1 (1F1B over 2 micro-batches), three steps of trainer grains pinned alternately to the two silos give the losses
-// of LocalTrainingRun on the same weights and batches, within 1e-6.
+// Trainer grains across two silos train as the same layout does in one process: for tp=2, pp=2, dp=2 (plain, ZeRO-1,
+// ZeRO-2 and ZeRO-3), tp=2×pp=2, pp=2×dp=2 with ZeRO-1 and tp=2×pp=2×dp=2 with ZeRO-2 (1F1B over 2 micro-batches),
+// three steps of trainer grains pinned alternately to the two silos give the losses of LocalTrainingRun on the same
+// weights and batches, within 1e-6.
 using Cluster.Contracts;
 using Cluster.Model;
 using Cluster.Model.Formats;
@@ -12,8 +13,15 @@ namespace Cluster.Tests.Grains;
 public sealed class TrainerGrainTests
 {
     [Theory]
+    [InlineData("tp=2", 0)]
+    [InlineData("pp=2", 0)]
+    [InlineData("dp=2", 0)]
+    [InlineData("dp=2", 1)]
+    [InlineData("dp=2", 2)]
+    [InlineData("dp=2", 3)]
     [InlineData("tp=2,pp=2", 0)]
     [InlineData("pp=2,dp=2", 1)]
+    [InlineData("tp=2,pp=2,dp=2", 2)]
     public async Task TrainerGrainsAcrossSilosTrainAsOneProcess(string layoutText, int zeroStage)
     {
         var config = TestModels.SmallConfig(Architecture.Llama);
