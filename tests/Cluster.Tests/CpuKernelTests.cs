@@ -139,4 +139,30 @@ public sealed class CpuKernelTests
         device.Download(ob, output);
         Assert.True(Reference.MaxRelativeError(output, Reference.CausalAttention(q, k, v, T, heads, kvHeads, headDim)) < 1e-5);
     }
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(1003)]
+    public void AdamWGivesTheScalarFormulasResultForEveryElement(int n)
+    {
+        var rng = new Random(n);
+        float[] Random(float scale) => [.. Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() - 0.5) * scale)];
+        float[] p = Random(2), g = Random(1), m = Random(0.1f), v = [.. Random(0.01f).Select(MathF.Abs)];
+        float[] p2 = [.. p], m2 = [.. m], v2 = [.. v];
+        const float lr = 1e-2f, b1 = 0.9f, b2 = 0.95f, eps = 1e-8f, wd = 0.1f;
+        for (int step = 1; step <= 3; step++)
+        {
+            AdamW.Update(p, g, m, v, step, lr, b1, b2, eps, wd);
+            float c1 = 1f - MathF.Pow(b1, step), c2 = 1f - MathF.Pow(b2, step);
+            for (int i = 0; i < n; i++)   // the formula, one element at a time
+            {
+                m2[i] = b1 * m2[i] + (1f - b1) * g[i];
+                v2[i] = b2 * v2[i] + (1f - b2) * g[i] * g[i];
+                p2[i] -= lr * (m2[i] / c1 / (MathF.Sqrt(v2[i] / c2) + eps) + wd * p2[i]);
+            }
+        }
+        Assert.Equal(p2, p);   // bit for bit: the vector path rounds as the scalar one does
+        Assert.Equal(m2, m);
+        Assert.Equal(v2, v);
+    }
 }

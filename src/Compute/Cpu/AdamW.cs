@@ -1,4 +1,9 @@
 // AdamW (Loshchilov & Hutter): Adam with decoupled weight decay, one parameter tensor at a time, fp32 state.
+// Vectorized with the same operations in the same order as the scalar tail, so every element's result is the same
+// whichever path computed it (vector division and square root round as the scalar ones do; nothing is fused).
+using System.Numerics;
+using System.Runtime.InteropServices;
+
 namespace Cluster.Compute.Cpu;
 
 public static class AdamW
@@ -11,8 +16,32 @@ public static class AdamW
         int step, float learningRate, float beta1 = 0.9f, float beta2 = 0.999f, float eps = 1e-8f, float weightDecay = 0f)
     {
         if (step < 1) throw new ArgumentOutOfRangeException(nameof(step), step, "steps count from 1");
+        int n = parameters.Length;
+        if (gradients.Length < n || m.Length < n || v.Length < n)
+            throw new ArgumentException($"AdamW of {n} parameters needs as many gradients and moments ({gradients.Length}, {m.Length}, {v.Length})");
         float correction1 = 1f - MathF.Pow(beta1, step), correction2 = 1f - MathF.Pow(beta2, step);
-        for (int i = 0; i < parameters.Length; i++)
+        int i = 0;
+        if (Vector.IsHardwareAccelerated && n >= Vector<float>.Count)
+        {
+            var p = MemoryMarshal.Cast<float, Vector<float>>(parameters);
+            var g = MemoryMarshal.Cast<float, Vector<float>>(gradients);
+            var vm = MemoryMarshal.Cast<float, Vector<float>>(m);
+            var vv = MemoryMarshal.Cast<float, Vector<float>>(v);
+            Vector<float> b1 = new(beta1), b2 = new(beta2), c1 = new(1f - beta1), c2 = new(1f - beta2);
+            Vector<float> k1 = new(correction1), k2 = new(correction2), lr = new(learningRate), e = new(eps), wd = new(weightDecay);
+            int vectors = n / Vector<float>.Count;
+            for (int j = 0; j < vectors; j++)
+            {
+                var gj = g[j];
+                var mj = b1 * vm[j] + c1 * gj;
+                var vj = b2 * vv[j] + c2 * gj * gj;
+                vm[j] = mj;
+                vv[j] = vj;
+                p[j] -= lr * (mj / k1 / (Vector.SquareRoot(vj / k2) + e) + wd * p[j]);
+            }
+            i = vectors * Vector<float>.Count;
+        }
+        for (; i < n; i++)
         {
             float g = gradients[i];
             m[i] = beta1 * m[i] + (1f - beta1) * g;
