@@ -136,9 +136,31 @@ public sealed class CpuTrainingKernels(WorkerPool pool, bool bfloat16 = false) :
             if (rows[t] >= 0) TensorPrimitives.Add(dtable.AsSpan(rows[t] * dim, dim), dx.AsSpan(t * dim, dim), dtable.AsSpan(rows[t] * dim, dim));
     }
 
-    public void AdamW(Span<float> parameters, ReadOnlySpan<float> gradients, Span<float> m, Span<float> v, int step, float learningRate,
-        float beta1, float beta2, float eps, float weightDecay) =>
-        Cpu.AdamW.Update(parameters, gradients, m, v, step, learningRate, beta1, beta2, eps, weightDecay);
+    /// <summary>Cpu.AdamW.Update over the pool's threads, in chunks (element by element, so the result is the same for any split).</summary>
+    public unsafe void AdamW(Span<float> parameters, ReadOnlySpan<float> gradients, Span<float> m, Span<float> v, int step, float learningRate,
+        float beta1, float beta2, float eps, float weightDecay)
+    {
+        const int Chunk = 1 << 15;
+        int n = parameters.Length;
+        if (pool.Threads == 1 || n < 2 * Chunk)
+        {
+            Cpu.AdamW.Update(parameters, gradients, m, v, step, learningRate, beta1, beta2, eps, weightDecay);
+            return;
+        }
+        if (gradients.Length < n || m.Length < n || v.Length < n)
+            throw new ArgumentException($"AdamW of {n} parameters needs as many gradients and moments ({gradients.Length}, {m.Length}, {v.Length})");
+        fixed (float* p = parameters, g = gradients, pm = m, pv = v)
+        {
+            nint pp = (nint)p, pg = (nint)g, ppm = (nint)pm, ppv = (nint)pv;   // pointers into pinned spans, for the workers
+            pool.For((n + Chunk - 1) / Chunk, (from, to) =>
+            {
+                int start = from * Chunk, length = Math.Min(to * Chunk, n) - start;
+                Cpu.AdamW.Update(new Span<float>((float*)pp + start, length), new ReadOnlySpan<float>((float*)pg + start, length),
+                    new Span<float>((float*)ppm + start, length), new Span<float>((float*)ppv + start, length),
+                    step, learningRate, beta1, beta2, eps, weightDecay);
+            });
+        }
+    }
 
     public void Dispose() => _linear.Dispose();
 }
