@@ -53,6 +53,23 @@ public sealed class ShardDeviceTests
     }
 
     [Fact]
+    public async Task UnpinnedShardsGoToTheSiloWithFreeDevices()
+    {
+        // Silo_0 has one device, Silo_1 four: the three shards of an unpinned pp=3 model all find a free device on Silo_1
+        // (at random, all three would land there one time in eight).
+        await using var cluster = await TestClusters.StartAsync(silos: 2, silo: (options, builder) =>
+            builder.Configure<Cluster.Grains.ShardOptions>(o => o.Devices = DeviceSpec.ParseList(options.SiloName.EndsWith('0') ? "cpu" : "cpu:0,cpu:1,cpu:2,cpu:3")));
+        var inventory = cluster.Client.GetGrain<IClusterInventoryGrain>(0);
+        while ((await inventory.ActiveSilos()).Length < 2) await Task.Delay(100, Cancel);   // both silos have reported their devices
+        var scheduler = cluster.Client.GetGrain<IInferenceSchedulerGrain>("unpinned");
+        await scheduler.Serve(new ModelServing(TestClusters.Tiny, "pp=3", null));
+        var described = await Task.WhenAll(Enumerable.Range(0, 3).Select(stage =>
+            cluster.Client.GetGrain<IShardGrain>(ShardKey.Create("unpinned", 0, stage, 0)).Describe()));
+        Assert.All(described, d => Assert.EndsWith("1", d!.Silo));
+        Assert.Equal(3, described.Select(d => d!.Device.Split(' ')[0]).Distinct().Count());
+    }
+
+    [Fact]
     public async Task AModelServedFromACudaDeviceGivesTheCpusGreedyTokens()
     {
         // ILGPU's CPU accelerator runs each GPU thread as an OS thread: on two cores the tiny model's first step took
