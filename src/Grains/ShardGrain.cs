@@ -19,10 +19,10 @@ namespace Cluster.Grains;
 public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails silo, IGrainFactory grains, DeviceSlots devices) : Grain, IShardGrain
 {
     /// <summary>The weights on the device: kept across epochs while the assignment's slice stays the same.</summary>
-    private sealed class LoadedSlice(ShardAssignment assignment, DeviceLease device, TransformerModel model) : IDisposable
+    private sealed class LoadedSlice(ShardAssignment assignment, DeviceLease lease, TransformerModel model) : IDisposable
     {
         public ShardAssignment Assignment => assignment;
-        public DeviceLease Device => device;
+        public DeviceLease Lease => lease;
         public TransformerModel Model => model;
 
         public bool Holds(ShardAssignment other) =>
@@ -32,7 +32,7 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
         public void Dispose()
         {
             model.Dispose();
-            device.Dispose();
+            lease.Dispose();
         }
     }
 
@@ -116,7 +116,7 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
             return (slice, slice.Model.CreateCache(o.KvSequences * blocksPerSequence, o.KvBlockSize));
         });
         _slice = slice;
-        slice.Device.ReportMemory(slice.Model.WeightBytes, cache.Bytes, slice.Model.WorkspaceBytes);
+        slice.Lease.ReportMemory(slice.Model.WeightBytes, cache.Bytes, slice.Model.WorkspaceBytes);
         var group = assignment.TensorGroup.Length > 1
             ? new CollectiveGroup(new GrainGroupTransport(key => grains.GetGrain<IShardGrain>(key), assignment.TensorGroup, assignment.Rank, assignment.Epoch, mailbox))
             : null;
@@ -131,11 +131,11 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
         ShardSpec SpecOf(ModelConfig config) => ShardingPlan.Create(config, layout).Get(a.Replica, a.Stage, a.Rank);
         var loaded = ModelSources.Load(a.Source, config => WeightFilter.For(SpecOf(config)));   // only this stage's tensors
         var weights = ShardWeights.Slice(loaded.Config, loaded.Weights, SpecOf(loaded.Config), loaded.Source);
-        var device = devices.Take(Key);
-        try { return new LoadedSlice(a, device, new TransformerModel(device.Device, loaded.Config, weights)); }
+        var lease = devices.Take(Key);
+        try { return new LoadedSlice(a, lease, new TransformerModel(lease.Device, loaded.Config, weights)); }
         catch
         {
-            device.Dispose();
+            lease.Dispose();
             throw;
         }
     }
@@ -182,7 +182,7 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
         {
             var cache = epoch.Cache;
             ClusterTelemetry.ReportKvBlocks(Key, epoch.Tags, cache.TotalBlocks - cache.FreeBlocks, cache.FreeBlocks);
-            _slice!.Device.ReportMemory(model.WeightBytes, cache.Bytes, model.WorkspaceBytes);   // the scratch grows with the batch
+            _slice!.Lease.ReportMemory(model.WeightBytes, cache.Bytes, model.WorkspaceBytes);   // the scratch grows with the batch
         }
     }
 
@@ -227,7 +227,7 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
             : throw new StaleEpochException($"shard {Key} is in epoch {_epoch?.Number.ToString() ?? "none (not loaded)"}, the step is for epoch {epoch}");
 
     private ShardDescription Describe(LoadedSlice slice, Epoch epoch) => new(
-        Key, slice.Assignment.Source.ToString(), ModelSources.Describe(slice.Model.Config), $"{slice.Device.Spec} {slice.Device.Device.Info.Name}",
+        Key, slice.Assignment.Source.ToString(), ModelSources.Describe(slice.Model.Config), $"{slice.Lease.Spec} {slice.Lease.Device.Info.Name}",
         silo.Name, epoch.Cache.FreeBlocks, epoch.Cache.TotalBlocks, epoch.Cache.ActiveSequences,
         slice.Model.Config.MaxSeqLen, epoch.Cache.BlockSize, slice.Model.Spec.ToString(), epoch.Number,
         epoch.Cache.CachedBlocks, epoch.Cache.PrefixHitTokens);

@@ -26,7 +26,7 @@ public sealed class TrainerGrain(IGrainFactory grains, IOptions<ShardOptions> op
     private sealed record Run(TrainerAssignment Assignment, ShardTrainer Trainer, KeyValuePair<string, object?>[] Tags);
 
     private readonly EpochInbox _inbox = new();
-    private DeviceLease? _device;   // this trainer's device (DeviceSlots), held while the grain is active
+    private DeviceLease? _lease;   // this trainer's device (DeviceSlots), held while the grain is active
     // States copied after a step (CaptureAfter), by step number, until SaveCheckpoint writes them; either side may come first.
     private readonly Dictionary<int, TaskCompletionSource<ShardState>> _captures = [];
     private DeviceWorker? _worker;
@@ -48,7 +48,7 @@ public sealed class TrainerGrain(IGrainFactory grains, IOptions<ShardOptions> op
         var (trainer, shard) = await Worker.Run(() =>
         {
             previous?.Trainer.Dispose();
-            _device ??= devices.Take(this.GetPrimaryKeyString());
+            _lease ??= devices.Take(this.GetPrimaryKeyString());
             var spec = default(ShardSpec);
             var loaded = ModelSources.Load(a.Source, c => WeightFilter.For(spec = ShardingPlan.Create(c, layout).Shards[a.Index]));
             var plan = ShardingPlan.Create(loaded.Config, layout);
@@ -58,7 +58,7 @@ public sealed class TrainerGrain(IGrainFactory grains, IOptions<ShardOptions> op
             {
                 Lora = a.Lora is { } l ? new LoraOptions { Rank = l.Rank, Alpha = l.Alpha, Targets = l.Targets, Dropout = l.Dropout, QuantizeBase = l.QuantizeBase } : null,
                 ActivationCheckpointing = a.ActivationCheckpointing,
-                Device = _device.Accelerator,   // null on a CPU device: the host's kernels
+                Device = _lease.Accelerator,   // null on a CPU device: the host's kernels
                 Precision = a.Precision switch
                 {
                     "fp32" => Precision.Float32,
@@ -78,7 +78,7 @@ public sealed class TrainerGrain(IGrainFactory grains, IOptions<ShardOptions> op
         _run = new Run(a, trainer, [new("job", ShardKey.ModelId(this.GetPrimaryKeyString())), new("replica", shard.Replica),
             new("stage", shard.Stage), new("rank", shard.Rank), new("silo", silo.Name)]);
         // An active grain has its silo. FmaCeiling measures once per process (~0.1 s, on the first trainer's start).
-        double flopsPerCore = _device?.Accelerator is null ? await Worker.Run(() => FmaCeiling.FlopsPerCore) : 0;
+        double flopsPerCore = _lease?.Accelerator is null ? await Worker.Run(() => FmaCeiling.FlopsPerCore) : 0;
         return new TrainerStarted(GrainContext.Address.SiloAddress!, threads, Environment.ProcessorCount, flopsPerCore);
     }
 
@@ -189,7 +189,7 @@ public sealed class TrainerGrain(IGrainFactory grains, IOptions<ShardOptions> op
         _inbox.Begin(long.MaxValue, new OperationCanceledException($"trainer {this.GetPrimaryKeyString()} deactivated"));
         _worker?.Dispose();
         _run?.Trainer.Dispose();
-        _device?.Dispose();
+        _lease?.Dispose();
         return base.OnDeactivateAsync(reason, cancellationToken);
     }
 }

@@ -22,7 +22,8 @@ builder.UseOrleans(silo =>
         silo.UseLocalhostClustering(settings.SiloPort, settings.GatewayPort, settings.PrimarySilo);
     if (certificate is not null) silo.UseTls(certificate, o => ClusterTransportSecurity.Configure(o, certificate));
     silo.Configure<SiloOptions>(o => o.SiloName = settings.SiloName);
-    silo.AddClusterGrains(o => (o.DeviceThreads, o.Devices) = (settings.DeviceThreads, settings.Devices), o =>
+    silo.AddClusterGrains(o => (o.DeviceThreads, o.Devices, o.KvSequences, o.KvBlockSize) =
+        (settings.DeviceThreads, settings.Devices, settings.KvSequences, settings.KvBlockSize), o =>
     {
         builder.Configuration.GetSection("Cluster:Scheduler").Bind(o);
         // Every silo knows the configured model, so its scheduler can come back on any silo.

@@ -8,7 +8,7 @@ namespace Cluster.Silo;
 
 public sealed record SiloSettings(
     string SiloName, int SiloPort, int GatewayPort, string? ClusteringProvider, System.Net.IPEndPoint PrimarySilo,
-    string ModelId, ModelSource Model, string Layout, string[]? ShardSilos, bool ServeModel, int DeviceThreads, DeviceSpec[] Devices,
+    string ModelId, ModelSource Model, string Layout, string[]? ShardSilos, bool ServeModel, int DeviceThreads, DeviceSpec[] Devices, int KvSequences, int KvBlockSize,
     string[] ModelRoots)
 {
     /// <summary>What the default model is served as: its source, layout and the silos its shards are pinned to.</summary>
@@ -38,6 +38,11 @@ public sealed record SiloSettings(
             ServeModel: config.GetValue("Cluster:Model:Serve", true),
             DeviceThreads: config.GetValue("Cluster:DeviceThreads", Environment.ProcessorCount),
             Devices: DeviceSpec.ParseList(config["Cluster:Devices"] ?? "cpu"),   // a bad name stops the silo, saying what is accepted
+            KvSequences: InRange(config.GetValue("Cluster:KvSequences", 8), 1, 4096, "Cluster:KvSequences"),
+            KvBlockSize: InRange(config.GetValue("Cluster:KvBlockSize", 16), 1, 1024, "Cluster:KvBlockSize"),
             ModelRoots: modelRoots);
     }
+
+    private static int InRange(int value, int min, int max, string key) =>
+        value >= min && value <= max ? value : throw new ArgumentOutOfRangeException(key, value, $"{key} must be from {min} to {max}");
 }

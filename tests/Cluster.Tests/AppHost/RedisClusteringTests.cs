@@ -45,6 +45,8 @@ public sealed class RedisClusteringTests
                 ["Cluster__Model__Layout"] = "pp=2",
                 ["Cluster__Model__Silos"] = "a,b",
                 ["Cluster__DeviceThreads"] = "1",
+                ["Cluster__Devices"] = "cpu:0,cpu:1",
+                ["Cluster__KvSequences"] = "2",
             };
             foreach (var (name, serve) in new[] { ("a", "false"), ("b", "true") })   // b serves once a has joined
             {
@@ -72,6 +74,15 @@ public sealed class RedisClusteringTests
             Assert.True(response.IsSuccessStatusCode, body);
             using var json = JsonDocument.Parse(body);
             Assert.Equal(8, json.RootElement.GetProperty("usage").GetProperty("completion_tokens").GetInt32());
+
+            // The silos' configured devices and KV pools, as /v1/cluster/silos reports them: two devices each, and the two
+            // stages' KV caches together hold the tiny preset's 5 layers for 2 full-context sequences.
+            using var silos = JsonDocument.Parse(await client.GetStringAsync("v1/cluster/silos", cancel));
+            var devices = silos.RootElement.GetProperty("data").EnumerateArray().SelectMany(s => s.GetProperty("devices").EnumerateArray()).ToArray();
+            Assert.Equal(["cpu:0", "cpu:0", "cpu:1", "cpu:1"], devices.Select(d => d.GetProperty("device").GetString()).Order());
+            var holders = devices.SelectMany(d => d.GetProperty("holders").EnumerateArray()).Where(h => h.GetProperty("key").GetString()!.StartsWith("default/")).ToArray();
+            var tiny = Cluster.Model.RandomModel.Preset("tiny");
+            Assert.Equal(2L * tiny.Layers * (2 * tiny.MaxSeqLen) * tiny.KvDim * sizeof(float), holders.Sum(h => h.GetProperty("kvBytes").GetInt64()));
         }
         catch (Exception e) when (e is not Xunit.Sdk.XunitException)
         {
