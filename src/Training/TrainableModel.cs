@@ -95,6 +95,24 @@ public sealed class TrainableModel : IDisposable
     private readonly LoraOptions? _lora;
     private readonly Dictionary<(int Layer, string Target), LoraAdapter> _adapters = [];   // by local layer
     private float[]? _dlogits;   // Backward's ∂L/∂logits (T, V), reused across backwards of one shape
+    private BackwardScratch _scratch;   // Backward's per-layer temporaries, reused across layers and backwards
+
+    /// <summary>The gradients a layer's backward needs only while it runs (kept by the model, reused by the next layer).</summary>
+    private struct BackwardScratch
+    {
+        public float[]? DFinalNormed, Dx1, DxEven, DxOdd, DHidden, DGate, DUp, Dn2, DAtt, Dq, Dk, Dv, Dn1;
+    }
+
+    /// <summary>The array in <paramref name="slot"/>, zeroed, when it has <paramref name="length"/> floats; else a new one put there. As new float[length].</summary>
+    private static float[] Scratch(ref float[]? slot, int length)
+    {
+        if (slot is { } kept && kept.Length == length)
+        {
+            Array.Clear(kept);
+            return kept;
+        }
+        return slot = new float[length];
+    }
     private readonly float[] _frozenNormGradient;   // where a frozen norm's unused weight gradient goes
     private readonly Nf4Tensor?[][] _quantized = [];  // QLoRA: per local layer, its projections (Parameters order: wq wk wv wo w1 w2 w3) in NF4
 
@@ -473,7 +491,7 @@ public sealed class TrainableModel : IDisposable
             var dlogits = _dlogits is { } kept && kept.Length == T * V ? kept : _dlogits = new float[T * V];
             loss = _kernels.CrossEntropy(a.Logits, a.Targets, dlogits, V);
             if (lossScale != 1f) TensorPrimitives.Multiply(dlogits, lossScale, dlogits);
-            var dFinalNormed = new float[T * C];
+            var dFinalNormed = Scratch(ref _scratch.DFinalNormed, T * C);
             var dLocalLogits = GatherFromRegion.Backward(dlogits, T, V, _tensorGroup);       // (T, Vl) this rank's columns
             _kernels.Backward(a.FinalNormed, _head!, dLocalLogits, dFinalNormed, _headGradient!, [], T, _vocab, C);
             CopyToRegion.Backward(dFinalNormed, _tensorGroup);                               // (T, C) the head's input gradient, summed over ranks
@@ -486,15 +504,16 @@ public sealed class TrainableModel : IDisposable
             LayerWeights w = Weights.Layers[l], g = LayerGradients(l);
             if (_mode.ActivationCheckpointing) ForwardLayer(a, l, a.LayerInput[l]);   // recompute what the forward let go
             // x_out = x1 + W2·swiglu(W1·n2, W3·n2)   (GPT-2: W2·gelu(W1·n2 + b1) + b2)
-            var dx1 = (float[])dx.Clone();
+            var dx1 = Scratch(ref _scratch.Dx1, T * C);
+            dx.CopyTo(dx1);
             ReduceFromRegion.Backward(dx, _tensorGroup);                                     // (T, C) w2's summed output: each partial's gradient
-            var dHidden = new float[T * H];
+            var dHidden = Scratch(ref _scratch.DHidden, T * H);
             ProjectBackward(a, l, "w2", a.Hidden[l], w.W2, dx, dHidden, g.W2, g.B2, T, C, H);
-            var dGate = new float[T * H];
-            var dn2 = new float[T * C];
+            var dGate = Scratch(ref _scratch.DGate, T * H);
+            var dn2 = Scratch(ref _scratch.Dn2, T * C);
             if (llama)
             {
-                var dUp = new float[T * H];
+                var dUp = Scratch(ref _scratch.DUp, T * H);
                 _kernels.SwiGluBackward(a.Gate[l], a.Up[l], dHidden, dGate, dUp);
                 ProjectBackward(a, l, "w3", a.FfnNormed[l], w.W3!, dUp, dn2, g.W3!, null, T, H, C);
             }
@@ -503,13 +522,16 @@ public sealed class TrainableModel : IDisposable
             CopyToRegion.Backward(dn2, _tensorGroup);                                        // (T, C) w1/w3's input gradient, summed over ranks
             NormalizeRowsBackward(a.Residual[l], w.FfnNorm, dn2, dx1, g.FfnNorm, g.FfnNormBias, T);
             // x1 = x_in + Wo·attention(rope(Wq·n1), rope(Wk·n1), Wv·n1)
-            var dxIn = (float[])dx1.Clone();
+            // Layer by layer dx alternates between two buffers: this layer's input gradient is written while the next
+            // layer's (its dx) may still be the other one.
+            var dxIn = Scratch(ref l % 2 == 0 ? ref _scratch.DxEven : ref _scratch.DxOdd, T * C);
+            dx1.CopyTo(dxIn);
             ReduceFromRegion.Backward(dx1, _tensorGroup);                                    // (T, C) wo's summed output: each partial's gradient
-            var dAtt = new float[T * Cq];
+            var dAtt = Scratch(ref _scratch.DAtt, T * Cq);
             ProjectBackward(a, l, "wo", a.Attention[l], w.Wo, dx1, dAtt, g.Wo, g.Bo, T, C, Cq);
-            var dq = new float[T * Cq];
-            var dk = new float[T * kv];
-            var dv = new float[T * kv];
+            var dq = Scratch(ref _scratch.Dq, T * Cq);
+            var dk = Scratch(ref _scratch.Dk, T * kv);
+            var dv = Scratch(ref _scratch.Dv, T * kv);
             float[] lq = a.Q[l], lk = a.K[l], lv = a.V[l];
             float[][] lprobs = a.Probs[l];
             _pool.For(a.Sequences.Length, (s0, s1) =>   // sequences in parallel: each writes its own rows of dq, dk, dv
@@ -526,7 +548,7 @@ public sealed class TrainableModel : IDisposable
                 _kernels.Rope(dq, a.Positions, _heads, c.HeadDim, c.EffectiveRotaryDim, c.RopeTheta, c.RopeLayout, backward: true);
                 _kernels.Rope(dk, a.Positions, _kvHeads, c.HeadDim, c.EffectiveRotaryDim, c.RopeTheta, c.RopeLayout, backward: true);
             }
-            var dn1 = new float[T * C];
+            var dn1 = Scratch(ref _scratch.Dn1, T * C);
             ProjectBackward(a, l, "wq", a.AttnNormed[l], w.Wq, dq, dn1, g.Wq, g.Bq, T, Cq, C);
             ProjectBackward(a, l, "wk", a.AttnNormed[l], w.Wk, dk, dn1, g.Wk, g.Bk, T, kv, C);
             ProjectBackward(a, l, "wv", a.AttnNormed[l], w.Wv, dv, dn1, g.Wv, g.Bv, T, kv, C);
@@ -536,7 +558,8 @@ public sealed class TrainableModel : IDisposable
             LayerGradientsDone?.Invoke(l);
             LayerWeightsDone?.Invoke(l);
         }
-        if (!Spec.IsFirstStage || _lora is not null) return (loss, Spec.IsFirstStage ? null : dx);   // a frozen embedding needs no gradient
+        // The input gradient leaves for the previous stage, which may use it while this stage's next backward runs: a copy.
+        if (!Spec.IsFirstStage || _lora is not null) return (loss, Spec.IsFirstStage ? null : [.. dx]);   // a frozen embedding needs no gradient
         ReduceFromRegion.Backward(dx, _tensorGroup);                                         // (T, C) the summed embedding's gradient
         var vocab = Spec.Vocab;
         int[] rows = [.. a.Tokens.Select(token => token >= vocab.Offset && token < vocab.End ? token - vocab.Offset : -1)];   // vocab-parallel: this rank's rows only
