@@ -20,13 +20,12 @@ public sealed class DeviceSlots : IDisposable
     }
 
     private readonly Slot[] _slots;
-    private readonly int _cpuThreads;
 
     public DeviceSlots(IOptions<ShardOptions> options)
     {
         var o = options.Value;
         if (o.Devices.Length == 0) throw new ArgumentException("ShardOptions.Devices names no device");
-        _cpuThreads = o.DeviceThreads;
+        CpuThreads = o.DeviceThreads;
         var opened = new List<IDevice>();
         try
         {
@@ -47,7 +46,7 @@ public sealed class DeviceSlots : IDisposable
         }
     }
 
-    /// <summary>Raised after a device was taken or given back (the inventory reporter re-reports).</summary>
+    /// <summary>Raised after a device was taken or given back, or a holder's memory changed (the inventory reporter re-reports).</summary>
     public event Action? Changed;
 
     /// <summary>The device with the fewest holders (the first such in configuration order) for <paramref name="holder"/> (a grain key).</summary>
@@ -82,7 +81,8 @@ public sealed class DeviceSlots : IDisposable
         Changed?.Invoke();
     }
 
-    internal int CpuThreads => _cpuThreads;
+    /// <summary>Worker threads of each holder's own CpuDevice.</summary>
+    internal int CpuThreads { get; }
 
     /// <summary>Every device with its holders, for the cluster inventory.</summary>
     public DeviceReport[] Report()
