@@ -3,7 +3,6 @@ using System.Diagnostics;
 using Cluster.Cli;
 using Cluster.Compute;
 using Cluster.Compute.Cpu;
-using Cluster.Compute.Ilgpu;
 using Cluster.Model;
 using Cluster.Model.Formats;
 using Spectre.Console;

@@ -147,8 +147,7 @@ public sealed class CpuTrainingKernels(WorkerPool pool, bool bfloat16 = false) :
             Cpu.AdamW.Update(parameters, gradients, m, v, step, learningRate, beta1, beta2, eps, weightDecay);
             return;
         }
-        if (gradients.Length < n || m.Length < n || v.Length < n)
-            throw new ArgumentException($"AdamW of {n} parameters needs as many gradients and moments ({gradients.Length}, {m.Length}, {v.Length})");
+        Cpu.AdamW.RequireLengths(n, gradients.Length, m.Length, v.Length);   // before the workers read through pointers
         fixed (float* p = parameters, g = gradients, pm = m, pv = v)
         {
             nint pp = (nint)p, pg = (nint)g, ppm = (nint)pm, ppv = (nint)pv;   // pointers into pinned spans, for the workers

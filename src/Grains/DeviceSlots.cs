@@ -4,6 +4,7 @@
 // stops the silo with its name), and shared by its holders; a CPU device gives each holder a CpuDevice of its own
 // (its own worker threads). The inventory (/v1/cluster/silos) shows the holders of every device.
 using Cluster.Compute;
+using Cluster.Compute.Cpu;
 using Cluster.Contracts;
 using Microsoft.Extensions.Options;
 
@@ -31,7 +32,7 @@ public sealed class DeviceSlots : IDisposable
         {
             _slots = [.. o.Devices.Select(spec =>
             {
-                if (!spec.IsIlgpu) return new Slot(spec, null, CpuInfo(o.DeviceThreads));
+                if (!spec.IsIlgpu) return new Slot(spec, null, CpuDevice.Describe(o.DeviceThreads));
                 IDevice device;
                 try { device = spec.Open(o.DeviceThreads); }
                 catch (InvalidOperationException e) { throw new InvalidOperationException($"Cluster__Devices names {spec}, which this machine does not have: {e.Message}", e); }
@@ -68,14 +69,14 @@ public sealed class DeviceSlots : IDisposable
         Changed?.Invoke();
     }
 
-    /// <summary>Records what a holder keeps on its device; reported on when it changed.</summary>
+    /// <summary>Records what a holder keeps on its device (its lease calls only with a change).</summary>
     internal void Record(DeviceSpec spec, DeviceHolder memory)
     {
         lock (_slots)
         {
             var holders = _slots.First(s => s.Spec == spec).Holders;
             int at = holders.FindIndex(h => h.Key == memory.Key);
-            if (at < 0 || holders[at] == memory) return;
+            if (at < 0) return;
             holders[at] = memory;
         }
         Changed?.Invoke();
@@ -91,13 +92,6 @@ public sealed class DeviceSlots : IDisposable
             return [.. _slots.Select(s => new DeviceReport(s.Info.Kind.ToString(), s.Info.Name, s.Info.Threads, s.Info.MemoryBytes, s.Spec.ToString(), [.. s.Holders]))];
     }
 
-    private static DeviceInfo CpuInfo(int threads)
-    {
-        string simd = System.Runtime.Intrinsics.Vector512.IsHardwareAccelerated ? "AVX-512"
-            : System.Runtime.Intrinsics.Vector256.IsHardwareAccelerated ? "AVX2" : "Vector128";
-        return new DeviceInfo(DeviceKind.Cpu, $"CPU ({simd}, {Environment.ProcessorCount} cores)", threads, GC.GetGCMemoryInfo().TotalAvailableMemoryBytes);
-    }
-
     public void Dispose()
     {
         foreach (var slot in _slots) slot.Shared?.Dispose();
@@ -109,12 +103,17 @@ public sealed class DeviceLease(DeviceSlots slots, DeviceSpec spec, IDevice? sha
 {
     private IDevice? _own;
     private int _disposed;
+    private (long Weights, long Kv, long Workspace) _reported;
 
     public DeviceSpec Spec => spec;
 
-    /// <summary>What the holder keeps on the device now, for the inventory (cheap when unchanged).</summary>
-    public void ReportMemory(long weightBytes, long kvBytes, long workspaceBytes) =>
+    /// <summary>What the holder keeps on the device now, for the inventory; nothing happens when it is what was reported last.</summary>
+    public void ReportMemory(long weightBytes, long kvBytes, long workspaceBytes)
+    {
+        if (_reported == (weightBytes, kvBytes, workspaceBytes)) return;
+        _reported = (weightBytes, kvBytes, workspaceBytes);
         slots.Record(spec, new DeviceHolder(holder, weightBytes, kvBytes, workspaceBytes));
+    }
 
     /// <summary>The shared ILGPU device, or null on a CPU slot (a trainer then runs its host kernels).</summary>
     public IDevice? Accelerator => shared;

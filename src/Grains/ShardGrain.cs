@@ -7,7 +7,6 @@ using System.Runtime.InteropServices;
 using Orleans.Concurrency;
 using Cluster.Compute;
 using Cluster.Compute.Collectives;
-using Cluster.Compute.Cpu;
 using Cluster.Contracts;
 using Cluster.Model;
 using Cluster.Model.Parallel;

@@ -7,7 +7,6 @@ using System.Runtime.InteropServices;
 using Cluster.Compute;
 using Cluster.Compute.Collectives;
 using Cluster.Compute.Cpu;
-using Cluster.Compute.Ilgpu;
 using Cluster.Contracts;
 using Cluster.Model;
 using Cluster.Model.Parallel;
@@ -78,7 +77,7 @@ public sealed class TrainerGrain(IGrainFactory grains, IOptions<ShardOptions> op
         _run = new Run(a, trainer, [new("job", ShardKey.ModelId(this.GetPrimaryKeyString())), new("replica", shard.Replica),
             new("stage", shard.Stage), new("rank", shard.Rank), new("silo", silo.Name)]);
         // An active grain has its silo. FmaCeiling measures once per process (~0.1 s, on the first trainer's start).
-        double flopsPerCore = _lease?.Accelerator is null ? await Worker.Run(() => FmaCeiling.FlopsPerCore) : 0;
+        double flopsPerCore = _lease!.Accelerator is null ? await Worker.Run(() => FmaCeiling.FlopsPerCore) : 0;
         return new TrainerStarted(GrainContext.Address.SiloAddress!, threads, Environment.ProcessorCount, flopsPerCore);
     }
 

@@ -94,25 +94,7 @@ public sealed class TrainableModel : IDisposable
     private readonly TrainingMode _mode;
     private readonly LoraOptions? _lora;
     private readonly Dictionary<(int Layer, string Target), LoraAdapter> _adapters = [];   // by local layer
-    private float[]? _dlogits;   // Backward's ∂L/∂logits (T, V), reused across backwards of one shape
-    private BackwardScratch _scratch;   // Backward's per-layer temporaries, reused across layers and backwards
-
-    /// <summary>The gradients a layer's backward needs only while it runs (kept by the model, reused by the next layer).</summary>
-    private struct BackwardScratch
-    {
-        public float[]? DFinalNormed, Dx1, DxEven, DxOdd, DHidden, DGate, DUp, Dn2, DAtt, Dq, Dk, Dv, Dn1;
-    }
-
-    /// <summary>The array in <paramref name="slot"/>, zeroed, when it has <paramref name="length"/> floats; else a new one put there. As new float[length].</summary>
-    private static float[] Scratch(ref float[]? slot, int length)
-    {
-        if (slot is { } kept && kept.Length == length)
-        {
-            Array.Clear(kept);
-            return kept;
-        }
-        return slot = new float[length];
-    }
+    private BackwardScratch _scratch;   // Backward's temporaries, reused across layers and backwards of one shape
     private readonly float[] _frozenNormGradient;   // where a frozen norm's unused weight gradient goes
     private readonly Nf4Tensor?[][] _quantized = [];  // QLoRA: per local layer, its projections (Parameters order: wq wk wv wo w1 w2 w3) in NF4
 
@@ -486,9 +468,9 @@ public sealed class TrainableModel : IDisposable
         var dx = outputGradient ?? new float[T * C];                                         // ∂L/∂(stage output) (T, C)
         if (Spec.IsLastStage)
         {
-            // (T, V): the step's largest temporary (65 MB for stories15M's micro-batch of 512 tokens), kept for the next
-            // backward of the same shape rather than allocated anew; nothing holds it once this backward returns.
-            var dlogits = _dlogits is { } kept && kept.Length == T * V ? kept : _dlogits = new float[T * V];
+            // (T, V): the step's largest temporary (65 MB for stories15M's micro-batch of 512 tokens); CrossEntropy writes
+            // every element, so it is not zeroed first.
+            var dlogits = Scratch(ref _scratch.DLogits, T * V, zeroed: false);
             loss = _kernels.CrossEntropy(a.Logits, a.Targets, dlogits, V);
             if (lossScale != 1f) TensorPrimitives.Multiply(dlogits, lossScale, dlogits);
             var dFinalNormed = Scratch(ref _scratch.DFinalNormed, T * C);
@@ -665,5 +647,23 @@ public sealed class TrainableModel : IDisposable
         else _kernels.LayerNormBackward(x, weight, dy, dx, dWeight, dBias, rows, Config.NormEps);
     }
 
-    private static ShardWeights ZerosLike(ShardWeights w) => ShardWeights.Map(w, a => new float[a.Length]);
+    /// <summary>The gradients a backward needs only while it runs (kept by the model, reused by the next layer and backward).</summary>
+    private struct BackwardScratch
+    {
+        public float[]? DLogits, DFinalNormed, Dx1, DxEven, DxOdd, DHidden, DGate, DUp, Dn2, DAtt, Dq, Dk, Dv, Dn1;
+    }
+
+    /// <summary>
+    /// The array in <paramref name="slot"/> when it has <paramref name="length"/> floats, zeroed as a new one would be
+    /// (unless the caller overwrites it all); else a new one, kept there.
+    /// </summary>
+    private static float[] Scratch(ref float[]? slot, int length, bool zeroed = true)
+    {
+        if (slot is { } kept && kept.Length == length)
+        {
+            if (zeroed) Array.Clear(kept);
+            return kept;
+        }
+        return slot = new float[length];
+    }
 }

@@ -17,8 +17,7 @@ public static class AdamW
     {
         if (step < 1) throw new ArgumentOutOfRangeException(nameof(step), step, "steps count from 1");
         int n = parameters.Length;
-        if (gradients.Length < n || m.Length < n || v.Length < n)
-            throw new ArgumentException($"AdamW of {n} parameters needs as many gradients and moments ({gradients.Length}, {m.Length}, {v.Length})");
+        RequireLengths(n, gradients.Length, m.Length, v.Length);
         float correction1 = 1f - MathF.Pow(beta1, step), correction2 = 1f - MathF.Pow(beta2, step);
         int i = 0;
         if (Vector.IsHardwareAccelerated && n >= Vector<float>.Count)
@@ -49,5 +48,12 @@ public static class AdamW
             float mHat = m[i] / correction1, vHat = v[i] / correction2;
             parameters[i] -= learningRate * (mHat / (MathF.Sqrt(vHat) + eps) + weightDecay * parameters[i]);
         }
+    }
+
+    /// <summary>Throws unless there are gradients and both moments for each of the <paramref name="n"/> parameters.</summary>
+    public static void RequireLengths(int n, int gradients, int m, int v)
+    {
+        if (gradients < n || m < n || v < n)
+            throw new ArgumentException($"AdamW of {n} parameters needs as many gradients and moments ({gradients}, {m}, {v})");
     }
 }

@@ -13,11 +13,17 @@ public sealed unsafe class CpuDevice : IDevice
     public CpuDevice(int threads)
     {
         _pool = new WorkerPool(threads);
-        string simd = Gemm.UseAvx512 ? "AVX-512" : System.Runtime.Intrinsics.Vector256.IsHardwareAccelerated ? "AVX2" : "Vector128";
-        Info = new DeviceInfo(DeviceKind.Cpu, $"CPU ({simd}, {threads} threads)", threads, GC.GetGCMemoryInfo().TotalAvailableMemoryBytes);
+        Info = Describe(threads);
     }
 
     public DeviceInfo Info { get; }
+
+    /// <summary>A CPU device of <paramref name="threads"/> worker threads as the cluster reports it: the GEMM's instruction set, the machine's cores.</summary>
+    public static DeviceInfo Describe(int threads)
+    {
+        string simd = Gemm.UseAvx512 ? "AVX-512" : System.Runtime.Intrinsics.Vector256.IsHardwareAccelerated ? "AVX2" : "Vector128";
+        return new DeviceInfo(DeviceKind.Cpu, $"CPU ({simd}, {threads} of {Environment.ProcessorCount} cores)", threads, GC.GetGCMemoryInfo().TotalAvailableMemoryBytes);
+    }
     public WorkerPool Pool => _pool;
 
     public DeviceBuffer Allocate(int length) => new CpuBuffer(length);
