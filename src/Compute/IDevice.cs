@@ -1,8 +1,9 @@
 // The device abstraction: one interface, two backends (CpuDevice: managed SIMD over a worker pool;
 // IlgpuDevice: ILGPU kernels on CUDA / OpenCL / ILGPU's CPU accelerator).
-// Every operation is a forward pass over row-major float buffers that live on the device; shapes
-// are passed explicitly so one scratch buffer serves any batch size. Backward ops go beside each
-// forward op with the same naming (RmsNorm / RmsNormBackward) when training lands.
+// Every operation works on row-major float buffers that live on the device; shapes are passed explicitly so one
+// scratch buffer serves any batch size. Each forward op has its backward beside it (RmsNorm / RmsNormBackward), so a
+// training step runs on the device as serving does: serving multiplies by DeviceMatrix weights (prepared once),
+// training by weights in plain buffers (Linear / LinearBackward: they change every step).
 namespace Cluster.Compute;
 
 public enum DeviceKind { Cpu, Cuda, OpenCL, IlgpuCpu }
@@ -63,6 +64,27 @@ public sealed record AttentionLayout(
     }
 }
 
+/// <summary>The layout of CausalAttention's packed sequences and of their attention weights.</summary>
+public static class TrainingAttention
+{
+    /// <summary>
+    /// Checks the sequence starts (S + 1,): 0, then strictly increasing; returns where each sequence's weights
+    /// (heads, Ts, Ts) start in probs (S + 1,; the last entry is the length probs needs).
+    /// </summary>
+    public static int[] ProbsOffsets(ReadOnlySpan<int> starts, int heads)
+    {
+        if (starts.Length < 2 || starts[0] != 0) throw new ArgumentException("sequence starts begin at 0 and end at the token count", nameof(starts));
+        var offsets = new int[starts.Length];
+        for (int s = 0; s + 1 < starts.Length; s++)
+        {
+            int length = starts[s + 1] - starts[s];
+            if (length <= 0) throw new ArgumentException($"sequence {s} has no tokens", nameof(starts));
+            offsets[s + 1] = checked(offsets[s] + heads * length * length);
+        }
+        return offsets;
+    }
+}
+
 public interface IDevice : IDisposable
 {
     DeviceInfo Info { get; }
@@ -79,7 +101,7 @@ public interface IDevice : IDisposable
     /// <summary>x (rows, dim) += bias (dim,) broadcast over rows.</summary>
     void AddBias(DeviceBuffer x, DeviceBuffer bias, int rows, int dim);
 
-    /// <summary>output (T, dim) = table[tokens[t]].</summary>
+    /// <summary>output (T, dim) = table[tokens[t]]; a token of −1 gives a zero row (a vocab slice's foreign tokens).</summary>
     void Embedding(DeviceBuffer table, ReadOnlySpan<int> tokens, DeviceBuffer output, int dim);
 
     /// <summary>x (T, dim) += table[indices[t]] (learned position embeddings).</summary>
@@ -131,16 +153,47 @@ public interface IDevice : IDisposable
     void CrossEntropy(DeviceBuffer logits, ReadOnlySpan<int> targets, DeviceBuffer dlogits, DeviceBuffer losses, int vocab, int counted);
 
     /// <summary>
-    /// Causal attention of one packed training sequence, keeping the weights: output (T, heads·hd), probs (heads, T, T)
-    /// (zero where masked) from q (T, heads·hd), k, v (T, kvHeads·hd); <paramref name="documents"/> (T,) keep packed
-    /// documents apart (empty = one document).
+    /// Causal attention of a batch of training sequences packed one after another, keeping the weights. Sequence s is
+    /// the tokens [starts[s], starts[s + 1]) of q (T, heads·hd), k, v (T, kvHeads·hd) and output (T, heads·hd); its
+    /// weights (heads, Ts, Ts) (zero where masked) follow the earlier sequences' in probs (see TrainingAttention).
+    /// <paramref name="documents"/> (T,) keep documents packed within a sequence apart (empty = one per sequence).
     /// </summary>
-    void CausalAttention(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, DeviceBuffer output, DeviceBuffer probs, ReadOnlySpan<int> documents,
-        int tokens, int heads, int kvHeads, int headDim);
+    void CausalAttention(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, DeviceBuffer output, DeviceBuffer probs,
+        ReadOnlySpan<int> starts, ReadOnlySpan<int> documents, int heads, int kvHeads, int headDim);
 
     /// <summary>dq, dk, dv accumulate the gradients of CausalAttention given dout and its probs.</summary>
     void CausalAttentionBackward(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, DeviceBuffer probs, DeviceBuffer dout,
-        DeviceBuffer dq, DeviceBuffer dk, DeviceBuffer dv, int tokens, int heads, int kvHeads, int headDim);
+        DeviceBuffer dq, DeviceBuffer dk, DeviceBuffer dv, ReadOnlySpan<int> starts, int heads, int kvHeads, int headDim);
+
+    /// <summary>
+    /// y (M, N) = x (M, K) · Wᵀ for a weight W (N, K) kept row-major in a buffer (a trained weight). The device may keep
+    /// a prepared copy of W (the CPU packs it for its GEMM) until <see cref="ForgetPrepared"/>.
+    /// </summary>
+    void Linear(DeviceBuffer x, DeviceBuffer w, DeviceBuffer y, int m, int n, int k);
+
+    /// <summary>
+    /// Backward of Linear: dx (M, K) += dy · W; unless <paramref name="dw"/> is null (a frozen weight) dW (N, K) += dyᵀ · x,
+    /// and unless <paramref name="db"/> is null db (N,) += Σ_m dy.
+    /// </summary>
+    void LinearBackward(DeviceBuffer x, DeviceBuffer w, DeviceBuffer dy, DeviceBuffer dx, DeviceBuffer? dw, DeviceBuffer? db, int m, int n, int k);
+
+    /// <summary>Drops the prepared copies of <paramref name="w"/> (of every weight when null): call when weights changed.</summary>
+    void ForgetPrepared(DeviceBuffer? w = null);
+
+    /// <summary>destination (n,) = source.</summary>
+    void Copy(DeviceBuffer source, DeviceBuffer destination, int n);
+
+    /// <summary>x (n,) = 0.</summary>
+    void Zero(DeviceBuffer x, int n);
+
+    /// <summary>x (n,) *= factor.</summary>
+    void Scale(DeviceBuffer x, float factor, int n);
+
+    /// <summary>x (n,) *= y, element by element.</summary>
+    void Multiply(DeviceBuffer x, DeviceBuffer y, int n);
+
+    /// <summary>y (n,) += factor · x.</summary>
+    void AddScaled(DeviceBuffer y, DeviceBuffer x, float factor, int n);
 
     /// <summary>dtable[rows[t]] += dx[t] (T, dim) for every t whose row is not −1 (an embedding's gradient).</summary>
     void EmbeddingBackward(ReadOnlySpan<int> rows, DeviceBuffer dx, DeviceBuffer dtable, int dim);

@@ -55,7 +55,7 @@ public sealed class Optimizer(TrainableModel model, OptimizerOptions options)
             var (_, parameter, gradient) = slice;
             if (clip != 1f) System.Numerics.Tensors.TensorPrimitives.Multiply(gradient, clip, gradient);
             float decay = slice.IsMatrix ? options.WeightDecay : 0f;   // as nanoGPT: norms and biases are not decayed
-            model.Kernels.AdamW(parameter, gradient, _moments[i].M, _moments[i].V, Step, lr, options.Beta1, options.Beta2, options.Eps, decay);
+            Cluster.Compute.Cpu.AdamW.Update(model.HostPool, parameter, gradient, _moments[i].M, _moments[i].V, Step, lr, options.Beta1, options.Beta2, options.Eps, decay);
             i++;
         }
         return (lr, norm);

@@ -78,7 +78,7 @@ public sealed class ShardTrainer : IDisposable
         int[][] buckets = zeroStage == 1
             ? [[.. Enumerable.Range(0, tensors.Length)]]
             : [.. Enumerable.Range(0, tensors.Length).GroupBy(i => LayerOf(tensors[i].Name) ?? -1).OrderBy(g => g.Key < 0 ? int.MaxValue : g.Key).Select(g => g.ToArray())];
-        _buckets = [.. buckets.Select(b => new Bucket(b, new ShardedOptimizer(b.Select(i => tensors[i]), options, groups.Data?.Rank ?? 0, groups.Data?.WorldSize ?? 1, model.Kernels), [],
+        _buckets = [.. buckets.Select(b => new Bucket(b, new ShardedOptimizer(b.Select(i => tensors[i]), options, groups.Data?.Rank ?? 0, groups.Data?.WorldSize ?? 1, model.HostPool), [],
             LayerOf(tensors[b[0]].Name) is { } layer ? layer - model.Spec.Layers.Offset : -1))];
         if (zeroStage >= 2)
         {

@@ -4,22 +4,23 @@
 // AdamW as Optimizer's, so a ZeRO run matches a plain one up to the gradient norm's summation order.
 using Cluster.Compute.Collectives;
 using Cluster.Compute;
+using Cluster.Compute.Cpu;
 
 namespace Cluster.Training;
 
 public sealed class ShardedOptimizer
 {
     private readonly OptimizerOptions _options;
-    private readonly ITrainingKernels _kernels;
+    private readonly WorkerPool _pool;
     private readonly (int Start, int Length, bool Decay, bool Counted)[] _runs;   // parts of this slice, by the tensor they belong to
     private readonly float[] _m, _v;
 
     /// <param name="bucket">The tensors flattened one after another (ShardTrainer's buckets: a layer's, or all of a shard's).</param>
-    /// <param name="kernels">Where the update runs (its model's kernels).</param>
-    public ShardedOptimizer(IEnumerable<ParameterSlice> bucket, OptimizerOptions options, int rank, int worldSize, ITrainingKernels kernels)
+    /// <param name="pool">The host threads the update runs on (its model's HostPool).</param>
+    public ShardedOptimizer(IEnumerable<ParameterSlice> bucket, OptimizerOptions options, int rank, int worldSize, WorkerPool pool)
     {
         _options = options;
-        _kernels = kernels;
+        _pool = pool;
         var tensors = bucket.Select(p => (p.IsMatrix, p.Parameter.Length, p.Counted)).ToArray();
         TotalLength = tensors.Sum(t => t.Length);
         (Offset, Count) = CollectiveGroup.Partition(TotalLength, worldSize, rank);
@@ -71,7 +72,7 @@ public sealed class ShardedOptimizer
         if (clip != 1f) System.Numerics.Tensors.TensorPrimitives.Multiply(gradients, clip, gradients);
         float lr = _options.LearningRateAt(Step);
         foreach (var (start, length, decay, _) in _runs)
-            _kernels.AdamW(parameters.Slice(start, length), gradients.Slice(start, length), _m.AsSpan(start, length), _v.AsSpan(start, length),
+            AdamW.Update(_pool, parameters.Slice(start, length), gradients.Slice(start, length), _m.AsSpan(start, length), _v.AsSpan(start, length),
                 Step, lr, _options.Beta1, _options.Beta2, _options.Eps, decay ? _options.WeightDecay : 0f);
         return lr;
     }

@@ -1,14 +1,15 @@
 // One shard of a decoder for training, Llama or GPT-2 family (llm.c's gpt2_forward / gpt2_backward, cut the Megatron
 // way): a pipeline stage's layers at one tensor-parallel rank, or the whole model when the shard is whole. The forward
 // keeps every activation the backward needs; the backward accumulates fp32 gradients into tensors shaped like the
-// shard's weights. Tensor parallelism (TensorParallelRegions, each forward crossing named with its backward pair): Q/K/V,
+// shard's weights. Every kernel runs on the shard's IDevice (CpuDevice by default, or the mode's device): activations
+// stay on the device for the whole forward and backward; the host tensors (parameters, gradients, adapters) reach it
+// through DeviceTensors (on the CPU device, the host arrays themselves). Tensor parallelism (TensorParallelRegions, each forward crossing named with its backward pair): Q/K/V,
 // gate/up and the LM head are column-parallel (CopyToRegion: identity forward, all-reduce of the input gradient backward;
 // the logits leave through GatherFromRegion), the attention output and down projections row-parallel and the embedding
 // vocab-parallel (ReduceFromRegion: all-reduce forward, identity backward). Sequences may pack several documents:
 // each document's positions restart at 0 and attention never crosses documents. A whole shard's logits equal the
 // inference TransformerModel's.
 //   dotnet test --project tests/Cluster.Tests -c Release -- --filter-class Cluster.Tests.Training.TrainableModelTests
-using System.Numerics.Tensors;
 using Cluster.Compute;
 using Cluster.Compute.Collectives;
 using Cluster.Compute.Cpu;
@@ -43,58 +44,98 @@ public sealed record ParameterSlice(string Name, float[] Parameter, float[] Grad
     public void Deconstruct(out string name, out float[] parameter, out float[] gradient) => (name, parameter, gradient) = (Name, Parameter, Gradient);
 }
 
-/// <summary>What one micro-batch's forward keeps for its backward; T counts the tokens of the whole micro-batch.</summary>
-public sealed class StageActivations
+/// <summary>
+/// What one micro-batch's forward keeps for its backward, on the device; T counts the tokens of the whole micro-batch.
+/// The backward returns its buffers to the model's pool (dispose one that is not differentiated).
+/// </summary>
+public sealed class StageActivations : IDisposable
 {
-    internal StageActivations(int layers) => (LayerInput, AttnNormed, Q, K, V, Probs, Attention, Residual, FfnNormed, Gate, Up, Hidden) =
-        (new float[layers][], new float[layers][], new float[layers][], new float[layers][], new float[layers][], new float[layers][][],
-         new float[layers][], new float[layers][], new float[layers][], new float[layers][], new float[layers][], new float[layers][]);
+    private readonly BufferPool _pool;
+
+    internal StageActivations(int layers, BufferPool pool)
+    {
+        _pool = pool;
+        (LayerInput, AttnNormed, Q, K, V, Probs, Attention, Residual, FfnNormed, Gate, Up, Hidden) =
+            (new DeviceBuffer?[layers], new DeviceBuffer?[layers], new DeviceBuffer?[layers], new DeviceBuffer?[layers], new DeviceBuffer?[layers],
+             new DeviceBuffer?[layers], new DeviceBuffer?[layers], new DeviceBuffer?[layers], new DeviceBuffer?[layers], new DeviceBuffer?[layers],
+             new DeviceBuffer?[layers], new DeviceBuffer?[layers]);
+    }
 
     internal int[] Tokens = [];                       // (T,)
     internal int[] Targets = [];                      // (T,)
     internal int[] Positions = [];                    // (T,)
-    internal (int Offset, int Length, int[] Documents)[] Sequences = [];   // each sequence's rows and document ids (or empty)
-    internal readonly float[][] LayerInput;           // (T, C)
-    internal readonly float[][] AttnNormed;           // (T, C)
-    internal readonly float[][] Q;                    // (T, Cq)   this rank's heads, after RoPE
-    internal readonly float[][] K;                    // (T, Ckv)  after RoPE
-    internal readonly float[][] V;                    // (T, Ckv)
-    internal readonly float[][][] Probs;              // per sequence (nh_local, Ti, Ti)
-    internal readonly float[][] Attention;            // (T, Cq)
-    internal readonly float[][] Residual;             // (T, C)    x after attention
-    internal readonly float[][] FfnNormed;            // (T, C)
-    internal readonly float[][] Gate;                 // (T, Hl)   before the activation
-    internal readonly float[][] Up;                   // (T, Hl)   Llama
-    internal readonly float[][] Hidden;               // (T, Hl)   activation output
-    internal float[] FinalNormed = [];                // (T, C)    last stage
-    internal readonly Dictionary<(int Layer, string Target), (float[] Input, float[] Low)> Lora = [];   // drop(x) (T, K), drop(x)·Aᵀ (T, r)
+    internal int[] Starts = [];                       // (S + 1,) where each sequence's rows start
+    internal int[] Documents = [];                    // (T,) document ids, or empty (one document per sequence)
+    internal readonly DeviceBuffer?[] LayerInput;     // (T, C)
+    internal readonly DeviceBuffer?[] AttnNormed;     // (T, C)
+    internal readonly DeviceBuffer?[] Q;              // (T, Cq)   this rank's heads, after RoPE
+    internal readonly DeviceBuffer?[] K;              // (T, Ckv)  after RoPE
+    internal readonly DeviceBuffer?[] V;              // (T, Ckv)
+    internal readonly DeviceBuffer?[] Probs;          // per sequence (nh_local, Ti, Ti), one after another
+    internal readonly DeviceBuffer?[] Attention;      // (T, Cq)
+    internal readonly DeviceBuffer?[] Residual;       // (T, C)    x after attention
+    internal readonly DeviceBuffer?[] FfnNormed;      // (T, C)
+    internal readonly DeviceBuffer?[] Gate;           // (T, Hl)   before the activation
+    internal readonly DeviceBuffer?[] Up;             // (T, Hl)   Llama
+    internal readonly DeviceBuffer?[] Hidden;         // (T, Hl)   activation output
+    internal DeviceBuffer? X;                         // (T, C)    the stage's output
+    internal DeviceBuffer? FinalNormed;               // (T, C)    last stage
+    internal DeviceBuffer? LocalLogits;               // (T, Vl)   last stage: this rank's vocab columns
+    internal DeviceBuffer? Logits;                    // (T, V)    last stage: every column (LocalLogits itself without TP)
+    // drop(x) (T, K) (x itself without dropout), drop(x)·Aᵀ (T, r), the dropout mask (T, K) or null
+    internal readonly Dictionary<(int Layer, string Target), (DeviceBuffer Input, DeviceBuffer Low, DeviceBuffer? Mask)> Lora = [];
     internal int DropoutSeed;
 
-    /// <summary>Lets go of layer <paramref name="l"/>'s activations but its input (activation checkpointing).</summary>
+    internal DeviceBuffer Rent(int length, bool zeroed = false) => _pool.Rent(length, zeroed);
+
+    /// <summary>Lets go of layer <paramref name="l"/>'s activations but its input (activation checkpointing, or its backward done).</summary>
     internal void ForgetLayer(int l)
     {
-        AttnNormed[l] = Q[l] = K[l] = V[l] = Attention[l] = Residual[l] = FfnNormed[l] = Gate[l] = Up[l] = Hidden[l] = null!;
-        Probs[l] = null!;
-        foreach (var key in Lora.Keys.Where(k => k.Layer == l).ToList()) Lora.Remove(key);
+        foreach (var kept in new[] { AttnNormed, Q, K, V, Probs, Attention, Residual, FfnNormed, Gate, Up, Hidden })
+        {
+            _pool.Return(kept[l]);
+            kept[l] = null;
+        }
+        foreach (var key in Lora.Keys.Where(k => k.Layer == l).ToList())
+        {
+            var (input, low, mask) = Lora[key];
+            if (mask is not null) _pool.Return(input);   // without dropout the input is the layer's own activation
+            _pool.Return(low);
+            _pool.Return(mask);
+            Lora.Remove(key);
+        }
     }
 
-    /// <summary>The stage's output (T, C): the hidden state for the next stage, or the last layer's output on the last stage.</summary>
+    /// <summary>The stage's output (T, C) on the host: the hidden state the next stage takes (stages before the last only).</summary>
     public float[] Output { get; internal set; } = [];
-    /// <summary>The logits (T, V) of every position, whole vocabulary (last stage only).</summary>
-    public float[] Logits { get; internal set; } = [];
+
+    public void Dispose()
+    {
+        for (int l = 0; l < LayerInput.Length; l++)
+        {
+            ForgetLayer(l);
+            _pool.Return(LayerInput[l]);
+            LayerInput[l] = null;
+        }
+        if (!ReferenceEquals(Logits, LocalLogits)) Logits?.Dispose();   // joined through the host: not the pool's
+        foreach (var buffer in new[] { X, FinalNormed, LocalLogits }) _pool.Return(buffer);
+        X = FinalNormed = LocalLogits = Logits = null;
+    }
 }
 
 public sealed class TrainableModel : IDisposable
 {
-    private readonly WorkerPool _pool;
-    private readonly ITrainingKernels _kernels;
+    private readonly IDevice _device;
+    private readonly bool _ownsDevice;                // the CPU device it made for itself (a mode's device is its caller's)
+    private readonly WorkerPool? _ownHostPool;        // the optimizer's host threads beside a device that is not the CPU
+    private readonly DeviceTensors _tensors;
+    private readonly BufferPool _buffers;
     private readonly CollectiveGroup? _tensorGroup;
     private readonly float[]? _head, _headGradient;   // (Vl, C) the LM head; the embedding slice itself when tied on one stage
     private readonly int _cq, _ckv, _hidden, _vocab, _heads, _kvHeads;   // this rank's widths
     private readonly TrainingMode _mode;
     private readonly LoraOptions? _lora;
     private readonly Dictionary<(int Layer, string Target), LoraAdapter> _adapters = [];   // by local layer
-    private BackwardScratch _scratch;   // Backward's temporaries, reused across layers and backwards of one shape
     private readonly float[] _frozenNormGradient;   // where a frozen norm's unused weight gradient goes
     private readonly Nf4Tensor?[][] _quantized = [];  // QLoRA: per local layer, its projections (Parameters order: wq wk wv wo w1 w2 w3) in NF4
 
@@ -142,9 +183,12 @@ public sealed class TrainableModel : IDisposable
         bool sharedHead = config.TiedEmbeddings && spec.IsFirstStage && spec.IsLastStage;
         _head = sharedHead ? weights.TokenEmbedding : weights.Output;
         _headGradient = sharedHead ? Gradients.TokenEmbedding : Gradients.Output;
-        _pool = new WorkerPool(threads);
-        if (_mode.Device is not null && _mode.Precision == Precision.BFloat16) throw new ArgumentException("bf16 products run on the CPU path only", nameof(mode));
-        _kernels = _mode.Device is { } device ? new DeviceTrainingKernels(device) : new CpuTrainingKernels(_pool, _mode.Precision == Precision.BFloat16);
+        if (_mode.Device is not null && _mode.Precision == Precision.BFloat16) throw new ArgumentException("bf16 products run on the CPU device only", nameof(mode));
+        _ownsDevice = _mode.Device is null;
+        _device = _mode.Device ?? new CpuDevice(threads, bfloat16Linear: _mode.Precision == Precision.BFloat16);
+        if (_device is not CpuDevice) _ownHostPool = new WorkerPool(threads);
+        _tensors = new DeviceTensors(_device);
+        _buffers = new BufferPool(_device);
         if (lora is { QuantizeBase: true })
         {
             _quantized = [.. weights.Layers.Select(l => new[] { l.Wq, l.Wk, l.Wv, l.Wo, l.W1, l.W2, l.W3 }.Select(w => w is null ? null : Nf4Tensor.Quantize(w)).ToArray())];
@@ -156,14 +200,18 @@ public sealed class TrainableModel : IDisposable
 
     public void Dispose()
     {
-        _kernels.Dispose();
-        _pool.Dispose();
+        _buffers.Dispose();
+        _tensors.Dispose();
+        _ownHostPool?.Dispose();
+        if (_ownsDevice) _device.Dispose();
     }
 
     public ModelConfig Config { get; }
     public ShardSpec Spec { get; }
-    /// <summary>Where this shard's kernels run (the optimizers update its parameters there too).</summary>
-    public ITrainingKernels Kernels => _kernels;
+    /// <summary>Where this shard's kernels run.</summary>
+    public IDevice Device => _device;
+    /// <summary>The host threads of this shard (its CPU device's workers): optimizers update the host parameters on them.</summary>
+    public WorkerPool HostPool => _ownHostPool ?? ((CpuDevice)_device).Pool;
     /// <summary>The parameters, updated in place by an optimizer.</summary>
     public ShardWeights Weights { get; }
     /// <summary>∂loss/∂parameter, same shapes as <see cref="Weights"/>.</summary>
@@ -203,8 +251,11 @@ public sealed class TrainableModel : IDisposable
     internal void ReleaseLayerWeights(int l)
     {
         var layer = Weights.Layers[l];
-        foreach (var w in new[] { layer.Wq, layer.Wk, layer.Wv, layer.Wo, layer.W1, layer.W2, layer.W3 }) if (w is not null) _kernels.Forget(w);
-        Weights.Layers[l] = ShardWeights.MapLayer(layer, _ => []);
+        Weights.Layers[l] = ShardWeights.MapLayer(layer, w =>
+        {
+            _tensors.Forget(w);
+            return [];
+        });
     }
 
     /// <summary>QLoRA: layer <paramref name="l"/>'s projections in fp32 again, from their NF4 copies.</summary>
@@ -218,7 +269,7 @@ public sealed class TrainableModel : IDisposable
     private void DropProjections(int l)
     {
         var layer = Weights.Layers[l];
-        foreach (var w in new[] { layer.Wq, layer.Wk, layer.Wv, layer.Wo, layer.W1, layer.W2, layer.W3 }) if (w is not null) _kernels.Forget(w);
+        foreach (var w in new[] { layer.Wq, layer.Wk, layer.Wv, layer.Wo, layer.W1, layer.W2, layer.W3 }) if (w is not null) _tensors.Forget(w);
         Weights.Layers[l] = WithProjections(layer, [.. new[] { layer.Wq, layer.Wk, layer.Wv, layer.Wo, layer.W1, layer.W2, layer.W3 }.Select(w => w is null ? null : Array.Empty<float>())]);
     }
 
@@ -236,7 +287,11 @@ public sealed class TrainableModel : IDisposable
         : Weights.Layers.Sum(l => new[] { l.Wq, l.Wk, l.Wv, l.Wo, l.W1, l.W2, l.W3 }.Sum(w => (long)(w?.Length ?? 0) * sizeof(float)));
 
     /// <summary>Lets go of layer <paramref name="l"/>'s gradient tensors; its next backward starts from new zeroed ones (ZeRO-2).</summary>
-    internal void ReleaseLayerGradients(int l) => Gradients.Layers[l] = ShardWeights.MapLayer(Gradients.Layers[l], _ => []);
+    internal void ReleaseLayerGradients(int l) => Gradients.Layers[l] = ShardWeights.MapLayer(Gradients.Layers[l], g =>
+    {
+        _tensors.Forget(g);
+        return [];
+    });
 
     /// <summary>Layer <paramref name="l"/>'s gradients, allocated (zeroed) again when ZeRO-2 released them.</summary>
     private LayerWeights LayerGradients(int l)
@@ -315,13 +370,13 @@ public sealed class TrainableModel : IDisposable
     /// <summary>Begins a step: clears the gradients and forgets weight layouts packed before an optimizer changed them.</summary>
     public void ZeroGradients()
     {
-        _kernels.ForgetPacked();
+        _tensors.ParametersChanged();
         foreach (var (_, _, gradient) in Parameters()) Array.Clear(gradient);
     }
 
     /// <summary>Σ gradient² over the parameters this shard counts (see ParameterSlice.Counted).</summary>
     public double CountedGradientSquares() =>
-        Parameters().Where(p => p.Counted).Sum(p => (double)TensorPrimitives.SumOfSquares(p.Gradient));
+        Parameters().Where(p => p.Counted).Sum(p => (double)System.Numerics.Tensors.TensorPrimitives.SumOfSquares(p.Gradient));
 
     /// <summary>
     /// Forward and backward of a whole model over a batch: returns the mean cross-entropy over every counted target of
@@ -332,7 +387,7 @@ public sealed class TrainableModel : IDisposable
     {
         if (!Spec.IsFirstStage || !Spec.IsLastStage) throw new InvalidOperationException($"shard {Spec} is one stage of a pipeline: run it with a PipelineTrainer");
         if (batch.All(s => s.CountedTargets == 0)) throw new ArgumentException("the batch has no counted targets", nameof(batch));
-        _kernels.ForgetPacked();   // an optimizer may have changed the weights since the last call
+        _tensors.ParametersChanged();   // an optimizer may have changed the weights since the last call
         var activations = Forward(batch);
         return Backward(activations, null, 1f).Loss;
     }
@@ -340,8 +395,12 @@ public sealed class TrainableModel : IDisposable
     /// <summary>The logits (T, V) of every position (no gradients).</summary>
     public float[] Logits(int[] tokens, int[]? documents = null)
     {
-        _kernels.ForgetPacked();
-        return Forward([new TrainingSequence(tokens, new int[tokens.Length], documents)]).Logits;
+        if (!Spec.IsLastStage) throw new InvalidOperationException($"shard {Spec} has no LM head: only the last stage gives logits");
+        _tensors.ParametersChanged();
+        using var activations = Forward([new TrainingSequence(tokens, new int[tokens.Length], documents)]);
+        var logits = new float[tokens.Length * Config.VocabSize];
+        _device.Download(activations.Logits!, logits);
+        return logits;
     }
 
     /// <summary>
@@ -352,13 +411,13 @@ public sealed class TrainableModel : IDisposable
     public StageActivations Forward(IReadOnlyList<TrainingSequence> batch, float[]? input = null, int dropoutSeed = 0)
     {
         var c = Config;
-        int T = batch.Sum(s => s.Tokens.Length), C = c.Dim, H = _hidden, kv = _ckv, Cq = _cq;
+        int T = batch.Sum(s => s.Tokens.Length), C = c.Dim;
         if (batch.Count == 0 || batch.Any(s => s.Tokens.Length == 0)) throw new ArgumentException("every training sequence needs tokens", nameof(batch));
         if (Spec.IsFirstStage != input is null) throw new ArgumentException(Spec.IsFirstStage ? "the first stage embeds tokens: no input" : $"stage {Spec.Stage} needs the previous stage's output", nameof(input));
         if (input is not null && input.Length != T * C) throw new ArgumentException($"the input holds {input.Length} floats, not {T}×{C}", nameof(input));
-        var sequences = new (int, int, int[])[batch.Count];
+        var starts = new int[batch.Count + 1];
         var positions = new int[T];
-        for (int i = 0, offset = 0; i < batch.Count; offset += batch[i].Tokens.Length, i++)
+        for (int i = 0; i < batch.Count; i++)
         {
             var (tokens, targets, documents) = batch[i];
             if (targets.Length != tokens.Length) throw new ArgumentException("a sequence needs one target per token", nameof(batch));
@@ -366,17 +425,24 @@ public sealed class TrainableModel : IDisposable
             if (documents is not null && documents.Length != tokens.Length) throw new ArgumentException("documents must give one id per token", nameof(batch));
             foreach (int token in tokens)
                 if ((uint)token >= (uint)c.VocabSize) throw new ArgumentOutOfRangeException(nameof(batch), token, $"token outside the vocabulary of {c.VocabSize}");
-            sequences[i] = (offset, tokens.Length, documents ?? []);
-            PositionsOf(tokens.Length, documents).CopyTo(positions, offset);
+            starts[i + 1] = starts[i] + tokens.Length;
+            PositionsOf(tokens.Length, documents).CopyTo(positions, starts[i]);
         }
-        var a = new StageActivations(Weights.Layers.Length)
+        var a = new StageActivations(Weights.Layers.Length, _buffers)
         {
             DropoutSeed = dropoutSeed,
-            Tokens = [.. batch.SelectMany(s => s.Tokens)], Targets = [.. batch.SelectMany(s => s.Targets)], Positions = positions, Sequences = sequences,
+            Tokens = [.. batch.SelectMany(s => s.Tokens)], Targets = [.. batch.SelectMany(s => s.Targets)], Positions = positions, Starts = starts,
+            // Sequences without document ids are one document each: id 0 within their own rows.
+            Documents = batch.Any(s => s.Documents is not null) ? [.. batch.SelectMany(s => s.Documents ?? new int[s.Tokens.Length])] : [],
         };
-        bool llama = c.Architecture == Architecture.Llama;
 
-        var x = input ?? Embed(a);                                                           // (T, C)
+        DeviceBuffer x;                                                                      // (T, C)
+        if (input is null) x = Embed(a);
+        else
+        {
+            x = a.Rent(T * C);
+            _device.Write(x, input);
+        }
         for (int l = 0; l < Weights.Layers.Length; l++)
         {
             LayerWeightsNeeded?.Invoke(l);
@@ -385,71 +451,68 @@ public sealed class TrainableModel : IDisposable
             if (_mode.ActivationCheckpointing) a.ForgetLayer(l);   // only its input stays; the backward recomputes the rest
             x = next;
         }
-        a.Output = x;
-        if (!Spec.IsLastStage) return a;
-        a.FinalNormed = NormalizeRows(x, Weights.FinalNorm!, Weights.FinalNormBias, T);     // (T, C)
-        CopyToRegion.Forward(a.FinalNormed, _tensorGroup);                                   // into the vocab-parallel head
-        var logits = new float[T * _vocab];                                                  // (T, Vl)
-        _kernels.Forward(a.FinalNormed, _head!, [], logits, T, _vocab, C);
-        a.Logits = GatherFromRegion.Forward(logits, T, c.VocabSize, _tensorGroup);           // (T, V)
+        a.X = x;
+        if (!Spec.IsLastStage)
+        {
+            a.Output = new float[T * C];
+            _device.Download(x, a.Output);                                                   // the stage's edge: to the next stage
+            return a;
+        }
+        a.FinalNormed = NormalizeRows(a, x, Weights.FinalNorm!, Weights.FinalNormBias, T);   // (T, C)
+        CopyToRegion.Forward(_device, a.FinalNormed, T * C, _tensorGroup);                   // into the vocab-parallel head
+        a.LocalLogits = a.Rent(T * _vocab);                                                  // (T, Vl)
+        _device.Linear(a.FinalNormed, _tensors.Parameter(_head!), a.LocalLogits, T, _vocab, C);
+        a.Logits = GatherFromRegion.Forward(_device, a.LocalLogits, T, c.VocabSize, _tensorGroup);   // (T, V)
         return a;
     }
 
     /// <summary>Layer <paramref name="l"/> of this stage on x (T, C): keeps its activations in <paramref name="a"/>, returns its output (T, C).</summary>
-    private float[] ForwardLayer(StageActivations a, int l, float[] x)
+    private DeviceBuffer ForwardLayer(StageActivations a, int l, DeviceBuffer x)
     {
         var c = Config;
         int T = a.Tokens.Length, C = c.Dim, H = _hidden, kv = _ckv, Cq = _cq;
         bool llama = c.Architecture == Architecture.Llama;
         var w = Weights.Layers[l];
         a.LayerInput[l] = x;
-        var n1 = a.AttnNormed[l] = NormalizeRows(x, w.AttnNorm, w.AttnNormBias, T);          // (T, C)
-        CopyToRegion.Forward(n1, _tensorGroup);                                              // into the column-parallel q/k/v
-        var q = a.Q[l] = new float[T * Cq];
-        var k = a.K[l] = new float[T * kv];
-        var v = a.V[l] = new float[T * kv];
+        var n1 = a.AttnNormed[l] = NormalizeRows(a, x, w.AttnNorm, w.AttnNormBias, T);       // (T, C)
+        CopyToRegion.Forward(_device, n1, T * C, _tensorGroup);                              // into the column-parallel q/k/v
+        var q = a.Q[l] = a.Rent(T * Cq);
+        var k = a.K[l] = a.Rent(T * kv);
+        var v = a.V[l] = a.Rent(T * kv);
         Project(a, l, "wq", n1, w.Wq, w.Bq, q, T, Cq, C);
         Project(a, l, "wk", n1, w.Wk, w.Bk, k, T, kv, C);
         Project(a, l, "wv", n1, w.Wv, w.Bv, v, T, kv, C);
         if (llama)
         {
-            _kernels.Rope(q, a.Positions, _heads, c.HeadDim, c.EffectiveRotaryDim, c.RopeTheta, c.RopeLayout, backward: false);
-            _kernels.Rope(k, a.Positions, _kvHeads, c.HeadDim, c.EffectiveRotaryDim, c.RopeTheta, c.RopeLayout, backward: false);
+            _device.Rope(q, a.Positions, _heads, c.HeadDim, c.EffectiveRotaryDim, c.RopeTheta, c.RopeLayout);
+            _device.Rope(k, a.Positions, _kvHeads, c.HeadDim, c.EffectiveRotaryDim, c.RopeTheta, c.RopeLayout);
         }
-        var att = a.Attention[l] = new float[T * Cq];
-        var allProbs = a.Probs[l] = new float[a.Sequences.Length][];
-        _pool.For(a.Sequences.Length, (s0, s1) =>   // sequences in parallel: each writes its own rows
-        {
-            for (int i = s0; i < s1; i++)
-            {
-                var (offset, length, documents) = a.Sequences[i];
-                var probs = allProbs[i] = new float[_heads * length * length];
-                _kernels.Attention(q.AsSpan(offset * Cq, length * Cq), k.AsSpan(offset * kv, length * kv), v.AsSpan(offset * kv, length * kv),
-                    att.AsSpan(offset * Cq, length * Cq), probs, documents, length, _heads, _kvHeads, c.HeadDim);
-            }
-        });
-        var x1 = a.Residual[l] = new float[T * C];
+        var att = a.Attention[l] = a.Rent(T * Cq);                                          // (T, Cq)
+        var probs = a.Probs[l] = a.Rent(TrainingAttention.ProbsOffsets(a.Starts, _heads)[^1]);
+        _device.CausalAttention(q, k, v, att, probs, a.Starts, a.Documents, _heads, _kvHeads, c.HeadDim);
+        var x1 = a.Residual[l] = a.Rent(T * C);
         Project(a, l, "wo", att, w.Wo, null, x1, T, C, Cq);
-        ReduceFromRegion.Forward(x1, _tensorGroup);                                          // (T, C) row-parallel wo: the ranks' partial sums
+        ReduceFromRegion.Forward(_device, x1, T * C, _tensorGroup);                          // (T, C) row-parallel wo: the ranks' partial sums
         AddBias(x1, w.Bo, T);
-        TensorPrimitives.Add(x1, x, x1);
-        var n2 = a.FfnNormed[l] = NormalizeRows(x1, w.FfnNorm, w.FfnNormBias, T);            // (T, C)
-        CopyToRegion.Forward(n2, _tensorGroup);                                              // into the column-parallel w1/w3
-        var gate = a.Gate[l] = new float[T * H];
+        _device.Add(x1, x, T * C);
+        var n2 = a.FfnNormed[l] = NormalizeRows(a, x1, w.FfnNorm, w.FfnNormBias, T);         // (T, C)
+        CopyToRegion.Forward(_device, n2, T * C, _tensorGroup);                              // into the column-parallel w1/w3
+        var gate = a.Gate[l] = a.Rent(T * H);
         Project(a, l, "w1", n2, w.W1, w.B1, gate, T, H, C);
-        var hidden = a.Hidden[l] = (float[])gate.Clone();
+        var hidden = a.Hidden[l] = a.Rent(T * H);
+        _device.Copy(gate, hidden, T * H);
         if (llama)
         {
-            var up = a.Up[l] = new float[T * H];
+            var up = a.Up[l] = a.Rent(T * H);
             Project(a, l, "w3", n2, w.W3!, null, up, T, H, C);
-            _kernels.SwiGlu(hidden, up);
+            _device.SwiGlu(hidden, up, T * H);
         }
-        else _kernels.Gelu(hidden);
-        var next = new float[T * C];
+        else _device.Gelu(hidden, T * H);
+        var next = a.Rent(T * C);
         Project(a, l, "w2", hidden, w.W2, null, next, T, C, H);
-        ReduceFromRegion.Forward(next, _tensorGroup);                                        // (T, C) row-parallel w2: the ranks' partial sums
+        ReduceFromRegion.Forward(_device, next, T * C, _tensorGroup);                        // (T, C) row-parallel w2: the ranks' partial sums
         AddBias(next, w.B2, T);
-        TensorPrimitives.Add(next, x1, next);
+        _device.Add(next, x1, T * C);
         return next;
     }
 
@@ -457,137 +520,167 @@ public sealed class TrainableModel : IDisposable
     /// This stage's backward of a micro-batch: the last stage starts from the cross-entropy of its logits, scaled by
     /// <paramref name="lossScale"/> (the micro-batch's share of the global mean); other stages from the next stage's
     /// <paramref name="outputGradient"/> (T, C). Adds to <see cref="Gradients"/>; returns the loss (last stage, unscaled)
-    /// and ∂L/∂input (T, C) for the previous stage (null on the first).
+    /// and ∂L/∂input (T, C) for the previous stage (null on the first). The activations go back to the pool.
     /// </summary>
     public (float Loss, float[]? InputGradient) Backward(StageActivations a, float[]? outputGradient, float lossScale)
     {
         var c = Config;
         int T = a.Tokens.Length, C = c.Dim, H = _hidden, kv = _ckv, Cq = _cq, V = c.VocabSize;
         if (Spec.IsLastStage == outputGradient is not null) throw new ArgumentException(Spec.IsLastStage ? "the last stage starts from its loss" : "a stage before the last needs the next stage's gradient", nameof(outputGradient));
+        if (outputGradient is not null && outputGradient.Length != T * C) throw new ArgumentException($"the output gradient holds {outputGradient.Length} floats, not {T}×{C}", nameof(outputGradient));
         float loss = 0;
-        var dx = outputGradient ?? new float[T * C];                                         // ∂L/∂(stage output) (T, C)
+        var dx = a.Rent(T * C, zeroed: outputGradient is null);                              // ∂L/∂(stage output) (T, C)
+        if (outputGradient is not null) _device.Write(dx, outputGradient);
+        var temporaries = new List<DeviceBuffer>();
+        DeviceBuffer Temporary(int length, bool zeroed = true)
+        {
+            var buffer = a.Rent(length, zeroed);
+            temporaries.Add(buffer);
+            return buffer;
+        }
         if (Spec.IsLastStage)
         {
             // (T, V): the step's largest temporary (65 MB for stories15M's micro-batch of 512 tokens); CrossEntropy writes
             // every element, so it is not zeroed first.
-            var dlogits = Scratch(ref _scratch.DLogits, T * V, zeroed: false);
-            loss = _kernels.CrossEntropy(a.Logits, a.Targets, dlogits, V);
-            if (lossScale != 1f) TensorPrimitives.Multiply(dlogits, lossScale, dlogits);
-            var dFinalNormed = Scratch(ref _scratch.DFinalNormed, T * C);
-            var dLocalLogits = GatherFromRegion.Backward(dlogits, T, V, _tensorGroup);       // (T, Vl) this rank's columns
-            _kernels.Backward(a.FinalNormed, _head!, dLocalLogits, dFinalNormed, _headGradient!, [], T, _vocab, C);
-            CopyToRegion.Backward(dFinalNormed, _tensorGroup);                               // (T, C) the head's input gradient, summed over ranks
-            NormalizeRowsBackward(a.Output, Weights.FinalNorm!, dFinalNormed, dx, Gradients.FinalNorm!, Gradients.FinalNormBias, T);
+            var dlogits = Temporary(T * V, zeroed: false);
+            int counted = Cluster.Compute.Cpu.CrossEntropy.Counted(a.Targets, V);
+            if (counted == 0) _device.Zero(dlogits, T * V);
+            else
+            {
+                var losses = Temporary(T, zeroed: false);
+                _device.CrossEntropy(a.Logits!, a.Targets, dlogits, losses, V, counted);
+                var rowLosses = new float[T];
+                _device.Download(losses, rowLosses);                                         // the loss: T floats out
+                loss = (float)(rowLosses.Sum(r => (double)r) / counted);
+            }
+            if (lossScale != 1f) _device.Scale(dlogits, lossScale, T * V);
+            var dFinalNormed = Temporary(T * C);
+            var dLocalLogits = GatherFromRegion.Backward(_device, dlogits, T, V, _tensorGroup);   // (T, Vl) this rank's columns
+            _device.LinearBackward(a.FinalNormed!, _tensors.Parameter(_head!), dLocalLogits, dFinalNormed, _tensors.Gradient(_headGradient!), null, T, _vocab, C);
+            if (!ReferenceEquals(dLocalLogits, dlogits)) dLocalLogits.Dispose();
+            CopyToRegion.Backward(_device, dFinalNormed, T * C, _tensorGroup);               // (T, C) the head's input gradient, summed over ranks
+            NormalizeRowsBackward(a.X!, Weights.FinalNorm!, dFinalNormed, dx, Gradients.FinalNorm!, Gradients.FinalNormBias, T);
         }
         bool llama = c.Architecture == Architecture.Llama;
         for (int l = Weights.Layers.Length - 1; l >= 0; l--)
         {
             LayerWeightsNeeded?.Invoke(l);
             LayerWeights w = Weights.Layers[l], g = LayerGradients(l);
-            if (_mode.ActivationCheckpointing) ForwardLayer(a, l, a.LayerInput[l]);   // recompute what the forward let go
+            if (_mode.ActivationCheckpointing) _buffers.Return(ForwardLayer(a, l, a.LayerInput[l]!));   // recompute what the forward let go
             // x_out = x1 + W2·swiglu(W1·n2, W3·n2)   (GPT-2: W2·gelu(W1·n2 + b1) + b2)
-            var dx1 = Scratch(ref _scratch.Dx1, T * C);
-            dx.CopyTo(dx1);
-            ReduceFromRegion.Backward(dx, _tensorGroup);                                     // (T, C) w2's summed output: each partial's gradient
-            var dHidden = Scratch(ref _scratch.DHidden, T * H);
-            ProjectBackward(a, l, "w2", a.Hidden[l], w.W2, dx, dHidden, g.W2, g.B2, T, C, H);
-            var dGate = Scratch(ref _scratch.DGate, T * H);
-            var dn2 = Scratch(ref _scratch.Dn2, T * C);
+            var dx1 = Temporary(T * C, zeroed: false);
+            _device.Copy(dx, dx1, T * C);
+            ReduceFromRegion.Backward(_device, dx, T * C, _tensorGroup);                     // (T, C) w2's summed output: each partial's gradient
+            var dHidden = Temporary(T * H);
+            ProjectBackward(a, l, "w2", a.Hidden[l]!, w.W2, dx, dHidden, g.W2, g.B2, T, C, H, Temporary);
+            var dGate = Temporary(T * H);
+            var dn2 = Temporary(T * C);
             if (llama)
             {
-                var dUp = Scratch(ref _scratch.DUp, T * H);
-                _kernels.SwiGluBackward(a.Gate[l], a.Up[l], dHidden, dGate, dUp);
-                ProjectBackward(a, l, "w3", a.FfnNormed[l], w.W3!, dUp, dn2, g.W3!, null, T, H, C);
+                var dUp = Temporary(T * H);
+                _device.SwiGluBackward(a.Gate[l]!, a.Up[l]!, dHidden, dGate, dUp, T * H);
+                ProjectBackward(a, l, "w3", a.FfnNormed[l]!, w.W3!, dUp, dn2, g.W3!, null, T, H, C, Temporary);
             }
-            else _kernels.GeluBackward(a.Gate[l], dHidden, dGate);
-            ProjectBackward(a, l, "w1", a.FfnNormed[l], w.W1, dGate, dn2, g.W1, g.B1, T, H, C);
-            CopyToRegion.Backward(dn2, _tensorGroup);                                        // (T, C) w1/w3's input gradient, summed over ranks
-            NormalizeRowsBackward(a.Residual[l], w.FfnNorm, dn2, dx1, g.FfnNorm, g.FfnNormBias, T);
+            else _device.GeluBackward(a.Gate[l]!, dHidden, dGate, T * H);
+            ProjectBackward(a, l, "w1", a.FfnNormed[l]!, w.W1, dGate, dn2, g.W1, g.B1, T, H, C, Temporary);
+            CopyToRegion.Backward(_device, dn2, T * C, _tensorGroup);                        // (T, C) w1/w3's input gradient, summed over ranks
+            NormalizeRowsBackward(a.Residual[l]!, w.FfnNorm, dn2, dx1, g.FfnNorm, g.FfnNormBias, T);
             // x1 = x_in + Wo·attention(rope(Wq·n1), rope(Wk·n1), Wv·n1)
-            // Layer by layer dx alternates between two buffers: this layer's input gradient is written while the next
-            // layer's (its dx) may still be the other one.
-            var dxIn = Scratch(ref l % 2 == 0 ? ref _scratch.DxEven : ref _scratch.DxOdd, T * C);
-            dx1.CopyTo(dxIn);
-            ReduceFromRegion.Backward(dx1, _tensorGroup);                                    // (T, C) wo's summed output: each partial's gradient
-            var dAtt = Scratch(ref _scratch.DAtt, T * Cq);
-            ProjectBackward(a, l, "wo", a.Attention[l], w.Wo, dx1, dAtt, g.Wo, g.Bo, T, C, Cq);
-            var dq = Scratch(ref _scratch.Dq, T * Cq);
-            var dk = Scratch(ref _scratch.Dk, T * kv);
-            var dv = Scratch(ref _scratch.Dv, T * kv);
-            float[] lq = a.Q[l], lk = a.K[l], lv = a.V[l];
-            float[][] lprobs = a.Probs[l];
-            _pool.For(a.Sequences.Length, (s0, s1) =>   // sequences in parallel: each writes its own rows of dq, dk, dv
-            {
-                for (int i = s0; i < s1; i++)
-                {
-                    var (o, n, _) = a.Sequences[i];
-                    _kernels.AttentionBackward(lq.AsSpan(o * Cq, n * Cq), lk.AsSpan(o * kv, n * kv), lv.AsSpan(o * kv, n * kv), lprobs[i],
-                        dAtt.AsSpan(o * Cq, n * Cq), dq.AsSpan(o * Cq, n * Cq), dk.AsSpan(o * kv, n * kv), dv.AsSpan(o * kv, n * kv), n, _heads, _kvHeads, c.HeadDim);
-                }
-            });
+            var dxIn = a.Rent(T * C);
+            _device.Copy(dx1, dxIn, T * C);
+            ReduceFromRegion.Backward(_device, dx1, T * C, _tensorGroup);                    // (T, C) wo's summed output: each partial's gradient
+            var dAtt = Temporary(T * Cq);
+            ProjectBackward(a, l, "wo", a.Attention[l]!, w.Wo, dx1, dAtt, g.Wo, g.Bo, T, C, Cq, Temporary);
+            var dq = Temporary(T * Cq);
+            var dk = Temporary(T * kv);
+            var dv = Temporary(T * kv);
+            _device.CausalAttentionBackward(a.Q[l]!, a.K[l]!, a.V[l]!, a.Probs[l]!, dAtt, dq, dk, dv, a.Starts, _heads, _kvHeads, c.HeadDim);
             if (llama)
             {
-                _kernels.Rope(dq, a.Positions, _heads, c.HeadDim, c.EffectiveRotaryDim, c.RopeTheta, c.RopeLayout, backward: true);
-                _kernels.Rope(dk, a.Positions, _kvHeads, c.HeadDim, c.EffectiveRotaryDim, c.RopeTheta, c.RopeLayout, backward: true);
+                _device.RopeBackward(dq, a.Positions, _heads, c.HeadDim, c.EffectiveRotaryDim, c.RopeTheta, c.RopeLayout);
+                _device.RopeBackward(dk, a.Positions, _kvHeads, c.HeadDim, c.EffectiveRotaryDim, c.RopeTheta, c.RopeLayout);
             }
-            var dn1 = Scratch(ref _scratch.Dn1, T * C);
-            ProjectBackward(a, l, "wq", a.AttnNormed[l], w.Wq, dq, dn1, g.Wq, g.Bq, T, Cq, C);
-            ProjectBackward(a, l, "wk", a.AttnNormed[l], w.Wk, dk, dn1, g.Wk, g.Bk, T, kv, C);
-            ProjectBackward(a, l, "wv", a.AttnNormed[l], w.Wv, dv, dn1, g.Wv, g.Bv, T, kv, C);
-            CopyToRegion.Backward(dn1, _tensorGroup);                                        // (T, C) q/k/v's input gradient, summed over ranks
-            NormalizeRowsBackward(a.LayerInput[l], w.AttnNorm, dn1, dxIn, g.AttnNorm, g.AttnNormBias, T);
+            var dn1 = Temporary(T * C);
+            ProjectBackward(a, l, "wq", a.AttnNormed[l]!, w.Wq, dq, dn1, g.Wq, g.Bq, T, Cq, C, Temporary);
+            ProjectBackward(a, l, "wk", a.AttnNormed[l]!, w.Wk, dk, dn1, g.Wk, g.Bk, T, kv, C, Temporary);
+            ProjectBackward(a, l, "wv", a.AttnNormed[l]!, w.Wv, dv, dn1, g.Wv, g.Bv, T, kv, C, Temporary);
+            CopyToRegion.Backward(_device, dn1, T * C, _tensorGroup);                        // (T, C) q/k/v's input gradient, summed over ranks
+            NormalizeRowsBackward(a.LayerInput[l]!, w.AttnNorm, dn1, dxIn, g.AttnNorm, g.AttnNormBias, T);
+            _buffers.Return(dx);
+            foreach (var buffer in temporaries) _buffers.Return(buffer);
+            temporaries.Clear();
+            a.ForgetLayer(l);
             dx = dxIn;
+            _tensors.FlushGradients();
             LayerGradientsDone?.Invoke(l);
             LayerWeightsDone?.Invoke(l);
         }
-        // The input gradient leaves for the previous stage, which may use it while this stage's next backward runs: a copy.
-        if (!Spec.IsFirstStage || _lora is not null) return (loss, Spec.IsFirstStage ? null : [.. dx]);   // a frozen embedding needs no gradient
-        ReduceFromRegion.Backward(dx, _tensorGroup);                                         // (T, C) the summed embedding's gradient
-        var vocab = Spec.Vocab;
-        int[] rows = [.. a.Tokens.Select(token => token >= vocab.Offset && token < vocab.End ? token - vocab.Offset : -1)];   // vocab-parallel: this rank's rows only
-        _kernels.EmbeddingBackward(rows, dx, Gradients.TokenEmbedding!, C);
-        if (Gradients.PositionEmbedding is { } dPositions) _kernels.EmbeddingBackward(a.Positions, dx, dPositions, C);
-        return (loss, null);
+        float[]? inputGradient = null;
+        if (!Spec.IsFirstStage)
+        {
+            inputGradient = new float[T * C];                                                // the stage's edge: to the previous stage
+            _device.Download(dx, inputGradient);
+        }
+        else if (_lora is null)                                                              // a frozen embedding needs no gradient
+        {
+            ReduceFromRegion.Backward(_device, dx, T * C, _tensorGroup);                     // (T, C) the summed embedding's gradient
+            var vocab = Spec.Vocab;
+            int[] rows = [.. a.Tokens.Select(token => token >= vocab.Offset && token < vocab.End ? token - vocab.Offset : -1)];   // vocab-parallel: this rank's rows only
+            _device.EmbeddingBackward(rows, dx, _tensors.Gradient(Gradients.TokenEmbedding!)!, C);
+            if (Gradients.PositionEmbedding is { } dPositions) _device.EmbeddingBackward(a.Positions, dx, _tensors.Gradient(dPositions)!, C);
+        }
+        _buffers.Return(dx);
+        foreach (var buffer in temporaries) _buffers.Return(buffer);
+        _tensors.FlushGradients();
+        a.Dispose();
+        return (loss, inputGradient);
     }
 
     /// <summary>y (T, n) = x (T, k)·Wᵀ (+ b), plus the LoRA update (α/r)·drop(x)·Aᵀ·Bᵀ when this projection is adapted.</summary>
-    private void Project(StageActivations a, int layer, string target, float[] x, float[] w, float[]? b, float[] y, int T, int n, int k)
+    private void Project(StageActivations a, int layer, string target, DeviceBuffer x, float[] w, float[]? b, DeviceBuffer y, int T, int n, int k)
     {
-        _kernels.Forward(x, w, b, y, T, n, k);
+        _device.Linear(x, _tensors.Parameter(w), y, T, n, k);
+        AddBias(y, b, T);
         if (!_adapters.TryGetValue((layer, target), out var adapter)) return;
         var input = x;                                                                       // (T, k)
-        if (DropoutMask(a, layer, target, x.Length) is { } mask)
+        DeviceBuffer? mask = null;
+        if (DropoutMask(a, layer, target, T * k) is { } drawn)
         {
-            input = new float[x.Length];
-            TensorPrimitives.Multiply(x, mask, input);
+            mask = a.Rent(T * k);
+            _device.Write(mask, drawn);
+            input = a.Rent(T * k);
+            _device.Copy(x, input, T * k);
+            _device.Multiply(input, mask, T * k);
         }
-        var low = new float[T * _lora!.Rank];                                                  // (T, r) = drop(x)·Aᵀ
-        _kernels.Forward(input, adapter.A, [], low, T, _lora.Rank, k);
-        var update = new float[T * n];                                                        // (T, n) = low·Bᵀ
-        _kernels.Forward(low, adapter.B, [], update, T, n, _lora.Rank);
-        TensorPrimitives.MultiplyAdd(update, _lora.Scale, y, y);
-        a.Lora[(layer, target)] = (input, low);
+        var low = a.Rent(T * _lora!.Rank);                                                   // (T, r) = drop(x)·Aᵀ
+        _device.Linear(input, _tensors.Parameter(adapter.A), low, T, _lora.Rank, k);
+        var update = a.Rent(T * n);                                                          // (T, n) = low·Bᵀ
+        _device.Linear(low, _tensors.Parameter(adapter.B), update, T, n, _lora.Rank);
+        _device.AddScaled(y, update, _lora.Scale, T * n);
+        _buffers.Return(update);
+        a.Lora[(layer, target)] = (input, low, mask);
     }
 
     /// <summary>dx += dy·W (and dW, db unless frozen); with an adapter also dB, dA and its part of dx (through the dropout mask).</summary>
-    private void ProjectBackward(StageActivations a, int layer, string target, float[] x, float[] w, float[] dy, float[] dx, float[] dw, float[]? db,
-        int T, int n, int k)
+    private void ProjectBackward(StageActivations a, int layer, string target, DeviceBuffer x, float[] w, DeviceBuffer dy, DeviceBuffer dx, float[] dw, float[]? db,
+        int T, int n, int k, Func<int, bool, DeviceBuffer> temporary)
     {
-        _kernels.Backward(x, w, dy, dx, dw, db ?? [], T, n, k);
+        _device.LinearBackward(x, _tensors.Parameter(w), dy, dx, _tensors.Gradient(dw), db is null ? null : _tensors.Gradient(db), T, n, k);
         if (!_adapters.TryGetValue((layer, target), out var adapter)) return;
-        var (input, low) = a.Lora[(layer, target)];
+        var (input, low, mask) = a.Lora[(layer, target)];
         int r = _lora!.Rank;
-        var scaled = new float[dy.Length];                                                   // (T, n) ∂L/∂update
-        TensorPrimitives.Multiply(dy, _lora.Scale, scaled);
-        var dLow = new float[T * r];                                                          // (T, r)
-        _kernels.Backward(low, adapter.B, scaled, dLow, adapter.GradB, [], T, n, r);
-        var dInput = new float[T * k];                                                        // (T, k)
-        _kernels.Backward(input, adapter.A, dLow, dInput, adapter.GradA, [], T, r, k);
-        if (DropoutMask(a, layer, target, dInput.Length) is { } mask) TensorPrimitives.Multiply(dInput, mask, dInput);
-        TensorPrimitives.Add(dx, dInput, dx);
+        var scaled = temporary(T * n, false);                                                // (T, n) ∂L/∂update
+        _device.Copy(dy, scaled, T * n);
+        _device.Scale(scaled, _lora.Scale, T * n);
+        var dLow = temporary(T * r, true);                                                   // (T, r)
+        _device.LinearBackward(low, _tensors.Parameter(adapter.B), scaled, dLow, _tensors.Gradient(adapter.GradB), null, T, n, r);
+        var dInput = temporary(T * k, true);                                                 // (T, k)
+        _device.LinearBackward(input, _tensors.Parameter(adapter.A), dLow, dInput, _tensors.Gradient(adapter.GradA), null, T, r, k);
+        if (mask is not null) _device.Multiply(dInput, mask, T * k);
+        _device.Add(dx, dInput, T * k);
     }
 
-    /// <summary>LoRA dropout's mask for one projection and micro-batch: 0 or 1/keep per element, drawn again identically for the backward; null without dropout.</summary>
+    /// <summary>LoRA dropout's mask for one projection and micro-batch: 0 or 1/keep per element; null without dropout.</summary>
     private float[]? DropoutMask(StageActivations a, int layer, string target, int length)
     {
         if (_lora!.Dropout == 0) return null;
@@ -599,25 +692,22 @@ public sealed class TrainableModel : IDisposable
     }
 
     /// <summary>x (T, C): this rank's embedding rows for the tokens in its vocab slice, summed over the ranks, plus learned positions.</summary>
-    private float[] Embed(StageActivations a)
+    private DeviceBuffer Embed(StageActivations a)
     {
         int T = a.Tokens.Length, C = Config.Dim;
         var vocab = Spec.Vocab;
-        var x = new float[T * C];
-        for (int t = 0; t < T; t++)
-            if (a.Tokens[t] >= vocab.Offset && a.Tokens[t] < vocab.End)
-                Weights.TokenEmbedding!.AsSpan((a.Tokens[t] - vocab.Offset) * C, C).CopyTo(x.AsSpan(t * C));
-        ReduceFromRegion.Forward(x, _tensorGroup);                                           // (T, C) vocab-parallel: the ranks' rows summed
+        int[] rows = [.. a.Tokens.Select(token => token >= vocab.Offset && token < vocab.End ? token - vocab.Offset : -1)];   // −1: another rank's row, zeros here
+        var x = a.Rent(T * C);
+        _device.Embedding(_tensors.Parameter(Weights.TokenEmbedding!), rows, x, C);
+        ReduceFromRegion.Forward(_device, x, T * C, _tensorGroup);                           // (T, C) vocab-parallel: the ranks' rows summed
         if (Weights.PositionEmbedding is { } learned)                                        // GPT-2: learned positions
-            for (int t = 0; t < T; t++)
-                TensorPrimitives.Add(x.AsSpan(t * C, C), learned.AsSpan(a.Positions[t] * C, C), x.AsSpan(t * C, C));
+            _device.AddEmbedding(x, _tensors.Parameter(learned), a.Positions, C);
         return x;
     }
 
-    private void AddBias(float[] y, float[]? bias, int rows)
+    private void AddBias(DeviceBuffer y, float[]? bias, int rows)
     {
-        if (bias is null) return;
-        for (int r = 0; r < rows; r++) TensorPrimitives.Add(y.AsSpan(r * bias.Length, bias.Length), bias, y.AsSpan(r * bias.Length, bias.Length));
+        if (bias is not null) _device.AddBias(y, _tensors.Parameter(bias), rows, bias.Length);
     }
 
     /// <summary>Positions restart at 0 with each document (llama-style packing), else run 0..T-1.</summary>
@@ -629,41 +719,21 @@ public sealed class TrainableModel : IDisposable
         return positions;
     }
 
-    /// <summary>RMSNorm (Llama) or LayerNorm with its bias (GPT-2) over each row of x (rows, C).</summary>
-    private float[] NormalizeRows(float[] x, float[] weight, float[]? bias, int rows)
+    /// <summary>RMSNorm (Llama) or LayerNorm with its bias (GPT-2) over each row of x (rows, C), into a buffer of the activations'.</summary>
+    private DeviceBuffer NormalizeRows(StageActivations a, DeviceBuffer x, float[] weight, float[]? bias, int rows)
     {
         int C = Config.Dim;
-        var y = new float[x.Length];
-        if (bias is null) _kernels.RmsNorm(x, weight, y, rows, Config.NormEps);
-        else _kernels.LayerNorm(x, weight, bias, y, rows, Config.NormEps);
+        var y = a.Rent(rows * C);
+        if (bias is null) _device.RmsNorm(x, _tensors.Parameter(weight), y, rows, C, Config.NormEps);
+        else _device.LayerNorm(x, _tensors.Parameter(weight), _tensors.Parameter(bias), y, rows, C, Config.NormEps);
         return y;
     }
 
-    private void NormalizeRowsBackward(float[] x, float[] weight, float[] dy, float[] dx, float[] dWeight, float[]? dBias, int rows)
+    private void NormalizeRowsBackward(DeviceBuffer x, float[] weight, DeviceBuffer dy, DeviceBuffer dx, float[] dWeight, float[]? dBias, int rows)
     {
         int C = Config.Dim;
         if (dWeight.Length == 0) (dWeight, dBias) = (_frozenNormGradient, dBias is null ? null : _frozenNormGradient);   // frozen: the weight's gradient is not kept
-        if (dBias is null) _kernels.RmsNormBackward(x, weight, dy, dx, dWeight, rows, Config.NormEps);
-        else _kernels.LayerNormBackward(x, weight, dy, dx, dWeight, dBias, rows, Config.NormEps);
-    }
-
-    /// <summary>The gradients a backward needs only while it runs (kept by the model, reused by the next layer and backward).</summary>
-    private struct BackwardScratch
-    {
-        public float[]? DLogits, DFinalNormed, Dx1, DxEven, DxOdd, DHidden, DGate, DUp, Dn2, DAtt, Dq, Dk, Dv, Dn1;
-    }
-
-    /// <summary>
-    /// The array in <paramref name="slot"/> when it has <paramref name="length"/> floats, zeroed as a new one would be
-    /// (unless the caller overwrites it all); else a new one, kept there.
-    /// </summary>
-    private static float[] Scratch(ref float[]? slot, int length, bool zeroed = true)
-    {
-        if (slot is { } kept && kept.Length == length)
-        {
-            if (zeroed) Array.Clear(kept);
-            return kept;
-        }
-        return slot = new float[length];
+        if (dBias is null) _device.RmsNormBackward(x, _tensors.Parameter(weight), dy, dx, _tensors.Gradient(dWeight)!, rows, C, Config.NormEps);
+        else _device.LayerNormBackward(x, _tensors.Parameter(weight), dy, dx, _tensors.Gradient(dWeight)!, _tensors.Gradient(dBias)!, rows, C, Config.NormEps);
     }
 }

@@ -22,6 +22,6 @@ public sealed record TrainingMode
     public LoraOptions? Lora { get; init; }
     public bool ActivationCheckpointing { get; init; }
     public Precision Precision { get; init; }
-    /// <summary>Where the step's kernels (forward, backward, AdamW) run: null for the CPU, else this device (e.g. ILGPU; see DeviceTrainingKernels).</summary>
+    /// <summary>Where the forward and backward run: null for a CPU device of the shard's own, else this device (e.g. ILGPU; parameters and gradients reach it through DeviceTensors). AdamW updates the host parameters.</summary>
     public Cluster.Compute.IDevice? Device { get; init; }
 }

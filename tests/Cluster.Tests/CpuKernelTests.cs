@@ -175,8 +175,7 @@ public sealed class CpuKernelTests
         float[] p = Random(), g = Random(), m = Random(), v = [.. Random().Select(MathF.Abs)];
         float[] p2 = [.. p], m2 = [.. m], v2 = [.. v];
         using var pool = new WorkerPool(2);
-        using var kernels = new CpuTrainingKernels(pool);
-        kernels.AdamW(p, g, m, v, 2, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f);
+        AdamW.Update(pool, p, g, m, v, 2, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f);
         AdamW.Update(p2, g, m2, v2, 2, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f);
         Assert.Equal(p2, p);
         Assert.Equal(m2, m);

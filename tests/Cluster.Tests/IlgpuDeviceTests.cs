@@ -256,21 +256,24 @@ public sealed class IlgpuDeviceTests(IlgpuCpuFixture devices) : IClassFixture<Il
     }
 
     [Theory]
-    [InlineData(1, 1, 1, 4, false)]
-    [InlineData(9, 6, 2, 8, true)]    // grouped-query, two packed documents
-    [InlineData(13, 4, 4, 5, false)]
-    public void TrainingAttentionForwardAndBackward(int tokens, int heads, int kvHeads, int headDim, bool packed)
+    [InlineData(1, 1, 1, 4, false, 1)]
+    [InlineData(9, 6, 2, 8, true, 1)]    // grouped-query, two packed documents
+    [InlineData(13, 4, 4, 5, false, 1)]
+    [InlineData(13, 4, 2, 5, true, 3)]   // three sequences of a batch (4, 4, 5 tokens), documents within them
+    public void TrainingAttentionForwardAndBackward(int tokens, int heads, int kvHeads, int headDim, bool packed, int sequences)
     {
-        var random = new Random(tokens * 31 + heads);
+        var random = new Random(tokens * 31 + heads + sequences);
         float[] q = Values(random, tokens * heads * headDim), k = Values(random, tokens * kvHeads * headDim), v = Values(random, tokens * kvHeads * headDim);
         float[] dout = Values(random, tokens * heads * headDim), dqStart = Values(random, q.Length), dkStart = Values(random, k.Length), dvStart = Values(random, v.Length);
-        int[] documents = packed ? [.. Enumerable.Range(0, tokens).Select(t => t < tokens / 2 ? 0 : 1)] : [];
+        int[] documents = packed ? [.. Enumerable.Range(0, tokens).Select(t => t % 5 < 2 ? 0 : 1)] : [];
+        int[] starts = [.. Enumerable.Range(0, sequences + 1).Select(s => s * tokens / sequences)];
+        int probsLength = TrainingAttention.ProbsOffsets(starts, heads)[^1];
         Compare(d =>
         {
-            using DeviceBuffer qb = d.Upload(q), kb = d.Upload(k), vb = d.Upload(v), output = d.Allocate(q.Length), probs = d.Allocate(heads * tokens * tokens);
-            d.CausalAttention(qb, kb, vb, output, probs, documents, tokens, heads, kvHeads, headDim);
+            using DeviceBuffer qb = d.Upload(q), kb = d.Upload(k), vb = d.Upload(v), output = d.Allocate(q.Length), probs = d.Allocate(probsLength);
+            d.CausalAttention(qb, kb, vb, output, probs, starts, documents, heads, kvHeads, headDim);
             using DeviceBuffer ob = d.Upload(dout), dq = d.Upload(dqStart), dk = d.Upload(dkStart), dv = d.Upload(dvStart);
-            d.CausalAttentionBackward(qb, kb, vb, probs, ob, dq, dk, dv, tokens, heads, kvHeads, headDim);
+            d.CausalAttentionBackward(qb, kb, vb, probs, ob, dq, dk, dv, starts, heads, kvHeads, headDim);
             return [.. Read(d, output), .. Read(d, probs), .. Read(d, dq), .. Read(d, dk), .. Read(d, dv)];
         });
         int[] rows = [.. Enumerable.Range(0, tokens).Select(t => t % 4 == 3 ? -1 : t % 3)];
@@ -280,6 +283,64 @@ public sealed class IlgpuDeviceTests(IlgpuCpuFixture devices) : IClassFixture<Il
             using DeviceBuffer dx = d.Upload(dout.AsSpan(0, tokens * headDim)), table = d.Upload(tableStart);
             d.EmbeddingBackward(rows, dx, table, headDim);
             return Read(d, table);
+        });
+    }
+
+    [Theory]
+    [InlineData(3, 5, 7)]      // the GEMV path
+    [InlineData(70, 33, 65)]   // the tiled GEMM, ragged tiles
+    public void LinearForwardAndBackward(int m, int n, int k)
+    {
+        var random = new Random(m * 7 + n);
+        float[] x = Values(random, m * k), w = Values(random, n * k), dy = Values(random, m * n);
+        float[] dxStart = Values(random, m * k), dwStart = Values(random, n * k), dbStart = Values(random, n);
+        Compare(d =>
+        {
+            using DeviceBuffer xb = d.Upload(x), wb = d.Upload(w), y = d.Allocate(m * n), dyb = d.Upload(dy), dx = d.Upload(dxStart), dw = d.Upload(dwStart), db = d.Upload(dbStart);
+            d.Linear(xb, wb, y, m, n, k);
+            d.LinearBackward(xb, wb, dyb, dx, dw, db, m, n, k);
+            using DeviceBuffer frozenDx = d.Upload(dxStart);
+            d.LinearBackward(xb, wb, dyb, frozenDx, null, null, m, n, k);   // a frozen weight: dx only
+            return [.. Read(d, y), .. Read(d, dx), .. Read(d, dw), .. Read(d, db), .. Read(d, frozenDx)];
+        });
+        // The CPU's against the definition, in double.
+        using var cpu = new Cluster.Compute.Cpu.CpuDevice(2);
+        using DeviceBuffer cx = cpu.Upload(x), cw = cpu.Upload(w), cy = cpu.Allocate(m * n), cdy = cpu.Upload(dy), cdx = cpu.Allocate(m * k), cdw = cpu.Allocate(n * k), cdb = cpu.Allocate(n);
+        cpu.Linear(cx, cw, cy, m, n, k);
+        cpu.LinearBackward(cx, cw, cdy, cdx, cdw, cdb, m, n, k);
+        double[] y = new double[m * n], dxExpected = new double[m * k], dwExpected = new double[n * k], dbExpected = new double[n];
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < n; j++)
+            {
+                for (int l = 0; l < k; l++)
+                {
+                    y[i * n + j] += (double)x[i * k + l] * w[j * k + l];
+                    dxExpected[i * k + l] += (double)dy[i * n + j] * w[j * k + l];
+                    dwExpected[j * k + l] += (double)dy[i * n + j] * x[i * k + l];
+                }
+                dbExpected[j] += dy[i * n + j];
+            }
+        AssertClose([.. y.Select(v => (float)v)], Read(cpu, cy), 1e-5f);
+        AssertClose([.. dxExpected.Select(v => (float)v)], Read(cpu, cdx), 1e-5f);
+        AssertClose([.. dwExpected.Select(v => (float)v)], Read(cpu, cdw), 1e-5f);
+        AssertClose([.. dbExpected.Select(v => (float)v)], Read(cpu, cdb), 1e-5f);
+    }
+
+    [Fact]
+    public void ElementwiseOpsAndEmbeddingsForeignRows()
+    {
+        var random = new Random(23);
+        float[] x = Values(random, 301), y = Values(random, 301), table = Values(random, 4 * 6);
+        Compare(d =>
+        {
+            using DeviceBuffer xb = d.Upload(x), yb = d.Upload(y), copy = d.Allocate(301), zeroed = d.Upload(x), t = d.Upload(table), rows = d.Allocate(3 * 6);
+            d.Copy(xb, copy, 301);
+            d.Scale(xb, 0.5f, 300);                  // the last element stays
+            d.Multiply(yb, copy, 301);
+            d.AddScaled(xb, yb, -2f, 301);
+            d.Zero(zeroed, 100);
+            d.Embedding(t, [2, -1, 0], rows, 6);      // −1: a zero row
+            return [.. Read(d, copy), .. Read(d, xb), .. Read(d, yb), .. Read(d, zeroed), .. Read(d, rows)];
         });
     }
 

@@ -8,6 +8,31 @@ namespace Cluster.Compute.Cpu;
 
 public static class AdamW
 {
+    /// <summary>Update over the pool's threads, in chunks (element by element, so the result is the same for any split).</summary>
+    public static unsafe void Update(WorkerPool pool, Span<float> parameters, ReadOnlySpan<float> gradients, Span<float> m, Span<float> v,
+        int step, float learningRate, float beta1, float beta2, float eps, float weightDecay)
+    {
+        const int Chunk = 1 << 15;
+        int n = parameters.Length;
+        if (pool.Threads == 1 || n < 2 * Chunk)
+        {
+            Update(parameters, gradients, m, v, step, learningRate, beta1, beta2, eps, weightDecay);
+            return;
+        }
+        RequireLengths(n, gradients.Length, m.Length, v.Length);   // before the workers read through pointers
+        fixed (float* p = parameters, g = gradients, pm = m, pv = v)
+        {
+            nint pp = (nint)p, pg = (nint)g, ppm = (nint)pm, ppv = (nint)pv;   // pointers into pinned spans, for the workers
+            pool.For((n + Chunk - 1) / Chunk, (from, to) =>
+            {
+                int start = from * Chunk, length = Math.Min(to * Chunk, n) - start;
+                Update(new Span<float>((float*)pp + start, length), new ReadOnlySpan<float>((float*)pg + start, length),
+                    new Span<float>((float*)ppm + start, length), new Span<float>((float*)ppv + start, length),
+                    step, learningRate, beta1, beta2, eps, weightDecay);
+            });
+        }
+    }
+
     /// <summary>
     /// One update of step <paramref name="step"/> (1-based): m, v (n,) are the moments, updated in place;
     /// p −= lr · (m̂ / (sqrt(v̂) + eps) + weightDecay · p).

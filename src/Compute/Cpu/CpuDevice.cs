@@ -1,5 +1,6 @@
-// The CPU backend: buffers are pinned float arrays, weights are packed for Gemm, and every operation is
-// spread over the device's WorkerPool (the cores this device was given).
+// The CPU backend: buffers are float arrays (pinned when the device allocates them; Wrap lends a host array without a
+// copy), weights are packed for Gemm (serving's once, training's by Linear until ForgetPrepared), and every operation
+// is spread over the device's WorkerPool (the cores this device was given).
 using System.Numerics.Tensors;
 using System.Runtime.InteropServices;
 
@@ -8,13 +9,19 @@ namespace Cluster.Compute.Cpu;
 public sealed unsafe class CpuDevice : IDevice
 {
     private readonly WorkerPool _pool;
+    private readonly Linear _linear;
     private float[] _gemmScratch = [];
 
-    public CpuDevice(int threads)
+    /// <param name="bfloat16Linear">Linear's products round their inputs to bfloat16 (fp32 accumulation): bf16 training numerics.</param>
+    public CpuDevice(int threads, bool bfloat16Linear = false)
     {
         _pool = new WorkerPool(threads);
+        _linear = new Linear(_pool, bfloat16Linear);
         Info = Describe(threads);
     }
+
+    /// <summary>A buffer over <paramref name="data"/> itself: the device's ops read and write the host array (no copy).</summary>
+    public static DeviceBuffer Wrap(float[] data) => new CpuBuffer(data);
 
     public DeviceInfo Info { get; }
 
@@ -64,6 +71,11 @@ public sealed unsafe class CpuDevice : IDevice
         int rows = t.Length / dim;
         for (int i = 0; i < tokens.Length; i++)
         {
+            if (tokens[i] == -1)
+            {
+                o.AsSpan(i * dim, dim).Clear();
+                continue;
+            }
             CheckIndex(tokens[i], rows, "token");
             t.AsSpan(tokens[i] * dim, dim).CopyTo(o.AsSpan(i * dim, dim));
         }
@@ -111,22 +123,117 @@ public sealed unsafe class CpuDevice : IDevice
     public void CrossEntropy(DeviceBuffer logits, ReadOnlySpan<int> targets, DeviceBuffer dlogits, DeviceBuffer losses, int vocab, int counted)
     {
         float[] l = Cpu(logits).Data, d = Cpu(dlogits).Data, loss = Cpu(losses).Data;
-        for (int t = 0; t < targets.Length; t++)
-            loss[t] = (float)Cluster.Compute.Cpu.CrossEntropy.SumOverRows(l.AsSpan(t * vocab, vocab), targets.Slice(t, 1), d.AsSpan(t * vocab, vocab), vocab, counted);
+        CheckLength(logits, (long)targets.Length * vocab, nameof(logits));
+        CheckLength(dlogits, (long)targets.Length * vocab, nameof(dlogits));
+        CheckLength(losses, targets.Length, nameof(losses));
+        int[] rows = targets.ToArray();
+        ForRows(rows.Length, vocab, t =>
+            loss[t] = (float)Cluster.Compute.Cpu.CrossEntropy.SumOverRows(l.AsSpan(t * vocab, vocab), rows.AsSpan(t, 1), d.AsSpan(t * vocab, vocab), vocab, counted));
     }
 
-    public void CausalAttention(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, DeviceBuffer output, DeviceBuffer probs, ReadOnlySpan<int> documents,
-        int tokens, int heads, int kvHeads, int headDim) =>
-        Cluster.Compute.Cpu.CausalAttention.Forward(Cpu(q).Data.AsSpan(0, tokens * heads * headDim), Cpu(k).Data.AsSpan(0, tokens * kvHeads * headDim),
-            Cpu(v).Data.AsSpan(0, tokens * kvHeads * headDim), Cpu(output).Data.AsSpan(0, tokens * heads * headDim),
-            Cpu(probs).Data.AsSpan(0, heads * tokens * tokens), documents, tokens, heads, kvHeads, headDim);
+    /// <summary>The sequences in parallel, each on one worker (its own rows of output and its own weights).</summary>
+    public void CausalAttention(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, DeviceBuffer output, DeviceBuffer probs,
+        ReadOnlySpan<int> starts, ReadOnlySpan<int> documents, int heads, int kvHeads, int headDim)
+    {
+        var (bounds, offsets, ids) = CheckTrainingAttention(q, k, v, probs, starts, documents, heads, kvHeads, headDim);
+        CheckLength(output, (long)bounds[^1] * heads * headDim, nameof(output));
+        float[] qs = Cpu(q).Data, ks = Cpu(k).Data, vs = Cpu(v).Data, o = Cpu(output).Data, p = Cpu(probs).Data;
+        int qw = heads * headDim, kw = kvHeads * headDim;
+        _pool.For(bounds.Length - 1, (s0, s1) =>
+        {
+            for (int s = s0; s < s1; s++)
+            {
+                int start = bounds[s], n = bounds[s + 1] - start;
+                Cluster.Compute.Cpu.CausalAttention.Forward(qs.AsSpan(start * qw, n * qw), ks.AsSpan(start * kw, n * kw), vs.AsSpan(start * kw, n * kw),
+                    o.AsSpan(start * qw, n * qw), p.AsSpan(offsets[s], offsets[s + 1] - offsets[s]), ids.Length == 0 ? [] : ids.AsSpan(start, n),
+                    n, heads, kvHeads, headDim);
+            }
+        });
+    }
 
     public void CausalAttentionBackward(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, DeviceBuffer probs, DeviceBuffer dout,
-        DeviceBuffer dq, DeviceBuffer dk, DeviceBuffer dv, int tokens, int heads, int kvHeads, int headDim) =>
-        Cluster.Compute.Cpu.CausalAttention.Backward(Cpu(q).Data.AsSpan(0, tokens * heads * headDim), Cpu(k).Data.AsSpan(0, tokens * kvHeads * headDim),
-            Cpu(v).Data.AsSpan(0, tokens * kvHeads * headDim), Cpu(probs).Data.AsSpan(0, heads * tokens * tokens), Cpu(dout).Data.AsSpan(0, tokens * heads * headDim),
-            Cpu(dq).Data.AsSpan(0, tokens * heads * headDim), Cpu(dk).Data.AsSpan(0, tokens * kvHeads * headDim), Cpu(dv).Data.AsSpan(0, tokens * kvHeads * headDim),
-            tokens, heads, kvHeads, headDim);
+        DeviceBuffer dq, DeviceBuffer dk, DeviceBuffer dv, ReadOnlySpan<int> starts, int heads, int kvHeads, int headDim)
+    {
+        var (bounds, offsets, _) = CheckTrainingAttention(q, k, v, probs, starts, [], heads, kvHeads, headDim);
+        int tokens = bounds[^1], qw = heads * headDim, kw = kvHeads * headDim;
+        CheckLength(dout, (long)tokens * qw, nameof(dout));
+        CheckLength(dq, (long)tokens * qw, nameof(dq));
+        CheckLength(dk, (long)tokens * kw, nameof(dk));
+        CheckLength(dv, (long)tokens * kw, nameof(dv));
+        float[] qs = Cpu(q).Data, ks = Cpu(k).Data, vs = Cpu(v).Data, p = Cpu(probs).Data, o = Cpu(dout).Data, dqs = Cpu(dq).Data, dks = Cpu(dk).Data, dvs = Cpu(dv).Data;
+        _pool.For(bounds.Length - 1, (s0, s1) =>
+        {
+            for (int s = s0; s < s1; s++)
+            {
+                int start = bounds[s], n = bounds[s + 1] - start;
+                Cluster.Compute.Cpu.CausalAttention.Backward(qs.AsSpan(start * qw, n * qw), ks.AsSpan(start * kw, n * kw), vs.AsSpan(start * kw, n * kw),
+                    p.AsSpan(offsets[s], offsets[s + 1] - offsets[s]), o.AsSpan(start * qw, n * qw),
+                    dqs.AsSpan(start * qw, n * qw), dks.AsSpan(start * kw, n * kw), dvs.AsSpan(start * kw, n * kw), n, heads, kvHeads, headDim);
+            }
+        });
+    }
+
+    private static (int[] Starts, int[] ProbsOffsets, int[] Documents) CheckTrainingAttention(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, DeviceBuffer probs,
+        ReadOnlySpan<int> starts, ReadOnlySpan<int> documents, int heads, int kvHeads, int headDim)
+    {
+        if (kvHeads <= 0 || heads % kvHeads != 0) throw new ArgumentException($"{heads} query heads cannot share {kvHeads} KV heads evenly");
+        var offsets = TrainingAttention.ProbsOffsets(starts, heads);
+        int tokens = starts[^1];
+        if (!documents.IsEmpty && documents.Length != tokens) throw new ArgumentException($"{documents.Length} document ids for {tokens} tokens");
+        CheckLength(q, (long)tokens * heads * headDim, nameof(q));
+        CheckLength(k, (long)tokens * kvHeads * headDim, nameof(k));
+        CheckLength(v, (long)tokens * kvHeads * headDim, nameof(v));
+        CheckLength(probs, offsets[^1], nameof(probs));
+        return (starts.ToArray(), offsets, documents.ToArray());
+    }
+
+    public void Linear(DeviceBuffer x, DeviceBuffer w, DeviceBuffer y, int m, int n, int k)
+    {
+        CheckLength(x, (long)m * k, nameof(x));
+        CheckLength(w, (long)n * k, nameof(w));
+        CheckLength(y, (long)m * n, nameof(y));
+        _linear.Forward(Cpu(x).Data.AsSpan(0, m * k), Cpu(w).Data, [], Cpu(y).Data.AsSpan(0, m * n), m, n, k);
+    }
+
+    public void LinearBackward(DeviceBuffer x, DeviceBuffer w, DeviceBuffer dy, DeviceBuffer dx, DeviceBuffer? dw, DeviceBuffer? db, int m, int n, int k)
+    {
+        CheckLength(x, (long)m * k, nameof(x));
+        CheckLength(w, (long)n * k, nameof(w));
+        CheckLength(dy, (long)m * n, nameof(dy));
+        CheckLength(dx, (long)m * k, nameof(dx));
+        if (dw is not null) CheckLength(dw, (long)n * k, nameof(dw));
+        if (db is not null) CheckLength(db, n, nameof(db));
+        _linear.Backward(Cpu(x).Data.AsSpan(0, m * k), Cpu(w).Data, Cpu(dy).Data.AsSpan(0, m * n), Cpu(dx).Data.AsSpan(0, m * k),
+            dw is null ? [] : Cpu(dw).Data.AsSpan(0, n * k), dw is null || db is null ? [] : Cpu(db).Data.AsSpan(0, n), m, n, k);
+    }
+
+    public void ForgetPrepared(DeviceBuffer? w = null)
+    {
+        if (w is null) _linear.ForgetPacked();
+        else _linear.Forget(Cpu(w).Data);
+    }
+
+    public void Copy(DeviceBuffer source, DeviceBuffer destination, int n) => Cpu(source).Data.AsSpan(0, n).CopyTo(Cpu(destination).Data.AsSpan(0, n));
+
+    public void Zero(DeviceBuffer x, int n) => Cpu(x).Data.AsSpan(0, n).Clear();
+
+    public void Scale(DeviceBuffer x, float factor, int n)
+    {
+        var data = Cpu(x).Data.AsSpan(0, n);
+        TensorPrimitives.Multiply(data, factor, data);
+    }
+
+    public void Multiply(DeviceBuffer x, DeviceBuffer y, int n)
+    {
+        var data = Cpu(x).Data.AsSpan(0, n);
+        TensorPrimitives.Multiply(data, Cpu(y).Data.AsSpan(0, n), data);
+    }
+
+    public void AddScaled(DeviceBuffer y, DeviceBuffer x, float factor, int n)
+    {
+        var data = Cpu(y).Data.AsSpan(0, n);
+        TensorPrimitives.MultiplyAdd(Cpu(x).Data.AsSpan(0, n), factor, data, data);
+    }
 
     public void EmbeddingBackward(ReadOnlySpan<int> rows, DeviceBuffer dx, DeviceBuffer dtable, int dim)
     {
@@ -213,7 +320,11 @@ public sealed unsafe class CpuDevice : IDevice
         for (int r = 0; r < rows.Length; r++) source.AsSpan(rows[r] * dim, dim).CopyTo(o.AsSpan(r * dim, dim));
     }
 
-    public void Dispose() => _pool.Dispose();
+    public void Dispose()
+    {
+        _linear.Dispose();
+        _pool.Dispose();
+    }
 
     // Row-wise ops go parallel only when there is enough work to pay for waking the workers.
     private void ForRows(int rows, int dim, Action<int> row)
@@ -245,6 +356,8 @@ public sealed unsafe class CpuDevice : IDevice
 public sealed class CpuBuffer : DeviceBuffer
 {
     public CpuBuffer(int length) : base(length) => Data = GC.AllocateArray<float>(length, pinned: true);
+    /// <summary>A buffer over a host array (CpuDevice.Wrap).</summary>
+    internal CpuBuffer(float[] data) : base(data.Length) => Data = data;
     public float[] Data { get; }
     public override void Dispose() { }
 }

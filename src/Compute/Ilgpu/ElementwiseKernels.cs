@@ -9,14 +9,23 @@ internal static class ElementwiseKernels
     /// <summary>x[i] += y[i].</summary>
     public static void Add(Index1D i, ArrayView<float> x, ArrayView<float> y) => x[i] += y[i];
 
+    /// <summary>x[i] *= factor.</summary>
+    public static void Scale(Index1D i, ArrayView<float> x, float factor) => x[i] *= factor;
+
+    /// <summary>x[i] *= y[i].</summary>
+    public static void Multiply(Index1D i, ArrayView<float> x, ArrayView<float> y) => x[i] *= y[i];
+
+    /// <summary>y[i] += factor · x[i].</summary>
+    public static void AddScaled(Index1D i, ArrayView<float> y, ArrayView<float> x, float factor) => y[i] += factor * x[i];
+
     /// <summary>x (rows, dim) += bias (dim,); one thread per element of x.</summary>
     public static void AddBias(Index1D i, ArrayView<float> x, ArrayView<float> bias, int dim) => x[i] += bias[i % dim];
 
-    /// <summary>output[r, d] (+)= source[rows[r], d]; accumulate = 1 adds instead of copying.</summary>
+    /// <summary>output[r, d] (+)= source[rows[r], d] (0 for a row of −1); accumulate = 1 adds instead of copying.</summary>
     public static void GatherRows(Index1D i, ArrayView<float> source, ArrayView<int> rows, ArrayView<float> output, int dim, int accumulate)
     {
-        int r = i / dim, d = i % dim;
-        float value = source[rows[r] * dim + d];
+        int r = i / dim, d = i % dim, row = rows[r];
+        float value = row < 0 ? 0f : source[row * dim + d];
         output[i] = accumulate != 0 ? output[i] + value : value;
     }
 

@@ -114,14 +114,91 @@ public sealed unsafe class IlgpuDevice : IDevice
         int n = matrix.Rows, k = matrix.Cols;
         CheckLength(x, (long)m * k, nameof(x));
         CheckLength(y, (long)m * n, nameof(y));
+        Multiply(View(x), matrix.View, View(y), m, n, k);
+    }
+
+    /// <summary>y (m, n) = x (m, k) · Bᵀ, B (n, k) row-major: the GEMV kernel for a few rows, else the tiled GEMM.</summary>
+    private void Multiply(ArrayView<float> x, ArrayView<float> b, ArrayView<float> y, int m, int n, int k)
+    {
         if (m == 0 || n == 0) return;
         if (m <= GemvKernel.MaxRows)
         {
-            _thread.Run(() => _kernels.Gemv(new KernelConfig(n, GroupSize), View(x), matrix.View, View(y), m, n, k));
+            _thread.Run(() => _kernels.Gemv(new KernelConfig(n, GroupSize), x, b, y, m, n, k));
             return;
         }
         int groups = (m + GemmKernel.TileSize - 1) / GemmKernel.TileSize * ((n + GemmKernel.TileSize - 1) / GemmKernel.TileSize);
-        _thread.Run(() => _kernels.Gemm(new KernelConfig(groups, GroupSize), View(x), matrix.View, View(y), m, n, k));
+        _thread.Run(() => _kernels.Gemm(new KernelConfig(groups, GroupSize), x, b, y, m, n, k));
+    }
+
+    /// <summary>The weight is used as it lies (row-major is what the GEMM reads): nothing is prepared.</summary>
+    public void Linear(DeviceBuffer x, DeviceBuffer w, DeviceBuffer y, int m, int n, int k)
+    {
+        CheckLength(x, (long)m * k, nameof(x));
+        CheckLength(w, (long)n * k, nameof(w));
+        CheckLength(y, (long)m * n, nameof(y));
+        Multiply(View(x), View(w), View(y), m, n, k);
+    }
+
+    /// <summary>dx += dy · (Wᵀ)ᵀ and dW += dyᵀ · (xᵀ)ᵀ as GEMMs over transposed copies; db by column sums.</summary>
+    public void LinearBackward(DeviceBuffer x, DeviceBuffer w, DeviceBuffer dy, DeviceBuffer dx, DeviceBuffer? dw, DeviceBuffer? db, int m, int n, int k)
+    {
+        CheckLength(x, (long)m * k, nameof(x));
+        CheckLength(w, (long)n * k, nameof(w));
+        CheckLength(dy, (long)m * n, nameof(dy));
+        CheckLength(dx, (long)m * k, nameof(dx));
+        if (dw is not null) CheckLength(dw, (long)n * k, nameof(dw));
+        if (db is not null) CheckLength(db, n, nameof(db));
+        if (m == 0 || n == 0 || k == 0) return;
+        using (DeviceBuffer wt = Allocate(n * k), product = Allocate(m * k))
+        {
+            Elementwise(n * k, count => _kernels.Transpose(count, View(w), View(wt), n, k));                  // Wᵀ (K, N)
+            Multiply(View(dy), View(wt), View(product), m, k, n);                                             // (M, K) = dy · W
+            Add(dx, product, m * k);
+        }
+        if (dw is null) return;
+        using (DeviceBuffer dyt = Allocate(m * n), xt = Allocate(m * k), product = Allocate(n * k))
+        {
+            Elementwise(m * n, count => _kernels.Transpose(count, View(dy), View(dyt), m, n));                // dyᵀ (N, M)
+            Elementwise(m * k, count => _kernels.Transpose(count, View(x), View(xt), m, k));                  // xᵀ (K, M)
+            Multiply(View(dyt), View(xt), View(product), n, k, m);                                            // (N, K) = dyᵀ · x
+            Add(dw, product, n * k);
+        }
+        if (db is not null) Elementwise(n, count => _kernels.ColumnSums(count, View(dy), View(db), m, n));
+    }
+
+    public void ForgetPrepared(DeviceBuffer? w = null) { }
+
+    public void Copy(DeviceBuffer source, DeviceBuffer destination, int n)
+    {
+        CheckLength(source, n, nameof(source));
+        CheckLength(destination, n, nameof(destination));
+        if (n > 0) _thread.Run(() => View(source).SubView(0, n).CopyTo(View(destination).SubView(0, n)));
+    }
+
+    public void Zero(DeviceBuffer x, int n)
+    {
+        CheckLength(x, n, nameof(x));
+        if (n > 0) _thread.Run(() => View(x).SubView(0, n).MemSetToZero());
+    }
+
+    public void Scale(DeviceBuffer x, float factor, int n)
+    {
+        CheckLength(x, n, nameof(x));
+        Elementwise(n, count => _kernels.Scale(count, View(x), factor));
+    }
+
+    public void Multiply(DeviceBuffer x, DeviceBuffer y, int n)
+    {
+        CheckLength(x, n, nameof(x));
+        CheckLength(y, n, nameof(y));
+        Elementwise(n, count => _kernels.Multiply(count, View(x), View(y)));
+    }
+
+    public void AddScaled(DeviceBuffer y, DeviceBuffer x, float factor, int n)
+    {
+        CheckLength(y, n, nameof(y));
+        CheckLength(x, n, nameof(x));
+        Elementwise(n, count => _kernels.AddScaled(count, View(y), View(x), factor));
     }
 
     public void AddBias(DeviceBuffer x, DeviceBuffer bias, int rows, int dim)
@@ -133,7 +210,8 @@ public sealed unsafe class IlgpuDevice : IDevice
 
     public void Embedding(DeviceBuffer table, ReadOnlySpan<int> tokens, DeviceBuffer output, int dim)
     {
-        CheckIndices(tokens, table.Length / dim, "token");
+        foreach (int token in tokens)
+            if (token != -1) CheckIndices([token], table.Length / dim, "token");
         CheckLength(output, (long)tokens.Length * dim, nameof(output));
         WithIndices(tokens, indices => Elementwise(indices.IntLength * dim, n => _kernels.GatherRows(n, View(table), indices, View(output), dim, 0)));
     }
@@ -251,41 +329,60 @@ public sealed unsafe class IlgpuDevice : IDevice
         });
     }
 
-    public void CausalAttention(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, DeviceBuffer output, DeviceBuffer probs, ReadOnlySpan<int> documents,
-        int tokens, int heads, int kvHeads, int headDim)
+    /// <summary>The attention kernel once per sequence, on views of the sequence's rows and weights.</summary>
+    public void CausalAttention(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, DeviceBuffer output, DeviceBuffer probs,
+        ReadOnlySpan<int> starts, ReadOnlySpan<int> documents, int heads, int kvHeads, int headDim)
     {
-        CheckTrainingAttention(q, k, v, probs, tokens, heads, kvHeads, headDim);
-        CheckLength(output, (long)tokens * heads * headDim, nameof(output));
+        var offsets = CheckTrainingAttention(q, k, v, probs, starts, heads, kvHeads, headDim);
+        int tokens = starts[^1], qw = heads * headDim, kw = kvHeads * headDim;
+        CheckLength(output, (long)tokens * qw, nameof(output));
         if (!documents.IsEmpty && documents.Length != tokens) throw new ArgumentException($"{documents.Length} document ids for {tokens} tokens");
         int hasDocuments = documents.IsEmpty ? 0 : 1;
-        WithIndices(documents.IsEmpty ? [0] : documents, ids => Elementwise(heads * tokens,
-            n => _kernels.TrainingAttention(n, View(q), View(k), View(v), View(output), View(probs), ids, hasDocuments, tokens, heads, kvHeads, headDim)));
+        for (int s = 0; s + 1 < starts.Length; s++)
+        {
+            int start = starts[s], n = starts[s + 1] - start, probsStart = offsets[s];
+            WithIndices(documents.IsEmpty ? [0] : documents.Slice(start, n), ids => _kernels.TrainingAttention(heads * n,
+                View(q).SubView(start * qw, n * qw), View(k).SubView(start * kw, n * kw), View(v).SubView(start * kw, n * kw),
+                View(output).SubView(start * qw, n * qw), View(probs).SubView(probsStart, heads * n * n), ids, hasDocuments, n, heads, kvHeads, headDim));
+        }
     }
 
     public void CausalAttentionBackward(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, DeviceBuffer probs, DeviceBuffer dout,
-        DeviceBuffer dq, DeviceBuffer dk, DeviceBuffer dv, int tokens, int heads, int kvHeads, int headDim)
+        DeviceBuffer dq, DeviceBuffer dk, DeviceBuffer dv, ReadOnlySpan<int> starts, int heads, int kvHeads, int headDim)
     {
-        CheckTrainingAttention(q, k, v, probs, tokens, heads, kvHeads, headDim);
-        CheckLength(dout, (long)tokens * heads * headDim, nameof(dout));
-        CheckLength(dq, (long)tokens * heads * headDim, nameof(dq));
-        CheckLength(dk, (long)tokens * kvHeads * headDim, nameof(dk));
-        CheckLength(dv, (long)tokens * kvHeads * headDim, nameof(dv));
-        if (tokens == 0) return;
-        using var dscores = Allocate(heads * tokens * tokens);
-        _thread.Run(() =>
+        var offsets = CheckTrainingAttention(q, k, v, probs, starts, heads, kvHeads, headDim);
+        int tokens = starts[^1], qw = heads * headDim, kw = kvHeads * headDim;
+        CheckLength(dout, (long)tokens * qw, nameof(dout));
+        CheckLength(dq, (long)tokens * qw, nameof(dq));
+        CheckLength(dk, (long)tokens * kw, nameof(dk));
+        CheckLength(dv, (long)tokens * kw, nameof(dv));
+        int longest = 0;
+        for (int s = 0; s + 1 < starts.Length; s++) longest = Math.Max(longest, starts[s + 1] - starts[s]);
+        using var dscores = Allocate(heads * longest * longest);
+        for (int s = 0; s + 1 < starts.Length; s++)
         {
-            _kernels.AttentionBackwardQueries(heads * tokens, View(k), View(v), View(probs), View(dout), View(dq), View(dscores), tokens, heads, kvHeads, headDim);
-            _kernels.AttentionBackwardKeys(kvHeads * tokens, View(q), View(probs), View(dout), View(dscores), View(dk), View(dv), tokens, heads, kvHeads, headDim);
-        });
+            int start = starts[s], n = starts[s + 1] - start, probsStart = offsets[s];
+            _thread.Run(() =>
+            {
+                ArrayView<float> sq = View(q).SubView(start * qw, n * qw), sk = View(k).SubView(start * kw, n * kw), sv = View(v).SubView(start * kw, n * kw),
+                    sp = View(probs).SubView(probsStart, heads * n * n), so = View(dout).SubView(start * qw, n * qw), scores = View(dscores).SubView(0, heads * n * n);
+                _kernels.AttentionBackwardQueries(heads * n, sk, sv, sp, so, View(dq).SubView(start * qw, n * qw), scores, n, heads, kvHeads, headDim);
+                _kernels.AttentionBackwardKeys(kvHeads * n, sq, sp, so, scores, View(dk).SubView(start * kw, n * kw), View(dv).SubView(start * kw, n * kw), n, heads, kvHeads, headDim);
+            });
+        }
     }
 
-    private void CheckTrainingAttention(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, DeviceBuffer probs, int tokens, int heads, int kvHeads, int headDim)
+    private static int[] CheckTrainingAttention(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, DeviceBuffer probs, ReadOnlySpan<int> starts,
+        int heads, int kvHeads, int headDim)
     {
         if (kvHeads <= 0 || heads % kvHeads != 0) throw new ArgumentException($"{heads} query heads cannot share {kvHeads} KV heads evenly");
+        var offsets = TrainingAttention.ProbsOffsets(starts, heads);
+        int tokens = starts[^1];
         CheckLength(q, (long)tokens * heads * headDim, nameof(q));
         CheckLength(k, (long)tokens * kvHeads * headDim, nameof(k));
         CheckLength(v, (long)tokens * kvHeads * headDim, nameof(v));
-        CheckLength(probs, (long)heads * tokens * tokens, nameof(probs));
+        CheckLength(probs, offsets[^1], nameof(probs));
+        return offsets;
     }
 
     public void EmbeddingBackward(ReadOnlySpan<int> rows, DeviceBuffer dx, DeviceBuffer dtable, int dim)

@@ -11,6 +11,21 @@ internal sealed class KernelSet(Accelerator a)
     public readonly Action<Index1D, ArrayView<float>, ArrayView<float>> Add =
         a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>>(ElementwiseKernels.Add);
 
+    public readonly Action<Index1D, ArrayView<float>, float> Scale =
+        a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, float>(ElementwiseKernels.Scale);
+
+    public readonly Action<Index1D, ArrayView<float>, ArrayView<float>> Multiply =
+        a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>>(ElementwiseKernels.Multiply);
+
+    public readonly Action<Index1D, ArrayView<float>, ArrayView<float>, float> AddScaled =
+        a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, float>(ElementwiseKernels.AddScaled);
+
+    public readonly Action<Index1D, ArrayView<float>, ArrayView<float>, int, int> Transpose =
+        a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, int, int>(LinearKernels.Transpose);
+
+    public readonly Action<Index1D, ArrayView<float>, ArrayView<float>, int, int> ColumnSums =
+        a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, int, int>(LinearKernels.ColumnSums);
+
     public readonly Action<Index1D, ArrayView<float>, ArrayView<float>, int> AddBias =
         a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, int>(ElementwiseKernels.AddBias);
 

@@ -23,42 +23,35 @@ public static class TensorParallelRegions
     public static class CopyToRegion
     {
         /// <summary>Forward: identity, x is already whole on every rank. Its pair: <see cref="Backward"/> all-reduces x's gradient.</summary>
-        public static void Forward(float[] x, CollectiveGroup? group) { }
+        public static void Forward(IDevice device, DeviceBuffer x, int n, CollectiveGroup? group) { }
 
         /// <summary>
-        /// Backward: dx (in place) becomes the sum over the ranks of each rank's partial gradient of the input (each rank's
-        /// columns contribute their own part). Its pair: <see cref="Forward"/>, identity.
+        /// Backward: dx's first <paramref name="n"/> floats (in place) become the sum over the ranks of each rank's partial
+        /// gradient of the input (each rank's columns contribute their own part), through the host. Its pair: <see cref="Forward"/>, identity.
         /// </summary>
-        public static void Backward(float[] dx, CollectiveGroup? group)
+        public static void Backward(IDevice device, DeviceBuffer dx, int n, CollectiveGroup? group)
         {
-            if (!Alone(group)) group.AllReduce(dx).GetAwaiter().GetResult();
+            if (!Alone(group)) AllReduce(device, dx, n, group);
         }
     }
 
     /// <summary>The output of a row-parallel linear or of the vocab-parallel embedding: each rank holds a partial sum.</summary>
     public static class ReduceFromRegion
     {
-        /// <summary>Forward: y (in place) becomes the sum over the ranks of their partial y. Its pair: <see cref="Backward"/>, identity.</summary>
-        public static void Forward(float[] y, CollectiveGroup? group)
-        {
-            if (!Alone(group)) group.AllReduce(y).GetAwaiter().GetResult();
-        }
-
-        /// <summary>Forward on a device: y's first <paramref name="n"/> floats, summed through the host.</summary>
+        /// <summary>
+        /// Forward: y's first <paramref name="n"/> floats (in place) become the sum over the ranks of their partial y, through
+        /// the host. Its pair: <see cref="Backward"/>, identity.
+        /// </summary>
         public static void Forward(IDevice device, DeviceBuffer y, int n, CollectiveGroup? group)
         {
-            if (Alone(group)) return;
-            var host = new float[n];
-            device.Download(y, host);
-            group.AllReduce(host).GetAwaiter().GetResult();
-            device.Write(y, host);
+            if (!Alone(group)) AllReduce(device, y, n, group);
         }
 
         /// <summary>
         /// Backward: identity, the summed output's gradient is whole on every rank and is each partial's gradient.
-        /// Its pair: <see cref="Forward(float[], CollectiveGroup?)"/>, the all-reduce.
+        /// Its pair: <see cref="Forward"/>, the all-reduce.
         /// </summary>
-        public static void Backward(float[] dy, CollectiveGroup? group) { }
+        public static void Backward(IDevice device, DeviceBuffer dy, int n, CollectiveGroup? group) { }
     }
 
     /// <summary>The output of a column-parallel linear kept whole: each rank holds its block of the columns (the vocab-parallel logits).</summary>
@@ -66,7 +59,7 @@ public static class TensorParallelRegions
     {
         /// <summary>
         /// Forward: this rank's (rows, Cr) block joined with the others' into (rows, columns), rank r holding columns
-        /// Slice.Partition(columns, N, r). Its pair: <see cref="Backward"/> takes this rank's columns back out.
+        /// Slice.Partition(columns, N, r). Its pair: <see cref="Backward(float[], int, int, CollectiveGroup?)"/> takes this rank's columns back out.
         /// </summary>
         public static float[] Forward(float[] local, int rows, int columns, CollectiveGroup? group)
         {
@@ -84,9 +77,18 @@ public static class TensorParallelRegions
             return joined;
         }
 
+        /// <summary>Forward on a device, through the host: the joined (rows, columns) in a new buffer; alone, <paramref name="local"/> itself.</summary>
+        public static DeviceBuffer Forward(IDevice device, DeviceBuffer local, int rows, int columns, CollectiveGroup? group)
+        {
+            if (Alone(group)) return local;
+            var host = new float[rows * Slice.Partition(columns, group.WorldSize, group.Rank).Count];
+            device.Download(local, host);
+            return device.Upload(Forward(host, rows, columns, group));
+        }
+
         /// <summary>
         /// Backward: this rank's (rows, Cr) columns of the whole (rows, columns) gradient, no collective (every rank holds the
-        /// whole gradient). Its pair: <see cref="Forward"/>, the all-gather.
+        /// whole gradient). Its pair: <see cref="Forward(float[], int, int, CollectiveGroup?)"/>, the all-gather.
         /// </summary>
         public static float[] Backward(float[] whole, int rows, int columns, CollectiveGroup? group)
         {
@@ -96,6 +98,24 @@ public static class TensorParallelRegions
             for (int r = 0; r < rows; r++) whole.AsSpan(r * columns + block.Offset, block.Count).CopyTo(local.AsSpan(r * block.Count));
             return local;
         }
+
+        /// <summary>Backward on a device, through the host: this rank's columns in a new buffer; alone, <paramref name="whole"/> itself.</summary>
+        public static DeviceBuffer Backward(IDevice device, DeviceBuffer whole, int rows, int columns, CollectiveGroup? group)
+        {
+            if (Alone(group)) return whole;
+            var host = new float[rows * columns];
+            device.Download(whole, host);
+            return device.Upload(Backward(host, rows, columns, group));
+        }
+    }
+
+    /// <summary>x's first n floats summed over the group, through the host.</summary>
+    private static void AllReduce(IDevice device, DeviceBuffer x, int n, CollectiveGroup group)
+    {
+        var host = new float[n];
+        device.Download(x, host);
+        group.AllReduce(host).GetAwaiter().GetResult();
+        device.Write(x, host);
     }
 
     /// <summary>The fast path: no group, or a group of one, needs no communication.</summary>

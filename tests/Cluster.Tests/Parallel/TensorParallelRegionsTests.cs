@@ -1,6 +1,6 @@
 // The tensor-parallel regions' pairs on a 2-rank InProcessTransport group (both ranks on their own threads):
-// CopyToRegion (identity / all-reduce), ReduceFromRegion (all-reduce, also on a device / identity), GatherFromRegion
-// (all-gather joined by columns, uneven blocks / this rank's columns); and a group of one or none calls no collective.
+// CopyToRegion (identity / all-reduce), ReduceFromRegion (all-reduce / identity), GatherFromRegion (all-gather joined by
+// columns, uneven blocks / this rank's columns, also on a device); and a group of one or none calls no collective.
 using System.Diagnostics.Metrics;
 using Cluster.Compute;
 using Cluster.Compute.Collectives;
@@ -25,29 +25,28 @@ public sealed class TensorParallelRegionsTests
             var group = new CollectiveGroup(transport);
             int rank = group.Rank;
 
-            var x = (float[])partial[rank].Clone();
-            CopyToRegion.Forward(x, group);
-            Assert.Equal(partial[rank], x);                   // identity
-            CopyToRegion.Backward(x, group);
-            Assert.Equal(sum, x);                             // the input gradient, summed
+            using var device = new CpuDevice(1);
+            using var x = device.Upload([.. partial[rank], 7]);
+            CopyToRegion.Forward(device, x, partial[rank].Length, group);
+            Assert.Equal([.. partial[rank], 7], Read(device, x));      // identity
+            CopyToRegion.Backward(device, x, partial[rank].Length, group);
+            Assert.Equal([.. sum, 7], Read(device, x));                // the input gradient, summed (only the first n floats)
 
-            var y = (float[])partial[rank].Clone();
-            ReduceFromRegion.Forward(y, group);
-            Assert.Equal(sum, y);                             // the partial outputs, summed
-            ReduceFromRegion.Backward(y, group);
-            Assert.Equal(sum, y);                             // identity
-            using (var device = new CpuDevice(1))
-            using (var buffer = device.Upload([.. partial[rank], 7]))
-            {
-                ReduceFromRegion.Forward(device, buffer, partial[rank].Length, group);
-                var back = new float[4];
-                device.Download(buffer, back);
-                Assert.Equal(new float[] { 11, 22, 33, 7 }, back); // only the first n floats
-            }
+            using var y = device.Upload([.. partial[rank], 7]);
+            ReduceFromRegion.Forward(device, y, partial[rank].Length, group);
+            Assert.Equal([.. sum, 7], Read(device, y));                // the partial outputs, summed (only the first n floats)
+            ReduceFromRegion.Backward(device, y, partial[rank].Length, group);
+            Assert.Equal([.. sum, 7], Read(device, y));                // identity
 
             var joined = GatherFromRegion.Forward(local[rank], rows, columns, group);
             Assert.Equal(whole, joined);                      // (rows, columns) in column order
             Assert.Equal(local[rank], GatherFromRegion.Backward(whole, rows, columns, group));   // this rank's columns
+            using var localBuffer = device.Upload(local[rank]);
+            using var joinedBuffer = GatherFromRegion.Forward(device, localBuffer, rows, columns, group);
+            Assert.Equal(whole, Read(device, joinedBuffer));
+            using var wholeBuffer = device.Upload(whole);
+            using var columnsBuffer = GatherFromRegion.Backward(device, wholeBuffer, rows, columns, group);
+            Assert.Equal(local[rank], Read(device, columnsBuffer));
         }, TestContext.Current.CancellationToken)));
     }
 
@@ -71,18 +70,26 @@ public sealed class TensorParallelRegionsTests
         using var buffer = device.Upload([1, 2, 3]);
         foreach (var group in new[] { one, null })
         {
-            float[] x = [1, 2, 3, 4];
-            CopyToRegion.Forward(x, group);
-            CopyToRegion.Backward(x, group);
-            ReduceFromRegion.Forward(x, group);
+            CopyToRegion.Forward(device, buffer, 3, group);
+            CopyToRegion.Backward(device, buffer, 3, group);
             ReduceFromRegion.Forward(device, buffer, 3, group);
-            ReduceFromRegion.Backward(x, group);
-            Assert.Equal(new float[] { 1, 2, 3, 4 }, x);
+            ReduceFromRegion.Backward(device, buffer, 3, group);
+            Assert.Equal(new float[] { 1, 2, 3 }, Read(device, buffer));
+            float[] x = [1, 2, 3, 4];
             Assert.Same(x, GatherFromRegion.Forward(x, 2, 2, group));                   // no copy either
             Assert.Same(x, GatherFromRegion.Backward(x, 2, 2, group));
+            Assert.Same(buffer, GatherFromRegion.Forward(device, buffer, 1, 3, group));
+            Assert.Same(buffer, GatherFromRegion.Backward(device, buffer, 1, 3, group));
         }
         Assert.Equal(0, collectives);
         await one.AllReduce([1], TestContext.Current.CancellationToken);                 // the listener does see a real one (synchronous)
         Assert.Equal(1, collectives);
+    }
+
+    private static float[] Read(IDevice device, DeviceBuffer buffer)
+    {
+        var data = new float[buffer.Length];
+        device.Download(buffer, data);
+        return data;
     }
 }

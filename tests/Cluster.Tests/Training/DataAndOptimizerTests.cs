@@ -102,7 +102,7 @@ public sealed class DataAndOptimizerTests
         using var sliced = new TrainableModel(config, TestModels.RandomWeights(config, 21));
         var optimizer = new Optimizer(whole, options);
         const int replicas = 3;
-        var shards = Enumerable.Range(0, replicas).Select(r => new ShardedOptimizer(sliced.Parameters(), options, r, replicas, sliced.Kernels)).ToArray();
+        var shards = Enumerable.Range(0, replicas).Select(r => new ShardedOptimizer(sliced.Parameters(), options, r, replicas, sliced.HostPool)).ToArray();
         Assert.Equal(shards[0].TotalLength, shards.Sum(z => z.Count));                                  // the slices cover everything once
         Assert.All(shards.Skip(1).Zip(shards), pair => Assert.Equal(pair.Second.Offset + pair.Second.Count, pair.First.Offset));
 
