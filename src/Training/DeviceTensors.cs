@@ -14,6 +14,7 @@ internal sealed class DeviceTensors(IDevice device) : IDisposable
     private readonly bool _host = device is CpuDevice;
     private readonly Dictionary<float[], DeviceBuffer> _parameters = new(ReferenceEqualityComparer.Instance);
     private readonly Dictionary<float[], DeviceBuffer> _gradients = new(ReferenceEqualityComparer.Instance);
+    private readonly HashSet<float[]> _unflushed = new(ReferenceEqualityComparer.Instance);   // gradients handed out since the last flush
 
     /// <summary>The parameter <paramref name="host"/> on the device.</summary>
     public DeviceBuffer Parameter(float[] host)
@@ -29,6 +30,7 @@ internal sealed class DeviceTensors(IDevice device) : IDisposable
         if (host.Length == 0) return null;
         if (_host) return CpuDevice.Wrap(host);
         if (!_gradients.TryGetValue(host, out var buffer)) _gradients[host] = buffer = device.Allocate(host.Length);
+        _unflushed.Add(host);
         return buffer;
     }
 
@@ -51,18 +53,24 @@ internal sealed class DeviceTensors(IDevice device) : IDisposable
         }
         if (_parameters.Remove(host, out var parameter)) parameter.Dispose();
         if (_gradients.Remove(host, out var gradient)) gradient.Dispose();
+        _unflushed.Remove(host);
     }
 
-    /// <summary>Adds what the device accumulated into each gradient's host array and zeroes the device's (a no-op on the CPU device).</summary>
+    /// <summary>
+    /// Adds what the device accumulated into the host array of each gradient handed out since the last flush, and zeroes
+    /// the device's (a no-op on the CPU device).
+    /// </summary>
     public void FlushGradients()
     {
-        foreach (var (host, buffer) in _gradients)
+        foreach (var host in _unflushed)
         {
+            var buffer = _gradients[host];
             var accumulated = new float[host.Length];
             device.Download(buffer, accumulated);
             System.Numerics.Tensors.TensorPrimitives.Add(host, accumulated, host);
             device.Zero(buffer, host.Length);
         }
+        _unflushed.Clear();
     }
 
     public void Dispose()
@@ -70,6 +78,7 @@ internal sealed class DeviceTensors(IDevice device) : IDisposable
         foreach (var buffer in _parameters.Values.Concat(_gradients.Values)) buffer.Dispose();
         _parameters.Clear();
         _gradients.Clear();
+        _unflushed.Clear();
     }
 }
 

@@ -611,8 +611,11 @@ public sealed class TrainableModel : IDisposable
             temporaries.Clear();
             a.ForgetLayer(l);
             dx = dxIn;
-            _tensors.FlushGradients();
-            LayerGradientsDone?.Invoke(l);
+            if (LayerGradientsDone is { } layerGradientsDone)
+            {
+                _tensors.FlushGradients();   // the hook reads this layer's gradients on the host
+                layerGradientsDone(l);
+            }
             LayerWeightsDone?.Invoke(l);
         }
         float[]? inputGradient = null;

@@ -13,6 +13,9 @@ namespace Cluster.Compute.Ilgpu;
 
 public enum IlgpuTarget { Cuda, OpenCL, Cpu }
 
+/// <summary>Copies of float data between the host and a device since it opened (a call's small index arrays are not counted).</summary>
+public sealed record TransferCounts(long ToDevice, long ToDeviceBytes, long ToHost, long ToHostBytes);
+
 public sealed unsafe class IlgpuDevice : IDevice
 {
     private const int GroupSize = GroupReduce.GroupSize;
@@ -25,6 +28,16 @@ public sealed unsafe class IlgpuDevice : IDevice
     private readonly HashSet<MemoryBuffer> _live = [];   // touched only on the dispatch thread
     private readonly Dictionary<(float Theta, int RotaryDim), MemoryBuffer1D<float, Stride1D.Dense>> _ropeFrequencies = [];   // likewise
     private volatile bool _disposed;
+    private long _toDevice, _toDeviceBytes, _toHost, _toHostBytes;
+
+    /// <summary>The host↔device copies so far: what a training step moves is checked against what it must (TrainingModeTests).</summary>
+    public TransferCounts Transfers => new(Interlocked.Read(ref _toDevice), Interlocked.Read(ref _toDeviceBytes), Interlocked.Read(ref _toHost), Interlocked.Read(ref _toHostBytes));
+
+    private void CountToDevice(int floats)
+    {
+        Interlocked.Increment(ref _toDevice);
+        Interlocked.Add(ref _toDeviceBytes, (long)floats * sizeof(float));
+    }
 
     private IlgpuDevice(IlgpuTarget target, int index)
     {
@@ -59,6 +72,7 @@ public sealed unsafe class IlgpuDevice : IDevice
 
     public DeviceBuffer Upload(ReadOnlySpan<float> data)
     {
+        CountToDevice(data.Length);
         fixed (float* p = data)
         {
             nint address = (nint)p;
@@ -71,6 +85,8 @@ public sealed unsafe class IlgpuDevice : IDevice
     {
         var buffer = Own(source);
         CheckLength(source, destination.Length, nameof(source));
+        Interlocked.Increment(ref _toHost);
+        Interlocked.Add(ref _toHostBytes, (long)destination.Length * sizeof(float));
         fixed (float* p = destination)
         {
             nint address = (nint)p;
@@ -87,6 +103,7 @@ public sealed unsafe class IlgpuDevice : IDevice
     {
         var buffer = Own(destination);
         CheckLength(destination, source.Length, nameof(destination));
+        CountToDevice(source.Length);
         fixed (float* p = source)
         {
             nint address = (nint)p;
@@ -101,6 +118,7 @@ public sealed unsafe class IlgpuDevice : IDevice
     public DeviceMatrix UploadMatrix(ReadOnlySpan<float> weights, int rows, int cols)
     {
         if (weights.Length != (long)rows * cols) throw new ArgumentException($"weights hold {weights.Length} floats, a ({rows}, {cols}) matrix needs {(long)rows * cols}");
+        CountToDevice(weights.Length);
         fixed (float* p = weights)
         {
             nint address = (nint)p;

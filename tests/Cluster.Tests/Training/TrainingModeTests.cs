@@ -74,6 +74,34 @@ public sealed class TrainingModeTests
     }
 
     [Fact]
+    public void AStepOnIlgpuMovesItsParametersInAndItsGradientsAndLossOutNothingElse()
+    {
+        using var device = IlgpuDevice.Create(IlgpuTarget.Cpu);
+        foreach (var architecture in new[] { Architecture.Llama, Architecture.Gpt2 })
+        {
+            var config = TestModels.SmallConfig(architecture);
+            TrainingSequence[] batch = [.. Batch(config, 2).Take(1)];
+            using var model = new TrainableModel(config, ShardWeights.Slice(config, TestModels.RandomWeights(config, 9), ShardSpec.Whole(config)),
+                mode: new TrainingMode { Device = device });
+            model.ZeroGradients();
+            model.ForwardBackward(batch);   // the first step allocates its buffers; the second is measured
+            model.ZeroGradients();
+            var before = device.Transfers;
+            model.ForwardBackward(batch);
+            var after = device.Transfers;
+            // In: every parameter once (the optimizer may have changed them), as it is; the token ids travel as indices.
+            // Out: every gradient once (GPT-2's tied head and embedding: one tensor), added into its host array, and one loss
+            // per token. Activations stay on the device.
+            var parameters = model.Parameters().ToList();
+            int tokens = batch.Sum(s => s.Tokens.Length);
+            Assert.Equal(parameters.Count, after.ToDevice - before.ToDevice);
+            Assert.Equal(parameters.Sum(p => (long)p.Parameter.Length) * sizeof(float), after.ToDeviceBytes - before.ToDeviceBytes);
+            Assert.Equal(parameters.Count + 1, after.ToHost - before.ToHost);
+            Assert.Equal((parameters.Sum(p => (long)p.Gradient.Length) + tokens) * sizeof(float), after.ToHostBytes - before.ToHostBytes);
+        }
+    }
+
+    [Fact]
     public void BFloat16RoundsToNearestEven()
     {
         float[] values = [1f, 1f + 1f / 256, 1f + 3f / 256, 1f + 1f / 512, -2.5f, float.PositiveInfinity, float.NaN, 3.14159265f];
