@@ -1,7 +1,8 @@
-// The decoder forward pass over a batch of sequences at different positions, on any IDevice, against a
-// paged KV cache. Llama family: RMSNorm pre-norm, RoPE, GQA, SwiGLU. GPT-2 family: LayerNorm, learned
-// positions, GELU, biases. Every token of the batch goes through each GEMM together (prefill chunks and
-// decode steps of different sequences share one weight pass); attention reads each sequence's own pages.
+// The serving forward over a batch of sequences at different positions, on any IDevice, against a paged KV cache:
+// the embedding (GPT-2: plus learned positions), each layer's DecoderLayer.Forward (the one layer forward, shared with
+// training) with its weights prepared once and its activations in reused scratch buffers, then the final norm and the
+// head for the rows whose logits are wanted. Every token of the batch goes through each GEMM together (prefill chunks
+// and decode steps of different sequences share one weight pass); attention reads each sequence's own pages.
 // A model object is one shard (ShardingPlan): a pipeline stage's layers cut to a tensor-parallel rank's slices,
 // or, with the default layout, the whole model.
 using Cluster.Compute;
@@ -114,16 +115,15 @@ public sealed class TransformerModel : IDisposable
             throw new ArgumentException($"shard {Spec} needs its tensor-parallel group (rank {Spec.Rank} of {Spec.TensorParallel})", nameof(tensorGroup));
         var group = Spec.TensorParallel > 1 ? tensorGroup : null;
         var layout = Plan(batch, cache, out int[] tokens, out int[] logitRows);
-        int T = tokens.Length, C = Config.Dim, H = Spec.Hidden.Count, q = QueryDim, kv = KvDim;
+        int T = tokens.Length, C = Config.Dim;
         var a = _scratch is { } s && s.Tokens >= T && s.Rows >= logitRows.Length ? s : Grow(T, logitRows.Length);
         int[] slots = layout.TokenSlots();
-        bool llama = Config.Architecture == Architecture.Llama;
 
         if (Spec.IsFirstStage)
         {
             if (hidden is not null) throw new ArgumentException("the first stage embeds tokens; it takes no hidden states", nameof(hidden));
             EmbedTokens(tokens, a.X, group);                                                                     // x (T, C)
-            if (!llama) _device.AddEmbedding(a.X, _positionEmbedding!, layout.TokenPosition, C);
+            if (_positionEmbedding is not null) _device.AddEmbedding(a.X, _positionEmbedding, layout.TokenPosition, C);
         }
         else
         {
@@ -131,45 +131,17 @@ public sealed class TransformerModel : IDisposable
                 throw new ArgumentException($"stage {Spec.Stage} needs ({T}, {C}) hidden states from the previous stage, got {hidden?.Length ?? 0} floats", nameof(hidden));
             _device.Write(a.X, hidden);                                                                   // x (T, C)
         }
+        var shape = DecoderShape.Of(Config, Spec);
+        var x = a.X;                                                                                       // (T, C)
         for (int l = 0; l < _layers.Length; l++)
-        {
-            var w = _layers[l];
-            Normalize(a.X, w.AttnNorm, w.AttnNormBias, a.Xb, T);                                          // xb (T, C)
-            Linear(a.Xb, w.Wq, w.Bq, a.Q, T, q);                                                          // q (T, qr)   this rank's heads
-            Linear(a.Xb, w.Wk, w.Bk, a.K, T, kv);                                                         // k (T, kvr)
-            Linear(a.Xb, w.Wv, w.Bv, a.V, T, kv);                                                         // v (T, kvr)
-            if (llama)
-            {
-                _device.Rope(a.Q, layout.TokenPosition, Spec.QueryHeads.Count, Config.HeadDim, Config.EffectiveRotaryDim, Config.RopeTheta, Config.RopeLayout);
-                _device.Rope(a.K, layout.TokenPosition, Spec.KvHeads.Count, Config.HeadDim, Config.EffectiveRotaryDim, Config.RopeTheta, Config.RopeLayout);
-            }
-            _device.WriteKv(a.K, a.V, cache.Keys[l], cache.Values[l], slots, kv);
-            _device.PagedAttention(a.Q, cache.Keys[l], cache.Values[l], a.Attention, layout);              // att (T, qr)
-            _device.MatMul(a.Attention, w.Wo, a.Xb, T);                                                   // xb (T, C)   partial sum over ranks
-            ReduceFromRegion.Forward(_device, a.Xb, T * C, group);                                        // xb (T, C)   row-parallel wo: summed
-            if (w.Bo is not null) _device.AddBias(a.Xb, w.Bo, T, C);
-            _device.Add(a.X, a.Xb, T * C);
-
-            Normalize(a.X, w.FfnNorm, w.FfnNormBias, a.Xb, T);
-            Linear(a.Xb, w.W1, w.B1, a.Hidden, T, H);                                                     // hb (T, Hr)
-            if (llama)
-            {
-                _device.MatMul(a.Xb, w.W3!, a.Hidden2, T);                                                // hb2 (T, Hr)
-                _device.SwiGlu(a.Hidden, a.Hidden2, T * H);
-            }
-            else _device.Gelu(a.Hidden, T * H);
-            _device.MatMul(a.Hidden, w.W2, a.Xb, T);                                                      // xb (T, C)   partial sum over ranks
-            ReduceFromRegion.Forward(_device, a.Xb, T * C, group);                                        // xb (T, C)   row-parallel w2: summed
-            if (w.B2 is not null) _device.AddBias(a.Xb, w.B2, T, C);
-            _device.Add(a.X, a.Xb, T * C);
-        }
+            x = DecoderLayer.Forward(_device, new ServingPass(_device, _layers[l], a, x, cache, l, slots, layout, KvDim), shape, x, layout.TokenPosition, group);
 
         float[] result;
         if (Spec.IsLastStage)
         {
             // Only the rows whose logits are wanted go through the final norm and the (Vr, C) head.
             int R = logitRows.Length;
-            _device.GatherRows(a.X, logitRows, a.Selected, C);                                            // (R, C)
+            _device.GatherRows(x, logitRows, a.Selected, C);                                              // (R, C)
             Normalize(a.Selected, _finalNorm!, _finalNormBias, a.SelectedNormed, R);
             _device.MatMul(a.SelectedNormed, _output!, a.Logits, R);                                     // (R, Vr)
             var local = new float[R * Spec.Vocab.Count];
@@ -179,7 +151,7 @@ public sealed class TransformerModel : IDisposable
         else
         {
             result = new float[T * C];
-            _device.Download(a.X, result);                                                                // (T, C)
+            _device.Download(x, result);                                                                  // (T, C)
         }
         foreach (var chunk in batch) cache.Advance(chunk.Sequence, chunk.Tokens);
         return result;
@@ -251,10 +223,50 @@ public sealed class TransformerModel : IDisposable
         else _device.LayerNorm(x, weight, bias!, y, rows, Config.Dim, Config.NormEps);
     }
 
-    private void Linear(DeviceBuffer x, DeviceMatrix w, DeviceBuffer? bias, DeviceBuffer y, int rows, int outDim)
+    /// <summary>
+    /// One layer of a serving forward: weights prepared once (DeviceMatrix), activations in the forward's scratch buffers
+    /// (the layer's output alternating between two, so its input stays intact), attention over the paged cache.
+    /// </summary>
+    private sealed class ServingPass(IDevice device, Layer w, Activations a, DeviceBuffer input, PagedKvCache cache, int layer, int[] slots,
+        AttentionLayout layout, int kvDim) : ILayerPass
     {
-        _device.MatMul(x, w, y, rows);
-        if (bias is not null) _device.AddBias(y, bias, rows, outDim);
+        public DeviceBuffer? Vector(LayerVector which) => which switch
+        {
+            LayerVector.AttnNorm => w.AttnNorm, LayerVector.AttnNormBias => w.AttnNormBias,
+            LayerVector.FfnNorm => w.FfnNorm, LayerVector.FfnNormBias => w.FfnNormBias,
+            LayerVector.WoBias => w.Bo, LayerVector.W2Bias => w.B2,
+            _ => throw new ArgumentOutOfRangeException(nameof(which)),
+        };
+
+        public void Project(LayerProjection which, DeviceBuffer x, DeviceBuffer y, int tokens)
+        {
+            var (matrix, bias) = which switch
+            {
+                LayerProjection.Wq => (w.Wq, w.Bq), LayerProjection.Wk => (w.Wk, w.Bk), LayerProjection.Wv => (w.Wv, w.Bv),
+                LayerProjection.Wo => (w.Wo, null), LayerProjection.W1 => (w.W1, w.B1), LayerProjection.W2 => (w.W2, null),
+                LayerProjection.W3 => (w.W3!, null),
+                _ => throw new ArgumentOutOfRangeException(nameof(which)),
+            };
+            device.MatMul(x, matrix, y, tokens);
+            if (bias is not null) device.AddBias(y, bias, tokens, matrix.Rows);
+        }
+
+        public DeviceBuffer Activation(LayerActivation which, int length) => which switch
+        {
+            LayerActivation.AttnNormed or LayerActivation.FfnNormed => a.Xb,
+            LayerActivation.Q => a.Q, LayerActivation.K => a.K, LayerActivation.V => a.V, LayerActivation.Attention => a.Attention,
+            LayerActivation.Residual => a.Residual,
+            LayerActivation.Gate or LayerActivation.Hidden => a.Hidden,   // the activation runs in place: serving keeps no gate
+            LayerActivation.Up => a.Hidden2,
+            LayerActivation.Output => ReferenceEquals(input, a.X) ? a.X2 : a.X,
+            _ => throw new ArgumentOutOfRangeException(nameof(which)),
+        };
+
+        public void Attend(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, DeviceBuffer output)
+        {
+            device.WriteKv(k, v, cache.Keys[layer], cache.Values[layer], slots, kvDim);
+            device.PagedAttention(q, cache.Keys[layer], cache.Values[layer], output, layout);
+        }
     }
 
     private Activations Grow(int tokens, int rows)
@@ -274,7 +286,7 @@ public sealed class TransformerModel : IDisposable
         {
             Tokens = tokens;
             Rows = rows;
-            X = d.Allocate(tokens * dim); Xb = d.Allocate(tokens * dim);
+            X = d.Allocate(tokens * dim); X2 = d.Allocate(tokens * dim); Residual = d.Allocate(tokens * dim); Xb = d.Allocate(tokens * dim);
             Q = d.Allocate(tokens * queryDim); K = d.Allocate(tokens * kvDim); V = d.Allocate(tokens * kvDim);
             Attention = d.Allocate(tokens * queryDim);
             Hidden = d.Allocate(tokens * hidden); Hidden2 = d.Allocate(tokens * hidden);
@@ -284,12 +296,13 @@ public sealed class TransformerModel : IDisposable
 
         public int Tokens { get; }
         public int Rows { get; }
-        public DeviceBuffer X, Xb, Q, K, V, Attention, Hidden, Hidden2, Selected, SelectedNormed, Logits;
-        public long Bytes => new[] { X, Xb, Q, K, V, Attention, Hidden, Hidden2, Selected, SelectedNormed, Logits }.Sum(b => b.Length * (long)sizeof(float));
+        public DeviceBuffer X, X2, Residual, Xb, Q, K, V, Attention, Hidden, Hidden2, Selected, SelectedNormed, Logits;
+        private DeviceBuffer[] All => [X, X2, Residual, Xb, Q, K, V, Attention, Hidden, Hidden2, Selected, SelectedNormed, Logits];
+        public long Bytes => All.Sum(b => b.Length * (long)sizeof(float));
 
         public void Dispose()
         {
-            foreach (var b in new[] { X, Xb, Q, K, V, Attention, Hidden, Hidden2, Selected, SelectedNormed, Logits }) b.Dispose();
+            foreach (var b in All) b.Dispose();
         }
     }
 

@@ -469,51 +469,60 @@ public sealed class TrainableModel : IDisposable
     /// <summary>Layer <paramref name="l"/> of this stage on x (T, C): keeps its activations in <paramref name="a"/>, returns its output (T, C).</summary>
     private DeviceBuffer ForwardLayer(StageActivations a, int l, DeviceBuffer x)
     {
-        var c = Config;
-        int T = a.Tokens.Length, C = c.Dim, H = _hidden, kv = _ckv, Cq = _cq;
-        bool llama = c.Architecture == Architecture.Llama;
-        var w = Weights.Layers[l];
         a.LayerInput[l] = x;
-        var n1 = a.AttnNormed[l] = NormalizeRows(a, x, w.AttnNorm, w.AttnNormBias, T);       // (T, C)
-        CopyToRegion.Forward(_device, n1, T * C, _tensorGroup);                              // into the column-parallel q/k/v
-        var q = a.Q[l] = a.Rent(T * Cq);
-        var k = a.K[l] = a.Rent(T * kv);
-        var v = a.V[l] = a.Rent(T * kv);
-        Project(a, l, "wq", n1, w.Wq, w.Bq, q, T, Cq, C);
-        Project(a, l, "wk", n1, w.Wk, w.Bk, k, T, kv, C);
-        Project(a, l, "wv", n1, w.Wv, w.Bv, v, T, kv, C);
-        if (llama)
+        return DecoderLayer.Forward(_device, new TrainingPass(this, a, l), DecoderShape.Of(Config, Spec), x, a.Positions, _tensorGroup);
+    }
+
+    /// <summary>
+    /// One layer of a training forward: weights from the host tensors (changed every step; with their LoRA update),
+    /// every activation kept for the backward, causal attention over the packed sequences keeping its weights.
+    /// </summary>
+    private sealed class TrainingPass(TrainableModel model, StageActivations a, int layer) : ILayerPass
+    {
+        private readonly LayerWeights _w = model.Weights.Layers[layer];
+
+        public DeviceBuffer? Vector(LayerVector which) => (which switch
         {
-            _device.Rope(q, a.Positions, _heads, c.HeadDim, c.EffectiveRotaryDim, c.RopeTheta, c.RopeLayout);
-            _device.Rope(k, a.Positions, _kvHeads, c.HeadDim, c.EffectiveRotaryDim, c.RopeTheta, c.RopeLayout);
-        }
-        var att = a.Attention[l] = a.Rent(T * Cq);                                          // (T, Cq)
-        var probs = a.Probs[l] = a.Rent(TrainingAttention.ProbsOffsets(a.Starts, _heads)[^1]);
-        _device.CausalAttention(q, k, v, att, probs, a.Starts, a.Documents, _heads, _kvHeads, c.HeadDim);
-        var x1 = a.Residual[l] = a.Rent(T * C);
-        Project(a, l, "wo", att, w.Wo, null, x1, T, C, Cq);
-        ReduceFromRegion.Forward(_device, x1, T * C, _tensorGroup);                          // (T, C) row-parallel wo: the ranks' partial sums
-        AddBias(x1, w.Bo, T);
-        _device.Add(x1, x, T * C);
-        var n2 = a.FfnNormed[l] = NormalizeRows(a, x1, w.FfnNorm, w.FfnNormBias, T);         // (T, C)
-        CopyToRegion.Forward(_device, n2, T * C, _tensorGroup);                              // into the column-parallel w1/w3
-        var gate = a.Gate[l] = a.Rent(T * H);
-        Project(a, l, "w1", n2, w.W1, w.B1, gate, T, H, C);
-        var hidden = a.Hidden[l] = a.Rent(T * H);
-        _device.Copy(gate, hidden, T * H);
-        if (llama)
+            LayerVector.AttnNorm => _w.AttnNorm, LayerVector.AttnNormBias => _w.AttnNormBias,
+            LayerVector.FfnNorm => _w.FfnNorm, LayerVector.FfnNormBias => _w.FfnNormBias,
+            LayerVector.WoBias => _w.Bo, LayerVector.W2Bias => _w.B2,
+            _ => throw new ArgumentOutOfRangeException(nameof(which)),
+        }) is { } host ? model._tensors.Parameter(host) : null;
+
+        public void Project(LayerProjection which, DeviceBuffer x, DeviceBuffer y, int tokens)
         {
-            var up = a.Up[l] = a.Rent(T * H);
-            Project(a, l, "w3", n2, w.W3!, null, up, T, H, C);
-            _device.SwiGlu(hidden, up, T * H);
+            int C = model.Config.Dim, H = model._hidden, q = model._cq, kv = model._ckv;
+            var (target, weight, bias, n, k) = which switch
+            {
+                LayerProjection.Wq => ("wq", _w.Wq, _w.Bq, q, C), LayerProjection.Wk => ("wk", _w.Wk, _w.Bk, kv, C),
+                LayerProjection.Wv => ("wv", _w.Wv, _w.Bv, kv, C), LayerProjection.Wo => ("wo", _w.Wo, null, C, q),
+                LayerProjection.W1 => ("w1", _w.W1, _w.B1, H, C), LayerProjection.W2 => ("w2", _w.W2, null, C, H),
+                LayerProjection.W3 => ("w3", _w.W3!, null, H, C),
+                _ => throw new ArgumentOutOfRangeException(nameof(which)),
+            };
+            model.Project(a, layer, target, x, weight, bias, y, tokens, n, k);
         }
-        else _device.Gelu(hidden, T * H);
-        var next = a.Rent(T * C);
-        Project(a, l, "w2", hidden, w.W2, null, next, T, C, H);
-        ReduceFromRegion.Forward(_device, next, T * C, _tensorGroup);                        // (T, C) row-parallel w2: the ranks' partial sums
-        AddBias(next, w.B2, T);
-        _device.Add(next, x1, T * C);
-        return next;
+
+        public DeviceBuffer Activation(LayerActivation which, int length)
+        {
+            var buffer = a.Rent(length);
+            var kept = which switch
+            {
+                LayerActivation.AttnNormed => a.AttnNormed, LayerActivation.Q => a.Q, LayerActivation.K => a.K, LayerActivation.V => a.V,
+                LayerActivation.Attention => a.Attention, LayerActivation.Residual => a.Residual, LayerActivation.FfnNormed => a.FfnNormed,
+                LayerActivation.Gate => a.Gate, LayerActivation.Up => a.Up, LayerActivation.Hidden => a.Hidden,
+                LayerActivation.Output => null,   // the next layer's input (or the stage's output)
+                _ => throw new ArgumentOutOfRangeException(nameof(which)),
+            };
+            if (kept is not null) kept[layer] = buffer;
+            return buffer;
+        }
+
+        public void Attend(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, DeviceBuffer output)
+        {
+            var probs = a.Probs[layer] = a.Rent(TrainingAttention.ProbsOffsets(a.Starts, model._heads)[^1]);
+            model._device.CausalAttention(q, k, v, output, probs, a.Starts, a.Documents, model._heads, model._kvHeads, model.Config.HeadDim);
+        }
     }
 
     /// <summary>

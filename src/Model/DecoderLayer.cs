@@ -1,0 +1,121 @@
+// One decoder layer's forward, the only one in the code base: serving (TransformerModel, against a paged KV cache) and
+// training (Cluster.Training's TrainableModel, keeping what its backward needs) both run it. Llama family: RMSNorm
+// pre-norm, RoPE, GQA, SwiGLU; GPT-2 family: LayerNorm, GELU, biases. What differs between the two is behind
+// ILayerPass: where each activation is written (serving reuses scratch buffers, training keeps one per layer), how a
+// projection multiplies (serving's weights are prepared once, training's change every step and may carry LoRA), and
+// how attention reads its keys (serving's paged cache, training's causal attention over the packed sequences).
+// Tensor parallelism crosses the named regions of TensorParallelRegions: q/k/v and gate/up are column-parallel, the
+// attention output and down projections row-parallel.
+using Cluster.Compute;
+using Cluster.Compute.Collectives;
+using static Cluster.Model.Parallel.TensorParallelRegions;
+
+namespace Cluster.Model;
+
+/// <summary>A layer's projections, each y (T, out) = x (T, in) · Wᵀ (+ b).</summary>
+public enum LayerProjection { Wq, Wk, Wv, Wo, W1, W2, W3 }
+
+/// <summary>A layer's norm weights and biases, and the biases of its row-parallel projections (wo's and w2's: added once, after the ranks' sum).</summary>
+public enum LayerVector { AttnNorm, AttnNormBias, FfnNorm, FfnNormBias, WoBias, W2Bias }
+
+/// <summary>The activations a layer's forward writes, in order.</summary>
+public enum LayerActivation { AttnNormed, Q, K, V, Attention, Residual, FfnNormed, Gate, Up, Hidden, Output }
+
+/// <summary>One layer's run of the forward: its weights, where its activations go, and how its attention reads keys.</summary>
+public interface ILayerPass
+{
+    /// <summary>A norm's weight or bias on the device; null for a bias the architecture has not.</summary>
+    DeviceBuffer? Vector(LayerVector which);
+
+    /// <summary>
+    /// y (T, out) = x (T, in) · Wᵀ (and whatever else the pass adds, e.g. LoRA), plus the bias of a column-parallel
+    /// projection (q/k/v, w1: each rank its slice). Wo and W2 get no bias here: the layer adds theirs after the ranks' sum.
+    /// </summary>
+    void Project(LayerProjection which, DeviceBuffer x, DeviceBuffer y, int tokens);
+
+    /// <summary>
+    /// Where <paramref name="which"/> is written (at least <paramref name="length"/> floats). The layer's input is never
+    /// handed out again before the layer is done with it; Hidden may be Gate itself (the activation then runs in place).
+    /// </summary>
+    DeviceBuffer Activation(LayerActivation which, int length);
+
+    /// <summary>output (T, heads·hd) = causal attention of q over the keys and values so far, k and v (T, kvHeads·hd) included.</summary>
+    void Attend(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, DeviceBuffer output);
+}
+
+/// <summary>A shard's layer widths: the whole model's, cut to a tensor-parallel rank's heads and hidden slice.</summary>
+public sealed record DecoderShape(ModelConfig Config, int Heads, int KvHeads, int Hidden)
+{
+    public int Dim => Config.Dim;
+    public int QueryDim => Heads * Config.HeadDim;
+    public int KvDim => KvHeads * Config.HeadDim;
+    public bool Llama => Config.Architecture == Architecture.Llama;
+
+    public static DecoderShape Of(ModelConfig config, Parallel.ShardSpec spec) => new(config, spec.QueryHeads.Count, spec.KvHeads.Count, spec.Hidden.Count);
+}
+
+public static class DecoderLayer
+{
+    /// <summary>
+    /// The layer on x (T, C) at the given positions (T,); returns its output (T, C) (the pass's Output buffer). Every
+    /// rank of <paramref name="group"/> must run the same layers on the same batches in the same order.
+    /// </summary>
+    public static DeviceBuffer Forward(IDevice device, ILayerPass pass, DecoderShape shape, DeviceBuffer x, ReadOnlySpan<int> positions, CollectiveGroup? group)
+    {
+        var c = shape.Config;
+        int T = positions.Length, C = shape.Dim, H = shape.Hidden, q = shape.QueryDim, kv = shape.KvDim;
+        var n1 = Normalize(device, pass, shape, x, LayerVector.AttnNorm, LayerVector.AttnNormBias, pass.Activation(LayerActivation.AttnNormed, T * C), T);   // (T, C)
+        CopyToRegion.Forward(device, n1, T * C, group);                                     // into the column-parallel q/k/v
+        var query = pass.Activation(LayerActivation.Q, T * q);                                // (T, qr)   this rank's heads
+        var key = pass.Activation(LayerActivation.K, T * kv);                                 // (T, kvr)
+        var value = pass.Activation(LayerActivation.V, T * kv);                               // (T, kvr)
+        pass.Project(LayerProjection.Wq, n1, query, T);
+        pass.Project(LayerProjection.Wk, n1, key, T);
+        pass.Project(LayerProjection.Wv, n1, value, T);
+        if (shape.Llama)
+        {
+            device.Rope(query, positions, shape.Heads, c.HeadDim, c.EffectiveRotaryDim, c.RopeTheta, c.RopeLayout);
+            device.Rope(key, positions, shape.KvHeads, c.HeadDim, c.EffectiveRotaryDim, c.RopeTheta, c.RopeLayout);
+        }
+        var attention = pass.Activation(LayerActivation.Attention, T * q);                    // (T, qr)
+        pass.Attend(query, key, value, attention);
+        var x1 = pass.Activation(LayerActivation.Residual, T * C);                            // (T, C)
+        ProjectRowParallel(device, pass, LayerProjection.Wo, LayerVector.WoBias, attention, x1, T, C, group);   // row-parallel wo: summed, then its bias
+        device.Add(x1, x, T * C);                                                             // x1 = x + attention's output
+
+        var n2 = Normalize(device, pass, shape, x1, LayerVector.FfnNorm, LayerVector.FfnNormBias, pass.Activation(LayerActivation.FfnNormed, T * C), T);
+        CopyToRegion.Forward(device, n2, T * C, group);                                     // into the column-parallel w1/w3
+        var gate = pass.Activation(LayerActivation.Gate, T * H);                              // (T, Hr)   before the activation
+        pass.Project(LayerProjection.W1, n2, gate, T);
+        var hidden = pass.Activation(LayerActivation.Hidden, T * H);                          // (T, Hr)   after it
+        if (!ReferenceEquals(hidden, gate)) device.Copy(gate, hidden, T * H);
+        if (shape.Llama)
+        {
+            var up = pass.Activation(LayerActivation.Up, T * H);                              // (T, Hr)
+            pass.Project(LayerProjection.W3, n2, up, T);
+            device.SwiGlu(hidden, up, T * H);
+        }
+        else device.Gelu(hidden, T * H);
+        var output = pass.Activation(LayerActivation.Output, T * C);                          // (T, C)
+        ProjectRowParallel(device, pass, LayerProjection.W2, LayerVector.W2Bias, hidden, output, T, C, group);
+        device.Add(output, x1, T * C);                                                        // x_out = x1 + the MLP's output
+        return output;
+    }
+
+    /// <summary>A row-parallel projection y (T, C): each rank's partial product, summed over the ranks, then the bias once.</summary>
+    private static void ProjectRowParallel(IDevice device, ILayerPass pass, LayerProjection which, LayerVector bias, DeviceBuffer x, DeviceBuffer y,
+        int tokens, int dim, CollectiveGroup? group)
+    {
+        pass.Project(which, x, y, tokens);
+        ReduceFromRegion.Forward(device, y, tokens * dim, group);                             // (T, C) partial sums over ranks: summed
+        if (pass.Vector(bias) is { } b) device.AddBias(y, b, tokens, dim);
+    }
+
+    /// <summary>RMSNorm (Llama) or LayerNorm with its bias (GPT-2) of each row of x (T, C) into y.</summary>
+    public static DeviceBuffer Normalize(IDevice device, ILayerPass pass, DecoderShape shape, DeviceBuffer x, LayerVector weight, LayerVector bias, DeviceBuffer y, int rows)
+    {
+        if (shape.Llama) device.RmsNorm(x, pass.Vector(weight)!, y, rows, shape.Dim, shape.Config.NormEps);
+        else device.LayerNorm(x, pass.Vector(weight)!, pass.Vector(bias)!, y, rows, shape.Dim, shape.Config.NormEps);
+        return y;
+    }
+}
