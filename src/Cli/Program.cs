@@ -5,6 +5,8 @@ using Cluster.Compute;
 using Cluster.Compute.Cpu;
 using Cluster.Model;
 using Cluster.Model.Formats;
+using Cluster.Model.Parallel;
+using Cluster.Model.Tokenizers;
 using Spectre.Console;
 
 try
@@ -84,23 +86,25 @@ static int Generate(Arguments a)
     string? adapter = a.Optional("adapter");
     a.RejectUnknown();
 
-    LoadedModel? loaded = null;
+    ITokenizer? tokenizer = null;
     TransformerModel? model = null;
     IDevice device = deviceSpec.Open(threads);
     var load = Stopwatch.StartNew();
     AnsiConsole.Status().Start(modelPath is null ? $"Making random {preset}" : $"Loading {Path.GetFileName(modelPath)}", ctx =>
     {
-        loaded = modelPath is null ? RandomModel.Create(preset) : ModelLoader.Load(modelPath, tokenizerPath);
-        if (adapter is not null) PeftAdapter.Merge(loaded.Weights, loaded.Config, adapter);
-        ctx.Status($"Packing {loaded.Config.Layers} layers for {device.Info.Name}");
-        model = new TransformerModel(device, loaded.Config, loaded.Weights);
+        var read = modelPath is null ? RandomModel.Create(preset) : ModelLoader.Load(modelPath, tokenizerPath);
+        if (adapter is not null) PeftAdapter.Merge(read.Weights, read.Config, adapter);
+        ctx.Status($"Packing {read.Config.Layers} layers for {device.Info.Name}");
+        tokenizer = read.Tokenizer ?? throw new ArgumentException($"{modelPath} carries no tokenizer: pass --tokenizer");
+        var whole = ShardWeights.Slice(read.Config, read.Weights, ShardSpec.Whole(read.Config));
+        Array.Clear(read.Weights.Layers);   // the slice holds the layers now, and lets each go once it is packed: loading peaks near one copy
+        model = new TransformerModel(device, read.Config, whole, releaseHostWeights: true);
     });
-    var tokenizer = loaded!.Tokenizer ?? throw new ArgumentException($"{modelPath} carries no tokenizer: pass --tokenizer");
     if (modelPath is null) AnsiConsole.MarkupLine("[yellow]random weights (no --model given): the text is noise; the speed is real[/]");
-    var c = loaded.Config;
+    var c = model!.Config;
     AnsiConsole.MarkupLineInterpolated($"[grey]{c.Architecture} dim {c.Dim} hidden {c.HiddenDim} layers {c.Layers} heads {c.Heads}/{c.KvHeads} vocab {c.VocabSize} ctx {c.MaxSeqLen}; loaded in {load.Elapsed.TotalSeconds:F1} s on {device.Info.Name}[/]");
 
-    var generator = new TextGenerator(model!, tokenizer);
+    var generator = new TextGenerator(model!, tokenizer!);
     var clock = Stopwatch.StartNew();
     TimeSpan? firstToken = null;
     int generated = 0;

@@ -130,8 +130,9 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
         ShardSpec SpecOf(ModelConfig config) => ShardingPlan.Create(config, layout).Get(a.Replica, a.Stage, a.Rank);
         var loaded = ModelSources.Load(a.Source, config => WeightFilter.For(SpecOf(config)));   // only this stage's tensors
         var weights = ShardWeights.Slice(loaded.Config, loaded.Weights, SpecOf(loaded.Config), loaded.Source);
+        Array.Clear(loaded.Weights.Layers);   // the slice holds what this shard keeps, and lets each layer go once it is on the device
         var lease = devices.Take(Key);
-        try { return new LoadedSlice(a, lease, new TransformerModel(lease.Device, loaded.Config, weights)); }
+        try { return new LoadedSlice(a, lease, new TransformerModel(lease.Device, loaded.Config, weights, releaseHostWeights: true)); }
         catch
         {
             lease.Dispose();

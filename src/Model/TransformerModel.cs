@@ -24,7 +24,7 @@ public sealed record SequenceChunk(int Sequence, int[] Tokens, bool AllLogits = 
 public sealed class TransformerModel : IDisposable
 {
     private readonly IDevice _device;
-    private readonly DeviceBuffer? _tokenEmbedding;      // (Vr + 1, C) first stage: this rank's vocab rows, then a zero row
+    private readonly DeviceBuffer? _tokenEmbedding;      // (Vr, C) first stage: this rank's vocab rows
     private readonly DeviceBuffer? _positionEmbedding;   // (maxT, C) GPT-2
     private readonly Layer[] _layers;
     private readonly DeviceBuffer? _finalNorm;           // (C,)
@@ -45,7 +45,11 @@ public sealed class TransformerModel : IDisposable
         : this(device, config, ShardWeights.Slice(config, weights, ShardSpec.Whole(config))) { }
 
     /// <summary>One shard: the layers of its pipeline stage, cut to its tensor-parallel slices.</summary>
-    public TransformerModel(IDevice device, ModelConfig config, ShardWeights weights)
+    /// <param name="releaseHostWeights">
+    /// Let go of each layer's host tensors (weights.Layers[i] becomes null) as soon as they are on the device, so that
+    /// loading peaks near one copy of the weights rather than two: for a caller that keeps no other reference to them.
+    /// </param>
+    public TransformerModel(IDevice device, ModelConfig config, ShardWeights weights, bool releaseHostWeights = false)
     {
         var spec = weights.Spec;
         _device = device;
@@ -53,29 +57,46 @@ public sealed class TransformerModel : IDisposable
         Spec = spec;
         int C = config.Dim, H = spec.Hidden.Count, q = QueryDim, kv = KvDim;
         DeviceBuffer? Vector(float[]? v) => v is null ? null : device.Upload(v);
-        if (weights.TokenEmbedding is { } embedding)
-        {
-            // Tokens outside this rank's vocab slice look up the extra zero row, so the all-reduce sums exactly one real row.
-            var table = new float[embedding.Length + C];
-            embedding.CopyTo(table, 0);
-            _tokenEmbedding = device.Upload(table);
-        }
+        _tokenEmbedding = Vector(weights.TokenEmbedding);   // tokens outside this rank's vocab slice look up row −1: zeros
         _positionEmbedding = Vector(weights.PositionEmbedding);
-        _layers = weights.Layers.Select(w => new Layer
+        _layers = new Layer[weights.Layers.Length];
+        long layerBytes = weights.Layers.Sum(LayerBytes), released = 0;
+        for (int i = 0; i < _layers.Length; i++)
         {
-            AttnNorm = device.Upload(w.AttnNorm), AttnNormBias = Vector(w.AttnNormBias),
-            FfnNorm = device.Upload(w.FfnNorm), FfnNormBias = Vector(w.FfnNormBias),
-            Wq = device.UploadMatrix(w.Wq, q, C), Wk = device.UploadMatrix(w.Wk, kv, C),
-            Wv = device.UploadMatrix(w.Wv, kv, C), Wo = device.UploadMatrix(w.Wo, C, q),
-            W1 = device.UploadMatrix(w.W1, H, C), W2 = device.UploadMatrix(w.W2, C, H),
-            W3 = w.W3 is null ? null : device.UploadMatrix(w.W3, H, C),
-            Bq = Vector(w.Bq), Bk = Vector(w.Bk), Bv = Vector(w.Bv), Bo = Vector(w.Bo), B1 = Vector(w.B1), B2 = Vector(w.B2),
-        }).ToArray();
+            var w = weights.Layers[i];
+            _layers[i] = new Layer
+            {
+                AttnNorm = device.Upload(w.AttnNorm), AttnNormBias = Vector(w.AttnNormBias),
+                FfnNorm = device.Upload(w.FfnNorm), FfnNormBias = Vector(w.FfnNormBias),
+                Wq = device.UploadMatrix(w.Wq, q, C), Wk = device.UploadMatrix(w.Wk, kv, C),
+                Wv = device.UploadMatrix(w.Wv, kv, C), Wo = device.UploadMatrix(w.Wo, C, q),
+                W1 = device.UploadMatrix(w.W1, H, C), W2 = device.UploadMatrix(w.W2, C, H),
+                W3 = w.W3 is null ? null : device.UploadMatrix(w.W3, H, C),
+                Bq = Vector(w.Bq), Bk = Vector(w.Bk), Bv = Vector(w.Bv), Bo = Vector(w.Bo), B1 = Vector(w.B1), B2 = Vector(w.B2),
+            };
+            if (releaseHostWeights)
+            {
+                released += LayerBytes(weights.Layers[i]);
+                weights.Layers[i] = null!;
+                // The packed copies live outside the managed heap, so a released layer lowers the process's memory only once
+                // the GC gives its pages back: an aggressive (decommitting) collection after each eighth of the layers' bytes,
+                // so loading peaks near one copy plus an eighth, in at most eight collections whatever the model's size.
+                if (released >= layerBytes / 8 || i == _layers.Length - 1)
+                {
+                    GC.Collect(GC.MaxGeneration, GCCollectionMode.Aggressive, blocking: true, compacting: true);
+                    released = 0;
+                }
+            }
+        }
         _finalNorm = Vector(weights.FinalNorm);
         _finalNormBias = Vector(weights.FinalNormBias);
         _output = weights.Output is null ? null : device.UploadMatrix(weights.Output, spec.Vocab.Count, C);
         WeightBytes = CountWeightBytes();
     }
+
+    private static long LayerBytes(LayerWeights w) =>
+        new[] { w.AttnNorm, w.AttnNormBias, w.FfnNorm, w.FfnNormBias, w.Wq, w.Wk, w.Wv, w.Wo, w.W1, w.W2, w.W3, w.Bq, w.Bk, w.Bv, w.Bo, w.B1, w.B2 }
+            .Sum(t => (long)(t?.Length ?? 0) * sizeof(float));
 
     public ModelConfig Config { get; }
     public ShardSpec Spec { get; }
@@ -164,7 +185,7 @@ public sealed class TransformerModel : IDisposable
         for (int t = 0; t < tokens.Length; t++)
         {
             int local = tokens[t] - Spec.Vocab.Offset;
-            rows[t] = (uint)local < (uint)Spec.Vocab.Count ? local : Spec.Vocab.Count;
+            rows[t] = (uint)local < (uint)Spec.Vocab.Count ? local : -1;                                   // another rank's: zeros
         }
         _device.Embedding(_tokenEmbedding!, rows, x, Config.Dim);
         ReduceFromRegion.Forward(_device, x, tokens.Length * Config.Dim, group);                          // x (T, C)   summed over ranks

@@ -12,6 +12,24 @@ public sealed class BatchedForwardTests
 
     [Theory]
     [MemberData(nameof(Architectures))]
+    public void AModelThatReleasedItsHostWeightsGivesTheSameLogits(Architecture architecture)
+    {
+        var config = TestModels.SmallConfig(architecture);
+        var weights = TestModels.RandomWeights(config, seed: 5);
+        using var device = new CpuDevice(1);
+        using var kept = new TransformerModel(device, config, weights);
+        var slice = Cluster.Model.Parallel.ShardWeights.Slice(config, weights, Cluster.Model.Parallel.ShardSpec.Whole(config));
+        using var released = new TransformerModel(device, config, slice, releaseHostWeights: true);
+        Assert.All(slice.Layers, Assert.Null);   // handed to the device, layer by layer
+        int[] tokens = [3, 1, 4, 1, 5, 9, 2, 6];
+        using var a = PagedKvCache.ForSequences(device, config, 1, 16, blockSize: 4);
+        using var b = PagedKvCache.ForSequences(device, config, 1, 16, blockSize: 4);
+        Assert.Equal(kept.Forward([new SequenceChunk(a.CreateSequence(), tokens, AllLogits: true)], a),
+            released.Forward([new SequenceChunk(b.CreateSequence(), tokens, AllLogits: true)], b));
+    }
+
+    [Theory]
+    [MemberData(nameof(Architectures))]
     public void BatchOfSequencesAtDifferentPositionsEqualsEachAlone(Architecture architecture)
     {
         var config = TestModels.SmallConfig(architecture);

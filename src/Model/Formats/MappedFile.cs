@@ -1,11 +1,13 @@
 // A read-only memory map of a model file, so files past 2 GiB load without one giant byte[] and the
-// OS pages weights in as they are converted. Every access is bounds-checked against the file length
-// and fails with a ModelFormatException naming what was being read.
+// OS pages weights in as they are converted. A tensor's pages are given back as soon as it is copied out (on Linux),
+// so the map never holds a second copy of the model in the process's memory. Every access is bounds-checked against
+// the file length and fails with a ModelFormatException naming what was being read.
 using System.IO.MemoryMappedFiles;
+using System.Runtime.InteropServices;
 
 namespace Cluster.Model.Formats;
 
-public sealed unsafe class MappedFile : IDisposable
+public sealed unsafe partial class MappedFile : IDisposable
 {
     private readonly MemoryMappedFile _map;
     private readonly MemoryMappedViewAccessor _view;
@@ -73,6 +75,7 @@ public sealed unsafe class MappedFile : IDisposable
             throw new ModelFormatException(Path, $"data [{offset}, {offset}+{count * 4}) runs past the end of the file ({Length} bytes)", tensor);
         var result = new float[count];
         fixed (float* destination = result) Buffer.MemoryCopy(_base + offset, destination, count * 4, count * 4);
+        DropPages(offset, count * 4);
         return result;
     }
 
@@ -85,8 +88,27 @@ public sealed unsafe class MappedFile : IDisposable
         var bytes = Span(offset, TensorCodec.ByteSize(type, count, Path, tensor), "tensor data", tensor);
         var result = new float[count];
         TensorCodec.Decode(bytes, type, result);
+        DropPages(offset, bytes.Length);
         return result;
     }
+
+    /// <summary>
+    /// Gives back the mapped pages of bytes [offset, offset + count), copied out already. Best effort: a page shared with
+    /// a neighbour is read from the file again if the neighbour is read later, and elsewhere than Linux nothing is done
+    /// (the pages go when the file is closed).
+    /// </summary>
+    private void DropPages(long offset, long count)
+    {
+        if (!OperatingSystem.IsLinux() || count <= 0) return;
+        long page = Environment.SystemPageSize;
+        long start = (long)(_base + offset) & ~(page - 1), end = (long)(_base + offset + count);
+        _ = Advise((nint)start, (nuint)(end - start), DontNeed);
+    }
+
+    private const int DontNeed = 4;   // MADV_DONTNEED
+
+    [LibraryImport("libc", EntryPoint = "madvise")]
+    private static partial int Advise(nint address, nuint length, int advice);
 
     public void Dispose()
     {
