@@ -104,6 +104,12 @@ public interface IDevice : IDisposable
     /// <summary>output (T, dim) = table[tokens[t]]; a token of −1 gives a zero row (a vocab slice's foreign tokens).</summary>
     void Embedding(DeviceBuffer table, ReadOnlySpan<int> tokens, DeviceBuffer output, int dim);
 
+    /// <summary>
+    /// output (T, Cols) = rows tokens[t] of a weight matrix (−1 gives a zero row): serving's embedding table, which a
+    /// tied head multiplies by too, one copy for both.
+    /// </summary>
+    void Embedding(DeviceMatrix table, ReadOnlySpan<int> tokens, DeviceBuffer output);
+
     /// <summary>x (T, dim) += table[indices[t]] (learned position embeddings).</summary>
     void AddEmbedding(DeviceBuffer x, DeviceBuffer table, ReadOnlySpan<int> indices, int dim);
 

@@ -24,7 +24,7 @@ public sealed record SequenceChunk(int Sequence, int[] Tokens, bool AllLogits = 
 public sealed class TransformerModel : IDisposable
 {
     private readonly IDevice _device;
-    private readonly DeviceBuffer? _tokenEmbedding;      // (Vr, C) first stage: this rank's vocab rows
+    private readonly DeviceMatrix? _tokenEmbedding;      // (Vr, C) first stage: this rank's vocab rows (the head itself when tied on one stage)
     private readonly DeviceBuffer? _positionEmbedding;   // (maxT, C) GPT-2
     private readonly Layer[] _layers;
     private readonly DeviceBuffer? _finalNorm;           // (C,)
@@ -57,7 +57,9 @@ public sealed class TransformerModel : IDisposable
         Spec = spec;
         int C = config.Dim, H = spec.Hidden.Count, q = QueryDim, kv = KvDim;
         DeviceBuffer? Vector(float[]? v) => v is null ? null : device.Upload(v);
-        _tokenEmbedding = Vector(weights.TokenEmbedding);   // tokens outside this rank's vocab slice look up row −1: zeros
+        // A tied head on the embedding's own stage multiplies by the embedding table itself: one copy of the matrix.
+        bool sharedHead = config.TiedEmbeddings && spec.IsFirstStage && spec.IsLastStage;
+        _tokenEmbedding = weights.TokenEmbedding is { } table ? device.UploadMatrix(table, spec.Vocab.Count, C) : null;
         _positionEmbedding = Vector(weights.PositionEmbedding);
         _layers = new Layer[weights.Layers.Length];
         long layerBytes = weights.Layers.Sum(LayerBytes), released = 0;
@@ -90,7 +92,7 @@ public sealed class TransformerModel : IDisposable
         }
         _finalNorm = Vector(weights.FinalNorm);
         _finalNormBias = Vector(weights.FinalNormBias);
-        _output = weights.Output is null ? null : device.UploadMatrix(weights.Output, spec.Vocab.Count, C);
+        _output = sharedHead ? _tokenEmbedding : weights.Output is null ? null : device.UploadMatrix(weights.Output, spec.Vocab.Count, C);
         WeightBytes = CountWeightBytes();
     }
 
@@ -105,7 +107,8 @@ public sealed class TransformerModel : IDisposable
     public long WeightBytes { get; }
 
     private long CountWeightBytes() =>
-        new[] { _tokenEmbedding, _positionEmbedding, _finalNorm, _finalNormBias }.Sum(b => (b?.Length ?? 0) * (long)sizeof(float)) + (_output?.Bytes ?? 0)
+        new[] { _positionEmbedding, _finalNorm, _finalNormBias }.Sum(b => (b?.Length ?? 0) * (long)sizeof(float))
+        + (_tokenEmbedding?.Bytes ?? 0) + (ReferenceEquals(_output, _tokenEmbedding) ? 0 : _output?.Bytes ?? 0)
         + _layers.Sum(w => new[] { w.AttnNorm, w.FfnNorm, w.AttnNormBias, w.FfnNormBias, w.Bq, w.Bk, w.Bv, w.Bo, w.B1, w.B2 }.Sum(b => (b?.Length ?? 0) * (long)sizeof(float))
             + new[] { w.Wq, w.Wk, w.Wv, w.Wo, w.W1, w.W2, w.W3 }.Sum(m => m?.Bytes ?? 0));
 
@@ -187,7 +190,7 @@ public sealed class TransformerModel : IDisposable
             int local = tokens[t] - Spec.Vocab.Offset;
             rows[t] = (uint)local < (uint)Spec.Vocab.Count ? local : -1;                                   // another rank's: zeros
         }
-        _device.Embedding(_tokenEmbedding!, rows, x, Config.Dim);
+        _device.Embedding(_tokenEmbedding!, rows, x);
         ReduceFromRegion.Forward(_device, x, tokens.Length * Config.Dim, group);                          // x (T, C)   summed over ranks
     }
 
@@ -339,6 +342,6 @@ public sealed class TransformerModel : IDisposable
         }
         _finalNorm?.Dispose();
         _finalNormBias?.Dispose();
-        _output?.Dispose();
+        if (!ReferenceEquals(_output, _tokenEmbedding)) _output?.Dispose();
     }
 }

@@ -340,8 +340,16 @@ public sealed class IlgpuDeviceTests(IlgpuCpuFixture devices) : IClassFixture<Il
             d.AddScaled(xb, yb, -2f, 301);
             d.Zero(zeroed, 100);
             d.Embedding(t, [2, -1, 0], rows, 6);      // −1: a zero row
-            return [.. Read(d, copy), .. Read(d, xb), .. Read(d, yb), .. Read(d, zeroed), .. Read(d, rows)];
+            using var matrix = d.UploadMatrix(table, 4, 6);
+            using var matrixRows = d.Allocate(3 * 6);
+            d.Embedding(matrix, [3, -1, 1], matrixRows);   // from a weight matrix in the device's layout (the CPU's packed)
+            return [.. Read(d, copy), .. Read(d, xb), .. Read(d, yb), .. Read(d, zeroed), .. Read(d, rows), .. Read(d, matrixRows)];
         });
+        using var cpu = new Cluster.Compute.Cpu.CpuDevice(1);
+        using var packed = cpu.UploadMatrix(table, 4, 6);
+        using var gathered = cpu.Allocate(3 * 6);
+        cpu.Embedding(packed, [3, -1, 1], gathered);
+        Assert.Equal([.. table.AsSpan(18, 6), .. new float[6], .. table.AsSpan(6, 6)], Read(cpu, gathered));
     }
 
     [Fact]

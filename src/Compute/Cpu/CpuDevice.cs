@@ -81,6 +81,27 @@ public sealed unsafe class CpuDevice : IDevice
         }
     }
 
+    /// <summary>Row r of the packed matrix: element k of it sits at k·NR + r % NR of panel r / NR.</summary>
+    public void Embedding(DeviceMatrix table, ReadOnlySpan<int> tokens, DeviceBuffer output)
+    {
+        var packed = (PackedMatrix)table;
+        int k = packed.Cols;
+        CheckLength(output, (long)tokens.Length * k, nameof(output));
+        float[] o = Cpu(output).Data;
+        for (int i = 0; i < tokens.Length; i++)
+        {
+            var row = o.AsSpan(i * k, k);
+            if (tokens[i] == -1)
+            {
+                row.Clear();
+                continue;
+            }
+            CheckIndex(tokens[i], packed.Rows, "token");
+            float* panel = packed.Pointer + (long)(tokens[i] / Gemm.NR) * k * Gemm.NR + tokens[i] % Gemm.NR;
+            for (int kk = 0; kk < k; kk++) row[kk] = panel[(long)kk * Gemm.NR];
+        }
+    }
+
     public void AddEmbedding(DeviceBuffer x, DeviceBuffer table, ReadOnlySpan<int> indices, int dim)
     {
         float[] t = Cpu(table).Data, o = Cpu(x).Data;

@@ -234,6 +234,17 @@ public sealed unsafe class IlgpuDevice : IDevice
         WithIndices(tokens, indices => Elementwise(indices.IntLength * dim, n => _kernels.GatherRows(n, View(table), indices, View(output), dim, 0)));
     }
 
+    /// <summary>The matrix is W (rows, cols) row-major on the device: the same row gather as a buffer's.</summary>
+    public void Embedding(DeviceMatrix table, ReadOnlySpan<int> tokens, DeviceBuffer output)
+    {
+        var matrix = table is IlgpuMatrix own && own.Owner == this ? own : throw new ArgumentException($"matrix belongs to another device ({table.GetType().Name})");
+        int dim = matrix.Cols;
+        foreach (int token in tokens)
+            if (token != -1) CheckIndices([token], matrix.Rows, "token");
+        CheckLength(output, (long)tokens.Length * dim, nameof(output));
+        WithIndices(tokens, indices => Elementwise(indices.IntLength * dim, n => _kernels.GatherRows(n, matrix.View, indices, View(output), dim, 0)));
+    }
+
     public void AddEmbedding(DeviceBuffer x, DeviceBuffer table, ReadOnlySpan<int> indices, int dim)
     {
         CheckIndices(indices, table.Length / dim, "position");
