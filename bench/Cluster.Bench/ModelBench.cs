@@ -1,6 +1,8 @@
 // Prefill and decode tokens/s of seeded random models with the llama2.c "15M" and "110M" shapes, on the CPU
 // device at each thread count, and, in the same run, llama.cpp on the same weights written as an F32 GGUF
-// (bench/llamacpp/bench.mjs through node-llama-cpp; run `npm ci` in bench/llamacpp first, see run.sh).
+// (bench/llamacpp/bench.mjs through node-llama-cpp; run `npm ci` in bench/llamacpp first, see run.sh). With
+// --batch 1,8,32 also the bare engine's batched decode: B sequences decoding together, one forward per step, the
+// ceiling a served model is measured against (cluster-bench serving).
 using System.Diagnostics;
 using System.Text.Json;
 using Cluster.Compute.Cpu;
@@ -11,8 +13,13 @@ namespace Cluster.Bench;
 
 public static class ModelBench
 {
-    public static void Run(string[] presets, int[] threadCounts, int promptTokens, int decodeTokens, bool withLlamaCpp)
+    public static void Run(string[] presets, int[] threadCounts, int promptTokens, int decodeTokens, bool withLlamaCpp, int[] batches)
     {
+        if (batches.Length > 0)
+        {
+            RunBatched(presets, threadCounts, promptTokens, decodeTokens, batches);
+            return;
+        }
         Console.WriteLine($"prompt {promptTokens} tokens, then {decodeTokens} decode steps; best of 5 runs");
         Console.WriteLine();
         Console.WriteLine("| model | threads | engine | prefill tok/s | decode tok/s |");
@@ -54,6 +61,49 @@ public static class ModelBench
             cache.Release(sequence);
         }
         return (bestPrefill, bestDecode);
+    }
+
+    /// <summary>Decode tokens/s of B sequences stepping together (each prefilled with the same prompt first), best of 3 runs.</summary>
+    private static void RunBatched(string[] presets, int[] threadCounts, int promptTokens, int decodeTokens, int[] batches)
+    {
+        Console.WriteLine($"batched decode: B sequences after a {promptTokens}-token prompt each, {decodeTokens} steps of all B in one forward; best of 3 runs");
+        Console.WriteLine();
+        Console.WriteLine("| model | threads | batch | decode tok/s (all sequences) | per sequence | vs batch 1 |");
+        Console.WriteLine("|---|---:|---:|---:|---:|---:|");
+        foreach (string preset in presets)
+        {
+            var loaded = RandomModel.Create(preset, seed: 1);
+            int[] prompt = Enumerable.Range(0, promptTokens).Select(i => 259 + (int)((long)i * 7919 % (loaded.Config.VocabSize - 259))).ToArray();
+            foreach (int threads in threadCounts)
+            {
+                using var device = new CpuDevice(threads);
+                using var model = new TransformerModel(device, loaded.Config, loaded.Weights);
+                double? single = null;
+                foreach (int batch in batches)
+                {
+                    using var cache = PagedKvCache.ForSequences(device, loaded.Config, batch, prompt.Length + decodeTokens);
+                    double best = 0;
+                    for (int run = 0; run < 3; run++)
+                    {
+                        int[] sequences = [.. Enumerable.Range(0, batch).Select(_ => cache.CreateSequence())];
+                        var next = new int[batch];
+                        for (int s = 0; s < batch; s++)
+                            next[s] = Sampler.ArgMax(model.Forward([new SequenceChunk(sequences[s], prompt)], cache));
+                        var clock = Stopwatch.StartNew();
+                        for (int step = 0; step < decodeTokens; step++)
+                        {
+                            float[] logits = model.Forward([.. sequences.Select((id, s) => new SequenceChunk(id, [next[s]]))], cache);   // (B, V)
+                            int vocab = logits.Length / batch;
+                            for (int s = 0; s < batch; s++) next[s] = Sampler.ArgMax(logits.AsSpan(s * vocab, vocab));
+                        }
+                        best = Math.Max(best, (double)batch * decodeTokens / clock.Elapsed.TotalSeconds);
+                        foreach (int id in sequences) cache.Release(id);
+                    }
+                    single ??= best;
+                    Console.WriteLine($"| {preset} | {threads} | {batch} | {best:F1} | {best / batch:F1} | {best / single:F2}x |");
+                }
+            }
+        }
     }
 
     private static string WriteGguf(LoadedModel loaded, string preset)

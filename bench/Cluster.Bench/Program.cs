@@ -14,7 +14,7 @@ switch (command)
     case "model":
         ModelBench.Run((Option(args, "--presets") ?? "stories15M,stories110M").Split(','), threads,
             int.Parse(Option(args, "--prompt") ?? "128"), int.Parse(Option(args, "--decode") ?? "128"),
-            withLlamaCpp: !args.Contains("--no-llamacpp"));
+            withLlamaCpp: !args.Contains("--no-llamacpp"), batches: Ints(Option(args, "--batch")) ?? []);
         return 0;
     case "tokenizer":
         TokenizerBench.Run(int.Parse(Option(args, "--reference-max") ?? "16384"));
