@@ -1,6 +1,7 @@
 // cluster-bench: the engine's benchmarks, printed as Markdown tables for the README.
 // Run from the repository root: bash bench/run.sh (or dotnet run -c Release --project bench/Cluster.Bench -- gemm)
-// Commands: gemm, model, training, tokenizer (single process); transport, collectives, serving, soak (in-process Orleans clusters).
+// Commands: gemm, model, training, tokenizer (single process); transport, collectives, serving, soak (in-process Orleans clusters);
+// load (HTTP against a running OpenAI-compatible server, or an in-process one).
 using Cluster.Bench;
 
 string command = args.FirstOrDefault() ?? "help";
@@ -28,6 +29,10 @@ switch (command)
     case "serving":
         await ServingBench.Run();
         return 0;
+    case "load":
+        await LoadBench.Run(Option(args, "--url"), Option(args, "--model") ?? "default", Ints(Option(args, "--concurrency")) ?? [1, 8, 32],
+            int.Parse(Option(args, "--requests") ?? "64"), int.Parse(Option(args, "--prompt-tokens") ?? "32"), int.Parse(Option(args, "--max-tokens") ?? "64"));
+        return 0;
     case "soak":
         await SoakBench.Run(double.Parse(Option(args, "--minutes") ?? "10", System.Globalization.CultureInfo.InvariantCulture),
             int.Parse(Option(args, "--concurrency") ?? "32"));
@@ -40,7 +45,8 @@ switch (command)
     default:
         Console.WriteLine("""
             usage: cluster-bench gemm  [--threads 1,2] [--peak-per-core 265]
-                   cluster-bench model [--threads 1,2] [--presets stories15M,stories110M] [--prompt 128] [--decode 128] [--no-llamacpp]
+                   cluster-bench model [--threads 1,2] [--presets stories15M,stories110M] [--prompt 128] [--decode 128] [--no-llamacpp] [--batch 1,8,32]
+                   cluster-bench load [--url URL --model ID] [--concurrency 1,8,32] [--requests 64] [--prompt-tokens 32] [--max-tokens 64]
                    cluster-bench transport                                        (grain calls and memory streams, MB/s, same vs cross silo)
                    cluster-bench collectives [--sizes 1,4,16,64] [--members 2,3,4]  (all-reduce / all-to-all bus GB/s, in process vs across silos)
                    cluster-bench serving                                          (continuous batching and sharding layouts, tokens/s)
