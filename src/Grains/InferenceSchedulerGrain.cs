@@ -10,6 +10,7 @@
 // and its sequences are replayed from their tokens so far (prompt + generated), so clients see no error unless the
 // pipeline stays down past FailoverTimeout (ModelUnavailableException: the gateway answers 503), and no sequence is
 // replayed more than MaxStepFailures times (a step that fails whatever silo runs it fails its sequences instead).
+// Detection: a step's timeout comes from the replica's measured step times (StepClock).
 // Admission: at most MaxWaiting requests wait (then ModelOverloadedException: 429); a waiting request that does not fit
 // lets smaller ones pass at most MaxOvertakes times; prompt chunks share each step's token budget, shortest first, so a
 // long prompt neither blocks short ones nor starves. Prompts are tokenized off the grain's turn, after a length check.
@@ -109,6 +110,8 @@ public sealed class InferenceSchedulerGrain(
         /// <summary>Ended sequences whose blocks the next step frees on every shard.</summary>
         public List<Guid> Released { get; } = [];
         public Queue<Sequence> Waiting { get; } = [];
+        /// <summary>The epoch's measured steps, which give the next step its timeout.</summary>
+        public StepClock StepTimes { get; } = new();
     }
 
     private ModelServing? _serving;
@@ -165,6 +168,7 @@ public sealed class InferenceSchedulerGrain(
         long epoch = _lastEpoch = Math.Max(_lastEpoch + 1, DateTime.UtcNow.Ticks);   // above any epoch an earlier activation used
         replica.Epoch = epoch;
         replica.NextStep = 0;
+        replica.StepTimes.Reset();
         var keys = replica.StageKeys;
         var loads = new List<Task<ShardDescription>>();
         for (int stage = 0; stage < keys.Length; stage++)
@@ -401,7 +405,7 @@ public sealed class InferenceSchedulerGrain(
             // The logits come straight from the last stage (DeliverLogits); the calls down the pipeline complete after
             // that, and fail if a stage did. Whichever comes first decides: the step is done once its logits are here.
             var pipeline = Task.WhenAll(replica.StageKeys[0].Select(key => grains.GetGrain<IShardGrain>(key).Forward(stageBatch)));
-            var first = await Task.WhenAny(delivered.Task, pipeline).WaitAsync(Options.StepTimeout);
+            var first = await Task.WhenAny(delivered.Task, pipeline).WaitAsync(replica.StepTimes.TimeoutFor(stepTokens, Options));
             if (first == pipeline)
             {
                 await pipeline;   // throws the stage's failure
@@ -427,7 +431,9 @@ public sealed class InferenceSchedulerGrain(
             _awaitingLogits.Remove(stepId);
         }
         if (replica.Epoch != epoch) return;   // a failover started while this step ran: its sequences replay
-        ClusterTelemetry.StepTime.Record(Stopwatch.GetElapsedTime(started).TotalSeconds, replicaTags);
+        var elapsed = Stopwatch.GetElapsedTime(started);
+        replica.StepTimes.Record(elapsed, stepTokens);
+        ClusterTelemetry.StepTime.Record(elapsed.TotalSeconds, replicaTags);
         ClusterTelemetry.StepTokens.Record(stepTokens, replicaTags);
 
         var logits = MemoryMarshal.Cast<byte, float>(result.Logits);
