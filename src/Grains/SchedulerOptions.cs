@@ -16,7 +16,8 @@ public sealed class SchedulerOptions
     /// <summary>Failed steps a sequence may be in: one more and it fails with the cause rather than being replayed again.</summary>
     public int MaxStepFailures { get; set; } = 3;
     // StepTimeout and FailoverTimeout stay well inside an Orleans client's 30 s response timeout, so a client waiting for
-    // its next token hears either the token or the 503 before its own call gives up.
+    // its next token hears either the token or the 503 before its own call gives up. A step whose shard's silo leaves the
+    // cluster does not wait for any of them: it fails as soon as the membership says so.
 
     /// <summary>
     /// The longest a step may take before its pipeline is presumed lost and replayed: the timeout of an epoch's first
