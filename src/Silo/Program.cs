@@ -22,6 +22,7 @@ builder.UseOrleans(silo =>
         silo.UseLocalhostClustering(settings.SiloPort, settings.GatewayPort, settings.PrimarySilo);
     if (certificate is not null) silo.UseTls(certificate, o => ClusterTransportSecurity.Configure(o, certificate));
     silo.Configure<SiloOptions>(o => o.SiloName = settings.SiloName);
+    silo.Configure<ClusterMembershipOptions>(o => SiloSettings.ConfigureMembership(o, builder.Configuration));
     silo.AddClusterGrains(o => (o.DeviceThreads, o.Devices, o.KvSequences, o.KvBlockSize) =
         (settings.DeviceThreads, settings.Devices, settings.KvSequences, settings.KvBlockSize), o =>
     {
