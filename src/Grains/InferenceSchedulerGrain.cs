@@ -10,6 +10,9 @@
 // and its sequences are replayed from their tokens so far (prompt + generated), so clients see no error unless the
 // pipeline stays down past FailoverTimeout (ModelUnavailableException: the gateway answers 503), and no sequence is
 // replayed more than MaxStepFailures times (a step that fails whatever silo runs it fails its sequences instead).
+// Detection: a step's timeout comes from the replica's measured step times (StepClock), and the scheduler watches the
+// cluster's membership: when a silo holding one of a replica's shards leaves (Stopping or Dead), the replica's steps in
+// flight fail at once, whatever Orleans' response timeout, and the failover starts.
 // Admission: at most MaxWaiting requests wait (then ModelOverloadedException: 429); a waiting request that does not fit
 // lets smaller ones pass at most MaxOvertakes times; prompt chunks share each step's token budget, shortest first, so a
 // long prompt neither blocks short ones nor starves. Prompts are tokenized off the grain's turn, after a length check.
@@ -39,7 +42,8 @@ public sealed class SchedulerRecord
 
 [Reentrant]
 public sealed class InferenceSchedulerGrain(
-    IGrainFactory grains, ILocalSiloDetails silo, IOptions<SchedulerOptions> options, ILogger<InferenceSchedulerGrain> log,
+    IGrainFactory grains, ILocalSiloDetails silo, IClusterMembershipService membership, IOptions<SchedulerOptions> options,
+    ILogger<InferenceSchedulerGrain> log,
     [PersistentState("scheduler", SiloBuilderExtensions.RecordStorage)] IPersistentState<SchedulerRecord> stored)
     : Grain, IInferenceSchedulerGrain
 {
@@ -109,12 +113,17 @@ public sealed class InferenceSchedulerGrain(
         /// <summary>Ended sequences whose blocks the next step frees on every shard.</summary>
         public List<Guid> Released { get; } = [];
         public Queue<Sequence> Waiting { get; } = [];
+        /// <summary>The silos its shards answered the epoch's load from: one leaving the cluster fails its steps in flight.</summary>
+        public SiloAddress[] Silos { get; set; } = [];
+        /// <summary>The epoch's measured steps, which give the next step its timeout.</summary>
+        public StepClock StepTimes { get; } = new();
     }
 
     private ModelServing? _serving;
     private ITokenizer? _tokenizer;
     // Steps down the pipeline whose logits the last stage has yet to deliver (DeliverLogits), by StageBatch.StepId.
-    private readonly Dictionary<Guid, TaskCompletionSource<StageResult>> _awaitingLogits = [];
+    private readonly Dictionary<Guid, (Replica Replica, TaskCompletionSource<StageResult> Logits)> _awaitingLogits = [];
+    private readonly CancellationTokenSource _deactivating = new();
     private int _longestPieceBytes;
     private Replica[] _replicas = [];
     private ShardDescription? _shape;   // rank 0 of the first stage: context, KV blocks (every shard has as many)
@@ -124,6 +133,47 @@ public sealed class InferenceSchedulerGrain(
     private string ModelId => this.GetPrimaryKeyString();
     private KeyValuePair<string, object?> ModelTag => new("model", ModelId);
     private SchedulerOptions Options => options.Value;
+
+    public override Task OnActivateAsync(CancellationToken cancellationToken)
+    {
+        _ = WatchMembership(_deactivating.Token);
+        return base.OnActivateAsync(cancellationToken);
+    }
+
+    public override Task OnDeactivateAsync(DeactivationReason reason, CancellationToken cancellationToken)
+    {
+        _deactivating.Cancel();
+        return base.OnDeactivateAsync(reason, cancellationToken);
+    }
+
+    /// <summary>
+    /// Fails the steps in flight of each replica one of whose shards' silos has left the cluster (Stopping: it stopped
+    /// without handing its work over; Dead: its peers declared it dead), so the replica recovers now rather than when a
+    /// call to the lost silo times out. The loop runs on the grain's turn: its awaits resume on the activation.
+    /// </summary>
+    private async Task WatchMembership(CancellationToken stop)
+    {
+        try
+        {
+            await foreach (var snapshot in membership.MembershipUpdates.WithCancellation(stop))
+                foreach (var replica in _replicas)
+                    if (replica.Silos.FirstOrDefault(s => snapshot.GetSiloStatus(s) is SiloStatus.Stopping or SiloStatus.Dead) is { } lost)
+                        FailStepsInFlight(replica, new SiloUnavailableException(
+                            $"silo {lost} holding a shard of model '{ModelId}' replica {replica.Index} is {snapshot.GetSiloStatus(lost)}"));
+        }
+        catch (OperationCanceledException) when (stop.IsCancellationRequested) { }
+        catch (Exception e)
+        {
+            log.LogError(e, "model {Model}: watching the cluster's membership failed; lost silos are found by step timeouts only", ModelId);
+        }
+    }
+
+    private void FailStepsInFlight(Replica replica, Exception error)
+    {
+        // A list first: a failed step's continuation may run inline and remove itself from the dictionary.
+        foreach (var (owner, logits) in _awaitingLogits.Values.ToList())
+            if (owner == replica) logits.TrySetException(error);
+    }
 
     public async Task<ShardDescription> Serve(ModelServing serving)
     {
@@ -165,6 +215,7 @@ public sealed class InferenceSchedulerGrain(
         long epoch = _lastEpoch = Math.Max(_lastEpoch + 1, DateTime.UtcNow.Ticks);   // above any epoch an earlier activation used
         replica.Epoch = epoch;
         replica.NextStep = 0;
+        replica.StepTimes.Reset();
         var keys = replica.StageKeys;
         var loads = new List<Task<ShardDescription>>();
         for (int stage = 0; stage < keys.Length; stage++)
@@ -175,7 +226,20 @@ public sealed class InferenceSchedulerGrain(
                 loads.Add(grains.GetGrain<IShardGrain>(keys[stage][rank]).Load(assignment));
             }
         var descriptions = await Task.WhenAll(loads);
-        if (replica.Epoch == epoch) _shape = descriptions[0];
+        if (replica.Epoch != epoch) return;
+        _shape = descriptions[0];
+        replica.Silos = HostingSilos(descriptions);
+    }
+
+    /// <summary>
+    /// The active silos the shards answered from, found by name in the membership (the newest generation of a name). A
+    /// silo this one has not heard of yet is left out: a step held up there is caught by its timeout instead.
+    /// </summary>
+    private SiloAddress[] HostingSilos(IEnumerable<ShardDescription> shards)
+    {
+        var active = membership.CurrentSnapshot.Members.Values.Where(m => m.Status == SiloStatus.Active).ToList();
+        return [.. shards.Select(d => d.Silo).Distinct()
+            .Select(name => active.Where(m => m.Name == name).MaxBy(m => m.SiloAddress.Generation)?.SiloAddress).OfType<SiloAddress>()];
     }
 
     public async Task<int[]> Tokenize(string prompt, CancellationToken cancellation)
@@ -220,7 +284,7 @@ public sealed class InferenceSchedulerGrain(
 
     public Task DeliverLogits(Guid stepId, StageResult logits)
     {
-        if (_awaitingLogits.Remove(stepId, out var step)) step.TrySetResult(logits);
+        if (_awaitingLogits.Remove(stepId, out var step)) step.Logits.TrySetResult(logits);
         return Task.CompletedTask;
     }
 
@@ -395,13 +459,13 @@ public sealed class InferenceSchedulerGrain(
         long started = Stopwatch.GetTimestamp();
         StageResult result;
         var delivered = new TaskCompletionSource<StageResult>();
-        _awaitingLogits[stepId] = delivered;
+        _awaitingLogits[stepId] = (replica, delivered);
         try
         {
             // The logits come straight from the last stage (DeliverLogits); the calls down the pipeline complete after
             // that, and fail if a stage did. Whichever comes first decides: the step is done once its logits are here.
             var pipeline = Task.WhenAll(replica.StageKeys[0].Select(key => grains.GetGrain<IShardGrain>(key).Forward(stageBatch)));
-            var first = await Task.WhenAny(delivered.Task, pipeline).WaitAsync(Options.StepTimeout);
+            var first = await Task.WhenAny(delivered.Task, pipeline).WaitAsync(replica.StepTimes.TimeoutFor(stepTokens, Options));
             if (first == pipeline)
             {
                 await pipeline;   // throws the stage's failure
@@ -427,7 +491,9 @@ public sealed class InferenceSchedulerGrain(
             _awaitingLogits.Remove(stepId);
         }
         if (replica.Epoch != epoch) return;   // a failover started while this step ran: its sequences replay
-        ClusterTelemetry.StepTime.Record(Stopwatch.GetElapsedTime(started).TotalSeconds, replicaTags);
+        var elapsed = Stopwatch.GetElapsedTime(started);
+        replica.StepTimes.Record(elapsed, stepTokens);
+        ClusterTelemetry.StepTime.Record(elapsed.TotalSeconds, replicaTags);
         ClusterTelemetry.StepTokens.Record(stepTokens, replicaTags);
 
         var logits = MemoryMarshal.Cast<byte, float>(result.Logits);

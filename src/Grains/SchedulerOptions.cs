@@ -15,11 +15,19 @@ public sealed class SchedulerOptions
     public int MaxOvertakes { get; set; } = 32;
     /// <summary>Failed steps a sequence may be in: one more and it fails with the cause rather than being replayed again.</summary>
     public int MaxStepFailures { get; set; } = 3;
-    // Both stay well inside an Orleans client's 30 s response timeout, so a client waiting for its next token hears
-    // either the token or the 503 before its own call gives up.
+    // StepTimeout and FailoverTimeout stay well inside an Orleans client's 30 s response timeout, so a client waiting for
+    // its next token hears either the token or the 503 before its own call gives up. A step whose shard's silo leaves the
+    // cluster does not wait for any of them: it fails as soon as the membership says so.
 
-    /// <summary>How long a step may take before its pipeline is presumed lost and replayed.</summary>
+    /// <summary>
+    /// The longest a step may take before its pipeline is presumed lost and replayed: the timeout of an epoch's first
+    /// steps, and the cap of the timeout measured from the replica's recent steps (StepClock); also how long a reload may take.
+    /// </summary>
     public TimeSpan StepTimeout { get; set; } = TimeSpan.FromSeconds(10);
+    /// <summary>The least a step is given once steps were measured: a tiny model's millisecond steps still ride out a GC pause.</summary>
+    public TimeSpan MinStepTimeout { get; set; } = TimeSpan.FromSeconds(2);
+    /// <summary>How many times what the replica's recent steps took (scaled to the step's tokens) a step may take.</summary>
+    public double StepTimeoutFactor { get; set; } = 8;
     /// <summary>How long the scheduler keeps trying to bring a lost pipeline back before failing its requests with 503.</summary>
     public TimeSpan FailoverTimeout { get; set; } = TimeSpan.FromSeconds(15);
     /// <summary>

@@ -22,6 +22,14 @@ builder.UseOrleans(silo =>
         silo.UseLocalhostClustering(settings.SiloPort, settings.GatewayPort, settings.PrimarySilo);
     if (certificate is not null) silo.UseTls(certificate, o => ClusterTransportSecurity.Configure(o, certificate));
     silo.Configure<SiloOptions>(o => o.SiloName = settings.SiloName);
+    silo.Configure<ClusterMembershipOptions>(o => SiloSettings.ConfigureMembership(o, builder.Configuration));
+    // The distributed grain directory keeps one activation per grain when a silo crashes: with Orleans' default directory
+    // the registrations a killed silo held are lost, and a second scheduler or shard activation can appear next to the
+    // live one (the last stage then delivers its logits to a scheduler that awaits none). It holds a dead silo's grains
+    // back until the silo is surely gone: RangeLeaseDuration (30 s) less the failure detection window (8 s x 3).
+#pragma warning disable ORLEANSEXP003   // experimental in Orleans 10
+    silo.AddDistributedGrainDirectory();
+#pragma warning restore ORLEANSEXP003
     silo.AddClusterGrains(o => (o.DeviceThreads, o.Devices, o.KvSequences, o.KvBlockSize) =
         (settings.DeviceThreads, settings.Devices, settings.KvSequences, settings.KvBlockSize), o =>
     {
