@@ -22,6 +22,12 @@ public interface IInferenceSchedulerGrain : IGrainWithStringKey
     Task<SchedulerStatus> Status();
 
     /// <summary>
+    /// This activation's identity, new each time the scheduler is activated: a stream whose scheduler answers with
+    /// another one than it started with lost its scheduler (the silo died), even while its own call is still pending.
+    /// </summary>
+    Task<Guid> Incarnation();
+
+    /// <summary>
     /// The logits of a step the scheduler sent down the pipeline, from the last stage's first rank (StageBatch.StepId).
     /// A step the scheduler is not waiting for (over, failed over, or never sent) is ignored.
     /// </summary>

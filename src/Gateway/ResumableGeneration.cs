@@ -1,6 +1,9 @@
 // A generation stream that outlives its scheduler: when the silo running the model's scheduler dies mid-stream, the
 // request goes again with the tokens delivered so far (GenerationRequest.Resume), and the scheduler, activated anew
 // on a live silo, carries on after them with exactly the tokens it would have produced (its sampler skips ahead).
+// A call pending on a silo that died is never answered (the Orleans client breaks it only at its response timeout), so
+// while no chunk comes the stream asks the scheduler for its incarnation every ProbeInterval: an answer from another
+// activation than the stream's means the stream's is gone, and it resumes at once.
 using Cluster.Contracts;
 
 namespace Cluster.Gateway;
@@ -8,8 +11,12 @@ namespace Cluster.Gateway;
 public sealed class ResumableGeneration(
     IInferenceSchedulerGrain scheduler, GenerationRequest request, TimeSpan patience, CancellationToken cancellation) : IAsyncDisposable
 {
+    /// <summary>How long a chunk may be awaited before the scheduler is asked whether it is still the stream's.</summary>
+    public static readonly TimeSpan ProbeInterval = TimeSpan.FromSeconds(2);
+
     private readonly List<int> _delivered = [];
     private IAsyncEnumerator<GeneratedChunk>? _chunks;
+    private Guid _incarnation;   // the activation the current enumeration runs on
 
     public GeneratedChunk Current => _chunks?.Current ?? throw new InvalidOperationException("no chunk yet");
 
@@ -19,10 +26,14 @@ public sealed class ResumableGeneration(
         var deadline = DateTime.UtcNow + patience;
         while (true)
         {
-            _chunks ??= scheduler.Generate(request with { Resume = [.. _delivered] }, cancellation).GetAsyncEnumerator(cancellation);
             try
             {
-                if (!await _chunks.MoveNextAsync()) return false;
+                if (_chunks is null)
+                {
+                    _incarnation = await scheduler.Incarnation().WaitAsync(ProbeInterval, cancellation);
+                    _chunks = scheduler.Generate(request with { Resume = [.. _delivered] }, cancellation).GetAsyncEnumerator(cancellation);
+                }
+                if (!await NextChunk(_chunks)) return false;
                 _delivered.Add(_chunks.Current.TokenId);
                 return true;
             }
@@ -34,13 +45,31 @@ public sealed class ResumableGeneration(
         }
     }
 
+    /// <summary>The enumerator's next chunk, or a SiloUnavailableException once another activation answers for the scheduler.</summary>
+    private async Task<bool> NextChunk(IAsyncEnumerator<GeneratedChunk> chunks)
+    {
+        var next = chunks.MoveNextAsync().AsTask();
+        while (await Task.WhenAny(next, Task.Delay(ProbeInterval, cancellation)) != next)
+        {
+            Guid answered;
+            try { answered = await scheduler.Incarnation().WaitAsync(ProbeInterval, cancellation); }
+            catch (TimeoutException) { continue; }   // no answer yet: the silo may be dying; ask again
+            if (answered == _incarnation) continue;   // still the stream's scheduler: a long prompt, or a queue
+            _ = next.ContinueWith(t => t.Exception, TaskScheduler.Default);   // the lost call's late end is observed, not awaited
+            throw new SiloUnavailableException($"the scheduler of this stream was replaced (activation {_incarnation} gone)");
+        }
+        return await next;
+    }
+
     private static bool IsLostScheduler(Exception e) =>
         e is SiloUnavailableException or OrleansMessageRejectionException or EnumerationAbortedException or TimeoutException;
 
     private async Task DropChunks()
     {
-        try { await _chunks!.DisposeAsync(); }
-        catch (Exception) { }   // the enumerator lived on the lost silo: there is nothing left to dispose
+        if (_chunks is null) return;
+        // The enumerator lived on the lost silo: there may be nothing left to dispose, and no answer to wait for.
+        try { await _chunks.DisposeAsync().AsTask().WaitAsync(ProbeInterval); }
+        catch (Exception) { }
         _chunks = null;
     }
 

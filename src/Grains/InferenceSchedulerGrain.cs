@@ -134,6 +134,10 @@ public sealed class InferenceSchedulerGrain(
     private KeyValuePair<string, object?> ModelTag => new("model", ModelId);
     private SchedulerOptions Options => options.Value;
 
+    private readonly Guid _incarnation = Guid.NewGuid();
+
+    public Task<Guid> Incarnation() => Task.FromResult(_incarnation);
+
     public override Task OnActivateAsync(CancellationToken cancellationToken)
     {
         _ = WatchMembership(_deactivating.Token);

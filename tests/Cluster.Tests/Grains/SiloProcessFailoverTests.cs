@@ -1,6 +1,7 @@
 // Failover with real silo processes, as the issue measured it: three silos on localhost clustering serve the tiny model
-// pp=2, and the silo holding stage 1 is killed with SIGKILL while 8 streams run (no goodbye: its peers must find out by
-// probing it, SiloSettings.ConfigureMembership). Orleans' response timeout and the scheduler's step timeouts are 10
+// pp=2, and a silo is killed with SIGKILL while 8 streams run (no goodbye: its peers must find out by probing it,
+// SiloSettings.ConfigureMembership): the one holding stage 1, or the one running the scheduler (the streams then go
+// through the gateway's ResumableGeneration). Orleans' response timeout and the scheduler's step timeouts are 10
 // minutes, so a stream that waited for either would miss the limit: every stream must complete, with the tokens of an
 // undisturbed run, within 2 minutes of the kill.
 using System.Diagnostics;
@@ -21,9 +22,73 @@ public sealed class SiloProcessFailoverTests
     private static readonly TimeSpan Patience = TimeSpan.FromMinutes(10);
 
     [Fact(Timeout = 300_000)]
-    public async Task StreamsSurviveASigkilledStageSiloWithinTwoMinutes()
+    public Task StreamsSurviveASigkilledStageSiloWithinTwoMinutes() => WithSilos(TestContext.Current.CancellationToken, async (silos, client, cancel) =>
     {
-        var cancel = TestContext.Current.CancellationToken;
+        var scheduler = client.GetGrain<IInferenceSchedulerGrain>("sigkill");
+        string schedulerSilo = (await scheduler.Status()).Silo;
+        string victim = silos.Keys.Skip(1).First(n => n != schedulerSilo);
+        await scheduler.Serve(new ModelServing(TestClusters.Tiny, "pp=2", ["a", victim]));   // stage 1 on the victim
+        await StreamsSurviveTheKill(silos[victim], scheduler, request => scheduler.Generate(request, cancel), cancel);
+    });
+
+    /// <summary>
+    /// The scheduler's own silo killed: a call pending there is never answered, so a gateway stream
+    /// (ResumableGeneration) must notice that another activation answers for the scheduler, and resume on it.
+    /// </summary>
+    [Fact(Timeout = 300_000)]
+    public Task GatewayStreamsSurviveASigkilledSchedulerSiloWithinTwoMinutes() => WithSilos(TestContext.Current.CancellationToken, async (silos, client, cancel) =>
+    {
+        // A scheduler that activated on a silo the client can lose (its gateway is silo a): keys are placed at random.
+        IInferenceSchedulerGrain? scheduler = null;
+        string victim = "a";
+        for (int key = 0; victim == "a"; key++)
+        {
+            scheduler = client.GetGrain<IInferenceSchedulerGrain>($"scheduler-kill-{key}");
+            victim = (await scheduler.Status()).Silo;
+        }
+        string other = silos.Keys.First(n => n != "a" && n != victim);
+        await scheduler!.Serve(new ModelServing(TestClusters.Tiny, "pp=2", ["a", other]));   // the shards live on
+        await StreamsSurviveTheKill(silos[victim], scheduler, request => Resumable(scheduler, request, cancel), cancel);
+    });
+
+    private static async IAsyncEnumerable<GeneratedChunk> Resumable(IInferenceSchedulerGrain scheduler, GenerationRequest request,
+        [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken cancel)
+    {
+        await using var stream = new Cluster.Gateway.ResumableGeneration(scheduler, request, TimeSpan.FromMinutes(2), cancel);
+        while (await stream.MoveNextAsync()) yield return stream.Current;
+    }
+
+    /// <summary>8 streams, the victim killed once each has 2 chunks: all must finish within 2 minutes, equal to undisturbed runs.</summary>
+    private static async Task StreamsSurviveTheKill(SiloProcess victim, IInferenceSchedulerGrain scheduler,
+        Func<GenerationRequest, IAsyncEnumerable<GeneratedChunk>> generate, CancellationToken cancel)
+    {
+        var requests = ShardedServingTests.MixedRequests(8).Select(r => r with { MaxTokens = 120 }).ToArray();
+        var undisturbed = await Task.WhenAll(requests.Select(r => scheduler.GenerateAsync(r, cancel)));
+
+        var started = requests.Select(_ => new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).ToArray();
+        var runs = requests.Select(async (request, i) =>
+        {
+            var chunks = new List<GeneratedChunk>();
+            await foreach (var chunk in generate(request))
+            {
+                chunks.Add(chunk);
+                if (chunks.Count == 2) started[i].SetResult();
+            }
+            started[i].TrySetResult();
+            return chunks;
+        }).ToArray();
+        await Task.WhenAll(started.Select(s => s.Task));
+        Assert.Contains(runs, r => !r.IsCompleted);   // the kill lands mid-stream
+        victim.Kill();
+        var sinceKill = Stopwatch.StartNew();
+        var disturbed = await Task.WhenAll(runs).WaitAsync(TimeSpan.FromMinutes(2), cancel);
+        TestContext.Current.TestOutputHelper?.WriteLine($"the streams completed {sinceKill.Elapsed.TotalSeconds:0.0} s after the kill");
+        for (int i = 0; i < requests.Length; i++) Assert.Equal(undisturbed[i], disturbed[i]);
+    }
+
+    /// <summary>Three silo processes a, b, c (localhost clustering, a primary) and a client whose gateway is a; response and step timeouts of 10 minutes.</summary>
+    private static async Task WithSilos(CancellationToken cancel, Func<Dictionary<string, SiloProcess>, IClusterClient, CancellationToken, Task> test)
+    {
         using var training = new TempDirectory();
         string[] names = ["a", "b", "c"];
         int[] siloPorts = FreePorts.Take(names.Length), gatewayPorts = FreePorts.Take(names.Length);
@@ -40,46 +105,19 @@ public sealed class SiloProcessFailoverTests
                     ["Cluster__PrimarySiloEndpoint"] = $"127.0.0.1:{siloPorts[0]}",
                     ["Cluster__Model__Serve"] = "false",
                     ["Cluster__DeviceThreads"] = "1",
-                    ["Cluster__Training__Root"] = training.Path,
+                    ["Cluster__Training__Root"] = training.Path,   // the durable records every silo shares (a scheduler's serving)
                     ["Orleans__Messaging__ResponseTimeout"] = Patience.ToString(),
                     ["Cluster__Scheduler__StepTimeout"] = Patience.ToString(),
                     ["Cluster__Scheduler__MinStepTimeout"] = Patience.ToString(),
                 });
             foreach (var silo in silos.Values) await silo.Ready.WaitAsync(TimeSpan.FromMinutes(2), cancel);
 
-            // The client's gateway is silo a, which is never killed.
             var clientHost = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true });
             clientHost.UseOrleansClient(client => client.UseLocalhostClustering(gatewayPorts[0])
                 .Configure<ClientMessagingOptions>(o => o.ResponseTimeout = Patience));
             using var host = clientHost.Build();
             await host.StartAsync(cancel);
-            var scheduler = host.Services.GetRequiredService<IClusterClient>().GetGrain<IInferenceSchedulerGrain>("sigkill");
-            string schedulerSilo = (await scheduler.Status()).Silo;
-            string victim = names.Skip(1).First(n => n != schedulerSilo);
-            await scheduler.Serve(new ModelServing(TestClusters.Tiny, "pp=2", ["a", victim]));   // stage 1 on the victim
-            var requests = ShardedServingTests.MixedRequests(8).Select(r => r with { MaxTokens = 120 }).ToArray();
-            var undisturbed = await Task.WhenAll(requests.Select(r => scheduler.GenerateAsync(r, cancel)));
-
-            var started = requests.Select(_ => new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).ToArray();
-            var runs = requests.Select(async (request, i) =>
-            {
-                var chunks = new List<GeneratedChunk>();
-                await foreach (var chunk in scheduler.Generate(request, cancel))
-                {
-                    chunks.Add(chunk);
-                    if (chunks.Count == 2) started[i].SetResult();
-                }
-                started[i].TrySetResult();
-                return chunks;
-            }).ToArray();
-            await Task.WhenAll(started.Select(s => s.Task));
-            Assert.Contains(runs, r => !r.IsCompleted);   // the kill lands mid-stream
-            silos[victim].Kill();
-            var sinceKill = Stopwatch.StartNew();
-            var disturbed = await Task.WhenAll(runs).WaitAsync(TimeSpan.FromMinutes(2), cancel);
-            TestContext.Current.TestOutputHelper?.WriteLine($"the streams completed {sinceKill.Elapsed.TotalSeconds:0.0} s after the kill");
-
-            for (int i = 0; i < requests.Length; i++) Assert.Equal(undisturbed[i], disturbed[i]);
+            await test(silos, host.Services.GetRequiredService<IClusterClient>(), cancel);
             await host.StopAsync(cancel);
         }
         catch (Exception e) when (e is not Xunit.Sdk.XunitException)
@@ -93,7 +131,7 @@ public sealed class SiloProcessFailoverTests
     }
 
     /// <summary>A silo process (src/Silo) with its output collected; ready once it logs "ready:".</summary>
-    private sealed class SiloProcess : IDisposable
+    internal sealed class SiloProcess : IDisposable
     {
         private readonly Process _process;
         private readonly StringBuilder _output = new();
