@@ -8,7 +8,11 @@ public sealed record DeviceReport(
     [property: Id(0)] string Kind, [property: Id(1)] string Name, [property: Id(2)] int Threads, [property: Id(3)] long MemoryBytes,
     [property: Id(4)] string Device, [property: Id(5)] DeviceHolder[] Holders);
 
-/// <summary>A shard or trainer on a device (its grain key) and the device memory it reported: weights, KV cache and scratch (0 until reported; trainers report none yet).</summary>
+/// <summary>
+/// A shard or trainer on a device (its grain key) and the memory it reported (0 until reported): a shard its weights, KV
+/// cache and scratch; a trainer, after each step, its training state (parameters, gradients, AdamW's moments) as
+/// WeightBytes and its activation workspace.
+/// </summary>
 [GenerateSerializer, Immutable]
 public sealed record DeviceHolder([property: Id(0)] string Key, [property: Id(1)] long WeightBytes, [property: Id(2)] long KvBytes, [property: Id(3)] long WorkspaceBytes);
 

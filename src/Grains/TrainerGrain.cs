@@ -129,6 +129,7 @@ public sealed class TrainerGrain(IGrainFactory grains, IOptions<ShardOptions> op
             return new TrainingStepReport(result.Step, result.LossShare, result.LearningRate, result.GradientNorm);
         });
         ClusterTelemetry.TrainerStepTime.Record(Stopwatch.GetElapsedTime(started).TotalSeconds, run.Tags);
+        _lease!.ReportMemory(run.Trainer.StateBytes(), 0, run.Trainer.Model.WorkspaceBytes);
         return report;
     }
 

@@ -90,6 +90,10 @@ internal sealed class BufferPool(IDevice device) : IDisposable
 {
     private readonly Dictionary<int, Stack<DeviceBuffer>> _free = [];
     private readonly Lock _lock = new();
+    private long _bytes;
+
+    /// <summary>Device memory of every buffer the pool has made, in use or free: the shard's activation workspace.</summary>
+    public long Bytes => Interlocked.Read(ref _bytes);
 
     /// <summary>A buffer of <paramref name="length"/> floats, zeroed when asked (else holding whatever it last held).</summary>
     public DeviceBuffer Rent(int length, bool zeroed = false)
@@ -97,7 +101,11 @@ internal sealed class BufferPool(IDevice device) : IDisposable
         DeviceBuffer? buffer = null;
         lock (_lock)
             if (_free.TryGetValue(length, out var stack) && stack.Count > 0) buffer = stack.Pop();
-        if (buffer is null) return device.Allocate(length);   // allocated zeroed
+        if (buffer is null)
+        {
+            Interlocked.Add(ref _bytes, (long)length * sizeof(float));
+            return device.Allocate(length);   // allocated zeroed
+        }
         if (zeroed) device.Zero(buffer, length);
         return buffer;
     }

@@ -131,6 +131,14 @@ public sealed class ShardTrainer : IDisposable
     private static int? LayerOf(string name) => name.StartsWith("layers.", StringComparison.Ordinal) ? int.Parse(name.Split('.')[1]) : null;
 
     public TrainableModel Model { get; }
+
+    /// <summary>
+    /// This shard's training state in memory: parameters and gradients (ZeRO-3 counts the slice it keeps, not the layer
+    /// gathered for a moment) and AdamW's moments (ZeRO-1 and up: this replica's slice).
+    /// </summary>
+    public long StateBytes() =>
+        Model.ParameterAndGradientBytes() + _buckets.Sum(b => (long)(b.Owned?.Length ?? 0) * sizeof(float))
+        + (_optimizer?.Moments.Sum(m => (long)(m.M.Length + m.V.Length)) ?? _buckets.Sum(b => (long)(b.Optimizer.M.Length + b.Optimizer.V.Length))) * sizeof(float);
     public int Step => _optimizer?.Step ?? _buckets[0].Optimizer.Step;
 
     public void Dispose() => Model.Dispose();

@@ -208,6 +208,12 @@ public sealed class TrainableModel : IDisposable
 
     public ModelConfig Config { get; }
     public ShardSpec Spec { get; }
+    /// <summary>Memory of the activations and backward temporaries (the buffer pool; it grows to the largest micro-batch).</summary>
+    public long WorkspaceBytes => _buffers.Bytes;
+
+    /// <summary>Bytes of the trained parameters and their gradients as they are now (ZeRO-3 and ZeRO-2 hold only a slice between uses).</summary>
+    public long ParameterAndGradientBytes() => Parameters().Sum(p => (long)(p.Parameter.Length + p.Gradient.Length) * sizeof(float));
+
     /// <summary>Where this shard's kernels run.</summary>
     public IDevice Device => _device;
     /// <summary>The host threads of this shard (its CPU device's workers): optimizers update the host parameters on them.</summary>

@@ -67,6 +67,22 @@ public sealed class TrainerGrainTests
             float loss = reports.Where((_, i) => i % perReplica == (pp - 1) * tp).Sum(r => r.LossShare);   // last stage, rank 0, of each replica
             Assert.Equal(expected, loss, 1e-6);
         }
+        // Each trainer reports its training state (parameters, gradients, AdamW's moments: what the same shard holds in the
+        // in-process run) and a workspace to the inventory, on the device it took (reported after its step: a moment later).
+        var inventory = cluster.Client.GetGrain<IClusterInventoryGrain>(0);
+        var deadline = DateTime.UtcNow.AddSeconds(20);
+        while (true)
+        {
+            var holders = (await inventory.ActiveSilos()).SelectMany(s => s.Devices).SelectMany(d => d.Holders).ToDictionary(h => h.Key);
+            var reported = keys.Select(k => holders.GetValueOrDefault(k)).ToArray();
+            if (reported.All(h => h is { WorkspaceBytes: > 0 }))
+            {
+                for (int i = 0; i < keys.Length; i++) Assert.Equal(local.Shards[i].StateBytes(), reported[i]!.WeightBytes);
+                break;
+            }
+            Assert.True(DateTime.UtcNow < deadline, $"the inventory shows {string.Join("; ", holders.Values)}");
+            await Task.Delay(100, TestContext.Current.CancellationToken);
+        }
         await Task.WhenAll(trainers.Select(t => t.Stop()));
     }
 }
