@@ -111,11 +111,19 @@ public static class DecoderLayer
         if (pass.Vector(bias) is { } b) device.AddBias(y, b, tokens, dim);
     }
 
-    /// <summary>RMSNorm (Llama) or LayerNorm with its bias (GPT-2) of each row of x (T, C) into y.</summary>
-    public static DeviceBuffer Normalize(IDevice device, ILayerPass pass, DecoderShape shape, DeviceBuffer x, LayerVector weight, LayerVector bias, DeviceBuffer y, int rows)
+    private static DeviceBuffer Normalize(IDevice device, ILayerPass pass, DecoderShape shape, DeviceBuffer x, LayerVector weight, LayerVector bias, DeviceBuffer y, int rows)
     {
-        if (shape.Llama) device.RmsNorm(x, pass.Vector(weight)!, y, rows, shape.Dim, shape.Config.NormEps);
-        else device.LayerNorm(x, pass.Vector(weight)!, pass.Vector(bias)!, y, rows, shape.Dim, shape.Config.NormEps);
+        Normalize(device, shape.Config, x, pass.Vector(weight)!, pass.Vector(bias), y, rows);
         return y;
+    }
+
+    /// <summary>
+    /// The architecture's norm of each row of x (rows, C) into y: RMSNorm (Llama) or LayerNorm with its bias (GPT-2). The
+    /// layers' two norms and the final one of serving and training alike.
+    /// </summary>
+    public static void Normalize(IDevice device, ModelConfig config, DeviceBuffer x, DeviceBuffer weight, DeviceBuffer? bias, DeviceBuffer y, int rows)
+    {
+        if (config.Architecture == Architecture.Llama) device.RmsNorm(x, weight, y, rows, config.Dim, config.NormEps);
+        else device.LayerNorm(x, weight, bias ?? throw new ArgumentException("LayerNorm needs its bias", nameof(bias)), y, rows, config.Dim, config.NormEps);
     }
 }

@@ -166,7 +166,7 @@ public sealed class TransformerModel : IDisposable
             // Only the rows whose logits are wanted go through the final norm and the (Vr, C) head.
             int R = logitRows.Length;
             _device.GatherRows(x, logitRows, a.Selected, C);                                              // (R, C)
-            Normalize(a.Selected, _finalNorm!, _finalNormBias, a.SelectedNormed, R);
+            DecoderLayer.Normalize(_device, Config, a.Selected, _finalNorm!, _finalNormBias, a.SelectedNormed, R);
             _device.MatMul(a.SelectedNormed, _output!, a.Logits, R);                                     // (R, Vr)
             var local = new float[R * Spec.Vocab.Count];
             _device.Download(a.Logits, local);
@@ -239,12 +239,6 @@ public sealed class TransformerModel : IDisposable
             }
         }
         return new AttentionLayout(tokenSequence, tokenPosition, blockTables, maxBlocks, cache.BlockSize, Spec.QueryHeads.Count, Spec.KvHeads.Count, Config.HeadDim);
-    }
-
-    private void Normalize(DeviceBuffer x, DeviceBuffer weight, DeviceBuffer? bias, DeviceBuffer y, int rows)
-    {
-        if (Config.Architecture == Architecture.Llama) _device.RmsNorm(x, weight, y, rows, Config.Dim, Config.NormEps);
-        else _device.LayerNorm(x, weight, bias!, y, rows, Config.Dim, Config.NormEps);
     }
 
     /// <summary>

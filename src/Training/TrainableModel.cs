@@ -737,13 +737,11 @@ public sealed class TrainableModel : IDisposable
         return positions;
     }
 
-    /// <summary>RMSNorm (Llama) or LayerNorm with its bias (GPT-2) over each row of x (rows, C), into a buffer of the activations'.</summary>
+    /// <summary>The final norm (DecoderLayer.Normalize) of each row of x (rows, C), into a buffer of the activations'.</summary>
     private DeviceBuffer NormalizeRows(StageActivations a, DeviceBuffer x, float[] weight, float[]? bias, int rows)
     {
-        int C = Config.Dim;
-        var y = a.Rent(rows * C);
-        if (bias is null) _device.RmsNorm(x, _tensors.Parameter(weight), y, rows, C, Config.NormEps);
-        else _device.LayerNorm(x, _tensors.Parameter(weight), _tensors.Parameter(bias), y, rows, C, Config.NormEps);
+        var y = a.Rent(rows * Config.Dim);
+        DecoderLayer.Normalize(_device, Config, x, _tensors.Parameter(weight), bias is null ? null : _tensors.Parameter(bias), y, rows);
         return y;
     }
 
