@@ -64,9 +64,49 @@ public sealed record AttentionLayout(
     }
 }
 
-/// <summary>The layout of CausalAttention's packed sequences and of their attention weights.</summary>
+/// <summary>The layout of CausalAttention's packed sequences and of their attention weights, and its argument checks.</summary>
 public static class TrainingAttention
 {
+    /// <summary>
+    /// CausalAttention's arguments, checked as every device does before any work: the heads, the starts, the documents
+    /// and each buffer's length. Returns the weights' offsets (ProbsOffsets).
+    /// </summary>
+    public static int[] CheckForward(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, DeviceBuffer output, DeviceBuffer probs,
+        ReadOnlySpan<int> starts, ReadOnlySpan<int> documents, int heads, int kvHeads, int headDim)
+    {
+        var offsets = CheckInputs(q, k, v, probs, starts, heads, kvHeads, headDim);
+        int tokens = starts[^1];
+        if (!documents.IsEmpty && documents.Length != tokens) throw new ArgumentException($"{documents.Length} document ids for {tokens} tokens");
+        DeviceArguments.CheckLength(output, (long)tokens * heads * headDim, nameof(output));
+        return offsets;
+    }
+
+    /// <summary>CausalAttentionBackward's arguments, checked likewise; returns the weights' offsets.</summary>
+    public static int[] CheckBackward(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, DeviceBuffer probs, DeviceBuffer dout,
+        DeviceBuffer dq, DeviceBuffer dk, DeviceBuffer dv, ReadOnlySpan<int> starts, int heads, int kvHeads, int headDim)
+    {
+        var offsets = CheckInputs(q, k, v, probs, starts, heads, kvHeads, headDim);
+        long queries = (long)starts[^1] * heads * headDim, keys = (long)starts[^1] * kvHeads * headDim;
+        DeviceArguments.CheckLength(dout, queries, nameof(dout));
+        DeviceArguments.CheckLength(dq, queries, nameof(dq));
+        DeviceArguments.CheckLength(dk, keys, nameof(dk));
+        DeviceArguments.CheckLength(dv, keys, nameof(dv));
+        return offsets;
+    }
+
+    private static int[] CheckInputs(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, DeviceBuffer probs, ReadOnlySpan<int> starts,
+        int heads, int kvHeads, int headDim)
+    {
+        if (kvHeads <= 0 || heads % kvHeads != 0) throw new ArgumentException($"{heads} query heads cannot share {kvHeads} KV heads evenly");
+        var offsets = ProbsOffsets(starts, heads);
+        int tokens = starts[^1];
+        DeviceArguments.CheckLength(q, (long)tokens * heads * headDim, nameof(q));
+        DeviceArguments.CheckLength(k, (long)tokens * kvHeads * headDim, nameof(k));
+        DeviceArguments.CheckLength(v, (long)tokens * kvHeads * headDim, nameof(v));
+        DeviceArguments.CheckLength(probs, offsets[^1], nameof(probs));
+        return offsets;
+    }
+
     /// <summary>
     /// Checks the sequence starts (S + 1,): 0, then strictly increasing; returns where each sequence's weights
     /// (heads, Ts, Ts) start in probs (S + 1,; the last entry is the length probs needs).
@@ -82,6 +122,32 @@ public static class TrainingAttention
             offsets[s + 1] = checked(offsets[s] + heads * length * length);
         }
         return offsets;
+    }
+}
+
+/// <summary>Argument checks every device makes before any work (kernels do not bounds-check).</summary>
+public static class DeviceArguments
+{
+    public static void CheckLength(DeviceBuffer buffer, long needed, string name)
+    {
+        if (buffer.Length < needed) throw new ArgumentException($"{name} holds {buffer.Length} floats, the operation needs {needed}");
+    }
+
+    /// <summary>Linear's: x (M, K), W (N, K), y (M, N).</summary>
+    public static void CheckLinear(DeviceBuffer x, DeviceBuffer w, DeviceBuffer y, int m, int n, int k)
+    {
+        CheckLength(x, (long)m * k, nameof(x));
+        CheckLength(w, (long)n * k, nameof(w));
+        CheckLength(y, (long)m * n, nameof(y));
+    }
+
+    /// <summary>LinearBackward's: x, dx (M, K), W (N, K), dy (M, N), dW (N, K) and db (N,) when given.</summary>
+    public static void CheckLinearBackward(DeviceBuffer x, DeviceBuffer w, DeviceBuffer dy, DeviceBuffer dx, DeviceBuffer? dw, DeviceBuffer? db, int m, int n, int k)
+    {
+        CheckLinear(x, w, dy, m, n, k);
+        CheckLength(dx, (long)m * k, nameof(dx));
+        if (dw is not null) CheckLength(dw, (long)n * k, nameof(dw));
+        if (db is not null) CheckLength(db, n, nameof(db));
     }
 }
 

@@ -3,6 +3,7 @@
 // is spread over the device's WorkerPool (the cores this device was given).
 using System.Numerics.Tensors;
 using System.Runtime.InteropServices;
+using static Cluster.Compute.DeviceArguments;
 
 namespace Cluster.Compute.Cpu;
 
@@ -156,8 +157,8 @@ public sealed unsafe class CpuDevice : IDevice
     public void CausalAttention(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, DeviceBuffer output, DeviceBuffer probs,
         ReadOnlySpan<int> starts, ReadOnlySpan<int> documents, int heads, int kvHeads, int headDim)
     {
-        var (bounds, offsets, ids) = CheckTrainingAttention(q, k, v, probs, starts, documents, heads, kvHeads, headDim);
-        CheckLength(output, (long)bounds[^1] * heads * headDim, nameof(output));
+        var offsets = TrainingAttention.CheckForward(q, k, v, output, probs, starts, documents, heads, kvHeads, headDim);
+        int[] bounds = starts.ToArray(), ids = documents.ToArray();   // for the workers
         float[] qs = Cpu(q).Data, ks = Cpu(k).Data, vs = Cpu(v).Data, o = Cpu(output).Data, p = Cpu(probs).Data;
         int qw = heads * headDim, kw = kvHeads * headDim;
         _pool.For(bounds.Length - 1, (s0, s1) =>
@@ -175,12 +176,9 @@ public sealed unsafe class CpuDevice : IDevice
     public void CausalAttentionBackward(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, DeviceBuffer probs, DeviceBuffer dout,
         DeviceBuffer dq, DeviceBuffer dk, DeviceBuffer dv, ReadOnlySpan<int> starts, int heads, int kvHeads, int headDim)
     {
-        var (bounds, offsets, _) = CheckTrainingAttention(q, k, v, probs, starts, [], heads, kvHeads, headDim);
-        int tokens = bounds[^1], qw = heads * headDim, kw = kvHeads * headDim;
-        CheckLength(dout, (long)tokens * qw, nameof(dout));
-        CheckLength(dq, (long)tokens * qw, nameof(dq));
-        CheckLength(dk, (long)tokens * kw, nameof(dk));
-        CheckLength(dv, (long)tokens * kw, nameof(dv));
+        var offsets = TrainingAttention.CheckBackward(q, k, v, probs, dout, dq, dk, dv, starts, heads, kvHeads, headDim);
+        int[] bounds = starts.ToArray();   // for the workers
+        int qw = heads * headDim, kw = kvHeads * headDim;
         float[] qs = Cpu(q).Data, ks = Cpu(k).Data, vs = Cpu(v).Data, p = Cpu(probs).Data, o = Cpu(dout).Data, dqs = Cpu(dq).Data, dks = Cpu(dk).Data, dvs = Cpu(dv).Data;
         _pool.For(bounds.Length - 1, (s0, s1) =>
         {
@@ -194,36 +192,15 @@ public sealed unsafe class CpuDevice : IDevice
         });
     }
 
-    private static (int[] Starts, int[] ProbsOffsets, int[] Documents) CheckTrainingAttention(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, DeviceBuffer probs,
-        ReadOnlySpan<int> starts, ReadOnlySpan<int> documents, int heads, int kvHeads, int headDim)
-    {
-        if (kvHeads <= 0 || heads % kvHeads != 0) throw new ArgumentException($"{heads} query heads cannot share {kvHeads} KV heads evenly");
-        var offsets = TrainingAttention.ProbsOffsets(starts, heads);
-        int tokens = starts[^1];
-        if (!documents.IsEmpty && documents.Length != tokens) throw new ArgumentException($"{documents.Length} document ids for {tokens} tokens");
-        CheckLength(q, (long)tokens * heads * headDim, nameof(q));
-        CheckLength(k, (long)tokens * kvHeads * headDim, nameof(k));
-        CheckLength(v, (long)tokens * kvHeads * headDim, nameof(v));
-        CheckLength(probs, offsets[^1], nameof(probs));
-        return (starts.ToArray(), offsets, documents.ToArray());
-    }
-
     public void Linear(DeviceBuffer x, DeviceBuffer w, DeviceBuffer y, int m, int n, int k)
     {
-        CheckLength(x, (long)m * k, nameof(x));
-        CheckLength(w, (long)n * k, nameof(w));
-        CheckLength(y, (long)m * n, nameof(y));
+        DeviceArguments.CheckLinear(x, w, y, m, n, k);
         _linear.Forward(Cpu(x).Data.AsSpan(0, m * k), Cpu(w).Data, [], Cpu(y).Data.AsSpan(0, m * n), m, n, k);
     }
 
     public void LinearBackward(DeviceBuffer x, DeviceBuffer w, DeviceBuffer dy, DeviceBuffer dx, DeviceBuffer? dw, DeviceBuffer? db, int m, int n, int k)
     {
-        CheckLength(x, (long)m * k, nameof(x));
-        CheckLength(w, (long)n * k, nameof(w));
-        CheckLength(dy, (long)m * n, nameof(dy));
-        CheckLength(dx, (long)m * k, nameof(dx));
-        if (dw is not null) CheckLength(dw, (long)n * k, nameof(dw));
-        if (db is not null) CheckLength(db, n, nameof(db));
+        DeviceArguments.CheckLinearBackward(x, w, dy, dx, dw, db, m, n, k);
         _linear.Backward(Cpu(x).Data.AsSpan(0, m * k), Cpu(w).Data, Cpu(dy).Data.AsSpan(0, m * n), Cpu(dx).Data.AsSpan(0, m * k),
             dw is null ? [] : Cpu(dw).Data.AsSpan(0, n * k), dw is null || db is null ? [] : Cpu(db).Data.AsSpan(0, n), m, n, k);
     }
@@ -363,10 +340,6 @@ public sealed unsafe class CpuDevice : IDevice
     private static CpuBuffer Cpu(DeviceBuffer buffer) =>
         buffer as CpuBuffer ?? throw new ArgumentException($"buffer belongs to another device ({buffer.GetType().Name})");
 
-    private static void CheckLength(DeviceBuffer buffer, long needed, string name)
-    {
-        if (buffer.Length < needed) throw new ArgumentException($"{name} holds {buffer.Length} floats, the operation needs {needed}");
-    }
 
     private static void CheckIndex(int index, int count, string what)
     {

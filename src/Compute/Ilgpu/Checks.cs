@@ -1,13 +1,11 @@
 // Argument checks of the ILGPU backend, done on the caller's thread before any work is queued: kernels
 // do not bounds-check, so every index and length a kernel will use is validated here.
+using static Cluster.Compute.DeviceArguments;
+
 namespace Cluster.Compute.Ilgpu;
 
 internal static class Checks
 {
-    public static void CheckLength(DeviceBuffer buffer, long needed, string name)
-    {
-        if (buffer.Length < needed) throw new ArgumentException($"{name} holds {buffer.Length} floats, the operation needs {needed}");
-    }
 
     public static void CheckRows(int rows, int dim, DeviceBuffer x, DeviceBuffer y, DeviceBuffer weight)
     {

@@ -7,6 +7,7 @@ using ILGPU.Runtime;
 using ILGPU.Runtime.CPU;
 using ILGPU.Runtime.Cuda;
 using ILGPU.Runtime.OpenCL;
+using static Cluster.Compute.DeviceArguments;
 using static Cluster.Compute.Ilgpu.Checks;
 
 namespace Cluster.Compute.Ilgpu;
@@ -151,21 +152,14 @@ public sealed unsafe class IlgpuDevice : IDevice
     /// <summary>The weight is used as it lies (row-major is what the GEMM reads): nothing is prepared.</summary>
     public void Linear(DeviceBuffer x, DeviceBuffer w, DeviceBuffer y, int m, int n, int k)
     {
-        CheckLength(x, (long)m * k, nameof(x));
-        CheckLength(w, (long)n * k, nameof(w));
-        CheckLength(y, (long)m * n, nameof(y));
+        DeviceArguments.CheckLinear(x, w, y, m, n, k);
         Multiply(View(x), View(w), View(y), m, n, k);
     }
 
     /// <summary>dx += dy · (Wᵀ)ᵀ and dW += dyᵀ · (xᵀ)ᵀ as GEMMs over transposed copies; db by column sums.</summary>
     public void LinearBackward(DeviceBuffer x, DeviceBuffer w, DeviceBuffer dy, DeviceBuffer dx, DeviceBuffer? dw, DeviceBuffer? db, int m, int n, int k)
     {
-        CheckLength(x, (long)m * k, nameof(x));
-        CheckLength(w, (long)n * k, nameof(w));
-        CheckLength(dy, (long)m * n, nameof(dy));
-        CheckLength(dx, (long)m * k, nameof(dx));
-        if (dw is not null) CheckLength(dw, (long)n * k, nameof(dw));
-        if (db is not null) CheckLength(db, n, nameof(db));
+        DeviceArguments.CheckLinearBackward(x, w, dy, dx, dw, db, m, n, k);
         if (m == 0 || n == 0 || k == 0) return;
         using (DeviceBuffer wt = Allocate(n * k), product = Allocate(m * k))
         {
@@ -362,10 +356,8 @@ public sealed unsafe class IlgpuDevice : IDevice
     public void CausalAttention(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, DeviceBuffer output, DeviceBuffer probs,
         ReadOnlySpan<int> starts, ReadOnlySpan<int> documents, int heads, int kvHeads, int headDim)
     {
-        var offsets = CheckTrainingAttention(q, k, v, probs, starts, heads, kvHeads, headDim);
-        int tokens = starts[^1], qw = heads * headDim, kw = kvHeads * headDim;
-        CheckLength(output, (long)tokens * qw, nameof(output));
-        if (!documents.IsEmpty && documents.Length != tokens) throw new ArgumentException($"{documents.Length} document ids for {tokens} tokens");
+        var offsets = TrainingAttention.CheckForward(q, k, v, output, probs, starts, documents, heads, kvHeads, headDim);
+        int qw = heads * headDim, kw = kvHeads * headDim;
         int hasDocuments = documents.IsEmpty ? 0 : 1;
         for (int s = 0; s + 1 < starts.Length; s++)
         {
@@ -379,12 +371,8 @@ public sealed unsafe class IlgpuDevice : IDevice
     public void CausalAttentionBackward(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, DeviceBuffer probs, DeviceBuffer dout,
         DeviceBuffer dq, DeviceBuffer dk, DeviceBuffer dv, ReadOnlySpan<int> starts, int heads, int kvHeads, int headDim)
     {
-        var offsets = CheckTrainingAttention(q, k, v, probs, starts, heads, kvHeads, headDim);
-        int tokens = starts[^1], qw = heads * headDim, kw = kvHeads * headDim;
-        CheckLength(dout, (long)tokens * qw, nameof(dout));
-        CheckLength(dq, (long)tokens * qw, nameof(dq));
-        CheckLength(dk, (long)tokens * kw, nameof(dk));
-        CheckLength(dv, (long)tokens * kw, nameof(dv));
+        var offsets = TrainingAttention.CheckBackward(q, k, v, probs, dout, dq, dk, dv, starts, heads, kvHeads, headDim);
+        int qw = heads * headDim, kw = kvHeads * headDim;
         int longest = 0;
         for (int s = 0; s + 1 < starts.Length; s++) longest = Math.Max(longest, starts[s + 1] - starts[s]);
         using var dscores = Allocate(heads * longest * longest);
@@ -399,19 +387,6 @@ public sealed unsafe class IlgpuDevice : IDevice
                 _kernels.AttentionBackwardKeys(kvHeads * n, sq, sp, so, scores, View(dk).SubView(start * kw, n * kw), View(dv).SubView(start * kw, n * kw), n, heads, kvHeads, headDim);
             });
         }
-    }
-
-    private static int[] CheckTrainingAttention(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, DeviceBuffer probs, ReadOnlySpan<int> starts,
-        int heads, int kvHeads, int headDim)
-    {
-        if (kvHeads <= 0 || heads % kvHeads != 0) throw new ArgumentException($"{heads} query heads cannot share {kvHeads} KV heads evenly");
-        var offsets = TrainingAttention.ProbsOffsets(starts, heads);
-        int tokens = starts[^1];
-        CheckLength(q, (long)tokens * heads * headDim, nameof(q));
-        CheckLength(k, (long)tokens * kvHeads * headDim, nameof(k));
-        CheckLength(v, (long)tokens * kvHeads * headDim, nameof(v));
-        CheckLength(probs, offsets[^1], nameof(probs));
-        return offsets;
     }
 
     public void EmbeddingBackward(ReadOnlySpan<int> rows, DeviceBuffer dx, DeviceBuffer dtable, int dim)
