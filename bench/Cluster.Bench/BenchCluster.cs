@@ -2,7 +2,12 @@
 // that talk to each other over real TCP on loopback, hosting the project's grains (AddClusterGrains, so keys ending
 // in "@{siloName}" pin [PinnedShardPlacement] grains) and the benchmarks' own grains. Logs go to stderr, warnings
 // and up only, so stdout stays the Markdown tables.
+using Cluster.Gateway;
 using Cluster.Grains;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Console;
@@ -35,6 +40,20 @@ public static class BenchCluster
         return cluster;
     }
 
+    /// <summary>The gateway (Cluster.Gateway's pipeline, no API keys) in front of the cluster's client, on a free loopback port.</summary>
+    public static async Task<BenchGateway> StartGatewayAsync(this InProcessTestCluster cluster)
+    {
+        var builder = WebApplication.CreateSlimBuilder();
+        builder.WebHost.UseUrls("http://127.0.0.1:0");
+        builder.Logging.ClearProviders();
+        builder.Services.AddSingleton<IGrainFactory>(cluster.Client);
+        builder.Services.AddGateway(builder.Configuration, new ApiKeys());
+        var app = builder.Build();
+        app.UseGateway();
+        await app.StartAsync();
+        return new BenchGateway(app, new Uri(app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First()));
+    }
+
     /// <summary>The silos' names in start order: the suffix that pins a grain there is "@" + name.</summary>
     public static string[] SiloNames(this InProcessTestCluster cluster) => [.. cluster.Silos.Select(s => s.Name)];
 
@@ -44,4 +63,10 @@ public static class BenchCluster
         logging.AddConsole(o => o.LogToStandardErrorThreshold = LogLevel.Trace);
         logging.SetMinimumLevel(LogLevel.Warning);
     }
+}
+
+/// <summary>A running in-process gateway and where it listens.</summary>
+public sealed record BenchGateway(WebApplication App, Uri Address) : IAsyncDisposable
+{
+    public ValueTask DisposeAsync() => App.DisposeAsync();
 }

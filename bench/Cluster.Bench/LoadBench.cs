@@ -9,13 +9,6 @@ using System.Diagnostics;
 using System.Text;
 using System.Text.Json;
 using Cluster.Contracts;
-using Cluster.Gateway;
-using Microsoft.AspNetCore.Builder;
-using Microsoft.AspNetCore.Hosting;
-using Microsoft.AspNetCore.Hosting.Server;
-using Microsoft.AspNetCore.Hosting.Server.Features;
-using Microsoft.Extensions.DependencyInjection;
-using Microsoft.Extensions.Logging;
 
 namespace Cluster.Bench;
 
@@ -31,19 +24,11 @@ public static class LoadBench
         }
         await using var cluster = await BenchCluster.StartAsync(1, shards => (shards.DeviceThreads, shards.KvSequences) = (Environment.ProcessorCount, 64));
         await cluster.Client.GetGrain<IInferenceSchedulerGrain>("load").Serve(new ModelServing(ModelSource.Random("stories15M"), "tp=1", cluster.SiloNames()));
-        var builder = WebApplication.CreateSlimBuilder();
-        builder.WebHost.UseUrls("http://127.0.0.1:0");
-        builder.Logging.ClearProviders();
-        builder.Services.AddSingleton<IGrainFactory>(cluster.Client);
-        builder.Services.AddGateway(builder.Configuration, new ApiKeys());
-        await using var app = builder.Build();
-        app.UseGateway();
-        await app.StartAsync();
-        var address = new Uri(app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First());
+        await using var gateway = await cluster.StartGatewayAsync();
         Console.WriteLine($"Load on the gateway of a one-silo in-process cluster serving stories15M (random weights, one shard, " +
             $"{Environment.ProcessorCount} device threads), CPU: {TokenizerBench.CpuModel()}, {Environment.ProcessorCount} logical cores");
-        await Measure(address, "load", concurrencies, requests, promptTokens, maxTokens);
-        await app.StopAsync();
+        await Measure(gateway.Address, "load", concurrencies, requests, promptTokens, maxTokens);
+        await gateway.App.StopAsync();
     }
 
     private static async Task Measure(Uri server, string model, int[] concurrencies, int requests, int promptTokens, int maxTokens)

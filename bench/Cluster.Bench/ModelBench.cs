@@ -27,7 +27,7 @@ public static class ModelBench
         foreach (string preset in presets)
         {
             var loaded = RandomModel.Create(preset, seed: 1);
-            int[] prompt = Enumerable.Range(0, promptTokens).Select(i => 259 + (int)((long)i * 7919 % (loaded.Config.VocabSize - 259))).ToArray();
+            int[] prompt = Prompt(loaded.Config, promptTokens);
             string? gguf = withLlamaCpp ? WriteGguf(loaded, preset) : null;
             foreach (int threads in threadCounts)
             {
@@ -73,7 +73,7 @@ public static class ModelBench
         foreach (string preset in presets)
         {
             var loaded = RandomModel.Create(preset, seed: 1);
-            int[] prompt = Enumerable.Range(0, promptTokens).Select(i => 259 + (int)((long)i * 7919 % (loaded.Config.VocabSize - 259))).ToArray();
+            int[] prompt = Prompt(loaded.Config, promptTokens);
             foreach (int threads in threadCounts)
             {
                 using var device = new CpuDevice(threads);
@@ -105,6 +105,10 @@ public static class ModelBench
             }
         }
     }
+
+    /// <summary>A fixed prompt of spread-out token ids past the byte tokens, the same for every engine and run.</summary>
+    private static int[] Prompt(ModelConfig config, int tokens) =>
+        [.. Enumerable.Range(0, tokens).Select(i => 259 + (int)((long)i * 7919 % (config.VocabSize - 259)))];
 
     private static string WriteGguf(LoadedModel loaded, string preset)
     {

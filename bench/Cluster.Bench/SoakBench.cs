@@ -8,13 +8,6 @@
 using System.Diagnostics;
 using System.Text;
 using Cluster.Contracts;
-using Cluster.Gateway;
-using Microsoft.AspNetCore.Builder;
-using Microsoft.AspNetCore.Hosting;
-using Microsoft.AspNetCore.Hosting.Server;
-using Microsoft.AspNetCore.Hosting.Server.Features;
-using Microsoft.Extensions.DependencyInjection;
-using Microsoft.Extensions.Logging;
 
 namespace Cluster.Bench;
 
@@ -28,16 +21,8 @@ public static class SoakBench
         var scheduler = cluster.Client.GetGrain<IInferenceSchedulerGrain>("soak");
         await scheduler.Serve(new ModelServing(ModelSource.Random("stories15M"), "pp=2", cluster.SiloNames()));
 
-        var builder = WebApplication.CreateSlimBuilder();
-        builder.WebHost.UseUrls("http://127.0.0.1:0");
-        builder.Logging.ClearProviders();
-        builder.Services.AddSingleton<IGrainFactory>(cluster.Client);
-        builder.Services.AddGateway(builder.Configuration, new ApiKeys());
-        await using var app = builder.Build();
-        app.UseGateway();
-        await app.StartAsync();
-        var address = new Uri(app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First());
-        using var http = new HttpClient { BaseAddress = address, Timeout = TimeSpan.FromMinutes(2) };
+        await using var gateway = await cluster.StartGatewayAsync();
+        using var http = new HttpClient { BaseAddress = gateway.Address, Timeout = TimeSpan.FromMinutes(2) };
 
         long startMemory = Process.GetCurrentProcess().WorkingSet64;
         var latencies = new List<double>();
@@ -120,7 +105,7 @@ public static class SoakBench
             $"{startMemory >> 20} | {endMemory >> 20} | {string.Join(", ", descriptions.Select(d => $"{d!.FreeKvBlocks}/{d.TotalKvBlocks}"))} |");
         Console.WriteLine();
         Console.WriteLine($"Resident MiB at each minute: {string.Join(", ", residentByMinute)}");
-        await app.StopAsync();
+        await gateway.App.StopAsync();
     }
 
     private static HttpRequestMessage Hostile(Random random) => random.Next(3) switch
