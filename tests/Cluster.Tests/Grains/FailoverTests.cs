@@ -73,19 +73,8 @@ public sealed class FailoverTests
         var requests = ShardedServingTests.MixedRequests(8).Select(r => r with { MaxTokens = 60 }).ToArray();
         var undisturbed = await Task.WhenAll(requests.Select(r => scheduler.GenerateAsync(r, TestContext.Current.CancellationToken)));
 
-        var started = requests.Select(_ => new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).ToArray();
-        var runs = requests.Select(async (request, i) =>
-        {
-            var chunks = new List<GeneratedChunk>();
-            await foreach (var chunk in scheduler.Generate(request, TestContext.Current.CancellationToken))
-            {
-                chunks.Add(chunk);
-                if (chunks.Count == 2) started[i].SetResult();
-            }
-            started[i].TrySetResult();
-            return chunks;
-        }).ToArray();
-        await Task.WhenAll(started.Select(s => s.Task));
+        var (runs, started) = TestClusters.StartStreams(requests, r => scheduler.Generate(r, TestContext.Current.CancellationToken));
+        await started;
         await cluster.KillSiloAsync(victim, TestContext.Current.CancellationToken);
         var disturbed = await Task.WhenAll(runs);
 
@@ -164,11 +153,11 @@ public sealed class FailoverTests
         Assert.NotNull(scheduler);
         var victim = cluster.Silos.Single(s => s.Name == scheduler.Status().Result.Silo);
         var requests = ShardedServingTests.MixedRequests(8).Select(r => r with { MaxTokens = 48 }).ToArray();
-        var undisturbed = await Task.WhenAll(requests.Select(r => Collect(scheduler, r, TestContext.Current.CancellationToken)));
+        IAsyncEnumerable<GeneratedChunk> Resumable(GenerationRequest r) => TestClusters.Resumable(scheduler, r, TimeSpan.FromSeconds(60), TestContext.Current.CancellationToken);
+        var undisturbed = await Task.WhenAll(requests.Select(r => Resumable(r).ToListAsync(TestContext.Current.CancellationToken).AsTask()));
 
-        var started = requests.Select(_ => new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).ToArray();
-        var runs = requests.Select((r, i) => Collect(scheduler, r, TestContext.Current.CancellationToken, started[i])).ToArray();
-        await Task.WhenAll(started.Select(s => s.Task));
+        var (runs, started) = TestClusters.StartStreams(requests, Resumable);
+        await started;
         await cluster.KillSiloAsync(victim, TestContext.Current.CancellationToken);
         var disturbed = await Task.WhenAll(runs);
 
@@ -177,17 +166,4 @@ public sealed class FailoverTests
     }
 
     /// <summary>The stream as the gateway reads it (resuming on a lost scheduler); signals after its second chunk.</summary>
-    private static async Task<List<GeneratedChunk>> Collect(
-        IInferenceSchedulerGrain scheduler, GenerationRequest request, CancellationToken cancellation, TaskCompletionSource? started = null)
-    {
-        var chunks = new List<GeneratedChunk>();
-        await using var stream = new Cluster.Gateway.ResumableGeneration(scheduler, request, TimeSpan.FromSeconds(60), cancellation);
-        while (await stream.MoveNextAsync())
-        {
-            chunks.Add(stream.Current);
-            if (chunks.Count == 2) started?.SetResult();
-        }
-        started?.TrySetResult();
-        return chunks;
-    }
 }

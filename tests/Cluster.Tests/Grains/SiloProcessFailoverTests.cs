@@ -48,15 +48,8 @@ public sealed class SiloProcessFailoverTests
         }
         string other = silos.Keys.First(n => n != "a" && n != victim);
         await scheduler!.Serve(new ModelServing(TestClusters.Tiny, "pp=2", ["a", other]));   // the shards live on
-        await StreamsSurviveTheKill(silos[victim], scheduler, request => Resumable(scheduler, request, cancel), cancel);
+        await StreamsSurviveTheKill(silos[victim], scheduler, request => TestClusters.Resumable(scheduler, request, TimeSpan.FromMinutes(2), cancel), cancel);
     });
-
-    private static async IAsyncEnumerable<GeneratedChunk> Resumable(IInferenceSchedulerGrain scheduler, GenerationRequest request,
-        [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken cancel)
-    {
-        await using var stream = new Cluster.Gateway.ResumableGeneration(scheduler, request, TimeSpan.FromMinutes(2), cancel);
-        while (await stream.MoveNextAsync()) yield return stream.Current;
-    }
 
     /// <summary>8 streams, the victim killed once each has 2 chunks: all must finish within 2 minutes, equal to undisturbed runs.</summary>
     private static async Task StreamsSurviveTheKill(SiloProcess victim, IInferenceSchedulerGrain scheduler,
@@ -65,19 +58,8 @@ public sealed class SiloProcessFailoverTests
         var requests = ShardedServingTests.MixedRequests(8).Select(r => r with { MaxTokens = 120 }).ToArray();
         var undisturbed = await Task.WhenAll(requests.Select(r => scheduler.GenerateAsync(r, cancel)));
 
-        var started = requests.Select(_ => new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).ToArray();
-        var runs = requests.Select(async (request, i) =>
-        {
-            var chunks = new List<GeneratedChunk>();
-            await foreach (var chunk in generate(request))
-            {
-                chunks.Add(chunk);
-                if (chunks.Count == 2) started[i].SetResult();
-            }
-            started[i].TrySetResult();
-            return chunks;
-        }).ToArray();
-        await Task.WhenAll(started.Select(s => s.Task));
+        var (runs, started) = TestClusters.StartStreams(requests, generate);
+        await started;
         Assert.Contains(runs, r => !r.IsCompleted);   // the kill lands mid-stream
         victim.Kill();
         var sinceKill = Stopwatch.StartNew();

@@ -99,4 +99,34 @@ public static class TestClusters
             await Task.Delay(50);
         }
     }
+
+    /// <summary>
+    /// Starts one stream per request and returns their chunks' tasks, and a task that completes once every stream has its
+    /// second chunk (or ended sooner): the moment to kill a silo mid-stream.
+    /// </summary>
+    public static (Task<List<GeneratedChunk>>[] Runs, Task Started) StartStreams(
+        IReadOnlyList<GenerationRequest> requests, Func<GenerationRequest, IAsyncEnumerable<GeneratedChunk>> generate)
+    {
+        var started = requests.Select(_ => new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).ToArray();
+        var runs = requests.Select(async (request, i) =>
+        {
+            var chunks = new List<GeneratedChunk>();
+            await foreach (var chunk in generate(request))
+            {
+                chunks.Add(chunk);
+                if (chunks.Count == 2) started[i].SetResult();
+            }
+            started[i].TrySetResult();
+            return chunks;
+        }).ToArray();
+        return (runs, Task.WhenAll(started.Select(s => s.Task)));
+    }
+
+    /// <summary>A generation read as the gateway reads it (ResumableGeneration: resumed on a new scheduler when its own is lost).</summary>
+    public static async IAsyncEnumerable<GeneratedChunk> Resumable(IInferenceSchedulerGrain scheduler, GenerationRequest request, TimeSpan patience,
+        [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken cancellation = default)
+    {
+        await using var stream = new Cluster.Gateway.ResumableGeneration(scheduler, request, patience, cancellation);
+        while (await stream.MoveNextAsync()) yield return stream.Current;
+    }
 }
