@@ -15,6 +15,7 @@ internal sealed class DeviceTensors(IDevice device) : IDisposable
     private readonly Dictionary<float[], DeviceBuffer> _parameters = new(ReferenceEqualityComparer.Instance);
     private readonly Dictionary<float[], DeviceBuffer> _gradients = new(ReferenceEqualityComparer.Instance);
     private readonly HashSet<float[]> _unflushed = new(ReferenceEqualityComparer.Instance);   // gradients handed out since the last flush
+    private float[] _downloaded = [];   // a flushed gradient on its way to the host, reused
 
     /// <summary>The parameter <paramref name="host"/> on the device.</summary>
     public DeviceBuffer Parameter(float[] host)
@@ -65,7 +66,8 @@ internal sealed class DeviceTensors(IDevice device) : IDisposable
         foreach (var host in _unflushed)
         {
             var buffer = _gradients[host];
-            var accumulated = new float[host.Length];
+            if (_downloaded.Length < host.Length) _downloaded = new float[host.Length];
+            var accumulated = _downloaded.AsSpan(0, host.Length);
             device.Download(buffer, accumulated);
             System.Numerics.Tensors.TensorPrimitives.Add(host, accumulated, host);
             device.Zero(buffer, host.Length);
