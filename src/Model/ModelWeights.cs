@@ -25,6 +25,10 @@ public sealed class LayerWeights
     public float[]? B1 { get; init; }                      // (H,) GPT-2
     public float[]? B2 { get; init; }                      // (C,) GPT-2
 
+    /// <summary>Every tensor this layer has (the architecture's optional ones only when present).</summary>
+    public IEnumerable<float[]> Tensors() =>
+        new[] { AttnNorm, AttnNormBias, Wq, Wk, Wv, Wo, Bq, Bk, Bv, Bo, FfnNorm, FfnNormBias, W1, W2, W3, B1, B2 }.OfType<float[]>();
+
     /// <summary>A layer a WeightFilter left out: every tensor empty.</summary>
     public static LayerWeights Skipped { get; } = new() { AttnNorm = [], Wq = [], Wk = [], Wv = [], Wo = [], FfnNorm = [], W1 = [], W2 = [] };
 }

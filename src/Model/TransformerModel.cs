@@ -96,10 +96,7 @@ public sealed class TransformerModel : IDisposable
         WeightBytes = CountWeightBytes();
     }
 
-    private static long LayerBytes(LayerWeights w) =>
-        new[] { w.AttnNorm, w.AttnNormBias, w.FfnNorm, w.FfnNormBias, w.Wq, w.Wk, w.Wv, w.Wo, w.W1, w.W2, w.W3, w.Bq, w.Bk, w.Bv, w.Bo, w.B1, w.B2 }
-            .Sum(t => (long)(t?.Length ?? 0) * sizeof(float));
-
+    private static long LayerBytes(LayerWeights w) => w.Tensors().Sum(t => (long)t.Length * sizeof(float));
     public ModelConfig Config { get; }
     public ShardSpec Spec { get; }
 
