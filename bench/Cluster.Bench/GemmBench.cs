@@ -9,7 +9,7 @@ public static class GemmBench
 {
     public static readonly (int M, int N, int K)[] Shapes = [(1, 2048, 768), (128, 768, 768), (512, 2048, 768), (1024, 1024, 1024)];
 
-    public static void Run(int[] threadCounts, double peakPerCore)
+    public static void Run(int[] threadCounts, double peakPerCore, (int M, int N, int K)[] shapes)
     {
         var ceiling = threadCounts.ToDictionary(t => t, FmaCeiling.MeasureGflops);
         foreach (int threads in threadCounts)
@@ -17,7 +17,7 @@ public static class GemmBench
         Console.WriteLine();
         Console.WriteLine($"| M | N | K | threads | GFLOP/s | % of {peakPerCore:F0}/core peak | % of measured FMA ceiling |");
         Console.WriteLine("|---:|---:|---:|---:|---:|---:|---:|");
-        foreach (var (m, n, k) in Shapes)
+        foreach (var (m, n, k) in shapes)
             foreach (int threads in threadCounts)
             {
                 double gflops = Measure(m, n, k, threads);

@@ -81,24 +81,7 @@ public static class ModelBench
                 double? single = null;
                 foreach (int batch in batches)
                 {
-                    using var cache = PagedKvCache.ForSequences(device, loaded.Config, batch, prompt.Length + decodeTokens);
-                    double best = 0;
-                    for (int run = 0; run < 3; run++)
-                    {
-                        int[] sequences = [.. Enumerable.Range(0, batch).Select(_ => cache.CreateSequence())];
-                        var next = new int[batch];
-                        for (int s = 0; s < batch; s++)
-                            next[s] = Sampler.ArgMax(model.Forward([new SequenceChunk(sequences[s], prompt)], cache));
-                        var clock = Stopwatch.StartNew();
-                        for (int step = 0; step < decodeTokens; step++)
-                        {
-                            float[] logits = model.Forward([.. sequences.Select((id, s) => new SequenceChunk(id, [next[s]]))], cache);   // (B, V)
-                            int vocab = logits.Length / batch;
-                            for (int s = 0; s < batch; s++) next[s] = Sampler.ArgMax(logits.AsSpan(s * vocab, vocab));
-                        }
-                        best = Math.Max(best, (double)batch * decodeTokens / clock.Elapsed.TotalSeconds);
-                        foreach (int id in sequences) cache.Release(id);
-                    }
+                    double best = BatchedDecode(device, model, prompt, batch, decodeTokens);
                     single ??= best;
                     Console.WriteLine($"| {preset} | {threads} | {batch} | {best:F1} | {best / batch:F1} | {best / single:F2}x |");
                 }
@@ -106,8 +89,32 @@ public static class ModelBench
         }
     }
 
+    /// <summary>Decode tokens/s of <paramref name="batch"/> sequences stepping together after <paramref name="prompt"/> each (greedy), best of 3 runs.</summary>
+    public static double BatchedDecode(CpuDevice device, TransformerModel model, int[] prompt, int batch, int decodeTokens)
+    {
+        using var cache = PagedKvCache.ForSequences(device, model.Config, batch, prompt.Length + decodeTokens);
+        double best = 0;
+        for (int run = 0; run < 3; run++)
+        {
+            int[] sequences = [.. Enumerable.Range(0, batch).Select(_ => cache.CreateSequence())];
+            var next = new int[batch];
+            for (int s = 0; s < batch; s++)
+                next[s] = Sampler.ArgMax(model.Forward([new SequenceChunk(sequences[s], prompt)], cache));
+            var clock = Stopwatch.StartNew();
+            for (int step = 0; step < decodeTokens; step++)
+            {
+                float[] logits = model.Forward([.. sequences.Select((id, s) => new SequenceChunk(id, [next[s]]))], cache);   // (B, V)
+                int vocab = logits.Length / batch;
+                for (int s = 0; s < batch; s++) next[s] = Sampler.ArgMax(logits.AsSpan(s * vocab, vocab));
+            }
+            best = Math.Max(best, (double)batch * decodeTokens / clock.Elapsed.TotalSeconds);
+            foreach (int id in sequences) cache.Release(id);
+        }
+        return best;
+    }
+
     /// <summary>A fixed prompt of spread-out token ids past the byte tokens, the same for every engine and run.</summary>
-    private static int[] Prompt(ModelConfig config, int tokens) =>
+    public static int[] Prompt(ModelConfig config, int tokens) =>
         [.. Enumerable.Range(0, tokens).Select(i => 259 + (int)((long)i * 7919 % (config.VocabSize - 259)))];
 
     private static string WriteGguf(LoadedModel loaded, string preset)

@@ -10,7 +10,9 @@ double peakPerCore = double.Parse(Option(args, "--peak-per-core") ?? "265", Syst
 switch (command)
 {
     case "gemm":
-        GemmBench.Run(threads, peakPerCore);
+        GemmBench.Run(threads, peakPerCore, Option(args, "--shapes") is { } shapes
+            ? [.. shapes.Split(',').Select(shape => shape.Split('x').Select(int.Parse).ToArray()).Select(d => (d[0], d[1], d[2]))]
+            : GemmBench.Shapes);
         return 0;
     case "model":
         ModelBench.Run((Option(args, "--presets") ?? "stories15M,stories110M").Split(','), threads,
@@ -44,7 +46,7 @@ switch (command)
         return 0;
     default:
         Console.WriteLine("""
-            usage: cluster-bench gemm  [--threads 1,2] [--peak-per-core 265]
+            usage: cluster-bench gemm  [--threads 1,2] [--peak-per-core 265] [--shapes 1x2048x768,128x768x768 (MxNxK)]
                    cluster-bench model [--threads 1,2] [--presets stories15M,stories110M] [--prompt 128] [--decode 128] [--no-llamacpp] [--batch 1,8,32]
                    cluster-bench load [--url URL --model ID] [--concurrency 1,8,32] [--requests 64] [--prompt-tokens 32] [--max-tokens 64]
                    cluster-bench transport                                        (grain calls and memory streams, MB/s, same vs cross silo)

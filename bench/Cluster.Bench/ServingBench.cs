@@ -39,6 +39,9 @@ public static class ServingBench
             var pp = await ServeAsync(cluster, "pp2", "pp=2", silos);
             batching = await MeasureBatching(pp, requests, newTokens);
             layouts.Add(await MeasureLayout(pp, "pp=2", "2 x 1 thread (one per silo)", newTokens));
+            // stories15M's 32 000 x 288 head weighs as much as 9 of its 6 layers: 5+1 evens the stages out.
+            var weighted = await ServeAsync(cluster, "pp2w", "pp=2,layers=5+1", silos);
+            layouts.Add(await MeasureLayout(weighted, "pp=2,layers=5+1", "2 x 1 thread (one per silo)", newTokens));
             var tp = await ServeAsync(cluster, "tp2", "tp=2", silos);
             layouts.Add(await MeasureLayout(tp, "tp=2", "2 x 1 thread (one per silo)", newTokens));
         }

@@ -274,6 +274,12 @@ public interface IDevice : IDisposable
     void AdamW(DeviceBuffer parameters, DeviceBuffer gradients, DeviceBuffer m, DeviceBuffer v, int n,
         int step, float learningRate, float beta1, float beta2, float eps, float weightDecay);
 
+    /// <summary>
+    /// sums[at] = Σ x[i]² over x's first n floats (a gradient's contribution to the global norm: an optimizer reads every
+    /// tensor's sum in one download of <paramref name="sums"/>).
+    /// </summary>
+    void SumOfSquares(DeviceBuffer x, int n, DeviceBuffer sums, int at);
+
     /// <summary>x (n,) += y (residual connection).</summary>
     void Add(DeviceBuffer x, DeviceBuffer y, int n);
 

@@ -21,6 +21,8 @@ public sealed record GenerationRequest
     /// MaxTokens, the sampler moves past them, and generation carries on after them exactly as it would have.
     /// </summary>
     [Id(8)] public int[]? Resume { get; init; }
+    /// <summary>The caller's id for this stream (kept when it resumes): the scheduler answers StreamProgress for it.</summary>
+    [Id(9)] public Guid Stream { get; init; }
 }
 
 /// <summary>One generated token and the text it completes (partial UTF-8 is held back until whole).</summary>

@@ -28,8 +28,15 @@ public interface IInferenceSchedulerGrain : IGrainWithStringKey
     Task<Guid> Incarnation();
 
     /// <summary>
-    /// The logits of a step the scheduler sent down the pipeline, from the last stage's first rank (StageBatch.StepId).
-    /// A step the scheduler is not waiting for (over, failed over, or never sent) is ignored.
+    /// The tokens this activation has generated so far for the stream with this GenerationRequest.Stream (resumed ones
+    /// included), or -1 when it runs no such stream. More than the caller received, for longer than a response takes,
+    /// means the caller's call lost its response (it came back through a gateway silo that died).
     /// </summary>
-    Task DeliverLogits(Guid stepId, StageResult logits);
+    Task<int> StreamProgress(Guid stream);
+
+    /// <summary>
+    /// The tokens sampled in a step the scheduler sent down the pipeline, from the last stage's first rank
+    /// (StageBatch.StepId). A step the scheduler is not waiting for (over, failed over, or never sent) is ignored.
+    /// </summary>
+    Task DeliverTokens(Guid stepId, StageResult tokens);
 }

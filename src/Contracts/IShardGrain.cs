@@ -1,5 +1,5 @@
 // A shard holds one slice of a model (a pipeline stage's layers at one tensor-parallel rank) on one device.
-// Key: ShardKey ("{modelId}/{replica}.{stage}.{rank}", optionally "@{siloName}" to pin it).
+// Key: ShardKey ("{modelId}/{replica}.{stage}.{rank}", a "~{generation}" after a failover moved it, and "@{siloName}" to pin it).
 namespace Cluster.Contracts;
 
 public interface IShardGrain : ICollectiveMember
@@ -12,11 +12,18 @@ public interface IShardGrain : ICollectiveMember
 
     /// <summary>
     /// Runs one step of its replica's pipeline (steps are taken in Step order): frees the ended sequences, runs the
-    /// chunks (if any) and passes the hidden states on to the next stage; the last stage's first rank hands the logits
-    /// to the model's scheduler (IInferenceSchedulerGrain.DeliverLogits). Completes when the rest of the pipeline has.
+    /// chunks (if any) and passes the hidden states on to the next stage; the last stage's first rank samples the next
+    /// token of each chunk that asks (ForwardChunk.Sample) and hands the token ids to the model's scheduler
+    /// (IInferenceSchedulerGrain.DeliverTokens): the logits never leave it. Completes when the rest of the pipeline has.
     /// </summary>
     Task Forward(StageBatch batch);
 
     /// <summary>Null when nothing is loaded on this activation.</summary>
     Task<ShardDescription?> Describe();
+
+    /// <summary>
+    /// Answers at once, whatever the shard is doing: its scheduler asks while a step is overdue, and a call its silo
+    /// cannot take (the process is gone) fails in milliseconds, long before the silo is declared dead.
+    /// </summary>
+    Task Ping();
 }

@@ -1,11 +1,14 @@
-// Shard grain keys: "{modelId}/{replica}.{stage}.{rank}" with an optional "@{siloName}" suffix that pins placement.
+// Shard grain keys: "{modelId}/{replica}.{stage}.{rank}", then "~{generation}" when a failover moved the shard to a new
+// grain (its old one may still be registered on the dead silo), then an optional "@{siloName}" that pins placement.
 namespace Cluster.Contracts;
 
 public static class ShardKey
 {
-    public static string Create(string modelId, int replica, int stage, int rank, string? silo = null)
+    public static string Create(string modelId, int replica, int stage, int rank, string? silo = null, int generation = 0)
     {
+        ArgumentOutOfRangeException.ThrowIfNegative(generation);
         string key = $"{modelId}/{replica}.{stage}.{rank}";
+        if (generation > 0) key += $"~{generation}";
         return silo is null ? key : $"{key}@{silo}";
     }
 

@@ -1,4 +1,5 @@
-// Messages of the shards' forward protocol. Activations and logits travel as raw float32 bytes, never as float[].
+// Messages of the shards' forward protocol. Activations travel as raw float32 bytes, never as float[]; logits stay on
+// the last stage, which sends back token ids.
 namespace Cluster.Contracts;
 
 /// <summary>Where a shard sits: its model, layout and grid position, its tensor-parallel peers and next stage.</summary>
@@ -15,16 +16,28 @@ public sealed record ShardAssignment(
     [property: Id(6)] string? NextStage,
     [property: Id(7)] long Epoch);
 
-/// <summary>New tokens of one sequence; a shard creates the sequence's KV cache entry on first sight of its id.</summary>
+/// <summary>
+/// New tokens of one sequence; a shard creates the sequence's KV cache entry on first sight of its id. A chunk that
+/// carries the sequence's last token so far also says how to pick the next one (Sample): the last stage samples it
+/// from the logits there, and only the token id goes back to the scheduler.
+/// </summary>
 [GenerateSerializer, Immutable]
-public sealed record ForwardChunk([property: Id(0)] Guid Sequence, [property: Id(1)] int[] Tokens, [property: Id(2)] bool AllLogits = false);
+public sealed record ForwardChunk([property: Id(0)] Guid Sequence, [property: Id(1)] int[] Tokens, [property: Id(2)] TokenSampling? Sample = null);
+
+/// <summary>
+/// How a sequence's next token is picked: temperature (below 1e-4: the argmax), top-p, top-k, and the state of the
+/// sequence's random generator now (xorshift64*, never 0). A sampled token draws one number from the generator; its
+/// owner (the scheduler) moves its own copy of the state past that draw, so a replayed step draws the same token.
+/// </summary>
+[GenerateSerializer, Immutable]
+public sealed record TokenSampling([property: Id(0)] float Temperature, [property: Id(1)] float TopP, [property: Id(2)] int TopK, [property: Id(3)] ulong Generator);
 
 /// <summary>
 /// One pipeline step: sequences that ended (their KV blocks are freed first, in step order, so every shard's cache
 /// sees the same history), the chunks, and after the first stage the previous stage's hidden states (T', C) as
 /// float32 bytes, T' leaving out each chunk's cached prefix, whose length (PrefixHits) the first stage found.
-/// StepId names the step to its scheduler: the last stage hands the logits straight to it (DeliverLogits) rather than
-/// back up through every earlier stage. Immutable: not copied between grains of one silo.
+/// StepId names the step to its scheduler: the last stage hands the sampled tokens straight to it (DeliverTokens)
+/// rather than back up through every earlier stage. Immutable: not copied between grains of one silo.
 /// </summary>
 [GenerateSerializer, Immutable]
 public sealed record StageBatch(
@@ -36,9 +49,9 @@ public sealed record StageBatch(
     [property: Id(5)] int[]? PrefixHits = null,
     [property: Id(6)] Guid StepId = default);
 
-/// <summary>Rows × VocabSize float32 logits (little-endian), one row per chunk, or one per token where AllLogits.</summary>
+/// <summary>One token per chunk of the step, in order: the one sampled after the chunk's last token, or -1 where the chunk asked for none.</summary>
 [GenerateSerializer, Immutable]
-public sealed record StageResult([property: Id(0)] byte[] Logits, [property: Id(1)] int Rows, [property: Id(2)] int VocabSize);
+public sealed record StageResult([property: Id(0)] int[] Tokens);
 
 [GenerateSerializer, Immutable]
 public sealed record ShardDescription(

@@ -48,6 +48,11 @@ public static class GatewayPipeline
         });
         var keys = app.Services.GetRequiredService<ApiKeys>();
         app.Use((context, next) => Authorize(context, next, keys));
+        // Until the Orleans client has connected (the host has started), every route but the probes answers 503: a grain
+        // call before it would fail with the client's own error ("could not find an implementation"), not "come back later".
+        var started = app.Services.GetRequiredService<IHostApplicationLifetime>().ApplicationStarted;
+        app.Use((context, next) => started.IsCancellationRequested || IsProbe(context.Request.Path) ? next(context)
+            : throw ApiError.Unavailable("The gateway has not reached the cluster yet."));
         app.Use(RequireJsonBodies);
         app.MapOpenAi();
         app.MapJobs();
@@ -57,6 +62,9 @@ public static class GatewayPipeline
 
     /// <summary>The roles of the request's key (every role when keys are not required).</summary>
     public static ApiRoles Roles(this HttpContext context) => context.Items[RolesItem] as ApiRoles? ?? ApiRoles.None;
+
+    private static bool IsProbe(PathString path) =>
+        path.StartsWithSegments("/health") || path.StartsWithSegments("/ready");
 
     private static ApiRoles? RequiredRole(PathString path, bool keysRequired) =>
         path.StartsWithSegments("/v1/jobs") ? ApiRoles.Train

@@ -13,6 +13,9 @@ builder.UseOrleansClient(client =>
     client.UseClusterClustering(builder.Configuration).AddActivityPropagation().AddDashboard();
     if (certificate is not null) client.UseTls(certificate, o => ClusterTransportSecurity.Configure(o, certificate));
 });
+// Kestrel listens while the Orleans client is still connecting (it retries until a silo answers): /health answers
+// and /ready says 503 "cluster unavailable" instead of the port refusing connections until the cluster is up.
+builder.Services.Configure<HostOptions>(o => o.ServicesStartConcurrently = true);
 builder.Services.AddGateway(builder.Configuration, ApiKeys.FromConfiguration(builder.Configuration, builder.Environment));
 var app = builder.Build();
 app.UseGateway();

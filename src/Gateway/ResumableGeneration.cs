@@ -3,14 +3,19 @@
 // on a live silo, carries on after them with exactly the tokens it would have produced (its sampler skips ahead).
 // A call pending on a silo that died is never answered (the Orleans client breaks it only at its response timeout), so
 // while no chunk comes the stream asks the scheduler for its incarnation every ProbeInterval: an answer from another
-// activation than the stream's means the stream's is gone, and it resumes at once.
+// activation than the stream's means the stream's is gone, and it resumes at once. The same activation answering while
+// it has generated tokens this stream never received (StreamProgress), on two probes in a row, means the pending call
+// lost its response (it was to come back through a gateway silo that died): the stream resumes too, rather than wait
+// for Orleans' response timeout.
 using Cluster.Contracts;
 
 namespace Cluster.Gateway;
 
 public sealed class ResumableGeneration(
-    IInferenceSchedulerGrain scheduler, GenerationRequest request, TimeSpan patience, CancellationToken cancellation) : IAsyncDisposable
+    IInferenceSchedulerGrain scheduler, GenerationRequest generation, TimeSpan patience, CancellationToken cancellation) : IAsyncDisposable
 {
+    private readonly GenerationRequest _request = generation.Stream == Guid.Empty ? generation with { Stream = Guid.NewGuid() } : generation;
+
     /// <summary>How long a chunk may be awaited before the scheduler is asked whether it is still the stream's.</summary>
     public static readonly TimeSpan ProbeInterval = TimeSpan.FromSeconds(2);
 
@@ -31,7 +36,7 @@ public sealed class ResumableGeneration(
                 if (_chunks is null)
                 {
                     _incarnation = await scheduler.Incarnation().WaitAsync(ProbeInterval, cancellation);
-                    _chunks = scheduler.Generate(request with { Resume = [.. _delivered] }, cancellation).GetAsyncEnumerator(cancellation);
+                    _chunks = scheduler.Generate(_request with { Resume = [.. _delivered] }, cancellation).GetAsyncEnumerator(cancellation);
                 }
                 if (!await NextChunk(_chunks)) return false;
                 _delivered.Add(_chunks.Current.TokenId);
@@ -45,20 +50,35 @@ public sealed class ResumableGeneration(
         }
     }
 
-    /// <summary>The enumerator's next chunk, or a SiloUnavailableException once another activation answers for the scheduler.</summary>
+    /// <summary>
+    /// The enumerator's next chunk, or a SiloUnavailableException once another activation answers for the scheduler, or
+    /// once the same one has twice in a row generated tokens that did not arrive.
+    /// </summary>
     private async Task<bool> NextChunk(IAsyncEnumerator<GeneratedChunk> chunks)
     {
         var next = chunks.MoveNextAsync().AsTask();
+        int missing = 0;   // probes in a row that found tokens generated for this stream that never reached it
         while (await Task.WhenAny(next, Task.Delay(ProbeInterval, cancellation)) != next)
         {
-            Guid answered;
-            try { answered = await scheduler.Incarnation().WaitAsync(ProbeInterval, cancellation); }
-            catch (TimeoutException) { continue; }   // no answer yet: the silo may be dying; ask again
-            if (answered == _incarnation) continue;   // still the stream's scheduler: a long prompt, or a queue
-            _ = next.ContinueWith(t => t.Exception, TaskScheduler.Default);   // the lost call's late end is observed, not awaited
-            throw new SiloUnavailableException($"the scheduler of this stream was replaced (activation {_incarnation} gone)");
+            try
+            {
+                if (await scheduler.Incarnation().WaitAsync(ProbeInterval, cancellation) != _incarnation)
+                    throw Lost(next, $"the scheduler of this stream was replaced (activation {_incarnation} gone)");
+                // Still the stream's scheduler: a long prompt or a queue, unless it generated tokens that never came.
+                int generated = await scheduler.StreamProgress(_request.Stream).WaitAsync(ProbeInterval, cancellation);
+                missing = generated > _delivered.Count ? missing + 1 : 0;
+                if (missing >= 2)
+                    throw Lost(next, $"the scheduler generated {generated} tokens of this stream, {_delivered.Count} arrived: the call lost its response");
+            }
+            catch (TimeoutException) { }   // no answer yet: the silo may be dying; ask again
         }
         return await next;
+    }
+
+    private static SiloUnavailableException Lost(Task<bool> pending, string why)
+    {
+        _ = pending.ContinueWith(t => t.Exception, TaskScheduler.Default);   // the lost call's late end is observed, not awaited
+        return new SiloUnavailableException(why);
     }
 
     private static bool IsLostScheduler(Exception e) =>

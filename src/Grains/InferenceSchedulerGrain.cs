@@ -19,7 +19,6 @@
 // The grain is reentrant: requests, lanes and failover interleave at awaits on the grain's one thread.
 using System.Diagnostics;
 using System.Runtime.CompilerServices;
-using System.Runtime.InteropServices;
 using System.Text;
 using System.Threading.Channels;
 using Orleans.Concurrency;
@@ -55,7 +54,10 @@ public sealed class InferenceSchedulerGrain(
         public int MaxTokens => maxTokens;
         public int Blocks => blocks;
         public GenerationRequest Request => request;
+        /// <summary>The sequence's copy of its generator: the last stage samples from its state (Sampling) and this one moves past each draw.</summary>
         public Sampler Sampler { get; } = new(new SamplingOptions(request.Temperature, request.TopP, request.TopK, request.Seed));
+        /// <summary>What the last stage needs to pick this sequence's next token.</summary>
+        public TokenSampling Sampling => new(request.Temperature, request.TopP, request.TopK, Sampler.Generator);
         public Decoder Decoder { get; } = Encoding.UTF8.GetDecoder();
         public Channel<GeneratedChunk> Output { get; } = Channel.CreateUnbounded<GeneratedChunk>(new() { SingleReader = true, SingleWriter = true });
         public Replica? Replica { get; set; }
@@ -64,8 +66,8 @@ public sealed class InferenceSchedulerGrain(
         /// <summary>Tokens sent in steps so far (Cached plus those in flight).</summary>
         public int Scheduled { get; set; }
         public bool InFlight => Scheduled > Cached;
-        /// <summary>The logits after its last token, from the step that carried it (steps may answer out of order).</summary>
-        public float[]? NextLogits { get; set; }
+        /// <summary>The token sampled after its last token, by the step that carried it (steps may answer out of order).</summary>
+        public int NextToken { get; set; }
         public bool Cancelled { get; set; }
         public bool Finished { get; set; }
         /// <summary>Failed steps this sequence was in (it is replayed after each, up to MaxStepFailures).</summary>
@@ -102,7 +104,8 @@ public sealed class InferenceSchedulerGrain(
     private sealed class Replica(int index, string[][] stageKeys)
     {
         public int Index => index;
-        public string[][] StageKeys => stageKeys;   // (stage, rank)
+        /// <summary>(stage, rank): a recovery gives the shards of lost silos new keys (MoveShardsOffLostSilos).</summary>
+        public string[][] StageKeys => stageKeys;
         public IEnumerable<string> AllKeys => stageKeys.SelectMany(k => k);
         public long Epoch { get; set; }
         public long NextStep { get; set; }
@@ -117,12 +120,19 @@ public sealed class InferenceSchedulerGrain(
         public SiloAddress[] Silos { get; set; } = [];
         /// <summary>The epoch's measured steps, which give the next step its timeout.</summary>
         public StepClock StepTimes { get; } = new();
+        /// <summary>The silo (by name) each shard key answered its last load from.</summary>
+        public Dictionary<string, string> ShardSilos { get; } = [];
+        /// <summary>Silos (by name) found gone by a probe, a failed load or the membership: the next recovery moves their shards.</summary>
+        public HashSet<string> LostSilos { get; } = [];
+        /// <summary>Shard keys given out by recoveries so far (ShardKey's generation).</summary>
+        public int Generation { get; set; }
     }
 
     private ModelServing? _serving;
     private ITokenizer? _tokenizer;
-    // Steps down the pipeline whose logits the last stage has yet to deliver (DeliverLogits), by StageBatch.StepId.
-    private readonly Dictionary<Guid, (Replica Replica, TaskCompletionSource<StageResult> Logits)> _awaitingLogits = [];
+    // Steps down the pipeline whose tokens the last stage has yet to deliver (DeliverTokens), by StageBatch.StepId, with
+    // when each was sent (Stopwatch ticks).
+    private readonly Dictionary<Guid, (Replica Replica, TaskCompletionSource<StageResult> Tokens, long Sent)> _awaitingTokens = [];
     private readonly CancellationTokenSource _deactivating = new();
     private int _longestPieceBytes;
     private Replica[] _replicas = [];
@@ -138,9 +148,15 @@ public sealed class InferenceSchedulerGrain(
 
     public Task<Guid> Incarnation() => Task.FromResult(_incarnation);
 
+    // The running generations by their callers' stream ids (GenerationRequest.Stream).
+    private readonly Dictionary<Guid, Sequence> _streams = [];
+
+    public Task<int> StreamProgress(Guid stream) => Task.FromResult(_streams.TryGetValue(stream, out var sequence) ? sequence.Generated : -1);
+
     public override Task OnActivateAsync(CancellationToken cancellationToken)
     {
         _ = WatchMembership(_deactivating.Token);
+        _ = WatchOverdueSteps(_deactivating.Token);
         return base.OnActivateAsync(cancellationToken);
     }
 
@@ -162,8 +178,11 @@ public sealed class InferenceSchedulerGrain(
             await foreach (var snapshot in membership.MembershipUpdates.WithCancellation(stop))
                 foreach (var replica in _replicas)
                     if (replica.Silos.FirstOrDefault(s => snapshot.GetSiloStatus(s) is SiloStatus.Stopping or SiloStatus.Dead) is { } lost)
+                    {
+                        if (snapshot.Members.TryGetValue(lost, out var member)) replica.LostSilos.Add(member.Name);
                         FailStepsInFlight(replica, new SiloUnavailableException(
                             $"silo {lost} holding a shard of model '{ModelId}' replica {replica.Index} is {snapshot.GetSiloStatus(lost)}"));
+                    }
         }
         catch (OperationCanceledException) when (stop.IsCancellationRequested) { }
         catch (Exception e)
@@ -175,8 +194,56 @@ public sealed class InferenceSchedulerGrain(
     private void FailStepsInFlight(Replica replica, Exception error)
     {
         // A list first: a failed step's continuation may run inline and remove itself from the dictionary.
-        foreach (var (owner, logits) in _awaitingLogits.Values.ToList())
-            if (owner == replica) logits.TrySetException(error);
+        foreach (var (owner, tokens, _) in _awaitingTokens.Values.ToList())
+            if (owner == replica) tokens.TrySetException(error);
+    }
+
+    /// <summary>
+    /// Every ShardProbeInterval, pings the shards of each replica with a step in flight for longer than that. A killed
+    /// silo process refuses the ping's connection at once, while a call it had already taken stays pending until the
+    /// cluster declares the silo dead (seconds) or the response timeout: a refused ping fails the replica's steps in
+    /// flight now, and marks the silo lost so the recovery moves its shards. A ping that merely times out (a busy
+    /// silo) decides nothing. The loop runs on the grain's turn.
+    /// </summary>
+    private async Task WatchOverdueSteps(CancellationToken stop)
+    {
+        try
+        {
+            using var timer = new PeriodicTimer(Options.ShardProbeInterval);
+            while (await timer.WaitForNextTickAsync(stop))
+            {
+                long overdue = Stopwatch.GetTimestamp() - (long)(Options.ShardProbeInterval.TotalSeconds * Stopwatch.Frequency);
+                var probed = _replicas.Where(r => !r.Recovering && _awaitingTokens.Values.Any(s => s.Replica == r && s.Sent < overdue)).ToList();
+                await Task.WhenAll(probed.Select(ProbeShards));
+            }
+        }
+        catch (OperationCanceledException) when (stop.IsCancellationRequested) { }
+        catch (Exception e)
+        {
+            log.LogError(e, "model {Model}: probing the shards of overdue steps failed; lost silos are found by the membership and step timeouts only", ModelId);
+        }
+    }
+
+    /// <summary>The silo could not take the call at all (its process is gone), as opposed to a call that is slow or failed there.</summary>
+    private static bool IsRefusal(Exception error) => error is OrleansMessageRejectionException or Orleans.Runtime.Messaging.ConnectionFailedException;
+
+    private async Task ProbeShards(Replica replica)
+    {
+        long epoch = replica.Epoch;
+        string[] keys = [.. replica.AllKeys];
+        var pings = keys.Select(key => grains.GetGrain<IShardGrain>(key).Ping().WaitAsync(Options.ShardProbeTimeout)).ToArray();
+        try { await Task.WhenAll(pings); }
+        catch (Exception) { }   // each ping's own outcome is read below
+        if (replica.Epoch != epoch) return;
+        for (int i = 0; i < keys.Length; i++)
+        {
+            if (pings[i].Exception?.InnerException is not { } refused || !IsRefusal(refused)) continue;
+            if (replica.ShardSilos.TryGetValue(keys[i], out var silo)) replica.LostSilos.Add(silo);
+            else silo = "unknown";
+            log.LogWarning("model {Model} replica {Replica}: shard {Shard} on silo {Silo} refused a probe ({Error}); failing the steps in flight",
+                ModelId, replica.Index, keys[i], silo, refused.GetType().Name);
+            FailStepsInFlight(replica, new SiloUnavailableException($"shard {keys[i]} on silo {silo} refused a probe: {refused.Message}"));
+        }
     }
 
     public async Task<ShardDescription> Serve(ModelServing serving)
@@ -196,15 +263,18 @@ public sealed class InferenceSchedulerGrain(
             _serving = serving;
         }
         foreach (var replica in _replicas) await Load(replica);
-        var entry = new ModelEntry(ModelId, _shape!.Config, ParallelLayoutOf(_serving!).ToString(), [.. _replicas.SelectMany(r => r.AllKeys)]);
-        await grains.GetGrain<IModelRegistryGrain>(0).Register(entry);
+        await Register();
         if (!Options.ConfiguredModels.ContainsKey(ModelId) && stored.State.Serving != _serving)
         {
             stored.State.Serving = _serving;   // served through the API: remembered, so a later activation serves it again
             await stored.WriteStateAsync();
         }
-        return _shape;
+        return _shape!;
     }
+
+    /// <summary>Tells the model registry (behind /v1/models) the model's shape and its shards' keys.</summary>
+    private Task Register() => grains.GetGrain<IModelRegistryGrain>(0).Register(
+        new ModelEntry(ModelId, _shape!.Config, ParallelLayoutOf(_serving!).ToString(), [.. _replicas.SelectMany(r => r.AllKeys)]));
 
     private static ParallelLayout ParallelLayoutOf(ModelServing serving)
     {
@@ -229,20 +299,31 @@ public sealed class InferenceSchedulerGrain(
                     stage + 1 < keys.Length ? keys[stage + 1][rank] : null, epoch);
                 loads.Add(grains.GetGrain<IShardGrain>(keys[stage][rank]).Load(assignment));
             }
-        var descriptions = await Task.WhenAll(loads);
+        string[] loadedKeys = [.. keys.SelectMany(k => k)];   // in the order of loads
+        ShardDescription[] descriptions;
+        try { descriptions = await Task.WhenAll(loads); }
+        catch
+        {
+            for (int i = 0; i < loads.Count; i++)   // a silo that refuses a load is gone: the next attempt moves its shard
+                if (loads[i].Exception?.InnerException is { } error && IsRefusal(error) && replica.ShardSilos.TryGetValue(loadedKeys[i], out var silo))
+                    replica.LostSilos.Add(silo);
+            throw;
+        }
         if (replica.Epoch != epoch) return;
         _shape = descriptions[0];
-        replica.Silos = HostingSilos(descriptions);
+        replica.ShardSilos.Clear();
+        foreach (var d in descriptions) replica.ShardSilos[d.Key] = d.Silo;
+        replica.Silos = HostingSilos(replica.ShardSilos.Values);
     }
 
     /// <summary>
     /// The active silos the shards answered from, found by name in the membership (the newest generation of a name). A
     /// silo this one has not heard of yet is left out: a step held up there is caught by its timeout instead.
     /// </summary>
-    private SiloAddress[] HostingSilos(IEnumerable<ShardDescription> shards)
+    private SiloAddress[] HostingSilos(IEnumerable<string> names)
     {
         var active = membership.CurrentSnapshot.Members.Values.Where(m => m.Status == SiloStatus.Active).ToList();
-        return [.. shards.Select(d => d.Silo).Distinct()
+        return [.. names.Distinct()
             .Select(name => active.Where(m => m.Name == name).MaxBy(m => m.SiloAddress.Generation)?.SiloAddress).OfType<SiloAddress>()];
     }
 
@@ -286,9 +367,9 @@ public sealed class InferenceSchedulerGrain(
         }
     }
 
-    public Task DeliverLogits(Guid stepId, StageResult logits)
+    public Task DeliverTokens(Guid stepId, StageResult tokens)
     {
-        if (_awaitingLogits.Remove(stepId, out var step)) step.Logits.TrySetResult(logits);
+        if (_awaitingTokens.Remove(stepId, out var step)) step.Tokens.TrySetResult(tokens);
         return Task.CompletedTask;
     }
 
@@ -322,6 +403,7 @@ public sealed class InferenceSchedulerGrain(
         replica.Waiting.Enqueue(sequence);
         ClusterTelemetry.Waiting.Add(1, ModelTag);
         Kick(replica);
+        if (request.Stream != Guid.Empty) _streams[request.Stream] = sequence;
         try
         {
             await foreach (var chunk in sequence.Output.Reader.ReadAllAsync(cancellation)) yield return chunk;
@@ -329,6 +411,7 @@ public sealed class InferenceSchedulerGrain(
         finally
         {
             if (!sequence.Finished) Cancel(sequence);
+            if (_streams.TryGetValue(request.Stream, out var current) && current == sequence) _streams.Remove(request.Stream);
         }
     }
 
@@ -411,11 +494,16 @@ public sealed class InferenceSchedulerGrain(
         void Take(Sequence sequence, int n)
         {
             budget -= n;
-            batch.Add((sequence, new ForwardChunk(sequence.Id, sequence.Tokens.GetRange(sequence.Scheduled, n).ToArray()), n == sequence.Unscheduled));
+            bool last = n == sequence.Unscheduled;   // the step ends with its latest token: the last stage samples the next
+            batch.Add((sequence, new ForwardChunk(sequence.Id, sequence.Tokens.GetRange(sequence.Scheduled, n).ToArray(), last ? sequence.Sampling : null), last));
             sequence.Scheduled += n;
         }
         static bool Decoding(Sequence s) => s.Cached > 0 && s.Unscheduled == 1;
-        foreach (var sequence in replica.Running.Where(s => s.Unscheduled > 0 && Decoding(s)))
+        // A pipeline's decoding sequences split evenly over its lanes (one per stage): each stage then works on one lane's
+        // batch while the next stage works on another's, rather than every sequence riding one lane while the others idle.
+        int decoding = replica.Running.Count(s => s.Scheduled >= s.PromptLength);
+        int laneShare = (decoding + replica.StageKeys.Length - 1) / replica.StageKeys.Length;
+        foreach (var sequence in replica.Running.Where(s => s.Unscheduled > 0 && Decoding(s)).Take(laneShare))
         {
             if (budget == 0) return batch;
             Take(sequence, 1);
@@ -443,7 +531,7 @@ public sealed class InferenceSchedulerGrain(
         return shares;
     }
 
-    /// <summary>One step down the pipeline: frees <paramref name="released"/>, runs the chunks, samples where a sequence's last token was in it.</summary>
+    /// <summary>One step down the pipeline: frees <paramref name="released"/>, runs the chunks, streams the tokens the last stage sampled.</summary>
     private async Task RunStep(Replica replica, List<(Sequence Sequence, ForwardChunk Chunk, bool Last)> batch, Guid[] released)
     {
         long epoch = replica.Epoch, step = replica.NextStep++;
@@ -463,22 +551,21 @@ public sealed class InferenceSchedulerGrain(
         long started = Stopwatch.GetTimestamp();
         StageResult result;
         var delivered = new TaskCompletionSource<StageResult>();
-        _awaitingLogits[stepId] = (replica, delivered);
+        _awaitingTokens[stepId] = (replica, delivered, started);
         try
         {
-            // The logits come straight from the last stage (DeliverLogits); the calls down the pipeline complete after
-            // that, and fail if a stage did. Whichever comes first decides: the step is done once its logits are here.
+            // The tokens come straight from the last stage (DeliverTokens); the calls down the pipeline complete after
+            // that, and fail if a stage did. Whichever comes first decides: the step is done once its tokens are here.
             var pipeline = Task.WhenAll(replica.StageKeys[0].Select(key => grains.GetGrain<IShardGrain>(key).Forward(stageBatch)));
             var first = await Task.WhenAny(delivered.Task, pipeline).WaitAsync(replica.StepTimes.TimeoutFor(stepTokens, Options));
             if (first == pipeline)
             {
                 await pipeline;   // throws the stage's failure
-                if (!delivered.Task.IsCompleted) throw new InvalidOperationException($"step {step}: the pipeline completed without delivering its logits");
+                if (!delivered.Task.IsCompleted) throw new InvalidOperationException($"step {step}: the pipeline completed without delivering its tokens");
             }
             else _ = pipeline.ContinueWith(t => t.Exception, TaskScheduler.Default);   // its late failure is observed, not awaited
             result = await delivered.Task;
-            if (result.Rows != batch.Count || result.VocabSize <= 0 || result.Logits.Length != (long)result.Rows * result.VocabSize * sizeof(float))
-                throw new InvalidDataException($"step {step}: the last stage delivered {result.Rows} rows of {result.VocabSize} logits for {batch.Count} sequences");
+            CheckTokens(result, batch, step);
         }
         catch (Exception e) when (e is not ArgumentException)
         {
@@ -492,7 +579,7 @@ public sealed class InferenceSchedulerGrain(
         }
         finally
         {
-            _awaitingLogits.Remove(stepId);
+            _awaitingTokens.Remove(stepId);
         }
         if (replica.Epoch != epoch) return;   // a failover started while this step ran: its sequences replay
         var elapsed = Stopwatch.GetElapsedTime(started);
@@ -500,25 +587,36 @@ public sealed class InferenceSchedulerGrain(
         ClusterTelemetry.StepTime.Record(elapsed.TotalSeconds, replicaTags);
         ClusterTelemetry.StepTokens.Record(stepTokens, replicaTags);
 
-        var logits = MemoryMarshal.Cast<byte, float>(result.Logits);
         var finished = new List<Sequence>();
         for (int i = 0; i < batch.Count; i++)
         {
             var (sequence, chunk, last) = batch[i];
             sequence.Cached += chunk.Tokens.Length;
-            if (last) sequence.NextLogits = logits.Slice(i * result.VocabSize, result.VocabSize).ToArray();
+            if (last) sequence.NextToken = result.Tokens[i];
             if (sequence.InFlight) continue;   // another chunk of its prompt is still in the pipeline
-            if (sequence.Cancelled || Emit(sequence, sequence.NextLogits!)) finished.Add(sequence);
+            if (sequence.Cancelled) finished.Add(sequence);
+            else if (sequence.Unscheduled == 0 && Emit(sequence, sequence.NextToken)) finished.Add(sequence);   // a token only once its last chunk is in
         }
         foreach (var sequence in finished) Finish(sequence);
         Kick(replica);
     }
 
-    /// <summary>Samples the next token from the logits and streams it; true when the sequence is done.</summary>
-    private bool Emit(Sequence sequence, float[] logits)
+    /// <summary>A token for every chunk that asked for one, each in the vocabulary; else the step failed.</summary>
+    private void CheckTokens(StageResult result, List<(Sequence Sequence, ForwardChunk Chunk, bool Last)> batch, long step)
+    {
+        if (result.Tokens.Length != batch.Count)
+            throw new InvalidDataException($"step {step}: the last stage delivered {result.Tokens.Length} tokens for {batch.Count} chunks");
+        int vocab = Tokenizer.VocabSize;
+        for (int i = 0; i < batch.Count; i++)
+            if (batch[i].Last && (uint)result.Tokens[i] >= (uint)vocab)
+                throw new InvalidDataException($"step {step}: the last stage sampled token {result.Tokens[i]}, outside the vocabulary of {vocab}");
+    }
+
+    /// <summary>Streams the token the last stage sampled; true when the sequence is done.</summary>
+    private bool Emit(Sequence sequence, int next)
     {
         var tokenizer = Tokenizer;
-        int next = sequence.Sampler.Sample(logits);
+        sequence.Sampler.Skip(1);   // the last stage drew from a copy of this generator
         if (sequence.Request.StopAtEos && (next == tokenizer.BosId || next == tokenizer.EosId)) return true;
         sequence.Output.Writer.TryWrite(new GeneratedChunk(next, sequence.Append(next, tokenizer)));
         long now = Stopwatch.GetTimestamp();
@@ -577,7 +675,10 @@ public sealed class InferenceSchedulerGrain(
             {
                 try
                 {
+                    bool moved = MoveShardsOffLostSilos(replica);
                     await Load(replica).WaitAsync(Options.StepTimeout);
+                    replica.LostSilos.Clear();
+                    if (moved) await Register();
                     log.LogInformation("model {Model} replica {Replica}: recovered in epoch {Epoch}", ModelId, replica.Index, replica.Epoch);
                     break;
                 }
@@ -600,6 +701,35 @@ public sealed class InferenceSchedulerGrain(
             replica.Recovering = false;
         }
         Kick(replica);
+    }
+
+    /// <summary>
+    /// Gives each shard that sat on a lost silo a new key (the next generation, so no registration the dead silo left
+    /// in the grain directory stands in its way) pinned to a live silo: the active silo, not lost, holding the fewest of
+    /// the replica's shards. Returns whether any key changed. With no live silo left the keys stay, and the retries wait.
+    /// </summary>
+    private bool MoveShardsOffLostSilos(Replica replica)
+    {
+        var lost = replica.LostSilos;
+        if (lost.Count == 0) return false;
+        var live = membership.CurrentSnapshot.Members.Values
+            .Where(m => m.Status == SiloStatus.Active && !lost.Contains(m.Name)).Select(m => m.Name).Distinct().ToList();
+        if (live.Count == 0) return false;
+        bool moved = false;
+        var keys = replica.StageKeys;
+        for (int stage = 0; stage < keys.Length; stage++)
+            for (int rank = 0; rank < keys[stage].Length; rank++)
+            {
+                if (!replica.ShardSilos.TryGetValue(keys[stage][rank], out var silo) || !lost.Contains(silo)) continue;
+                string target = live.MinBy(name => (replica.ShardSilos.Values.Count(s => s == name), name))!;
+                string key = ShardKey.Create(ModelId, replica.Index, stage, rank, target, ++replica.Generation);
+                log.LogInformation("model {Model} replica {Replica}: shard {Old} on lost silo {Silo} becomes {New}", ModelId, replica.Index, keys[stage][rank], silo, key);
+                replica.ShardSilos.Remove(keys[stage][rank]);
+                replica.ShardSilos[key] = target;
+                keys[stage][rank] = key;
+                moved = true;
+            }
+        return moved;
     }
 
     private void FailAll(Replica replica, Exception error)

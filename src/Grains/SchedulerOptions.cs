@@ -28,6 +28,10 @@ public sealed class SchedulerOptions
     public TimeSpan MinStepTimeout { get; set; } = TimeSpan.FromSeconds(2);
     /// <summary>How many times what the replica's recent steps took (scaled to the step's tokens) a step may take.</summary>
     public double StepTimeoutFactor { get; set; } = 8;
+    /// <summary>How long a step may be in flight before its replica's shards are pinged; also how often they are, while it stays so.</summary>
+    public TimeSpan ShardProbeInterval { get; set; } = TimeSpan.FromMilliseconds(500);
+    /// <summary>How long a ping may take: one that times out decides nothing (only a refused one marks its silo lost).</summary>
+    public TimeSpan ShardProbeTimeout { get; set; } = TimeSpan.FromSeconds(2);
     /// <summary>How long the scheduler keeps trying to bring a lost pipeline back before failing its requests with 503.</summary>
     public TimeSpan FailoverTimeout { get; set; } = TimeSpan.FromSeconds(15);
     /// <summary>

@@ -86,11 +86,21 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
     private LoadedSlice? _slice;
     private Epoch? _epoch;
     private readonly EpochInbox _inbox = new();
+    // One Load at a time: the grain is reentrant, and a second Load arriving while the first loads its slice would load
+    // (and take a device for) another copy, leaking the first.
+    private readonly SemaphoreSlim _loading = new(1, 1);
 
     private DeviceWorker Worker => _worker ??= new DeviceWorker($"shard {this.GetPrimaryKeyString()}");
     private string Key => this.GetPrimaryKeyString();
 
     public async Task<ShardDescription> Load(ShardAssignment assignment)
+    {
+        await _loading.WaitAsync();
+        try { return await LoadInTurn(assignment); }
+        finally { _loading.Release(); }
+    }
+
+    private async Task<ShardDescription> LoadInTurn(ShardAssignment assignment)
     {
         var current = _epoch;
         if (current is not null)
@@ -109,7 +119,13 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
         {
             previousCache?.Dispose();
             var slice = previous is not null && previous.Holds(assignment) ? previous : LoadSlice(assignment);
-            if (slice != previous) previous?.Dispose();
+            if (slice != previous)
+            {
+                previous?.Dispose();
+                // The host tensors the slice was cut from (a whole embedding, the head's copy) are garbage now: their pages
+                // go back before the KV pool is allocated, or the silo would peak at both.
+                HostMemory.GiveBack();
+            }
             var c = slice.Model.Config;
             int blocksPerSequence = (c.MaxSeqLen + o.KvBlockSize - 1) / o.KvBlockSize;
             return (slice, slice.Model.CreateCache(o.KvSequences * blocksPerSequence, o.KvBlockSize));
@@ -128,8 +144,10 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
     {
         var layout = ParallelLayout.Parse(a.Layout);
         ShardSpec SpecOf(ModelConfig config) => ShardingPlan.Create(config, layout).Get(a.Replica, a.Stage, a.Rank);
-        var loaded = ModelSources.Load(a.Source, config => WeightFilter.For(SpecOf(config)));   // only this stage's tensors
-        var weights = ShardWeights.Slice(loaded.Config, loaded.Weights, SpecOf(loaded.Config), loaded.Source);
+        // Only this stage's tensors, each layer cut to this rank's slices as it is read: a tensor-parallel rank never holds
+        // all its layers whole (a whole model's weights at once, for a one-stage layout).
+        var loaded = ModelSources.Load(a.Source, config => WeightFilter.Cutting(config, SpecOf(config)));
+        var weights = ShardWeights.FromCutLoad(loaded.Config, loaded.Weights, SpecOf(loaded.Config), loaded.Source);
         Array.Clear(loaded.Weights.Layers);   // the slice holds what this shard keeps, and lets each layer go once it is on the device
         var lease = devices.Take(Key);
         try { return new LoadedSlice(a, lease, new TransformerModel(lease.Device, loaded.Config, weights, releaseHostWeights: true)); }
@@ -162,12 +180,28 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
         var (output, hits) = await compute;
         ClusterTelemetry.ShardStepTime.Record(Stopwatch.GetElapsedTime(started).TotalSeconds, tags);
         if (a.Stage == 0 && a.Rank == 0 && hits.Sum() is > 0 and int hitTokens) ClusterTelemetry.PrefixHitTokens.Add(hitTokens, tags[0]);
-        byte[] bytes = MemoryMarshal.AsBytes(output.AsSpan()).ToArray();
         if (epoch.Assignment.NextStage is { } next)
-            await grains.GetGrain<IShardGrain>(next).Forward(batch with { Hidden = bytes, PrefixHits = hits });
-        else if (a.Rank == 0)   // the logits go straight to the scheduler, not back up through the earlier stages
-            await grains.GetGrain<IInferenceSchedulerGrain>(ShardKey.ModelId(Key))
-                .DeliverLogits(batch.StepId, new StageResult(bytes, output.Length / model.Config.VocabSize, model.Config.VocabSize));
+            await grains.GetGrain<IShardGrain>(next).Forward(batch with { Hidden = MemoryMarshal.AsBytes(output.AsSpan()).ToArray(), PrefixHits = hits });
+        else if (a.Rank == 0)   // the tokens go straight to the scheduler, not back up through the earlier stages
+        {
+            int[] tokens = await Task.Run(() => SampleNextTokens(batch.Chunks, output, model.Config.VocabSize));   // off the device thread: the next step runs meanwhile
+            await grains.GetGrain<IInferenceSchedulerGrain>(ShardKey.ModelId(Key)).DeliverTokens(batch.StepId, new StageResult(tokens));
+        }
+    }
+
+    /// <summary>
+    /// The next token of each chunk that asks for one, sampled from its row of <paramref name="logits"/> (chunks, V) with
+    /// the chunk's own generator state; -1 for the others. Rows are independent: they are sampled in parallel.
+    /// </summary>
+    private static int[] SampleNextTokens(ForwardChunk[] chunks, float[] logits, int vocab)
+    {
+        if (logits.Length != (long)chunks.Length * vocab)
+            throw new InvalidOperationException($"the last stage computed {logits.Length} logits for {chunks.Length} chunks of a {vocab}-token vocabulary");
+        var tokens = new int[chunks.Length];
+        Parallel.For(0, chunks.Length, i => tokens[i] = chunks[i].Sample is { } s
+            ? new Sampler(new SamplingOptions(s.Temperature, s.TopP, s.TopK, s.Generator)).Sample(logits.AsSpan(i * vocab, vocab))
+            : -1);
+        return tokens;
     }
 
     /// <summary>
@@ -188,6 +222,9 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
 
     private static (float[] Output, int[] Hits) RunStage(TransformerModel model, Epoch epoch, StageBatch batch)
     {
+        if (model.Spec.IsLastStage)   // a bad sampling request fails the step before it costs a forward
+            foreach (var sample in batch.Chunks.Select(c => c.Sample).OfType<TokenSampling>())
+                new SamplingOptions(sample.Temperature, sample.TopP, sample.TopK, sample.Generator).Validate();
         foreach (var ended in batch.Released)
             if (epoch.Sequences.Remove(ended, out int id)) epoch.Cache.Release(id);
         var hits = new int[batch.Chunks.Length];
@@ -200,11 +237,11 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
             {
                 epoch.Sequences[chunk.Sequence] = sequence = epoch.Cache.CreateSequence();
                 int wanted = batch.PrefixHits?[i] ?? int.MaxValue;
-                hits[i] = chunk.AllLogits ? 0 : epoch.Cache.AttachPrefix(sequence, chunk.Tokens, wanted);
+                hits[i] = epoch.Cache.AttachPrefix(sequence, chunk.Tokens, wanted);
                 if (batch.PrefixHits is not null && hits[i] != wanted)
                     throw new InvalidOperationException($"stage {model.Spec.Stage} holds {hits[i]} cached prompt tokens of a sequence, the first stage {wanted}");
             }
-            chunks[i] = new SequenceChunk(sequence, chunk.Tokens[hits[i]..], chunk.AllLogits);
+            chunks[i] = new SequenceChunk(sequence, chunk.Tokens[hits[i]..]);
         }
         float[]? hidden = model.Spec.IsFirstStage ? null : MemoryMarshal.Cast<byte, float>(batch.Hidden).ToArray();
         return (model.Forward(chunks, epoch.Cache, hidden, epoch.Group), hits);
@@ -215,6 +252,8 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
         _inbox.Deliver(epoch, fromRank, tag, data.Value);
         return Task.CompletedTask;
     }
+
+    public Task Ping() => Task.CompletedTask;
 
     public Task<ShardDescription?> Describe() =>
         _slice is not { } slice || _epoch is not { } epoch

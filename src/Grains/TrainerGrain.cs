@@ -49,7 +49,7 @@ public sealed class TrainerGrain(IGrainFactory grains, IOptions<ShardOptions> op
             previous?.Trainer.Dispose();
             _lease ??= devices.Take(this.GetPrimaryKeyString());
             var spec = default(ShardSpec);
-            var loaded = ModelSources.Load(a.Source, c => WeightFilter.For(spec = ShardingPlan.Create(c, layout).Shards[a.Index]));
+            var loaded = ModelSources.Load(a.Source, c => WeightFilter.Cutting(c, spec = ShardingPlan.Create(c, layout).Shards[a.Index]));   // each layer cut to this rank as it is read
             var plan = ShardingPlan.Create(loaded.Config, layout);
             spec = plan.Shards[a.Index];
             var groups = Groups(a, plan, spec, mailbox);
@@ -65,7 +65,7 @@ public sealed class TrainerGrain(IGrainFactory grains, IOptions<ShardOptions> op
                     _ => throw new ArgumentException($"precision must be 'fp32' or 'bf16', not '{a.Precision}'"),
                 },
             };
-            var model = new TrainableModel(loaded.Config, ShardWeights.Slice(loaded.Config, loaded.Weights, spec), threads, groups.Tensor, mode);
+            var model = new TrainableModel(loaded.Config, ShardWeights.FromCutLoad(loaded.Config, loaded.Weights, spec), threads, groups.Tensor, mode);
             var trainer = new ShardTrainer(model, new OptimizerOptions
             {
                 LearningRate = a.LearningRate, MinLearningRate = a.MinLearningRate, WarmupSteps = a.WarmupSteps,

@@ -198,7 +198,7 @@ public sealed class TrainingJobGrain(
     private ModelConfig ConfigOf(ModelSource source)
     {
         if (source.Path is null) return RandomModel.Preset(source.Preset!);
-        try { return ModelSources.Load(source, c => new WeightFilter(new Slice(0, 0), Embedding: false, Output: false)).Config; }
+        try { return ModelSources.Load(source, _ => WeightFilter.Nothing).Config; }
         catch (Exception e) when (e is ModelFormatException or IOException or UnauthorizedAccessException or InvalidDataException or ArgumentException)
         {
             log.LogWarning(e, "training job {Job}: its model does not load", Id);

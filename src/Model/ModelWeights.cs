@@ -29,6 +29,34 @@ public sealed class LayerWeights
     public IEnumerable<float[]> Tensors() =>
         new[] { AttnNorm, AttnNormBias, Wq, Wk, Wv, Wo, Bq, Bk, Bv, Bo, FfnNorm, FfnNormBias, W1, W2, W3, B1, B2 }.OfType<float[]>();
 
+    /// <summary>Host memory of its tensors.</summary>
+    public long Bytes => Tensors().Sum(t => (long)t.Length * sizeof(float));
+
+    /// <summary>Throws <see cref="ModelFormatException"/> naming the first tensor of layer <paramref name="l"/> whose size or presence disagrees with the config.</summary>
+    public void Validate(ModelConfig c, int l, string source)
+    {
+        void Check(float[]? t, long expected, string name, bool required = true) => ModelWeights.CheckTensor(t, expected, source, $"layers.{l}.{name}", required);
+        bool gpt2 = c.Architecture == Architecture.Gpt2;
+        long C = c.Dim, H = c.HiddenDim, kv = c.KvDim;
+        Check(AttnNorm, C, "attn_norm");
+        Check(Wq, C * C, "wq");
+        Check(Wk, kv * C, "wk");
+        Check(Wv, kv * C, "wv");
+        Check(Wo, C * C, "wo");
+        Check(FfnNorm, C, "ffn_norm");
+        Check(W1, H * C, "w1");
+        Check(W2, C * H, "w2");
+        Check(W3, H * C, "w3", !gpt2);
+        Check(AttnNormBias, C, "attn_norm.bias", gpt2);
+        Check(FfnNormBias, C, "ffn_norm.bias", gpt2);
+        Check(Bq, C, "bq", gpt2);
+        Check(Bk, kv, "bk", gpt2);
+        Check(Bv, kv, "bv", gpt2);
+        Check(Bo, C, "bo", gpt2);
+        Check(B1, H, "b1", gpt2);
+        Check(B2, C, "b2", gpt2);
+    }
+
     /// <summary>A layer a WeightFilter left out: every tensor empty.</summary>
     public static LayerWeights Skipped { get; } = new() { AttnNorm = [], Wq = [], Wk = [], Wv = [], Wo = [], FfnNorm = [], W1 = [], W2 = [] };
 }
@@ -50,46 +78,29 @@ public sealed class ModelWeights
     public void Validate(ModelConfig c, string source, WeightFilter? filter = null)
     {
         filter ??= WeightFilter.Everything(c);
-        void Check(float[]? t, long expected, string name, bool required = true)
-        {
-            if (t is null)
-            {
-                if (required) throw new ModelFormatException(source, "missing", name);
-                return;
-            }
-            if (t.LongLength != expected)
-                throw new ModelFormatException(source, $"has {t.LongLength} elements, config needs {expected}", name);
-        }
+        void Check(float[]? t, long expected, string name, bool required = true) => CheckTensor(t, expected, source, name, required);
         bool gpt2 = c.Architecture == Architecture.Gpt2;
-        long C = c.Dim, H = c.HiddenDim, kv = c.KvDim;
+        long C = c.Dim;
         if (filter.TokenEmbedding(c)) Check(TokenEmbedding, c.VocabSize * C, "token_embedding");
         if (filter.Embedding) Check(PositionEmbedding, (long)c.MaxSeqLen * C, "position_embedding", gpt2);
         if (Layers.Length != c.Layers) throw new ModelFormatException(source, $"has {Layers.Length} layers, config says {c.Layers}");
-        for (int l = 0; l < Layers.Length; l++)
-        {
-            if (!filter.Layer(l)) continue;
-            var w = Layers[l];
-            string p = $"layers.{l}.";
-            Check(w.AttnNorm, C, p + "attn_norm");
-            Check(w.Wq, C * C, p + "wq");
-            Check(w.Wk, kv * C, p + "wk");
-            Check(w.Wv, kv * C, p + "wv");
-            Check(w.Wo, C * C, p + "wo");
-            Check(w.FfnNorm, C, p + "ffn_norm");
-            Check(w.W1, H * C, p + "w1");
-            Check(w.W2, C * H, p + "w2");
-            Check(w.W3, H * C, p + "w3", !gpt2);
-            Check(w.AttnNormBias, C, p + "attn_norm.bias", gpt2);
-            Check(w.FfnNormBias, C, p + "ffn_norm.bias", gpt2);
-            Check(w.Bq, C, p + "bq", gpt2);
-            Check(w.Bk, kv, p + "bk", gpt2);
-            Check(w.Bv, kv, p + "bv", gpt2);
-            Check(w.Bo, C, p + "bo", gpt2);
-            Check(w.B1, H, p + "b1", gpt2);
-            Check(w.B2, C, p + "b2", gpt2);
-        }
+        if (filter.CutLayer is null)   // a cut layer was checked whole, as it was read (WeightFilter.Keep)
+            for (int l = 0; l < Layers.Length; l++)
+                if (filter.Layer(l)) Layers[l].Validate(c, l, source);
         Check(FinalNorm, C, "final_norm");
         Check(FinalNormBias, C, "final_norm.bias", gpt2);
         if (filter.Output) Check(Output, c.VocabSize * C, "output", !c.TiedEmbeddings);
+    }
+
+    /// <summary>Throws <see cref="ModelFormatException"/> unless <paramref name="t"/> holds <paramref name="expected"/> elements (or is absent and not required).</summary>
+    internal static void CheckTensor(float[]? t, long expected, string source, string name, bool required = true)
+    {
+        if (t is null)
+        {
+            if (required) throw new ModelFormatException(source, "missing", name);
+            return;
+        }
+        if (t.LongLength != expected)
+            throw new ModelFormatException(source, $"has {t.LongLength} elements, config needs {expected}", name);
     }
 }

@@ -26,7 +26,7 @@ public sealed class Sampler
 {
     private readonly SamplingOptions _options;
     private ulong _state;
-    private (float Probability, int Index)[] _candidates = [];
+    [ThreadStatic] private static (float Probability, int Index)[]? t_candidates;   // sort space, one per thread: samplers are made per step on shards
 
     public Sampler(SamplingOptions options)
     {
@@ -34,6 +34,9 @@ public sealed class Sampler
         _options = options;
         _state = options.Seed;
     }
+
+    /// <summary>The generator's state now: a sampler made with it as its seed continues where this one is.</summary>
+    public ulong Generator => _state;
 
     /// <summary>The next token; <paramref name="logits"/> (V,) is overwritten with probabilities when sampling.</summary>
     public int Sample(Span<float> logits)
@@ -85,12 +88,11 @@ public sealed class Sampler
     private int SampleTopP(ReadOnlySpan<float> probabilities, float topP, float coin)
     {
         float cutoff = (1f - topP) / (probabilities.Length - 1);
-        int n = Candidates(probabilities, cutoff);
-        var candidates = _candidates.AsSpan(0, n);
+        var candidates = Candidates(probabilities, cutoff);
         candidates.Sort(static (a, b) => b.Probability.CompareTo(a.Probability));
         float cumulative = 0;
-        int last = n - 1;
-        for (int i = 0; i < n; i++)
+        int last = candidates.Length - 1;
+        for (int i = 0; i < candidates.Length; i++)
         {
             cumulative += candidates[i].Probability;
             if (cumulative > topP) { last = i; break; }
@@ -101,10 +103,9 @@ public sealed class Sampler
     // The k most likely tokens, renormalised; top-p then applies inside them when set.
     private int SampleTopK(ReadOnlySpan<float> probabilities, int k, float coin)
     {
-        int n = Candidates(probabilities, 0f);
-        var candidates = _candidates.AsSpan(0, n);
+        var candidates = Candidates(probabilities, 0f);
         candidates.Sort(static (a, b) => b.Probability.CompareTo(a.Probability));
-        candidates = candidates[..Math.Min(k, n)];
+        candidates = candidates[..Math.Min(k, candidates.Length)];
         float mass = 0;
         int last = candidates.Length - 1;
         bool nucleus = _options.TopP > 0 && _options.TopP < 1;
@@ -135,13 +136,15 @@ public sealed class Sampler
         return candidates[^1].Index;
     }
 
-    private int Candidates(ReadOnlySpan<float> probabilities, float cutoff)
+    /// <summary>The tokens of probability ≥ <paramref name="cutoff"/>, in this thread's sort space.</summary>
+    private static Span<(float Probability, int Index)> Candidates(ReadOnlySpan<float> probabilities, float cutoff)
     {
-        if (_candidates.Length < probabilities.Length) _candidates = new (float, int)[probabilities.Length];
+        if (t_candidates is null || t_candidates.Length < probabilities.Length) t_candidates = new (float, int)[probabilities.Length];
+        var candidates = t_candidates;
         int n = 0;
         for (int i = 0; i < probabilities.Length; i++)
-            if (probabilities[i] >= cutoff) _candidates[n++] = (probabilities[i], i);
-        return n;
+            if (probabilities[i] >= cutoff) candidates[n++] = (probabilities[i], i);
+        return candidates.AsSpan(0, n);
     }
 
     // run.c random_u32 / random_f32: xorshift64* and the top 24 bits as a float in [0, 1).

@@ -62,7 +62,10 @@ public sealed class TransformerModel : IDisposable
         _tokenEmbedding = weights.TokenEmbedding is { } table ? device.UploadMatrix(table, spec.Vocab.Count, C) : null;
         _positionEmbedding = Vector(weights.PositionEmbedding);
         _layers = new Layer[weights.Layers.Length];
-        long layerBytes = weights.Layers.Sum(LayerBytes), released = 0;
+        // The packed copies live outside the managed heap, so a released layer lowers the process's memory only once the GC
+        // gives its pages back: a decommitting collection after each eighth of the layers' bytes, so loading peaks near one
+        // copy plus an eighth, in at most eight collections whatever the model's size.
+        var hostMemory = new HostMemory(weights.Layers.Sum(w => w.Bytes) / 8);
         for (int i = 0; i < _layers.Length; i++)
         {
             var w = weights.Layers[i];
@@ -78,25 +81,17 @@ public sealed class TransformerModel : IDisposable
             };
             if (releaseHostWeights)
             {
-                released += LayerBytes(weights.Layers[i]);
+                hostMemory.Released(weights.Layers[i].Bytes);
                 weights.Layers[i] = null!;
-                // The packed copies live outside the managed heap, so a released layer lowers the process's memory only once
-                // the GC gives its pages back: an aggressive (decommitting) collection after each eighth of the layers' bytes,
-                // so loading peaks near one copy plus an eighth, in at most eight collections whatever the model's size.
-                if (released >= layerBytes / 8 || i == _layers.Length - 1)
-                {
-                    GC.Collect(GC.MaxGeneration, GCCollectionMode.Aggressive, blocking: true, compacting: true);
-                    released = 0;
-                }
             }
         }
+        if (releaseHostWeights) hostMemory.Flush();
         _finalNorm = Vector(weights.FinalNorm);
         _finalNormBias = Vector(weights.FinalNormBias);
         _output = sharedHead ? _tokenEmbedding : weights.Output is null ? null : device.UploadMatrix(weights.Output, spec.Vocab.Count, C);
         WeightBytes = CountWeightBytes();
     }
 
-    private static long LayerBytes(LayerWeights w) => w.Tensors().Sum(t => (long)t.Length * sizeof(float));
     public ModelConfig Config { get; }
     public ShardSpec Spec { get; }
 

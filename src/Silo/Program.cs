@@ -26,10 +26,12 @@ builder.UseOrleans(silo =>
     // The distributed grain directory keeps one activation per grain when a silo crashes: with Orleans' default directory
     // the registrations a killed silo held are lost, and a second scheduler or shard activation can appear next to the
     // live one (the last stage then delivers its logits to a scheduler that awaits none). It holds a dead silo's grains
-    // back until the silo is surely gone: RangeLeaseDuration (30 s) less the failure detection window (8 s x 3).
+    // back for a while after the silo is declared dead (SiloSettings.ConfigureDirectory).
 #pragma warning disable ORLEANSEXP003   // experimental in Orleans 10
     silo.AddDistributedGrainDirectory();
 #pragma warning restore ORLEANSEXP003
+    silo.Services.AddOptions<GrainDirectoryOptions>().Configure<Microsoft.Extensions.Options.IOptions<ClusterMembershipOptions>>(
+        (directory, membership) => SiloSettings.ConfigureDirectory(directory, membership.Value));
     silo.AddClusterGrains(o => (o.DeviceThreads, o.Devices, o.KvSequences, o.KvBlockSize) =
         (settings.DeviceThreads, settings.Devices, settings.KvSequences, settings.KvBlockSize), o =>
     {

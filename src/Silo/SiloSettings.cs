@@ -10,7 +10,7 @@ namespace Cluster.Silo;
 public sealed record SiloSettings(
     string SiloName, int SiloPort, int GatewayPort, string? ClusteringProvider, System.Net.IPEndPoint PrimarySilo,
     string ModelId, ModelSource Model, string Layout, string[]? ShardSilos, bool ServeModel, int DeviceThreads, DeviceSpec[] Devices, int KvSequences, int KvBlockSize,
-    string[] ModelRoots)
+    string[] ModelRoots, TimeSpan JoinTimeout)
 {
     /// <summary>What the default model is served as: its source, layout and the silos its shards are pinned to.</summary>
     public ModelServing Serving => new(Model, Layout, ShardSilos);
@@ -41,7 +41,8 @@ public sealed record SiloSettings(
             Devices: DeviceSpec.ParseList(config["Cluster:Devices"] ?? "cpu"),   // a bad name stops the silo, saying what is accepted
             KvSequences: InRange(config.GetValue("Cluster:KvSequences", 8), 1, 4096, "Cluster:KvSequences"),
             KvBlockSize: InRange(config.GetValue("Cluster:KvBlockSize", 16), 1, 1024, "Cluster:KvBlockSize"),
-            ModelRoots: modelRoots);
+            ModelRoots: modelRoots,
+            JoinTimeout: TimeSpan.FromSeconds(InRange(config.GetValue("Cluster:Model:JoinTimeout", 120), 0, 86_400, "Cluster:Model:JoinTimeout")));
     }
 
     /// <summary>
@@ -60,6 +61,20 @@ public sealed record SiloSettings(
         membership.NumVotesForDeathDeclaration = 2;
         config.GetSection("Orleans:Membership").Bind(membership);
     }
+
+    /// <summary>
+    /// How long a dead silo's grains are held back after it is declared dead: 1 s. Orleans' distributed directory starts
+    /// the hold at the silo's estimated failure, the declaration less the failure-detection window (MaxProbeTimeout ×
+    /// NumMissedProbesLimit: 8 s × 3 with the settings above), and ends it RangeLeaseDuration later; its default of 30 s
+    /// held a killed scheduler's grain for 6 s after the declaration, all of which a stream waited. The margin is there for
+    /// a silo declared dead that is in fact alive (cut off, not killed) and still runs its activations until it learns of
+    /// the declaration: here a scheduler that lingers so yields to its successor (the shards take the newer epoch's steps,
+    /// and the gateway follows the scheduler's incarnation).
+    /// </summary>
+    public static readonly TimeSpan DeadSiloHold = TimeSpan.FromSeconds(1);
+
+    public static void ConfigureDirectory(GrainDirectoryOptions directory, ClusterMembershipOptions membership) =>
+        directory.RangeLeaseDuration = membership.MaxProbeTimeout * membership.NumMissedProbesLimit + DeadSiloHold;
 
     private static int InRange(int value, int min, int max, string key) =>
         value >= min && value <= max ? value : throw new ArgumentOutOfRangeException(key, value, $"{key} must be from {min} to {max}");

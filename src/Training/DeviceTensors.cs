@@ -1,9 +1,16 @@
-// A training shard's host tensors (parameters, gradients, LoRA adapters: what optimizers, collectives and checkpoints
-// read and write) as the device buffers its kernels use. On the CPU device they are the host arrays themselves
-// (CpuDevice.Wrap, no copy). On another device a parameter is uploaded once per version (ParametersChanged after an
-// optimizer step re-reads them all), and a gradient accumulates in a device buffer that FlushGradients adds into its
-// host array and zeroes: the step's transfers are its parameters in and its gradients out, not every kernel's operands.
-// Activations never leave the device but at a pipeline stage's edges.
+// A training shard's host tensors (parameters, gradients, LoRA adapters, AdamW's moments: what collectives and
+// checkpoints read and write) as the device buffers its kernels and its optimizer use. On the CPU device they are the
+// host arrays themselves (CpuDevice.Wrap, no copy), and every method here but the cache of packed weights is a no-op.
+// On another device the device holds the training state between steps:
+//   state (parameters and moments)  uploaded on first use; an optimizer step on the device makes the device's copies
+//                                   the newest (UpdatedOnDevice), and SyncToHost brings them down only when the host
+//                                   reads them (checkpoints, publishing, tests). The host changing them
+//                                   (HostChanged: a host optimizer, a restored checkpoint) drops the device's copies.
+//   gradients                       accumulate in device buffers; a gradient's value is its host array plus its device
+//                                   buffer. FlushGradients moves the device's part into the host array (collectives and
+//                                   host optimizers read it there), GradientsToDevice moves it all back.
+// So a step of a shard with its optimizer on the device moves only the batch in and the loss and gradient norm out;
+// collectives move what they must. Activations never leave the device but at a pipeline stage's edges.
 using Cluster.Compute;
 using Cluster.Compute.Cpu;
 
@@ -12,16 +19,20 @@ namespace Cluster.Training;
 internal sealed class DeviceTensors(IDevice device) : IDisposable
 {
     private readonly bool _host = device is CpuDevice;
-    private readonly Dictionary<float[], DeviceBuffer> _parameters = new(ReferenceEqualityComparer.Instance);
+    private readonly Dictionary<float[], DeviceBuffer> _state = new(ReferenceEqualityComparer.Instance);
     private readonly Dictionary<float[], DeviceBuffer> _gradients = new(ReferenceEqualityComparer.Instance);
     private readonly HashSet<float[]> _unflushed = new(ReferenceEqualityComparer.Instance);   // gradients handed out since the last flush
     private float[] _downloaded = [];   // a flushed gradient on its way to the host, reused
+    private bool _gradientsOnHost;      // some gradient was flushed since the gradients were zeroed
 
-    /// <summary>The parameter <paramref name="host"/> on the device.</summary>
-    public DeviceBuffer Parameter(float[] host)
+    /// <summary>Whether the device's copies of the state are newer than the host arrays (after an optimizer step on the device).</summary>
+    public bool DeviceIsNewer { get; private set; }
+
+    /// <summary>The parameter or optimizer moment <paramref name="host"/> on the device.</summary>
+    public DeviceBuffer State(float[] host)
     {
         if (_host) return CpuDevice.Wrap(host);
-        if (!_parameters.TryGetValue(host, out var buffer)) _parameters[host] = buffer = device.Upload(host);
+        if (!_state.TryGetValue(host, out var buffer)) _state[host] = buffer = device.Upload(host);
         return buffer;
     }
 
@@ -35,26 +46,43 @@ internal sealed class DeviceTensors(IDevice device) : IDisposable
         return buffer;
     }
 
-    /// <summary>Every parameter may have changed on the host (an optimizer step, a checkpoint restored): read them again.</summary>
-    public void ParametersChanged()
+    /// <summary>
+    /// The host changed the state (a host optimizer's step, a restored checkpoint, a test's edit): the device reads it
+    /// again. Call SyncToHost before changing host arrays whose device copies may be newer.
+    /// </summary>
+    public void HostChanged()
     {
+        if (DeviceIsNewer) throw new InvalidOperationException("the device holds newer parameters than the host: read them (SyncToHost) before changing them");
         device.ForgetPrepared();
-        foreach (var buffer in _parameters.Values) buffer.Dispose();
-        _parameters.Clear();
+        foreach (var buffer in _state.Values) buffer.Dispose();
+        _state.Clear();
     }
 
-    /// <summary>The host lets go of <paramref name="host"/> (ZeRO-3 dropping a layer, QLoRA its fp32 projections, ZeRO-2 a gradient).</summary>
-    public void Forget(float[] host)
+    /// <summary>An optimizer updated the state on the device: packed copies are stale, and the host's arrays until SyncToHost.</summary>
+    public void UpdatedOnDevice()
     {
-        if (host.Length == 0) return;
-        if (_host)
+        device.ForgetPrepared();
+        if (!_host) DeviceIsNewer = true;
+    }
+
+    /// <summary>Brings the device's newer state down into the host arrays, and every gradient's device part (FlushGradients).</summary>
+    public void SyncToHost()
+    {
+        if (DeviceIsNewer)
         {
-            device.ForgetPrepared(CpuDevice.Wrap(host));
-            return;
+            foreach (var (host, buffer) in _state) device.Download(buffer, host);
+            DeviceIsNewer = false;
         }
-        if (_parameters.Remove(host, out var parameter)) parameter.Dispose();
-        if (_gradients.Remove(host, out var gradient)) gradient.Dispose();
-        _unflushed.Remove(host);
+        FlushGradients();
+    }
+
+    /// <summary>Zeroes every gradient, on the host and on the device (no transfer).</summary>
+    public void ZeroGradients(IEnumerable<float[]> hosts)
+    {
+        foreach (var host in hosts) Array.Clear(host);
+        foreach (var (host, buffer) in _gradients) device.Zero(buffer, host.Length);
+        _unflushed.Clear();
+        _gradientsOnHost = false;
     }
 
     /// <summary>
@@ -71,14 +99,46 @@ internal sealed class DeviceTensors(IDevice device) : IDisposable
             device.Download(buffer, accumulated);
             System.Numerics.Tensors.TensorPrimitives.Add(host, accumulated, host);
             device.Zero(buffer, host.Length);
+            _gradientsOnHost = true;
         }
         _unflushed.Clear();
     }
 
+    /// <summary>
+    /// Puts each gradient's whole value on the device (an optimizer step on the device reads it there): a gradient
+    /// flushed to the host (and perhaps summed there by a collective) goes back up and its host array is zeroed.
+    /// </summary>
+    public void GradientsToDevice(IEnumerable<float[]> hosts)
+    {
+        if (_host || !_gradientsOnHost) return;
+        FlushGradients();
+        foreach (var host in hosts)
+        {
+            if (host.Length == 0) continue;
+            device.Write(Gradient(host)!, host);
+            Array.Clear(host);
+        }
+        _gradientsOnHost = false;
+    }
+
+    /// <summary>The host lets go of <paramref name="host"/> (ZeRO-3 dropping a layer, QLoRA its fp32 projections, ZeRO-2 a gradient).</summary>
+    public void Forget(float[] host)
+    {
+        if (host.Length == 0) return;
+        if (_host)
+        {
+            device.ForgetPrepared(CpuDevice.Wrap(host));
+            return;
+        }
+        if (_state.Remove(host, out var parameter)) parameter.Dispose();
+        if (_gradients.Remove(host, out var gradient)) gradient.Dispose();
+        _unflushed.Remove(host);
+    }
+
     public void Dispose()
     {
-        foreach (var buffer in _parameters.Values.Concat(_gradients.Values)) buffer.Dispose();
-        _parameters.Clear();
+        foreach (var buffer in _state.Values.Concat(_gradients.Values)) buffer.Dispose();
+        _state.Clear();
         _gradients.Clear();
         _unflushed.Clear();
     }

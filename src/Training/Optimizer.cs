@@ -1,6 +1,6 @@
 // The optimizer of a training run: AdamW over every parameter of a TrainableModel, the gradient clipped to a global
 // L2 norm first, and the learning rate from a linear warmup then cosine decay to a floor (nanoGPT's get_lr). The update
-// runs where the model's kernels run.
+// runs where the model's kernels run (TrainableModel.AdamWStep): on a GPU, parameters and moments stay there.
 namespace Cluster.Training;
 
 public sealed record OptimizerOptions
@@ -28,13 +28,16 @@ public sealed record OptimizerOptions
 
 public sealed class Optimizer(TrainableModel model, OptimizerOptions options)
 {
-    private readonly (float[] M, float[] V)[] _moments = [.. model.Parameters().Select(p => (new float[p.Parameter.Length], new float[p.Parameter.Length]))];
+    private readonly (float[] M, float[] V)[] _moments = [.. model.TrainedTensors().Select(p => (new float[p.Parameter.Length], new float[p.Parameter.Length]))];
 
     public OptimizerOptions Options => options;
     /// <summary>Steps taken so far.</summary>
     public int Step { get; private set; }
 
-    /// <summary>The first and second moments of each parameter, in <see cref="TrainableModel.Parameters"/> order.</summary>
+    /// <summary>
+    /// The first and second moments of each parameter, in <see cref="TrainableModel.Parameters"/> order. On a device
+    /// that is not the CPU they live there between steps: read them after Parameters(), which brings them down too.
+    /// </summary>
     internal IReadOnlyList<(float[] M, float[] V)> Moments => _moments;
 
     /// <summary>Continues from a checkpoint taken after <paramref name="step"/> steps (the moments are restored in place).</summary>
@@ -49,15 +52,7 @@ public sealed class Optimizer(TrainableModel model, OptimizerOptions options)
         Step++;
         float clip = options.ClipNorm > 0 && norm > options.ClipNorm ? options.ClipNorm / norm : 1f;
         float lr = options.LearningRateAt(Step);
-        int i = 0;
-        foreach (var slice in model.Parameters())
-        {
-            var (_, parameter, gradient) = slice;
-            if (clip != 1f) System.Numerics.Tensors.TensorPrimitives.Multiply(gradient, clip, gradient);
-            float decay = slice.IsMatrix ? options.WeightDecay : 0f;   // as nanoGPT: norms and biases are not decayed
-            Cluster.Compute.Cpu.AdamW.Update(model.HostPool, parameter, gradient, _moments[i].M, _moments[i].V, Step, lr, options.Beta1, options.Beta2, options.Eps, decay);
-            i++;
-        }
+        model.AdamWStep(_moments, Step, lr, clip, options);
         return (lr, norm);
     }
 }

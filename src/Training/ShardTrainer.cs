@@ -77,9 +77,9 @@ public sealed class ShardTrainer : IDisposable
         var tensors = model.Parameters().ToArray();
         int[][] buckets = zeroStage == 1
             ? [[.. Enumerable.Range(0, tensors.Length)]]
-            : [.. Enumerable.Range(0, tensors.Length).GroupBy(i => LayerOf(tensors[i].Name) ?? -1).OrderBy(g => g.Key < 0 ? int.MaxValue : g.Key).Select(g => g.ToArray())];
+            : [.. Enumerable.Range(0, tensors.Length).GroupBy(i => tensors[i].Layer ?? -1).OrderBy(g => g.Key < 0 ? int.MaxValue : g.Key).Select(g => g.ToArray())];
         _buckets = [.. buckets.Select(b => new Bucket(b, new ShardedOptimizer(b.Select(i => tensors[i]), options, groups.Data?.Rank ?? 0, groups.Data?.WorldSize ?? 1, model.HostPool), [],
-            LayerOf(tensors[b[0]].Name) is { } layer ? layer - model.Spec.Layers.Offset : -1))];
+            tensors[b[0]].Layer ?? -1))];
         if (zeroStage >= 2)
         {
             model.LayerGradientsDone = ReduceLayerGradients;
@@ -126,9 +126,6 @@ public sealed class ShardTrainer : IDisposable
         }
         return slices;
     }
-
-    /// <summary>The global layer index of a layer tensor ("layers.N.…"), else null.</summary>
-    private static int? LayerOf(string name) => name.StartsWith("layers.", StringComparison.Ordinal) ? int.Parse(name.Split('.')[1]) : null;
 
     public TrainableModel Model { get; }
 
@@ -233,13 +230,16 @@ public sealed class ShardTrainer : IDisposable
             Flatten(bucket.Tensors.Select(i => v[i])).AsSpan(optimizer.Offset, optimizer.Count).CopyTo(optimizer.V);
             optimizer.ResumeAt(step);
         }
-        if (_optimizer is null) return;
-        for (int i = 0; i < slices.Length; i++)
+        if (_optimizer is not null)
         {
-            m[i].CopyTo(_optimizer.Moments[i].M, 0);
-            v[i].CopyTo(_optimizer.Moments[i].V, 0);
+            for (int i = 0; i < slices.Length; i++)
+            {
+                m[i].CopyTo(_optimizer.Moments[i].M, 0);
+                v[i].CopyTo(_optimizer.Moments[i].V, 0);
+            }
+            _optimizer.ResumeAt(step);
         }
-        _optimizer.ResumeAt(step);
+        Model.HostStateChanged();   // the device reads the restored parameters and moments again
     }
 
     /// <summary>A stage's (forward?, micro-batch) operations in schedule order.</summary>
@@ -265,8 +265,7 @@ public sealed class ShardTrainer : IDisposable
     private void SumTiedEmbeddingGradient()
     {
         int last = (_groups.Pipeline?.WorldSize ?? 1) - 1;
-        if (Model.TiedEmbeddingGradient is { } embedding) AddPeerCopy(embedding, last);
-        else if (Model.TiedHeadGradient is { } head) AddPeerCopy(head, 0);
+        if (Model.TiedGradientOnHost() is { } gradient) AddPeerCopy(gradient, Model.HoldsTiedEmbedding ? last : 0);
 
         void AddPeerCopy(float[] gradient, int peer)
         {
@@ -286,8 +285,8 @@ public sealed class ShardTrainer : IDisposable
         _layerSums.Add((layer, gradient, _groups.Data!.AllReduce(gradient)));
     }
 
-    /// <summary>A layer's parameters (its index in this shard), in Parameters order.</summary>
-    private IEnumerable<ParameterSlice> LayerTensors(int layer) => Model.Parameters().Where(p => LayerOf(p.Name) == Model.Spec.Layers.Offset + layer);
+    /// <summary>A layer's parameters (its index in this shard), in Parameters order; the gradients as flushed to the host.</summary>
+    private IEnumerable<ParameterSlice> LayerTensors(int layer) => Model.TrainedTensors().Where(p => p.Layer == layer);
 
     private StepResult PlainStep(float lossShare)
     {
@@ -300,7 +299,8 @@ public sealed class ShardTrainer : IDisposable
             }
             var summed = _layerSums.Select(s => s.Layer).ToHashSet();
             _layerSums.Clear();
-            float[][] rest = [.. Model.Parameters().Where(p => LayerOf(p.Name) is not { } l || !summed.Contains(l - Model.Spec.Layers.Offset)).Select(p => p.Gradient)];
+            Model.FlushGradients();
+            float[][] rest = [.. Model.TrainedTensors().Where(p => p.Layer is not { } l || !summed.Contains(l)).Select(p => p.Gradient)];
             var flat = Flatten(rest);                                                        // embedding, final norm, head (after the tie sum)
             data.AllReduce(flat).GetAwaiter().GetResult();
             Unflatten(flat, rest);
@@ -313,7 +313,7 @@ public sealed class ShardTrainer : IDisposable
     /// <summary>ZeRO-2: a layer's backward of a micro-batch is done: reduce-scatter its gradient (not awaited) and drop the full one.</summary>
     private void ReduceLayerGradients(int layer)
     {
-        var tensors = Model.Parameters().ToArray();
+        var tensors = Model.TrainedTensors().ToArray();   // the layer's gradients were flushed for this call
         var bucket = _buckets.First(b => b.Layer == layer);
         var gradient = Flatten(bucket.Tensors.Select(i => tensors[i].Gradient));
         bucket.Reductions.Add(_groups.Data?.ReduceScatter(gradient) ?? Task.FromResult(gradient));

@@ -29,8 +29,9 @@ public sealed record TrainingSequence(int[] Tokens, int[] Targets, int[]? Docume
 /// A parameter of a shard by its logical identity: the whole model's tensor <paramref name="Name"/> of shape
 /// (Rows, Columns) (vectors: Columns = 1), of which this shard holds <paramref name="Range"/> along <paramref name="Axis"/>.
 /// <paramref name="Counted"/>: this shard is the one whose copy counts once in a global norm (replicated tensors count on one rank).
+/// <paramref name="Layer"/>: the decoder layer it belongs to, by its index in this shard; null outside the layers.
 /// </summary>
-public sealed record ParameterSlice(string Name, float[] Parameter, float[] Gradient, int Rows, int Columns, int Axis, Slice Range, bool Counted)
+public sealed record ParameterSlice(string Name, float[] Parameter, float[] Gradient, int Rows, int Columns, int Axis, Slice Range, bool Counted, int? Layer = null)
 {
     /// <summary>Elements of this slice (what Parameter holds, also while ZeRO-3 has dropped it).</summary>
     public int Length => Range.Count * (Axis == 0 ? Columns : Rows);
@@ -137,7 +138,8 @@ public sealed class TrainableModel : IDisposable
     private readonly LoraOptions? _lora;
     private readonly Dictionary<(int Layer, string Target), LoraAdapter> _adapters = [];   // by local layer
     private readonly float[] _frozenNormGradient;   // where a frozen norm's unused weight gradient goes
-    private readonly Nf4Tensor?[][] _quantized = [];  // QLoRA: per local layer, its projections (Parameters order: wq wk wv wo w1 w2 w3) in NF4
+    private readonly Nf4Tensor?[][] _quantized = [];
+    private readonly ShardWeights _gradients;         // ∂loss/∂parameter, same shapes as Weights (read them through Parameters)  // QLoRA: per local layer, its projections (Parameters order: wq wk wv wo w1 w2 w3) in NF4
 
     /// <summary>The whole model on one device.</summary>
     public TrainableModel(ModelConfig config, ModelWeights weights, int threads = 1)
@@ -168,7 +170,7 @@ public sealed class TrainableModel : IDisposable
         (_cq, _ckv, _hidden, _vocab) = (_heads * hd, _kvHeads * hd, spec.Hidden.Count, spec.Vocab.Count);
         _lora = lora;
         // A frozen base needs no gradients: its tensors get empty ones, which the products skip.
-        Gradients = ShardWeights.Map(weights, a => lora is null ? new float[a.Length] : []);
+        _gradients = ShardWeights.Map(weights, a => lora is null ? new float[a.Length] : []);
         _frozenNormGradient = new float[lora is null ? 0 : config.Dim];
         if (lora is not null)
             for (int l = 0; l < weights.Layers.Length; l++)
@@ -182,7 +184,7 @@ public sealed class TrainableModel : IDisposable
         // a copy whose gradient the trainer sums with the first stage's (TiedHeadGradient).
         bool sharedHead = config.TiedEmbeddings && spec.IsFirstStage && spec.IsLastStage;
         _head = sharedHead ? weights.TokenEmbedding : weights.Output;
-        _headGradient = sharedHead ? Gradients.TokenEmbedding : Gradients.Output;
+        _headGradient = sharedHead ? _gradients.TokenEmbedding : _gradients.Output;
         if (_mode.Device is not null && _mode.Precision == Precision.BFloat16) throw new ArgumentException("bf16 products run on the CPU device only", nameof(mode));
         _ownsDevice = _mode.Device is null;
         _device = _mode.Device ?? new CpuDevice(threads, bfloat16Linear: _mode.Precision == Precision.BFloat16);
@@ -212,7 +214,7 @@ public sealed class TrainableModel : IDisposable
     public long WorkspaceBytes => _buffers.Bytes;
 
     /// <summary>Bytes of the trained parameters and their gradients as they are now (ZeRO-3 and ZeRO-2 hold only a slice between uses).</summary>
-    public long ParameterAndGradientBytes() => Parameters().Sum(p => (long)(p.Parameter.Length + p.Gradient.Length) * sizeof(float));
+    public long ParameterAndGradientBytes() => TrainedTensors().Sum(p => (long)(p.Parameter.Length + p.Gradient.Length) * sizeof(float));
 
     /// <summary>Where this shard's kernels run.</summary>
     public IDevice Device => _device;
@@ -220,13 +222,25 @@ public sealed class TrainableModel : IDisposable
     public WorkerPool HostPool => _ownHostPool ?? ((CpuDevice)_device).Pool;
     /// <summary>The parameters, updated in place by an optimizer.</summary>
     public ShardWeights Weights { get; }
-    /// <summary>∂loss/∂parameter, same shapes as <see cref="Weights"/>.</summary>
-    public ShardWeights Gradients { get; }
 
     /// <summary>The head's gradient when it is a tied copy of the first stage's embedding (sum it with that stage's), else null.</summary>
-    public float[]? TiedHeadGradient => Config.TiedEmbeddings && Spec.IsLastStage && !Spec.IsFirstStage && _lora is null ? _headGradient : null;
+    private float[]? TiedHeadGradient => Config.TiedEmbeddings && Spec.IsLastStage && !Spec.IsFirstStage && _lora is null ? _headGradient : null;
     /// <summary>The embedding's gradient that a last stage's tied head copy sums with (first stage of a pipeline with a tied head), else null.</summary>
-    public float[]? TiedEmbeddingGradient => Config.TiedEmbeddings && Spec.IsFirstStage && !Spec.IsLastStage && _lora is null ? Gradients.TokenEmbedding : null;
+    private float[]? TiedEmbeddingGradient => Config.TiedEmbeddings && Spec.IsFirstStage && !Spec.IsLastStage && _lora is null ? _gradients.TokenEmbedding : null;
+
+    /// <summary>
+    /// The gradient a pipeline's two copies of a tied embedding sum (the first stage's embedding, the last stage's head),
+    /// whole on the host; null on other stages.
+    /// </summary>
+    internal float[]? TiedGradientOnHost()
+    {
+        if ((TiedEmbeddingGradient ?? TiedHeadGradient) is not { } gradient) return null;
+        _tensors.FlushGradients();
+        return gradient;
+    }
+
+    /// <summary>Which end of a pipeline's tied embedding this stage holds (its peer is the other end).</summary>
+    internal bool HoldsTiedEmbedding => TiedEmbeddingGradient is not null;
 
     private static readonly string[] LoraTargets = ["wq", "wk", "wv", "wo", "w1", "w2", "w3"];
 
@@ -293,7 +307,7 @@ public sealed class TrainableModel : IDisposable
         : Weights.Layers.Sum(l => new[] { l.Wq, l.Wk, l.Wv, l.Wo, l.W1, l.W2, l.W3 }.Sum(w => (long)(w?.Length ?? 0) * sizeof(float)));
 
     /// <summary>Lets go of layer <paramref name="l"/>'s gradient tensors; its next backward starts from new zeroed ones (ZeRO-2).</summary>
-    internal void ReleaseLayerGradients(int l) => Gradients.Layers[l] = ShardWeights.MapLayer(Gradients.Layers[l], g =>
+    internal void ReleaseLayerGradients(int l) => _gradients.Layers[l] = ShardWeights.MapLayer(_gradients.Layers[l], g =>
     {
         _tensors.Forget(g);
         return [];
@@ -302,9 +316,9 @@ public sealed class TrainableModel : IDisposable
     /// <summary>Layer <paramref name="l"/>'s gradients, allocated (zeroed) again when ZeRO-2 released them.</summary>
     private LayerWeights LayerGradients(int l)
     {
-        if (_lora is null && Gradients.Layers[l].Wq.Length == 0)
-            Gradients.Layers[l] = ShardWeights.MapLayer(Weights.Layers[l], a => new float[a.Length]);
-        return Gradients.Layers[l];
+        if (_lora is null && _gradients.Layers[l].Wq.Length == 0)
+            _gradients.Layers[l] = ShardWeights.MapLayer(Weights.Layers[l], a => new float[a.Length]);
+        return _gradients.Layers[l];
     }
 
     /// <summary>Whether this shard trains LoRA adapters on a frozen base.</summary>
@@ -312,17 +326,28 @@ public sealed class TrainableModel : IDisposable
 
     /// <summary>
     /// Every trained parameter of this shard by its logical identity, in a fixed order (optimizers, clipping,
-    /// checkpoints): with LoRA, the adapters only ("layers.N.wq.lora_a" (r, K), "….lora_b" (N, r)).
+    /// checkpoints): with LoRA, the adapters only ("layers.N.wq.lora_a" (r, K), "….lora_b" (N, r)). The host arrays
+    /// hold the newest values: what the device holds newer (after an optimizer step there) comes down first.
     /// </summary>
     public IEnumerable<ParameterSlice> Parameters()
+    {
+        _tensors.SyncToHost();
+        return TrainedTensors();
+    }
+
+    /// <summary>
+    /// As Parameters, without bringing anything down from the device: the host arrays of a device that is not the CPU
+    /// may be stale (the trainer's own bookkeeping, and gradients it flushed itself).
+    /// </summary>
+    internal IEnumerable<ParameterSlice> TrainedTensors()
     {
         if (_lora is not null)
         {
             foreach (var ((layer, target), adapter) in _adapters.OrderBy(a => a.Key.Layer).ThenBy(a => Array.IndexOf(LoraTargets, a.Key.Target)))
             {
                 string name = $"layers.{Spec.Layers.Offset + layer}.{target}.";
-                yield return new ParameterSlice(name + "lora_a", adapter.A, adapter.GradA, _lora.Rank, adapter.K, 0, new Slice(0, _lora.Rank), true);
-                yield return new ParameterSlice(name + "lora_b", adapter.B, adapter.GradB, adapter.N, _lora.Rank, 0, new Slice(0, adapter.N), true);
+                yield return new ParameterSlice(name + "lora_a", adapter.A, adapter.GradA, _lora.Rank, adapter.K, 0, new Slice(0, _lora.Rank), true, layer);
+                yield return new ParameterSlice(name + "lora_b", adapter.B, adapter.GradB, adapter.N, _lora.Rank, 0, new Slice(0, adapter.N), true, layer);
             }
             yield break;
         }
@@ -338,13 +363,15 @@ public sealed class TrainableModel : IDisposable
 
         var all = new List<ParameterSlice?>();
         if (Spec.IsFirstStage)
-            all.AddRange([Split("token_embedding", Weights.TokenEmbedding, Gradients.TokenEmbedding, c.VocabSize, C, 0, Spec.Vocab),
-                Whole("position_embedding", Weights.PositionEmbedding, Gradients.PositionEmbedding, c.MaxSeqLen, C)]);
+            all.AddRange([Split("token_embedding", Weights.TokenEmbedding, _gradients.TokenEmbedding, c.VocabSize, C, 0, Spec.Vocab),
+                Whole("position_embedding", Weights.PositionEmbedding, _gradients.PositionEmbedding, c.MaxSeqLen, C)]);
         for (int i = 0; i < Weights.Layers.Length; i++)
         {
-            LayerWeights w = Weights.Layers[i], g = Gradients.Layers[i];
+            LayerWeights w = Weights.Layers[i], g = _gradients.Layers[i];
             string p = $"layers.{Spec.Layers.Offset + i}.";
-            all.AddRange([
+            int layer = i;
+            all.AddRange(new[]
+            {
                 Whole(p + "attn_norm", w.AttnNorm, g.AttnNorm, C), Whole(p + "attn_norm.bias", w.AttnNormBias, g.AttnNormBias, C),
                 Split(p + "wq", w.Wq, g.Wq, C, C, 0, q), Split(p + "bq", w.Bq, g.Bq, C, 1, 0, q),
                 Split(p + "wk", w.Wk, g.Wk, c.KvDim, C, 0, kv), Split(p + "bk", w.Bk, g.Bk, c.KvDim, 1, 0, kv),
@@ -354,11 +381,11 @@ public sealed class TrainableModel : IDisposable
                 Split(p + "w1", w.W1, g.W1, c.HiddenDim, C, 0, Spec.Hidden), Split(p + "b1", w.B1, g.B1, c.HiddenDim, 1, 0, Spec.Hidden),
                 Split(p + "w2", w.W2, g.W2, C, c.HiddenDim, 1, Spec.Hidden), Whole(p + "b2", w.B2, g.B2, C),
                 Split(p + "w3", w.W3, g.W3, c.HiddenDim, C, 0, Spec.Hidden),
-            ]);
+            }.Select(t => t is null ? null : t with { Layer = layer }));
         }
         if (Spec.IsLastStage)
         {
-            all.AddRange([Whole("final_norm", Weights.FinalNorm, Gradients.FinalNorm, C), Whole("final_norm.bias", Weights.FinalNormBias, Gradients.FinalNormBias, C)]);
+            all.AddRange([Whole("final_norm", Weights.FinalNorm, _gradients.FinalNorm, C), Whole("final_norm.bias", Weights.FinalNormBias, _gradients.FinalNormBias, C)]);
             if (!ReferenceEquals(_head, Weights.TokenEmbedding))
                 all.Add(TiedHeadGradient is not null
                     ? new ParameterSlice("token_embedding", _head!, _headGradient!, c.VocabSize, C, 0, Spec.Vocab, false)   // the first stage's counts
@@ -369,20 +396,77 @@ public sealed class TrainableModel : IDisposable
     }
 
     /// <summary>This shard's LoRA adapters by global layer, as PEFT saves them.</summary>
-    public IEnumerable<Cluster.Model.Formats.LoraTensors> Adapters() =>
-        _adapters.OrderBy(a => a.Key.Layer).ThenBy(a => Array.IndexOf(LoraTargets, a.Key.Target))
-            .Select(a => new Cluster.Model.Formats.LoraTensors(Spec.Layers.Offset + a.Key.Layer, a.Key.Target, a.Value.A, a.Value.B));
-
-    /// <summary>Begins a step: clears the gradients and forgets weight layouts packed before an optimizer changed them.</summary>
-    public void ZeroGradients()
+    public IEnumerable<Cluster.Model.Formats.LoraTensors> Adapters()
     {
-        _tensors.ParametersChanged();
-        foreach (var (_, _, gradient) in Parameters()) Array.Clear(gradient);
+        _tensors.SyncToHost();
+        return _adapters.OrderBy(a => a.Key.Layer).ThenBy(a => Array.IndexOf(LoraTargets, a.Key.Target))
+            .Select(a => new Cluster.Model.Formats.LoraTensors(Spec.Layers.Offset + a.Key.Layer, a.Key.Target, a.Value.A, a.Value.B));
     }
 
-    /// <summary>Σ gradient² over the parameters this shard counts (see ParameterSlice.Counted).</summary>
-    public double CountedGradientSquares() =>
-        Parameters().Where(p => p.Counted).Sum(p => (double)System.Numerics.Tensors.TensorPrimitives.SumOfSquares(p.Gradient));
+    /// <summary>Begins a step: clears the gradients (on the device too), and takes up parameters the host changed.</summary>
+    public void ZeroGradients()
+    {
+        ReadHostChanges();
+        _tensors.ZeroGradients(TrainedTensors().Select(p => p.Gradient));
+    }
+
+    /// <summary>
+    /// Parameters may have changed on the host since they went to the device (a host optimizer's step, a restored
+    /// checkpoint, a test's edit): the device reads them again, and packed layouts are rebuilt. Not when the device
+    /// holds the newest parameters itself (its own optimizer's step): the host has not seen them, so cannot have
+    /// changed them.
+    /// </summary>
+    private void ReadHostChanges()
+    {
+        if (!_tensors.DeviceIsNewer) _tensors.HostChanged();
+    }
+
+    /// <summary>The host changed parameters or optimizer moments (a checkpoint restored, a host optimizer's step): the device reads them again.</summary>
+    internal void HostStateChanged() => _tensors.HostChanged();
+
+    /// <summary>Moves every gradient's device part into its host array (collectives read them there).</summary>
+    internal void FlushGradients() => _tensors.FlushGradients();
+
+    /// <summary>
+    /// Σ gradient² over the parameters this shard counts (see ParameterSlice.Counted), computed where the gradients
+    /// are: one sum per tensor on the device, one download of the sums.
+    /// </summary>
+    public double CountedGradientSquares()
+    {
+        var tensors = TrainedTensors().ToArray();
+        _tensors.GradientsToDevice(tensors.Select(p => p.Gradient));
+        var counted = tensors.Where(p => p.Counted && p.Gradient.Length > 0).ToArray();
+        if (counted.Length == 0) return 0;
+        var sums = _buffers.Rent(counted.Length);
+        for (int i = 0; i < counted.Length; i++) _device.SumOfSquares(_tensors.Gradient(counted[i].Gradient)!, counted[i].Gradient.Length, sums, i);
+        var host = new float[counted.Length];
+        _device.Download(sums, host);
+        _buffers.Return(sums);
+        return host.Sum(square => (double)square);
+    }
+
+    /// <summary>
+    /// One AdamW step (AdamW's arithmetic, Cpu/AdamW) of every trained tensor, on the device: gradients scaled by
+    /// <paramref name="clip"/> first, weight decay on matrices only (nanoGPT: norms and biases are not decayed).
+    /// <paramref name="moments"/> are (M, V) per tensor in TrainedTensors order, host arrays the device keeps as it
+    /// keeps parameters.
+    /// </summary>
+    internal void AdamWStep(IReadOnlyList<(float[] M, float[] V)> moments, int step, float learningRate, float clip, OptimizerOptions options)
+    {
+        var tensors = TrainedTensors().ToArray();
+        if (tensors.Length != moments.Count) throw new ArgumentException($"{moments.Count} moment pairs for {tensors.Length} tensors", nameof(moments));
+        _tensors.GradientsToDevice(tensors.Select(p => p.Gradient));
+        for (int i = 0; i < tensors.Length; i++)
+        {
+            var p = tensors[i];
+            int n = p.Parameter.Length;
+            var gradient = _tensors.Gradient(p.Gradient)!;
+            if (clip != 1f) _device.Scale(gradient, clip, n);
+            _device.AdamW(_tensors.State(p.Parameter), gradient, _tensors.State(moments[i].M), _tensors.State(moments[i].V), n,
+                step, learningRate, options.Beta1, options.Beta2, options.Eps, p.IsMatrix ? options.WeightDecay : 0f);
+        }
+        _tensors.UpdatedOnDevice();
+    }
 
     /// <summary>
     /// Forward and backward of a whole model over a batch: returns the mean cross-entropy over every counted target of
@@ -393,7 +477,7 @@ public sealed class TrainableModel : IDisposable
     {
         if (!Spec.IsFirstStage || !Spec.IsLastStage) throw new InvalidOperationException($"shard {Spec} is one stage of a pipeline: run it with a PipelineTrainer");
         if (batch.All(s => s.CountedTargets == 0)) throw new ArgumentException("the batch has no counted targets", nameof(batch));
-        _tensors.ParametersChanged();   // an optimizer may have changed the weights since the last call
+        ReadHostChanges();   // a host optimizer or the caller may have changed the weights since the last call
         var activations = Forward(batch);
         return Backward(activations, null, 1f).Loss;
     }
@@ -402,7 +486,7 @@ public sealed class TrainableModel : IDisposable
     public float[] Logits(int[] tokens, int[]? documents = null)
     {
         if (!Spec.IsLastStage) throw new InvalidOperationException($"shard {Spec} has no LM head: only the last stage gives logits");
-        _tensors.ParametersChanged();
+        ReadHostChanges();
         using var activations = Forward([new TrainingSequence(tokens, new int[tokens.Length], documents)]);
         var logits = new float[tokens.Length * Config.VocabSize];
         _device.Download(activations.Logits!, logits);
@@ -467,7 +551,7 @@ public sealed class TrainableModel : IDisposable
         a.FinalNormed = NormalizeRows(a, x, Weights.FinalNorm!, Weights.FinalNormBias, T);   // (T, C)
         CopyToRegion.Forward(_device, a.FinalNormed, T * C, _tensorGroup);                   // into the vocab-parallel head
         a.LocalLogits = a.Rent(T * _vocab);                                                  // (T, Vl)
-        _device.Linear(a.FinalNormed, _tensors.Parameter(_head!), a.LocalLogits, T, _vocab, C);
+        _device.Linear(a.FinalNormed, _tensors.State(_head!), a.LocalLogits, T, _vocab, C);
         a.Logits = GatherFromRegion.Forward(_device, a.LocalLogits, T, c.VocabSize, _tensorGroup);   // (T, V)
         return a;
     }
@@ -493,7 +577,7 @@ public sealed class TrainableModel : IDisposable
             LayerVector.FfnNorm => _w.FfnNorm, LayerVector.FfnNormBias => _w.FfnNormBias,
             LayerVector.WoBias => _w.Bo, LayerVector.W2Bias => _w.B2,
             _ => throw new ArgumentOutOfRangeException(nameof(which)),
-        }) is { } host ? model._tensors.Parameter(host) : null;
+        }) is { } host ? model._tensors.State(host) : null;
 
         public void Project(LayerProjection which, DeviceBuffer x, DeviceBuffer y, int tokens)
         {
@@ -534,7 +618,7 @@ public sealed class TrainableModel : IDisposable
     /// <summary>
     /// This stage's backward of a micro-batch: the last stage starts from the cross-entropy of its logits, scaled by
     /// <paramref name="lossScale"/> (the micro-batch's share of the global mean); other stages from the next stage's
-    /// <paramref name="outputGradient"/> (T, C). Adds to <see cref="Gradients"/>; returns the loss (last stage, unscaled)
+    /// <paramref name="outputGradient"/> (T, C). Adds to the gradients; returns the loss (last stage, unscaled)
     /// and ∂L/∂input (T, C) for the previous stage (null on the first). The activations go back to the pool.
     /// </summary>
     public (float Loss, float[]? InputGradient) Backward(StageActivations a, float[]? outputGradient, float lossScale)
@@ -571,10 +655,10 @@ public sealed class TrainableModel : IDisposable
             if (lossScale != 1f) _device.Scale(dlogits, lossScale, T * V);
             var dFinalNormed = Temporary(T * C);
             var dLocalLogits = GatherFromRegion.Backward(_device, dlogits, T, V, _tensorGroup);   // (T, Vl) this rank's columns
-            _device.LinearBackward(a.FinalNormed!, _tensors.Parameter(_head!), dLocalLogits, dFinalNormed, _tensors.Gradient(_headGradient!), null, T, _vocab, C);
+            _device.LinearBackward(a.FinalNormed!, _tensors.State(_head!), dLocalLogits, dFinalNormed, _tensors.Gradient(_headGradient!), null, T, _vocab, C);
             if (!ReferenceEquals(dLocalLogits, dlogits)) dLocalLogits.Dispose();
             CopyToRegion.Backward(_device, dFinalNormed, T * C, _tensorGroup);               // (T, C) the head's input gradient, summed over ranks
-            NormalizeRowsBackward(a.X!, Weights.FinalNorm!, dFinalNormed, dx, Gradients.FinalNorm!, Gradients.FinalNormBias, T);
+            NormalizeRowsBackward(a.X!, Weights.FinalNorm!, dFinalNormed, dx, _gradients.FinalNorm!, _gradients.FinalNormBias, T);
         }
         bool llama = c.Architecture == Architecture.Llama;
         for (int l = Weights.Layers.Length - 1; l >= 0; l--)
@@ -644,20 +728,19 @@ public sealed class TrainableModel : IDisposable
             ReduceFromRegion.Backward(_device, dx, T * C, _tensorGroup);                     // (T, C) the summed embedding's gradient
             var vocab = Spec.Vocab;
             int[] rows = [.. a.Tokens.Select(token => token >= vocab.Offset && token < vocab.End ? token - vocab.Offset : -1)];   // vocab-parallel: this rank's rows only
-            _device.EmbeddingBackward(rows, dx, _tensors.Gradient(Gradients.TokenEmbedding!)!, C);
-            if (Gradients.PositionEmbedding is { } dPositions) _device.EmbeddingBackward(a.Positions, dx, _tensors.Gradient(dPositions)!, C);
+            _device.EmbeddingBackward(rows, dx, _tensors.Gradient(_gradients.TokenEmbedding!)!, C);
+            if (_gradients.PositionEmbedding is { } dPositions) _device.EmbeddingBackward(a.Positions, dx, _tensors.Gradient(dPositions)!, C);
         }
         _buffers.Return(dx);
         foreach (var buffer in temporaries) _buffers.Return(buffer);
-        _tensors.FlushGradients();
-        a.Dispose();
+        a.Dispose();   // the gradients stay on the device until a collective, an optimizer or a reader needs them
         return (loss, inputGradient);
     }
 
     /// <summary>y (T, n) = x (T, k)·Wᵀ (+ b), plus the LoRA update (α/r)·drop(x)·Aᵀ·Bᵀ when this projection is adapted.</summary>
     private void Project(StageActivations a, int layer, string target, DeviceBuffer x, float[] w, float[]? b, DeviceBuffer y, int T, int n, int k)
     {
-        _device.Linear(x, _tensors.Parameter(w), y, T, n, k);
+        _device.Linear(x, _tensors.State(w), y, T, n, k);
         AddBias(y, b, T);
         if (!_adapters.TryGetValue((layer, target), out var adapter)) return;
         var input = x;                                                                       // (T, k)
@@ -671,9 +754,9 @@ public sealed class TrainableModel : IDisposable
             _device.Multiply(input, mask, T * k);
         }
         var low = a.Rent(T * _lora!.Rank);                                                   // (T, r) = drop(x)·Aᵀ
-        _device.Linear(input, _tensors.Parameter(adapter.A), low, T, _lora.Rank, k);
+        _device.Linear(input, _tensors.State(adapter.A), low, T, _lora.Rank, k);
         var update = a.Rent(T * n);                                                          // (T, n) = low·Bᵀ
-        _device.Linear(low, _tensors.Parameter(adapter.B), update, T, n, _lora.Rank);
+        _device.Linear(low, _tensors.State(adapter.B), update, T, n, _lora.Rank);
         _device.AddScaled(y, update, _lora.Scale, T * n);
         _buffers.Return(update);
         a.Lora[(layer, target)] = (input, low, mask);
@@ -683,7 +766,7 @@ public sealed class TrainableModel : IDisposable
     private void ProjectBackward(StageActivations a, int layer, string target, DeviceBuffer x, float[] w, DeviceBuffer dy, DeviceBuffer dx, float[] dw, float[]? db,
         int T, int n, int k, Func<int, bool, DeviceBuffer> temporary)
     {
-        _device.LinearBackward(x, _tensors.Parameter(w), dy, dx, _tensors.Gradient(dw), db is null ? null : _tensors.Gradient(db), T, n, k);
+        _device.LinearBackward(x, _tensors.State(w), dy, dx, _tensors.Gradient(dw), db is null ? null : _tensors.Gradient(db), T, n, k);
         if (!_adapters.TryGetValue((layer, target), out var adapter)) return;
         var (input, low, mask) = a.Lora[(layer, target)];
         int r = _lora!.Rank;
@@ -691,9 +774,9 @@ public sealed class TrainableModel : IDisposable
         _device.Copy(dy, scaled, T * n);
         _device.Scale(scaled, _lora.Scale, T * n);
         var dLow = temporary(T * r, true);                                                   // (T, r)
-        _device.LinearBackward(low, _tensors.Parameter(adapter.B), scaled, dLow, _tensors.Gradient(adapter.GradB), null, T, n, r);
+        _device.LinearBackward(low, _tensors.State(adapter.B), scaled, dLow, _tensors.Gradient(adapter.GradB), null, T, n, r);
         var dInput = temporary(T * k, true);                                                 // (T, k)
-        _device.LinearBackward(input, _tensors.Parameter(adapter.A), dLow, dInput, _tensors.Gradient(adapter.GradA), null, T, r, k);
+        _device.LinearBackward(input, _tensors.State(adapter.A), dLow, dInput, _tensors.Gradient(adapter.GradA), null, T, r, k);
         if (mask is not null) _device.Multiply(dInput, mask, T * k);
         _device.Add(dx, dInput, T * k);
     }
@@ -716,16 +799,16 @@ public sealed class TrainableModel : IDisposable
         var vocab = Spec.Vocab;
         int[] rows = [.. a.Tokens.Select(token => token >= vocab.Offset && token < vocab.End ? token - vocab.Offset : -1)];   // −1: another rank's row, zeros here
         var x = a.Rent(T * C);
-        _device.Embedding(_tensors.Parameter(Weights.TokenEmbedding!), rows, x, C);
+        _device.Embedding(_tensors.State(Weights.TokenEmbedding!), rows, x, C);
         ReduceFromRegion.Forward(_device, x, T * C, _tensorGroup);                           // (T, C) vocab-parallel: the ranks' rows summed
         if (Weights.PositionEmbedding is { } learned)                                        // GPT-2: learned positions
-            _device.AddEmbedding(x, _tensors.Parameter(learned), a.Positions, C);
+            _device.AddEmbedding(x, _tensors.State(learned), a.Positions, C);
         return x;
     }
 
     private void AddBias(DeviceBuffer y, float[]? bias, int rows)
     {
-        if (bias is not null) _device.AddBias(y, _tensors.Parameter(bias), rows, bias.Length);
+        if (bias is not null) _device.AddBias(y, _tensors.State(bias), rows, bias.Length);
     }
 
     /// <summary>Positions restart at 0 with each document (llama-style packing), else run 0..T-1.</summary>
@@ -741,7 +824,7 @@ public sealed class TrainableModel : IDisposable
     private DeviceBuffer NormalizeRows(StageActivations a, DeviceBuffer x, float[] weight, float[]? bias, int rows)
     {
         var y = a.Rent(rows * Config.Dim);
-        DecoderLayer.Normalize(_device, Config, x, _tensors.Parameter(weight), bias is null ? null : _tensors.Parameter(bias), y, rows);
+        DecoderLayer.Normalize(_device, Config, x, _tensors.State(weight), bias is null ? null : _tensors.State(bias), y, rows);
         return y;
     }
 
@@ -749,7 +832,7 @@ public sealed class TrainableModel : IDisposable
     {
         int C = Config.Dim;
         if (dWeight.Length == 0) (dWeight, dBias) = (_frozenNormGradient, dBias is null ? null : _frozenNormGradient);   // frozen: the weight's gradient is not kept
-        if (dBias is null) _device.RmsNormBackward(x, _tensors.Parameter(weight), dy, dx, _tensors.Gradient(dWeight)!, rows, C, Config.NormEps);
-        else _device.LayerNormBackward(x, _tensors.Parameter(weight), dy, dx, _tensors.Gradient(dWeight)!, _tensors.Gradient(dBias)!, rows, C, Config.NormEps);
+        if (dBias is null) _device.RmsNormBackward(x, _tensors.State(weight), dy, dx, _tensors.Gradient(dWeight)!, rows, C, Config.NormEps);
+        else _device.LayerNormBackward(x, _tensors.State(weight), dy, dx, _tensors.Gradient(dWeight)!, _tensors.Gradient(dBias)!, rows, C, Config.NormEps);
     }
 }

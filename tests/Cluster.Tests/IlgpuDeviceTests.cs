@@ -46,6 +46,26 @@ public sealed class IlgpuDeviceTests(IlgpuCpuFixture devices) : IClassFixture<Il
         });
     }
 
+    [Theory]
+    [InlineData(0)]
+    [InlineData(1)]
+    [InlineData(300)]
+    [InlineData(100_003)]   // 49 groups in the first pass
+    [InlineData(1_000_000)] // more elements than the largest grid covers at 8 per thread
+    public void SumOfSquares(int n)
+    {
+        var random = new Random(n);
+        float[] x = Values(random, n + 7);   // the last 7 are not summed
+        double expected = x.Take(n).Sum(v => (double)v * v);
+        using var xb = devices.Ilgpu.Upload(x);
+        using var sums = devices.Ilgpu.Upload([-1f, -1f, -1f]);
+        devices.Ilgpu.SumOfSquares(xb, n, sums, 1);
+        float[] result = Read(devices.Ilgpu, sums);
+        Assert.Equal(-1f, result[0]);
+        Assert.Equal(-1f, result[2]);
+        Assert.True(Math.Abs(result[1] - expected) <= 1e-5 * Math.Max(1, expected), $"{result[1]} against {expected}");
+    }
+
     [Fact]
     public void AddBiasAndAdd()
     {

@@ -59,10 +59,22 @@ public static class Attention
         ref float ra = ref MemoryMarshal.GetReference(a);
         ref float rb = ref MemoryMarshal.GetReference(b);
         int i = 0;
-        var sum = Vector512<float>.Zero;
-        for (; i + 16 <= a.Length; i += 16)
-            sum = Vector512.FusedMultiplyAdd(Vector512.LoadUnsafe(ref ra, (nuint)i), Vector512.LoadUnsafe(ref rb, (nuint)i), sum);
-        float result = Vector512.Sum(sum);
+        float result;
+        // Vector512 where the CPU has it; elsewhere Vector256 (Vector512's software fallback is many times slower).
+        if (Vector512.IsHardwareAccelerated)
+        {
+            var sum = Vector512<float>.Zero;
+            for (; i + 16 <= a.Length; i += 16)
+                sum = Vector512.FusedMultiplyAdd(Vector512.LoadUnsafe(ref ra, (nuint)i), Vector512.LoadUnsafe(ref rb, (nuint)i), sum);
+            result = Vector512.Sum(sum);
+        }
+        else
+        {
+            var sum = Vector256<float>.Zero;
+            for (; i + 8 <= a.Length; i += 8)
+                sum = Vector256.FusedMultiplyAdd(Vector256.LoadUnsafe(ref ra, (nuint)i), Vector256.LoadUnsafe(ref rb, (nuint)i), sum);
+            result = Vector256.Sum(sum);
+        }
         for (; i < a.Length; i++) result += a[i] * b[i];
         return result;
     }
@@ -73,10 +85,19 @@ public static class Attention
     {
         ref float rv = ref MemoryMarshal.GetReference(v);
         ref float racc = ref MemoryMarshal.GetReference(acc);
-        var scale = Vector512.Create(p);
         int i = 0;
-        for (; i + 16 <= v.Length; i += 16)
-            Vector512.FusedMultiplyAdd(Vector512.LoadUnsafe(ref rv, (nuint)i), scale, Vector512.LoadUnsafe(ref racc, (nuint)i)).StoreUnsafe(ref racc, (nuint)i);
+        if (Vector512.IsHardwareAccelerated)
+        {
+            var scale = Vector512.Create(p);
+            for (; i + 16 <= v.Length; i += 16)
+                Vector512.FusedMultiplyAdd(Vector512.LoadUnsafe(ref rv, (nuint)i), scale, Vector512.LoadUnsafe(ref racc, (nuint)i)).StoreUnsafe(ref racc, (nuint)i);
+        }
+        else
+        {
+            var scale = Vector256.Create(p);
+            for (; i + 8 <= v.Length; i += 8)
+                Vector256.FusedMultiplyAdd(Vector256.LoadUnsafe(ref rv, (nuint)i), scale, Vector256.LoadUnsafe(ref racc, (nuint)i)).StoreUnsafe(ref racc, (nuint)i);
+        }
         for (; i < v.Length; i++) acc[i] += v[i] * p;
     }
 }

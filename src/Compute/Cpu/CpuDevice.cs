@@ -242,8 +242,15 @@ public sealed unsafe class CpuDevice : IDevice
 
     public void AdamW(DeviceBuffer parameters, DeviceBuffer gradients, DeviceBuffer m, DeviceBuffer v, int n,
         int step, float learningRate, float beta1, float beta2, float eps, float weightDecay) =>
-        Cluster.Compute.Cpu.AdamW.Update(Cpu(parameters).Data.AsSpan(0, n), Cpu(gradients).Data.AsSpan(0, n), Cpu(m).Data.AsSpan(0, n), Cpu(v).Data.AsSpan(0, n),
+        Cluster.Compute.Cpu.AdamW.Update(Pool, Cpu(parameters).Data.AsSpan(0, n), Cpu(gradients).Data.AsSpan(0, n), Cpu(m).Data.AsSpan(0, n), Cpu(v).Data.AsSpan(0, n),
             step, learningRate, beta1, beta2, eps, weightDecay);
+
+    public void SumOfSquares(DeviceBuffer x, int n, DeviceBuffer sums, int at)
+    {
+        DeviceArguments.CheckLength(x, n, nameof(x));
+        DeviceArguments.CheckLength(sums, (long)at + 1, nameof(sums));
+        Cpu(sums).Data[at] = TensorPrimitives.SumOfSquares(Cpu(x).Data.AsSpan(0, n));
+    }
 
     public void RmsNorm(DeviceBuffer x, DeviceBuffer weight, DeviceBuffer y, int rows, int dim, float eps)
     {

@@ -7,7 +7,8 @@
 //   then kc block (KC deep, the B slice KC×32 stays in L1) → 6-row block → micro-kernel 6×32
 //   (12 zmm accumulators, AVX-512 FMA).
 // Without AVX-512 the same loops run a 6×16 Vector256 micro-kernel twice per panel (AVX2; on hardware
-// without 256-bit SIMD the runtime lowers Vector256 to Vector128 pairs).
+// without 256-bit SIMD the runtime lowers Vector256 to Vector128 pairs). Decode (M = 1) skips the row packing and
+// the 6-row tiles: a GEMV per panel (AVX-512, or AVX2 with FMA).
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
@@ -22,6 +23,7 @@ public static unsafe class Gemm
     private const int KC = 256;
 
     public static readonly bool UseAvx512 = Vector512.IsHardwareAccelerated && Avx512F.IsSupported;
+    private static readonly bool UseFma256 = Vector256.IsHardwareAccelerated && Fma.IsSupported;
 
     /// <summary>Floats a packed (n, k) matrix occupies.</summary>
     public static long PackedLength(int n, int k) => (long)((n + NR - 1) / NR) * k * NR;
@@ -80,12 +82,16 @@ public static unsafe class Gemm
     public static void Multiply(WorkerPool pool, float* x, int m, int k, float* packedW, int n, float* y, float* scratch)
     {
         int panels = (n + NR - 1) / NR;
-        if (m == 1 && UseAvx512)
+        if (m == 1 && (UseAvx512 || UseFma256))   // decode: one row, so no 6-row blocks of padding
         {
             pool.For(panels, (p0, p1) =>
             {
                 for (int p = p0; p < p1; p++)
-                    GemvPanelAvx512(x, packedW + (long)p * k * NR, k, y + p * NR, Math.Min(NR, n - p * NR));
+                {
+                    float* panel = packedW + (long)p * k * NR;
+                    if (UseAvx512) GemvPanelAvx512(x, panel, k, y + p * NR, Math.Min(NR, n - p * NR));
+                    else GemvPanelFma256(x, panel, k, y + p * NR, Math.Min(NR, n - p * NR));
+                }
             });
             return;
         }
@@ -269,6 +275,44 @@ public static unsafe class Gemm
         }
         v0.Store(c);
         v1.Store(c + 8);
+    }
+
+    // Decode (M = 1) with AVX2 and FMA: as GemvPanelAvx512, each 32-column panel row in four 256-bit vectors.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void GemvPanelFma256(float* x, float* panel, int k, float* y, int nr)
+    {
+        Vector256<float> even0 = default, even1 = default, even2 = default, even3 = default;
+        Vector256<float> odd0 = default, odd1 = default, odd2 = default, odd3 = default;
+        int kk = 0;
+        for (; kk + 1 < k; kk += 2)
+        {
+            var x0 = Vector256.Create(x[kk]);
+            var x1 = Vector256.Create(x[kk + 1]);
+            even0 = Fma.MultiplyAdd(x0, Vector256.Load(panel), even0);
+            even1 = Fma.MultiplyAdd(x0, Vector256.Load(panel + 8), even1);
+            even2 = Fma.MultiplyAdd(x0, Vector256.Load(panel + 16), even2);
+            even3 = Fma.MultiplyAdd(x0, Vector256.Load(panel + 24), even3);
+            odd0 = Fma.MultiplyAdd(x1, Vector256.Load(panel + 32), odd0);
+            odd1 = Fma.MultiplyAdd(x1, Vector256.Load(panel + 40), odd1);
+            odd2 = Fma.MultiplyAdd(x1, Vector256.Load(panel + 48), odd2);
+            odd3 = Fma.MultiplyAdd(x1, Vector256.Load(panel + 56), odd3);
+            panel += 2 * NR;
+        }
+        if (kk < k)
+        {
+            var x0 = Vector256.Create(x[kk]);
+            even0 = Fma.MultiplyAdd(x0, Vector256.Load(panel), even0);
+            even1 = Fma.MultiplyAdd(x0, Vector256.Load(panel + 8), even1);
+            even2 = Fma.MultiplyAdd(x0, Vector256.Load(panel + 16), even2);
+            even3 = Fma.MultiplyAdd(x0, Vector256.Load(panel + 24), even3);
+        }
+        float* tile = stackalloc float[NR];
+        float* row = nr == NR ? y : tile;
+        (even0 + odd0).Store(row);
+        (even1 + odd1).Store(row + 8);
+        (even2 + odd2).Store(row + 16);
+        (even3 + odd3).Store(row + 24);
+        if (nr < NR) new ReadOnlySpan<float>(row, nr).CopyTo(new Span<float>(y, nr));
     }
 
     // Decode (M = 1): one row of x against one panel, two k steps per iteration to hide FMA latency.

@@ -121,6 +121,30 @@ internal static class BackwardKernels
         dlogits[row + target] -= 1f / counted;
     }
 
+    /// <summary>
+    /// First pass of Σ x[i]² over i &lt; n, one partial per group: the grid's threads stride over x, each group adds its
+    /// threads' sums in a fixed tree order into partials[group]. With the grid fixed by n, the result does not depend
+    /// on scheduling.
+    /// </summary>
+    public static void SumOfSquaresPartials(ArrayView<float> x, int n, ArrayView<float> partials)
+    {
+        var scratch = SharedMemory.Allocate<float>(GroupReduce.GroupSize);
+        float squares = 0f;
+        for (int i = Grid.GlobalIndex.X; i < n; i += Grid.DimX * Group.DimX) squares += x[i] * x[i];
+        float total = GroupReduce.Sum(scratch, squares);
+        if (Group.IdxX == 0) partials[Grid.IdxX] = total;
+    }
+
+    /// <summary>One group: sums[at] = Σ values[i] over i &lt; n (the second pass over the partials), in a fixed tree order.</summary>
+    public static void SumInto(ArrayView<float> values, int n, ArrayView<float> sums, int at)
+    {
+        var scratch = SharedMemory.Allocate<float>(GroupReduce.GroupSize);
+        float sum = 0f;
+        for (int i = Group.IdxX; i < n; i += GroupReduce.GroupSize) sum += values[i];
+        float total = GroupReduce.Sum(scratch, sum);
+        if (Group.IdxX == 0) sums[at] = total;
+    }
+
     /// <summary>AdamW on element i (Cpu/AdamW's arithmetic): moments, bias correction (corrections precomputed), decoupled decay.</summary>
     public static void AdamW(Index1D i, ArrayView<float> parameters, ArrayView<float> gradients, ArrayView<float> m, ArrayView<float> v,
         float learningRate, float beta1, float beta2, float eps, float weightDecay, float correction1, float correction2)

@@ -28,6 +28,7 @@ public sealed unsafe class IlgpuDevice : IDevice
     private readonly IndexBuffers _indices;
     private readonly HashSet<MemoryBuffer> _live = [];   // touched only on the dispatch thread
     private readonly Dictionary<(float Theta, int RotaryDim), MemoryBuffer1D<float, Stride1D.Dense>> _ropeFrequencies = [];   // likewise
+    private MemoryBuffer1D<float, Stride1D.Dense>? _sumPartials;   // SumOfSquares' first pass; likewise
     private volatile bool _disposed;
     private long _toDevice, _toDeviceBytes, _toHost, _toHostBytes;
 
@@ -405,6 +406,24 @@ public sealed unsafe class IlgpuDevice : IDevice
         Elementwise(n, count => _kernels.AdamW(count, View(parameters), View(gradients), View(m), View(v), learningRate, beta1, beta2, eps, weightDecay, correction1, correction2));
     }
 
+    /// <summary>Groups of the first pass of SumOfSquares at most: enough to fill a GPU for a large tensor, few enough for one group to add.</summary>
+    private const int MaxSumGroups = 128;
+
+    public void SumOfSquares(DeviceBuffer x, int n, DeviceBuffer sums, int at)
+    {
+        CheckLength(x, n, nameof(x));
+        CheckLength(sums, (long)at + 1, nameof(sums));
+        // Two passes: partial sums over a grid sized by n (8 elements per thread, up to MaxSumGroups groups), then one
+        // group adds them. One group alone would leave all but one of a GPU's multiprocessors idle on an embedding's gradient.
+        int groups = (int)Math.Clamp(((long)n + GroupSize * 8 - 1) / (GroupSize * 8), 1, MaxSumGroups);
+        _thread.Run(() =>
+        {
+            _sumPartials ??= _accelerator.Allocate1D<float>(MaxSumGroups);
+            _kernels.SumOfSquaresPartials(new KernelConfig(groups, GroupSize), View(x), n, _sumPartials.View);
+            _kernels.SumInto(new KernelConfig(1, GroupSize), _sumPartials.View, groups, View(sums), at);
+        });
+    }
+
     public void Add(DeviceBuffer x, DeviceBuffer y, int n)
     {
         CheckLength(x, n, nameof(x));
@@ -427,6 +446,7 @@ public sealed unsafe class IlgpuDevice : IDevice
         _thread.Run(() =>
         {
             foreach (var memory in _live.Concat(_ropeFrequencies.Values)) memory.Dispose();
+            _sumPartials?.Dispose();
             _live.Clear();
             _indices.Dispose();
             _accelerator.Dispose();

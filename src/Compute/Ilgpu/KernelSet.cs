@@ -80,6 +80,12 @@ internal sealed class KernelSet(Accelerator a)
     public readonly Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, float, float, float, float, float, float, float> AdamW =
         a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, float, float, float, float, float, float, float>(BackwardKernels.AdamW);
 
+    public readonly Action<KernelConfig, ArrayView<float>, int, ArrayView<float>> SumOfSquaresPartials =
+        a.LoadStreamKernel<ArrayView<float>, int, ArrayView<float>>(BackwardKernels.SumOfSquaresPartials);
+
+    public readonly Action<KernelConfig, ArrayView<float>, int, ArrayView<float>, int> SumInto =
+        a.LoadStreamKernel<ArrayView<float>, int, ArrayView<float>, int>(BackwardKernels.SumInto);
+
     public readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, float> RmsNorm =
         a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, float>(NormKernels.RmsNorm);
 

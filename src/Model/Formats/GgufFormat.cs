@@ -26,7 +26,7 @@ public static class GgufFormat
         config.Validate(path);
         var tensors = new TensorSource(file, gguf);
         var filter = select?.Invoke(config) ?? WeightFilter.Everything(config);
-        var weights = config.Architecture == Architecture.Llama ? LlamaWeights(tensors, config, filter) : Gpt2Weights(tensors, config, filter);
+        var weights = config.Architecture == Architecture.Llama ? LlamaWeights(tensors, config, filter, path) : Gpt2Weights(tensors, config, filter, path);
         weights.Validate(config, path, filter);
         return new LoadedModel(config, weights, ReadTokenizer(gguf, config), path);
     }
@@ -93,14 +93,14 @@ public static class GgufFormat
         public float[]? ReadOptional(string name, params long[] ne) => gguf.Tensors.ContainsKey(name) ? Read(name, ne) : null;
     }
 
-    private static ModelWeights LlamaWeights(TensorSource t, ModelConfig c, WeightFilter filter)
+    private static ModelWeights LlamaWeights(TensorSource t, ModelConfig c, WeightFilter filter, string source)
     {
         long C = c.Dim, H = c.HiddenDim, kv = c.KvDim, V = c.VocabSize;
         var layers = new LayerWeights[c.Layers];
         for (int l = 0; l < c.Layers; l++)
         {
             string p = $"blk.{l}.";
-            layers[l] = !filter.Layer(l) ? LayerWeights.Skipped : new LayerWeights
+            layers[l] = !filter.Layer(l) ? LayerWeights.Skipped : filter.Keep(new LayerWeights
             {
                 AttnNorm = t.Read(p + "attn_norm.weight", C),
                 Wq = t.Read(p + "attn_q.weight", C, C),
@@ -111,7 +111,7 @@ public static class GgufFormat
                 W1 = t.Read(p + "ffn_gate.weight", C, H),
                 W2 = t.Read(p + "ffn_down.weight", H, C),
                 W3 = t.Read(p + "ffn_up.weight", C, H),
-            };
+            }, c, l, source);
         }
         return new ModelWeights
         {
@@ -122,7 +122,7 @@ public static class GgufFormat
         };
     }
 
-    private static ModelWeights Gpt2Weights(TensorSource t, ModelConfig c, WeightFilter filter)
+    private static ModelWeights Gpt2Weights(TensorSource t, ModelConfig c, WeightFilter filter, string source)
     {
         long C = c.Dim, H = c.HiddenDim, kv = c.KvDim, V = c.VocabSize;
         var layers = new LayerWeights[c.Layers];
@@ -136,7 +136,7 @@ public static class GgufFormat
             }
             var qkv = t.Read(p + "attn_qkv.weight", C, C + 2 * kv);   // (C + 2kv, C)
             var qkvBias = t.Read(p + "attn_qkv.bias", C + 2 * kv);
-            layers[l] = new LayerWeights
+            layers[l] = filter.Keep(new LayerWeights
             {
                 AttnNorm = t.Read(p + "attn_norm.weight", C),
                 AttnNormBias = t.Read(p + "attn_norm.bias", C),
@@ -154,7 +154,7 @@ public static class GgufFormat
                 B1 = t.Read(p + "ffn_up.bias", H),
                 W2 = t.Read(p + "ffn_down.weight", H, C),
                 B2 = t.Read(p + "ffn_down.bias", C),
-            };
+            }, c, l, source);
         }
         return new ModelWeights
         {

@@ -83,11 +83,11 @@ public static class Llama2cFormat
 
         var layers = new LayerWeights[L];
         for (int l = 0; l < L; l++)
-            layers[l] = !filter.Layer(l) ? LayerWeights.Skipped : new LayerWeights
+            layers[l] = !filter.Layer(l) ? LayerWeights.Skipped : filter.Keep(new LayerWeights
             {
                 AttnNorm = attnNorm[l], Wq = wq[l], Wk = wk[l], Wv = wv[l], Wo = wo[l],
                 FfnNorm = ffnNorm[l], W1 = w1[l], W2 = w2[l], W3 = w3[l],
-            };
+            }, config, l, path);
         var weights = new ModelWeights { TokenEmbedding = emb, Layers = layers, FinalNorm = finalNorm, Output = output };
         weights.Validate(config, path, filter);
         var tokenizer = tokenizerPath is null ? null : Tokenizers.SentencePieceBpeTokenizer.LoadLlama2c(tokenizerPath, config.VocabSize);

@@ -26,7 +26,7 @@ public static class SafetensorsFormat
         var tensors = new TensorSource(file, SafetensorsFile.Parse(file));
         if (config.Architecture == Architecture.Llama && !tensors.Has("lm_head.weight")) config = config with { TiedEmbeddings = true };
         var filter = select?.Invoke(config) ?? WeightFilter.Everything(config);
-        var weights = config.Architecture == Architecture.Llama ? LlamaWeights(tensors, config, filter) : Gpt2Weights(tensors, config, filter);
+        var weights = config.Architecture == Architecture.Llama ? LlamaWeights(tensors, config, filter, weightsPath) : Gpt2Weights(tensors, config, filter, weightsPath);
         weights.Validate(config, weightsPath, filter);
 
         tokenizerPath ??= Path.Combine(directory, TokenizerFile);
@@ -62,14 +62,14 @@ public static class SafetensorsFormat
         return t;
     }
 
-    private static ModelWeights LlamaWeights(TensorSource t, ModelConfig c, WeightFilter filter)
+    private static ModelWeights LlamaWeights(TensorSource t, ModelConfig c, WeightFilter filter, string source)
     {
         long C = c.Dim, H = c.HiddenDim, kv = c.KvDim, V = c.VocabSize;
         var layers = new LayerWeights[c.Layers];
         for (int l = 0; l < c.Layers; l++)
         {
             string p = $"model.layers.{l}.";
-            layers[l] = !filter.Layer(l) ? LayerWeights.Skipped : new LayerWeights
+            layers[l] = !filter.Layer(l) ? LayerWeights.Skipped : filter.Keep(new LayerWeights
             {
                 AttnNorm = t.Read(p + "input_layernorm.weight", C),
                 Wq = t.Read(p + "self_attn.q_proj.weight", C, C),
@@ -80,7 +80,7 @@ public static class SafetensorsFormat
                 W1 = t.Read(p + "mlp.gate_proj.weight", H, C),
                 W2 = t.Read(p + "mlp.down_proj.weight", C, H),
                 W3 = t.Read(p + "mlp.up_proj.weight", H, C),
-            };
+            }, c, l, source);
         }
         return new ModelWeights
         {
@@ -91,7 +91,7 @@ public static class SafetensorsFormat
         };
     }
 
-    private static ModelWeights Gpt2Weights(TensorSource t, ModelConfig c, WeightFilter filter)
+    private static ModelWeights Gpt2Weights(TensorSource t, ModelConfig c, WeightFilter filter, string source)
     {
         long C = c.Dim, H = c.HiddenDim, kv = c.KvDim, V = c.VocabSize;
         string root = t.Has("transformer.wte.weight") ? "transformer." : "";
@@ -106,7 +106,7 @@ public static class SafetensorsFormat
             }
             var qkv = t.ReadTransposed(p + "attn.c_attn.weight", C, C + 2 * kv);   // → (C + 2kv, C)
             var qkvBias = t.Read(p + "attn.c_attn.bias", C + 2 * kv);
-            layers[l] = new LayerWeights
+            layers[l] = filter.Keep(new LayerWeights
             {
                 AttnNorm = t.Read(p + "ln_1.weight", C),
                 AttnNormBias = t.Read(p + "ln_1.bias", C),
@@ -124,7 +124,7 @@ public static class SafetensorsFormat
                 B1 = t.Read(p + "mlp.c_fc.bias", H),
                 W2 = t.ReadTransposed(p + "mlp.c_proj.weight", H, C),
                 B2 = t.Read(p + "mlp.c_proj.bias", C),
-            };
+            }, c, l, source);
         }
         return new ModelWeights
         {

@@ -20,34 +20,50 @@ public sealed class ShardWeights
     public static ShardWeights Slice(ModelConfig c, ModelWeights weights, ShardSpec spec, string source = "weights")
     {
         weights.Validate(c, source, WeightFilter.For(spec));
+        return Assemble(c, weights, spec, layer => CutLayer(c, spec, layer));
+    }
+
+    /// <summary>
+    /// The shard from weights loaded through <see cref="WeightFilter.Cutting"/>: its layers already hold this shard's
+    /// slices (each cut as it was read); the embedding and head are cut here.
+    /// </summary>
+    public static ShardWeights FromCutLoad(ModelConfig c, ModelWeights weights, ShardSpec spec, string source = "weights")
+    {
+        weights.Validate(c, source, WeightFilter.Cutting(c, spec));
+        long queryRows = (long)spec.QueryHeads.Count * c.HeadDim * c.Dim;
+        for (int l = spec.Layers.Offset; l < spec.Layers.End; l++)
+            if (weights.Layers[l].Wq.LongLength != queryRows)
+                throw new ArgumentException($"layer {l} holds {weights.Layers[l].Wq.LongLength} query weights, not shard {spec}'s {queryRows}: it was not loaded through WeightFilter.Cutting", nameof(weights));
+        return Assemble(c, weights, spec, layer => layer);
+    }
+
+    /// <summary>Rank <paramref name="spec"/>'s slices of a whole layer: Wq/Wk/Wv/W1/W3 and their biases its rows, Wo/W2 its columns; norms and Bo/B2 whole.</summary>
+    public static LayerWeights CutLayer(ModelConfig c, ShardSpec spec, LayerWeights w)
+    {
         int C = c.Dim, hd = c.HeadDim;
         var q = new Slice(spec.QueryHeads.Offset * hd, spec.QueryHeads.Count * hd);
         var kv = new Slice(spec.KvHeads.Offset * hd, spec.KvHeads.Count * hd);
-        var layers = new LayerWeights[spec.Layers.Count];
-        for (int i = 0; i < layers.Length; i++)
+        return new LayerWeights
         {
-            var w = weights.Layers[spec.Layers.Offset + i];
-            layers[i] = new LayerWeights
-            {
-                AttnNorm = w.AttnNorm, AttnNormBias = w.AttnNormBias, FfnNorm = w.FfnNorm, FfnNormBias = w.FfnNormBias,
-                Wq = Rows(w.Wq, C, q), Wk = Rows(w.Wk, C, kv), Wv = Rows(w.Wv, C, kv),
-                Bq = Part(w.Bq, q), Bk = Part(w.Bk, kv), Bv = Part(w.Bv, kv),
-                Wo = Columns(w.Wo, C, C, q), Bo = w.Bo,
-                W1 = Rows(w.W1, C, spec.Hidden), W3 = w.W3 is null ? null : Rows(w.W3, C, spec.Hidden), B1 = Part(w.B1, spec.Hidden),
-                W2 = Columns(w.W2, C, c.HiddenDim, spec.Hidden), B2 = w.B2,
-            };
-        }
-        return new ShardWeights
-        {
-            Spec = spec,
-            TokenEmbedding = spec.IsFirstStage ? Rows(weights.TokenEmbedding, C, spec.Vocab) : null,
-            PositionEmbedding = spec.IsFirstStage ? weights.PositionEmbedding : null,
-            Layers = layers,
-            FinalNorm = spec.IsLastStage ? weights.FinalNorm : null,
-            FinalNormBias = spec.IsLastStage ? weights.FinalNormBias : null,
-            Output = spec.IsLastStage ? Rows(weights.Output ?? weights.TokenEmbedding, C, spec.Vocab) : null,
+            AttnNorm = w.AttnNorm, AttnNormBias = w.AttnNormBias, FfnNorm = w.FfnNorm, FfnNormBias = w.FfnNormBias,
+            Wq = Rows(w.Wq, C, q), Wk = Rows(w.Wk, C, kv), Wv = Rows(w.Wv, C, kv),
+            Bq = Part(w.Bq, q), Bk = Part(w.Bk, kv), Bv = Part(w.Bv, kv),
+            Wo = Columns(w.Wo, C, C, q), Bo = w.Bo,
+            W1 = Rows(w.W1, C, spec.Hidden), W3 = w.W3 is null ? null : Rows(w.W3, C, spec.Hidden), B1 = Part(w.B1, spec.Hidden),
+            W2 = Columns(w.W2, C, c.HiddenDim, spec.Hidden), B2 = w.B2,
         };
     }
+
+    private static ShardWeights Assemble(ModelConfig c, ModelWeights weights, ShardSpec spec, Func<LayerWeights, LayerWeights> layer) => new()
+    {
+        Spec = spec,
+        TokenEmbedding = spec.IsFirstStage ? Rows(weights.TokenEmbedding, c.Dim, spec.Vocab) : null,
+        PositionEmbedding = spec.IsFirstStage ? weights.PositionEmbedding : null,
+        Layers = [.. Enumerable.Range(spec.Layers.Offset, spec.Layers.Count).Select(l => layer(weights.Layers[l]))],
+        FinalNorm = spec.IsLastStage ? weights.FinalNorm : null,
+        FinalNormBias = spec.IsLastStage ? weights.FinalNormBias : null,
+        Output = spec.IsLastStage ? Rows(weights.Output ?? weights.TokenEmbedding, c.Dim, spec.Vocab) : null,
+    };
 
     /// <summary>A shard of the same spec whose every tensor is <paramref name="map"/> of this one's (copies, zeros of the same shapes).</summary>
     public static ShardWeights Map(ShardWeights w, Func<float[], float[]> map)

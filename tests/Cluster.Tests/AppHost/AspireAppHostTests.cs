@@ -42,40 +42,68 @@ public sealed class AppHostFixture : IAsyncLifetime
         // warnings still show, and a failure message carries the resources' logs (Logs()).
         builder.Services.PostConfigure<LoggerFilterOptions>(filters => { filters.Rules.Clear(); filters.MinLevel = LogLevel.Warning; });
         App = await builder.BuildAsync(cancel);
-        var resourceLogs = App.Services.GetRequiredService<ResourceLoggerService>();
-        foreach (string resource in new[] { "storyteller", "silo-1", "silo-2", "gateway" }) _ = Collect(resourceLogs, resource);
-        await App.StartAsync(cancel);
+        _ = CollectLogs(App.Services.GetRequiredService<ResourceLoggerService>());
+        await App.StartAsync(cancel);   // returns once every resource started: after the storyteller's training
         Dashboard = App.GetEndpoint("aspire-dashboard", "http");
-        // First start: the story model trains before the silos start (a few minutes on two cores). A storyteller that
-        // fails stops the wait at once (the silos would never start).
+        // The silos and the gateway have started; the gateway is healthy once the cluster serves the default model. Any
+        // resource that exits with an error stops the wait at once (the gateway would never become healthy).
         var healthy = App.ResourceNotifications.WaitForResourceHealthyAsync("gateway", cancel);
-        var failed = App.ResourceNotifications.WaitForResourceAsync("storyteller", e => e.Snapshot.ExitCode is { } code && code != 0, cancel);
-        var first = await Task.WhenAny(healthy, failed, Task.Delay(TimeSpan.FromMinutes(12), cancel));
+        var failed = Task.WhenAny(Watched.Select(name =>
+            App.ResourceNotifications.WaitForResourceAsync(name, e => e.Snapshot.ExitCode is { } code && code != 0, cancel)));
+        var first = await Task.WhenAny(healthy, failed, Task.Delay(TimeSpan.FromMinutes(5), cancel));
         if (first != healthy)
-            throw new InvalidOperationException($"the gateway did not become healthy ({(first == failed ? "the storyteller failed" : "12 minutes")}); resource logs:\n{Logs()}");
+            throw new InvalidOperationException($"the gateway did not become healthy ({(first == failed ? "a resource failed" : "5 minutes")}); "
+                + $"resources: {States()}; resource logs:\n{Logs()}");
     }
+
+    private static readonly string[] Watched = ["storyteller", "silo-1", "silo-2", "gateway"];
+
+    /// <summary>Each watched resource's state and exit code now (for failure messages).</summary>
+    private string States() => string.Join(", ", Watched.Select(name =>
+        App.ResourceNotifications.TryGetCurrentState(name, out var e)
+            ? $"{name} {e.Snapshot.State?.Text ?? "?"}{(e.Snapshot.ExitCode is { } code ? $" (exit {code})" : "")}{(e.Snapshot.HealthStatus is { } health ? $" {health}" : "")}"
+            : $"{name} unknown"));
 
     private readonly System.Text.StringBuilder _logs = new();
 
-    /// <summary>The resources' console output so far (for failure messages).</summary>
+    /// <summary>The last 300 lines of the resources' console output so far (for failure messages).</summary>
     public string Logs()
     {
-        lock (_logs) return _logs.ToString();
+        lock (_logs) return string.Join('\n', _logs.ToString().Split('\n').TakeLast(300));
     }
 
-    private async Task Collect(ResourceLoggerService logs, string resource)
+    private readonly CancellationTokenSource _stopWatching = new();
+
+    /// <summary>
+    /// Collects the watched resources' console output. The logs are kept under each resource instance's id (its DCP
+    /// name: the resource's name and a suffix, known once it starts), so each instance is watched as it appears.
+    /// </summary>
+    private async Task CollectLogs(ResourceLoggerService logs)
+    {
+        var watching = new HashSet<string>();
+        try
+        {
+            await foreach (var e in App.ResourceNotifications.WatchAsync(_stopWatching.Token))
+                if (Watched.Contains(e.Resource.Name) && watching.Add(e.ResourceId))
+                    _ = Collect(logs, e.Resource.Name, e.ResourceId);
+        }
+        catch (OperationCanceledException) { }
+    }
+
+    private async Task Collect(ResourceLoggerService logs, string name, string instance)
     {
         try
         {
-            await foreach (var batch in logs.WatchAsync(resource))
+            await foreach (var batch in logs.WatchAsync(instance).WithCancellation(_stopWatching.Token))
                 lock (_logs)
-                    foreach (var line in batch) _logs.Append('[').Append(resource).Append("] ").AppendLine(line.Content);
+                    foreach (var line in batch) _logs.Append('[').Append(name).Append("] ").AppendLine(line.Content);
         }
         catch (OperationCanceledException) { }
     }
 
     public async ValueTask DisposeAsync()
     {
+        await _stopWatching.CancelAsync();
         await App.DisposeAsync();
         _folder.Dispose();
     }

@@ -3,10 +3,6 @@
 // The silos find each other through Redis, the model is served pp=2 with one stage on each, and a completion works.
 // Silos and gateway talk mutual TLS with a cluster certificate made here (Redis membership is not localhost clustering).
 // Needs redis-server (bash infra/install-test-deps.sh installs it); skips with a message where it is missing.
-using System.Diagnostics;
-using System.Net;
-using System.Reflection;
-using System.Text;
 using System.Text.Json;
 using Cluster.Tests.Formats;
 
@@ -21,10 +17,10 @@ public sealed class RedisClusteringTests
         if (redis is null) Assert.Skip("redis-server is not installed (bash infra/install-test-deps.sh installs it): Redis clustering not tested");
         var cancel = TestContext.Current.CancellationToken;
         int redisPort = FreePorts.Take(1)[0], http = FreePorts.Take(1)[0];
-        var processes = new List<Child>();
+        var processes = new List<ChildProcess>();
         try
         {
-            var server = Child.Start("redis", redis, ["--port", $"{redisPort}", "--save", "", "--appendonly", "no"], new(), "Ready to accept connections");
+            var server = ChildProcess.Start("redis", redis, ["--port", $"{redisPort}", "--save", "", "--appendonly", "no"], new(), "Ready to accept connections");
             processes.Add(server);
             await server.Ready.WaitAsync(TimeSpan.FromSeconds(30), cancel);
 
@@ -50,7 +46,7 @@ public sealed class RedisClusteringTests
             };
             foreach (var (name, serve) in new[] { ("a", "false"), ("b", "true") })   // b serves once a has joined
             {
-                var silo = Child.Start($"silo {name}", "dotnet", [Assembly("SiloAssembly")], new(common)
+                var silo = ChildProcess.Start($"silo {name}", "dotnet", [ChildProcess.Assembly("SiloAssembly")], new(common)
                 {
                     ["Cluster__SiloName"] = name,
                     ["Orleans__Endpoints__SiloPort"] = $"{FreePorts.Take(1)[0]}",
@@ -60,20 +56,15 @@ public sealed class RedisClusteringTests
                 processes.Add(silo);
                 await silo.Ready.WaitAsync(TimeSpan.FromMinutes(2), cancel);
             }
-            var gateway = Child.Start("gateway", "dotnet", [Assembly("GatewayAssembly")], new(common) { ["ASPNETCORE_URLS"] = $"http://127.0.0.1:{http}" }, readyMarker: null);
+            var gateway = ChildProcess.Start("gateway", "dotnet", [ChildProcess.Assembly("GatewayAssembly")], new(common) { ["ASPNETCORE_URLS"] = $"http://127.0.0.1:{http}" }, readyMarker: null);
             processes.Add(gateway);
 
             using var client = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{http}/"), Timeout = TimeSpan.FromSeconds(30) };
-            await WaitForReady(client, gateway, cancel);
+            await ChildProcess.WaitForReady(client, gateway, cancel);
             string models = await client.GetStringAsync("v1/models", cancel);
             Assert.Contains("default/0.0.0@a", models);
             Assert.Contains("default/0.1.0@b", models);
-            using var response = await client.PostAsync("v1/completions",
-                new StringContent("""{"model":"default","prompt":"Once upon a time","max_tokens":8,"temperature":0}""", Encoding.UTF8, "application/json"), cancel);
-            string body = await response.Content.ReadAsStringAsync(cancel);
-            Assert.True(response.IsSuccessStatusCode, body);
-            using var json = JsonDocument.Parse(body);
-            Assert.Equal(8, json.RootElement.GetProperty("usage").GetProperty("completion_tokens").GetInt32());
+            await ChildProcess.AssertCompletes(client, 8, cancel);
 
             // The silos' configured devices and KV pools, as /v1/cluster/silos reports them: two devices each, and the two
             // stages' KV caches together hold the tiny preset's 5 layers for 2 full-context sequences.
@@ -94,75 +85,6 @@ public sealed class RedisClusteringTests
         }
     }
 
-    private static async Task WaitForReady(HttpClient client, Child gateway, CancellationToken cancel)
-    {
-        var deadline = DateTime.UtcNow.AddMinutes(2);
-        while (true)
-        {
-            Assert.False(gateway.HasExited, "the gateway exited");
-            try
-            {
-                using var ready = await client.GetAsync("health/ready", cancel);
-                if (ready.StatusCode == HttpStatusCode.OK) return;
-            }
-            catch (HttpRequestException) { }   // not listening yet
-            Assert.True(DateTime.UtcNow < deadline, "the gateway never became ready");
-            await Task.Delay(250, cancel);
-        }
-    }
-
-    private static string Assembly(string key)
-    {
-        string path = typeof(RedisClusteringTests).Assembly.GetCustomAttributes<AssemblyMetadataAttribute>().Single(a => a.Key == key).Value!;
-        Assert.True(File.Exists(path), $"{path} missing (the test project builds it first)");
-        return path;
-    }
-
     private static string? FindOnPath(string program) =>
         (Environment.GetEnvironmentVariable("PATH") ?? "").Split(':').Select(d => Path.Combine(d, program)).FirstOrDefault(File.Exists);
-
-    /// <summary>A child process with its output collected, ready when a line contains the marker.</summary>
-    private sealed class Child : IDisposable
-    {
-        private readonly Process _process;
-        private readonly StringBuilder _output = new();
-        private readonly TaskCompletionSource _ready = new(TaskCreationOptions.RunContinuationsAsynchronously);
-
-        private Child(string name, Process process, string? readyMarker)
-        {
-            _process = process;
-            void Line(string? text)
-            {
-                if (text is null) return;
-                lock (_output) _output.AppendLine($"[{name}] {text}");
-                if (readyMarker is not null && text.Contains(readyMarker, StringComparison.Ordinal)) _ready.TrySetResult();
-            }
-            _process.OutputDataReceived += (_, e) => Line(e.Data);
-            _process.ErrorDataReceived += (_, e) => Line(e.Data);
-            _process.Exited += (_, _) => _ready.TrySetException(new Exception($"{name} exited with {_process.ExitCode} before it was ready"));
-        }
-
-        public static Child Start(string name, string file, string[] args, Dictionary<string, string> environment, string? readyMarker)
-        {
-            var start = new ProcessStartInfo(file, args) { RedirectStandardOutput = true, RedirectStandardError = true };
-            foreach (var (key, value) in environment) start.Environment[key] = value;
-            var process = new Process { StartInfo = start, EnableRaisingEvents = true };
-            var child = new Child(name, process, readyMarker);
-            process.Start();
-            process.BeginOutputReadLine();
-            process.BeginErrorReadLine();
-            return child;
-        }
-
-        public Task Ready => _ready.Task;
-        public bool HasExited => _process.HasExited;
-        public string Output { get { lock (_output) return _output.ToString(); } }
-
-        public void Dispose()
-        {
-            if (!_process.HasExited) _process.Kill(entireProcessTree: true);
-            _process.WaitForExit(10_000);
-            _process.Dispose();
-        }
-    }
 }

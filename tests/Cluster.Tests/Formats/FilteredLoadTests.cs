@@ -1,6 +1,6 @@
 // A shard loads only its own tensors: with a WeightFilter each format reads the selected layers, the embedding
 // where the stage needs it and the head on the last stage, leaves everything else empty, and the shard's slices
-// cut from that equal the slices cut from a whole load.
+// cut from that equal the slices cut from a whole load; so do layers cut to a rank's slices as they are read.
 using Cluster.Model;
 using Cluster.Model.Formats;
 using Cluster.Model.Parallel;
@@ -52,18 +52,44 @@ public sealed class FilteredLoadTests
             Assert.Equal(filter.TokenEmbedding(whole.Config), partial.Weights.TokenEmbedding.Length > 0);
 
             var expected = ShardWeights.Slice(whole.Config, whole.Weights, spec);
-            var actual = ShardWeights.Slice(partial.Config, partial.Weights, spec);
-            Assert.Equal(expected.TokenEmbedding, actual.TokenEmbedding);
-            Assert.Equal(expected.Output, actual.Output);
-            Assert.Equal(expected.PositionEmbedding, actual.PositionEmbedding);
-            for (int i = 0; i < expected.Layers.Length; i++)
-            {
-                Assert.Equal(expected.Layers[i].Wq, actual.Layers[i].Wq);
-                Assert.Equal(expected.Layers[i].Wo, actual.Layers[i].Wo);
-                Assert.Equal(expected.Layers[i].W2, actual.Layers[i].W2);
-                Assert.Equal(expected.Layers[i].Bq, actual.Layers[i].Bq);
-            }
+            AssertSameShard(expected, ShardWeights.Slice(partial.Config, partial.Weights, spec));
+            // Cut as read: each layer holds only this rank's slices straight out of the loader.
+            var cut = ModelLoader.Load(path, select: config => WeightFilter.Cutting(config, ShardingPlan.Create(config, layout).Get(0, spec.Stage, spec.Rank)));
+            if (spec.TensorParallel > 1)
+                Assert.Equal(whole.Weights.Layers[spec.Layers.Offset].Wq.Length / spec.TensorParallel, cut.Weights.Layers[spec.Layers.Offset].Wq.Length);
+            AssertSameShard(expected, ShardWeights.FromCutLoad(cut.Config, cut.Weights, spec));
         }
+    }
+
+    private static void AssertSameShard(ShardWeights expected, ShardWeights actual)
+    {
+        Assert.Equal(expected.TokenEmbedding, actual.TokenEmbedding);
+        Assert.Equal(expected.Output, actual.Output);
+        Assert.Equal(expected.PositionEmbedding, actual.PositionEmbedding);
+        Assert.Equal(expected.FinalNorm, actual.FinalNorm);
+        Assert.Equal(expected.Layers.Length, actual.Layers.Length);
+        for (int i = 0; i < expected.Layers.Length; i++)
+            Assert.Equal(expected.Layers[i].Tensors(), actual.Layers[i].Tensors());
+    }
+
+    [Fact]
+    public void AWholeLoadIsNotTakenForACutOne()
+    {
+        var model = RandomModel.Create("tiny", seed: 9);
+        var spec = ShardingPlan.Create(model.Config, ParallelLayout.Parse("tp=2")).Get(0, 0, 1);
+        Assert.Throws<ArgumentException>(() => ShardWeights.FromCutLoad(model.Config, model.Weights, spec));
+    }
+
+    [Fact]
+    public void ALayerCutAsReadIsStillCheckedWhole()
+    {
+        var model = RandomModel.Create("tiny", seed: 9);
+        using var dir = new TempDirectory();
+        GgufWriter.Write(model, dir.File("m.gguf"));
+        var spec = ShardingPlan.Create(model.Config, ParallelLayout.Parse("tp=2")).Get(0, 0, 0);
+        var wrongConfig = model.Config with { HiddenDim = model.Config.HiddenDim * 2 };   // what a file whose FFN disagrees with its header looks like
+        var error = Assert.Throws<ModelFormatException>(() => WeightFilter.Cutting(wrongConfig, spec).Keep(model.Weights.Layers[0], wrongConfig, 0, "m.gguf"));
+        Assert.Contains("layers.0.w1", error.Message);
     }
 
     [Fact]

@@ -4,7 +4,9 @@
 using System.Net;
 using System.Text;
 using System.Text.Json;
+using Cluster.Compute.Cpu;
 using Cluster.Contracts;
+using Cluster.Model;
 using Cluster.Tests.Gateway;
 using Orleans.TestingHost;
 
@@ -56,6 +58,10 @@ public sealed class AdmissionTests : IAsyncLifetime
     public async Task AFullQueueIs429AndADisconnectedClientLeavesTheQueue()
     {
         var scheduler = await Serve("admission");
+        // The gateway starts first: between the queue filling and the waiters going away there is one HTTP call, far
+        // less than the hog's 500 decode steps (the waiters must still be queued when their clients leave).
+        await using var gateway = await GatewayHost.StartAsync(_cluster.Client);
+        using var http = gateway.Http();
         using var hogCancel = CancellationTokenSource.CreateLinkedTokenSource(Cancel);
         var hog = await Started(scheduler, Hog, hogCancel.Token);
 
@@ -66,11 +72,9 @@ public sealed class AdmissionTests : IAsyncLifetime
         })).ToArray();
         await WaitFor(async () => (await scheduler.Status()).Waiting == 2, "two requests wait");
 
-        await using (var gateway = await GatewayHost.StartAsync(_cluster.Client))
+        using (var refused = await http.PostAsync("v1/completions",
+            new StringContent("""{"model":"admission","prompt":"b","max_tokens":2}""", Encoding.UTF8, "application/json"), Cancel))
         {
-            using var http = gateway.Http();
-            using var refused = await http.PostAsync("v1/completions",
-                new StringContent("""{"model":"admission","prompt":"b","max_tokens":2}""", Encoding.UTF8, "application/json"), Cancel);
             Assert.Equal(HttpStatusCode.TooManyRequests, refused.StatusCode);
             Assert.Equal(TimeSpan.FromSeconds(2), refused.Headers.RetryAfter?.Delta);
             using var error = JsonDocument.Parse(await refused.Content.ReadAsStringAsync(Cancel));
@@ -87,6 +91,28 @@ public sealed class AdmissionTests : IAsyncLifetime
         await hog.DisposeAsync();
         var shard = await TestClusters.WaitForAllBlocksFreeAsync(_cluster.Client.GetGrain<IShardGrain>(ShardKey.Create("admission", 0, 0, 0)));
         Assert.Equal(shard.TotalKvBlocks, shard.FreeKvBlocks);
+    }
+
+    [Theory]
+    [InlineData("")]
+    [InlineData("pp=2")]
+    public async Task APromptLongerThanTheStepBudgetGeneratesAsIfPrefilledWhole(string layout)
+    {
+        // Prompts of 100, 70 and 45 tokens under a 32-token budget, at once: each is prefilled over several steps, on
+        // either lane of a pipeline. One shard has one lane, so a chunk comes back while the rest of its prompt is still
+        // unsent (the case that streamed stale tokens); each must generate as if prefilled whole.
+        var scheduler = _cluster.Client.GetGrain<IInferenceSchedulerGrain>($"chunked-{layout}");
+        await scheduler.Serve(new ModelServing(TestClusters.Tiny, layout));
+        int[][] prompts = [.. new[] { 100, 70, 45 }.Select(n => new[] { 1 }.Concat(Enumerable.Range(0, n - 1).Select(i => 3 + (i * 5 + n) % 500)).ToArray())];
+
+        var outputs = await Task.WhenAll(prompts.Select(prompt => scheduler.GenerateAsync(
+            new GenerationRequest { PromptTokens = prompt, MaxTokens = 8, Temperature = 0, StopAtEos = false }, Cancel)));
+
+        var loaded = RandomModel.Create("tiny", seed: 1);
+        using var device = new CpuDevice(1);
+        using var model = new TransformerModel(device, loaded.Config, loaded.Weights);
+        for (int i = 0; i < prompts.Length; i++)
+            Assert.Equal(ShardedServingTests.Greedy(model, prompts[i], 8), outputs[i].Select(c => c.TokenId));
     }
 
     [Theory]

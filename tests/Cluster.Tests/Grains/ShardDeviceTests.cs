@@ -12,6 +12,37 @@ public sealed class ShardDeviceTests
 {
     private static CancellationToken Cancel => TestContext.Current.CancellationToken;
 
+    /// <summary>
+    /// Two epochs' loads reaching a shard at once (a configured model served at start while the first request serves it
+    /// too): the second waits for the first and reuses its slice, so the shard holds one copy of its weights and one
+    /// device, and answers in the newer epoch.
+    /// </summary>
+    [Fact]
+    public async Task ConcurrentLoadsOfAShardKeepOneSliceOnOneDevice()
+    {
+        await using var cluster = await TestClusters.StartAsync(silos: 1);
+        string silo = cluster.Silos[0].Name, key = ShardKey.Create("loaded-twice", 0, 0, 0, silo);
+        var shard = cluster.Client.GetGrain<IShardGrain>(key);
+        ShardAssignment Assignment(long epoch) => new(TestClusters.Tiny, "", 0, 0, 0, [key], null, epoch);
+        var older = shard.Load(Assignment(1));
+        var newer = shard.Load(Assignment(2));
+        Assert.Equal(2, (await newer).Epoch);
+        // The two may arrive in either order: epoch 1 first loads and is then ended, or arrives second and is refused.
+        try { await older; }
+        catch (StaleEpochException) { }
+        Assert.Equal(2, (await shard.Describe())!.Epoch);
+
+        var inventory = cluster.Client.GetGrain<IClusterInventoryGrain>(0);
+        var deadline = DateTime.UtcNow.AddSeconds(20);
+        while (true)   // the inventory lags the device's holders by a report
+        {
+            var holders = (await inventory.ActiveSilos()).Single().Devices.SelectMany(d => d.Holders).Where(h => h.Key == key).ToArray();
+            if (holders.Length == 1 && holders[0].WeightBytes > 0) break;
+            Assert.True(DateTime.UtcNow < deadline, $"the shard holds {holders.Length} device leases: {string.Join(", ", holders)}");
+            await Task.Delay(100, Cancel);
+        }
+    }
+
     [Fact]
     public async Task TensorParallelShardsOnASiloWithTwoDevicesTakeOneEach()
     {

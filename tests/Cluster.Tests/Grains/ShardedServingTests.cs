@@ -39,6 +39,40 @@ public sealed class ShardedServingTests(ClusterFixture fixture)
         await AssertEveryBlockFree(scheduler);
     }
 
+    /// <summary>
+    /// The last stage samples each token with the sequence's generator state, which the scheduler moves past every draw:
+    /// seeded sampling (temperature, top-p, top-k) served concurrently under a layout draws the tokens a local run draws.
+    /// </summary>
+    [Theory]
+    [InlineData("pp=2")]
+    [InlineData("tp=2")]
+    public async Task SeededSamplingUnderLayoutEqualsALocalRun(string layout)
+    {
+        var scheduler = Grains.GetGrain<IInferenceSchedulerGrain>("sampled-" + layout.Replace("=", ""));
+        await scheduler.Serve(new ModelServing(TestClusters.Tiny, layout, Silos));
+        (string Prompt, SamplingOptions Sampling)[] cases =
+        [
+            ("Once upon a time", new(0.8f, 0.9f, 0, 7)),
+            ("hello", new(1f, 1f, 0, 42)),
+            ("", new(0.7f, 0.95f, 5, 1234567)),
+            ("a much longer prompt that takes a few more tokens than the others", new(1.2f, 0.5f, 0, 99)),
+        ];
+
+        var results = await Task.WhenAll(cases.Select(c => scheduler.GenerateAsync(new GenerationRequest
+        {
+            Prompt = c.Prompt, MaxTokens = 24, Temperature = c.Sampling.Temperature, TopP = c.Sampling.TopP, TopK = c.Sampling.TopK, Seed = c.Sampling.Seed,
+        }, TestContext.Current.CancellationToken)));
+
+        var loaded = RandomModel.Create("tiny", seed: 1);
+        using var device = new CpuDevice(1);
+        using var model = new TransformerModel(device, loaded.Config, loaded.Weights);
+        var generator = new TextGenerator(model, loaded.Tokenizer!);
+        for (int i = 0; i < cases.Length; i++)
+            Assert.Equal(generator.Generate(cases[i].Prompt, 24, cases[i].Sampling).Select(t => t.Id), results[i].Select(c => c.TokenId));
+        Assert.Contains(results, r => r.Count > 4);   // a draw that stopped every stream at once would prove little
+        await AssertEveryBlockFree(scheduler);
+    }
+
     [Fact]
     public async Task LongPromptsFlowThroughThePipelineInChunks()
     {
@@ -87,7 +121,7 @@ public sealed class ShardedServingTests(ClusterFixture fixture)
         await AssertEveryBlockFree(scheduler);
     }
 
-    private static List<int> Greedy(TransformerModel model, int[] prompt, int steps)
+    internal static List<int> Greedy(TransformerModel model, int[] prompt, int steps)
     {
         using var cache = model.CreateCache(1, prompt.Length + steps, 16);
         int sequence = cache.CreateSequence();

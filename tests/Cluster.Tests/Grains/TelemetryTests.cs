@@ -73,7 +73,6 @@ public sealed class TelemetryTests(ClusterFixture fixture)
         Assert.Equal(0, sums["cluster.serving.waiting"]);
         Assert.True(sums["cluster.serving.step_tokens"] >= prompt.Length + 7);
         Assert.True(sums.GetValueOrDefault("cluster.collective.bytes:AllReduce") > 0, "tensor-parallel all-reduces are counted");
-        Assert.True(recordings.GetValueOrDefault("cluster.shard.step_time") >= 4 * 8, "every shard's part of every step is timed");
 
         // Every shard of the layout ran in the request's steps, and its KV blocks are all free once the request is done.
         var shardSpans = spans.Where(s => s.OperationName == "shard.forward").Select(s => $"{s.GetTagItem("stage")}.{s.GetTagItem("rank")}").ToHashSet();
@@ -83,8 +82,12 @@ public sealed class TelemetryTests(ClusterFixture fixture)
         while (true)
         {
             meters.RecordObservableInstruments();   // the step after the request's last carries its release to every shard
-            if (gauges.Count == 8 && gauges.Where(g => g.Key.StartsWith("used@")).All(g => g.Value == 0)) break;
-            Assert.True(DateTime.UtcNow < deadline, $"KV blocks still used: {string.Join(", ", gauges.Select(g => $"{g.Key}={g.Value}"))}");
+            // A shard times its part after its device work; the stream may end first (the last stage's first rank sends the
+            // tokens while its peer records), so the count is awaited too.
+            bool everyStepTimed = recordings.GetValueOrDefault("cluster.shard.step_time") >= 4 * 8;
+            if (everyStepTimed && gauges.Count == 8 && gauges.Where(g => g.Key.StartsWith("used@")).All(g => g.Value == 0)) break;
+            Assert.True(DateTime.UtcNow < deadline, $"KV blocks still used: {string.Join(", ", gauges.Select(g => $"{g.Key}={g.Value}"))}; " +
+                $"shard steps timed: {recordings.GetValueOrDefault("cluster.shard.step_time")} of {4 * 8}");
             await Task.Delay(100, cancel);
         }
         Assert.All(gauges.Where(g => g.Key.StartsWith("free@")), g => Assert.True(g.Value > 0));

@@ -16,9 +16,10 @@ public static class TestClusters
     /// <param name="training">Changes to the training options (30 s step timeout, the keeper every second).</param>
     /// <param name="clusterId">The Orleans cluster id (a fresh one when null).</param>
     /// <param name="silo">More configuration of each silo; the primary silo, the only one with a gateway, has a GatewayPort.</param>
+    /// <param name="responseTimeout">Orleans' response timeout for the client and the silos (30 s when null).</param>
     public static async Task<InProcessTestCluster> StartAsync(int silos, Action<SchedulerOptions>? schedulers = null, string? trainingRoot = null,
         Action<ShardOptions>? shards = null, Action<TrainingOptions>? training = null, string? clusterId = null,
-        Action<InProcessTestSiloSpecificOptions, ISiloBuilder>? silo = null)
+        Action<InProcessTestSiloSpecificOptions, ISiloBuilder>? silo = null, TimeSpan? responseTimeout = null)
     {
         trainingRoot ??= Path.Combine(Path.GetTempPath(), "cluster-tests", Guid.NewGuid().ToString("N"));
         var builder = new InProcessTestClusterBuilder((short)silos);
@@ -26,6 +27,8 @@ public static class TestClusters
         // Clients reach the cluster through the primary silo's gateway only, which failover tests never kill: a
         // request in flight through a gateway silo that dies is lost until the client's response timeout (30 s).
         builder.Options.GatewayPerSilo = false;
+        if (responseTimeout is { } timeout)
+            builder.ConfigureClient(client => client.Configure<ClientMessagingOptions>(o => o.ResponseTimeout = timeout));
         builder.ConfigureSilo((siloOptions, siloBuilder) =>
         {
             siloBuilder.AddActivityPropagation();   // as the silo host: grain calls carry the caller's span
@@ -56,6 +59,7 @@ public static class TestClusters
                 o.NumMissedProbesLimit = 2;
                 o.NumVotesForDeathDeclaration = 1;
             });
+            if (responseTimeout is { } timeout) siloBuilder.Configure<SiloMessagingOptions>(o => o.ResponseTimeout = timeout);
             silo?.Invoke(siloOptions, siloBuilder);
         });
         var cluster = builder.Build();

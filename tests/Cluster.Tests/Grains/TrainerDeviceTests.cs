@@ -22,7 +22,10 @@ public sealed class TrainerDeviceTests
         string path = Path.Combine(dir.Path, "small.gguf");
         GgufWriter.Write(new LoadedModel(config, weights, null, "test"), path);
 
-        await using var cluster = await TestClusters.StartAsync(silos: 2, shards: o => o.Devices = [DeviceSpec.Parse("ilgpu-cpu")]);
+        // A step on ILGPU's CPU accelerator (an OS thread per GPU thread) can outlast Orleans' 30 s response timeout on two
+        // cores that other tests keep busy: the test is about the losses, so the calls may take longer.
+        await using var cluster = await TestClusters.StartAsync(silos: 2, shards: o => o.Devices = [DeviceSpec.Parse("ilgpu-cpu")],
+            responseTimeout: TimeSpan.FromMinutes(5));
         string[] keys = [.. cluster.Silos.Select((s, r) => ShardKey.Create("device-trainers", r, 0, 0, s.Name))];
         var trainers = keys.Select(k => cluster.Client.GetGrain<ITrainerGrain>(k)).ToArray();
         var options = new OptimizerOptions { LearningRate = 1e-3f, MinLearningRate = 1e-4f, WarmupSteps = 1, TotalSteps = 10 };
