@@ -33,10 +33,4 @@ public interface IInferenceSchedulerGrain : IGrainWithStringKey
     /// means the caller's call lost its response (it came back through a gateway silo that died).
     /// </summary>
     Task<int> StreamProgress(Guid stream);
-
-    /// <summary>
-    /// The tokens sampled in a step the scheduler sent down the pipeline, from the last stage's first rank
-    /// (StageBatch.StepId). A step the scheduler is not waiting for (over, failed over, or never sent) is ignored.
-    /// </summary>
-    Task DeliverTokens(Guid stepId, StageResult tokens);
 }

@@ -13,10 +13,18 @@ public interface IShardGrain : ICollectiveMember
     /// <summary>
     /// Runs one step of its replica's pipeline (steps are taken in Step order): frees the ended sequences, runs the
     /// chunks (if any) and passes the hidden states on to the next stage; the last stage's first rank samples the next
-    /// token of each chunk that asks (ForwardChunk.Sample) and hands the token ids to the model's scheduler
-    /// (IInferenceSchedulerGrain.DeliverTokens): the logits never leave it. Completes when the rest of the pipeline has.
+    /// token of each chunk that asks (ForwardChunk.Sample) and keeps the token ids for SampledTokens: the logits never
+    /// leave it. Completes when the rest of the pipeline has.
     /// </summary>
     Task Forward(StageBatch batch);
+
+    /// <summary>
+    /// The token ids the last stage's first rank sampled in the step (StageBatch.StepId); completes when they are. The
+    /// scheduler asks as it sends the step, so the tokens come straight back to it, never up through the earlier stages,
+    /// and no shard has to find the scheduler: a shard on a silo that never held one needs no directory lookup for it,
+    /// which could wait on a dead silo's directory range after a failover. Fails when the epoch ends.
+    /// </summary>
+    Task<StageResult> SampledTokens(long epoch, Guid stepId);
 
     /// <summary>Null when nothing is loaded on this activation.</summary>
     Task<ShardDescription?> Describe();

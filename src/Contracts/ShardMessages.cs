@@ -36,7 +36,7 @@ public sealed record TokenSampling([property: Id(0)] float Temperature, [propert
 /// One pipeline step: sequences that ended (their KV blocks are freed first, in step order, so every shard's cache
 /// sees the same history), the chunks, and after the first stage the previous stage's hidden states (T', C) as
 /// float32 bytes, T' leaving out each chunk's cached prefix, whose length (PrefixHits) the first stage found.
-/// StepId names the step to its scheduler: the last stage hands the sampled tokens straight to it (DeliverTokens)
+/// StepId names the step: the scheduler takes its sampled tokens straight from the last stage (IShardGrain.SampledTokens)
 /// rather than back up through every earlier stage. Immutable: not copied between grains of one silo.
 /// </summary>
 [GenerateSerializer, Immutable]

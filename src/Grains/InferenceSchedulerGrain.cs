@@ -130,8 +130,8 @@ public sealed class InferenceSchedulerGrain(
 
     private ModelServing? _serving;
     private ITokenizer? _tokenizer;
-    // Steps down the pipeline whose tokens the last stage has yet to deliver (DeliverTokens), by StageBatch.StepId, with
-    // when each was sent (Stopwatch ticks).
+    // Steps down the pipeline whose tokens have not come back from the last stage yet (IShardGrain.SampledTokens), by
+    // StageBatch.StepId, with when each was sent (Stopwatch ticks); failing one's Tokens fails the step.
     private readonly Dictionary<Guid, (Replica Replica, TaskCompletionSource<StageResult> Tokens, long Sent)> _awaitingTokens = [];
     private readonly CancellationTokenSource _deactivating = new();
     private int _longestPieceBytes;
@@ -272,6 +272,29 @@ public sealed class InferenceSchedulerGrain(
         return _shape!;
     }
 
+    /// <summary>Tells the registry the shards' new keys, retrying (on the grain's turn) until FailoverTimeout while it comes back.</summary>
+    private async Task RegisterMovedShards()
+    {
+        var deadline = DateTime.UtcNow + Options.FailoverTimeout;
+        while (true)
+        {
+            try
+            {
+                await Register();
+                return;
+            }
+            catch (Exception e) when (DateTime.UtcNow < deadline && e is not ArgumentException)
+            {
+                await Task.Delay(TimeSpan.FromMilliseconds(500));
+            }
+            catch (Exception e)
+            {
+                log.LogWarning(e, "model {Model}: the registry was not told the moved shards' keys", ModelId);
+                return;
+            }
+        }
+    }
+
     /// <summary>Tells the model registry (behind /v1/models) the model's shape and its shards' keys.</summary>
     private Task Register() => grains.GetGrain<IModelRegistryGrain>(0).Register(
         new ModelEntry(ModelId, _shape!.Config, ParallelLayoutOf(_serving!).ToString(), [.. _replicas.SelectMany(r => r.AllKeys)]));
@@ -365,12 +388,6 @@ public sealed class InferenceSchedulerGrain(
             if (_servingConfigured == serving) _servingConfigured = null;   // a failed start is not kept: the next request tries again
             throw;
         }
-    }
-
-    public Task DeliverTokens(Guid stepId, StageResult tokens)
-    {
-        if (_awaitingTokens.Remove(stepId, out var step)) step.Tokens.TrySetResult(tokens);
-        return Task.CompletedTask;
     }
 
     public Task<SchedulerStatus> Status() => Task.FromResult(new SchedulerStatus(silo.Name,
@@ -554,17 +571,20 @@ public sealed class InferenceSchedulerGrain(
         _awaitingTokens[stepId] = (replica, delivered, started);
         try
         {
-            // The tokens come straight from the last stage (DeliverTokens); the calls down the pipeline complete after
-            // that, and fail if a stage did. Whichever comes first decides: the step is done once its tokens are here.
-            var pipeline = Task.WhenAll(replica.StageKeys[0].Select(key => grains.GetGrain<IShardGrain>(key).Forward(stageBatch)));
-            var first = await Task.WhenAny(delivered.Task, pipeline).WaitAsync(replica.StepTimes.TimeoutFor(stepTokens, Options));
-            if (first == pipeline)
+            // The tokens come straight from the last stage (asked for as the step is sent); the calls down the pipeline
+            // complete after that, and fail if a stage did. Whichever comes first decides: the step is done once its
+            // tokens are here.
+            _ = grains.GetGrain<IShardGrain>(replica.StageKeys[^1][0]).SampledTokens(epoch, stepId).ContinueWith(sampled =>
             {
-                await pipeline;   // throws the stage's failure
-                if (!delivered.Task.IsCompleted) throw new InvalidOperationException($"step {step}: the pipeline completed without delivering its tokens");
-            }
+                if (sampled.IsCompletedSuccessfully) delivered.TrySetResult(sampled.Result);
+                else delivered.TrySetException(sampled.Exception?.InnerExceptions ?? [new TaskCanceledException(sampled)]);
+            }, TaskScheduler.Default);
+            var pipeline = Task.WhenAll(replica.StageKeys[0].Select(key => grains.GetGrain<IShardGrain>(key).Forward(stageBatch)));
+            var timeout = replica.StepTimes.TimeoutFor(stepTokens, Options);
+            var first = await Task.WhenAny(delivered.Task, pipeline).WaitAsync(timeout);
+            if (first == pipeline) await pipeline;   // throws the stage's failure; after a success the tokens are on their way
             else _ = pipeline.ContinueWith(t => t.Exception, TaskScheduler.Default);   // its late failure is observed, not awaited
-            result = await delivered.Task;
+            result = await delivered.Task.WaitAsync(timeout);
             CheckTokens(result, batch, step);
         }
         catch (Exception e) when (e is not ArgumentException)
@@ -678,7 +698,7 @@ public sealed class InferenceSchedulerGrain(
                     bool moved = MoveShardsOffLostSilos(replica);
                     await Load(replica).WaitAsync(Options.StepTimeout);
                     replica.LostSilos.Clear();
-                    if (moved) await Register();
+                    if (moved) _ = RegisterMovedShards();   // the registry may have been on the lost silo: serving does not wait for it
                     log.LogInformation("model {Model} replica {Replica}: recovered in epoch {Epoch}", ModelId, replica.Index, replica.Epoch);
                     break;
                 }

@@ -40,6 +40,9 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
         KeyValuePair<string, object?>[] tags)
     {
         private readonly Dictionary<long, TaskCompletionSource> _waiting = [];
+        // The last stage's sampled tokens by step id, from whichever comes first: the step (Publish) or its scheduler's
+        // call for them (Sampled). Each entry leaves when the other side comes; an epoch's end fails the calls still waiting.
+        private readonly Dictionary<Guid, TaskCompletionSource<StageResult>> _sampled = [];
         private long _nextStep;
         private Exception? _ended;
 
@@ -72,13 +75,36 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
             if (_waiting.Remove(_nextStep, out var turn)) turn.SetResult();
         }
 
-        /// <summary>Fails waiting steps and blocked collectives; the cache is freed later, on the device thread.</summary>
+        public void Publish(Guid step, StageResult tokens)
+        {
+            if (_sampled.Remove(step, out var asked)) asked.SetResult(tokens);
+            else _sampled[step] = CompletedWith(tokens);
+        }
+
+        public Task<StageResult> Sampled(Guid step)
+        {
+            if (_ended is not null) throw _ended;
+            if (_sampled.TryGetValue(step, out var entry) && entry.Task.IsCompleted) _sampled.Remove(step);
+            else if (entry is null) _sampled[step] = entry = new TaskCompletionSource<StageResult>(TaskCreationOptions.RunContinuationsAsynchronously);
+            return entry.Task;
+        }
+
+        private static TaskCompletionSource<StageResult> CompletedWith(StageResult tokens)
+        {
+            var done = new TaskCompletionSource<StageResult>();
+            done.SetResult(tokens);
+            return done;
+        }
+
+        /// <summary>Fails waiting steps, calls for tokens and blocked collectives; the cache is freed later, on the device thread.</summary>
         public void End(Exception reason)
         {
             _ended = reason;
             mailbox.Fail(reason);
             foreach (var turn in _waiting.Values) turn.SetException(reason);
             _waiting.Clear();
+            foreach (var asked in _sampled.Values) asked.TrySetException(reason);
+            _sampled.Clear();
         }
     }
 
@@ -182,11 +208,19 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
         if (a.Stage == 0 && a.Rank == 0 && hits.Sum() is > 0 and int hitTokens) ClusterTelemetry.PrefixHitTokens.Add(hitTokens, tags[0]);
         if (epoch.Assignment.NextStage is { } next)
             await grains.GetGrain<IShardGrain>(next).Forward(batch with { Hidden = MemoryMarshal.AsBytes(output.AsSpan()).ToArray(), PrefixHits = hits });
-        else if (a.Rank == 0)   // the tokens go straight to the scheduler, not back up through the earlier stages
+        else if (a.Rank == 0)   // the scheduler's call for them (SampledTokens) takes the tokens, not the earlier stages
         {
             int[] tokens = await Task.Run(() => SampleNextTokens(batch.Chunks, output, model.Config.VocabSize));   // off the device thread: the next step runs meanwhile
-            await grains.GetGrain<IInferenceSchedulerGrain>(ShardKey.ModelId(Key)).DeliverTokens(batch.StepId, new StageResult(tokens));
+            epoch.Publish(batch.StepId, new StageResult(tokens));
         }
+    }
+
+    public Task<StageResult> SampledTokens(long epoch, Guid stepId)
+    {
+        var current = Current(epoch);
+        if (current.Assignment.NextStage is not null || current.Assignment.Rank != 0)
+            throw new InvalidOperationException($"shard {Key} is not its pipeline's last stage at rank 0: it samples no tokens");
+        return current.Sampled(stepId);
     }
 
     /// <summary>

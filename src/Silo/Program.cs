@@ -30,6 +30,7 @@ builder.UseOrleans(silo =>
 #pragma warning disable ORLEANSEXP003   // experimental in Orleans 10
     silo.AddDistributedGrainDirectory();
 #pragma warning restore ORLEANSEXP003
+    silo.AddPinnedShardDirectory();   // a pinned shard registers on its own silo: a failover's new shard never waits on a dead silo's range
     silo.Services.AddOptions<GrainDirectoryOptions>().Configure<Microsoft.Extensions.Options.IOptions<ClusterMembershipOptions>>(
         (directory, membership) => SiloSettings.ConfigureDirectory(directory, membership.Value));
     silo.AddClusterGrains(o => (o.DeviceThreads, o.Devices, o.KvSequences, o.KvBlockSize) =

@@ -92,6 +92,5 @@ public sealed class ResumableGenerationTests
         public Task<ShardDescription> Serve(ModelServing serving) => throw new NotSupportedException();
         public Task<int[]> Tokenize(string prompt, CancellationToken cancellation = default) => throw new NotSupportedException();
         public Task<SchedulerStatus> Status() => throw new NotSupportedException();
-        public Task DeliverTokens(Guid stepId, StageResult tokens) => throw new NotSupportedException();
     }
 }

@@ -63,14 +63,34 @@ public sealed class SiloProcessFailoverTests
         var requests = ShardedServingTests.MixedRequests(8).Select(r => r with { MaxTokens = 120 }).ToArray();
         var undisturbed = await Task.WhenAll(requests.Select(r => scheduler.GenerateAsync(r, cancel)));
 
-        var (runs, started) = TestClusters.StartStreams(requests, generate);
+        long longestPause = 0;   // Stopwatch ticks between two chunks of one stream, the stall the kill caused
+        var (runs, started) = TestClusters.StartStreams(requests, request => Paced(generate(request), pause => InterlockedMax(ref longestPause, pause)));
         await started;
         Assert.Contains(runs, r => !r.IsCompleted);   // the kill lands mid-stream
         victim.Kill();
         var sinceKill = Stopwatch.StartNew();
         var disturbed = await Task.WhenAll(runs).WaitAsync(TimeSpan.FromMinutes(2), cancel);
-        TestContext.Current.TestOutputHelper?.WriteLine($"the streams completed {sinceKill.Elapsed.TotalSeconds:0.0} s after the kill");
+        TestContext.Current.TestOutputHelper?.WriteLine($"the streams completed {sinceKill.Elapsed.TotalSeconds:0.0} s after the kill; " +
+            $"the longest pause between two chunks of a stream was {(double)longestPause / Stopwatch.Frequency:0.00} s");
         for (int i = 0; i < requests.Length; i++) Assert.Equal(undisturbed[i], disturbed[i]);
+    }
+
+    private static async IAsyncEnumerable<GeneratedChunk> Paced(IAsyncEnumerable<GeneratedChunk> chunks, Action<long> pause)
+    {
+        long last = Stopwatch.GetTimestamp();
+        await foreach (var chunk in chunks)
+        {
+            long now = Stopwatch.GetTimestamp();
+            pause(now - last);
+            last = now;
+            yield return chunk;
+        }
+    }
+
+    private static void InterlockedMax(ref long target, long value)
+    {
+        for (long seen = Volatile.Read(ref target); value > seen; seen = Volatile.Read(ref target))
+            if (Interlocked.CompareExchange(ref target, value, seen) == seen) return;
     }
 
     /// <summary>Three silo processes a, b, c (localhost clustering, a primary) and a client whose gateway is a; response and step timeouts of 10 minutes.</summary>
