@@ -22,6 +22,7 @@ public sealed class DeviceInventoryReporter(IGrainFactory grains, ILocalSiloDeta
                 string.Join("; ", devices.Select(d => $"{d.Device} {d.Name}")), found.Length == 0 ? "none" : found);
             await Send(devices).WaitAsync(cancellation);
             slots.Changed += OnChanged;
+            OnChanged();   // a shard placed here while the first report was on its way (the silo is already active) is in this one
         }, _ =>
         {
             slots.Changed -= OnChanged;   // a stopping silo's shards give their devices back: nothing to report to anyone

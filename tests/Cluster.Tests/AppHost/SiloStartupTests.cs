@@ -57,16 +57,19 @@ public sealed class SiloStartupTests
             // Each silo reports its devices' holders; the reports lag the placements by up to a second or so.
             var deadline = DateTime.UtcNow.AddSeconds(30);
             Dictionary<string, string> holders;
+            string report;
             do
             {
                 await Task.Delay(250, cancel);
-                using var silos = JsonDocument.Parse(await client.GetStringAsync("v1/cluster/silos", cancel));
+                report = await client.GetStringAsync("v1/cluster/silos", cancel);
+                using var silos = JsonDocument.Parse(report);
                 holders = silos.RootElement.GetProperty("data").EnumerateArray()
                     .SelectMany(s => s.GetProperty("devices").EnumerateArray().SelectMany(d => d.GetProperty("holders").EnumerateArray())
                         .Select(h => (Key: h.GetProperty("key").GetString()!, Silo: s.GetProperty("silo").GetString()!)))
                     .Where(h => h.Key.StartsWith("default/", StringComparison.Ordinal))
                     .ToDictionary(h => h.Key, h => h.Silo);
             } while (holders.Count < 2 && DateTime.UtcNow < deadline);
+            Assert.True(holders.Count == 2, $"the silos report these holders: {report}");
             Assert.Equal("a", holders["default/0.0.0@a"]);
             Assert.Equal("b", holders["default/0.1.0@b"]);
         }
