@@ -8,7 +8,8 @@
 //   (12 zmm accumulators, AVX-512 FMA).
 // Without AVX-512 the same loops run a 6×16 Vector256 micro-kernel twice per panel (AVX2; on hardware
 // without 256-bit SIMD the runtime lowers Vector256 to Vector128 pairs). Decode (M = 1) skips the row packing and
-// the 6-row tiles: a GEMV per panel (AVX-512, or AVX2 with FMA).
+// the 6-row tiles: a GEMV per panel (AVX-512, or AVX2 with FMA). Batched decode on AVX2 without AVX-512 (M ≤ 16)
+// multiplies two unpacked rows at a time against each panel (RowPairPanelFma256).
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
@@ -21,6 +22,7 @@ public static unsafe class Gemm
     public const int NR = 32;
     private const int MR = 6;
     private const int KC = 256;
+    private const int SmallBatchRows = 16;   // up to this many rows, AVX2 multiplies row pairs per panel (RowPairPanelFma256)
 
     public static readonly bool UseAvx512 = Vector512.IsHardwareAccelerated && Avx512F.IsSupported;
     private static readonly bool UseFma256 = Vector256.IsHardwareAccelerated && Fma.IsSupported;
@@ -91,6 +93,23 @@ public static unsafe class Gemm
                     float* panel = packedW + (long)p * k * NR;
                     if (UseAvx512) GemvPanelAvx512(x, panel, k, y + p * NR, Math.Min(NR, n - p * NR));
                     else GemvPanelFma256(x, panel, k, y + p * NR, Math.Min(NR, n - p * NR));
+                }
+            });
+            return;
+        }
+
+        if (m <= SmallBatchRows && UseFma256 && !UseAvx512)   // a few decoding sequences: no packing, no padded 6-row tiles
+        {
+            pool.For(panels, (p0, p1) =>
+            {
+                for (int p = p0; p < p1; p++)
+                {
+                    float* panel = packedW + (long)p * k * NR;
+                    int nr = Math.Min(NR, n - p * NR);
+                    int r = 0;
+                    for (; r + 1 < m; r += 2)
+                        RowPairPanelFma256(x + (long)r * k, panel, k, y + (long)r * n + p * NR, n, nr);
+                    if (r < m) GemvPanelFma256(x + (long)r * k, panel, k, y + (long)r * n + p * NR, nr);
                 }
             });
             return;
@@ -275,6 +294,49 @@ public static unsafe class Gemm
         }
         v0.Store(c);
         v1.Store(c + 8);
+    }
+
+    // Batched decode with AVX2 and FMA: two rows of x (stride k) against one panel, whose rows are read whole and in
+    // order as the GEMV reads them (the 6×16 kernel reads each half of a row in a separate pass, and pads 8 rows to 12).
+    // The first row pair streams the panel from memory; the next pairs find it in cache.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void RowPairPanelFma256(float* x, float* panel, int k, float* y, int ldy, int nr)
+    {
+        Vector256<float> c00 = default, c01 = default, c02 = default, c03 = default;
+        Vector256<float> c10 = default, c11 = default, c12 = default, c13 = default;
+        float* x1 = x + k;
+        for (int kk = 0; kk < k; kk++)
+        {
+            var b0 = Vector256.Load(panel);
+            var b1 = Vector256.Load(panel + 8);
+            var b2 = Vector256.Load(panel + 16);
+            var b3 = Vector256.Load(panel + 24);
+            var a0 = Vector256.Create(x[kk]);
+            c00 = Fma.MultiplyAdd(a0, b0, c00);
+            c01 = Fma.MultiplyAdd(a0, b1, c01);
+            c02 = Fma.MultiplyAdd(a0, b2, c02);
+            c03 = Fma.MultiplyAdd(a0, b3, c03);
+            var a1 = Vector256.Create(x1[kk]);
+            c10 = Fma.MultiplyAdd(a1, b0, c10);
+            c11 = Fma.MultiplyAdd(a1, b1, c11);
+            c12 = Fma.MultiplyAdd(a1, b2, c12);
+            c13 = Fma.MultiplyAdd(a1, b3, c13);
+            panel += NR;
+        }
+        // Every accumulator is stored before any call (a call would make the JIT spill them inside the loop).
+        float* tile = stackalloc float[2 * NR];
+        float* row0 = nr == NR ? y : tile, row1 = nr == NR ? y + ldy : tile + NR;
+        c00.Store(row0);
+        c01.Store(row0 + 8);
+        c02.Store(row0 + 16);
+        c03.Store(row0 + 24);
+        c10.Store(row1);
+        c11.Store(row1 + 8);
+        c12.Store(row1 + 16);
+        c13.Store(row1 + 24);
+        if (nr == NR) return;
+        new ReadOnlySpan<float>(tile, nr).CopyTo(new Span<float>(y, nr));
+        new ReadOnlySpan<float>(tile + NR, nr).CopyTo(new Span<float>(y + ldy, nr));
     }
 
     // Decode (M = 1) with AVX2 and FMA: as GemvPanelAvx512, each 32-column panel row in four 256-bit vectors.
