@@ -41,7 +41,7 @@ switch (command)
         return 0;
     case "training":
         TrainingBench.Run((Option(args, "--presets") ?? "stories15M").Split(','), threads,
-            (Option(args, "--layouts") ?? "pp=2;dp=2;tp=2;pp=2,dp=2").Split(';'),
+            (Option(args, "--layouts") ?? "pp=2;dp=2;tp=2;pp=2,dp=2").Split(';', StringSplitOptions.RemoveEmptyEntries),
             int.Parse(Option(args, "--batch") ?? "4"), int.Parse(Option(args, "--seq") ?? "128"), int.Parse(Option(args, "--steps") ?? "5"), peakPerCore);
         return 0;
     default:
