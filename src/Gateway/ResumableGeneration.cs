@@ -2,8 +2,9 @@
 // request goes again with the tokens delivered so far (GenerationRequest.Resume), and the scheduler, activated anew
 // on a live silo, carries on after them with exactly the tokens it would have produced (its sampler skips ahead).
 // A call pending on a silo that died is never answered (the Orleans client breaks it only at its response timeout), so
-// while no chunk comes the stream asks the scheduler for its incarnation every ProbeInterval: an answer from another
-// activation than the stream's means the stream's is gone, and it resumes at once. The same activation answering while
+// while no chunk comes the stream asks the scheduler for its incarnation every ProbeInterval (every ProbeTimeout +
+// ProbeRetryDelay while a probe goes unanswered): an answer from another activation than the stream's means the
+// stream's is gone, and it resumes at once. The same activation answering while
 // it has generated tokens this stream never received (StreamProgress), on two probes in a row, means the pending call
 // lost its response (it was to come back through a gateway silo that died): the stream resumes too, rather than wait
 // for Orleans' response timeout.
@@ -16,8 +17,14 @@ public sealed class ResumableGeneration(
 {
     private readonly GenerationRequest _request = generation.Stream == Guid.Empty ? generation with { Stream = Guid.NewGuid() } : generation;
 
-    /// <summary>How long a chunk may be awaited before the scheduler is asked whether it is still the stream's.</summary>
+    /// <summary>How long a chunk may be awaited before the scheduler is asked whether it is still the stream's, and between two probes it answered.</summary>
     public static readonly TimeSpan ProbeInterval = TimeSpan.FromSeconds(2);
+
+    /// <summary>
+    /// A probe not answered this soon is sent again (after <see cref="ProbeRetryDelay"/>): one sent to a silo that just
+    /// died hangs, while the scheduler's next activation, once the directory lets it start, answers the next one at once.
+    /// </summary>
+    private static readonly TimeSpan ProbeTimeout = TimeSpan.FromMilliseconds(500), ProbeRetryDelay = TimeSpan.FromMilliseconds(250);
 
     private readonly List<int> _delivered = [];
     private IAsyncEnumerator<GeneratedChunk>? _chunks;
@@ -58,19 +65,21 @@ public sealed class ResumableGeneration(
     {
         var next = chunks.MoveNextAsync().AsTask();
         int missing = 0;   // probes in a row that found tokens generated for this stream that never reached it
-        while (await Task.WhenAny(next, Task.Delay(ProbeInterval, cancellation)) != next)
+        var wait = ProbeInterval;
+        while (await Task.WhenAny(next, Task.Delay(wait, cancellation)) != next)
         {
             try
             {
-                if (await scheduler.Incarnation().WaitAsync(ProbeInterval, cancellation) != _incarnation)
+                if (await scheduler.Incarnation().WaitAsync(ProbeTimeout, cancellation) != _incarnation)
                     throw Lost(next, $"the scheduler of this stream was replaced (activation {_incarnation} gone)");
                 // Still the stream's scheduler: a long prompt or a queue, unless it generated tokens that never came.
-                int generated = await scheduler.StreamProgress(_request.Stream).WaitAsync(ProbeInterval, cancellation);
+                int generated = await scheduler.StreamProgress(_request.Stream).WaitAsync(ProbeTimeout, cancellation);
                 missing = generated > _delivered.Count ? missing + 1 : 0;
                 if (missing >= 2)
                     throw Lost(next, $"the scheduler generated {generated} tokens of this stream, {_delivered.Count} arrived: the call lost its response");
+                wait = ProbeInterval;
             }
-            catch (TimeoutException) { }   // no answer yet: the silo may be dying; ask again
+            catch (TimeoutException) { wait = ProbeRetryDelay; }   // no answer yet: the silo may be dying; ask again soon
         }
         return await next;
     }
