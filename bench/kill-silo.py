@@ -58,7 +58,7 @@ def silo_pids(name):
 
 
 def stream(tokens, on_chunk=None):
-    """Streams a greedy completion; returns (text, [(time, index)]) with the arrival time of each content chunk."""
+    """Streams a greedy completion; returns its text and the arrival time of each content chunk."""
     body = json.dumps({"model": "default", "prompt": PROMPT, "max_tokens": tokens, "temperature": 0, "stream": True}).encode()
     request = urllib.request.Request(API + "/v1/completions", body, {"Content-Type": "application/json"})
     text, arrivals = [], []

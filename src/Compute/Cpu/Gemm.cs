@@ -84,21 +84,17 @@ public static unsafe class Gemm
     public static void Multiply(WorkerPool pool, float* x, int m, int k, float* packedW, int n, float* y, float* scratch)
     {
         int panels = (n + NR - 1) / NR;
-        if (m == 1 && (UseAvx512 || UseFma256))   // decode: one row, so no 6-row blocks of padding
+        if (m == 1 && UseAvx512)   // decode: one row, so no 6-row blocks of padding
         {
             pool.For(panels, (p0, p1) =>
             {
                 for (int p = p0; p < p1; p++)
-                {
-                    float* panel = packedW + (long)p * k * NR;
-                    if (UseAvx512) GemvPanelAvx512(x, panel, k, y + p * NR, Math.Min(NR, n - p * NR));
-                    else GemvPanelFma256(x, panel, k, y + p * NR, Math.Min(NR, n - p * NR));
-                }
+                    GemvPanelAvx512(x, packedW + (long)p * k * NR, k, y + p * NR, Math.Min(NR, n - p * NR));
             });
             return;
         }
 
-        if (m <= SmallBatchRows && UseFma256 && !UseAvx512)   // a few decoding sequences: no packing, no padded 6-row tiles
+        if (m <= SmallBatchRows && UseFma256 && !UseAvx512)   // decode of one or a few sequences: no packing, no padded 6-row tiles
         {
             pool.For(panels, (p0, p1) =>
             {
