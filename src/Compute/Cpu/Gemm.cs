@@ -8,8 +8,9 @@
 //   (12 zmm accumulators, AVX-512 FMA).
 // Without AVX-512 the same loops run a 6×16 Vector256 micro-kernel twice per panel (AVX2; on hardware
 // without 256-bit SIMD the runtime lowers Vector256 to Vector128 pairs). Decode (M = 1) skips the row packing and
-// the 6-row tiles: a GEMV per panel (AVX-512, or AVX2 with FMA). Batched decode on AVX2 without AVX-512 (M ≤ 16)
-// multiplies two unpacked rows at a time against each panel (RowPairPanelFma256).
+// the 6-row tiles: a GEMV per panel (AVX-512, or AVX2 with FMA). Batched decode (M ≤ 16) also skips them: unpacked rows
+// against each panel, four at a time with AVX-512 (RowQuadPanelAvx512), two with AVX2 (RowPairPanelFma256), the GEMV
+// for the rows left over.
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
@@ -22,7 +23,7 @@ public static unsafe class Gemm
     public const int NR = 32;
     private const int MR = 6;
     private const int KC = 256;
-    private const int SmallBatchRows = 16;   // up to this many rows, AVX2 multiplies row pairs per panel (RowPairPanelFma256)
+    private const int SmallBatchRows = 32;   // up to this many rows multiply unpacked against each panel (SmallBatchPanel*)
 
     public static readonly bool UseAvx512 = Vector512.IsHardwareAccelerated && Avx512F.IsSupported;
     private static readonly bool UseFma256 = Vector256.IsHardwareAccelerated && Fma.IsSupported;
@@ -84,28 +85,16 @@ public static unsafe class Gemm
     public static void Multiply(WorkerPool pool, float* x, int m, int k, float* packedW, int n, float* y, float* scratch)
     {
         int panels = (n + NR - 1) / NR;
-        if (m == 1 && UseAvx512)   // decode: one row, so no 6-row blocks of padding
-        {
-            pool.For(panels, (p0, p1) =>
-            {
-                for (int p = p0; p < p1; p++)
-                    GemvPanelAvx512(x, packedW + (long)p * k * NR, k, y + p * NR, Math.Min(NR, n - p * NR));
-            });
-            return;
-        }
-
-        if (m <= SmallBatchRows && UseFma256 && !UseAvx512)   // decode of one or a few sequences: no packing, no padded 6-row tiles
+        if (m <= SmallBatchRows && (UseAvx512 || UseFma256))   // decode of one or a few sequences: no packing, no padded 6-row tiles
         {
             pool.For(panels, (p0, p1) =>
             {
                 for (int p = p0; p < p1; p++)
                 {
-                    float* panel = packedW + (long)p * k * NR;
+                    float* panel = packedW + (long)p * k * NR, yp = y + p * NR;
                     int nr = Math.Min(NR, n - p * NR);
-                    int r = 0;
-                    for (; r + 1 < m; r += 2)
-                        RowPairPanelFma256(x + (long)r * k, panel, k, y + (long)r * n + p * NR, n, nr);
-                    if (r < m) GemvPanelFma256(x + (long)r * k, panel, k, y + (long)r * n + p * NR, nr);
+                    if (UseAvx512) SmallBatchPanelAvx512(x, m, panel, k, yp, n, nr);
+                    else SmallBatchPanelFma256(x, m, panel, k, yp, n, nr);
                 }
             });
             return;
@@ -290,6 +279,67 @@ public static unsafe class Gemm
         }
         v0.Store(c);
         v1.Store(c + 8);
+    }
+
+    // Batched decode with AVX-512: four rows of x (stride k) at a time against one panel, then one at a time (the GEMV)
+    // for the rest. The first rows stream the panel from memory; the next find it in cache.
+    private static void SmallBatchPanelAvx512(float* x, int m, float* panel, int k, float* y, int ldy, int nr)
+    {
+        int r = 0;
+        for (; r + 3 < m; r += 4)
+            RowQuadPanelAvx512(x + (long)r * k, panel, k, y + (long)r * ldy, ldy, nr);
+        for (; r < m; r++)
+            GemvPanelAvx512(x + (long)r * k, panel, k, y + (long)r * ldy, nr);
+    }
+
+    // Batched decode with AVX2 and FMA: row pairs, then the GEMV for an odd last row.
+    private static void SmallBatchPanelFma256(float* x, int m, float* panel, int k, float* y, int ldy, int nr)
+    {
+        int r = 0;
+        for (; r + 1 < m; r += 2)
+            RowPairPanelFma256(x + (long)r * k, panel, k, y + (long)r * ldy, ldy, nr);
+        if (r < m) GemvPanelFma256(x + (long)r * k, panel, k, y + (long)r * ldy, nr);
+    }
+
+    // Four rows against a 32-column panel: eight zmm accumulators, each panel row loaded once for the four.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void RowQuadPanelAvx512(float* x, float* panel, int k, float* y, int ldy, int nr)
+    {
+        Vector512<float> c00 = default, c01 = default, c10 = default, c11 = default;
+        Vector512<float> c20 = default, c21 = default, c30 = default, c31 = default;
+        float* x1 = x + k, x2 = x1 + k, x3 = x2 + k;
+        for (int kk = 0; kk < k; kk++)
+        {
+            var b0 = Vector512.Load(panel);
+            var b1 = Vector512.Load(panel + 16);
+            var a0 = Vector512.Create(x[kk]);
+            c00 = Avx512F.FusedMultiplyAdd(a0, b0, c00);
+            c01 = Avx512F.FusedMultiplyAdd(a0, b1, c01);
+            var a1 = Vector512.Create(x1[kk]);
+            c10 = Avx512F.FusedMultiplyAdd(a1, b0, c10);
+            c11 = Avx512F.FusedMultiplyAdd(a1, b1, c11);
+            var a2 = Vector512.Create(x2[kk]);
+            c20 = Avx512F.FusedMultiplyAdd(a2, b0, c20);
+            c21 = Avx512F.FusedMultiplyAdd(a2, b1, c21);
+            var a3 = Vector512.Create(x3[kk]);
+            c30 = Avx512F.FusedMultiplyAdd(a3, b0, c30);
+            c31 = Avx512F.FusedMultiplyAdd(a3, b1, c31);
+            panel += NR;
+        }
+        // Every accumulator is stored before any call (a call would make the JIT spill them inside the loop).
+        float* tile = stackalloc float[4 * NR];
+        bool whole = nr == NR;
+        float* row0 = whole ? y : tile, row1 = whole ? y + ldy : tile + NR, row2 = whole ? y + 2 * ldy : tile + 2 * NR, row3 = whole ? y + 3 * ldy : tile + 3 * NR;
+        c00.Store(row0);
+        c01.Store(row0 + 16);
+        c10.Store(row1);
+        c11.Store(row1 + 16);
+        c20.Store(row2);
+        c21.Store(row2 + 16);
+        c30.Store(row3);
+        c31.Store(row3 + 16);
+        if (whole) return;
+        for (int i = 0; i < 4; i++) new ReadOnlySpan<float>(tile + i * NR, nr).CopyTo(new Span<float>(y + (long)i * ldy, nr));
     }
 
     // Batched decode with AVX2 and FMA: two rows of x (stride k) against one panel, whose rows are read whole and in
