@@ -249,7 +249,10 @@ public interface IDevice : IDisposable
     /// </summary>
     void LinearBackward(DeviceBuffer x, DeviceBuffer w, DeviceBuffer dy, DeviceBuffer dx, DeviceBuffer? dw, DeviceBuffer? db, int m, int n, int k);
 
-    /// <summary>Drops the prepared copies of <paramref name="w"/> (of every weight when null): call when weights changed.</summary>
+    /// <summary>
+    /// Without <paramref name="w"/>: every prepared copy is stale (prepared again when next used; call when weights
+    /// changed). With it: drops <paramref name="w"/>'s prepared copies and their memory (its owner lets go of it).
+    /// </summary>
     void ForgetPrepared(DeviceBuffer? w = null);
 
     /// <summary>destination (n,) = source.</summary>

@@ -1,7 +1,8 @@
 // A linear layer y (M, N) = x (M, K) · Wᵀ + b with W (N, K) row-major, forward and backward, on host spans for
 // training: dx (M, K) += dy · W, dW (N, K) += dyᵀ · x, db (N,) += Σ_m dy. Every product runs on the packed AVX-512
 // GEMM (Gemm.Multiply) over the worker pool. W (and the Wᵀ the backward multiplies by) is packed once and kept until
-// ForgetPacked, which the owner calls whenever the weights may have changed (an optimizer step).
+// ForgetPacked, which the owner calls whenever the weights may have changed (an optimizer step): then it is packed
+// again, into the same memory, when next used.
 using System.Numerics.Tensors;
 using System.Runtime.InteropServices;
 
@@ -10,20 +11,30 @@ namespace Cluster.Compute.Cpu;
 /// <param name="bfloat16">Round every product's inputs to bfloat16 (fp32 accumulation): bf16 compute numerics.</param>
 public sealed unsafe class Linear(WorkerPool pool, bool bfloat16 = false) : IDisposable
 {
-    /// <summary>A matrix packed for Gemm.Multiply, in native memory.</summary>
-    private sealed class Packed : IDisposable
+    /// <summary>
+    /// A matrix packed for Gemm.Multiply, in native memory that is kept and packed over again: fresh pages would cost a
+    /// page fault each on first touch, a fifth of a training step when every weight was packed into new memory after
+    /// each optimizer step (and the head's dyᵀ, tens of MB, on every backward).
+    /// </summary>
+    private sealed class Packed(long capacity) : IDisposable
     {
-        /// <summary>B (n, k) row-major, packed; with <paramref name="transposed"/>, b is (k, n) and B = bᵀ.</summary>
-        public Packed(WorkerPool pool, ReadOnlySpan<float> b, int n, int k, bool transposed = false, bool bfloat16 = false)
+        public float* Pointer { get; private set; } = (float*)NativeMemory.AlignedAlloc((nuint)(capacity * sizeof(float)), 64);
+        public long Capacity => capacity;
+
+        /// <summary>False once the matrix it was packed from may have changed (ForgetPacked): packed again on next use.</summary>
+        public bool Current { get; set; }
+
+        /// <summary>Packs B (n, k) row-major; with <paramref name="transposed"/>, b is (k, n) and B = bᵀ.</summary>
+        public Packed Fill(WorkerPool pool, ReadOnlySpan<float> b, int n, int k, bool transposed, bool bfloat16)
         {
             long length = Gemm.PackedLength(n, k);
-            Pointer = (float*)NativeMemory.AlignedAlloc((nuint)(length * sizeof(float)), 64);
+            if (length > capacity) throw new InvalidOperationException($"a packed ({n}, {k}) matrix needs {length} floats, this buffer holds {capacity}");
             if (transposed) Gemm.PackTransposed(pool, b[..(n * k)], k, n, Pointer);
             else Gemm.Pack(b[..(n * k)], n, k, Pointer);
             if (bfloat16) RoundToBFloat16(new Span<float>(Pointer, checked((int)length)));
+            Current = true;
+            return this;
         }
-
-        public float* Pointer { get; private set; }
 
         public void Dispose()
         {
@@ -34,31 +45,36 @@ public sealed unsafe class Linear(WorkerPool pool, bool bfloat16 = false) : IDis
 
     private readonly Dictionary<float[], Packed> _weights = new(ReferenceEqualityComparer.Instance);             // W
     private readonly Dictionary<float[], Packed> _transposedWeights = new(ReferenceEqualityComparer.Instance);   // Wᵀ
+    private Packed? _packedDy;           // dyᵀ of the backward's dW product, reused (grown) from call to call
     private float[] _scratch = [];
     private float[] _product = [];
     private float[] _transposedX = [];   // xᵀ, reused
     private float[] _rounded = [];       // a product's left input rounded to bf16
 
-    /// <summary>Drops every packed weight: call when the weights may have changed.</summary>
+    /// <summary>Marks every packed weight stale (each is packed again, into its same memory, when next used): call when the weights may have changed.</summary>
     public void ForgetPacked()
     {
-        foreach (var packed in _weights.Values.Concat(_transposedWeights.Values)) packed.Dispose();
-        _weights.Clear();
-        _transposedWeights.Clear();
+        foreach (var packed in _weights.Values.Concat(_transposedWeights.Values)) packed.Current = false;
     }
 
-    /// <summary>Drops one weight's packed copies (its owner is letting go of it).</summary>
+    /// <summary>Drops one weight's packed copies and their memory (its owner is letting go of it).</summary>
     public void Forget(float[] w)
     {
         if (_weights.Remove(w, out var packed)) packed.Dispose();
         if (_transposedWeights.Remove(w, out var transposed)) transposed.Dispose();
     }
 
+    /// <summary>W (n, k), or Wᵀ with <paramref name="transposed"/> (w then (k, n)), packed: as it was if w has not changed since.</summary>
+    private Packed PackedWeight(Dictionary<float[], Packed> packed, float[] w, int n, int k, bool transposed)
+    {
+        if (!packed.TryGetValue(w, out var p)) packed[w] = p = new Packed(Gemm.PackedLength(n, k));
+        return p.Current ? p : p.Fill(pool, w, n, k, transposed, bfloat16);
+    }
+
     /// <summary>y (M, N) = x (M, K) · Wᵀ (+ b when not empty).</summary>
     public void Forward(ReadOnlySpan<float> x, float[] w, ReadOnlySpan<float> b, Span<float> y, int m, int n, int k)
     {
-        if (!_weights.TryGetValue(w, out var packed)) _weights[w] = packed = new Packed(pool, w, n, k, bfloat16: bfloat16);
-        Multiply(x, packed.Pointer, y, m, n, k);
+        Multiply(x, PackedWeight(_weights, w, n, k, transposed: false).Pointer, y, m, n, k);
         if (b.IsEmpty) return;
         for (int row = 0; row < m; row++) TensorPrimitives.Add(y.Slice(row * n, n), b, y.Slice(row * n, n));
     }
@@ -69,16 +85,20 @@ public sealed unsafe class Linear(WorkerPool pool, bool bfloat16 = false) : IDis
     {
         var product = Product(Math.Max(m * k, n * k));
         // dx (M, K) = dy (M, N) · (Wᵀ)ᵀ: Wᵀ (K, N) packed straight from W's rows, once per weight version.
-        if (!_transposedWeights.TryGetValue(w, out var transposed)) _transposedWeights[w] = transposed = new Packed(pool, w, k, n, transposed: true, bfloat16: bfloat16);
-        Multiply(dy, transposed.Pointer, product.AsSpan(0, m * k), m, k, n);
+        Multiply(dy, PackedWeight(_transposedWeights, w, k, n, transposed: true).Pointer, product.AsSpan(0, m * k), m, k, n);
         TensorPrimitives.Add(dx[..(m * k)], product.AsSpan(0, m * k), dx[..(m * k)]);
         if (dw.IsEmpty) return;                                                                // a frozen weight (LoRA's base): no dW, no db
         // dWᵀ (K, N) = xᵀ (K, M) · (dyᵀ)ᵀ: dyᵀ (N, M) packed straight from dy's rows (the head's dy is tens of MB:
         // never transposed in memory), then added into dW transposed, tile by tile.
         Grow(ref _transposedX, m * k);
         Transpose(x, m, k, _transposedX);
-        using (var dyt = new Packed(pool, dy, n, m, transposed: true, bfloat16: bfloat16))
-            Multiply(_transposedX.AsSpan(0, m * k), dyt.Pointer, product.AsSpan(0, k * n), k, n, m);
+        if (_packedDy is null || _packedDy.Capacity < Gemm.PackedLength(n, m))
+        {
+            _packedDy?.Dispose();
+            _packedDy = new Packed(Gemm.PackedLength(n, m));
+        }
+        _packedDy.Fill(pool, dy, n, m, transposed: true, bfloat16);
+        Multiply(_transposedX.AsSpan(0, m * k), _packedDy.Pointer, product.AsSpan(0, k * n), k, n, m);
         fixed (float* pw = dw, pp = product)
             TransposeAdd(pool, pp, k, n, pw);
         if (db.IsEmpty) return;
@@ -155,5 +175,12 @@ public sealed unsafe class Linear(WorkerPool pool, bool bfloat16 = false) : IDis
         return _product;
     }
 
-    public void Dispose() => ForgetPacked();
+    public void Dispose()
+    {
+        foreach (var packed in _weights.Values.Concat(_transposedWeights.Values)) packed.Dispose();
+        _weights.Clear();
+        _transposedWeights.Clear();
+        _packedDy?.Dispose();
+        _packedDy = null;
+    }
 }
