@@ -9,7 +9,8 @@ public sealed class CpuKernelTests
     public static TheoryData<int, int, int, int> GemmShapes => new()
     {
         { 1, 1, 1, 1 }, { 1, 2048, 768, 2 }, { 1, 33, 257, 1 }, { 2, 31, 7, 3 }, { 5, 100, 300, 2 }, { 6, 32, 256, 1 },
-        { 7, 64, 513, 3 }, { 13, 95, 100, 2 }, { 16, 33, 50, 2 }, { 17, 40, 9, 1 }, { 32, 65, 40, 2 }, { 33, 31, 17, 1 }, { 64, 70, 33, 2 }, { 150, 129, 600, 3 },
+        { 7, 64, 513, 3 }, { 13, 95, 100, 2 }, { 16, 33, 50, 2 }, { 17, 40, 9, 1 }, { 32, 65, 40, 2 }, { 33, 31, 17, 1 },
+        { 64, 70, 33, 2 }, { 150, 129, 600, 3 }, { 1100, 40, 300, 2 },   // the last: tall and narrow (row blocks through every panel)
     };
 
     [Theory]
@@ -26,6 +27,42 @@ public sealed class CpuKernelTests
         device.Download(yb, y);
         // Float accumulation over k terms of size ≤ 1: error grows like sqrt(k)·eps·|terms|.
         Assert.True(Reference.MaxRelativeError(y, Reference.MatMul(x, w, m, n, k)) < 1e-5 * Math.Max(1, Math.Sqrt(k) / 4));
+    }
+
+    /// <summary>
+    /// The training linear's backward adds dx += dy · W, dW += dyᵀ · x and db += Σ dy into what the buffers held,
+    /// against a float64 sum; 1201 output features make dW's product tall and narrow (its rows go through every panel
+    /// in turn), the others take the panel-major loop.
+    /// </summary>
+    [Theory]
+    [InlineData(33, 70, 45, 2)]
+    [InlineData(37, 1201, 19, 2)]
+    [InlineData(300, 40, 600, 1)]
+    public void LinearBackwardAddsItsGradients(int m, int n, int k, int threads)
+    {
+        float[] x = Reference.Random(m * k, 1), w = Reference.Random(n * k, 2), dy = Reference.Random(m * n, 3);
+        float[] dx = Reference.Random(m * k, 4), dw = Reference.Random(n * k, 5), db = Reference.Random(n, 6);
+        double[] expectedDx = [.. dx.Select(v => (double)v)], expectedDw = [.. dw.Select(v => (double)v)], expectedDb = [.. db.Select(v => (double)v)];
+        for (int i = 0; i < m; i++)
+            for (int o = 0; o < n; o++)
+            {
+                double g = dy[i * n + o];
+                expectedDb[o] += g;
+                for (int j = 0; j < k; j++)
+                {
+                    expectedDx[i * k + j] += g * w[o * k + j];
+                    expectedDw[o * k + j] += g * x[i * k + j];
+                }
+            }
+        using var pool = new WorkerPool(threads);
+        using var linear = new Linear(pool);
+        linear.Backward(x, w, dy, dx, dw, db, m, n, k);
+        foreach (var (actual, expected, name, terms) in new[] { (dx, expectedDx, "dx", n), (dw, expectedDw, "dw", m), (db, expectedDb, "db", m) })
+        {
+            double worst = 0;
+            for (int i = 0; i < actual.Length; i++) worst = Math.Max(worst, Math.Abs(actual[i] - expected[i]));
+            Assert.True(worst < 1e-5 * Math.Max(1, Math.Sqrt(terms)), $"{name}: off by {worst:E2} after {terms} terms");
+        }
     }
 
     [Theory]

@@ -23,6 +23,7 @@ public static unsafe class Gemm
     public const int NR = 32;
     private const int MR = 6;
     private const int KC = 256;
+    private const int SliceCacheBytes = 1 << 20;   // a KC slice of x or W this size stays in cache (L2) while it is reused
     private const int SmallBatchRows = 32;   // up to this many rows multiply unpacked against each panel (SmallBatchPanel*)
 
     public static readonly bool UseAvx512 = Vector512.IsHardwareAccelerated && Avx512F.IsSupported;
@@ -107,7 +108,40 @@ public static unsafe class Gemm
         {
             for (int b = b0; b < b1; b++) PackRows(x, m, k, b, packedX + (long)b * k * MR);
         });
+        MultiplyPackedRows(pool, m, k, packedW, n, y, packedX, accumulate: false);
+    }
 
+    /// <summary>
+    /// y (m, n) += xᵀ · Wᵀ, the left operand given as its transpose xT (k, m) row-major, W packed by <see cref="Pack"/>
+    /// or <see cref="PackTransposed"/>: the backward's dW (N, K) += dyᵀ · x reads dy (M, N) where it is (the LM head's dy
+    /// is tens of MB) and adds into dW without a product buffer. <paramref name="scratch"/>: <see cref="ScratchLength"/>(m, k).
+    /// </summary>
+    public static void MultiplyTransposedAccumulate(WorkerPool pool, float* xT, int m, int k, float* packedW, int n, float* y, float* scratch)
+    {
+        int mBlocks = (m + MR - 1) / MR;
+        float* packedX = scratch;
+        pool.For(mBlocks, (b0, b1) =>
+        {
+            for (int b = b0; b < b1; b++) PackColumns(xT, m, k, b, packedX + (long)b * k * MR);
+        });
+        MultiplyPackedRows(pool, m, k, packedW, n, y, packedX, accumulate: true);
+    }
+
+    private static void MultiplyPackedRows(WorkerPool pool, int m, int k, float* packedW, int n, float* y, float* packedX, bool accumulate)
+    {
+        int panels = (n + NR - 1) / NR, mBlocks = (m + MR - 1) / MR;
+        if ((long)mBlocks * MR * KC * sizeof(float) > SliceCacheBytes && (long)panels * NR * KC * sizeof(float) <= SliceCacheBytes / 2)
+        {
+            // Tall and narrow (the LM head's dW: 32000 × 288): x's KC slice would not stay in cache from one panel to the
+            // next, W's would across all panels, so threads take row blocks and each block goes through every panel
+            // while it is in L1.
+            pool.For(mBlocks, (mb0, mb1) =>
+            {
+                float* edge = stackalloc float[MR * NR];
+                MultiplyRowBlocks(m, k, packedW, n, y, packedX, panels, mb0, mb1, edge, accumulate);
+            });
+            return;
+        }
         // Work items are (panel range × row-block range): wide matrices split over panels only, narrow ones
         // (few panels, e.g. N = 288) also over rows so every thread gets a share.
         int rowGroups = Math.Clamp(4 * pool.Threads / panels, 1, mBlocks);
@@ -118,41 +152,73 @@ public static unsafe class Gemm
             for (int item = item0; item < item1; item++)
             {
                 int p = item % panels, group = item / panels;
-                MultiplyPanel(m, k, packedW, n, y, packedX, p, group * rowGroupBlocks, Math.Min(mBlocks, (group + 1) * rowGroupBlocks), edge);
+                MultiplyPanel(m, k, packedW, n, y, packedX, p, group * rowGroupBlocks, Math.Min(mBlocks, (group + 1) * rowGroupBlocks), edge, accumulate);
             }
         });
     }
 
-    /// <summary>One 32-column panel of y for row blocks [mb0, mb1), in KC-deep slices.</summary>
-    private static void MultiplyPanel(int m, int k, float* packedW, int n, float* y, float* packedX, int p, int mb0, int mb1, float* edge)
+    /// <summary>Row blocks [mb0, mb1) of y across every panel, in KC-deep slices (added to y's values with <paramref name="accumulateIntoY"/>).</summary>
+    private static void MultiplyRowBlocks(int m, int k, float* packedW, int n, float* y, float* packedX, int panels, int mb0, int mb1, float* edge, bool accumulateIntoY)
+    {
+        for (int kc0 = 0; kc0 < k; kc0 += KC)
+        {
+            int kc = Math.Min(KC, k - kc0);
+            bool accumulate = accumulateIntoY || kc0 > 0;
+            for (int mb = mb0; mb < mb1; mb++)
+            {
+                float* a = packedX + (long)mb * k * MR + (long)kc0 * MR;
+                int mr = Math.Min(MR, m - mb * MR);
+                for (int p = 0; p < panels; p++)
+                    MultiplyTile(a, packedW + (long)p * k * NR + (long)kc0 * NR, kc, y + (long)mb * MR * n + p * NR, n, mr, Math.Min(NR, n - p * NR), edge, accumulate);
+            }
+        }
+    }
+
+    /// <summary>One panel of y for row blocks [mb0, mb1), in KC-deep slices (added to y's values with <paramref name="accumulateIntoY"/>).</summary>
+    private static void MultiplyPanel(int m, int k, float* packedW, int n, float* y, float* packedX, int p, int mb0, int mb1, float* edge, bool accumulateIntoY)
     {
         float* panel = packedW + (long)p * k * NR;
         int nr = Math.Min(NR, n - p * NR);
         for (int kc0 = 0; kc0 < k; kc0 += KC)
         {
             int kc = Math.Min(KC, k - kc0);
-            bool accumulate = kc0 > 0;
+            bool accumulate = accumulateIntoY || kc0 > 0;
             float* b = panel + (long)kc0 * NR;
             for (int mb = mb0; mb < mb1; mb++)
-            {
-                float* a = packedX + (long)mb * k * MR + (long)kc0 * MR;
-                int mr = Math.Min(MR, m - mb * MR);
-                float* c = y + (long)mb * MR * n + p * NR;
-                if (mr == MR && nr == NR)
-                    Tile(a, b, kc, c, n, accumulate);
-                else
-                {
-                    Tile(a, b, kc, edge, NR, accumulate: false);
-                    for (int i = 0; i < mr; i++)
-                        for (int j = 0; j < nr; j++)
-                            c[(long)i * n + j] = accumulate ? c[(long)i * n + j] + edge[i * NR + j] : edge[i * NR + j];
-                }
-            }
+                MultiplyTile(packedX + (long)mb * k * MR + (long)kc0 * MR, b, kc, y + (long)mb * MR * n + p * NR, n, Math.Min(MR, m - mb * MR), nr, edge, accumulate);
         }
+    }
+
+    /// <summary>c (mr, nr) (+)= one 6-row block a times one panel slice b, kc deep; a partial tile goes through <paramref name="edge"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void MultiplyTile(float* a, float* b, int kc, float* c, int ldc, int mr, int nr, float* edge, bool accumulate)
+    {
+        if (mr == MR && nr == NR)
+        {
+            Tile(a, b, kc, c, ldc, accumulate);
+            return;
+        }
+        Tile(a, b, kc, edge, NR, accumulate: false);
+        for (int i = 0; i < mr; i++)
+            for (int j = 0; j < nr; j++)
+                c[(long)i * ldc + j] = accumulate ? c[(long)i * ldc + j] + edge[i * NR + j] : edge[i * NR + j];
     }
 
     /// <summary>Scratch floats <see cref="Multiply"/> needs for an m-row x.</summary>
     public static long ScratchLength(int m, int k) => (long)((m + MR - 1) / MR) * MR * k;
+
+    /// <summary>As <see cref="PackRows"/> for the rows of x given as xT (k, m): each k step's six values are contiguous in xT.</summary>
+    private static void PackColumns(float* xT, int m, int k, int block, float* destination)
+    {
+        int first = block * MR, rows = Math.Min(MR, m - first);
+        for (int kk = 0; kk < k; kk++)
+        {
+            float* source = xT + (long)kk * m + first, target = destination + (long)kk * MR;
+            int i = 0;
+            for (; i < rows; i++) target[i] = source[i];
+            for (; i < MR; i++) target[i] = 0f;
+        }
+    }
 
     private static void PackRows(float* x, int m, int k, int block, float* destination)
     {

@@ -14,7 +14,7 @@ public sealed unsafe class Linear(WorkerPool pool, bool bfloat16 = false) : IDis
     /// <summary>
     /// A matrix packed for Gemm.Multiply, in native memory that is kept and packed over again: fresh pages would cost a
     /// page fault each on first touch, a fifth of a training step when every weight was packed into new memory after
-    /// each optimizer step (and the head's dyᵀ, tens of MB, on every backward).
+    /// each optimizer step (and the backward's dyᵀ, tens of MB for the head, on every call).
     /// </summary>
     private sealed class Packed(long capacity) : IDisposable
     {
@@ -45,10 +45,9 @@ public sealed unsafe class Linear(WorkerPool pool, bool bfloat16 = false) : IDis
 
     private readonly Dictionary<float[], Packed> _weights = new(ReferenceEqualityComparer.Instance);             // W
     private readonly Dictionary<float[], Packed> _transposedWeights = new(ReferenceEqualityComparer.Instance);   // Wᵀ
-    private Packed? _packedDy;           // dyᵀ of the backward's dW product, reused (grown) from call to call
+    private Packed? _packedX;            // xᵀ, the right operand of the backward's dW product, reused (grown) from call to call
     private float[] _scratch = [];
-    private float[] _product = [];
-    private float[] _transposedX = [];   // xᵀ, reused
+    private float[] _product = [];       // dy · W before it is added into dx
     private float[] _rounded = [];       // a product's left input rounded to bf16
 
     /// <summary>Marks every packed weight stale (each is packed again, into its same memory, when next used): call when the weights may have changed.</summary>
@@ -83,24 +82,23 @@ public sealed unsafe class Linear(WorkerPool pool, bool bfloat16 = false) : IDis
     public void Backward(ReadOnlySpan<float> x, float[] w, ReadOnlySpan<float> dy,
         Span<float> dx, Span<float> dw, Span<float> db, int m, int n, int k)
     {
-        var product = Product(Math.Max(m * k, n * k));
+        Grow(ref _product, m * k);
         // dx (M, K) = dy (M, N) · (Wᵀ)ᵀ: Wᵀ (K, N) packed straight from W's rows, once per weight version.
-        Multiply(dy, PackedWeight(_transposedWeights, w, k, n, transposed: true).Pointer, product.AsSpan(0, m * k), m, k, n);
-        TensorPrimitives.Add(dx[..(m * k)], product.AsSpan(0, m * k), dx[..(m * k)]);
+        Multiply(dy, PackedWeight(_transposedWeights, w, k, n, transposed: true).Pointer, _product.AsSpan(0, m * k), m, k, n);
+        TensorPrimitives.Add(dx[..(m * k)], _product.AsSpan(0, m * k), dx[..(m * k)]);
         if (dw.IsEmpty) return;                                                                // a frozen weight (LoRA's base): no dW, no db
-        // dWᵀ (K, N) = xᵀ (K, M) · (dyᵀ)ᵀ: dyᵀ (N, M) packed straight from dy's rows (the head's dy is tens of MB:
-        // never transposed in memory), then added into dW transposed, tile by tile.
-        Grow(ref _transposedX, m * k);
-        Transpose(x, m, k, _transposedX);
-        if (_packedDy is null || _packedDy.Capacity < Gemm.PackedLength(n, m))
+        // dW (N, K) += dyᵀ (N, M) · (xᵀ)ᵀ: xᵀ (K, M) packed straight from x's rows, dy read where it is as the transposed
+        // left operand (the head's dy is tens of MB: never transposed in memory), the product added into dW as it is made.
+        long packedLength = Gemm.PackedLength(k, m);
+        if (_packedX is null || _packedX.Capacity < packedLength)
         {
-            _packedDy?.Dispose();
-            _packedDy = new Packed(Gemm.PackedLength(n, m));
+            _packedX?.Dispose();
+            _packedX = new Packed(packedLength);
         }
-        _packedDy.Fill(pool, dy, n, m, transposed: true, bfloat16);
-        Multiply(_transposedX.AsSpan(0, m * k), _packedDy.Pointer, product.AsSpan(0, k * n), k, n, m);
-        fixed (float* pw = dw, pp = product)
-            TransposeAdd(pool, pp, k, n, pw);
+        _packedX.Fill(pool, x, k, m, transposed: true, bfloat16);
+        var left = RoundedForBFloat16(dy[..(m * n)]);
+        fixed (float* pdy = left, pw = dw, ps = Scratch(Gemm.ScratchLength(n, m)))
+            Gemm.MultiplyTransposedAccumulate(pool, pdy, n, m, _packedX.Pointer, k, pw, ps);
         if (db.IsEmpty) return;
         for (int row = 0; row < m; row++) TensorPrimitives.Add(db, dy.Slice(row * n, n), db);
     }
@@ -108,48 +106,26 @@ public sealed unsafe class Linear(WorkerPool pool, bool bfloat16 = false) : IDis
     /// <summary>y (m, n) = a (m, k) · Bᵀ with B (n, k) packed (a rounded to bfloat16 first in bf16 mode).</summary>
     private void Multiply(ReadOnlySpan<float> a, float* packedB, Span<float> y, int m, int n, int k)
     {
-        if (bfloat16)
-        {
-            Grow(ref _rounded, m * k);
-            a[..(m * k)].CopyTo(_rounded);
-            RoundToBFloat16(_rounded.AsSpan(0, m * k));
-            a = _rounded.AsSpan(0, m * k);
-        }
-        long scratch = Gemm.ScratchLength(m, k);
-        if (_scratch.Length < scratch) _scratch = GC.AllocateUninitializedArray<float>(checked((int)scratch), pinned: true);
-        fixed (float* pa = a, py = y, ps = _scratch)
+        a = RoundedForBFloat16(a[..(m * k)]);
+        fixed (float* pa = a, py = y, ps = Scratch(Gemm.ScratchLength(m, k)))
             Gemm.Multiply(pool, pa, m, k, packedB, n, py, ps);
     }
 
-    /// <summary>t (cols, rows) = aᵀ of a (rows, cols), in 32×32 tiles so reads and writes both stay in cache.</summary>
-    internal static void Transpose(ReadOnlySpan<float> a, int rows, int cols, Span<float> t)
+    /// <summary>A product's left input as it is, or in bf16 mode a copy rounded to bfloat16.</summary>
+    private ReadOnlySpan<float> RoundedForBFloat16(ReadOnlySpan<float> a)
     {
-        const int Tile = 32;
-        for (int r0 = 0; r0 < rows; r0 += Tile)
-            for (int c0 = 0; c0 < cols; c0 += Tile)
-            {
-                int r1 = Math.Min(rows, r0 + Tile), c1 = Math.Min(cols, c0 + Tile);
-                for (int r = r0; r < r1; r++)
-                    for (int c = c0; c < c1; c++)
-                        t[c * rows + r] = a[r * cols + c];
-            }
+        if (!bfloat16) return a;
+        Grow(ref _rounded, a.Length);
+        a.CopyTo(_rounded);
+        RoundToBFloat16(_rounded.AsSpan(0, a.Length));
+        return _rounded.AsSpan(0, a.Length);
     }
 
-    /// <summary>t (cols, rows) += aᵀ of a (rows, cols), in 32×32 tiles, the threads taking bands of t's rows.</summary>
-    private static void TransposeAdd(WorkerPool pool, float* a, int rows, int cols, float* t)
+    /// <summary>The GEMM's packing scratch, pinned (it is used through a pointer), grown to at least <paramref name="length"/> floats.</summary>
+    private float[] Scratch(long length)
     {
-        const int Tile = 32;
-        pool.For((cols + Tile - 1) / Tile, (band0, band1) =>
-        {
-            for (int c0 = band0 * Tile; c0 < Math.Min(cols, band1 * Tile); c0 += Tile)
-                for (int r0 = 0; r0 < rows; r0 += Tile)
-                {
-                    int r1 = Math.Min(rows, r0 + Tile), c1 = Math.Min(cols, c0 + Tile);
-                    for (int r = r0; r < r1; r++)
-                        for (int c = c0; c < c1; c++)
-                            t[(long)c * rows + r] += a[(long)r * cols + c];
-                }
-        });
+        if (_scratch.Length < length) _scratch = GC.AllocateUninitializedArray<float>(checked((int)length), pinned: true);
+        return _scratch;
     }
 
     /// <summary>Rounds each value to the nearest bfloat16 (ties to even): the top 16 bits of its fp32 pattern survive.</summary>
@@ -169,18 +145,12 @@ public sealed unsafe class Linear(WorkerPool pool, bool bfloat16 = false) : IDis
         if (buffer.Length < length) buffer = GC.AllocateUninitializedArray<float>(length);
     }
 
-    private float[] Product(int length)
-    {
-        Grow(ref _product, length);
-        return _product;
-    }
-
     public void Dispose()
     {
         foreach (var packed in _weights.Values.Concat(_transposedWeights.Values)) packed.Dispose();
         _weights.Clear();
         _transposedWeights.Clear();
-        _packedDy?.Dispose();
-        _packedDy = null;
+        _packedX?.Dispose();
+        _packedX = null;
     }
 }
