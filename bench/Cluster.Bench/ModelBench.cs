@@ -51,12 +51,13 @@ public static class ModelBench
         for (int run = 0; run < 5; run++)
         {
             int sequence = cache.CreateSequence();
+            var logits = new float[model.Config.VocabSize];   // (V,) reused
             var clock = Stopwatch.StartNew();
-            float[] logits = model.Forward([new SequenceChunk(sequence, prompt)], cache);
+            model.ForwardInto([new SequenceChunk(sequence, prompt)], cache, logits);
             bestPrefill = Math.Max(bestPrefill, prompt.Length / clock.Elapsed.TotalSeconds);
             clock.Restart();
             for (int step = 0; step < decodeTokens; step++)
-                logits = model.Forward([new SequenceChunk(sequence, [Sampler.ArgMax(logits)])], cache);
+                model.ForwardInto([new SequenceChunk(sequence, [Sampler.ArgMax(logits)])], cache, logits);
             bestDecode = Math.Max(bestDecode, decodeTokens / clock.Elapsed.TotalSeconds);
             cache.Release(sequence);
         }
@@ -100,11 +101,12 @@ public static class ModelBench
             var next = new int[batch];
             for (int s = 0; s < batch; s++)
                 next[s] = Sampler.ArgMax(model.Forward([new SequenceChunk(sequences[s], prompt)], cache));
+            int vocab = model.Config.VocabSize;
+            var logits = new float[batch * vocab];   // (B, V) reused, as a shard reuses its output buffers
             var clock = Stopwatch.StartNew();
             for (int step = 0; step < decodeTokens; step++)
             {
-                float[] logits = model.Forward([.. sequences.Select((id, s) => new SequenceChunk(id, [next[s]]))], cache);   // (B, V)
-                int vocab = logits.Length / batch;
+                model.ForwardInto([.. sequences.Select((id, s) => new SequenceChunk(id, [next[s]]))], cache, logits);
                 for (int s = 0; s < batch; s++) next[s] = Sampler.ArgMax(logits.AsSpan(s * vocab, vocab));
             }
             best = Math.Max(best, (double)batch * decodeTokens / clock.Elapsed.TotalSeconds);

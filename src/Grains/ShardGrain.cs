@@ -2,6 +2,7 @@
 // device call runs on the shard's DeviceWorker. The grain is reentrant so that pipeline steps overlap (step k+1
 // queues on the device while step k waits for the next stage) and peers' collective messages get in while a step is
 // blocked on them; steps still run strictly in Step order, the same order on every rank of the group.
+using System.Buffers;
 using System.Diagnostics;
 using System.Runtime.InteropServices;
 using Orleans.Concurrency;
@@ -194,7 +195,7 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
             tags: [.. tags, new("step", batch.Step), new("sequences", batch.Chunks.Length), new("tokens", batch.Chunks.Sum(c => c.Tokens.Length))]);
         await epoch.WaitTurn(batch.Step);
         long started = Stopwatch.GetTimestamp();
-        Task<(float[] Output, int[] Hits)> compute;
+        Task<(StageOutput Output, int[] Hits)> compute;
         try
         {
             compute = Worker.Run(() => Run(model, epoch, batch));
@@ -206,12 +207,35 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
         var (output, hits) = await compute;
         ClusterTelemetry.ShardStepTime.Record(Stopwatch.GetElapsedTime(started).TotalSeconds, tags);
         if (a.Stage == 0 && a.Rank == 0 && hits.Sum() is > 0 and int hitTokens) ClusterTelemetry.PrefixHitTokens.Add(hitTokens, tags[0]);
-        if (epoch.Assignment.NextStage is { } next)
-            await grains.GetGrain<IShardGrain>(next).Forward(batch with { Hidden = MemoryMarshal.AsBytes(output.AsSpan()).ToArray(), PrefixHits = hits });
-        else if (a.Rank == 0)   // the scheduler's call for them (SampledTokens) takes the tokens, not the earlier stages
+        using (output)
         {
-            int[] tokens = await Task.Run(() => SampleNextTokens(batch.Chunks, output, model.Config.VocabSize));   // off the device thread: the next step runs meanwhile
-            epoch.Publish(batch.StepId, new StageResult(tokens));
+            if (epoch.Assignment.NextStage is { } next)
+            {
+                byte[] hidden = MemoryMarshal.AsBytes(output.Span).ToArray();
+                output.Dispose();   // back to the pool before the next stage's call: that call lasts as long as the rest of the pipeline
+                await grains.GetGrain<IShardGrain>(next).Forward(batch with { Hidden = hidden, PrefixHits = hits });
+            }
+            else if (a.Rank == 0)   // the scheduler's call for them (SampledTokens) takes the tokens, not the earlier stages
+            {
+                int[] tokens = await Task.Run(() => SampleNextTokens(batch.Chunks, output, model.Config.VocabSize));   // off the device thread: the next step runs meanwhile
+                epoch.Publish(batch.StepId, new StageResult(tokens));
+            }
+        }
+    }
+
+    /// <summary>
+    /// A stage's output (logits or hidden states) in an array rented from the shared pool for one step: a fresh
+    /// megabyte-sized array every step would cost its page faults each time. Dispose returns it (once).
+    /// </summary>
+    private sealed class StageOutput(int length) : IDisposable
+    {
+        private float[]? _array = length == 0 ? [] : ArrayPool<float>.Shared.Rent(length);
+
+        public Span<float> Span => (_array ?? throw new ObjectDisposedException(nameof(StageOutput))).AsSpan(0, length);
+
+        public void Dispose()
+        {
+            if (Interlocked.Exchange(ref _array, null) is { Length: > 0 } array) ArrayPool<float>.Shared.Return(array);
         }
     }
 
@@ -227,13 +251,13 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
     /// The next token of each chunk that asks for one, sampled from its row of <paramref name="logits"/> (chunks, V) with
     /// the chunk's own generator state; -1 for the others. Rows are independent: they are sampled in parallel.
     /// </summary>
-    private static int[] SampleNextTokens(ForwardChunk[] chunks, float[] logits, int vocab)
+    private static int[] SampleNextTokens(ForwardChunk[] chunks, StageOutput logits, int vocab)
     {
-        if (logits.Length != (long)chunks.Length * vocab)
-            throw new InvalidOperationException($"the last stage computed {logits.Length} logits for {chunks.Length} chunks of a {vocab}-token vocabulary");
+        if (logits.Span.Length != (long)chunks.Length * vocab)
+            throw new InvalidOperationException($"the last stage computed {logits.Span.Length} logits for {chunks.Length} chunks of a {vocab}-token vocabulary");
         var tokens = new int[chunks.Length];
         Parallel.For(0, chunks.Length, i => tokens[i] = chunks[i].Sample is { } s
-            ? new Sampler(new SamplingOptions(s.Temperature, s.TopP, s.TopK, s.Generator)).Sample(logits.AsSpan(i * vocab, vocab))
+            ? new Sampler(new SamplingOptions(s.Temperature, s.TopP, s.TopK, s.Generator)).Sample(logits.Span.Slice(i * vocab, vocab))
             : -1);
         return tokens;
     }
@@ -243,7 +267,7 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
     /// takes its cached prefix: the first stage finds it, later stages must find the same), and runs the stage on the
     /// tokens past those prefixes. Returns the output and the prefix hits.
     /// </summary>
-    private (float[] Output, int[] Hits) Run(TransformerModel model, Epoch epoch, StageBatch batch)
+    private (StageOutput Output, int[] Hits) Run(TransformerModel model, Epoch epoch, StageBatch batch)
     {
         try { return RunStage(model, epoch, batch); }
         finally
@@ -254,7 +278,7 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
         }
     }
 
-    private static (float[] Output, int[] Hits) RunStage(TransformerModel model, Epoch epoch, StageBatch batch)
+    private static (StageOutput Output, int[] Hits) RunStage(TransformerModel model, Epoch epoch, StageBatch batch)
     {
         if (model.Spec.IsLastStage)   // a bad sampling request fails the step before it costs a forward
             foreach (var sample in batch.Chunks.Select(c => c.Sample).OfType<TokenSampling>())
@@ -262,7 +286,7 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
         foreach (var ended in batch.Released)
             if (epoch.Sequences.Remove(ended, out int id)) epoch.Cache.Release(id);
         var hits = new int[batch.Chunks.Length];
-        if (hits.Length == 0) return ([], hits);
+        if (hits.Length == 0) return (new StageOutput(0), hits);
         var chunks = new SequenceChunk[batch.Chunks.Length];
         for (int i = 0; i < chunks.Length; i++)
         {
@@ -277,8 +301,17 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
             }
             chunks[i] = new SequenceChunk(sequence, chunk.Tokens[hits[i]..]);
         }
-        float[]? hidden = model.Spec.IsFirstStage ? null : MemoryMarshal.Cast<byte, float>(batch.Hidden).ToArray();
-        return (model.Forward(chunks, epoch.Cache, hidden, epoch.Group), hits);
+        var output = new StageOutput(model.OutputLength(chunks));
+        try
+        {
+            model.ForwardInto(chunks, epoch.Cache, output.Span, MemoryMarshal.Cast<byte, float>(batch.Hidden), epoch.Group);
+            return (output, hits);
+        }
+        catch
+        {
+            output.Dispose();
+            throw;
+        }
     }
 
     public Task Deliver(long epoch, int fromRank, long tag, Immutable<byte[]> data)

@@ -39,7 +39,8 @@ public sealed class TextGenerator(TransformerModel model, ITokenizer tokenizer)
         var decoder = Encoding.UTF8.GetDecoder();
         var chars = new char[64];
         int previous = promptTokens[^1];
-        float[] logits = model.Forward([new SequenceChunk(sequence, promptTokens)], cache);
+        var logits = new float[model.Config.VocabSize];   // (V,) reused: one row of logits per step
+        model.ForwardInto([new SequenceChunk(sequence, promptTokens)], cache, logits);
         for (int generated = 0; generated < maxNewTokens; generated++)
         {
             int next = sampler.Sample(logits);
@@ -49,7 +50,7 @@ public sealed class TextGenerator(TransformerModel model, ITokenizer tokenizer)
             int n = decoder.GetChars(bytes, chars, flush: false);
             yield return new GeneratedToken(next, new string(chars, 0, n));
             previous = next;
-            if (generated + 1 < maxNewTokens) logits = model.Forward([new SequenceChunk(sequence, [next])], cache);
+            if (generated + 1 < maxNewTokens) model.ForwardInto([new SequenceChunk(sequence, [next])], cache, logits);
         }
     }
 }

@@ -127,24 +127,43 @@ public sealed class TransformerModel : IDisposable
     /// </summary>
     public float[] Forward(IReadOnlyList<SequenceChunk> batch, PagedKvCache cache, float[]? hidden = null, CollectiveGroup? tensorGroup = null)
     {
+        var output = new float[OutputLength(batch)];
+        ForwardInto(batch, cache, output, hidden, tensorGroup);
+        return output;
+    }
+
+    /// <summary>Floats <see cref="Forward"/> returns for <paramref name="batch"/>: logits (R, V) on the last stage, hidden states (T, C) on another.</summary>
+    public int OutputLength(IReadOnlyList<SequenceChunk> batch) =>
+        checked(Spec.IsLastStage ? batch.Sum(c => c.LogitRows) * Config.VocabSize : batch.Sum(c => c.Tokens.Length) * Config.Dim);
+
+    /// <summary>
+    /// <see cref="Forward"/> into <paramref name="output"/> (<see cref="OutputLength"/> floats), for a caller that reuses
+    /// its buffers: a decode step's logits are a megabyte or more, and a fresh array each step costs its page faults.
+    /// <paramref name="hidden"/> is empty on the first stage.
+    /// </summary>
+    public void ForwardInto(IReadOnlyList<SequenceChunk> batch, PagedKvCache cache, Span<float> output, ReadOnlySpan<float> hidden = default, CollectiveGroup? tensorGroup = null)
+    {
         if (Spec.TensorParallel > 1 && (tensorGroup is null || tensorGroup.WorldSize != Spec.TensorParallel || tensorGroup.Rank != Spec.Rank))
             throw new ArgumentException($"shard {Spec} needs its tensor-parallel group (rank {Spec.Rank} of {Spec.TensorParallel})", nameof(tensorGroup));
         var group = Spec.TensorParallel > 1 ? tensorGroup : null;
         var layout = Plan(batch, cache, out int[] tokens, out int[] logitRows);
         int T = tokens.Length, C = Config.Dim;
+        int outputLength = Spec.IsLastStage ? logitRows.Length * Config.VocabSize : T * C;
+        if (output.Length != outputLength)
+            throw new ArgumentException($"the batch's output is {outputLength} floats, the buffer given holds {output.Length}", nameof(output));
         var a = _scratch is { } s && s.Tokens >= T && s.Rows >= logitRows.Length ? s : Grow(T, logitRows.Length);
         int[] slots = layout.TokenSlots();
 
         if (Spec.IsFirstStage)
         {
-            if (hidden is not null) throw new ArgumentException("the first stage embeds tokens; it takes no hidden states", nameof(hidden));
+            if (!hidden.IsEmpty) throw new ArgumentException("the first stage embeds tokens; it takes no hidden states", nameof(hidden));
             EmbedTokens(tokens, a.X, group);                                                                     // x (T, C)
             if (_positionEmbedding is not null) _device.AddEmbedding(a.X, _positionEmbedding, layout.TokenPosition, C);
         }
         else
         {
-            if (hidden is null || hidden.Length != T * C)
-                throw new ArgumentException($"stage {Spec.Stage} needs ({T}, {C}) hidden states from the previous stage, got {hidden?.Length ?? 0} floats", nameof(hidden));
+            if (hidden.Length != T * C)
+                throw new ArgumentException($"stage {Spec.Stage} needs ({T}, {C}) hidden states from the previous stage, got {hidden.Length} floats", nameof(hidden));
             _device.Write(a.X, hidden);                                                                   // x (T, C)
         }
         var shape = DecoderShape.Of(Config, Spec);
@@ -152,7 +171,6 @@ public sealed class TransformerModel : IDisposable
         for (int l = 0; l < _layers.Length; l++)
             x = DecoderLayer.Forward(_device, new ServingPass(_device, _layers[l], a, x, cache, l, slots, layout, KvDim), shape, x, layout.TokenPosition, group);
 
-        float[] result;
         if (Spec.IsLastStage)
         {
             // Only the rows whose logits are wanted go through the final norm and the (Vr, C) head.
@@ -160,17 +178,16 @@ public sealed class TransformerModel : IDisposable
             _device.GatherRows(x, logitRows, a.Selected, C);                                              // (R, C)
             DecoderLayer.Normalize(_device, Config, a.Selected, _finalNorm!, _finalNormBias, a.SelectedNormed, R);
             _device.MatMul(a.SelectedNormed, _output!, a.Logits, R);                                     // (R, Vr)
-            var local = new float[R * Spec.Vocab.Count];
-            _device.Download(a.Logits, local);
-            result = GatherFromRegion.Forward(local, R, Config.VocabSize, group);                         // (R, V)   vocab-parallel head: joined
+            if (group is null) _device.Download(a.Logits, output);                                       // (R, V)
+            else
+            {
+                var local = new float[R * Spec.Vocab.Count];
+                _device.Download(a.Logits, local);
+                GatherFromRegion.Forward(local, R, Config.VocabSize, group).CopyTo(output);               // (R, V)   vocab-parallel head: joined
+            }
         }
-        else
-        {
-            result = new float[T * C];
-            _device.Download(x, result);                                                                  // (T, C)
-        }
+        else _device.Download(x, output);                                                                 // (T, C)
         foreach (var chunk in batch) cache.Advance(chunk.Sequence, chunk.Tokens);
-        return result;
     }
 
     /// <summary>x (T, C) = the embedding rows of the tokens; with TP each rank holds a vocab slice, zeros elsewhere, summed.</summary>
