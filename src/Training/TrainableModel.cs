@@ -5,7 +5,8 @@
 // stay on the device for the whole forward and backward; the host tensors (parameters, gradients, adapters) reach it
 // through DeviceTensors (on the CPU device, the host arrays themselves). Tensor parallelism (TensorParallelRegions, each forward crossing named with its backward pair): Q/K/V,
 // gate/up and the LM head are column-parallel (CopyToRegion: identity forward, all-reduce of the input gradient backward;
-// the logits leave through GatherFromRegion), the attention output and down projections row-parallel and the embedding
+// the loss reads the vocab-cut logits where they are, VocabParallelCrossEntropy; Logits() joins them through
+// GatherFromRegion), the attention output and down projections row-parallel and the embedding
 // vocab-parallel (ReduceFromRegion: all-reduce forward, identity backward). Sequences may pack several documents:
 // each document's positions restart at 0 and attention never crosses documents. A whole shard's logits equal the
 // inference TransformerModel's.
@@ -81,8 +82,7 @@ public sealed class StageActivations : IDisposable
     internal readonly DeviceBuffer?[] Hidden;         // (T, Hl)   activation output
     internal DeviceBuffer? X;                         // (T, C)    the stage's output
     internal DeviceBuffer? FinalNormed;               // (T, C)    last stage
-    internal DeviceBuffer? LocalLogits;               // (T, Vl)   last stage: this rank's vocab columns
-    internal DeviceBuffer? Logits;                    // (T, V)    last stage: every column (LocalLogits itself without TP)
+    internal DeviceBuffer? LocalLogits;               // (T, Vl)   last stage: this rank's vocab columns (every column without TP)
     // drop(x) (T, K) (x itself without dropout), drop(x)·Aᵀ (T, r), the dropout mask (T, K) or null
     internal readonly Dictionary<(int Layer, string Target), (DeviceBuffer Input, DeviceBuffer Low, DeviceBuffer? Mask)> Lora = [];
     internal int DropoutSeed;
@@ -118,9 +118,8 @@ public sealed class StageActivations : IDisposable
             _pool.Return(LayerInput[l]);
             LayerInput[l] = null;
         }
-        if (!ReferenceEquals(Logits, LocalLogits)) Logits?.Dispose();   // joined through the host: not the pool's
         foreach (var buffer in new[] { X, FinalNormed, LocalLogits }) _pool.Return(buffer);
-        X = FinalNormed = LocalLogits = Logits = null;
+        X = FinalNormed = LocalLogits = null;
     }
 }
 
@@ -138,6 +137,7 @@ public sealed class TrainableModel : IDisposable
     private readonly LoraOptions? _lora;
     private readonly Dictionary<(int Layer, string Target), LoraAdapter> _adapters = [];   // by local layer
     private readonly float[] _frozenNormGradient;   // where a frozen norm's unused weight gradient goes
+    private float[] _hostLogits = [], _hostLogitGradient = [];   // (T, Vl) a vocab-parallel head's logits and their gradient on the host
     private readonly Nf4Tensor?[][] _quantized = [];
     private readonly ShardWeights _gradients;         // ∂loss/∂parameter, same shapes as Weights (read them through Parameters)  // QLoRA: per local layer, its projections (Parameters order: wq wk wv wo w1 w2 w3) in NF4
 
@@ -488,9 +488,9 @@ public sealed class TrainableModel : IDisposable
         if (!Spec.IsLastStage) throw new InvalidOperationException($"shard {Spec} has no LM head: only the last stage gives logits");
         ReadHostChanges();
         using var activations = Forward([new TrainingSequence(tokens, new int[tokens.Length], documents)]);
-        var logits = new float[tokens.Length * Config.VocabSize];
-        _device.Download(activations.Logits!, logits);
-        return logits;
+        var local = new float[tokens.Length * _vocab];
+        _device.Download(activations.LocalLogits!, local);
+        return GatherFromRegion.Forward(local, tokens.Length, Config.VocabSize, _tensorGroup);   // (T, V)   vocab-parallel head: joined
     }
 
     /// <summary>
@@ -552,8 +552,7 @@ public sealed class TrainableModel : IDisposable
         CopyToRegion.Forward(_device, a.FinalNormed, T * C, _tensorGroup);                   // into the vocab-parallel head
         a.LocalLogits = a.Rent(T * _vocab);                                                  // (T, Vl)
         _device.Linear(a.FinalNormed, _tensors.State(_head!), a.LocalLogits, T, _vocab, C);
-        a.Logits = GatherFromRegion.Forward(_device, a.LocalLogits, T, c.VocabSize, _tensorGroup);   // (T, V)
-        return a;
+        return a;   // with TP the logits stay cut by vocabulary: the loss needs three numbers per row from each rank (VocabParallelCrossEntropy)
     }
 
     /// <summary>Layer <paramref name="l"/> of this stage on x (T, C): keeps its activations in <paramref name="a"/>, returns its output (T, C).</summary>
@@ -639,24 +638,23 @@ public sealed class TrainableModel : IDisposable
         }
         if (Spec.IsLastStage)
         {
-            // (T, V): the step's largest temporary (65 MB for stories15M's micro-batch of 512 tokens); CrossEntropy writes
-            // every element, so it is not zeroed first.
-            var dlogits = Temporary(T * V, zeroed: false);
+            // (T, Vl): the step's largest temporary (65 MB for stories15M's micro-batch of 512 tokens, split over the
+            // tensor-parallel ranks); the cross-entropy writes every element, so it is not zeroed first.
+            var dLocalLogits = Temporary(T * _vocab, zeroed: false);
             int counted = Cluster.Compute.Cpu.CrossEntropy.Counted(a.Targets, V);
-            if (counted == 0) _device.Zero(dlogits, T * V);
-            else
+            if (counted == 0) _device.Zero(dLocalLogits, T * _vocab);
+            else if (_tensorGroup is null || _tensorGroup.WorldSize == 1)
             {
                 var losses = Temporary(T, zeroed: false);
-                _device.CrossEntropy(a.Logits!, a.Targets, dlogits, losses, V, counted);
+                _device.CrossEntropy(a.LocalLogits!, a.Targets, dLocalLogits, losses, V, counted);
                 var rowLosses = new float[T];
                 _device.Download(losses, rowLosses);                                         // the loss: T floats out
                 loss = (float)(rowLosses.Sum(r => (double)r) / counted);
             }
-            if (lossScale != 1f) _device.Scale(dlogits, lossScale, T * V);
+            else loss = VocabParallelLoss(a, dLocalLogits, counted);
+            if (lossScale != 1f) _device.Scale(dLocalLogits, lossScale, T * _vocab);
             var dFinalNormed = Temporary(T * C);
-            var dLocalLogits = GatherFromRegion.Backward(_device, dlogits, T, V, _tensorGroup);   // (T, Vl) this rank's columns
             _device.LinearBackward(a.FinalNormed!, _tensors.State(_head!), dLocalLogits, dFinalNormed, _tensors.Gradient(_headGradient!), null, T, _vocab, C);
-            if (!ReferenceEquals(dLocalLogits, dlogits)) dLocalLogits.Dispose();
             CopyToRegion.Backward(_device, dFinalNormed, T * C, _tensorGroup);               // (T, C) the head's input gradient, summed over ranks
             NormalizeRowsBackward(a.X!, Weights.FinalNorm!, dFinalNormed, dx, _gradients.FinalNorm!, _gradients.FinalNormBias, T);
         }
@@ -735,6 +733,20 @@ public sealed class TrainableModel : IDisposable
         foreach (var buffer in temporaries) _buffers.Return(buffer);
         a.Dispose();   // the gradients stay on the device until a collective, an optimizer or a reader needs them
         return (loss, inputGradient);
+    }
+
+    /// <summary>
+    /// The mean loss and dLocal (T, Vl) over a vocab-parallel head (VocabParallelCrossEntropy), through host copies of
+    /// this rank's logits and gradient (kept between steps): the ranks exchange three floats per row, not (T, V) logits.
+    /// </summary>
+    private float VocabParallelLoss(StageActivations a, DeviceBuffer dLocalLogits, int counted)
+    {
+        int length = a.Tokens.Length * _vocab;
+        if (_hostLogits.Length < length) (_hostLogits, _hostLogitGradient) = (new float[length], new float[length]);
+        _device.Download(a.LocalLogits!, _hostLogits.AsSpan(0, length));
+        double loss = VocabParallelCrossEntropy.LossAndGradient(_hostLogits, _hostLogitGradient, a.Targets, Spec.Vocab.Offset, _vocab, counted, _tensorGroup!);
+        _device.Write(dLocalLogits, _hostLogitGradient.AsSpan(0, length));
+        return (float)(loss / counted);
     }
 
     /// <summary>y (T, n) = x (T, k)·Wᵀ (+ b), plus the LoRA update (α/r)·drop(x)·Aᵀ·Bᵀ when this projection is adapted.</summary>

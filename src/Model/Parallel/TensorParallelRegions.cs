@@ -9,8 +9,9 @@
 //
 // A column-parallel linear (q/k/v, gate/up, the LM head) reads its input through CopyToRegion; a row-parallel one
 // (the attention output, the MLP down) and the vocab-parallel embedding leave through ReduceFromRegion; the
-// vocab-parallel logits leave through GatherFromRegion. Every rank of a group must cross the same regions in the same
-// order (the collectives pair by order).
+// vocab-parallel logits leave through GatherFromRegion where they are wanted whole (serving, evaluation), while the
+// training loss reads them cut (VocabParallelCrossEntropy). Every rank of a group must cross the same regions in the
+// same order (the collectives pair by order).
 using System.Diagnostics.CodeAnalysis;
 using Cluster.Compute;
 using Cluster.Compute.Collectives;
@@ -77,15 +78,6 @@ public static class TensorParallelRegions
             return joined;
         }
 
-        /// <summary>Forward on a device, through the host: the joined (rows, columns) in a new buffer; alone, <paramref name="local"/> itself.</summary>
-        public static DeviceBuffer Forward(IDevice device, DeviceBuffer local, int rows, int columns, CollectiveGroup? group)
-        {
-            if (Alone(group)) return local;
-            var host = new float[rows * Slice.Partition(columns, group.WorldSize, group.Rank).Count];
-            device.Download(local, host);
-            return device.Upload(Forward(host, rows, columns, group));
-        }
-
         /// <summary>
         /// Backward: this rank's (rows, Cr) columns of the whole (rows, columns) gradient, no collective (every rank holds the
         /// whole gradient). Its pair: <see cref="Forward(float[], int, int, CollectiveGroup?)"/>, the all-gather.
@@ -97,15 +89,6 @@ public static class TensorParallelRegions
             var local = new float[rows * block.Count];                               // (rows, Cr)
             for (int r = 0; r < rows; r++) whole.AsSpan(r * columns + block.Offset, block.Count).CopyTo(local.AsSpan(r * block.Count));
             return local;
-        }
-
-        /// <summary>Backward on a device, through the host: this rank's columns in a new buffer; alone, <paramref name="whole"/> itself.</summary>
-        public static DeviceBuffer Backward(IDevice device, DeviceBuffer whole, int rows, int columns, CollectiveGroup? group)
-        {
-            if (Alone(group)) return whole;
-            var host = new float[rows * columns];
-            device.Download(whole, host);
-            return device.Upload(Backward(host, rows, columns, group));
         }
     }
 
