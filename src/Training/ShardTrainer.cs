@@ -37,6 +37,8 @@ public sealed record StepResult(int Step, float LossShare, float LearningRate, f
 public sealed class ShardTrainer : IDisposable
 {
     private const int ActivationMessage = 0, GradientMessage = 1, TiedEmbeddingMessage = 2, NormMessage = 3;
+    private const int RestOfTheModel = -1;                                    // FlattenReused's key for the tensors outside the layers
+    private readonly Dictionary<int, float[]> _flatGradients = [];           // plain data parallelism's flattened gradients, by layer
 
     /// <summary>
     /// A ZeRO bucket: some of the shard's tensors (indices into Parameters()), this replica's optimizer slice of them,
@@ -270,7 +272,8 @@ public sealed class ShardTrainer : IDisposable
         void AddPeerCopy(float[] gradient, int peer)
         {
             Send(peer, TiedEmbeddingMessage, 0, gradient);
-            System.Numerics.Tensors.TensorPrimitives.Add(gradient, Receive(peer, TiedEmbeddingMessage, 0), gradient);   // a + b = b + a: both copies stay equal
+            // a + b = b + a: both copies stay equal. The peer's copy (tens of MB for a 32000-token head) is added where it arrived.
+            System.Numerics.Tensors.TensorPrimitives.Add(gradient, MemoryMarshal.Cast<byte, float>(ReceiveBytes(peer, TiedEmbeddingMessage, 0)), gradient);
         }
     }
 
@@ -281,7 +284,7 @@ public sealed class ShardTrainer : IDisposable
     private void SumLayerGradients(int layer)
     {
         if (!_finalBackward) return;
-        var gradient = Flatten(LayerTensors(layer).Select(p => p.Gradient));
+        var gradient = FlattenReused(layer, [.. LayerTensors(layer).Select(p => p.Gradient)]);
         _layerSums.Add((layer, gradient, _groups.Data!.AllReduce(gradient)));
     }
 
@@ -301,7 +304,7 @@ public sealed class ShardTrainer : IDisposable
             _layerSums.Clear();
             Model.FlushGradients();
             float[][] rest = [.. Model.TrainedTensors().Where(p => p.Layer is not { } l || !summed.Contains(l)).Select(p => p.Gradient)];
-            var flat = Flatten(rest);                                                        // embedding, final norm, head (after the tie sum)
+            var flat = FlattenReused(RestOfTheModel, rest);                                  // embedding, final norm, head (after the tie sum)
             data.AllReduce(flat).GetAwaiter().GetResult();
             Unflatten(flat, rest);
         }
@@ -388,8 +391,9 @@ public sealed class ShardTrainer : IDisposable
     private void Send(int stage, int kind, int microBatch, float[] data) =>
         _groups.Pipeline!.SendAsync(stage, Tag(kind, microBatch), MemoryMarshal.AsBytes(data.AsSpan()).ToArray()).GetAwaiter().GetResult();
 
-    private float[] Receive(int stage, int kind, int microBatch) =>
-        MemoryMarshal.Cast<byte, float>(_groups.Pipeline!.ReceiveAsync(stage, Tag(kind, microBatch)).GetAwaiter().GetResult()).ToArray();
+    private float[] Receive(int stage, int kind, int microBatch) => MemoryMarshal.Cast<byte, float>(ReceiveBytes(stage, kind, microBatch)).ToArray();
+
+    private byte[] ReceiveBytes(int stage, int kind, int microBatch) => _groups.Pipeline!.ReceiveAsync(stage, Tag(kind, microBatch)).GetAwaiter().GetResult();
 
     /// <summary>The tensors one after another in one array.</summary>
     private static float[] Flatten(IEnumerable<float[]> tensors)
@@ -398,6 +402,23 @@ public sealed class ShardTrainer : IDisposable
         var flat = new float[all.Sum(t => t.Length)];
         int offset = 0;
         foreach (var t in all)
+        {
+            t.CopyTo(flat, offset);
+            offset += t.Length;
+        }
+        return flat;
+    }
+
+    /// <summary>
+    /// <see cref="Flatten"/> into the buffer kept for <paramref name="key"/> (a layer, or RestOfTheModel): plain data
+    /// parallelism sums the same gradients every step, and each reduction is done before the next step flattens again.
+    /// </summary>
+    private float[] FlattenReused(int key, float[][] tensors)
+    {
+        int length = tensors.Sum(t => t.Length);
+        if (!_flatGradients.TryGetValue(key, out var flat) || flat.Length != length) _flatGradients[key] = flat = new float[length];
+        int offset = 0;
+        foreach (var t in tensors)
         {
             t.CopyTo(flat, offset);
             offset += t.Length;
