@@ -399,9 +399,14 @@ public sealed class ShardTrainer : IDisposable
     private static float[] Flatten(IEnumerable<float[]> tensors)
     {
         var all = tensors.ToArray();
-        var flat = new float[all.Sum(t => t.Length)];
+        return CopyOneAfterAnother(all, new float[all.Sum(t => t.Length)]);
+    }
+
+    /// <summary>The tensors one after another into <paramref name="flat"/> (their total length); returns it.</summary>
+    private static float[] CopyOneAfterAnother(float[][] tensors, float[] flat)
+    {
         int offset = 0;
-        foreach (var t in all)
+        foreach (var t in tensors)
         {
             t.CopyTo(flat, offset);
             offset += t.Length;
@@ -417,13 +422,7 @@ public sealed class ShardTrainer : IDisposable
     {
         int length = tensors.Sum(t => t.Length);
         if (!_flatGradients.TryGetValue(key, out var flat) || flat.Length != length) _flatGradients[key] = flat = new float[length];
-        int offset = 0;
-        foreach (var t in tensors)
-        {
-            t.CopyTo(flat, offset);
-            offset += t.Length;
-        }
-        return flat;
+        return CopyOneAfterAnother(tensors, flat);
     }
 
     private static void Unflatten(float[] flat, float[][] tensors)

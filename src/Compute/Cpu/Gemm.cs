@@ -8,7 +8,7 @@
 //   (12 zmm accumulators, AVX-512 FMA).
 // Without AVX-512 the same loops run a 6×16 Vector256 micro-kernel twice per panel (AVX2; on hardware
 // without 256-bit SIMD the runtime lowers Vector256 to Vector128 pairs). Decode (M = 1) skips the row packing and
-// the 6-row tiles: a GEMV per panel (AVX-512, or AVX2 with FMA). Batched decode (M ≤ 16) also skips them: unpacked rows
+// the 6-row tiles: a GEMV per panel (AVX-512, or AVX2 with FMA). Batched decode (M ≤ 32) also skips them: unpacked rows
 // against each panel, four at a time with AVX-512 (RowQuadPanelAvx512), two with AVX2 (RowPairPanelFma256), the GEMV
 // for the rows left over.
 using System.Runtime.CompilerServices;
