@@ -133,21 +133,30 @@ public static class DeviceArguments
         if (buffer.Length < needed) throw new ArgumentException($"{name} holds {buffer.Length} floats, the operation needs {needed}");
     }
 
-    /// <summary>Linear's: x (M, K), W (N, K), y (M, N).</summary>
-    public static void CheckLinear(DeviceBuffer x, DeviceBuffer w, DeviceBuffer y, int m, int n, int k)
+    /// <summary>Linear's: x (M, K), W block <paramref name="block"/> of (N, K) matrices, y (M, N).</summary>
+    public static void CheckLinear(DeviceBuffer x, DeviceBuffer w, DeviceBuffer y, int m, int n, int k, int block = 0)
     {
+        if (block < 0) throw new ArgumentOutOfRangeException(nameof(block), block, "a weight block is counted from 0");
         CheckLength(x, (long)m * k, nameof(x));
-        CheckLength(w, (long)n * k, nameof(w));
+        CheckLength(w, (block + 1L) * n * k, nameof(w));
         CheckLength(y, (long)m * n, nameof(y));
     }
 
-    /// <summary>LinearBackward's: x, dx (M, K), W (N, K), dy (M, N), dW (N, K) and db (N,) when given.</summary>
-    public static void CheckLinearBackward(DeviceBuffer x, DeviceBuffer w, DeviceBuffer dy, DeviceBuffer dx, DeviceBuffer? dw, DeviceBuffer? db, int m, int n, int k)
+    /// <summary>LinearBackward's: x, dx (M, K), W and dW block <paramref name="block"/> of (N, K) matrices, dy (M, N), db (N,) when given.</summary>
+    public static void CheckLinearBackward(DeviceBuffer x, DeviceBuffer w, DeviceBuffer dy, DeviceBuffer dx, DeviceBuffer? dw, DeviceBuffer? db, int m, int n, int k, int block = 0)
     {
-        CheckLinear(x, w, dy, m, n, k);
+        CheckLinear(x, w, dy, m, n, k, block);
         CheckLength(dx, (long)m * k, nameof(dx));
-        if (dw is not null) CheckLength(dw, (long)n * k, nameof(dw));
+        if (dw is not null) CheckLength(dw, (block + 1L) * n * k, nameof(dw));
         if (db is not null) CheckLength(db, n, nameof(db));
+    }
+
+    /// <summary>A row-wise op's buffers: each holds at least rows × dim floats, <paramref name="perRow"/> at least rows.</summary>
+    public static void CheckRowsOf(int rows, int dim, DeviceBuffer perRow, params DeviceBuffer[] matrices)
+    {
+        if (rows < 0 || dim < 0) throw new ArgumentOutOfRangeException(nameof(rows), $"{rows} rows of {dim}");
+        CheckLength(perRow, rows, nameof(perRow));
+        foreach (var m in matrices) CheckLength(m, (long)rows * dim, "matrix");
     }
 }
 
@@ -239,15 +248,18 @@ public interface IDevice : IDisposable
 
     /// <summary>
     /// y (M, N) = x (M, K) · Wᵀ for a weight W (N, K) kept row-major in a buffer (a trained weight). The device may keep
-    /// a prepared copy of W (the CPU packs it for its GEMM) until <see cref="ForgetPrepared"/>.
+    /// a prepared copy of W (the CPU packs it for its GEMM) until <see cref="ForgetPrepared"/>. With
+    /// <paramref name="block"/> b, W is the b-th of the (N, K) matrices stacked in <paramref name="w"/> (an MoE layer's
+    /// experts, each multiplied on its own tokens: a grouped GEMM).
     /// </summary>
-    void Linear(DeviceBuffer x, DeviceBuffer w, DeviceBuffer y, int m, int n, int k);
+    void Linear(DeviceBuffer x, DeviceBuffer w, DeviceBuffer y, int m, int n, int k, int block = 0);
 
     /// <summary>
     /// Backward of Linear: dx (M, K) += dy · W; unless <paramref name="dw"/> is null (a frozen weight) dW (N, K) += dyᵀ · x,
-    /// and unless <paramref name="db"/> is null db (N,) += Σ_m dy.
+    /// and unless <paramref name="db"/> is null db (N,) += Σ_m dy. With <paramref name="block"/>, W and dW are that
+    /// block of their stacks.
     /// </summary>
-    void LinearBackward(DeviceBuffer x, DeviceBuffer w, DeviceBuffer dy, DeviceBuffer dx, DeviceBuffer? dw, DeviceBuffer? db, int m, int n, int k);
+    void LinearBackward(DeviceBuffer x, DeviceBuffer w, DeviceBuffer dy, DeviceBuffer dx, DeviceBuffer? dw, DeviceBuffer? db, int m, int n, int k, int block = 0);
 
     /// <summary>
     /// Without <paramref name="w"/>: every prepared copy is stale (prepared again when next used; call when weights
@@ -286,6 +298,12 @@ public interface IDevice : IDisposable
     /// <summary>x (n,) += y (residual connection).</summary>
     void Add(DeviceBuffer x, DeviceBuffer y, int n);
 
-    /// <summary>output (R, dim) = x[rows[r]] (picks the rows whose logits are wanted).</summary>
+    /// <summary>output (R, dim) = x[rows[r]] (picks the rows whose logits are wanted; an expert's tokens).</summary>
     void GatherRows(DeviceBuffer x, ReadOnlySpan<int> rows, DeviceBuffer output, int dim);
+
+    /// <summary>x (rows, dim): row r *= scales[r] (an expert's outputs by their router weights).</summary>
+    void ScaleRows(DeviceBuffer x, DeviceBuffer scales, int rows, int dim);
+
+    /// <summary>dots (rows,) = Σ_d a[r, d] · b[r, d] (the router's gradient: each expert output against its gradient).</summary>
+    void RowDots(DeviceBuffer a, DeviceBuffer b, DeviceBuffer dots, int rows, int dim);
 }

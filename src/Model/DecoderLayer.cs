@@ -5,7 +5,7 @@
 // projection multiplies (serving's weights are prepared once, training's change every step and may carry LoRA), and
 // how attention reads its keys (serving's paged cache, training's causal attention over the packed sequences).
 // Tensor parallelism crosses the named regions of TensorParallelRegions: q/k/v and gate/up are column-parallel, the
-// attention output and down projections row-parallel.
+// attention output and down projections row-parallel. A mixture-of-experts model runs MixtureOfExperts in place of the MLP.
 using Cluster.Compute;
 using Cluster.Compute.Collectives;
 using static Cluster.Model.Parallel.TensorParallelRegions;
@@ -13,13 +13,13 @@ using static Cluster.Model.Parallel.TensorParallelRegions;
 namespace Cluster.Model;
 
 /// <summary>A layer's projections, each y (T, out) = x (T, in) · Wᵀ (+ b).</summary>
-public enum LayerProjection { Wq, Wk, Wv, Wo, W1, W2, W3 }
+public enum LayerProjection { Wq, Wk, Wv, Wo, W1, W2, W3, Router }
 
 /// <summary>A layer's norm weights and biases, and the biases of its row-parallel projections (wo's and w2's: added once, after the ranks' sum).</summary>
 public enum LayerVector { AttnNorm, AttnNormBias, FfnNorm, FfnNormBias, WoBias, W2Bias }
 
 /// <summary>The activations a layer's forward writes, in order.</summary>
-public enum LayerActivation { AttnNormed, Q, K, V, Attention, Residual, FfnNormed, Gate, Up, Hidden, Output }
+public enum LayerActivation { AttnNormed, Q, K, V, Attention, Residual, FfnNormed, Gate, Up, Hidden, Output, RouterLogits }
 
 /// <summary>One layer's run of the forward: its weights, where its activations go, and how its attention reads keys.</summary>
 public interface ILayerPass
@@ -41,6 +41,15 @@ public interface ILayerPass
 
     /// <summary>output (T, heads·hd) = causal attention of q over the keys and values so far, k and v (T, kvHeads·hd) included.</summary>
     void Attend(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, DeviceBuffer output);
+
+    /// <summary>MoE: y = x · W_eᵀ for expert <paramref name="expert"/>'s W1, W2 or W3 (its block of the stacked tensor).</summary>
+    void ProjectExpert(LayerProjection which, int expert, DeviceBuffer x, DeviceBuffer y, int tokens);
+
+    /// <summary>MoE: where one expert's pass writes <paramref name="which"/> (Hidden may be Gate, Weighted may be Output: in place).</summary>
+    DeviceBuffer ExpertActivation(ExpertActivation which, int expert, int length);
+
+    /// <summary>MoE: the layer's routing of this batch (training keeps it for the backward).</summary>
+    void Routed(MoeRouting routing);
 }
 
 /// <summary>A shard's layer widths: the whole model's, cut to a tensor-parallel rank's heads and hidden slice.</summary>
@@ -84,6 +93,13 @@ public static class DecoderLayer
         device.Add(x1, x, T * C);                                                             // x1 = x + attention's output
 
         var n2 = Normalize(device, pass, shape, x1, LayerVector.FfnNorm, LayerVector.FfnNormBias, pass.Activation(LayerActivation.FfnNormed, T * C), T);
+        if (c.Moe is not null)                                                                // experts in place of the MLP (no tensor parallelism)
+        {
+            var mixed = pass.Activation(LayerActivation.Output, T * C);                       // (T, C)
+            MixtureOfExperts.Forward(device, pass, shape, n2, mixed, T);
+            device.Add(mixed, x1, T * C);
+            return mixed;
+        }
         CopyToRegion.Forward(device, n2, T * C, group);                                     // into the column-parallel w1/w3
         var gate = pass.Activation(LayerActivation.Gate, T * H);                              // (T, Hr)   before the activation
         pass.Project(LayerProjection.W1, n2, gate, T);

@@ -23,6 +23,11 @@ public sealed record ModelConfig
     public int RotaryDim { get; init; }
     /// <summary>The LM head reuses the token embedding matrix.</summary>
     public bool TiedEmbeddings { get; init; }
+    /// <summary>Mixture of experts in place of each layer's MLP (Llama family; null = a dense MLP).</summary>
+    public MoeConfig? Moe { get; init; }
+
+    /// <summary>MLPs per layer: the experts of an MoE layer (stacked in W1, W2, W3), else the one dense MLP.</summary>
+    public int FfnBlocks => Moe?.Experts ?? 1;
 
     public int HeadDim => Heads > 0 ? Dim / Heads : 0;   // 0 only for an invalid config, which Validate reports
     public int KvDim => KvHeads * HeadDim;
@@ -33,12 +38,31 @@ public sealed record ModelConfig
     {
         get
         {
+            long ffn = FfnBlocks * FfnParameters + (Moe is { } moe ? (long)moe.Experts * Dim : 0);     // (every expert and the router)
+            return ParametersBesidesFfn + Layers * ffn;
+        }
+    }
+
+    /// <summary>
+    /// The weights one token is multiplied by: as ParameterCount, but an MoE layer counts only the experts a token is
+    /// routed to (and the router). The N of an MoE model's 6·N FLOPs per trained token.
+    /// </summary>
+    public long ActiveParameterCount => Moe is { } moe
+        ? ParametersBesidesFfn + Layers * (moe.ExpertsPerToken * FfnParameters + (long)moe.Experts * Dim)
+        : ParameterCount;
+
+    /// <summary>One MLP's (one expert's): w1 w2 (w3) (+ biases).</summary>
+    private long FfnParameters => (Architecture == Architecture.Gpt2 ? 2L : 3L) * HiddenDim * Dim + (Architecture == Architecture.Gpt2 ? HiddenDim + Dim : 0);
+
+    private long ParametersBesidesFfn
+    {
+        get
+        {
             bool gpt2 = Architecture == Architecture.Gpt2;
             long attention = 2L * Dim * Dim + 2L * KvDim * Dim + (gpt2 ? 2L * Dim + 2L * KvDim : 0);   // wq wo wk wv (+ biases)
-            long ffn = (gpt2 ? 2L : 3L) * HiddenDim * Dim + (gpt2 ? HiddenDim + Dim : 0);              // w1 w2 (w3) (+ biases)
             long norms = gpt2 ? 4L * Dim : 2L * Dim;
             long embeddings = (long)VocabSize * Dim * (TiedEmbeddings ? 1 : 2) + (gpt2 ? (long)MaxSeqLen * Dim : 0);
-            return embeddings + (gpt2 ? 2L * Dim : Dim) + Layers * (attention + ffn + norms);
+            return embeddings + (gpt2 ? 2L * Dim : Dim) + Layers * (attention + norms);
         }
     }
 
@@ -61,7 +85,28 @@ public sealed record ModelConfig
         Require(float.IsFinite(RopeTheta) && RopeTheta > 0, "rope theta out of range");
         Require(RotaryDim >= 0 && RotaryDim <= HeadDim && RotaryDim % 2 == 0, "rotary dim out of range");
         Require(Architecture != Architecture.Llama || HeadDim % 2 == 0, "head dim must be even for RoPE");
+        if (Moe is not { } moe) return;
+        Require(Architecture == Architecture.Llama, "mixture-of-experts layers are SwiGLU experts of the Llama family");
+        Require(moe.Experts >= 2 && moe.Experts <= MoeConfig.MaxExperts, $"expert count out of range (2..{MoeConfig.MaxExperts})");
+        Require(moe.ExpertsPerToken >= 1 && moe.ExpertsPerToken <= moe.Experts, "experts per token out of range (1..experts)");
+        Require((long)moe.Experts * HiddenDim * Dim <= int.MaxValue, "the stacked experts of a layer exceed 2^31 floats");
+        Require(float.IsFinite(moe.CapacityFactor) && moe.CapacityFactor >= 0 && moe.CapacityFactor <= moe.Experts, "capacity factor out of range (0 = dropless, up to the expert count)");
+        Require(float.IsFinite(moe.AuxLossCoefficient) && moe.AuxLossCoefficient >= 0 && moe.AuxLossCoefficient <= 1, "auxiliary loss coefficient out of range (0..1)");
+        Require(float.IsFinite(moe.ZLossCoefficient) && moe.ZLossCoefficient >= 0 && moe.ZLossCoefficient <= 1, "router z-loss coefficient out of range (0..1)");
     }
+}
+
+/// <summary>
+/// A mixture-of-experts MLP (Mixtral, Switch): a router (E, C) scores every expert for each token, the top
+/// <see cref="ExpertsPerToken"/> SwiGLU experts (each of the config's HiddenDim) run on it, and their outputs are summed
+/// weighted by the router's softmax (renormalized over the chosen experts as Mixtral does, or not, as Qwen2-MoE's
+/// norm_topk_prob = false). Training adds the Switch load-balancing loss and the router z-loss with their coefficients.
+/// </summary>
+/// <param name="CapacityFactor">0: dropless (every routed token runs); else each expert takes at most ⌈factor·T·k/E⌉ tokens of a batch, later ones are dropped (their share is zero).</param>
+public sealed record MoeConfig(int Experts, int ExpertsPerToken, bool NormalizeTopK = true, float CapacityFactor = 0,
+    float AuxLossCoefficient = 0.01f, float ZLossCoefficient = 0)
+{
+    public const int MaxExperts = 256;
 }
 
 /// <summary>A model file that cannot be used: names the file and, where known, the tensor.</summary>

@@ -16,18 +16,20 @@ public sealed class LayerWeights
     public float[]? Bo { get; init; }                      // (C,) GPT-2
     public required float[] FfnNorm { get; init; }         // (C,)
     public float[]? FfnNormBias { get; init; }             // (C,) GPT-2
-    /// <summary>Llama: gate projection w1; GPT-2: c_fc.</summary>
+    /// <summary>Llama: gate projection w1; GPT-2: c_fc. An MoE layer's E experts stacked: (E·H, C), expert e's rows [e·H, (e+1)·H).</summary>
     public required float[] W1 { get; init; }              // (H, C)
-    /// <summary>Down projection (Llama w2, GPT-2 c_proj of the MLP).</summary>
+    /// <summary>Down projection (Llama w2, GPT-2 c_proj of the MLP). MoE: (E·C, H), expert e's rows [e·C, (e+1)·C).</summary>
     public required float[] W2 { get; init; }              // (C, H)
-    /// <summary>Llama only: up projection w3.</summary>
+    /// <summary>Llama only: up projection w3 (MoE: stacked as W1).</summary>
     public float[]? W3 { get; init; }                      // (H, C)
+    /// <summary>MoE only: the router's weights, one row of logits per expert.</summary>
+    public float[]? Router { get; init; }                  // (E, C)
     public float[]? B1 { get; init; }                      // (H,) GPT-2
     public float[]? B2 { get; init; }                      // (C,) GPT-2
 
     /// <summary>Every tensor this layer has (the architecture's optional ones only when present).</summary>
     public IEnumerable<float[]> Tensors() =>
-        new[] { AttnNorm, AttnNormBias, Wq, Wk, Wv, Wo, Bq, Bk, Bv, Bo, FfnNorm, FfnNormBias, W1, W2, W3, B1, B2 }.OfType<float[]>();
+        new[] { AttnNorm, AttnNormBias, Wq, Wk, Wv, Wo, Bq, Bk, Bv, Bo, FfnNorm, FfnNormBias, W1, W2, W3, B1, B2, Router }.OfType<float[]>();
 
     /// <summary>Host memory of its tensors.</summary>
     public long Bytes => Tensors().Sum(t => (long)t.Length * sizeof(float));
@@ -37,16 +39,17 @@ public sealed class LayerWeights
     {
         void Check(float[]? t, long expected, string name, bool required = true) => ModelWeights.CheckTensor(t, expected, source, $"layers.{l}.{name}", required);
         bool gpt2 = c.Architecture == Architecture.Gpt2;
-        long C = c.Dim, H = c.HiddenDim, kv = c.KvDim;
+        long C = c.Dim, H = c.HiddenDim, kv = c.KvDim, E = c.FfnBlocks;
         Check(AttnNorm, C, "attn_norm");
         Check(Wq, C * C, "wq");
         Check(Wk, kv * C, "wk");
         Check(Wv, kv * C, "wv");
         Check(Wo, C * C, "wo");
         Check(FfnNorm, C, "ffn_norm");
-        Check(W1, H * C, "w1");
-        Check(W2, C * H, "w2");
-        Check(W3, H * C, "w3", !gpt2);
+        Check(W1, E * H * C, "w1");
+        Check(W2, E * C * H, "w2");
+        Check(W3, E * H * C, "w3", !gpt2);
+        Check(Router, c.Moe is null ? 0 : E * C, "router", c.Moe is not null);   // a dense layer has none
         Check(AttnNormBias, C, "attn_norm.bias", gpt2);
         Check(FfnNormBias, C, "ffn_norm.bias", gpt2);
         Check(Bq, C, "bq", gpt2);

@@ -10,7 +10,7 @@ public static class RandomModel
 {
     private const float Std = 0.02f;
 
-    public static IReadOnlyList<string> Presets { get; } = ["tiny", "adder", "stories15M", "stories110M", "gpt2-tiny", "storyteller"];
+    public static IReadOnlyList<string> Presets { get; } = ["tiny", "adder", "stories15M", "stories110M", "gpt2-tiny", "storyteller", "moe-tiny", "mixtral-small"];
 
     public static ModelConfig Preset(string name) => name switch
     {
@@ -23,6 +23,10 @@ public static class RandomModel
         // The default served model, trained at first start on StoryCorpus stories: small enough to learn them on two CPU
         // cores in a few minutes, with a context for a whole story (they are under 128 tokens).
         "storyteller" => Llama(StorytellerDim, StorytellerHidden, StorytellerLayers, StorytellerHeads, StorytellerHeads, StorytellerVocab, 256),
+        // Mixture-of-experts shapes: 8 SwiGLU experts per layer, 2 per token (Mixtral's routing). mixtral-small has ~97M
+        // parameters in all, ~30M of them used per token.
+        "moe-tiny" => Llama(64, 128, 4, 8, 4, 512, 256) with { Moe = new MoeConfig(Experts: 8, ExpertsPerToken: 2) },
+        "mixtral-small" => Llama(512, 768, 8, 8, 2, 32000, 1024) with { Moe = new MoeConfig(Experts: 8, ExpertsPerToken: 2) },
         "gpt2-tiny" => new ModelConfig
         {
             Architecture = Architecture.Gpt2, Dim = 64, HiddenDim = 256, Layers = 2, Heads = 4, KvHeads = 4,
@@ -64,7 +68,7 @@ public static class RandomModel
             return a;
         }
         bool gpt2 = c.Architecture == Architecture.Gpt2;
-        long C = c.Dim, H = c.HiddenDim, kv = c.KvDim, V = c.VocabSize;
+        long C = c.Dim, H = c.HiddenDim, kv = c.KvDim, V = c.VocabSize, E = c.FfnBlocks;
         float[]? Gpt2Only(long n, float center = 0) => gpt2 ? Noise(n, center) : null;
 
         var layers = new LayerWeights[c.Layers];
@@ -75,8 +79,8 @@ public static class RandomModel
                 Wq = Noise(C * C), Wk = Noise(kv * C), Wv = Noise(kv * C), Wo = Noise(C * C),
                 Bq = Gpt2Only(C), Bk = Gpt2Only(kv), Bv = Gpt2Only(kv), Bo = Gpt2Only(C),
                 FfnNorm = Noise(C, 1), FfnNormBias = Gpt2Only(C),
-                W1 = Noise(H * C), W2 = Noise(C * H), W3 = gpt2 ? null : Noise(H * C),
-                B1 = Gpt2Only(H), B2 = Gpt2Only(C),
+                W1 = Noise(E * H * C), W2 = Noise(E * C * H), W3 = gpt2 ? null : Noise(E * H * C),
+                B1 = Gpt2Only(H), B2 = Gpt2Only(C), Router = c.Moe is null ? null : Noise(E * C),
             };
         var weights = new ModelWeights
         {

@@ -36,8 +36,14 @@ public sealed class TransformerModel : IDisposable
     {
         public required DeviceBuffer AttnNorm, FfnNorm;
         public DeviceBuffer? AttnNormBias, FfnNormBias, Bq, Bk, Bv, Bo, B1, B2;
-        public required DeviceMatrix Wq, Wk, Wv, Wo, W1, W2;
-        public DeviceMatrix? W3;
+        public required DeviceMatrix Wq, Wk, Wv, Wo;
+        public DeviceMatrix? W1, W2, W3;                     // the dense MLP
+        public DeviceMatrix? Router;                         // (E, C) MoE
+        public DeviceMatrix[]? ExpertW1, ExpertW2, ExpertW3; // MoE: each expert's W1, W3 (H, C) and W2 (C, H)
+
+        /// <summary>Every weight matrix of the layer.</summary>
+        public IEnumerable<DeviceMatrix> Matrices() =>
+            new[] { Wq, Wk, Wv, Wo, W1, W2, W3, Router }.Concat(ExpertW1 ?? []).Concat(ExpertW2 ?? []).Concat(ExpertW3 ?? []).OfType<DeviceMatrix>();
     }
 
     /// <summary>The whole model on one device.</summary>
@@ -66,6 +72,9 @@ public sealed class TransformerModel : IDisposable
         // gives its pages back: a decommitting collection after each eighth of the layers' bytes, so loading peaks near one
         // copy plus an eighth, in at most eight collections whatever the model's size.
         var hostMemory = new HostMemory(weights.Layers.Sum(w => w.Bytes) / 8);
+        bool moe = config.Moe is not null;
+        DeviceMatrix[] Experts(float[] stack, int rows, int cols) =>
+            [.. Enumerable.Range(0, config.FfnBlocks).Select(e => device.UploadMatrix(stack.AsSpan(e * rows * cols, rows * cols), rows, cols))];
         for (int i = 0; i < _layers.Length; i++)
         {
             var w = weights.Layers[i];
@@ -75,8 +84,10 @@ public sealed class TransformerModel : IDisposable
                 FfnNorm = device.Upload(w.FfnNorm), FfnNormBias = Vector(w.FfnNormBias),
                 Wq = device.UploadMatrix(w.Wq, q, C), Wk = device.UploadMatrix(w.Wk, kv, C),
                 Wv = device.UploadMatrix(w.Wv, kv, C), Wo = device.UploadMatrix(w.Wo, C, q),
-                W1 = device.UploadMatrix(w.W1, H, C), W2 = device.UploadMatrix(w.W2, C, H),
-                W3 = w.W3 is null ? null : device.UploadMatrix(w.W3, H, C),
+                W1 = moe ? null : device.UploadMatrix(w.W1, H, C), W2 = moe ? null : device.UploadMatrix(w.W2, C, H),
+                W3 = moe || w.W3 is null ? null : device.UploadMatrix(w.W3, H, C),
+                Router = moe ? device.UploadMatrix(w.Router!, config.FfnBlocks, C) : null,
+                ExpertW1 = moe ? Experts(w.W1, H, C) : null, ExpertW2 = moe ? Experts(w.W2, C, H) : null, ExpertW3 = moe ? Experts(w.W3!, H, C) : null,
                 Bq = Vector(w.Bq), Bk = Vector(w.Bk), Bv = Vector(w.Bv), Bo = Vector(w.Bo), B1 = Vector(w.B1), B2 = Vector(w.B2),
             };
             if (releaseHostWeights)
@@ -102,7 +113,7 @@ public sealed class TransformerModel : IDisposable
         new[] { _positionEmbedding, _finalNorm, _finalNormBias }.Sum(b => (b?.Length ?? 0) * (long)sizeof(float))
         + (_tokenEmbedding?.Bytes ?? 0) + (ReferenceEquals(_output, _tokenEmbedding) ? 0 : _output?.Bytes ?? 0)
         + _layers.Sum(w => new[] { w.AttnNorm, w.FfnNorm, w.AttnNormBias, w.FfnNormBias, w.Bq, w.Bk, w.Bv, w.Bo, w.B1, w.B2 }.Sum(b => (b?.Length ?? 0) * (long)sizeof(float))
-            + new[] { w.Wq, w.Wk, w.Wv, w.Wo, w.W1, w.W2, w.W3 }.Sum(m => m?.Bytes ?? 0));
+            + w.Matrices().Sum(m => m.Bytes));
 
     /// <summary>Device memory of the forward's scratch buffers, sized by the largest batch so far.</summary>
     public long WorkspaceBytes => _scratch?.Bytes ?? 0;
@@ -166,7 +177,8 @@ public sealed class TransformerModel : IDisposable
                 throw new ArgumentException($"stage {Spec.Stage} needs ({T}, {C}) hidden states from the previous stage, got {hidden.Length} floats", nameof(hidden));
             _device.Write(a.X, hidden);                                                                   // x (T, C)
         }
-        var shape = DecoderShape.Of(Config, Spec);
+        // Serving routes dropless: a token's experts never depend on which other sequences share its batch.
+        var shape = DecoderShape.Of(Config.Moe is { } moe ? Config with { Moe = moe with { CapacityFactor = 0 } } : Config, Spec);
         var x = a.X;                                                                                       // (T, C)
         for (int l = 0; l < _layers.Length; l++)
             x = DecoderLayer.Forward(_device, new ServingPass(_device, _layers[l], a, x, cache, l, slots, layout, KvDim), shape, x, layout.TokenPosition, group);
@@ -270,8 +282,8 @@ public sealed class TransformerModel : IDisposable
             var (matrix, bias) = which switch
             {
                 LayerProjection.Wq => (w.Wq, w.Bq), LayerProjection.Wk => (w.Wk, w.Bk), LayerProjection.Wv => (w.Wv, w.Bv),
-                LayerProjection.Wo => (w.Wo, null), LayerProjection.W1 => (w.W1, w.B1), LayerProjection.W2 => (w.W2, null),
-                LayerProjection.W3 => (w.W3!, null),
+                LayerProjection.Wo => (w.Wo, null), LayerProjection.W1 => (w.W1!, w.B1), LayerProjection.W2 => (w.W2!, null),
+                LayerProjection.W3 => (w.W3!, null), LayerProjection.Router => (w.Router!, null),
                 _ => throw new ArgumentOutOfRangeException(nameof(which)),
             };
             device.MatMul(x, matrix, y, tokens);
@@ -286,8 +298,28 @@ public sealed class TransformerModel : IDisposable
             LayerActivation.Gate or LayerActivation.Hidden => a.Hidden,   // the activation runs in place: serving keeps no gate
             LayerActivation.Up => a.Hidden2,
             LayerActivation.Output => ReferenceEquals(input, a.X) ? a.X2 : a.X,
+            LayerActivation.RouterLogits => a.RouterLogits,
             _ => throw new ArgumentOutOfRangeException(nameof(which)),
         };
+
+        public void ProjectExpert(LayerProjection which, int expert, DeviceBuffer x, DeviceBuffer y, int tokens) =>
+            device.MatMul(x, (which switch
+            {
+                LayerProjection.W1 => w.ExpertW1, LayerProjection.W2 => w.ExpertW2, LayerProjection.W3 => w.ExpertW3,
+                _ => throw new ArgumentOutOfRangeException(nameof(which)),
+            })![expert], y, tokens);
+
+        public DeviceBuffer ExpertActivation(ExpertActivation which, int expert, int length) => which switch
+        {
+            Model.ExpertActivation.Input => a.ExpertX,
+            Model.ExpertActivation.Gate or Model.ExpertActivation.Hidden => a.Hidden,   // in place, as the dense MLP
+            Model.ExpertActivation.Up => a.Hidden2,
+            Model.ExpertActivation.Output or Model.ExpertActivation.Weighted => a.ExpertY,   // scaled in place: serving has no backward
+            Model.ExpertActivation.Scales => a.Scales,
+            _ => throw new ArgumentOutOfRangeException(nameof(which)),
+        };
+
+        public void Routed(MoeRouting routing) { }
 
         public void Attend(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, DeviceBuffer output)
         {
@@ -302,14 +334,15 @@ public sealed class TransformerModel : IDisposable
         // Round up so a growing prompt does not reallocate on every step.
         tokens = Math.Max(tokens, (_scratch?.Tokens ?? 0) * 2);
         rows = Math.Max(rows, (_scratch?.Rows ?? 0) * 2);
-        _scratch = new Activations(_device, Config.Dim, QueryDim, KvDim, Spec.Hidden.Count, Spec.Vocab.Count, tokens, rows);
+        _scratch = new Activations(_device, Config.Dim, QueryDim, KvDim, Spec.Hidden.Count, Spec.Vocab.Count, Config.Moe?.Experts ?? 0, tokens, rows);
         return _scratch;
     }
 
     /// <summary>Scratch buffers for a batch of up to Tokens tokens and Rows logit rows.</summary>
     private sealed class Activations : IDisposable
     {
-        public Activations(IDevice d, int dim, int queryDim, int kvDim, int hidden, int vocab, int tokens, int rows)
+        /// <param name="experts">An MoE model's experts per layer (0: dense, whose expert buffers are left minimal).</param>
+        public Activations(IDevice d, int dim, int queryDim, int kvDim, int hidden, int vocab, int experts, int tokens, int rows)
         {
             Tokens = tokens;
             Rows = rows;
@@ -319,12 +352,16 @@ public sealed class TransformerModel : IDisposable
             Hidden = d.Allocate(tokens * hidden); Hidden2 = d.Allocate(tokens * hidden);
             Selected = d.Allocate(rows * dim); SelectedNormed = d.Allocate(rows * dim);
             Logits = d.Allocate(rows * vocab);
+            int moeTokens = experts == 0 ? 1 : tokens;
+            ExpertX = d.Allocate(moeTokens * dim); ExpertY = d.Allocate(moeTokens * dim); Scales = d.Allocate(moeTokens);
+            RouterLogits = d.Allocate(moeTokens * Math.Max(1, experts));
         }
 
         public int Tokens { get; }
         public int Rows { get; }
         public DeviceBuffer X, X2, Residual, Xb, Q, K, V, Attention, Hidden, Hidden2, Selected, SelectedNormed, Logits;
-        private DeviceBuffer[] All => [X, X2, Residual, Xb, Q, K, V, Attention, Hidden, Hidden2, Selected, SelectedNormed, Logits];
+        public DeviceBuffer ExpertX, ExpertY, Scales, RouterLogits;   // MoE: an expert's rows in and out, their weights; the router's logits
+        private DeviceBuffer[] All => [X, X2, Residual, Xb, Q, K, V, Attention, Hidden, Hidden2, Selected, SelectedNormed, Logits, ExpertX, ExpertY, Scales, RouterLogits];
         public long Bytes => All.Sum(b => b.Length * (long)sizeof(float));
 
         public void Dispose()
@@ -341,7 +378,7 @@ public sealed class TransformerModel : IDisposable
         foreach (var w in _layers)
         {
             foreach (var b in new[] { w.AttnNorm, w.FfnNorm, w.AttnNormBias, w.FfnNormBias, w.Bq, w.Bk, w.Bv, w.Bo, w.B1, w.B2 }) b?.Dispose();
-            foreach (var m in new[] { w.Wq, w.Wk, w.Wv, w.Wo, w.W1, w.W2, w.W3 }) m?.Dispose();
+            foreach (var m in w.Matrices()) m.Dispose();
         }
         _finalNorm?.Dispose();
         _finalNormBias?.Dispose();

@@ -14,7 +14,7 @@ public static class ModelFlops
     /// 6·N per token for full training (2N forward, 4N backward), 4N with LoRA (the frozen weights get no gradient
     /// of their own). Attention's score FLOPs and recomputed forwards are not counted, as in the usual estimate.
     /// </summary>
-    public static double PerTrainedToken(ModelConfig config, bool lora) => (lora ? 4.0 : 6.0) * config.ParameterCount;
+    public static double PerTrainedToken(ModelConfig config, bool lora) => (lora ? 4.0 : 6.0) * config.ActiveParameterCount;
 
     /// <summary>
     /// The peak of the cores a job's trainers use: on each silo, its trainers' threads (at most its cores: trainers

@@ -61,6 +61,7 @@ public sealed class StageActivations : IDisposable
             (new DeviceBuffer?[layers], new DeviceBuffer?[layers], new DeviceBuffer?[layers], new DeviceBuffer?[layers], new DeviceBuffer?[layers],
              new DeviceBuffer?[layers], new DeviceBuffer?[layers], new DeviceBuffer?[layers], new DeviceBuffer?[layers], new DeviceBuffer?[layers],
              new DeviceBuffer?[layers], new DeviceBuffer?[layers]);
+        (RouterLogits, Routing, RouterLosses) = (new DeviceBuffer?[layers], new MoeRouting?[layers], new double[layers]);
     }
 
     internal int[] Tokens = [];                       // (T,)
@@ -80,6 +81,17 @@ public sealed class StageActivations : IDisposable
     internal readonly DeviceBuffer?[] Gate;           // (T, Hl)   before the activation
     internal readonly DeviceBuffer?[] Up;             // (T, Hl)   Llama
     internal readonly DeviceBuffer?[] Hidden;         // (T, Hl)   activation output
+    internal readonly DeviceBuffer?[] RouterLogits;   // (T, E)    MoE
+    internal readonly MoeRouting?[] Routing;          //           MoE: each layer's routing of the micro-batch
+    internal readonly double[] RouterLosses;          //           MoE: each layer's balancing and z-losses
+    // MoE: each expert's rows of the layer, (Te, C) or (Te, H), kept for the backward
+    internal readonly Dictionary<(int Layer, int Expert, ExpertActivation Which), DeviceBuffer> Experts = [];
+
+    /// <summary>The micro-batch's balancing and z-losses over this stage's MoE layers (0 for a dense model): their gradients are in its backward.</summary>
+    public double RouterLoss => RouterLosses.Sum();
+
+    /// <summary>Each layer's routing of the micro-batch (null for a dense layer): expert loads, drops.</summary>
+    public IReadOnlyList<MoeRouting?> Routings => Routing;
     internal DeviceBuffer? X;                         // (T, C)    the stage's output
     internal DeviceBuffer? FinalNormed;               // (T, C)    last stage
     internal DeviceBuffer? LocalLogits;               // (T, Vl)   last stage: this rank's vocab columns (every column without TP)
@@ -92,10 +104,15 @@ public sealed class StageActivations : IDisposable
     /// <summary>Lets go of layer <paramref name="l"/>'s activations but its input (activation checkpointing, or its backward done).</summary>
     internal void ForgetLayer(int l)
     {
-        foreach (var kept in new[] { AttnNormed, Q, K, V, Probs, Attention, Residual, FfnNormed, Gate, Up, Hidden })
+        foreach (var kept in new[] { AttnNormed, Q, K, V, Probs, Attention, Residual, FfnNormed, Gate, Up, Hidden, RouterLogits })
         {
             _pool.Return(kept[l]);
             kept[l] = null;
+        }
+        foreach (var key in Experts.Keys.Where(k => k.Layer == l).ToList())
+        {
+            _pool.Return(Experts[key]);
+            Experts.Remove(key);
         }
         foreach (var key in Lora.Keys.Where(k => k.Layer == l).ToList())
         {
@@ -158,6 +175,7 @@ public sealed class TrainableModel : IDisposable
         {
             lora.Validate(config);
             if (spec.TensorParallel > 1) throw new ArgumentException("LoRA training runs without tensor parallelism (tp = 1)", nameof(mode));
+            if (config.Moe is not null) throw new ArgumentException("LoRA adapters of mixture-of-experts layers are not implemented: train the whole model", nameof(mode));
         }
         if ((tensorGroup?.WorldSize ?? 1) != spec.TensorParallel || (tensorGroup?.Rank ?? 0) != spec.Rank)
             throw new ArgumentException($"shard {spec} needs a tensor group of {spec.TensorParallel} ranks where it is rank {spec.Rank}", nameof(tensorGroup));
@@ -262,7 +280,7 @@ public sealed class TrainableModel : IDisposable
             AttnNorm = Next(present.AttnNorm)!, AttnNormBias = Next(present.AttnNormBias), Wq = Next(present.Wq)!, Bq = Next(present.Bq),
             Wk = Next(present.Wk)!, Bk = Next(present.Bk), Wv = Next(present.Wv)!, Bv = Next(present.Bv), Wo = Next(present.Wo)!, Bo = Next(present.Bo),
             FfnNorm = Next(present.FfnNorm)!, FfnNormBias = Next(present.FfnNormBias), W1 = Next(present.W1)!, B1 = Next(present.B1),
-            W2 = Next(present.W2)!, B2 = Next(present.B2), W3 = Next(present.W3),
+            W2 = Next(present.W2)!, B2 = Next(present.B2), W3 = Next(present.W3), Router = Next(present.Router),
         };
         if (i != tensors.Count) throw new ArgumentException($"layer {l} has {i} tensors, {tensors.Count} given", nameof(tensors));
     }
@@ -352,8 +370,10 @@ public sealed class TrainableModel : IDisposable
             yield break;
         }
         var c = Config;
-        int C = c.Dim, hd = c.HeadDim;
+        int C = c.Dim, hd = c.HeadDim, E = c.FfnBlocks;
         bool rank0 = Spec.Rank == 0;
+        // An MoE layer's experts are stacked whole (tp = 1): W1 and W3 (E·H, C), W2 (E·C, H).
+        var hidden = c.Moe is null ? Spec.Hidden : new Slice(0, E * c.HiddenDim);
         var q = new Slice(Spec.QueryHeads.Offset * hd, _cq);
         var kv = new Slice(Spec.KvHeads.Offset * hd, _ckv);
         ParameterSlice? Whole(string name, float[]? p, float[]? g, int rows, int columns = 1) =>
@@ -378,9 +398,9 @@ public sealed class TrainableModel : IDisposable
                 Split(p + "wv", w.Wv, g.Wv, c.KvDim, C, 0, kv), Split(p + "bv", w.Bv, g.Bv, c.KvDim, 1, 0, kv),
                 Split(p + "wo", w.Wo, g.Wo, C, C, 1, q), Whole(p + "bo", w.Bo, g.Bo, C),
                 Whole(p + "ffn_norm", w.FfnNorm, g.FfnNorm, C), Whole(p + "ffn_norm.bias", w.FfnNormBias, g.FfnNormBias, C),
-                Split(p + "w1", w.W1, g.W1, c.HiddenDim, C, 0, Spec.Hidden), Split(p + "b1", w.B1, g.B1, c.HiddenDim, 1, 0, Spec.Hidden),
-                Split(p + "w2", w.W2, g.W2, C, c.HiddenDim, 1, Spec.Hidden), Whole(p + "b2", w.B2, g.B2, C),
-                Split(p + "w3", w.W3, g.W3, c.HiddenDim, C, 0, Spec.Hidden),
+                Split(p + "w1", w.W1, g.W1, E * c.HiddenDim, C, 0, hidden), Split(p + "b1", w.B1, g.B1, c.HiddenDim, 1, 0, Spec.Hidden),
+                Split(p + "w2", w.W2, g.W2, E * C, c.HiddenDim, 1, c.Moe is null ? Spec.Hidden : new Slice(0, c.HiddenDim)), Whole(p + "b2", w.B2, g.B2, C),
+                Split(p + "w3", w.W3, g.W3, E * c.HiddenDim, C, 0, hidden), Whole(p + "router", w.Router, g.Router, E, C),
             }.Select(t => t is null ? null : t with { Layer = layer }));
         }
         if (Spec.IsLastStage)
@@ -479,8 +499,12 @@ public sealed class TrainableModel : IDisposable
         if (batch.All(s => s.CountedTargets == 0)) throw new ArgumentException("the batch has no counted targets", nameof(batch));
         ReadHostChanges();   // a host optimizer or the caller may have changed the weights since the last call
         var activations = Forward(batch);
+        RouterLoss = activations.RouterLoss;
         return Backward(activations, null, 1f).Loss;
     }
+
+    /// <summary>The MoE balancing and z-losses of the last ForwardBackward (0 for a dense model); their gradients are in the step's.</summary>
+    public double RouterLoss { get; private set; }
 
     /// <summary>The logits (T, V) of every position (no gradients).</summary>
     public float[] Logits(int[] tokens, int[]? documents = null)
@@ -586,10 +610,34 @@ public sealed class TrainableModel : IDisposable
                 LayerProjection.Wq => ("wq", _w.Wq, _w.Bq, q, C), LayerProjection.Wk => ("wk", _w.Wk, _w.Bk, kv, C),
                 LayerProjection.Wv => ("wv", _w.Wv, _w.Bv, kv, C), LayerProjection.Wo => ("wo", _w.Wo, null, C, q),
                 LayerProjection.W1 => ("w1", _w.W1, _w.B1, H, C), LayerProjection.W2 => ("w2", _w.W2, null, C, H),
-                LayerProjection.W3 => ("w3", _w.W3!, null, H, C),
+                LayerProjection.W3 => ("w3", _w.W3!, null, H, C), LayerProjection.Router => ("router", _w.Router!, null, model.Config.FfnBlocks, C),
                 _ => throw new ArgumentOutOfRangeException(nameof(which)),
             };
             model.Project(a, layer, target, x, weight, bias, y, tokens, n, k);
+        }
+
+        public void ProjectExpert(LayerProjection which, int expert, DeviceBuffer x, DeviceBuffer y, int tokens)
+        {
+            int C = model.Config.Dim, H = model._hidden;
+            var (weight, n, k) = which switch
+            {
+                LayerProjection.W1 => (_w.W1, H, C), LayerProjection.W2 => (_w.W2, C, H), LayerProjection.W3 => (_w.W3!, H, C),
+                _ => throw new ArgumentOutOfRangeException(nameof(which)),
+            };
+            model._device.Linear(x, model._tensors.State(weight), y, tokens, n, k, expert);
+        }
+
+        public DeviceBuffer ExpertActivation(ExpertActivation which, int expert, int length)
+        {
+            var buffer = a.Rent(length);
+            a.Experts[(layer, expert, which)] = buffer;   // all kept until the layer's backward (Weighted and Scales only to be returned with them)
+            return buffer;
+        }
+
+        public void Routed(MoeRouting routing)
+        {
+            a.Routing[layer] = routing;
+            a.RouterLosses[layer] = routing.AuxLoss + routing.ZLoss;
         }
 
         public DeviceBuffer Activation(LayerActivation which, int length)
@@ -601,6 +649,7 @@ public sealed class TrainableModel : IDisposable
                 LayerActivation.Attention => a.Attention, LayerActivation.Residual => a.Residual, LayerActivation.FfnNormed => a.FfnNormed,
                 LayerActivation.Gate => a.Gate, LayerActivation.Up => a.Up, LayerActivation.Hidden => a.Hidden,
                 LayerActivation.Output => null,   // the next layer's input (or the stage's output)
+                LayerActivation.RouterLogits => a.RouterLogits,
                 _ => throw new ArgumentOutOfRangeException(nameof(which)),
             };
             if (kept is not null) kept[layer] = buffer;
@@ -667,20 +716,24 @@ public sealed class TrainableModel : IDisposable
             // x_out = x1 + W2·swiglu(W1·n2, W3·n2)   (GPT-2: W2·gelu(W1·n2 + b1) + b2)
             var dx1 = Temporary(T * C, zeroed: false);
             _device.Copy(dx, dx1, T * C);
-            ReduceFromRegion.Backward(_device, dx, T * C, _tensorGroup);                     // (T, C) w2's summed output: each partial's gradient
-            var dHidden = Temporary(T * H);
-            ProjectBackward(a, l, "w2", a.Hidden[l]!, w.W2, dx, dHidden, g.W2, g.B2, T, C, H, Temporary);
-            var dGate = Temporary(T * H);
             var dn2 = Temporary(T * C);
-            if (llama)
+            if (c.Moe is not null) MoeBackward(a, l, w, g, dx, dn2, lossScale, Temporary);
+            else
             {
-                var dUp = Temporary(T * H);
-                _device.SwiGluBackward(a.Gate[l]!, a.Up[l]!, dHidden, dGate, dUp, T * H);
-                ProjectBackward(a, l, "w3", a.FfnNormed[l]!, w.W3!, dUp, dn2, g.W3!, null, T, H, C, Temporary);
+                ReduceFromRegion.Backward(_device, dx, T * C, _tensorGroup);                 // (T, C) w2's summed output: each partial's gradient
+                var dHidden = Temporary(T * H);
+                ProjectBackward(a, l, "w2", a.Hidden[l]!, w.W2, dx, dHidden, g.W2, g.B2, T, C, H, Temporary);
+                var dGate = Temporary(T * H);
+                if (llama)
+                {
+                    var dUp = Temporary(T * H);
+                    _device.SwiGluBackward(a.Gate[l]!, a.Up[l]!, dHidden, dGate, dUp, T * H);
+                    ProjectBackward(a, l, "w3", a.FfnNormed[l]!, w.W3!, dUp, dn2, g.W3!, null, T, H, C, Temporary);
+                }
+                else _device.GeluBackward(a.Gate[l]!, dHidden, dGate, T * H);
+                ProjectBackward(a, l, "w1", a.FfnNormed[l]!, w.W1, dGate, dn2, g.W1, g.B1, T, H, C, Temporary);
+                CopyToRegion.Backward(_device, dn2, T * C, _tensorGroup);                    // (T, C) w1/w3's input gradient, summed over ranks
             }
-            else _device.GeluBackward(a.Gate[l]!, dHidden, dGate, T * H);
-            ProjectBackward(a, l, "w1", a.FfnNormed[l]!, w.W1, dGate, dn2, g.W1, g.B1, T, H, C, Temporary);
-            CopyToRegion.Backward(_device, dn2, T * C, _tensorGroup);                        // (T, C) w1/w3's input gradient, summed over ranks
             NormalizeRowsBackward(a.Residual[l]!, w.FfnNorm, dn2, dx1, g.FfnNorm, g.FfnNormBias, T);
             // x1 = x_in + Wo·attention(rope(Wq·n1), rope(Wk·n1), Wv·n1)
             var dxIn = a.Rent(T * C);
@@ -733,6 +786,47 @@ public sealed class TrainableModel : IDisposable
         foreach (var buffer in temporaries) _buffers.Return(buffer);
         a.Dispose();   // the gradients stay on the device until a collective, an optimizer or a reader needs them
         return (loss, inputGradient);
+    }
+
+    /// <summary>
+    /// Backward of layer <paramref name="l"/>'s mixture of experts (MixtureOfExperts.Forward) from dOut (T, C), the
+    /// gradient of its output: each expert's W1, W2, W3 gradients (their blocks), the router's, and dn2 (T, C) += the
+    /// gradient of the normed input, through the experts and through the router.
+    /// </summary>
+    private void MoeBackward(StageActivations a, int l, LayerWeights w, LayerWeights g, DeviceBuffer dOut, DeviceBuffer dn2, float lossScale,
+        Func<int, bool, DeviceBuffer> temporary)
+    {
+        var routing = a.Routing[l]!;
+        var moe = Config.Moe!;
+        int T = a.Tokens.Length, C = Config.Dim, H = _hidden, E = moe.Experts;
+        var choiceGradients = new float[T * moe.ExpertsPerToken];                            // (T, k) ∂L/∂weight of each choice; 0 where dropped
+        for (int e = 0; e < E; e++)
+        {
+            var rows = routing.ExpertTokens[e];
+            int n = rows.Length;
+            if (n == 0) continue;
+            DeviceBuffer Kept(ExpertActivation which) => a.Experts[(l, e, which)];
+            var dOutput = temporary(n * C, false);                                           // (Te, C) the gradient of its rows of the output
+            _device.GatherRows(dOut, rows, dOutput, C);
+            var dots = temporary(n, false);                                                  // (Te,) ∂L/∂weight = dOut · expert output
+            _device.RowDots(dOutput, Kept(ExpertActivation.Output), dots, n, C);
+            var hostDots = new float[n];
+            _device.Download(dots, hostDots);                                                // Te floats out: the router's gradient is made on the host
+            for (int r = 0; r < n; r++) choiceGradients[routing.ExpertChoices[e][r]] = hostDots[r];
+            _device.ScaleRows(dOutput, Kept(ExpertActivation.Scales), n, C);                 // (Te, C) ∂L/∂(expert output) = weight · dOut
+            var dHidden = temporary(n * H, true);                                            // (Te, H)
+            _device.LinearBackward(Kept(ExpertActivation.Hidden), _tensors.State(w.W2), dOutput, dHidden, _tensors.Gradient(g.W2), null, n, C, H, e);
+            var dGate = temporary(n * H, true);
+            var dUp = temporary(n * H, true);
+            _device.SwiGluBackward(Kept(ExpertActivation.Gate), Kept(ExpertActivation.Up), dHidden, dGate, dUp, n * H);
+            var dInput = temporary(n * C, true);                                             // (Te, C)
+            _device.LinearBackward(Kept(ExpertActivation.Input), _tensors.State(w.W1), dGate, dInput, _tensors.Gradient(g.W1), null, n, H, C, e);
+            _device.LinearBackward(Kept(ExpertActivation.Input), _tensors.State(w.W3!), dUp, dInput, _tensors.Gradient(g.W3!), null, n, H, C, e);
+            _device.EmbeddingBackward(rows, dInput, dn2, C);                                 // dn2[rows[r]] += dInput[r]: back to the tokens' rows
+        }
+        var dLogits = temporary(T * E, false);                                               // (T, E)
+        _device.Write(dLogits, routing.RouterGradient(choiceGradients, lossScale));
+        _device.LinearBackward(a.FfnNormed[l]!, _tensors.State(w.Router!), dLogits, dn2, _tensors.Gradient(g.Router!), null, T, E, C);
     }
 
     /// <summary>

@@ -125,7 +125,7 @@ public sealed class BackwardTests
         float[] dx = new float[x.Length], dw = new float[w.Length], db = new float[n];
         using var pool = new WorkerPool(2);
         using var linear = new Cluster.Compute.Cpu.Linear(pool);
-        linear.Backward(x, w, r, dx, dw, db, m, n, k);
+        linear.Backward(x, w, 0, r, dx, dw, db, m, n, k);
         double Loss(double[] xs, double[] ws, double[] bs)
         {
             var y = new double[m * n];

@@ -56,7 +56,7 @@ public sealed class CpuKernelTests
             }
         using var pool = new WorkerPool(threads);
         using var linear = new Linear(pool);
-        linear.Backward(x, w, dy, dx, dw, db, m, n, k);
+        linear.Backward(x, w, 0, dy, dx, dw, db, m, n, k);
         foreach (var (actual, expected, name, terms) in new[] { (dx, expectedDx, "dx", n), (dw, expectedDw, "dw", m), (db, expectedDb, "db", m) })
         {
             double worst = 0;

@@ -12,13 +12,17 @@ public static class TestModels
         TiedEmbeddings = architecture == Architecture.Gpt2,
     };
 
+    /// <summary>SmallConfig's Llama with a mixture of 4 experts, 2 per token, in place of each MLP.</summary>
+    public static ModelConfig SmallMoeConfig(MoeConfig? moe = null) =>
+        SmallConfig(Architecture.Llama) with { Moe = moe ?? new MoeConfig(Experts: 4, ExpertsPerToken: 2) };
+
     public static ModelWeights RandomWeights(ModelConfig c, int seed)
     {
         var rng = new Random(seed);
         float[] R(long n, float scale = 0.2f) { var a = new float[n]; for (long i = 0; i < n; i++) a[i] = (float)(rng.NextDouble() * 2 - 1) * scale; return a; }
         float[] Ones(long n) { var a = R(n, 0.1f); for (long i = 0; i < n; i++) a[i] += 1; return a; }
         bool gpt2 = c.Architecture == Architecture.Gpt2;
-        long C = c.Dim, H = c.HiddenDim, kv = c.KvDim;
+        long C = c.Dim, H = c.HiddenDim, kv = c.KvDim, E = c.FfnBlocks;
         return new ModelWeights
         {
             TokenEmbedding = R(c.VocabSize * C, 1f),
@@ -26,10 +30,10 @@ public static class TestModels
             Layers = Enumerable.Range(0, c.Layers).Select(_ => new LayerWeights
             {
                 AttnNorm = Ones(C), Wq = R(C * C), Wk = R(kv * C), Wv = R(kv * C), Wo = R(C * C),
-                FfnNorm = Ones(C), W1 = R(H * C), W2 = R(C * H), W3 = gpt2 ? null : R(H * C),
+                FfnNorm = Ones(C), W1 = R(E * H * C), W2 = R(E * C * H), W3 = gpt2 ? null : R(E * H * C),
                 AttnNormBias = gpt2 ? R(C) : null, FfnNormBias = gpt2 ? R(C) : null,
                 Bq = gpt2 ? R(C) : null, Bk = gpt2 ? R(kv) : null, Bv = gpt2 ? R(kv) : null, Bo = gpt2 ? R(C) : null,
-                B1 = gpt2 ? R(H) : null, B2 = gpt2 ? R(C) : null,
+                B1 = gpt2 ? R(H) : null, B2 = gpt2 ? R(C) : null, Router = c.Moe is null ? null : R(E * C, 1f),
             }).ToArray(),
             FinalNorm = Ones(C), FinalNormBias = gpt2 ? R(C) : null,
             Output = c.TiedEmbeddings ? null : R(c.VocabSize * C),

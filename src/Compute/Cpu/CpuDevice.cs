@@ -192,17 +192,17 @@ public sealed unsafe class CpuDevice : IDevice
         });
     }
 
-    public void Linear(DeviceBuffer x, DeviceBuffer w, DeviceBuffer y, int m, int n, int k)
+    public void Linear(DeviceBuffer x, DeviceBuffer w, DeviceBuffer y, int m, int n, int k, int block = 0)
     {
-        DeviceArguments.CheckLinear(x, w, y, m, n, k);
-        _linear.Forward(Cpu(x).Data.AsSpan(0, m * k), Cpu(w).Data, [], Cpu(y).Data.AsSpan(0, m * n), m, n, k);
+        DeviceArguments.CheckLinear(x, w, y, m, n, k, block);
+        _linear.Forward(Cpu(x).Data.AsSpan(0, m * k), Cpu(w).Data, block, [], Cpu(y).Data.AsSpan(0, m * n), m, n, k);
     }
 
-    public void LinearBackward(DeviceBuffer x, DeviceBuffer w, DeviceBuffer dy, DeviceBuffer dx, DeviceBuffer? dw, DeviceBuffer? db, int m, int n, int k)
+    public void LinearBackward(DeviceBuffer x, DeviceBuffer w, DeviceBuffer dy, DeviceBuffer dx, DeviceBuffer? dw, DeviceBuffer? db, int m, int n, int k, int block = 0)
     {
-        DeviceArguments.CheckLinearBackward(x, w, dy, dx, dw, db, m, n, k);
-        _linear.Backward(Cpu(x).Data.AsSpan(0, m * k), Cpu(w).Data, Cpu(dy).Data.AsSpan(0, m * n), Cpu(dx).Data.AsSpan(0, m * k),
-            dw is null ? [] : Cpu(dw).Data.AsSpan(0, n * k), dw is null || db is null ? [] : Cpu(db).Data.AsSpan(0, n), m, n, k);
+        DeviceArguments.CheckLinearBackward(x, w, dy, dx, dw, db, m, n, k, block);
+        _linear.Backward(Cpu(x).Data.AsSpan(0, m * k), Cpu(w).Data, block, Cpu(dy).Data.AsSpan(0, m * n), Cpu(dx).Data.AsSpan(0, m * k),
+            dw is null ? [] : Cpu(dw).Data.AsSpan(block * n * k, n * k), dw is null || db is null ? [] : Cpu(db).Data.AsSpan(0, n), m, n, k);
     }
 
     public void ForgetPrepared(DeviceBuffer? w = null)
@@ -323,6 +323,20 @@ public sealed unsafe class CpuDevice : IDevice
     {
         float[] source = Cpu(x).Data, o = Cpu(output).Data;
         for (int r = 0; r < rows.Length; r++) source.AsSpan(rows[r] * dim, dim).CopyTo(o.AsSpan(r * dim, dim));
+    }
+
+    public void ScaleRows(DeviceBuffer x, DeviceBuffer scales, int rows, int dim)
+    {
+        CheckRowsOf(rows, dim, scales, x);
+        float[] data = Cpu(x).Data, s = Cpu(scales).Data;
+        for (int r = 0; r < rows; r++) TensorPrimitives.Multiply(data.AsSpan(r * dim, dim), s[r], data.AsSpan(r * dim, dim));
+    }
+
+    public void RowDots(DeviceBuffer a, DeviceBuffer b, DeviceBuffer dots, int rows, int dim)
+    {
+        CheckRowsOf(rows, dim, dots, a, b);
+        float[] x = Cpu(a).Data, y = Cpu(b).Data, d = Cpu(dots).Data;
+        for (int r = 0; r < rows; r++) d[r] = TensorPrimitives.Dot(x.AsSpan(r * dim, dim), y.AsSpan(r * dim, dim));
     }
 
     public void Dispose()

@@ -4,6 +4,7 @@
 // ForgetPacked, which the owner calls whenever the weights may have changed (an optimizer step): then it is packed
 // again, into the same memory, when next used.
 using System.Numerics.Tensors;
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 
 namespace Cluster.Compute.Cpu;
@@ -43,8 +44,16 @@ public sealed unsafe class Linear(WorkerPool pool, bool bfloat16 = false) : IDis
         }
     }
 
-    private readonly Dictionary<float[], Packed> _weights = new(ReferenceEqualityComparer.Instance);             // W
-    private readonly Dictionary<float[], Packed> _transposedWeights = new(ReferenceEqualityComparer.Instance);   // Wᵀ
+    private readonly Dictionary<(float[] Stack, int Block), Packed> _weights = new(BlockComparer.Instance);             // W
+    private readonly Dictionary<(float[] Stack, int Block), Packed> _transposedWeights = new(BlockComparer.Instance);   // Wᵀ
+
+    /// <summary>A packed weight's key: its array by reference, and which of the matrices stacked in it.</summary>
+    private sealed class BlockComparer : IEqualityComparer<(float[] Stack, int Block)>
+    {
+        public static readonly BlockComparer Instance = new();
+        public bool Equals((float[] Stack, int Block) a, (float[] Stack, int Block) b) => ReferenceEquals(a.Stack, b.Stack) && a.Block == b.Block;
+        public int GetHashCode((float[] Stack, int Block) key) => HashCode.Combine(RuntimeHelpers.GetHashCode(key.Stack), key.Block);
+    }
     private Packed? _packedX;            // xᵀ, the right operand of the backward's dW product, reused (grown) from call to call
     private float[] _scratch = [];
     private float[] _product = [];       // dy · W before it is added into dx
@@ -56,35 +65,42 @@ public sealed unsafe class Linear(WorkerPool pool, bool bfloat16 = false) : IDis
         foreach (var packed in _weights.Values.Concat(_transposedWeights.Values)) packed.Current = false;
     }
 
-    /// <summary>Drops one weight's packed copies and their memory (its owner is letting go of it).</summary>
+    /// <summary>Drops one weight's packed copies (every block of it) and their memory (its owner is letting go of it).</summary>
     public void Forget(float[] w)
     {
-        if (_weights.Remove(w, out var packed)) packed.Dispose();
-        if (_transposedWeights.Remove(w, out var transposed)) transposed.Dispose();
+        foreach (var packed in new[] { _weights, _transposedWeights })
+            foreach (var key in packed.Keys.Where(key => ReferenceEquals(key.Stack, w)).ToArray())
+                if (packed.Remove(key, out var p)) p.Dispose();
     }
 
-    /// <summary>W (n, k), or Wᵀ with <paramref name="transposed"/> (w then (k, n)), packed: as it was if w has not changed since.</summary>
-    private Packed PackedWeight(Dictionary<float[], Packed> packed, float[] w, int n, int k, bool transposed)
+    /// <summary>
+    /// Block <paramref name="block"/> of w, W (n, k) (or Wᵀ with <paramref name="transposed"/>), packed: as it was if w
+    /// has not changed since.
+    /// </summary>
+    private Packed PackedWeight(Dictionary<(float[], int), Packed> packed, float[] w, int block, int n, int k, bool transposed)
     {
-        if (!packed.TryGetValue(w, out var p)) packed[w] = p = new Packed(Gemm.PackedLength(n, k));
-        return p.Current ? p : p.Fill(pool, w, n, k, transposed, bfloat16);
+        if (!packed.TryGetValue((w, block), out var p)) packed[(w, block)] = p = new Packed(Gemm.PackedLength(n, k));
+        return p.Current ? p : p.Fill(pool, w.AsSpan(block * n * k, n * k), n, k, transposed, bfloat16);
     }
 
-    /// <summary>y (M, N) = x (M, K) · Wᵀ (+ b when not empty).</summary>
-    public void Forward(ReadOnlySpan<float> x, float[] w, ReadOnlySpan<float> b, Span<float> y, int m, int n, int k)
+    /// <summary>y (M, N) = x (M, K) · Wᵀ (+ b when not empty), W block <paramref name="block"/> of the (N, K) matrices stacked in w.</summary>
+    public void Forward(ReadOnlySpan<float> x, float[] w, int block, ReadOnlySpan<float> b, Span<float> y, int m, int n, int k)
     {
-        Multiply(x, PackedWeight(_weights, w, n, k, transposed: false).Pointer, y, m, n, k);
+        Multiply(x, PackedWeight(_weights, w, block, n, k, transposed: false).Pointer, y, m, n, k);
         if (b.IsEmpty) return;
         for (int row = 0; row < m; row++) TensorPrimitives.Add(y.Slice(row * n, n), b, y.Slice(row * n, n));
     }
 
-    /// <summary>dx (M, K) += dy · W, dW (N, K) += dyᵀ · x, db (N,) += Σ_m dy (db may be empty; dw empty skips both).</summary>
-    public void Backward(ReadOnlySpan<float> x, float[] w, ReadOnlySpan<float> dy,
+    /// <summary>
+    /// dx (M, K) += dy · W, dW (N, K) += dyᵀ · x, db (N,) += Σ_m dy (db may be empty; dw empty skips both); W is block
+    /// <paramref name="block"/> of w, dw that block's gradient.
+    /// </summary>
+    public void Backward(ReadOnlySpan<float> x, float[] w, int block, ReadOnlySpan<float> dy,
         Span<float> dx, Span<float> dw, Span<float> db, int m, int n, int k)
     {
         Grow(ref _product, m * k);
         // dx (M, K) = dy (M, N) · (Wᵀ)ᵀ: Wᵀ (K, N) packed straight from W's rows, once per weight version.
-        Multiply(dy, PackedWeight(_transposedWeights, w, k, n, transposed: true).Pointer, _product.AsSpan(0, m * k), m, k, n);
+        Multiply(dy, PackedWeight(_transposedWeights, w, block, k, n, transposed: true).Pointer, _product.AsSpan(0, m * k), m, k, n);
         TensorPrimitives.Add(dx[..(m * k)], _product.AsSpan(0, m * k), dx[..(m * k)]);
         if (dw.IsEmpty) return;                                                                // a frozen weight (LoRA's base): no dW, no db
         // dW (N, K) += dyᵀ (N, M) · (xᵀ)ᵀ: xᵀ (K, M) packed straight from x's rows, dy read where it is as the transposed

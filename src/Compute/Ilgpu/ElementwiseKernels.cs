@@ -1,5 +1,5 @@
 // One-thread-per-element kernels: residual add, bias, row gathers (embedding, position embedding, logit rows),
-// KV-cache writes, RoPE and the MLP activations. Each mirrors the arithmetic order of the CPU backend.
+// KV-cache writes, RoPE, the MLP activations and the MoE combine (row scales, row dots). Each mirrors the arithmetic order of the CPU backend.
 using ILGPU;
 
 namespace Cluster.Compute.Ilgpu;
@@ -27,6 +27,17 @@ internal static class ElementwiseKernels
         int r = i / dim, d = i % dim, row = rows[r];
         float value = row < 0 ? 0f : source[row * dim + d];
         output[i] = accumulate != 0 ? output[i] + value : value;
+    }
+
+    /// <summary>x[r, d] *= scales[r]; one thread per element of x (rows, dim).</summary>
+    public static void ScaleRows(Index1D i, ArrayView<float> x, ArrayView<float> scales, int dim) => x[i] *= scales[i / dim];
+
+    /// <summary>dots[r] = Σ_d a[r, d] · b[r, d], in the CPU's order of terms up to rounding; one thread per row.</summary>
+    public static void RowDots(Index1D r, ArrayView<float> a, ArrayView<float> b, ArrayView<float> dots, int dim)
+    {
+        float sum = 0;
+        for (int d = 0; d < dim; d++) sum += a[r * dim + d] * b[r * dim + d];
+        dots[r] = sum;
     }
 
     /// <summary>cacheK/V[slots[t], d] = k/v[t, d]; one thread per element of k.</summary>

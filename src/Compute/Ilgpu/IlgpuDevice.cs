@@ -151,20 +151,20 @@ public sealed unsafe class IlgpuDevice : IDevice
     }
 
     /// <summary>The weight is used as it lies (row-major is what the GEMM reads): nothing is prepared.</summary>
-    public void Linear(DeviceBuffer x, DeviceBuffer w, DeviceBuffer y, int m, int n, int k)
+    public void Linear(DeviceBuffer x, DeviceBuffer w, DeviceBuffer y, int m, int n, int k, int block = 0)
     {
-        DeviceArguments.CheckLinear(x, w, y, m, n, k);
-        Multiply(View(x), View(w), View(y), m, n, k);
+        DeviceArguments.CheckLinear(x, w, y, m, n, k, block);
+        Multiply(View(x), Block(w, block, n * k), View(y), m, n, k);
     }
 
     /// <summary>dx += dy · (Wᵀ)ᵀ and dW += dyᵀ · (xᵀ)ᵀ as GEMMs over transposed copies; db by column sums.</summary>
-    public void LinearBackward(DeviceBuffer x, DeviceBuffer w, DeviceBuffer dy, DeviceBuffer dx, DeviceBuffer? dw, DeviceBuffer? db, int m, int n, int k)
+    public void LinearBackward(DeviceBuffer x, DeviceBuffer w, DeviceBuffer dy, DeviceBuffer dx, DeviceBuffer? dw, DeviceBuffer? db, int m, int n, int k, int block = 0)
     {
-        DeviceArguments.CheckLinearBackward(x, w, dy, dx, dw, db, m, n, k);
+        DeviceArguments.CheckLinearBackward(x, w, dy, dx, dw, db, m, n, k, block);
         if (m == 0 || n == 0 || k == 0) return;
         using (DeviceBuffer wt = Allocate(n * k), product = Allocate(m * k))
         {
-            Elementwise(n * k, count => _kernels.Transpose(count, View(w), View(wt), n, k));                  // Wᵀ (K, N)
+            Elementwise(n * k, count => _kernels.Transpose(count, Block(w, block, n * k), View(wt), n, k));   // Wᵀ (K, N)
             Multiply(View(dy), View(wt), View(product), m, k, n);                                             // (M, K) = dy · W
             Add(dx, product, m * k);
         }
@@ -174,10 +174,13 @@ public sealed unsafe class IlgpuDevice : IDevice
             Elementwise(m * n, count => _kernels.Transpose(count, View(dy), View(dyt), m, n));                // dyᵀ (N, M)
             Elementwise(m * k, count => _kernels.Transpose(count, View(x), View(xt), m, k));                  // xᵀ (K, M)
             Multiply(View(dyt), View(xt), View(product), n, k, m);                                            // (N, K) = dyᵀ · x
-            Add(dw, product, n * k);
+            Elementwise(n * k, count => _kernels.Add(count, Block(dw, block, n * k), View(product)));
         }
         if (db is not null) Elementwise(n, count => _kernels.ColumnSums(count, View(dy), View(db), m, n));
     }
+
+    /// <summary>The <paramref name="block"/>-th run of <paramref name="length"/> floats of a buffer (a matrix of a stack).</summary>
+    private ArrayView<float> Block(DeviceBuffer buffer, int block, int length) => View(buffer).SubView((long)block * length, length);
 
     public void ForgetPrepared(DeviceBuffer? w = null) { }
 
@@ -436,6 +439,18 @@ public sealed unsafe class IlgpuDevice : IDevice
         CheckIndices(rows, x.Length / dim, "row");
         CheckLength(output, (long)rows.Length * dim, nameof(output));
         WithIndices(rows, r => Elementwise(r.IntLength * dim, n => _kernels.GatherRows(n, View(x), r, View(output), dim, 0)));
+    }
+
+    public void ScaleRows(DeviceBuffer x, DeviceBuffer scales, int rows, int dim)
+    {
+        CheckRowsOf(rows, dim, scales, x);
+        Elementwise(rows * dim, n => _kernels.ScaleRows(n, View(x), View(scales), dim));
+    }
+
+    public void RowDots(DeviceBuffer a, DeviceBuffer b, DeviceBuffer dots, int rows, int dim)
+    {
+        CheckRowsOf(rows, dim, dots, a, b);
+        Elementwise(rows, n => _kernels.RowDots(n, View(a), View(b), View(dots), dim));
     }
 
     /// <summary>Frees every buffer and matrix still alive, then the index buffers, accelerator and context, then ends the thread.</summary>

@@ -29,6 +29,12 @@ internal sealed class KernelSet(Accelerator a)
     public readonly Action<Index1D, ArrayView<float>, ArrayView<float>, int> AddBias =
         a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, int>(ElementwiseKernels.AddBias);
 
+    public readonly Action<Index1D, ArrayView<float>, ArrayView<float>, int> ScaleRows =
+        a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, int>(ElementwiseKernels.ScaleRows);
+
+    public readonly Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int> RowDots =
+        a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int>(ElementwiseKernels.RowDots);
+
     public readonly Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int> GatherRows =
         a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int>(ElementwiseKernels.GatherRows);
 

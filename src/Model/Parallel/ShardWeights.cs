@@ -40,6 +40,7 @@ public sealed class ShardWeights
     /// <summary>Rank <paramref name="spec"/>'s slices of a whole layer: Wq/Wk/Wv/W1/W3 and their biases its rows, Wo/W2 its columns; norms and Bo/B2 whole.</summary>
     public static LayerWeights CutLayer(ModelConfig c, ShardSpec spec, LayerWeights w)
     {
+        if (c.Moe is not null) return w;   // MoE layers run with tp = 1 (ShardingPlan): whole, their experts stacked
         int C = c.Dim, hd = c.HeadDim;
         var q = new Slice(spec.QueryHeads.Offset * hd, spec.QueryHeads.Count * hd);
         var kv = new Slice(spec.KvHeads.Offset * hd, spec.KvHeads.Count * hd);
@@ -50,7 +51,7 @@ public sealed class ShardWeights
             Bq = Part(w.Bq, q), Bk = Part(w.Bk, kv), Bv = Part(w.Bv, kv),
             Wo = Columns(w.Wo, C, C, q), Bo = w.Bo,
             W1 = Rows(w.W1, C, spec.Hidden), W3 = w.W3 is null ? null : Rows(w.W3, C, spec.Hidden), B1 = Part(w.B1, spec.Hidden),
-            W2 = Columns(w.W2, C, c.HiddenDim, spec.Hidden), B2 = w.B2,
+            W2 = Columns(w.W2, C, c.HiddenDim, spec.Hidden), B2 = w.B2, Router = w.Router,
         };
     }
 
@@ -90,7 +91,7 @@ public sealed class ShardWeights
             AttnNorm = map(l.AttnNorm), AttnNormBias = Opt(l.AttnNormBias), Wq = map(l.Wq), Wk = map(l.Wk), Wv = map(l.Wv), Wo = map(l.Wo),
             Bq = Opt(l.Bq), Bk = Opt(l.Bk), Bv = Opt(l.Bv), Bo = Opt(l.Bo),
             FfnNorm = map(l.FfnNorm), FfnNormBias = Opt(l.FfnNormBias), W1 = map(l.W1), W2 = map(l.W2), W3 = Opt(l.W3),
-            B1 = Opt(l.B1), B2 = Opt(l.B2),
+            B1 = Opt(l.B1), B2 = Opt(l.B2), Router = Opt(l.Router),
         };
     }
 

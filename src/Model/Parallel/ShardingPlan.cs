@@ -69,6 +69,7 @@ public sealed class ShardingPlan
         Require(tp <= c.KvHeads, $"tensor parallelism splits KV heads, so tp may be at most {c.KvHeads}");
         Require(tp <= c.HiddenDim && tp <= c.VocabSize, "tp is larger than the hidden size or the vocabulary");
         Require(pp <= c.Layers, "every pipeline stage needs at least one layer");
+        Require(c.Moe is null || tp == 1, "mixture-of-experts layers are not cut for tensor parallelism: use pp and dp with tp = 1");
         int[] stageLayers = layout.StageLayers?.ToArray() ?? [.. Enumerable.Range(0, pp).Select(s => Slice.Partition(c.Layers, pp, s).Count)];
         Require(stageLayers.Length == pp && stageLayers.All(n => n > 0) && stageLayers.Sum() == c.Layers,
             $"stage layers {string.Join('+', stageLayers)} must be {pp} positive counts adding up to {c.Layers}");

@@ -32,6 +32,22 @@ public sealed class ShardedForwardTests
     }
 
     [Theory]
+    [InlineData("pp=2")]
+    [InlineData("pp=4")]
+    public void MoeLayoutEqualsOneDevice(string layout)
+    {
+        var model = RandomModel.Create("moe-tiny", seed: 3);   // 4 layers of 8 experts, 2 per token
+        AssertLayoutEqualsOneDevice(model.Config, model.Weights, ParallelLayout.Parse(layout));
+    }
+
+    [Fact]
+    public void MoeLayersRefuseTensorParallelism()
+    {
+        var error = Assert.Throws<ArgumentException>(() => ShardingPlan.Create(RandomModel.Preset("moe-tiny"), ParallelLayout.Parse("tp=2")));
+        Assert.Contains("mixture-of-experts", error.Message);
+    }
+
+    [Theory]
     [InlineData("tp=2")]
     [InlineData("tp=3,pp=2")]
     public void Gpt2LayoutEqualsOneDevice(string layout)

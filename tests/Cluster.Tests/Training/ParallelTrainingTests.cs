@@ -37,11 +37,29 @@ public sealed class ParallelTrainingTests
         { "tp=2,dp=2", 1, PipelineSchedule.OneFOneB, 3, Architecture.Llama },
     };
 
+    /// <summary>
+    /// Mixture-of-experts layers under pipeline and data parallelism (dropless, and without the balancing losses, which
+    /// are taken per micro-batch as in Megatron, so a split batch's differ from the whole batch's by design).
+    /// </summary>
+    public static TheoryData<string, int, PipelineSchedule, int> MoeLayouts => new()
+    {
+        { "pp=2", 2, PipelineSchedule.OneFOneB, 0 },
+        { "dp=2", 1, PipelineSchedule.OneFOneB, 1 },
+        { "pp=2,dp=2", 2, PipelineSchedule.GPipe, 3 },
+    };
+
+    [Theory]
+    [MemberData(nameof(MoeLayouts))]
+    public void OneMoeStepEqualsOneDevice(string layout, int microBatches, PipelineSchedule schedule, int zeroStage) =>
+        AssertOneStepEqualsOneDevice(TestModels.SmallMoeConfig(new MoeConfig(4, 2, AuxLossCoefficient: 0)), layout, microBatches, schedule, zeroStage);
+
     [Theory]
     [MemberData(nameof(Layouts))]
-    public void OneStepEqualsOneDevice(string layout, int microBatches, PipelineSchedule schedule, int zeroStage, Architecture architecture)
+    public void OneStepEqualsOneDevice(string layout, int microBatches, PipelineSchedule schedule, int zeroStage, Architecture architecture) =>
+        AssertOneStepEqualsOneDevice(TestModels.SmallConfig(architecture), layout, microBatches, schedule, zeroStage);
+
+    private static void AssertOneStepEqualsOneDevice(ModelConfig config, string layout, int microBatches, PipelineSchedule schedule, int zeroStage)
     {
-        var config = TestModels.SmallConfig(architecture);
         var weights = TestModels.RandomWeights(config, seed: 11);
         var batch = Batch(config, sequences: 2 * 2 * microBatches, seed: 12);
 

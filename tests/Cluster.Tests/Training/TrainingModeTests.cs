@@ -1,8 +1,8 @@
 // Activation checkpointing and bf16 compute: recomputing each layer in the backward gives bitwise the same training
 // steps as keeping every activation (one device, and tensor × pipeline-parallel, LoRA included); bf16 products round
 // as bfloat16 does (nearest, ties to even) and give gradients within bf16's precision of fp32's, and still learn;
-// the products, SwiGLU/GELU and RMSNorm on an ILGPU device (its CPU accelerator here; CUDA where there is one) give the
-// CPU's gradients and steps.
+// the products, SwiGLU/GELU, RMSNorm and the MoE layer's grouped products on an ILGPU device (its CPU accelerator here;
+// CUDA where there is one) give the CPU's gradients and steps.
 using Cluster.Compute.Cpu;
 using Cluster.Compute.Ilgpu;
 using Cluster.Model;
@@ -48,9 +48,9 @@ public sealed class TrainingModeTests
     {
         if (!IlgpuDevice.Available().Contains(target)) Assert.Skip($"no ILGPU {target} device on this machine: skipped");
         using var device = IlgpuDevice.Create(target);
-        foreach (var architecture in new[] { Architecture.Llama, Architecture.Gpt2 })
+        foreach (var config in new[] { TestModels.SmallConfig(Architecture.Llama), TestModels.SmallConfig(Architecture.Gpt2), TestModels.SmallMoeConfig() })
         {
-            var config = TestModels.SmallConfig(architecture);
+            string architecture = config.Moe is null ? config.Architecture.ToString() : "MoE";
             var batch = Batch(config, 2);
             using var cpu = new TrainableModel(config, TestModels.RandomWeights(config, 9));
             using var gpu = new TrainableModel(config, ShardWeights.Slice(config, TestModels.RandomWeights(config, 9), ShardSpec.Whole(config)),
