@@ -1,5 +1,6 @@
 // Interprets a GGUF file (see GgufFile) as a model. Architectures:
 //   llama: token_embd (V, C); blk.N.{attn_norm, attn_q, attn_k, attn_v, attn_output, ffn_norm, ffn_gate, ffn_up, ffn_down};
+//          Mixtral-style MoE (llama.expert_count, llama.expert_used_count): ffn_gate_inp (E, C) and ffn_{gate,up,down}_exps (E, H, C) / (E, C, H)
 //          output_norm; output (absent ⇒ tied). llama.cpp's converter stores Q/K rows in interleaved RoPE order.
 //   gpt2:  token_embd, position_embd; blk.N.{attn_norm, attn_qkv (fused q|k|v rows), attn_output, ffn_norm, ffn_up, ffn_down}
 //          each with .weight and .bias; output_norm (+bias); output (absent ⇒ tied).
@@ -36,6 +37,7 @@ public static class GgufFormat
         int heads = g.Int("llama.attention.head_count", 1, 1 << 16);
         int dim = g.Int("llama.embedding_length", 1, 1 << 20);
         int rotary = g.Int("llama.rope.dimension_count", 0, 1 << 20, fallback: 0);
+        int experts = g.Int("llama.expert_count", 0, MoeConfig.MaxExperts, fallback: 0);
         return new ModelConfig
         {
             Architecture = Architecture.Llama,
@@ -51,6 +53,8 @@ public static class GgufFormat
             RopeLayout = Compute.RopeLayout.Interleaved,
             RotaryDim = rotary == dim / heads ? 0 : rotary,
             TiedEmbeddings = !g.Tensors.ContainsKey("output.weight"),
+            // Mixtral's GGUF: llama.cpp renormalizes the chosen experts' weights for this architecture
+            Moe = experts == 0 ? null : new MoeConfig(experts, g.Int("llama.expert_used_count", 1, experts)),
         };
     }
 
@@ -95,11 +99,12 @@ public static class GgufFormat
 
     private static ModelWeights LlamaWeights(TensorSource t, ModelConfig c, WeightFilter filter, string source)
     {
-        long C = c.Dim, H = c.HiddenDim, kv = c.KvDim, V = c.VocabSize;
+        long C = c.Dim, H = c.HiddenDim, kv = c.KvDim, V = c.VocabSize, E = c.FfnBlocks;
         var layers = new LayerWeights[c.Layers];
         for (int l = 0; l < c.Layers; l++)
         {
             string p = $"blk.{l}.";
+            bool moe = c.Moe is not null;
             layers[l] = !filter.Layer(l) ? LayerWeights.Skipped : filter.Keep(new LayerWeights
             {
                 AttnNorm = t.Read(p + "attn_norm.weight", C),
@@ -108,9 +113,11 @@ public static class GgufFormat
                 Wv = t.Read(p + "attn_v.weight", C, kv),
                 Wo = t.Read(p + "attn_output.weight", C, C),
                 FfnNorm = t.Read(p + "ffn_norm.weight", C),
-                W1 = t.Read(p + "ffn_gate.weight", C, H),
-                W2 = t.Read(p + "ffn_down.weight", H, C),
-                W3 = t.Read(p + "ffn_up.weight", C, H),
+                // An MoE layer's experts are 3-D tensors, expert outermost: (E, H, C) is ne [C, H, E], as our stacks lie.
+                W1 = moe ? t.Read(p + "ffn_gate_exps.weight", C, H, E) : t.Read(p + "ffn_gate.weight", C, H),
+                W2 = moe ? t.Read(p + "ffn_down_exps.weight", H, C, E) : t.Read(p + "ffn_down.weight", H, C),
+                W3 = moe ? t.Read(p + "ffn_up_exps.weight", C, H, E) : t.Read(p + "ffn_up.weight", C, H),
+                Router = moe ? t.Read(p + "ffn_gate_inp.weight", C, E) : null,
             }, c, l, source);
         }
         return new ModelWeights

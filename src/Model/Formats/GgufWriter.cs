@@ -45,6 +45,12 @@ public static class GgufWriter
             meta.Float32("llama.rope.freq_base", c.RopeTheta);
             meta.UInt32("llama.rope.dimension_count", c.EffectiveRotaryDim);
             meta.UInt32("llama.vocab_size", c.VocabSize);
+            if (c.Moe is { } moe)
+            {
+                if (!moe.NormalizeTopK) throw new ArgumentException("GGUF's llama architecture renormalizes the chosen experts' weights: a model that does not cannot be written as it", nameof(model));
+                meta.UInt32("llama.expert_count", moe.Experts);
+                meta.UInt32("llama.expert_used_count", moe.ExpertsPerToken);
+            }
         }
         else meta.Float32("gpt2.attention.layer_norm_epsilon", c.NormEps);
         if (model.Tokenizer is SentencePieceBpeTokenizer sp) WriteVocabulary(meta, sp);
@@ -103,6 +109,15 @@ public static class GgufWriter
             list.Add(new(p + "attn_v.weight", [C, kv], x.Wv, TensorType.F32));
             list.Add(new(p + "attn_output.weight", [C, C], x.Wo, TensorType.F32));
             list.Add(new(p + "ffn_norm.weight", [C], x.FfnNorm, TensorType.F32));
+            if (c.Moe is { } moe)
+            {
+                long E = moe.Experts;
+                list.Add(new(p + "ffn_gate_inp.weight", [C, E], x.Router!, TensorType.F32));
+                list.Add(new(p + "ffn_gate_exps.weight", [C, H, E], x.W1, TensorType.F32));
+                list.Add(new(p + "ffn_down_exps.weight", [H, C, E], x.W2, TensorType.F32));
+                list.Add(new(p + "ffn_up_exps.weight", [C, H, E], x.W3!, TensorType.F32));
+                continue;
+            }
             list.Add(new(p + "ffn_gate.weight", [C, H], x.W1, TensorType.F32));
             list.Add(new(p + "ffn_down.weight", [H, C], x.W2, TensorType.F32));
             list.Add(new(p + "ffn_up.weight", [C, H], x.W3!, TensorType.F32));

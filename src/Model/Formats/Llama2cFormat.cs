@@ -100,6 +100,7 @@ public static class Llama2cFormat
     /// </summary>
     public static void Write(LoadedModel model, string path)
     {
+        if (model.Config.Moe is not null) throw new ArgumentException("llama2.c's format has no mixture-of-experts layers; write the model as GGUF", nameof(model));
         var c = model.Config;
         var w = model.Weights;
         if (c.Architecture != Architecture.Llama) throw new ArgumentException("llama2.c checkpoints hold Llama models only", nameof(model));

@@ -13,6 +13,7 @@ public static class SafetensorsWriter
     {
         var c = model.Config;
         var w = model.Weights;
+        if (c.Moe is not null) throw new ArgumentException("the safetensors writer writes dense models; write a mixture-of-experts model as GGUF", nameof(model));
         w.Validate(c, model.Source);
         Directory.CreateDirectory(directory);
         var tensors = c.Architecture == Architecture.Llama ? LlamaTensors(c, w) : Gpt2Tensors(c, w);

@@ -38,6 +38,8 @@ public class GgufTests
     [InlineData("tiny", TensorType.F16, 1f / 1024)]
     [InlineData("tiny", TensorType.Q8_0, 1f / 100)]
     [InlineData("tiny", TensorType.Q4_0, 1f / 4)]
+    [InlineData("moe-tiny", TensorType.F32, 0f)]
+    [InlineData("moe-tiny", TensorType.Q8_0, 1f / 100)]
     [InlineData("gpt2-tiny", TensorType.F32, 0f)]
     [InlineData("gpt2-tiny", TensorType.Q8_0, 1f / 100)]
     public void Random_model_round_trips(string preset, TensorType type, float tolerance)

@@ -30,6 +30,7 @@ public static class WeightAssert
             yield return (p + "w3", x.W3);
             yield return (p + "b1", x.B1);
             yield return (p + "b2", x.B2);
+            yield return (p + "router", x.Router);
         }
         yield return ("final_norm", w.FinalNorm);
         yield return ("final_norm.bias", w.FinalNormBias);
