@@ -24,7 +24,7 @@ public static class RandomModel
         // cores in a few minutes, with a context for a whole story (they are under 128 tokens).
         "storyteller" => Llama(StorytellerDim, StorytellerHidden, StorytellerLayers, StorytellerHeads, StorytellerHeads, StorytellerVocab, 256),
         // Mixture-of-experts shapes: 8 SwiGLU experts per layer, 2 per token (Mixtral's routing). mixtral-small has ~97M
-        // parameters in all, ~30M of them used per token.
+        // parameters in all, ~40M of them used per token.
         "moe-tiny" => Llama(64, 128, 4, 8, 4, 512, 256) with { Moe = new MoeConfig(Experts: 8, ExpertsPerToken: 2) },
         "mixtral-small" => Llama(512, 768, 8, 8, 2, 32000, 1024) with { Moe = new MoeConfig(Experts: 8, ExpertsPerToken: 2) },
         "gpt2-tiny" => new ModelConfig
