@@ -1,6 +1,6 @@
 // cluster-bench: the engine's benchmarks, printed as Markdown tables for the README.
 // Run from the repository root: bash bench/run.sh (or dotnet run -c Release --project bench/Cluster.Bench -- gemm)
-// Commands: gemm, model, training, tokenizer (single process); transport, collectives, serving, soak (in-process Orleans clusters);
+// Commands: gemm, model, moe, training, tokenizer (single process); transport, collectives, serving, soak (in-process Orleans clusters);
 // load (HTTP against a running OpenAI-compatible server, or an in-process one).
 using Cluster.Bench;
 
@@ -18,6 +18,9 @@ switch (command)
         ModelBench.Run((Option(args, "--presets") ?? "stories15M,stories110M").Split(','), threads,
             int.Parse(Option(args, "--prompt") ?? "128"), int.Parse(Option(args, "--decode") ?? "128"),
             withLlamaCpp: !args.Contains("--no-llamacpp"), batches: Ints(Option(args, "--batch")) ?? []);
+        return 0;
+    case "moe":
+        MoeBench.Run(threads, Ints(Option(args, "--tokens")) ?? [1, 8, 64, 512]);
         return 0;
     case "tokenizer":
         TokenizerBench.Run(int.Parse(Option(args, "--reference-max") ?? "16384"));
@@ -54,6 +57,7 @@ switch (command)
                    cluster-bench serving                                          (continuous batching and sharding layouts, tokens/s)
                    cluster-bench training [--threads 1,2] [--presets stories15M] [--layouts "pp=2;dp=2;tp=2;pp=2,dp=2"] [--batch 4] [--seq 128] [--steps 5]
                                                                                   (training tokens/s and MFU, one shard and per layout)
+                   cluster-bench moe [--threads 1,2] [--tokens 1,8,64,512]         (an MoE layer vs a dense MLP of the same active parameters; uniform vs hot routing)
                    cluster-bench soak [--minutes 10] [--concurrency 32]           (completions, hostile and abandoned requests through the gateway over HTTP)
                    cluster-bench tokenizer [--reference-max 16384]                (encode ms for 4 K..1 M chars, beside the O(n²) reference up to that size)
             run from the repository root; bench/run.sh installs llama.cpp (npm) and runs everything

@@ -96,7 +96,7 @@ public static class TrainCommand
             LearningRate = learningRate, MinLearningRate = learningRate / 10, WarmupSteps = warmup, TotalSteps = steps,
             WeightDecay = lora is null ? 0.1f : 0f,
         };
-        int shards = layout.DataParallel * layout.PipelineStages * layout.TensorParallel;
+        int shards = layout.DataParallel * layout.PipelineStages * layout.StageRanks;
         using var run = LocalTrainingRun.Create(loaded.Config, loaded.Weights, layout, options, zeroStage, Math.Max(1, threads / shards),
             new TrainingMode { Lora = lora, ActivationCheckpointing = recompute, Precision = precision, Device = device });
         var cursor = default(DataCursor);
@@ -129,7 +129,8 @@ public static class TrainCommand
                     var result = run.TrainStep(batch, microBatches, schedule);
                     loss = result.LossShare;
                     tokens += batchSize * sequenceLength;
-                    task.Description = $"step {run.Step}/{steps} loss {loss:F4} lr {result.LearningRate:E2} |g| {result.GradientNorm:F2} {tokens / clock.Elapsed.TotalSeconds:F0} tok/s";
+                    task.Description = $"step {run.Step}/{steps} loss {loss:F4} lr {result.LearningRate:E2} |g| {result.GradientNorm:F2} {tokens / clock.Elapsed.TotalSeconds:F0} tok/s"
+                        + (result.Experts is { } moe ? $" router {moe.RouterLoss:F4} max/mean load {moe.Imbalance:F2} dropped {moe.Dropped}" : "");
                     task.Value = run.Step;
                     if (checkpoint is not null && (run.Step % checkpointEvery == 0 || run.Step == steps)) run.SaveCheckpoint(checkpoint, cursor, keepCheckpoints);
                 }

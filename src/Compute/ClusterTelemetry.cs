@@ -46,6 +46,9 @@ public static class ClusterTelemetry
     public static readonly Histogram<double> TrainingLoss = Meter.CreateHistogram<double>("cluster.training.loss", "1", "Each step's mean loss");
     public static readonly Histogram<double> LearningRate = Meter.CreateHistogram<double>("cluster.training.learning_rate", "1", "Each step's learning rate");
     public static readonly Histogram<double> GradientNorm = Meter.CreateHistogram<double>("cluster.training.gradient_norm", "1", "Each step's global gradient norm, before clipping");
+    public static readonly Histogram<double> RouterLoss = Meter.CreateHistogram<double>("cluster.training.moe.router_loss", "1", "An MoE model's balancing and z-losses in each step");
+    public static readonly Histogram<double> ExpertImbalance = Meter.CreateHistogram<double>("cluster.training.moe.imbalance", "1", "The busiest expert's choices over the mean in each step (1 = even)");
+    public static readonly Counter<long> DroppedTokens = Meter.CreateCounter<long>("cluster.training.moe.dropped", "{token}", "Expert choices dropped over capacity");
     public static readonly Histogram<double> TrainingTokensPerSecond = Meter.CreateHistogram<double>("cluster.training.tokens_per_second", "{token}/s", "Training throughput since the job (re)started");
     public static readonly Histogram<double> TrainingStepTime = Meter.CreateHistogram<double>("cluster.training.step_time", "s", "One training step on every trainer");
     public static readonly Histogram<double> TrainingMfu = Meter.CreateHistogram<double>("cluster.training.mfu", "1", "Model FLOP utilisation since the job (re)started, against the trainers' measured CPU peak");

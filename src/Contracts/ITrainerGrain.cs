@@ -63,7 +63,9 @@ public sealed record TrainingStepMessage(
 
 /// <summary>The step's number, this trainer's share of its mean loss (last stages, rank 0; 0 elsewhere), its learning rate and gradient norm.</summary>
 [GenerateSerializer, Immutable]
-public sealed record TrainingStepReport([property: Id(0)] int Step, [property: Id(1)] float LossShare, [property: Id(2)] float LearningRate, [property: Id(3)] float GradientNorm);
+public sealed record TrainingStepReport([property: Id(0)] int Step, [property: Id(1)] float LossShare, [property: Id(2)] float LearningRate, [property: Id(3)] float GradientNorm,
+    /// <summary>MoE (reported by rank 0 of each stage's group): the choices of each expert over the stage's layers, those dropped, the router losses' share.</summary>
+    [property: Id(4)] long[]? ExpertLoad = null, [property: Id(5)] long DroppedTokens = 0, [property: Id(6)] float RouterLoss = 0);
 
 /// <summary>
 /// Where a started trainer runs and the compute it draws on: its silo, its CPU threads, the silo's cores and one core's

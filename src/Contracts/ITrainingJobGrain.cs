@@ -70,7 +70,9 @@ public sealed record TrainingJobEvent(
     [property: Id(3)] float TokensPerSecond, [property: Id(4)] TrainingJobState State, [property: Id(5)] string? Error = null,
     [property: Id(6)] string? Note = null,
     /// <summary>Model FLOP utilisation since the job (re)started (Cluster.Training.ModelFlops); null when the trainers' peak is unknown.</summary>
-    [property: Id(7)] float? Mfu = null)
+    [property: Id(7)] float? Mfu = null,
+    /// <summary>MoE models: each expert's choices in the step (summed over layers and replicas), choices dropped over capacity, the balancing and z-losses.</summary>
+    [property: Id(8)] long[]? ExpertLoad = null, [property: Id(9)] long? DroppedTokens = null, [property: Id(10)] float? RouterLoss = null)
 {
     /// <summary>Whether this event reports a step taken (rather than a change of state, a checkpoint or a resume).</summary>
     public bool IsStep => Note is null && Step > 0 && State is TrainingJobState.Running or TrainingJobState.Checkpointing;

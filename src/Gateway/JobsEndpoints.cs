@@ -36,6 +36,7 @@ public static class JobsEndpoints
                 {
                     @object = "training.job.event", step = e.Step, loss = float.IsNaN(e.Loss) ? (float?)null : e.Loss,
                     learning_rate = e.LearningRate, tokens_per_second = e.TokensPerSecond, mfu = e.Mfu, state = State(e.State), error = e.Error, note = e.Note,
+                    expert_load = e.ExpertLoad, dropped_tokens = e.DroppedTokens, router_loss = e.RouterLoss,   // MoE models; null otherwise
                 }), context.RequestAborted);
                 await context.Response.Body.FlushAsync(context.RequestAborted);
             }

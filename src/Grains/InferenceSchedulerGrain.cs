@@ -259,7 +259,7 @@ public sealed class InferenceSchedulerGrain(
             string? Pin() => serving.Silos is { Length: > 0 } silos ? silos[shard++ % silos.Length] : null;
             _replicas = [.. Enumerable.Range(0, layout.DataParallel).Select(r => new Replica(r,
                 [.. Enumerable.Range(0, layout.PipelineStages).Select(s =>
-                    Enumerable.Range(0, layout.TensorParallel).Select(t => ShardKey.Create(ModelId, r, s, t, Pin())).ToArray())]))];
+                    Enumerable.Range(0, layout.StageRanks).Select(t => ShardKey.Create(ModelId, r, s, t, Pin())).ToArray())]))];
             _serving = serving;
         }
         foreach (var replica in _replicas) await Load(replica);

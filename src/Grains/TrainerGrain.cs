@@ -36,7 +36,7 @@ public sealed class TrainerGrain(IGrainFactory grains, IOptions<ShardOptions> op
     public async Task<TrainerStarted> Start(TrainerAssignment a)
     {
         var layout = ParseLayout(a.Layout);
-        if (a.Shards.Length != layout.DataParallel * layout.PipelineStages * layout.TensorParallel || (uint)a.Index >= (uint)a.Shards.Length)
+        if (a.Shards.Length != layout.DataParallel * layout.PipelineStages * layout.StageRanks || (uint)a.Index >= (uint)a.Shards.Length)
             throw new ArgumentException($"shard {a.Index} of {a.Shards.Length} keys does not fit layout {layout}");
         if (a.ZeroStage is < 0 or > 3) throw new ArgumentException($"ZeRO stage {a.ZeroStage} is not supported (0 to 3)");
         var mailbox = _inbox.Begin(a.Epoch, new InvalidOperationException($"trainer {this.GetPrimaryKeyString()}: epoch {a.Epoch} began"));
@@ -85,11 +85,11 @@ public sealed class TrainerGrain(IGrainFactory grains, IOptions<ShardOptions> op
     private TrainingGroups Groups(TrainerAssignment a, ShardingPlan plan, ShardSpec spec, CollectiveMailbox mailbox)
     {
         var layout = plan.Layout;
-        string Key(int replica, int stage, int rank) => a.Shards[(replica * layout.PipelineStages + stage) * layout.TensorParallel + rank];
+        string Key(int replica, int stage, int rank) => a.Shards[(replica * layout.PipelineStages + stage) * layout.StageRanks + rank];
         ICollectiveTransport Transport(string[] peers, int rank, int channel) =>
             new GrainGroupTransport(key => grains.GetGrain<ITrainerGrain>(key), peers, rank, a.Epoch, mailbox, channel);
-        var tensor = layout.TensorParallel > 1
-            ? new CollectiveGroup(Transport([.. Enumerable.Range(0, layout.TensorParallel).Select(r => Key(spec.Replica, spec.Stage, r))], spec.Rank, TensorChannel)) : null;
+        var tensor = layout.StageRanks > 1
+            ? new CollectiveGroup(Transport([.. Enumerable.Range(0, layout.StageRanks).Select(r => Key(spec.Replica, spec.Stage, r))], spec.Rank, TensorChannel)) : null;
         var pipeline = layout.PipelineStages > 1
             ? Transport([.. Enumerable.Range(0, layout.PipelineStages).Select(s => Key(spec.Replica, s, spec.Rank))], spec.Stage, PipelineChannel) : null;
         var data = layout.DataParallel > 1
@@ -126,7 +126,10 @@ public sealed class TrainerGrain(IGrainFactory grains, IOptions<ShardOptions> op
             var result = run.Trainer.TrainStep(microBatches, step.GlobalTargets, schedule);
             // Copied in the step's own work item: every replica copies between the same two steps, and ZeRO's gathers pair up.
             if (step.CaptureAfter) Capture(result.Step).TrySetResult(run.Trainer.CaptureState());
-            return new TrainingStepReport(result.Step, result.LossShare, result.LearningRate, result.GradientNorm);
+            // The ranks of an expert-parallel group route alike: the first reports the stage's experts.
+            var experts = run.Trainer.Model.Spec.Rank == 0 ? result.Experts : null;
+            return new TrainingStepReport(result.Step, result.LossShare, result.LearningRate, result.GradientNorm,
+                experts?.Load, experts?.Dropped ?? 0, (float)(experts?.RouterLoss ?? 0));
         });
         ClusterTelemetry.TrainerStepTime.Record(Stopwatch.GetElapsedTime(started).TotalSeconds, run.Tags);
         _lease!.ReportMemory(run.Trainer.StateBytes(), 0, run.Trainer.Model.WorkspaceBytes);

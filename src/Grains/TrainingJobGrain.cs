@@ -164,7 +164,7 @@ public sealed class TrainingJobGrain(
         var config = await Task.Run(() => ConfigOf(spec.Source));
         var layout = ParallelLayout.Parse(spec.Layout);
         ShardingPlan.Create(config, layout);   // throws ArgumentException when it does not fit
-        int trainers = layout.DataParallel * layout.PipelineStages * layout.TensorParallel;
+        int trainers = layout.DataParallel * layout.PipelineStages * layout.StageRanks;
         if (trainers > options.Value.MaxTrainersPerJob)
             throw new ArgumentException($"layout {layout} needs {trainers} trainers; a job may have at most {options.Value.MaxTrainersPerJob} (Cluster__Training__MaxTrainersPerJob)");
         long shardBytes = TrainingMemory.LargestShardBytes(config, new TrainingMemoryPlan(layout, spec.BatchSize, spec.SequenceLength, spec.MicroBatches,
@@ -212,9 +212,9 @@ public sealed class TrainingJobGrain(
     private string[] Keys(TrainingJobSpec spec)
     {
         var layout = ParallelLayout.Parse(spec.Layout);
-        int shardsPerReplica = layout.PipelineStages * layout.TensorParallel;
+        int shardsPerReplica = layout.PipelineStages * layout.StageRanks;
         return [.. Enumerable.Range(0, layout.DataParallel * shardsPerReplica).Select(i => ShardKey.Create(Id,
-            i / shardsPerReplica, i % shardsPerReplica / layout.TensorParallel, i % layout.TensorParallel,
+            i / shardsPerReplica, i % shardsPerReplica / layout.StageRanks, i % layout.StageRanks,
             spec.Silos is { Length: > 0 } silos ? silos[i % silos.Length] : null))];
     }
 
@@ -275,12 +275,19 @@ public sealed class TrainingJobGrain(
                         bool checkpoint = (step + 1) % spec.CheckpointEvery == 0 || step + 1 == spec.Steps;
                         long stepStarted = Stopwatch.GetTimestamp();
                         float loss, lr, gradientNorm;
+                        MoeStepStats? experts;
                         // A trace per step; each trainer's Step call is a child span of it (Orleans' call spans, propagated).
                         using (ClusterTelemetry.Source.StartActivity("training.step", ActivityKind.Internal, parentContext: default,
                                    tags: [JobTag, new("step", step + 1), new("trainers", trainers.Length)]))
-                            (loss, lr, gradientNorm) = await Step(trainers, layout, spec, batch, epoch, captureAfter: checkpoint);
+                            (loss, lr, gradientNorm, experts) = await Step(trainers, layout, spec, batch, epoch, captureAfter: checkpoint);
                         ClusterTelemetry.TrainingStepTime.Record(Stopwatch.GetElapsedTime(stepStarted).TotalSeconds, JobTag);
                         ClusterTelemetry.GradientNorm.Record(gradientNorm, JobTag);
+                        if (experts is not null)
+                        {
+                            ClusterTelemetry.RouterLoss.Record(experts.RouterLoss, JobTag);
+                            ClusterTelemetry.ExpertImbalance.Record(experts.Imbalance, JobTag);
+                            ClusterTelemetry.DroppedTokens.Add(experts.Dropped, JobTag);
+                        }
                         if (sinceRenewal.Elapsed > o.SlotLease / 4)
                         {
                             await slots.TryHold(Id);   // renews the lease; a job that runs is never stopped for lack of one
@@ -290,7 +297,8 @@ public sealed class TrainingJobGrain(
                         tokens += (long)spec.BatchSize * spec.SequenceLength;
                         double tokensPerSecond = tokens / clock.Elapsed.TotalSeconds;
                         Publish(new TrainingJobEvent(step, loss, lr, (float)tokensPerSecond, Record.State,
-                            Mfu: peak > 0 ? (float)(tokensPerSecond * flopsPerToken.Value / peak) : null));
+                            Mfu: peak > 0 ? (float)(tokensPerSecond * flopsPerToken.Value / peak) : null,
+                            ExpertLoad: experts?.Load, DroppedTokens: experts?.Dropped, RouterLoss: (float?)experts?.RouterLoss));
                         if (checkpoint)
                         {
                             await pendingSave;   // one checkpoint in flight at a time
@@ -405,13 +413,16 @@ public sealed class TrainingJobGrain(
         return new PackedDataset(documents, spec.SequenceLength, spec.Seed);
     }
 
-    /// <summary>One step on every trainer: replica r takes its share of the batch in micro-batches; returns the global mean loss and the learning rate.</summary>
-    private async Task<(float Loss, float LearningRate, float GradientNorm)> Step(ITrainerGrain[] trainers, ParallelLayout layout, TrainingJobSpec spec, TrainingSequence[] batch,
+    /// <summary>
+    /// One step on every trainer: replica r takes its share of the batch in micro-batches; returns the global mean loss,
+    /// the learning rate, the gradient norm and, for an MoE model, its experts' loads, drops and router losses.
+    /// </summary>
+    private async Task<(float Loss, float LearningRate, float GradientNorm, MoeStepStats? Experts)> Step(ITrainerGrain[] trainers, ParallelLayout layout, TrainingJobSpec spec, TrainingSequence[] batch,
         long epoch, bool captureAfter)
     {
         int globalTargets = batch.Sum(s => s.CountedTargets);
         if (globalTargets == 0) throw new ArgumentException("a global batch has no counted targets: are the documents shorter than 2 tokens?");
-        int shardsPerReplica = layout.PipelineStages * layout.TensorParallel;
+        int shardsPerReplica = layout.PipelineStages * layout.StageRanks;
         var messages = Enumerable.Range(0, layout.DataParallel).Select(replica =>
         {
             var (offset, count) = CollectiveGroup.Partition(batch.Length, layout.DataParallel, replica);
@@ -422,9 +433,11 @@ public sealed class TrainingJobGrain(
             })], globalTargets, spec.Schedule, captureAfter);
         }).ToArray();
         var reports = await AllOrFirstFailure(trainers.Select((t, i) => t.Step(messages[i / shardsPerReplica])).ToArray(), options.Value.StepTimeout);
-        int lossReporter = (layout.PipelineStages - 1) * layout.TensorParallel;   // last stage, rank 0, of each replica
+        int lossReporter = (layout.PipelineStages - 1) * layout.StageRanks;   // last stage, rank 0, of each replica
         // Every trainer clips with the same global norm, so any report's norm is the step's.
-        return (reports.Where((_, i) => i % shardsPerReplica == lossReporter).Sum(r => r.LossShare), reports[0].LearningRate, reports[0].GradientNorm);
+        MoeStepStats[] moe = [.. reports.Where(r => r.ExpertLoad is not null).Select(r => new MoeStepStats(r.ExpertLoad!, r.DroppedTokens, r.RouterLoss))];   // rank 0 of each stage of each replica
+        return (reports.Where((_, i) => i % shardsPerReplica == lossReporter).Sum(r => r.LossShare), reports[0].LearningRate, reports[0].GradientNorm,
+            moe.Length == 0 ? null : MoeStepStats.Sum(moe));
     }
 
     /// <summary>
@@ -438,7 +451,7 @@ public sealed class TrainingJobGrain(
         Record.State = TrainingJobState.Checkpointing;
         await Task.Run(() => DurableFile.CreatePrivateDirectory(staging));
         await AllOrFirstFailure(trainers.Select(t => t.SaveCheckpoint(epoch, staging, step)).ToArray(), options.Value.StepTimeout);
-        string[] files = [.. Enumerable.Range(0, layout.PipelineStages).SelectMany(s => Enumerable.Range(0, layout.TensorParallel).Select(r => Checkpoint.ShardFile(s, r)))];
+        string[] files = [.. Enumerable.Range(0, layout.PipelineStages).SelectMany(s => Enumerable.Range(0, layout.StageRanks).Select(r => Checkpoint.ShardFile(s, r)))];
         await Task.Run(() => Checkpoint.WriteManifest(staging, step, cursor, layout, files));
         ClusterTelemetry.CheckpointTime.Record(Stopwatch.GetElapsedTime(started).TotalSeconds, JobTag);
         ClusterTelemetry.CheckpointBytes.Record(await Task.Run(() => new DirectoryInfo(staging).EnumerateFiles().Sum(f => f.Length)), JobTag);

@@ -42,25 +42,32 @@ public interface ILayerPass
     /// <summary>output (T, heads·hd) = causal attention of q over the keys and values so far, k and v (T, kvHeads·hd) included.</summary>
     void Attend(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, DeviceBuffer output);
 
-    /// <summary>MoE: y = x · W_eᵀ for expert <paramref name="expert"/>'s W1, W2 or W3 (its block of the stacked tensor).</summary>
-    void ProjectExpert(LayerProjection which, int expert, DeviceBuffer x, DeviceBuffer y, int tokens);
+    /// <summary>MoE: y = x · W_eᵀ for W1, W2 or W3 of this shard's <paramref name="block"/>-th expert (its block of the stacked tensor).</summary>
+    void ProjectExpert(LayerProjection which, int block, DeviceBuffer x, DeviceBuffer y, int tokens);
 
-    /// <summary>MoE: where one expert's pass writes <paramref name="which"/> (Hidden may be Gate, Weighted may be Output: in place).</summary>
+    /// <summary>MoE: where expert <paramref name="expert"/> (the layer's index) writes <paramref name="which"/> (Hidden may be Gate, Weighted may be Output: in place).</summary>
     DeviceBuffer ExpertActivation(ExpertActivation which, int expert, int length);
 
     /// <summary>MoE: the layer's routing of this batch (training keeps it for the backward).</summary>
     void Routed(MoeRouting routing);
 }
 
-/// <summary>A shard's layer widths: the whole model's, cut to a tensor-parallel rank's heads and hidden slice.</summary>
-public sealed record DecoderShape(ModelConfig Config, int Heads, int KvHeads, int Hidden)
+/// <summary>
+/// A shard's layer widths: the whole model's, cut to a tensor-parallel rank's heads and hidden slice; an MoE shard's
+/// experts are [FirstExpert, FirstExpert + LocalExperts) of each layer's.
+/// </summary>
+public sealed record DecoderShape(ModelConfig Config, int Heads, int KvHeads, int Hidden, int FirstExpert = 0, int LocalExperts = 1)
 {
+    /// <summary>Whether this shard holds only some heads: attention's collectives run (else every rank of the group has them all).</summary>
+    public bool SplitsAttention => Heads < Config.Heads;
+
     public int Dim => Config.Dim;
     public int QueryDim => Heads * Config.HeadDim;
     public int KvDim => KvHeads * Config.HeadDim;
     public bool Llama => Config.Architecture == Architecture.Llama;
 
-    public static DecoderShape Of(ModelConfig config, Parallel.ShardSpec spec) => new(config, spec.QueryHeads.Count, spec.KvHeads.Count, spec.Hidden.Count);
+    public static DecoderShape Of(ModelConfig config, Parallel.ShardSpec spec) =>
+        new(config, spec.QueryHeads.Count, spec.KvHeads.Count, spec.Hidden.Count, spec.Experts.Offset, Math.Max(1, spec.Experts.Count));
 }
 
 public static class DecoderLayer
@@ -73,8 +80,9 @@ public static class DecoderLayer
     {
         var c = shape.Config;
         int T = positions.Length, C = shape.Dim, H = shape.Hidden, q = shape.QueryDim, kv = shape.KvDim;
+        var attentionGroup = shape.SplitsAttention ? group : null;                            // an MoE group under ep with tp = 1 repeats attention on every rank
         var n1 = Normalize(device, pass, shape, x, LayerVector.AttnNorm, LayerVector.AttnNormBias, pass.Activation(LayerActivation.AttnNormed, T * C), T);   // (T, C)
-        CopyToRegion.Forward(device, n1, T * C, group);                                     // into the column-parallel q/k/v
+        CopyToRegion.Forward(device, n1, T * C, attentionGroup);                            // into the column-parallel q/k/v
         var query = pass.Activation(LayerActivation.Q, T * q);                                // (T, qr)   this rank's heads
         var key = pass.Activation(LayerActivation.K, T * kv);                                 // (T, kvr)
         var value = pass.Activation(LayerActivation.V, T * kv);                               // (T, kvr)
@@ -89,14 +97,14 @@ public static class DecoderLayer
         var attention = pass.Activation(LayerActivation.Attention, T * q);                    // (T, qr)
         pass.Attend(query, key, value, attention);
         var x1 = pass.Activation(LayerActivation.Residual, T * C);                            // (T, C)
-        ProjectRowParallel(device, pass, LayerProjection.Wo, LayerVector.WoBias, attention, x1, T, C, group);   // row-parallel wo: summed, then its bias
+        ProjectRowParallel(device, pass, LayerProjection.Wo, LayerVector.WoBias, attention, x1, T, C, attentionGroup);   // row-parallel wo: summed, then its bias
         device.Add(x1, x, T * C);                                                             // x1 = x + attention's output
 
         var n2 = Normalize(device, pass, shape, x1, LayerVector.FfnNorm, LayerVector.FfnNormBias, pass.Activation(LayerActivation.FfnNormed, T * C), T);
-        if (c.Moe is not null)                                                                // experts in place of the MLP (no tensor parallelism)
+        if (c.Moe is not null)                                                                // experts in place of the MLP, spread over the group's ranks
         {
             var mixed = pass.Activation(LayerActivation.Output, T * C);                       // (T, C)
-            MixtureOfExperts.Forward(device, pass, shape, n2, mixed, T);
+            MixtureOfExperts.Forward(device, pass, shape, n2, mixed, T, group);
             device.Add(mixed, x1, T * C);
             return mixed;
         }

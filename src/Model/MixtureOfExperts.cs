@@ -156,16 +156,49 @@ public sealed class MoeRouting
     }
 }
 
+/// <summary>
+/// What a shard's MoE layers did over one training step (every micro-batch, every layer): the choices of each expert,
+/// the choices dropped over capacity, and the balancing and z-losses weighted as the step's loss is (by each
+/// micro-batch's share).
+/// </summary>
+public sealed class MoeStepStats(long[] load, long dropped = 0, double routerLoss = 0)
+{
+    public MoeStepStats(int experts) : this(new long[experts]) { }
+
+    public long[] Load { get; } = load;
+    public long Dropped { get; private set; } = dropped;
+    public double RouterLoss { get; private set; } = routerLoss;
+
+    /// <summary>Several shards' (stages', replicas') stats as one model's: loads, drops and losses added.</summary>
+    public static MoeStepStats Sum(IReadOnlyList<MoeStepStats> parts) =>
+        new([.. Enumerable.Range(0, parts[0].Load.Length).Select(e => parts.Sum(p => p.Load.ElementAtOrDefault(e)))],
+            parts.Sum(p => p.Dropped), parts.Sum(p => p.RouterLoss));
+
+    /// <summary>The busiest expert's load over the mean (1 = even; E = every choice on one expert).</summary>
+    public double Imbalance => Load.Sum() is > 0 and var total ? Load.Max() * (double)Load.Length / total : 0;
+
+    public void Add(MoeRouting routing, float lossShare)
+    {
+        for (int e = 0; e < Load.Length; e++) Load[e] += routing.Load[e];
+        Dropped += routing.Dropped;
+        RouterLoss += lossShare * (routing.AuxLoss + routing.ZLoss);
+    }
+}
+
 public static class MixtureOfExperts
 {
     /// <summary>
     /// output (T, C) = Σ over each token's kept choices of weight · expert(x) (SwiGLU: W2 · (silu(W1·x) ⊙ W3·x)), for
-    /// x (T, C) the normed input. The routing goes to the pass (training keeps it for the backward).
+    /// x (T, C) the normed input. The routing goes to the pass (training keeps it for the backward). Under expert
+    /// parallelism every rank of <paramref name="group"/> routes the same tokens alike, runs its own experts on theirs,
+    /// and the ranks' partial outputs are summed (a reduce-from-region: its backward is the identity).
     /// </summary>
-    public static void Forward(IDevice device, ILayerPass pass, DecoderShape shape, DeviceBuffer x, DeviceBuffer output, int tokens)
+    public static void Forward(IDevice device, ILayerPass pass, DecoderShape shape, DeviceBuffer x, DeviceBuffer output, int tokens,
+        Compute.Collectives.CollectiveGroup? group = null)
     {
         var moe = shape.Config.Moe ?? throw new ArgumentException("a dense model has no experts", nameof(shape));
         int E = moe.Experts, C = shape.Dim, H = shape.Hidden;
+        Parallel.TensorParallelRegions.CopyToRegion.Forward(device, x, tokens * C, group);   // x whole on every rank: its gradient is summed in the backward
         var logits = pass.Activation(LayerActivation.RouterLogits, tokens * E);          // (T, E)
         pass.Project(LayerProjection.Router, x, logits, tokens);
         var hostLogits = new float[tokens * E];
@@ -173,7 +206,7 @@ public static class MixtureOfExperts
         var routing = MoeRouting.Route(hostLogits, tokens, moe);
         pass.Routed(routing);
         device.Zero(output, tokens * C);
-        for (int e = 0; e < E; e++)
+        for (int e = shape.FirstExpert; e < shape.FirstExpert + shape.LocalExperts; e++)   // this rank's experts (their blocks in its stacks: e − FirstExpert)
         {
             var rows = routing.ExpertTokens[e];
             int n = rows.Length;
@@ -181,14 +214,14 @@ public static class MixtureOfExperts
             var input = pass.ExpertActivation(ExpertActivation.Input, e, n * C);           // (Te, C) the expert's tokens
             device.GatherRows(x, rows, input, C);
             var gate = pass.ExpertActivation(ExpertActivation.Gate, e, n * H);             // (Te, H) before the activation
-            pass.ProjectExpert(LayerProjection.W1, e, input, gate, n);
+            pass.ProjectExpert(LayerProjection.W1, e - shape.FirstExpert, input, gate, n);
             var hidden = pass.ExpertActivation(ExpertActivation.Hidden, e, n * H);         // (Te, H) after it
             if (!ReferenceEquals(hidden, gate)) device.Copy(gate, hidden, n * H);
             var up = pass.ExpertActivation(ExpertActivation.Up, e, n * H);                 // (Te, H)
-            pass.ProjectExpert(LayerProjection.W3, e, input, up, n);
+            pass.ProjectExpert(LayerProjection.W3, e - shape.FirstExpert, input, up, n);
             device.SwiGlu(hidden, up, n * H);
             var expertOutput = pass.ExpertActivation(ExpertActivation.Output, e, n * C);  // (Te, C) unweighted (the router's gradient reads it)
-            pass.ProjectExpert(LayerProjection.W2, e, hidden, expertOutput, n);
+            pass.ProjectExpert(LayerProjection.W2, e - shape.FirstExpert, hidden, expertOutput, n);
             var weighted = pass.ExpertActivation(ExpertActivation.Weighted, e, n * C);    // (Te, C) may be the output itself
             if (!ReferenceEquals(weighted, expertOutput)) device.Copy(expertOutput, weighted, n * C);
             var scales = pass.ExpertActivation(ExpertActivation.Scales, e, n);            // (Te,)
@@ -196,5 +229,6 @@ public static class MixtureOfExperts
             device.ScaleRows(weighted, scales, n, C);
             device.EmbeddingBackward(rows, weighted, output, C);                          // output[rows[r]] += weighted[r]: a scatter-add (an expert's rows are distinct tokens)
         }
+        Parallel.TensorParallelRegions.ReduceFromRegion.Forward(device, output, tokens * C, group);   // (T, C) the ranks' experts summed
     }
 }

@@ -73,8 +73,8 @@ public sealed class TransformerModel : IDisposable
         // copy plus an eighth, in at most eight collections whatever the model's size.
         var hostMemory = new HostMemory(weights.Layers.Sum(w => w.Bytes) / 8);
         bool moe = config.Moe is not null;
-        DeviceMatrix[] Experts(float[] stack, int rows, int cols) =>
-            [.. Enumerable.Range(0, config.FfnBlocks).Select(e => device.UploadMatrix(stack.AsSpan(e * rows * cols, rows * cols), rows, cols))];
+        DeviceMatrix[] Experts(float[] stack, int rows, int cols) =>   // this shard's experts, stacked
+            [.. Enumerable.Range(0, spec.Experts.Count).Select(e => device.UploadMatrix(stack.AsSpan(e * rows * cols, rows * cols), rows, cols))];
         for (int i = 0; i < _layers.Length; i++)
         {
             var w = weights.Layers[i];
@@ -302,12 +302,12 @@ public sealed class TransformerModel : IDisposable
             _ => throw new ArgumentOutOfRangeException(nameof(which)),
         };
 
-        public void ProjectExpert(LayerProjection which, int expert, DeviceBuffer x, DeviceBuffer y, int tokens) =>
+        public void ProjectExpert(LayerProjection which, int block, DeviceBuffer x, DeviceBuffer y, int tokens) =>
             device.MatMul(x, (which switch
             {
                 LayerProjection.W1 => w.ExpertW1, LayerProjection.W2 => w.ExpertW2, LayerProjection.W3 => w.ExpertW3,
                 _ => throw new ArgumentOutOfRangeException(nameof(which)),
-            })![expert], y, tokens);
+            })![block], y, tokens);
 
         public DeviceBuffer ExpertActivation(ExpertActivation which, int expert, int length) => which switch
         {

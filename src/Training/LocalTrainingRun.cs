@@ -23,7 +23,7 @@ public sealed class LocalTrainingRun : IDisposable
         int zeroStage = 0, int threads = 1, TrainingMode? mode = null)
     {
         var plan = ShardingPlan.Create(config, layout);
-        int dp = layout.DataParallel, pp = layout.PipelineStages, tp = layout.TensorParallel;
+        int dp = layout.DataParallel, pp = layout.PipelineStages, tp = layout.StageRanks;
         var tensor = Groups(dp * pp, tp);      // [replica * pp + stage][rank]
         var pipeline = Groups(dp * tp, pp);    // [replica * tp + rank][stage]
         var data = Groups(pp * tp, dp);        // [stage * tp + rank][replica]
@@ -61,7 +61,8 @@ public sealed class LocalTrainingRun : IDisposable
         }).ToArray();
         var results = OnEveryShard(s => s.TrainStep(perReplica[s.Model.Spec.Replica], globalTargets, schedule));
         var last = results.Where((_, i) => _shards[i].Model.Spec is { IsLastStage: true, Rank: 0 }).ToArray();
-        return results[0] with { LossShare = last.Sum(r => r.LossShare) };
+        MoeStepStats[] moe = [.. results.Where((r, i) => Shards[i].Model.Spec.Rank == 0 && r.Experts is not null).Select(r => r.Experts!)];   // each stage's group routes alike
+        return results[0] with { LossShare = last.Sum(r => r.LossShare), Experts = moe.Length == 0 ? null : MoeStepStats.Sum(moe) };
     }
 
     /// <summary>

@@ -14,6 +14,7 @@
 //   dotnet test --project tests/Cluster.Tests -c Release -- --filter-class Cluster.Tests.Training.ParallelTrainingTests
 using System.Runtime.InteropServices;
 using Cluster.Compute.Collectives;
+using Cluster.Model;
 
 namespace Cluster.Training;
 
@@ -31,8 +32,11 @@ public enum PipelineSchedule
     OneFOneB,
 }
 
-/// <summary>After a step: its number, the loss's share of the global mean this shard computed (last stages; 0 elsewhere), the learning rate and the gradient norm.</summary>
-public sealed record StepResult(int Step, float LossShare, float LearningRate, float GradientNorm);
+/// <summary>
+/// After a step: its number, the loss's share of the global mean this shard computed (last stages; 0 elsewhere), the
+/// learning rate, the gradient norm, and an MoE shard's expert loads, drops and router losses (null when dense).
+/// </summary>
+public sealed record StepResult(int Step, float LossShare, float LearningRate, float GradientNorm, MoeStepStats? Experts = null);
 
 public sealed class ShardTrainer : IDisposable
 {
@@ -310,7 +314,7 @@ public sealed class ShardTrainer : IDisposable
         }
         float norm = MathF.Sqrt(SumOverModel((float)Model.CountedGradientSquares()));
         var (lr, _) = _optimizer!.Apply(norm);
-        return new StepResult(_optimizer.Step, lossShare, lr, norm);
+        return new StepResult(_optimizer.Step, lossShare, lr, norm, Model.ExpertStats);
     }
 
     /// <summary>ZeRO-2: a layer's backward of a micro-batch is done: reduce-scatter its gradient (not awaited) and drop the full one.</summary>
@@ -369,7 +373,7 @@ public sealed class ShardTrainer : IDisposable
             lr = optimizer.Apply(slice, mine[b], norm);
             Unflatten(data is null ? slice : data.AllGather(slice).GetAwaiter().GetResult(), parameters);   // (TotalLength,)
         }
-        return new StepResult(Step, lossShare, lr, norm);
+        return new StepResult(Step, lossShare, lr, norm, Model.ExpertStats);
     }
 
     /// <summary>A per-shard value summed over the replica's whole model: its tensor-parallel ranks, then its stages (in stage order, so every shard gets the same bits).</summary>

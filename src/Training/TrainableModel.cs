@@ -148,6 +148,7 @@ public sealed class TrainableModel : IDisposable
     private readonly DeviceTensors _tensors;
     private readonly BufferPool _buffers;
     private readonly CollectiveGroup? _tensorGroup;
+    private readonly CollectiveGroup? _attentionGroup;   // the tensor group where attention is split over it (not under ep with tp = 1)
     private readonly float[]? _head, _headGradient;   // (Vl, C) the LM head; the embedding slice itself when tied on one stage
     private readonly int _cq, _ckv, _hidden, _vocab, _heads, _kvHeads;   // this rank's widths
     private readonly TrainingMode _mode;
@@ -183,6 +184,7 @@ public sealed class TrainableModel : IDisposable
         Spec = spec;
         Weights = weights;
         _tensorGroup = spec.TensorParallel > 1 ? tensorGroup : null;
+        _attentionGroup = DecoderShape.Of(config, spec).SplitsAttention ? _tensorGroup : null;
         int hd = config.HeadDim;
         (_heads, _kvHeads) = (spec.QueryHeads.Count, spec.KvHeads.Count);
         (_cq, _ckv, _hidden, _vocab) = (_heads * hd, _kvHeads * hd, spec.Hidden.Count, spec.Vocab.Count);
@@ -372,8 +374,9 @@ public sealed class TrainableModel : IDisposable
         var c = Config;
         int C = c.Dim, hd = c.HeadDim, E = c.FfnBlocks;
         bool rank0 = Spec.Rank == 0;
-        // An MoE layer's experts are stacked whole (tp = 1): W1 and W3 (E·H, C), W2 (E·C, H).
-        var hidden = c.Moe is null ? Spec.Hidden : new Slice(0, E * c.HiddenDim);
+        // An MoE layer's experts are stacked whole, each rank its own: W1 and W3 (E·H, C), W2 (E·C, H), by rows.
+        var experts = Spec.Experts;
+        var hidden = c.Moe is null ? Spec.Hidden : new Slice(experts.Offset * c.HiddenDim, experts.Count * c.HiddenDim);
         var q = new Slice(Spec.QueryHeads.Offset * hd, _cq);
         var kv = new Slice(Spec.KvHeads.Offset * hd, _ckv);
         ParameterSlice? Whole(string name, float[]? p, float[]? g, int rows, int columns = 1) =>
@@ -399,7 +402,8 @@ public sealed class TrainableModel : IDisposable
                 Split(p + "wo", w.Wo, g.Wo, C, C, 1, q), Whole(p + "bo", w.Bo, g.Bo, C),
                 Whole(p + "ffn_norm", w.FfnNorm, g.FfnNorm, C), Whole(p + "ffn_norm.bias", w.FfnNormBias, g.FfnNormBias, C),
                 Split(p + "w1", w.W1, g.W1, E * c.HiddenDim, C, 0, hidden), Split(p + "b1", w.B1, g.B1, c.HiddenDim, 1, 0, Spec.Hidden),
-                Split(p + "w2", w.W2, g.W2, E * C, c.HiddenDim, 1, c.Moe is null ? Spec.Hidden : new Slice(0, c.HiddenDim)), Whole(p + "b2", w.B2, g.B2, C),
+                c.Moe is null ? Split(p + "w2", w.W2, g.W2, C, c.HiddenDim, 1, Spec.Hidden) : Split(p + "w2", w.W2, g.W2, E * C, c.HiddenDim, 0, new Slice(experts.Offset * C, experts.Count * C)),
+                Whole(p + "b2", w.B2, g.B2, C),
                 Split(p + "w3", w.W3, g.W3, E * c.HiddenDim, C, 0, hidden), Whole(p + "router", w.Router, g.Router, E, C),
             }.Select(t => t is null ? null : t with { Layer = layer }));
         }
@@ -426,6 +430,7 @@ public sealed class TrainableModel : IDisposable
     /// <summary>Begins a step: clears the gradients (on the device too), and takes up parameters the host changed.</summary>
     public void ZeroGradients()
     {
+        ExpertStats = Config.Moe is { } moe ? new MoeStepStats(moe.Experts) : null;
         ReadHostChanges();
         _tensors.ZeroGradients(TrainedTensors().Select(p => p.Gradient));
     }
@@ -505,6 +510,9 @@ public sealed class TrainableModel : IDisposable
 
     /// <summary>The MoE balancing and z-losses of the last ForwardBackward (0 for a dense model); their gradients are in the step's.</summary>
     public double RouterLoss { get; private set; }
+
+    /// <summary>This shard's MoE layers' loads, drops and router losses since the gradients were zeroed (null for a dense model).</summary>
+    public MoeStepStats? ExpertStats { get; private set; }
 
     /// <summary>The logits (T, V) of every position (no gradients).</summary>
     public float[] Logits(int[] tokens, int[]? documents = null)
@@ -616,7 +624,7 @@ public sealed class TrainableModel : IDisposable
             model.Project(a, layer, target, x, weight, bias, y, tokens, n, k);
         }
 
-        public void ProjectExpert(LayerProjection which, int expert, DeviceBuffer x, DeviceBuffer y, int tokens)
+        public void ProjectExpert(LayerProjection which, int block, DeviceBuffer x, DeviceBuffer y, int tokens)
         {
             int C = model.Config.Dim, H = model._hidden;
             var (weight, n, k) = which switch
@@ -624,7 +632,7 @@ public sealed class TrainableModel : IDisposable
                 LayerProjection.W1 => (_w.W1, H, C), LayerProjection.W2 => (_w.W2, C, H), LayerProjection.W3 => (_w.W3!, H, C),
                 _ => throw new ArgumentOutOfRangeException(nameof(which)),
             };
-            model._device.Linear(x, model._tensors.State(weight), y, tokens, n, k, expert);
+            model._device.Linear(x, model._tensors.State(weight), y, tokens, n, k, block);
         }
 
         public DeviceBuffer ExpertActivation(ExpertActivation which, int expert, int length)
@@ -738,7 +746,7 @@ public sealed class TrainableModel : IDisposable
             // x1 = x_in + Wo·attention(rope(Wq·n1), rope(Wk·n1), Wv·n1)
             var dxIn = a.Rent(T * C);
             _device.Copy(dx1, dxIn, T * C);
-            ReduceFromRegion.Backward(_device, dx1, T * C, _tensorGroup);                    // (T, C) wo's summed output: each partial's gradient
+            ReduceFromRegion.Backward(_device, dx1, T * C, _attentionGroup);                 // (T, C) wo's summed output: each partial's gradient
             var dAtt = Temporary(T * Cq);
             ProjectBackward(a, l, "wo", a.Attention[l]!, w.Wo, dx1, dAtt, g.Wo, g.Bo, T, C, Cq, Temporary);
             var dq = Temporary(T * Cq);
@@ -754,7 +762,7 @@ public sealed class TrainableModel : IDisposable
             ProjectBackward(a, l, "wq", a.AttnNormed[l]!, w.Wq, dq, dn1, g.Wq, g.Bq, T, Cq, C, Temporary);
             ProjectBackward(a, l, "wk", a.AttnNormed[l]!, w.Wk, dk, dn1, g.Wk, g.Bk, T, kv, C, Temporary);
             ProjectBackward(a, l, "wv", a.AttnNormed[l]!, w.Wv, dv, dn1, g.Wv, g.Bv, T, kv, C, Temporary);
-            CopyToRegion.Backward(_device, dn1, T * C, _tensorGroup);                        // (T, C) q/k/v's input gradient, summed over ranks
+            CopyToRegion.Backward(_device, dn1, T * C, _attentionGroup);                     // (T, C) q/k/v's input gradient, summed over ranks
             NormalizeRowsBackward(a.LayerInput[l]!, w.AttnNorm, dn1, dxIn, g.AttnNorm, g.AttnNormBias, T);
             _buffers.Return(dx);
             foreach (var buffer in temporaries) _buffers.Return(buffer);
@@ -790,20 +798,22 @@ public sealed class TrainableModel : IDisposable
 
     /// <summary>
     /// Backward of layer <paramref name="l"/>'s mixture of experts (MixtureOfExperts.Forward) from dOut (T, C), the
-    /// gradient of its output: each expert's W1, W2, W3 gradients (their blocks), the router's, and dn2 (T, C) += the
-    /// gradient of the normed input, through the experts and through the router.
+    /// gradient of its output (whole on every rank of an expert-parallel group): this rank's experts' W1, W2, W3
+    /// gradients (their blocks), the router's, and dn2 (T, C) += the gradient of the normed input, through every rank's
+    /// experts (summed over the group) and through the router (the same on every rank).
     /// </summary>
     private void MoeBackward(StageActivations a, int l, LayerWeights w, LayerWeights g, DeviceBuffer dOut, DeviceBuffer dn2, float lossScale,
         Func<int, bool, DeviceBuffer> temporary)
     {
         var routing = a.Routing[l]!;
         var moe = Config.Moe!;
-        int T = a.Tokens.Length, C = Config.Dim, H = _hidden, E = moe.Experts;
-        var choiceGradients = new float[T * moe.ExpertsPerToken];                            // (T, k) ∂L/∂weight of each choice; 0 where dropped
-        for (int e = 0; e < E; e++)
+        int T = a.Tokens.Length, C = Config.Dim, H = _hidden, E = moe.Experts, k = moe.ExpertsPerToken;
+        ExpertStats?.Add(routing, lossScale);
+        var choiceGradients = new float[T * k];                                              // (T, k) ∂L/∂weight of each choice; 0 where dropped or another rank's
+        for (int e = Spec.Experts.Offset; e < Spec.Experts.End; e++)
         {
             var rows = routing.ExpertTokens[e];
-            int n = rows.Length;
+            int n = rows.Length, block = e - Spec.Experts.Offset;
             if (n == 0) continue;
             DeviceBuffer Kept(ExpertActivation which) => a.Experts[(l, e, which)];
             var dOutput = temporary(n * C, false);                                           // (Te, C) the gradient of its rows of the output
@@ -815,16 +825,24 @@ public sealed class TrainableModel : IDisposable
             for (int r = 0; r < n; r++) choiceGradients[routing.ExpertChoices[e][r]] = hostDots[r];
             _device.ScaleRows(dOutput, Kept(ExpertActivation.Scales), n, C);                 // (Te, C) ∂L/∂(expert output) = weight · dOut
             var dHidden = temporary(n * H, true);                                            // (Te, H)
-            _device.LinearBackward(Kept(ExpertActivation.Hidden), _tensors.State(w.W2), dOutput, dHidden, _tensors.Gradient(g.W2), null, n, C, H, e);
+            _device.LinearBackward(Kept(ExpertActivation.Hidden), _tensors.State(w.W2), dOutput, dHidden, _tensors.Gradient(g.W2), null, n, C, H, block);
             var dGate = temporary(n * H, true);
             var dUp = temporary(n * H, true);
             _device.SwiGluBackward(Kept(ExpertActivation.Gate), Kept(ExpertActivation.Up), dHidden, dGate, dUp, n * H);
             var dInput = temporary(n * C, true);                                             // (Te, C)
-            _device.LinearBackward(Kept(ExpertActivation.Input), _tensors.State(w.W1), dGate, dInput, _tensors.Gradient(g.W1), null, n, H, C, e);
-            _device.LinearBackward(Kept(ExpertActivation.Input), _tensors.State(w.W3!), dUp, dInput, _tensors.Gradient(g.W3!), null, n, H, C, e);
+            _device.LinearBackward(Kept(ExpertActivation.Input), _tensors.State(w.W1), dGate, dInput, _tensors.Gradient(g.W1), null, n, H, C, block);
+            _device.LinearBackward(Kept(ExpertActivation.Input), _tensors.State(w.W3!), dUp, dInput, _tensors.Gradient(g.W3!), null, n, H, C, block);
             _device.EmbeddingBackward(rows, dInput, dn2, C);                                 // dn2[rows[r]] += dInput[r]: back to the tokens' rows
         }
-        var dLogits = temporary(T * E, false);                                               // (T, E)
+        CopyToRegion.Backward(_device, dn2, T * C, _tensorGroup);                            // (T, C) every rank's experts' input gradient, summed
+        if (_tensorGroup is not null)                                                        // each rank knows its experts' choices: summed, all know all
+        {
+            var summed = temporary(T * k, false);
+            _device.Write(summed, choiceGradients);
+            ReduceFromRegion.Forward(_device, summed, T * k, _tensorGroup);
+            _device.Download(summed, choiceGradients);
+        }
+        var dLogits = temporary(T * E, false);                                               // (T, E) the same on every rank
         _device.Write(dLogits, routing.RouterGradient(choiceGradients, lossScale));
         _device.LinearBackward(a.FfnNormed[l]!, _tensors.State(w.Router!), dLogits, dn2, _tensors.Gradient(g.Router!), null, T, E, C);
     }

@@ -1,6 +1,7 @@
-// Hugging Face config.json ↔ ModelConfig for LlamaForCausalLM / MistralForCausalLM and GPT2LMHeadModel.
+// Hugging Face config.json ↔ ModelConfig for LlamaForCausalLM / MistralForCausalLM, MixtralForCausalLM and GPT2LMHeadModel.
 // Llama keys: hidden_size, intermediate_size, num_hidden_layers, num_attention_heads, num_key_value_heads,
-// vocab_size, max_position_embeddings, rms_norm_eps, rope_theta, tie_word_embeddings (HF Llama RoPE is half-split).
+// vocab_size, max_position_embeddings, rms_norm_eps, rope_theta, tie_word_embeddings (HF Llama RoPE is half-split);
+// Mixtral adds num_local_experts, num_experts_per_tok and router_aux_loss_coef (its top-k weights are renormalized).
 // GPT-2 keys: n_embd, n_inner (null = 4·n_embd), n_layer, n_head, n_positions, vocab_size, layer_norm_epsilon.
 // RoPE scaling and explicit head_dim ≠ hidden/heads are not modelled by ModelConfig and are rejected.
 using System.Text.Json;
@@ -30,8 +31,13 @@ public static class HfConfigJson
             var config = arch switch
             {
                 "LlamaForCausalLM" or "MistralForCausalLM" or "llama" or "mistral" => Llama(keys),
+                "MixtralForCausalLM" or "mixtral" => Llama(keys) with
+                {
+                    Moe = new MoeConfig(keys.Int("num_local_experts"), keys.Int("num_experts_per_tok"),
+                        AuxLossCoefficient: keys.Float("router_aux_loss_coef", 0.001f)),
+                },
                 "GPT2LMHeadModel" or "gpt2" => Gpt2(keys),
-                _ => throw new ModelFormatException(path, $"architecture '{arch}' is not supported (LlamaForCausalLM, MistralForCausalLM, GPT2LMHeadModel are)"),
+                _ => throw new ModelFormatException(path, $"architecture '{arch}' is not supported (LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM, GPT2LMHeadModel are)"),
             };
             config.Validate(path);
             return new Result(config, keys.OptionalId("bos_token_id"), keys.OptionalId("eos_token_id"));
@@ -90,9 +96,16 @@ public static class HfConfigJson
         w.WriteStartObject();
         bool llama = c.Architecture == Architecture.Llama;
         w.WriteStartArray("architectures");
-        w.WriteStringValue(llama ? "LlamaForCausalLM" : "GPT2LMHeadModel");
+        w.WriteStringValue(c.Moe is not null ? "MixtralForCausalLM" : llama ? "LlamaForCausalLM" : "GPT2LMHeadModel");
         w.WriteEndArray();
-        w.WriteString("model_type", llama ? "llama" : "gpt2");
+        w.WriteString("model_type", c.Moe is not null ? "mixtral" : llama ? "llama" : "gpt2");
+        if (c.Moe is { } moe)
+        {
+            if (!moe.NormalizeTopK) throw new ArgumentException("Mixtral renormalizes the chosen experts' weights: a model that does not cannot be written as Mixtral", nameof(c));
+            w.WriteNumber("num_local_experts", moe.Experts);
+            w.WriteNumber("num_experts_per_tok", moe.ExpertsPerToken);
+            w.WriteNumber("router_aux_loss_coef", moe.AuxLossCoefficient);
+        }
         if (llama)
         {
             w.WriteNumber("hidden_size", c.Dim);

@@ -2,6 +2,7 @@
 // when present, tokenizer.json beside it. Sharded checkpoints (model-0000N-of-0000M + index) are not read.
 //   Llama/Mistral: model.embed_tokens, model.layers.N.{input_layernorm, self_attn.{q,k,v,o}_proj, post_attention_layernorm,
 //     mlp.{gate,up,down}_proj}, model.norm, lm_head (absent or tie_word_embeddings ⇒ tied); all (out, in), RoPE half-split.
+//   Mixtral: the same, with block_sparse_moe.{gate, experts.E.{w1, w2, w3}} (router (E, C); gate, down, up) for the MLP.
 //   GPT-2: [transformer.]{wte, wpe, h.N.{ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj}, ln_f}; the Conv1D
 //     weights are stored (in, out) and are transposed; c_attn's output columns are q | k | v.
 using Cluster.Model.Tokenizers;
@@ -65,6 +66,14 @@ public static class SafetensorsFormat
     private static ModelWeights LlamaWeights(TensorSource t, ModelConfig c, WeightFilter filter, string source)
     {
         long C = c.Dim, H = c.HiddenDim, kv = c.KvDim, V = c.VocabSize;
+        // A Mixtral layer's experts, one tensor each, stacked expert after expert (E·rows, cols) as the engine keeps them.
+        float[] Experts(string layer, string name, long rows, long cols)
+        {
+            var stack = new float[c.FfnBlocks * rows * cols];
+            for (int e = 0; e < c.FfnBlocks; e++)
+                t.Read($"{layer}block_sparse_moe.experts.{e}.{name}.weight", rows, cols).CopyTo(stack, e * rows * cols);
+            return stack;
+        }
         var layers = new LayerWeights[c.Layers];
         for (int l = 0; l < c.Layers; l++)
         {
@@ -77,9 +86,10 @@ public static class SafetensorsFormat
                 Wv = t.Read(p + "self_attn.v_proj.weight", kv, C),
                 Wo = t.Read(p + "self_attn.o_proj.weight", C, C),
                 FfnNorm = t.Read(p + "post_attention_layernorm.weight", C),
-                W1 = t.Read(p + "mlp.gate_proj.weight", H, C),
-                W2 = t.Read(p + "mlp.down_proj.weight", C, H),
-                W3 = t.Read(p + "mlp.up_proj.weight", H, C),
+                W1 = c.Moe is null ? t.Read(p + "mlp.gate_proj.weight", H, C) : Experts(p, "w1", H, C),
+                W2 = c.Moe is null ? t.Read(p + "mlp.down_proj.weight", C, H) : Experts(p, "w2", C, H),
+                W3 = c.Moe is null ? t.Read(p + "mlp.up_proj.weight", H, C) : Experts(p, "w3", H, C),
+                Router = c.Moe is null ? null : t.Read(p + "block_sparse_moe.gate.weight", c.Moe.Experts, C),
             }, c, l, source);
         }
         return new ModelWeights

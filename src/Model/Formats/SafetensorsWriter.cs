@@ -13,7 +13,6 @@ public static class SafetensorsWriter
     {
         var c = model.Config;
         var w = model.Weights;
-        if (c.Moe is not null) throw new ArgumentException("the safetensors writer writes dense models; write a mixture-of-experts model as GGUF", nameof(model));
         w.Validate(c, model.Source);
         Directory.CreateDirectory(directory);
         var tensors = c.Architecture == Architecture.Llama ? LlamaTensors(c, w) : Gpt2Tensors(c, w);
@@ -78,6 +77,18 @@ public static class SafetensorsWriter
             list.Add((p + "self_attn.v_proj.weight", [kv, C], x.Wv));
             list.Add((p + "self_attn.o_proj.weight", [C, C], x.Wo));
             list.Add((p + "post_attention_layernorm.weight", [C], x.FfnNorm));
+            if (c.Moe is { } moe)   // Mixtral's names: one tensor per expert
+            {
+                list.Add((p + "block_sparse_moe.gate.weight", [moe.Experts, C], x.Router!));
+                for (int e = 0; e < moe.Experts; e++)
+                {
+                    string expert = $"{p}block_sparse_moe.experts.{e}.";
+                    list.Add((expert + "w1.weight", [H, C], x.W1.AsSpan((int)(e * H * C), (int)(H * C)).ToArray()));
+                    list.Add((expert + "w2.weight", [C, H], x.W2.AsSpan((int)(e * C * H), (int)(C * H)).ToArray()));
+                    list.Add((expert + "w3.weight", [H, C], x.W3!.AsSpan((int)(e * H * C), (int)(H * C)).ToArray()));
+                }
+                continue;
+            }
             list.Add((p + "mlp.gate_proj.weight", [H, C], x.W1));
             list.Add((p + "mlp.down_proj.weight", [C, H], x.W2));
             list.Add((p + "mlp.up_proj.weight", [H, C], x.W3!));

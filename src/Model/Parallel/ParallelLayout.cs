@@ -1,5 +1,5 @@
-// How a model is spread over shards: tensor-parallel degree, pipeline stages (with their layer counts, uneven
-// allowed) and data-parallel replicas. Written as text ("tp=2,pp=2", "pp=3,layers=2+2+1", "dp=2") so it travels
+// How a model is spread over shards: tensor-parallel degree, expert-parallel degree (MoE models), pipeline stages (with
+// their layer counts, uneven allowed) and data-parallel replicas. Written as text ("tp=2,pp=2", "pp=3,layers=2+2+1", "dp=2") so it travels
 // through configuration, the CLI and grain messages unchanged.
 namespace Cluster.Model.Parallel;
 
@@ -10,6 +10,14 @@ public sealed record ParallelLayout
     /// <summary>Layers of each stage, first to last; null splits the layers as evenly as possible.</summary>
     public IReadOnlyList<int>? StageLayers { get; init; }
     public int DataParallel { get; init; } = 1;
+    /// <summary>
+    /// MoE models: the ranks of each stage over which the experts are partitioned. They all see the stage's tokens
+    /// (attention split by tp, or replicated when tp = 1), and each runs only its own experts: tp must be 1 or ep.
+    /// </summary>
+    public int ExpertParallel { get; init; } = 1;
+
+    /// <summary>The shards of each stage, working as one group: tp, or ep where experts are spread wider.</summary>
+    public int StageRanks => Math.Max(TensorParallel, ExpertParallel);
 
     public static ParallelLayout Single { get; } = new();
 
@@ -21,14 +29,15 @@ public sealed record ParallelLayout
         foreach (string part in text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
         {
             string[] kv = part.Split('=', 2, StringSplitOptions.TrimEntries);
-            if (kv.Length != 2) throw new FormatException($"layout '{text}': '{part}' is not key=value (keys: tp, pp, dp, layers)");
+            if (kv.Length != 2) throw new FormatException($"layout '{text}': '{part}' is not key=value (keys: tp, ep, pp, dp, layers)");
             layout = kv[0].ToLowerInvariant() switch
             {
                 "tp" => layout with { TensorParallel = Positive(kv[1]) },
                 "pp" => layout with { PipelineStages = Positive(kv[1]) },
                 "dp" => layout with { DataParallel = Positive(kv[1]) },
+                "ep" => layout with { ExpertParallel = Positive(kv[1]) },
                 "layers" => layout with { StageLayers = kv[1].Split('+').Select(Positive).ToArray() },
-                _ => throw new FormatException($"layout '{text}': unknown key '{kv[0]}' (keys: tp, pp, dp, layers)"),
+                _ => throw new FormatException($"layout '{text}': unknown key '{kv[0]}' (keys: tp, ep, pp, dp, layers)"),
             };
         }
         if (layout.StageLayers is { } stages)
@@ -45,7 +54,7 @@ public sealed record ParallelLayout
 
     public override string ToString()
     {
-        string text = $"tp={TensorParallel},pp={PipelineStages},dp={DataParallel}";
+        string text = $"tp={TensorParallel},pp={PipelineStages},dp={DataParallel}" + (ExpertParallel > 1 ? $",ep={ExpertParallel}" : "");
         return StageLayers is null ? text : $"{text},layers={string.Join('+', StageLayers)}";
     }
 

@@ -40,8 +40,7 @@ public sealed class ShardWeights
     /// <summary>Rank <paramref name="spec"/>'s slices of a whole layer: Wq/Wk/Wv/W1/W3 and their biases its rows, Wo/W2 its columns; norms and Bo/B2 whole.</summary>
     public static LayerWeights CutLayer(ModelConfig c, ShardSpec spec, LayerWeights w)
     {
-        if (c.Moe is not null) return w;   // MoE layers run with tp = 1 (ShardingPlan): whole, their experts stacked
-        int C = c.Dim, hd = c.HeadDim;
+        int C = c.Dim, hd = c.HeadDim, H = c.HiddenDim;
         var q = new Slice(spec.QueryHeads.Offset * hd, spec.QueryHeads.Count * hd);
         var kv = new Slice(spec.KvHeads.Offset * hd, spec.KvHeads.Count * hd);
         return new LayerWeights
@@ -50,8 +49,11 @@ public sealed class ShardWeights
             Wq = Rows(w.Wq, C, q), Wk = Rows(w.Wk, C, kv), Wv = Rows(w.Wv, C, kv),
             Bq = Part(w.Bq, q), Bk = Part(w.Bk, kv), Bv = Part(w.Bv, kv),
             Wo = Columns(w.Wo, C, C, q), Bo = w.Bo,
-            W1 = Rows(w.W1, C, spec.Hidden), W3 = w.W3 is null ? null : Rows(w.W3, C, spec.Hidden), B1 = Part(w.B1, spec.Hidden),
-            W2 = Columns(w.W2, C, c.HiddenDim, spec.Hidden), B2 = w.B2, Router = w.Router,
+            B1 = Part(w.B1, spec.Hidden), B2 = w.B2, Router = w.Router,
+            // MoE: this rank's experts, whole (rows of the stacks); dense: this rank's hidden units.
+            W1 = c.Moe is null ? Rows(w.W1, C, spec.Hidden) : Rows(w.W1, C, Scaled(spec.Experts, H)),
+            W3 = w.W3 is null ? null : c.Moe is null ? Rows(w.W3, C, spec.Hidden) : Rows(w.W3, C, Scaled(spec.Experts, H)),
+            W2 = c.Moe is null ? Columns(w.W2, C, c.HiddenDim, spec.Hidden) : Rows(w.W2, H, Scaled(spec.Experts, C)),
         };
     }
 
@@ -109,6 +111,9 @@ public sealed class ShardWeights
         for (int r = 0; r < rows; r++) m.AsSpan(r * cols + columns.Offset, columns.Count).CopyTo(result.AsSpan(r * columns.Count));
         return result;
     }
+
+    /// <summary>The rows of blocks [slice) of a stack of blocks of <paramref name="rows"/> rows each.</summary>
+    private static Slice Scaled(Slice blocks, int rows) => new(blocks.Offset * rows, blocks.Count * rows);
 
     private static float[]? Part(float[]? v, Slice slice) => v is null || slice.Count == v.Length ? v : v.AsSpan(slice.Offset, slice.Count).ToArray();
 }

@@ -19,7 +19,10 @@ public readonly record struct Slice(int Offset, int Count)
     }
 }
 
-/// <summary>One shard's place in the grid and the slices it owns.</summary>
+/// <summary>
+/// One shard's place in the grid and the slices it owns. <see cref="TensorParallel"/> counts the ranks of its stage's
+/// group (the layout's StageRanks: tp, or ep for an MoE model whose experts are spread wider than its heads).
+/// </summary>
 public sealed record ShardSpec(
     int Replica, int Stage, int Rank, int TensorParallel,
     Slice Layers,          // the decoder layers of this stage
@@ -28,7 +31,8 @@ public sealed record ShardSpec(
     Slice Hidden,          // this rank's MLP hidden units
     Slice Vocab,           // this rank's rows of the embedding and the LM head
     bool IsFirstStage,
-    bool IsLastStage)
+    bool IsLastStage,
+    Slice Experts = default)   // MoE: this rank's experts of each layer
 {
     /// <summary>The shard that holds the whole model.</summary>
     public static ShardSpec Whole(ModelConfig c) => ShardingPlan.Create(c, ParallelLayout.Single).Get(0, 0, 0);
@@ -53,14 +57,14 @@ public sealed class ShardingPlan
     public ParallelLayout Layout { get; }
     public IReadOnlyList<ShardSpec> Shards => _shards;
 
-    public ShardSpec Get(int replica, int stage, int rank) => _shards[(replica * Layout.PipelineStages + stage) * Layout.TensorParallel + rank];
+    public ShardSpec Get(int replica, int stage, int rank) => _shards[(replica * Layout.PipelineStages + stage) * Layout.StageRanks + rank];
 
-    /// <summary>The tensor-parallel group of a stage, in rank order.</summary>
-    public ShardSpec[] TensorGroup(int replica, int stage) => [.. Enumerable.Range(0, Layout.TensorParallel).Select(r => Get(replica, stage, r))];
+    /// <summary>The group of a stage (its tensor- or expert-parallel ranks), in rank order.</summary>
+    public ShardSpec[] TensorGroup(int replica, int stage) => [.. Enumerable.Range(0, Layout.StageRanks).Select(r => Get(replica, stage, r))];
 
     public static ShardingPlan Create(ModelConfig c, ParallelLayout layout)
     {
-        int tp = layout.TensorParallel, pp = layout.PipelineStages;
+        int tp = layout.TensorParallel, ep = layout.ExpertParallel, pp = layout.PipelineStages, ranks = layout.StageRanks;
         void Require(bool ok, string what)
         {
             if (!ok) throw new ArgumentException($"layout {layout} does not fit {c.Layers} layers, {c.KvHeads} KV heads: {what}", nameof(layout));
@@ -69,7 +73,10 @@ public sealed class ShardingPlan
         Require(tp <= c.KvHeads, $"tensor parallelism splits KV heads, so tp may be at most {c.KvHeads}");
         Require(tp <= c.HiddenDim && tp <= c.VocabSize, "tp is larger than the hidden size or the vocabulary");
         Require(pp <= c.Layers, "every pipeline stage needs at least one layer");
-        Require(c.Moe is null || tp == 1, "mixture-of-experts layers are not cut for tensor parallelism: use pp and dp with tp = 1");
+        Require(ep == 1 || c.Moe is not null, "expert parallelism (ep) needs a mixture-of-experts model");
+        Require(c.Moe is null || tp == 1 || ep == tp, "an MoE model's tensor-parallel ranks split its experts (ep = tp): an expert is not cut");
+        Require(ep <= (c.Moe?.Experts ?? 1), $"ep = {ep} is more ranks than the {c.Moe?.Experts} experts of a layer");
+        Require(ranks <= c.VocabSize, "the stage's ranks outnumber the vocabulary");
         int[] stageLayers = layout.StageLayers?.ToArray() ?? [.. Enumerable.Range(0, pp).Select(s => Slice.Partition(c.Layers, pp, s).Count)];
         Require(stageLayers.Length == pp && stageLayers.All(n => n > 0) && stageLayers.Sum() == c.Layers,
             $"stage layers {string.Join('+', stageLayers)} must be {pp} positive counts adding up to {c.Layers}");
@@ -81,14 +88,16 @@ public sealed class ShardingPlan
             int firstLayer = 0;
             for (int stage = 0; stage < pp; stage++)
             {
-                for (int rank = 0; rank < tp; rank++)
+                for (int rank = 0; rank < ranks; rank++)
                 {
-                    var kv = Slice.Partition(c.KvHeads, tp, rank);
-                    shards.Add(new ShardSpec(replica, stage, rank, tp,
+                    var kv = Slice.Partition(c.KvHeads, tp, tp == 1 ? 0 : rank);   // tp = 1 under ep: every rank has every head
+                    shards.Add(new ShardSpec(replica, stage, rank, ranks,
                         new Slice(firstLayer, stageLayers[stage]),
                         new Slice(kv.Offset * groupSize, kv.Count * groupSize), kv,
-                        Slice.Partition(c.HiddenDim, tp, rank), Slice.Partition(c.VocabSize, tp, rank),
-                        stage == 0, stage == pp - 1));
+                        c.Moe is null ? Slice.Partition(c.HiddenDim, tp, rank) : new Slice(0, c.HiddenDim),   // an expert is never cut
+                        Slice.Partition(c.VocabSize, ranks, rank),
+                        stage == 0, stage == pp - 1,
+                        Slice.Partition(c.FfnBlocks, c.Moe is null ? 1 : ranks, c.Moe is null ? 0 : rank)));
                 }
                 firstLayer += stageLayers[stage];
             }

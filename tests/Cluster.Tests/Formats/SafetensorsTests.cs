@@ -11,6 +11,8 @@ public class SafetensorsTests
     [Theory]
     [InlineData("tiny", true)]
     [InlineData("tiny", false)]
+    [InlineData("moe-tiny", true)]     // Mixtral names and config keys
+    [InlineData("moe-tiny", false)]
     [InlineData("gpt2-tiny", true)]
     [InlineData("gpt2-tiny", false)]
     public void Random_checkpoint_round_trips(string preset, bool tied)

@@ -37,6 +37,34 @@ public sealed class JobsApiTests(ClusterFixture fixture)
         Assert.Equal(HttpStatusCode.OK, cancelled.StatusCode);   // cancelling a finished job changes nothing
     }
 
+    /// <summary>An MoE model trained with its experts over two trainers (ep=2) reports each step's expert loads and router losses.</summary>
+    [Fact]
+    public async Task AnExpertParallelJobReportsItsExpertsInItsEvents()
+    {
+        await using var gateway = await GatewayHost.StartAsync(fixture.Cluster.Client);
+        using var http = gateway.Http();
+        var cancel = TestContext.Current.CancellationToken;
+        using var created = await http.PostAsync("v1/jobs",
+            Json("""{"preset":"moe-tiny","steps":3,"batch_size":4,"sequence_length":32,"learning_rate":0.003,"layout":"ep=2","keep_checkpoints":1}"""), cancel);
+        string body = await created.Content.ReadAsStringAsync(cancel);
+        Assert.Equal(HttpStatusCode.Created, created.StatusCode);
+        string id = JsonDocument.Parse(body).RootElement.GetProperty("id").GetString()!;
+
+        string events = await http.GetStringAsync($"v1/jobs/{id}/events", cancel);
+
+        var steps = events.Split("\n\n", StringSplitOptions.RemoveEmptyEntries).Select(e => e["data: ".Length..]).Where(d => d != "[DONE]")
+            .Select(d => JsonDocument.Parse(d).RootElement).Where(e => e.GetProperty("expert_load").ValueKind == JsonValueKind.Array).ToList();
+        Assert.Equal(3, steps.Count);
+        foreach (var step in steps)
+        {
+            long[] load = [.. step.GetProperty("expert_load").EnumerateArray().Select(l => l.GetInt64())];
+            Assert.Equal(8, load.Length);
+            Assert.True(load.Sum() > 0 && load.Sum() % (2 * 4) == 0, $"each token chooses 2 experts in each of 4 layers: {load.Sum()}");
+            Assert.True(step.GetProperty("router_loss").GetSingle() > 0);
+            Assert.Equal(0, step.GetProperty("dropped_tokens").GetInt64());   // dropless
+        }
+    }
+
     [Theory]
     [InlineData("{", 400)]
     [InlineData("[]", 400)]
@@ -47,6 +75,8 @@ public sealed class JobsApiTests(ClusterFixture fixture)
     [InlineData("""{"preset":"tiny","learning_rate":2}""", 400)]
     [InlineData("""{"preset":"tiny","batch_size":2,"layout":"dp=3"}""", 400)]
     [InlineData("""{"preset":"tiny","layout":"tp=8"}""", 400)]            // more ranks than KV heads
+    [InlineData("""{"preset":"tiny","layout":"ep=2"}""", 400)]            // experts of a dense model
+    [InlineData("""{"preset":"moe-tiny","layout":"tp=2"}""", 400)]        // tp would cut its experts
     [InlineData("""{"preset":"tiny","layout":"pp=2","schedule":"zigzag"}""", 400)]
     [InlineData("""{"preset":"tiny","dataset":"jsonl"}""", 400)]
     [InlineData("""{"preset":"tiny","documents":[1,2]}""", 400)]

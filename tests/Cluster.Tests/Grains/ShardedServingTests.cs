@@ -1,5 +1,5 @@
-// Sharded serving on the 2-silo cluster: every layout's greedy output equals the model on one device (tiny, and
-// stories260K against llama2.c run.c), 16 concurrent streaming requests of mixed lengths each equal their run alone,
+// Sharded serving on the 2-silo cluster: every layout's greedy output equals the model on one device (tiny, moe-tiny with
+// its experts over both silos, and stories260K against llama2.c run.c), 16 concurrent streaming requests of mixed lengths each equal their run alone,
 // prompts longer than a step's token budget go down the pipeline chunk after chunk, prompts sharing a prefix reuse
 // its cached blocks on every shard, and afterwards (also after cancellations) every KV block is free again.
 using Cluster.Compute.Cpu;
@@ -20,17 +20,26 @@ public sealed class ShardedServingTests(ClusterFixture fixture)
     [InlineData("pp=3")]
     [InlineData("tp=2,pp=2")]
     [InlineData("dp=2")]
-    public async Task GreedyOutputUnderLayoutEqualsOneDevice(string layout)
+    public Task GreedyOutputUnderLayoutEqualsOneDevice(string layout) => AssertGreedyOutputEqualsOneDevice("tiny", layout);
+
+    /// <summary>A mixture-of-experts model with its experts spread over shard grains on both silos (ep), or its stages.</summary>
+    [Theory]
+    [InlineData("ep=2")]
+    [InlineData("ep=2,pp=2")]
+    [InlineData("tp=2,ep=2")]
+    public Task GreedyMoeOutputUnderLayoutEqualsOneDevice(string layout) => AssertGreedyOutputEqualsOneDevice("moe-tiny", layout);
+
+    private async Task AssertGreedyOutputEqualsOneDevice(string preset, string layout)
     {
-        string id = "layout-" + layout.Replace(',', '-').Replace("=", "");
+        string id = $"layout-{preset}-" + layout.Replace(',', '-').Replace("=", "");
         var scheduler = Grains.GetGrain<IInferenceSchedulerGrain>(id);
-        await scheduler.Serve(new ModelServing(TestClusters.Tiny, layout, Silos));
+        await scheduler.Serve(new ModelServing(ModelSource.Random(preset, seed: 1), layout, Silos));
         string[] prompts = ["Once upon a time", "hello", "", "a much longer prompt that takes a few more tokens than the others"];
 
         var results = await Task.WhenAll(prompts.Select(p =>
             scheduler.GenerateAsync(new GenerationRequest { Prompt = p, MaxTokens = 24, Temperature = 0 }, TestContext.Current.CancellationToken)));
 
-        var loaded = RandomModel.Create("tiny", seed: 1);
+        var loaded = RandomModel.Create(preset, seed: 1);
         using var device = new CpuDevice(1);
         using var model = new TransformerModel(device, loaded.Config, loaded.Weights);
         var generator = new TextGenerator(model, loaded.Tokenizer!);

@@ -1,7 +1,7 @@
 // Trainer grains across two silos train as the same layout does in one process: for tp=2, pp=2, dp=2 (plain, ZeRO-1,
 // ZeRO-2 and ZeRO-3), tp=2×pp=2, pp=2×dp=2 with ZeRO-1 and tp=2×pp=2×dp=2 with ZeRO-2 (1F1B over 2 micro-batches),
-// three steps of trainer grains pinned alternately to the two silos give the losses of LocalTrainingRun on the same
-// weights and batches, within 1e-6.
+// and an MoE model under ep=2 and ep=2×dp=2 with ZeRO-1, three steps of trainer grains pinned alternately to the two
+// silos give the losses of LocalTrainingRun on the same weights and batches, within 1e-6.
 using Cluster.Contracts;
 using Cluster.Model;
 using Cluster.Model.Formats;
@@ -22,15 +22,17 @@ public sealed class TrainerGrainTests
     [InlineData("tp=2,pp=2", 0)]
     [InlineData("pp=2,dp=2", 1)]
     [InlineData("tp=2,pp=2,dp=2", 2)]
-    public async Task TrainerGrainsAcrossSilosTrainAsOneProcess(string layoutText, int zeroStage)
+    [InlineData("ep=2", 0, true)]        // an MoE model with half its experts on each silo
+    [InlineData("ep=2,dp=2", 1, true)]
+    public async Task TrainerGrainsAcrossSilosTrainAsOneProcess(string layoutText, int zeroStage, bool moe = false)
     {
-        var config = TestModels.SmallConfig(Architecture.Llama);
+        var config = moe ? TestModels.SmallMoeConfig() : TestModels.SmallConfig(Architecture.Llama);
         var weights = TestModels.RandomWeights(config, 11);
         using var dir = new Formats.TempDirectory();
         string path = Path.Combine(dir.Path, "small.gguf");
         GgufWriter.Write(new LoadedModel(config, weights, null, "test"), path);
         var layout = ParallelLayout.Parse(layoutText);
-        int tp = layout.TensorParallel, pp = layout.PipelineStages, dp = layout.DataParallel, perReplica = pp * tp;
+        int tp = layout.StageRanks, pp = layout.PipelineStages, dp = layout.DataParallel, perReplica = pp * tp;
         const int microBatches = 2, sequences = 8;
 
         await using var cluster = await TestClusters.StartAsync(silos: 2);

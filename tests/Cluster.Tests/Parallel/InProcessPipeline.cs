@@ -18,7 +18,7 @@ public sealed class InProcessPipeline : IDisposable
     public InProcessPipeline(ModelConfig config, ModelWeights weights, ParallelLayout layout, int kvBlocks = 64, int blockSize = 4)
     {
         Plan = ShardingPlan.Create(config, layout);
-        int stages = layout.PipelineStages, tp = layout.TensorParallel;
+        int stages = layout.PipelineStages, tp = layout.StageRanks;
         _devices = new CpuDevice[stages][];
         _models = new TransformerModel[stages][];
         _caches = new PagedKvCache[stages][];

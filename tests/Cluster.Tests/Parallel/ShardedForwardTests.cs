@@ -34,17 +34,41 @@ public sealed class ShardedForwardTests
     [Theory]
     [InlineData("pp=2")]
     [InlineData("pp=4")]
+    [InlineData("ep=2")]
+    [InlineData("ep=3")]          // 8 experts over 3 ranks: 3 + 3 + 2
+    [InlineData("ep=4")]
+    [InlineData("ep=2,pp=2")]
+    [InlineData("tp=2,ep=2")]     // attention split by heads, experts by rank, on the same two ranks
     public void MoeLayoutEqualsOneDevice(string layout)
     {
         var model = RandomModel.Create("moe-tiny", seed: 3);   // 4 layers of 8 experts, 2 per token
         AssertLayoutEqualsOneDevice(model.Config, model.Weights, ParallelLayout.Parse(layout));
     }
 
-    [Fact]
-    public void MoeLayersRefuseTensorParallelism()
+    [Theory]
+    [InlineData("moe-tiny", "tp=2", "ep = tp")]            // tensor parallelism would cut experts
+    [InlineData("moe-tiny", "tp=2,ep=4", "ep = tp")]
+    [InlineData("moe-tiny", "ep=9", "more ranks than the 8 experts")]
+    [InlineData("tiny", "ep=2", "needs a mixture-of-experts model")]
+    public void ExpertParallelLayoutsThatDoNotFitAreRefused(string preset, string layout, string reason)
     {
-        var error = Assert.Throws<ArgumentException>(() => ShardingPlan.Create(RandomModel.Preset("moe-tiny"), ParallelLayout.Parse("tp=2")));
-        Assert.Contains("mixture-of-experts", error.Message);
+        var error = Assert.Throws<ArgumentException>(() => ShardingPlan.Create(RandomModel.Preset(preset), ParallelLayout.Parse(layout)));
+        Assert.Contains(reason, error.Message);
+    }
+
+    [Fact]
+    public void ExpertParallelRanksHoldTheirExpertsAndEveryHead()
+    {
+        var config = RandomModel.Preset("moe-tiny");
+        var plan = ShardingPlan.Create(config, ParallelLayout.Parse("ep=3,pp=2"));
+        Assert.Equal("tp=1,pp=2,dp=1,ep=3", plan.Layout.ToString());
+        Assert.Equal(6, plan.Shards.Count);
+        foreach (int stage in new[] { 0, 1 })
+        {
+            var group = plan.TensorGroup(0, stage);
+            Assert.Equal([new Slice(0, 3), new Slice(3, 3), new Slice(6, 2)], group.Select(s => s.Experts));
+            Assert.All(group, s => Assert.Equal(config.Heads, s.QueryHeads.Count));
+        }
     }
 
     [Theory]

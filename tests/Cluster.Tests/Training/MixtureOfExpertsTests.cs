@@ -1,7 +1,7 @@
 // Mixture-of-experts layers: the host routing (top-k, renormalized weights, capacity drops, the balancing losses) and
 // its gradient against finite differences; a whole MoE model's gradients (experts, router, through dropped tokens)
 // against finite differences of its loss plus its router losses; serving's forward equals training's; it learns; and
-// recomputing its activations gives bitwise the same step.
+// recomputing its activations gives bitwise the same step, reporting each step's expert loads and router losses.
 //   dotnet test --project tests/Cluster.Tests -c Release -- --filter-class "*MixtureOfExpertsTests"
 using Cluster.Compute.Cpu;
 using Cluster.Model;
@@ -153,9 +153,14 @@ public sealed class MixtureOfExpertsTests
         float first = 0, last = 0;
         for (int step = 1; step <= 40; step++)
         {
-            last = kept.TrainStep(data, 1).LossShare;
+            var result = kept.TrainStep(data, 1);
+            last = result.LossShare;
             Assert.Equal(last, recomputed.TrainStep(data, 1).LossShare);
             if (step == 1) first = last;
+            // Every token chose 2 experts in each of the 2 layers; the router losses are reported with the step.
+            var experts = result.Experts!;
+            Assert.Equal(data.Sum(d => d.Tokens.Length) * 2 * config.Layers, experts.Load.Sum());
+            Assert.True(experts.RouterLoss > 0 && experts.Imbalance >= 1, $"router loss {experts.RouterLoss}, imbalance {experts.Imbalance}");
         }
         Assert.True(last < 0.3f * first, $"loss went from {first} to {last}");
         foreach (var (a, b) in kept.Shards.SelectMany(s => s.Model.Parameters()).Zip(recomputed.Shards.SelectMany(s => s.Model.Parameters())))

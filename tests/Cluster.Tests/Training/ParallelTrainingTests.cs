@@ -38,20 +38,30 @@ public sealed class ParallelTrainingTests
     };
 
     /// <summary>
-    /// Mixture-of-experts layers under pipeline and data parallelism (dropless, and without the balancing losses, which
-    /// are taken per micro-batch as in Megatron, so a split batch's differ from the whole batch's by design).
+    /// Mixture-of-experts layers under expert, pipeline and data parallelism. Where the batch is split (micro-batches,
+    /// replicas) dropless and without the balancing losses, which are taken per micro-batch as in Megatron, so a split
+    /// batch's differ from the whole batch's by design; expert parallelism alone splits no batch, so there with drops
+    /// and both router losses.
     /// </summary>
-    public static TheoryData<string, int, PipelineSchedule, int> MoeLayouts => new()
+    public static TheoryData<string, int, PipelineSchedule, int, bool> MoeLayouts => new()
     {
-        { "pp=2", 2, PipelineSchedule.OneFOneB, 0 },
-        { "dp=2", 1, PipelineSchedule.OneFOneB, 1 },
-        { "pp=2,dp=2", 2, PipelineSchedule.GPipe, 3 },
+        { "pp=2", 2, PipelineSchedule.OneFOneB, 0, false },
+        { "dp=2", 1, PipelineSchedule.OneFOneB, 1, false },
+        { "pp=2,dp=2", 2, PipelineSchedule.GPipe, 3, false },
+        { "ep=2", 1, PipelineSchedule.OneFOneB, 0, true },
+        { "ep=4", 1, PipelineSchedule.OneFOneB, 0, true },
+        { "tp=2,ep=2", 1, PipelineSchedule.OneFOneB, 0, true },
+        { "ep=2,pp=2", 2, PipelineSchedule.OneFOneB, 0, false },
+        { "ep=2,dp=2", 1, PipelineSchedule.GPipe, 1, false },
+        { "ep=2,dp=2", 2, PipelineSchedule.OneFOneB, 3, false },
     };
 
     [Theory]
     [MemberData(nameof(MoeLayouts))]
-    public void OneMoeStepEqualsOneDevice(string layout, int microBatches, PipelineSchedule schedule, int zeroStage) =>
-        AssertOneStepEqualsOneDevice(TestModels.SmallMoeConfig(new MoeConfig(4, 2, AuxLossCoefficient: 0)), layout, microBatches, schedule, zeroStage);
+    public void OneMoeStepEqualsOneDevice(string layout, int microBatches, PipelineSchedule schedule, int zeroStage, bool routerLosses) =>
+        AssertOneStepEqualsOneDevice(TestModels.SmallMoeConfig(routerLosses
+            ? new MoeConfig(4, 2, CapacityFactor: 1f, AuxLossCoefficient: 0.05f, ZLossCoefficient: 0.01f)
+            : new MoeConfig(4, 2, AuxLossCoefficient: 0)), layout, microBatches, schedule, zeroStage);
 
     [Theory]
     [MemberData(nameof(Layouts))]
