@@ -16,7 +16,7 @@ namespace Cluster.Model;
 public enum LayerProjection { Wq, Wk, Wv, Wo, W1, W2, W3, Router }
 
 /// <summary>A layer's norm weights and biases, and the biases of its row-parallel projections (wo's and w2's: added once, after the ranks' sum).</summary>
-public enum LayerVector { AttnNorm, AttnNormBias, FfnNorm, FfnNormBias, WoBias, W2Bias }
+public enum LayerVector { AttnNorm, AttnNormBias, FfnNorm, FfnNormBias, WoBias, W2Bias, RouterBias }
 
 /// <summary>The activations a layer's forward writes, in order.</summary>
 public enum LayerActivation { AttnNormed, Q, K, V, Attention, Residual, FfnNormed, Gate, Up, Hidden, Output, RouterLogits }

@@ -55,11 +55,15 @@ public sealed class MoeRouting
     /// <summary>The router z-loss β·mean_t (log Σ_e exp(logit))² (ST-MoE).</summary>
     public double ZLoss { get; private set; }
 
-    /// <summary>The routing of <paramref name="tokens"/> tokens from their router logits (T, E).</summary>
-    public static MoeRouting Route(ReadOnlySpan<float> logits, int tokens, MoeConfig moe)
+    /// <summary>
+    /// The routing of <paramref name="tokens"/> tokens from their router logits (T, E); a <paramref name="bias"/> (E,)
+    /// is added to choose the experts, not to weigh them.
+    /// </summary>
+    public static MoeRouting Route(ReadOnlySpan<float> logits, int tokens, MoeConfig moe, ReadOnlySpan<float> bias = default)
     {
         int E = moe.Experts, k = moe.ExpertsPerToken;
         if (logits.Length < tokens * E) throw new ArgumentException($"{logits.Length} router logits for {tokens} tokens of {E} experts", nameof(logits));
+        if (!bias.IsEmpty && bias.Length != E) throw new ArgumentException($"a router bias of {bias.Length} for {E} experts", nameof(bias));
         var r = new MoeRouting(moe, tokens);
         for (int t = 0; t < tokens; t++)
         {
@@ -77,7 +81,7 @@ public sealed class MoeRouting
             {
                 int best = -1;
                 for (int e = 0; e < E; e++)
-                    if (choices[..j].IndexOf(e) < 0 && (best < 0 || row[e] > row[best])) best = e;
+                    if (choices[..j].IndexOf(e) < 0 && (best < 0 || Score(row, bias, e) > Score(row, bias, best))) best = e;
                 choices[j] = best;
                 r.Load[best]++;
             }
@@ -117,6 +121,8 @@ public sealed class MoeRouting
         }
         return r;
     }
+
+    private static float Score(ReadOnlySpan<float> logits, ReadOnlySpan<float> bias, int e) => bias.IsEmpty ? logits[e] : logits[e] + bias[e];
 
     /// <summary>Expert e's router weights, one per row it runs (its scales).</summary>
     public float[] ExpertWeights(int e) => [.. ExpertChoices[e].Select(choice => Weights[choice])];
@@ -203,7 +209,9 @@ public static class MixtureOfExperts
         pass.Project(LayerProjection.Router, x, logits, tokens);
         var hostLogits = new float[tokens * E];
         device.Download(logits, hostLogits);                                              // the routing decision: T·E floats out
-        var routing = MoeRouting.Route(hostLogits, tokens, moe);
+        var bias = new float[pass.Vector(LayerVector.RouterBias) is null ? 0 : E];
+        if (pass.Vector(LayerVector.RouterBias) is { } biasBuffer) device.Download(biasBuffer, bias);
+        var routing = MoeRouting.Route(hostLogits, tokens, moe, bias);
         pass.Routed(routing);
         device.Zero(output, tokens * C);
         for (int e = shape.FirstExpert; e < shape.FirstExpert + shape.LocalExperts; e++)   // this rank's experts (their blocks in its stacks: e − FirstExpert)

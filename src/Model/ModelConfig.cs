@@ -93,6 +93,7 @@ public sealed record ModelConfig
         Require(float.IsFinite(moe.CapacityFactor) && moe.CapacityFactor >= 0 && moe.CapacityFactor <= moe.Experts, "capacity factor out of range (0 = dropless, up to the expert count)");
         Require(float.IsFinite(moe.AuxLossCoefficient) && moe.AuxLossCoefficient >= 0 && moe.AuxLossCoefficient <= 1, "auxiliary loss coefficient out of range (0..1)");
         Require(float.IsFinite(moe.ZLossCoefficient) && moe.ZLossCoefficient >= 0 && moe.ZLossCoefficient <= 1, "router z-loss coefficient out of range (0..1)");
+        Require(float.IsFinite(moe.BiasUpdateRate) && moe.BiasUpdateRate >= 0 && moe.BiasUpdateRate <= 1, "router bias update rate out of range (0..1)");
     }
 }
 
@@ -103,8 +104,13 @@ public sealed record ModelConfig
 /// norm_topk_prob = false). Training adds the Switch load-balancing loss and the router z-loss with their coefficients.
 /// </summary>
 /// <param name="CapacityFactor">0: dropless (every routed token runs); else each expert takes at most ⌈factor·T·k/E⌉ tokens of a batch, later ones are dropped (their share is zero).</param>
+/// <param name="BiasUpdateRate">
+/// Auxiliary-loss-free balancing (DeepSeek-V3), γ: each layer has a router bias (E,), added to the logits for choosing
+/// experts only (the weights come from the logits alone), and after each training step b_e += γ·sign(mean load − load_e).
+/// 0: no bias is kept or trained (a model file's bias, when it has one, still steers the choice).
+/// </param>
 public sealed record MoeConfig(int Experts, int ExpertsPerToken, bool NormalizeTopK = true, float CapacityFactor = 0,
-    float AuxLossCoefficient = 0.01f, float ZLossCoefficient = 0)
+    float AuxLossCoefficient = 0.01f, float ZLossCoefficient = 0, float BiasUpdateRate = 0)
 {
     public const int MaxExperts = 256;
 }

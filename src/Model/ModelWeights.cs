@@ -24,12 +24,14 @@ public sealed class LayerWeights
     public float[]? W3 { get; init; }                      // (H, C)
     /// <summary>MoE only: the router's weights, one row of logits per expert.</summary>
     public float[]? Router { get; init; }                  // (E, C)
+    /// <summary>MoE only, optional: added to the router's logits to choose the experts, not to weigh them (aux-loss-free balancing).</summary>
+    public float[]? RouterBias { get; init; }              // (E,)
     public float[]? B1 { get; init; }                      // (H,) GPT-2
     public float[]? B2 { get; init; }                      // (C,) GPT-2
 
     /// <summary>Every tensor this layer has (the architecture's optional ones only when present).</summary>
     public IEnumerable<float[]> Tensors() =>
-        new[] { AttnNorm, AttnNormBias, Wq, Wk, Wv, Wo, Bq, Bk, Bv, Bo, FfnNorm, FfnNormBias, W1, W2, W3, B1, B2, Router }.OfType<float[]>();
+        new[] { AttnNorm, AttnNormBias, Wq, Wk, Wv, Wo, Bq, Bk, Bv, Bo, FfnNorm, FfnNormBias, W1, W2, W3, B1, B2, Router, RouterBias }.OfType<float[]>();
 
     /// <summary>Host memory of its tensors.</summary>
     public long Bytes => Tensors().Sum(t => (long)t.Length * sizeof(float));
@@ -50,6 +52,7 @@ public sealed class LayerWeights
         Check(W2, E * C * H, "w2");
         Check(W3, E * H * C, "w3", !gpt2);
         Check(Router, c.Moe is null ? 0 : E * C, "router", c.Moe is not null);   // a dense layer has none
+        Check(RouterBias, c.Moe is null ? 0 : E, "router_bias", c.Moe is { BiasUpdateRate: > 0 });
         Check(AttnNormBias, C, "attn_norm.bias", gpt2);
         Check(FfnNormBias, C, "ffn_norm.bias", gpt2);
         Check(Bq, C, "bq", gpt2);

@@ -81,6 +81,7 @@ public static class RandomModel
                 FfnNorm = Noise(C, 1), FfnNormBias = Gpt2Only(C),
                 W1 = Noise(E * H * C), W2 = Noise(E * C * H), W3 = gpt2 ? null : Noise(E * H * C),
                 B1 = Gpt2Only(H), B2 = Gpt2Only(C), Router = c.Moe is null ? null : Noise(E * C),
+                RouterBias = c.Moe is { BiasUpdateRate: > 0 } ? new float[E] : null,
             };
         var weights = new ModelWeights
         {

@@ -35,7 +35,7 @@ public sealed class TransformerModel : IDisposable
     private sealed class Layer
     {
         public required DeviceBuffer AttnNorm, FfnNorm;
-        public DeviceBuffer? AttnNormBias, FfnNormBias, Bq, Bk, Bv, Bo, B1, B2;
+        public DeviceBuffer? AttnNormBias, FfnNormBias, Bq, Bk, Bv, Bo, B1, B2, RouterBias;
         public required DeviceMatrix Wq, Wk, Wv, Wo;
         public DeviceMatrix? W1, W2, W3;                     // the dense MLP
         public DeviceMatrix? Router;                         // (E, C) MoE
@@ -88,7 +88,7 @@ public sealed class TransformerModel : IDisposable
                 W3 = moe || w.W3 is null ? null : device.UploadMatrix(w.W3, H, C),
                 Router = moe ? device.UploadMatrix(w.Router!, config.FfnBlocks, C) : null,
                 ExpertW1 = moe ? Experts(w.W1, H, C) : null, ExpertW2 = moe ? Experts(w.W2, C, H) : null, ExpertW3 = moe ? Experts(w.W3!, H, C) : null,
-                Bq = Vector(w.Bq), Bk = Vector(w.Bk), Bv = Vector(w.Bv), Bo = Vector(w.Bo), B1 = Vector(w.B1), B2 = Vector(w.B2),
+                Bq = Vector(w.Bq), Bk = Vector(w.Bk), Bv = Vector(w.Bv), Bo = Vector(w.Bo), B1 = Vector(w.B1), B2 = Vector(w.B2), RouterBias = Vector(w.RouterBias),
             };
             if (releaseHostWeights)
             {
@@ -112,7 +112,7 @@ public sealed class TransformerModel : IDisposable
     private long CountWeightBytes() =>
         new[] { _positionEmbedding, _finalNorm, _finalNormBias }.Sum(b => (b?.Length ?? 0) * (long)sizeof(float))
         + (_tokenEmbedding?.Bytes ?? 0) + (ReferenceEquals(_output, _tokenEmbedding) ? 0 : _output?.Bytes ?? 0)
-        + _layers.Sum(w => new[] { w.AttnNorm, w.FfnNorm, w.AttnNormBias, w.FfnNormBias, w.Bq, w.Bk, w.Bv, w.Bo, w.B1, w.B2 }.Sum(b => (b?.Length ?? 0) * (long)sizeof(float))
+        + _layers.Sum(w => new[] { w.AttnNorm, w.FfnNorm, w.AttnNormBias, w.FfnNormBias, w.Bq, w.Bk, w.Bv, w.Bo, w.B1, w.B2, w.RouterBias }.Sum(b => (b?.Length ?? 0) * (long)sizeof(float))
             + w.Matrices().Sum(m => m.Bytes));
 
     /// <summary>Device memory of the forward's scratch buffers, sized by the largest batch so far.</summary>
@@ -273,7 +273,7 @@ public sealed class TransformerModel : IDisposable
         {
             LayerVector.AttnNorm => w.AttnNorm, LayerVector.AttnNormBias => w.AttnNormBias,
             LayerVector.FfnNorm => w.FfnNorm, LayerVector.FfnNormBias => w.FfnNormBias,
-            LayerVector.WoBias => w.Bo, LayerVector.W2Bias => w.B2,
+            LayerVector.WoBias => w.Bo, LayerVector.W2Bias => w.B2, LayerVector.RouterBias => w.RouterBias,
             _ => throw new ArgumentOutOfRangeException(nameof(which)),
         };
 
@@ -377,7 +377,7 @@ public sealed class TransformerModel : IDisposable
         _positionEmbedding?.Dispose();
         foreach (var w in _layers)
         {
-            foreach (var b in new[] { w.AttnNorm, w.FfnNorm, w.AttnNormBias, w.FfnNormBias, w.Bq, w.Bk, w.Bv, w.Bo, w.B1, w.B2 }) b?.Dispose();
+            foreach (var b in new[] { w.AttnNorm, w.FfnNorm, w.AttnNormBias, w.FfnNormBias, w.Bq, w.Bk, w.Bv, w.Bo, w.B1, w.B2, w.RouterBias }) b?.Dispose();
             foreach (var m in w.Matrices()) m.Dispose();
         }
         _finalNorm?.Dispose();

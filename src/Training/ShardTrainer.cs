@@ -68,6 +68,8 @@ public sealed class ShardTrainer : IDisposable
     {
         if (zeroStage is < 0 or > 3) throw new ArgumentException($"ZeRO stage {zeroStage} is not supported (0 to 3)", nameof(zeroStage));
         if (zeroStage >= 2 && model.IsLora) throw new ArgumentException("LoRA's adapters are small: train them with ZeRO 0 or 1", nameof(zeroStage));
+        if (zeroStage == 3 && model.Config.Moe is { BiasUpdateRate: > 0 })   // its master copy would be a partitioned slice the loads cannot reach
+            throw new ArgumentException("aux-loss-free balancing moves the router biases outside the optimizer: train it with ZeRO 0 to 2", nameof(zeroStage));
         bool oneStage = model.Spec.IsFirstStage && model.Spec.IsLastStage;
         if (oneStage ? groups.Pipeline is { WorldSize: > 1 } : groups.Pipeline is null || groups.Pipeline.Rank != model.Spec.Stage)
             throw new ArgumentException($"shard {model.Spec} needs a pipeline transport where it is rank {model.Spec.Stage}", nameof(groups));
@@ -314,6 +316,7 @@ public sealed class ShardTrainer : IDisposable
         }
         float norm = MathF.Sqrt(SumOverModel((float)Model.CountedGradientSquares()));
         var (lr, _) = _optimizer!.Apply(norm);
+        Model.UpdateRouterBiases(SumOverReplicas);
         return new StepResult(_optimizer.Step, lossShare, lr, norm, Model.ExpertStats);
     }
 
@@ -373,10 +376,14 @@ public sealed class ShardTrainer : IDisposable
             lr = optimizer.Apply(slice, mine[b], norm);
             Unflatten(data is null ? slice : data.AllGather(slice).GetAwaiter().GetResult(), parameters);   // (TotalLength,)
         }
+        Model.UpdateRouterBiases(SumOverReplicas);
         return new StepResult(Step, lossShare, lr, norm, Model.ExpertStats);
     }
 
     /// <summary>A per-shard value summed over the replica's whole model: its tensor-parallel ranks, then its stages (in stage order, so every shard gets the same bits).</summary>
+    /// <summary>Sums <paramref name="values"/> over the data-parallel replicas, in place (each replica's counts of the same thing).</summary>
+    private void SumOverReplicas(float[] values) => _groups.Data?.AllReduce(values).GetAwaiter().GetResult();
+
     private float SumOverModel(float value)
     {
         float[] sum = [value];

@@ -211,6 +211,7 @@ public sealed class TrainableModel : IDisposable
         if (_device is not CpuDevice) _ownHostPool = new WorkerPool(threads);
         _tensors = new DeviceTensors(_device);
         _buffers = new BufferPool(_device);
+        ResetExpertStats();
         if (lora is { QuantizeBase: true })
         {
             _quantized = [.. weights.Layers.Select(l => new[] { l.Wq, l.Wk, l.Wv, l.Wo, l.W1, l.W2, l.W3 }.Select(w => w is null ? null : Nf4Tensor.Quantize(w)).ToArray())];
@@ -282,7 +283,7 @@ public sealed class TrainableModel : IDisposable
             AttnNorm = Next(present.AttnNorm)!, AttnNormBias = Next(present.AttnNormBias), Wq = Next(present.Wq)!, Bq = Next(present.Bq),
             Wk = Next(present.Wk)!, Bk = Next(present.Bk), Wv = Next(present.Wv)!, Bv = Next(present.Bv), Wo = Next(present.Wo)!, Bo = Next(present.Bo),
             FfnNorm = Next(present.FfnNorm)!, FfnNormBias = Next(present.FfnNormBias), W1 = Next(present.W1)!, B1 = Next(present.B1),
-            W2 = Next(present.W2)!, B2 = Next(present.B2), W3 = Next(present.W3), Router = Next(present.Router),
+            W2 = Next(present.W2)!, B2 = Next(present.B2), W3 = Next(present.W3), Router = Next(present.Router), RouterBias = Next(present.RouterBias),
         };
         if (i != tensors.Count) throw new ArgumentException($"layer {l} has {i} tensors, {tensors.Count} given", nameof(tensors));
     }
@@ -405,6 +406,7 @@ public sealed class TrainableModel : IDisposable
                 c.Moe is null ? Split(p + "w2", w.W2, g.W2, C, c.HiddenDim, 1, Spec.Hidden) : Split(p + "w2", w.W2, g.W2, E * C, c.HiddenDim, 0, new Slice(experts.Offset * C, experts.Count * C)),
                 Whole(p + "b2", w.B2, g.B2, C),
                 Split(p + "w3", w.W3, g.W3, E * c.HiddenDim, C, 0, hidden), Whole(p + "router", w.Router, g.Router, E, C),
+                Whole(p + "router_bias", w.RouterBias, g.RouterBias, E),   // no gradient: moved by the loads (UpdateRouterBiases), so AdamW leaves it be
             }.Select(t => t is null ? null : t with { Layer = layer }));
         }
         if (Spec.IsLastStage)
@@ -430,7 +432,7 @@ public sealed class TrainableModel : IDisposable
     /// <summary>Begins a step: clears the gradients (on the device too), and takes up parameters the host changed.</summary>
     public void ZeroGradients()
     {
-        ExpertStats = Config.Moe is { } moe ? new MoeStepStats(moe.Experts) : null;
+        ResetExpertStats();
         ReadHostChanges();
         _tensors.ZeroGradients(TrainedTensors().Select(p => p.Gradient));
     }
@@ -513,6 +515,33 @@ public sealed class TrainableModel : IDisposable
 
     /// <summary>This shard's MoE layers' loads, drops and router losses since the gradients were zeroed (null for a dense model).</summary>
     public MoeStepStats? ExpertStats { get; private set; }
+
+    private long[][] _layerLoads = [];   // (layers, E) each MoE layer's choices since the gradients were zeroed
+
+    private void ResetExpertStats()
+    {
+        ExpertStats = Config.Moe is { } moe ? new MoeStepStats(moe.Experts) : null;
+        _layerLoads = Config.Moe is { } m ? [.. Weights.Layers.Select(_ => new long[m.Experts])] : [];
+    }
+
+    /// <summary>
+    /// Aux-loss-free balancing (DeepSeek-V3), after a step's optimizer update: each MoE layer's router bias moves by γ
+    /// towards an even load, b_e += γ·sign(mean − load_e), from the step's loads summed over the data-parallel replicas
+    /// by <paramref name="sumOverReplicas"/> (in place). Expert-parallel ranks route alike, so they move alike.
+    /// </summary>
+    internal void UpdateRouterBiases(Action<float[]> sumOverReplicas)
+    {
+        if (Config.Moe is not { BiasUpdateRate: > 0 } moe) return;
+        for (int l = 0; l < Weights.Layers.Length; l++)
+        {
+            var bias = Weights.Layers[l].RouterBias!;
+            float[] load = [.. _layerLoads[l].Select(n => (float)n)];   // exact: counts far below 2^24
+            sumOverReplicas(load);
+            float mean = load.Average();
+            for (int e = 0; e < bias.Length; e++) bias[e] += moe.BiasUpdateRate * MathF.Sign(mean - load[e]);
+            _device.Write(_tensors.State(bias), bias);   // the device's copy, which may be the newer state
+        }
+    }
 
     /// <summary>The logits (T, V) of every position (no gradients).</summary>
     public float[] Logits(int[] tokens, int[]? documents = null)
@@ -606,7 +635,7 @@ public sealed class TrainableModel : IDisposable
         {
             LayerVector.AttnNorm => _w.AttnNorm, LayerVector.AttnNormBias => _w.AttnNormBias,
             LayerVector.FfnNorm => _w.FfnNorm, LayerVector.FfnNormBias => _w.FfnNormBias,
-            LayerVector.WoBias => _w.Bo, LayerVector.W2Bias => _w.B2,
+            LayerVector.WoBias => _w.Bo, LayerVector.W2Bias => _w.B2, LayerVector.RouterBias => _w.RouterBias,
             _ => throw new ArgumentOutOfRangeException(nameof(which)),
         }) is { } host ? model._tensors.State(host) : null;
 
@@ -809,6 +838,7 @@ public sealed class TrainableModel : IDisposable
         var moe = Config.Moe!;
         int T = a.Tokens.Length, C = Config.Dim, H = _hidden, E = moe.Experts, k = moe.ExpertsPerToken;
         ExpertStats?.Add(routing, lossScale);
+        for (int e = 0; e < E; e++) _layerLoads[l][e] += routing.Load[e];
         var choiceGradients = new float[T * k];                                              // (T, k) ∂L/∂weight of each choice; 0 where dropped or another rank's
         for (int e = Spec.Experts.Offset; e < Spec.Experts.End; e++)
         {

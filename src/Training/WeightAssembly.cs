@@ -57,7 +57,7 @@ public static class WeightAssembly
                 Bq = Optional(p + "bq"), Bk = Optional(p + "bk"), Bv = Optional(p + "bv"), Bo = Optional(p + "bo"),
                 FfnNorm = Get(p + "ffn_norm"), FfnNormBias = Optional(p + "ffn_norm.bias"),
                 W1 = Get(p + "w1"), W2 = Get(p + "w2"), W3 = Optional(p + "w3"), B1 = Optional(p + "b1"), B2 = Optional(p + "b2"),
-                Router = Optional(p + "router"),
+                Router = Optional(p + "router"), RouterBias = Optional(p + "router_bias"),
             })],
             FinalNorm = Get("final_norm"),
             FinalNormBias = Optional("final_norm.bias"),

@@ -34,6 +34,7 @@ public static class TestModels
                 AttnNormBias = gpt2 ? R(C) : null, FfnNormBias = gpt2 ? R(C) : null,
                 Bq = gpt2 ? R(C) : null, Bk = gpt2 ? R(kv) : null, Bv = gpt2 ? R(kv) : null, Bo = gpt2 ? R(C) : null,
                 B1 = gpt2 ? R(H) : null, B2 = gpt2 ? R(C) : null, Router = c.Moe is null ? null : R(E * C, 1f),
+                RouterBias = c.Moe is { BiasUpdateRate: > 0 } ? new float[E] : null,
             }).ToArray(),
             FinalNorm = Ones(C), FinalNormBias = gpt2 ? R(C) : null,
             Output = c.TiedEmbeddings ? null : R(c.VocabSize * C),

@@ -1,6 +1,7 @@
 // Interprets a GGUF file (see GgufFile) as a model. Architectures:
 //   llama: token_embd (V, C); blk.N.{attn_norm, attn_q, attn_k, attn_v, attn_output, ffn_norm, ffn_gate, ffn_up, ffn_down};
-//          Mixtral-style MoE (llama.expert_count, llama.expert_used_count): ffn_gate_inp (E, C) and ffn_{gate,up,down}_exps (E, H, C) / (E, C, H)
+//          Mixtral-style MoE (llama.expert_count, llama.expert_used_count): ffn_gate_inp (E, C) and ffn_{gate,up,down}_exps (E, H, C) / (E, C, H),
+//          and where trained with aux-loss-free balancing exp_probs_b (E,)
 //          output_norm; output (absent ⇒ tied). llama.cpp's converter stores Q/K rows in interleaved RoPE order.
 //   gpt2:  token_embd, position_embd; blk.N.{attn_norm, attn_qkv (fused q|k|v rows), attn_output, ffn_norm, ffn_up, ffn_down}
 //          each with .weight and .bias; output_norm (+bias); output (absent ⇒ tied).
@@ -118,6 +119,7 @@ public static class GgufFormat
                 W2 = moe ? t.Read(p + "ffn_down_exps.weight", H, C, E) : t.Read(p + "ffn_down.weight", H, C),
                 W3 = moe ? t.Read(p + "ffn_up_exps.weight", C, H, E) : t.Read(p + "ffn_up.weight", C, H),
                 Router = moe ? t.Read(p + "ffn_gate_inp.weight", C, E) : null,
+                RouterBias = moe ? t.ReadOptional(p + "exp_probs_b.bias", E) : null,   // llama.cpp's name (DeepSeek-V3's expert-choice bias)
             }, c, l, source);
         }
         return new ModelWeights

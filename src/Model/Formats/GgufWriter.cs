@@ -113,6 +113,7 @@ public static class GgufWriter
             {
                 long E = moe.Experts;
                 list.Add(new(p + "ffn_gate_inp.weight", [C, E], x.Router!, TensorType.F32));
+                if (x.RouterBias is not null) list.Add(new(p + "exp_probs_b.bias", [E], x.RouterBias, TensorType.F32));
                 list.Add(new(p + "ffn_gate_exps.weight", [C, H, E], x.W1, TensorType.F32));
                 list.Add(new(p + "ffn_down_exps.weight", [H, C, E], x.W2, TensorType.F32));
                 list.Add(new(p + "ffn_up_exps.weight", [C, H, E], x.W3!, TensorType.F32));

@@ -50,6 +50,8 @@ public static class SafetensorsFormat
             return file.ReadTensor(t.Offset, t.Type, t.ElementCount, name);
         }
 
+        public float[]? ReadOptional(string name, params long[] shape) => Has(name) ? Read(name, shape) : null;
+
         /// <summary>A Conv1D weight stored (rows, cols) = (in, out), returned as (out, in).</summary>
         public float[] ReadTransposed(string name, long rows, long cols) => Transpose(Read(name, rows, cols), (int)rows, (int)cols);
     }
@@ -90,6 +92,7 @@ public static class SafetensorsFormat
                 W2 = c.Moe is null ? t.Read(p + "mlp.down_proj.weight", C, H) : Experts(p, "w2", C, H),
                 W3 = c.Moe is null ? t.Read(p + "mlp.up_proj.weight", H, C) : Experts(p, "w3", H, C),
                 Router = c.Moe is null ? null : t.Read(p + "block_sparse_moe.gate.weight", c.Moe.Experts, C),
+                RouterBias = c.Moe is null ? null : t.ReadOptional(p + "block_sparse_moe.gate.e_score_correction_bias", c.Moe.Experts),   // DeepSeek-V3's name
             }, c, l, source);
         }
         return new ModelWeights

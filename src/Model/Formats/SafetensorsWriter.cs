@@ -80,6 +80,7 @@ public static class SafetensorsWriter
             if (c.Moe is { } moe)   // Mixtral's names: one tensor per expert
             {
                 list.Add((p + "block_sparse_moe.gate.weight", [moe.Experts, C], x.Router!));
+                if (x.RouterBias is not null) list.Add((p + "block_sparse_moe.gate.e_score_correction_bias", [moe.Experts], x.RouterBias));
                 for (int e = 0; e < moe.Experts; e++)
                 {
                     string expert = $"{p}block_sparse_moe.experts.{e}.";

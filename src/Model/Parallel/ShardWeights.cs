@@ -49,7 +49,7 @@ public sealed class ShardWeights
             Wq = Rows(w.Wq, C, q), Wk = Rows(w.Wk, C, kv), Wv = Rows(w.Wv, C, kv),
             Bq = Part(w.Bq, q), Bk = Part(w.Bk, kv), Bv = Part(w.Bv, kv),
             Wo = Columns(w.Wo, C, C, q), Bo = w.Bo,
-            B1 = Part(w.B1, spec.Hidden), B2 = w.B2, Router = w.Router,
+            B1 = Part(w.B1, spec.Hidden), B2 = w.B2, Router = w.Router, RouterBias = w.RouterBias,
             // MoE: this rank's experts, whole (rows of the stacks); dense: this rank's hidden units.
             W1 = c.Moe is null ? Rows(w.W1, C, spec.Hidden) : Rows(w.W1, C, Scaled(spec.Experts, H)),
             W3 = w.W3 is null ? null : c.Moe is null ? Rows(w.W3, C, spec.Hidden) : Rows(w.W3, C, Scaled(spec.Experts, H)),
@@ -93,7 +93,7 @@ public sealed class ShardWeights
             AttnNorm = map(l.AttnNorm), AttnNormBias = Opt(l.AttnNormBias), Wq = map(l.Wq), Wk = map(l.Wk), Wv = map(l.Wv), Wo = map(l.Wo),
             Bq = Opt(l.Bq), Bk = Opt(l.Bk), Bv = Opt(l.Bv), Bo = Opt(l.Bo),
             FfnNorm = map(l.FfnNorm), FfnNormBias = Opt(l.FfnNormBias), W1 = map(l.W1), W2 = map(l.W2), W3 = Opt(l.W3),
-            B1 = Opt(l.B1), B2 = Opt(l.B2), Router = Opt(l.Router),
+            B1 = Opt(l.B1), B2 = Opt(l.B2), Router = Opt(l.Router), RouterBias = Opt(l.RouterBias),
         };
     }
 

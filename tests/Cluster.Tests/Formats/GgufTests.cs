@@ -54,6 +54,23 @@ public class GgufTests
             Assert.Equal(model.Tokenizer!.Encode(text, true), loaded.Tokenizer!.Encode(text, true));
     }
 
+    /// <summary>A router bias (aux-loss-free balancing) travels with the model, in GGUF and as DeepSeek-V3 names it in safetensors.</summary>
+    [Fact]
+    public void Moe_router_biases_round_trip()
+    {
+        var config = RandomModel.Preset("moe-tiny") with { Moe = RandomModel.Preset("moe-tiny").Moe! with { BiasUpdateRate = 0.01f } };
+        var model = RandomModel.Create(config, seed: 4);
+        for (int l = 0; l < config.Layers; l++) model.Weights.Layers[l].RouterBias![l % 8] = 0.25f * (l + 1);
+        using var dir = new TempDirectory();
+        GgufWriter.Write(model, dir.File("m.gguf"));
+        SafetensorsWriter.Write(model, dir.Path);
+        foreach (var loaded in new[] { GgufFormat.Load(dir.File("m.gguf")), ModelLoader.Load(dir.Path) })
+        {
+            Assert.Equal(config.Moe!.Experts, loaded.Config.Moe!.Experts);   // the rate is a training choice: not in the file
+            for (int l = 0; l < config.Layers; l++) Assert.Equal(model.Weights.Layers[l].RouterBias, loaded.Weights.Layers[l].RouterBias);
+        }
+    }
+
     [Fact]
     public void Untied_gqa_model_with_half_split_rope_is_stored_interleaved()
     {

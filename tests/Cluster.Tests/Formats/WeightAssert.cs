@@ -31,6 +31,7 @@ public static class WeightAssert
             yield return (p + "b1", x.B1);
             yield return (p + "b2", x.B2);
             yield return (p + "router", x.Router);
+            yield return (p + "router_bias", x.RouterBias);
         }
         yield return ("final_norm", w.FinalNorm);
         yield return ("final_norm.bias", w.FinalNormBias);

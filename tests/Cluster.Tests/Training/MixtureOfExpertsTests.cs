@@ -166,4 +166,41 @@ public sealed class MixtureOfExpertsTests
         foreach (var (a, b) in kept.Shards.SelectMany(s => s.Model.Parameters()).Zip(recomputed.Shards.SelectMany(s => s.Model.Parameters())))
             Assert.True(a.Parameter.AsSpan().SequenceEqual(b.Parameter), $"{a.Name} differs");
     }
+
+    /// <summary>
+    /// Aux-loss-free balancing: a router that starts skewed (a bias puts expert 0 first for every token) evens out as the
+    /// bias moves against each step's loads, with no balancing loss at all; under dp=2 the replicas' loads are summed, so
+    /// both replicas move their biases alike; ZeRO-3 is refused (the bias lives outside the optimizer's slices).
+    /// </summary>
+    [Fact]
+    public void TheAuxLossFreeBiasEvensOutASkewedRouter()
+    {
+        var config = TestModels.SmallMoeConfig(new MoeConfig(4, 2, AuxLossCoefficient: 0, BiasUpdateRate: 0.02f));
+        var weights = TestModels.RandomWeights(config, 8);
+        foreach (var layer in weights.Layers)
+        {
+            for (int i = 0; i < layer.Router!.Length; i++) layer.Router[i] *= 0.05f;   // small logits: the bias decides
+            layer.RouterBias![0] = 1f;
+        }
+        var rng = new Random(9);
+        TrainingSequence[] data = [.. Enumerable.Range(0, 4).Select(_ =>
+        {
+            int[] text = [.. Enumerable.Range(0, 13).Select(_ => rng.Next(config.VocabSize))];
+            return new TrainingSequence(text[..^1], text[1..]);
+        })];
+        var options = new OptimizerOptions { LearningRate = 1e-5f, WarmupSteps = 1, TotalSteps = 60 };
+        foreach (string layout in new[] { "tp=1", "dp=2" })
+        {
+            using var run = LocalTrainingRun.Create(config, weights, ParallelLayout.Parse(layout), options);
+            double[] imbalance = [.. Enumerable.Range(0, 60).Select(_ => run.TrainStep(data, 1).Experts!.Imbalance)];
+            Assert.True(imbalance[0] >= 1.9, $"{layout}: the first step's busiest expert should take half the choices: {imbalance[0]:F2}");
+            Assert.True(imbalance[^10..].Average() < 1.4, $"{layout}: still skewed after 60 steps: {string.Join(" ", imbalance.Select(i => i.ToString("F2")))}");
+            var biases = run.WholeParameters().SelectMany(p => p).Where(p => p.Name.EndsWith("router_bias")).ToArray();
+            Assert.All(biases, b => Assert.True(b.Parameter[0] < 1f, $"{b.Name}: expert 0's bias did not fall"));
+            if (layout == "dp=2")
+                foreach (var pair in biases.GroupBy(b => b.Name))
+                    Assert.Single(pair.Select(b => string.Join(",", b.Parameter)).Distinct());   // both replicas moved alike
+        }
+        Assert.Throws<ArgumentException>(() => LocalTrainingRun.Create(config, weights, ParallelLayout.Parse("dp=2"), options, zeroStage: 3));
+    }
 }
