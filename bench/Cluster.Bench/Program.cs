@@ -32,7 +32,7 @@ switch (command)
         await CollectivesBench.Run(Ints(Option(args, "--sizes")) ?? [1, 4, 16, 64], Ints(Option(args, "--members")) ?? [2, 3, 4]);
         return 0;
     case "serving":
-        await ServingBench.Run();
+        await ServingBench.Run(Option(args, "--preset") ?? "stories15M");
         return 0;
     case "load":
         await LoadBench.Run(Option(args, "--url"), Option(args, "--model") ?? "default", Ints(Option(args, "--concurrency")) ?? [1, 8, 32],
@@ -54,7 +54,7 @@ switch (command)
                    cluster-bench load [--url URL --model ID] [--concurrency 1,8,32] [--requests 64] [--prompt-tokens 32] [--max-tokens 64]
                    cluster-bench transport                                        (grain calls and memory streams, MB/s, same vs cross silo)
                    cluster-bench collectives [--sizes 1,4,16,64] [--members 2,3,4]  (all-reduce / all-to-all bus GB/s, in process vs across silos)
-                   cluster-bench serving                                          (continuous batching and sharding layouts, tokens/s)
+                   cluster-bench serving [--preset stories15M]                    (continuous batching and sharding layouts, tokens/s; an MoE preset: ep=2 for tp=2)
                    cluster-bench training [--threads 1,2] [--presets stories15M] [--layouts "pp=2;dp=2;tp=2;pp=2,dp=2"] [--batch 4] [--seq 128] [--steps 5]
                                                                                   (training tokens/s and MFU, one shard and per layout)
                    cluster-bench moe [--threads 1,2] [--tokens 1,8,64,512]         (an MoE layer vs a dense MLP of the same active parameters; uniform vs hot routing)

@@ -1,10 +1,11 @@
 // Serving throughput through the InferenceSchedulerGrain on 2-silo in-process clusters (loopback TCP), seeded random
-// weights of the llama2.c stories15M shape, greedy, never stopping at EOS, token ids given directly:
+// weights of the llama2.c stories15M shape (or --preset's: an MoE preset takes ep=2 where a dense one takes tp=2),
+// greedy, never stopping at EOS, token ids given directly:
 // (a) continuous batching: 16 requests of mixed prompt lengths, served one after another vs all at once (pp=2);
 // (b) sharding layouts: one shard with 2 device threads vs pp=2 and tp=2 (one shard per silo, 1 thread each):
 //     prefill tokens/s and decode tokens/s for 1 and 8 concurrent requests.
 // Shards' DeviceThreads is a silo option, so each thread setting gets its own cluster.
-// Run: dotnet run -c Release --project bench/Cluster.Bench -- serving
+// Run: dotnet run -c Release --project bench/Cluster.Bench -- serving [--preset mixtral-small]
 using System.Diagnostics;
 using Cluster.Contracts;
 using Orleans.TestingHost;
@@ -13,15 +14,19 @@ namespace Cluster.Bench;
 
 public static class ServingBench
 {
-    private static readonly ModelSource Model = ModelSource.Random("stories15M");
-    private const int Vocabulary = 32000, Context = 256;
+    private const int Context = 256;
+    private static ModelSource Model = ModelSource.Random("stories15M");
+    private static int Vocabulary = 32000;
 
     private sealed record Timing(long Start, long First, long Last, int Tokens);
 
     private sealed record LayoutRow(string Layout, string Shards, double Prefill, double Decode1, double Decode8);
 
-    public static async Task Run(int requests = 16, int newTokens = 64)
+    public static async Task Run(string preset = "stories15M", int requests = 16, int newTokens = 64)
     {
+        var config = Cluster.Model.RandomModel.Preset(preset);
+        (Model, Vocabulary) = (ModelSource.Random(preset), config.VocabSize);
+        bool moe = config.Moe is not null;
         var layouts = new List<LayoutRow>();
         (double Sequential, double Concurrent, int Tokens) batching;
 
@@ -39,14 +44,18 @@ public static class ServingBench
             var pp = await ServeAsync(cluster, "pp2", "pp=2", silos);
             batching = await MeasureBatching(pp, requests, newTokens);
             layouts.Add(await MeasureLayout(pp, "pp=2", "2 x 1 thread (one per silo)", newTokens));
-            // stories15M's 32 000 x 288 head weighs as much as 9 of its 6 layers: 5+1 evens the stages out.
-            var weighted = await ServeAsync(cluster, "pp2w", "pp=2,layers=5+1", silos);
-            layouts.Add(await MeasureLayout(weighted, "pp=2,layers=5+1", "2 x 1 thread (one per silo)", newTokens));
-            var tp = await ServeAsync(cluster, "tp2", "tp=2", silos);
-            layouts.Add(await MeasureLayout(tp, "tp=2", "2 x 1 thread (one per silo)", newTokens));
+            if (preset == "stories15M")
+            {
+                // stories15M's 32 000 x 288 head weighs as much as 9 of its 6 layers: 5+1 evens the stages out.
+                var weighted = await ServeAsync(cluster, "pp2w", "pp=2,layers=5+1", silos);
+                layouts.Add(await MeasureLayout(weighted, "pp=2,layers=5+1", "2 x 1 thread (one per silo)", newTokens));
+            }
+            string split = moe ? "ep=2" : "tp=2";   // an MoE model's experts over the silos; a dense model's heads and hidden units
+            var tp = await ServeAsync(cluster, "split", split, silos);
+            layouts.Add(await MeasureLayout(tp, split, "2 x 1 thread (one per silo)", newTokens));
         }
 
-        Console.WriteLine($"Continuous batching, stories15M (random weights) as pp=2 over a 2-silo in-process cluster, 1 device thread per shard: " +
+        Console.WriteLine($"Continuous batching, {preset} (random weights) as pp=2 over a 2-silo in-process cluster, 1 device thread per shard: " +
             $"{requests} requests (prompts of 8-64 tokens, {newTokens} new tokens each, greedy, no EOS stop) through IInferenceSchedulerGrain.Generate " +
             "from the cluster client, one at a time vs all at once; tokens/s = generated tokens / wall time, best of 2 after a warm-up");
         Console.WriteLine();
@@ -55,7 +64,7 @@ public static class ServingBench
         Console.WriteLine($"| one at a time | {batching.Tokens} | {batching.Sequential:F2} | {batching.Tokens / batching.Sequential:F0} | 1.00 |");
         Console.WriteLine($"| all {requests} at once | {batching.Tokens} | {batching.Concurrent:F2} | {batching.Tokens / batching.Concurrent:F0} | {batching.Sequential / batching.Concurrent:F2} |");
         Console.WriteLine();
-        Console.WriteLine($"Sharding layouts, stories15M (random weights) on 2-silo in-process clusters: prefill tok/s = {Context - 1}-token prompt / time to " +
+        Console.WriteLine($"Sharding layouts, {preset} (random weights) on 2-silo in-process clusters: prefill tok/s = {Context - 1}-token prompt / time to " +
             $"completion of a 1-token request (the context is {Context}); decode tok/s = tokens after the first / (last token - first token), {newTokens} new " +
             "tokens, 16-token prompts, for 1 request and summed over 8 concurrent ones; best of 5 (prefill) or 3 (decode) after a warm-up");
         Console.WriteLine();

@@ -2,7 +2,8 @@
 // training both run in place of a dense layer's MLP (DecoderLayer calls it); training's backward (TrainableModel) uses
 // MoeRouting.RouterGradient beside it. The router's logits (T, E) come to the host, which picks each token's top-k experts
 // (MoeRouting: a few floats per token); every expert then runs as a grouped GEMM over its own tokens on the device
-// (gather its rows, SwiGLU, scale by the router weights, add back into the output rows).
+// (gather its rows, SwiGLU, scale by the router weights, add back into the output rows). Under expert parallelism each
+// rank of the stage's group runs its own experts on the same tokens and the partial outputs are summed.
 //   dotnet test --project tests/Cluster.Tests -c Release -- --filter-class "*MixtureOfExpertsTests"
 using Cluster.Compute;
 
@@ -209,8 +210,8 @@ public static class MixtureOfExperts
         pass.Project(LayerProjection.Router, x, logits, tokens);
         var hostLogits = new float[tokens * E];
         device.Download(logits, hostLogits);                                              // the routing decision: T·E floats out
-        var bias = new float[pass.Vector(LayerVector.RouterBias) is null ? 0 : E];
-        if (pass.Vector(LayerVector.RouterBias) is { } biasBuffer) device.Download(biasBuffer, bias);
+        float[] bias = [];                                                                // (E,) aux-loss-free balancing's, where the model has one
+        if (pass.Vector(LayerVector.RouterBias) is { } biasBuffer) device.Download(biasBuffer, bias = new float[E]);
         var routing = MoeRouting.Route(hostLogits, tokens, moe, bias);
         pass.Routed(routing);
         device.Zero(output, tokens * C);
