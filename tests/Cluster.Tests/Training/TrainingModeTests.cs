@@ -88,7 +88,8 @@ public sealed class TrainingModeTests
         var options = Options with { Eps = 1f };
         foreach (var architecture in new[] { Architecture.Llama, Architecture.Gpt2 })
         {
-            var config = TestModels.SmallConfig(architecture);
+            // GPT-2 with one layer: the CPU accelerator runs each GPU thread as an OS thread, and the accounting is per step.
+            var config = TestModels.SmallConfig(architecture) with { Layers = architecture == Architecture.Gpt2 ? 1 : 2 };
             using var onDevice = LocalTrainingRun.Create(config, TestModels.RandomWeights(config, 9), ParallelLayout.Parse("tp=1"), options, mode: new TrainingMode { Device = device });
             using var onCpu = LocalTrainingRun.Create(config, TestModels.RandomWeights(config, 9), ParallelLayout.Parse("tp=1"), options);
             var batches = new[] { Batch(config, 2), Batch(config, 3) };
