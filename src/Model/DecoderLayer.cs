@@ -67,7 +67,7 @@ public sealed record DecoderShape(ModelConfig Config, int Heads, int KvHeads, in
     public bool Llama => Config.Architecture == Architecture.Llama;
 
     public static DecoderShape Of(ModelConfig config, Parallel.ShardSpec spec) =>
-        new(config, spec.QueryHeads.Count, spec.KvHeads.Count, spec.Hidden.Count, spec.Experts.Offset, Math.Max(1, spec.Experts.Count));
+        new(config, spec.QueryHeads.Count, spec.KvHeads.Count, spec.Hidden.Count, spec.Experts.Offset, spec.Experts.Count);
 }
 
 public static class DecoderLayer

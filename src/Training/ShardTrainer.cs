@@ -380,10 +380,10 @@ public sealed class ShardTrainer : IDisposable
         return new StepResult(Step, lossShare, lr, norm, Model.ExpertStats);
     }
 
-    /// <summary>A per-shard value summed over the replica's whole model: its tensor-parallel ranks, then its stages (in stage order, so every shard gets the same bits).</summary>
     /// <summary>Sums <paramref name="values"/> over the data-parallel replicas, in place (each replica's counts of the same thing).</summary>
     private void SumOverReplicas(float[] values) => _groups.Data?.AllReduce(values).GetAwaiter().GetResult();
 
+    /// <summary>A per-shard value summed over the replica's whole model: its tensor-parallel ranks, then its stages (in stage order, so every shard gets the same bits).</summary>
     private float SumOverModel(float value)
     {
         float[] sum = [value];

@@ -61,7 +61,7 @@ public sealed class StageActivations : IDisposable
             (new DeviceBuffer?[layers], new DeviceBuffer?[layers], new DeviceBuffer?[layers], new DeviceBuffer?[layers], new DeviceBuffer?[layers],
              new DeviceBuffer?[layers], new DeviceBuffer?[layers], new DeviceBuffer?[layers], new DeviceBuffer?[layers], new DeviceBuffer?[layers],
              new DeviceBuffer?[layers], new DeviceBuffer?[layers]);
-        (RouterLogits, Routing, RouterLosses) = (new DeviceBuffer?[layers], new MoeRouting?[layers], new double[layers]);
+        (RouterLogits, Routing) = (new DeviceBuffer?[layers], new MoeRouting?[layers]);
     }
 
     internal int[] Tokens = [];                       // (T,)
@@ -83,12 +83,8 @@ public sealed class StageActivations : IDisposable
     internal readonly DeviceBuffer?[] Hidden;         // (T, Hl)   activation output
     internal readonly DeviceBuffer?[] RouterLogits;   // (T, E)    MoE
     internal readonly MoeRouting?[] Routing;          //           MoE: each layer's routing of the micro-batch
-    internal readonly double[] RouterLosses;          //           MoE: each layer's balancing and z-losses
     // MoE: each expert's rows of the layer, (Te, C) or (Te, H), kept for the backward
     internal readonly Dictionary<(int Layer, int Expert, ExpertActivation Which), DeviceBuffer> Experts = [];
-
-    /// <summary>The micro-batch's balancing and z-losses over this stage's MoE layers (0 for a dense model): their gradients are in its backward.</summary>
-    public double RouterLoss => RouterLosses.Sum();
 
     /// <summary>Each layer's routing of the micro-batch (null for a dense layer): expert loads, drops.</summary>
     public IReadOnlyList<MoeRouting?> Routings => Routing;
@@ -506,14 +502,13 @@ public sealed class TrainableModel : IDisposable
         if (batch.All(s => s.CountedTargets == 0)) throw new ArgumentException("the batch has no counted targets", nameof(batch));
         ReadHostChanges();   // a host optimizer or the caller may have changed the weights since the last call
         var activations = Forward(batch);
-        RouterLoss = activations.RouterLoss;
         return Backward(activations, null, 1f).Loss;
     }
 
-    /// <summary>The MoE balancing and z-losses of the last ForwardBackward (0 for a dense model); their gradients are in the step's.</summary>
-    public double RouterLoss { get; private set; }
-
-    /// <summary>This shard's MoE layers' loads, drops and router losses since the gradients were zeroed (null for a dense model).</summary>
+    /// <summary>
+    /// This shard's MoE layers' loads, drops and router losses (their gradients are in the step's) since the gradients
+    /// were zeroed, or since the model was made (null for a dense model).
+    /// </summary>
     public MoeStepStats? ExpertStats { get; private set; }
 
     private long[][] _layerLoads = [];   // (layers, E) each MoE layer's choices since the gradients were zeroed
@@ -671,11 +666,7 @@ public sealed class TrainableModel : IDisposable
             return buffer;
         }
 
-        public void Routed(MoeRouting routing)
-        {
-            a.Routing[layer] = routing;
-            a.RouterLosses[layer] = routing.AuxLoss + routing.ZLoss;
-        }
+        public void Routed(MoeRouting routing) => a.Routing[layer] = routing;
 
         public DeviceBuffer Activation(LayerActivation which, int length)
         {

@@ -1,5 +1,7 @@
 // Small seeded models for tests that need a model but not a trained one.
+using Cluster.Compute.Cpu;
 using Cluster.Model;
+using Cluster.Training;
 
 namespace Cluster.Tests;
 
@@ -11,6 +13,15 @@ public static class TestModels
         KvHeads = architecture == Architecture.Llama ? 2 : 6, VocabSize = 97, MaxSeqLen = 64,
         TiedEmbeddings = architecture == Architecture.Gpt2,
     };
+
+    /// <summary>Two random sequences of 7 and 4 tokens, the second target of each not counted: a batch for finite-difference checks.</summary>
+    public static TrainingSequence[] FiniteDifferenceBatch(ModelConfig config, int seed)
+    {
+        var rng = new Random(seed);
+        TrainingSequence Sequence(int n) => new([.. Enumerable.Range(0, n).Select(_ => rng.Next(config.VocabSize))],
+                                                [.. Enumerable.Range(0, n).Select(i => i == 1 ? CrossEntropy.Ignore : rng.Next(config.VocabSize))]);
+        return [Sequence(7), Sequence(4)];
+    }
 
     /// <summary>SmallConfig's Llama with a mixture of 4 experts, 2 per token, in place of each MLP.</summary>
     public static ModelConfig SmallMoeConfig(MoeConfig? moe = null) =>

@@ -32,7 +32,7 @@ public sealed record ShardSpec(
     Slice Vocab,           // this rank's rows of the embedding and the LM head
     bool IsFirstStage,
     bool IsLastStage,
-    Slice Experts = default)   // MoE: this rank's experts of each layer
+    Slice Experts)             // this rank's experts of each layer (a dense model: its one MLP)
 {
     /// <summary>The shard that holds the whole model.</summary>
     public static ShardSpec Whole(ModelConfig c) => ShardingPlan.Create(c, ParallelLayout.Single).Get(0, 0, 0);

@@ -12,17 +12,22 @@ public sealed class JobsApiTests(ClusterFixture fixture)
 {
     private static StringContent Json(string body) => new(body, Encoding.UTF8, "application/json");
 
+    /// <summary>POSTs a job spec; it must be created (201). Returns the job's id.</summary>
+    private static async Task<string> CreateJob(HttpClient http, string spec, CancellationToken cancel)
+    {
+        using var created = await http.PostAsync("v1/jobs", Json(spec), cancel);
+        string body = await created.Content.ReadAsStringAsync(cancel);
+        Assert.Equal(HttpStatusCode.Created, created.StatusCode);
+        return JsonDocument.Parse(body).RootElement.GetProperty("id").GetString()!;
+    }
+
     [Fact]
     public async Task AJobIsCreatedStreamsItsProgressAndCompletes()
     {
         await using var gateway = await GatewayHost.StartAsync(fixture.Cluster.Client);
         using var http = gateway.Http();
         var cancel = TestContext.Current.CancellationToken;
-        using var created = await http.PostAsync("v1/jobs",
-            Json("""{"preset":"tiny","steps":12,"batch_size":4,"sequence_length":32,"learning_rate":0.003,"layout":"dp=2","keep_checkpoints":2}"""), cancel);
-        string body = await created.Content.ReadAsStringAsync(cancel);
-        Assert.Equal(HttpStatusCode.Created, created.StatusCode);
-        string id = JsonDocument.Parse(body).RootElement.GetProperty("id").GetString()!;
+        string id = await CreateJob(http, """{"preset":"tiny","steps":12,"batch_size":4,"sequence_length":32,"learning_rate":0.003,"layout":"dp=2","keep_checkpoints":2}""", cancel);
 
         string events = await http.GetStringAsync($"v1/jobs/{id}/events", cancel);   // SSE until the job ends
 
@@ -44,11 +49,7 @@ public sealed class JobsApiTests(ClusterFixture fixture)
         await using var gateway = await GatewayHost.StartAsync(fixture.Cluster.Client);
         using var http = gateway.Http();
         var cancel = TestContext.Current.CancellationToken;
-        using var created = await http.PostAsync("v1/jobs",
-            Json("""{"preset":"moe-tiny","steps":3,"batch_size":4,"sequence_length":32,"learning_rate":0.003,"layout":"ep=2","keep_checkpoints":1}"""), cancel);
-        string body = await created.Content.ReadAsStringAsync(cancel);
-        Assert.Equal(HttpStatusCode.Created, created.StatusCode);
-        string id = JsonDocument.Parse(body).RootElement.GetProperty("id").GetString()!;
+        string id = await CreateJob(http, """{"preset":"moe-tiny","steps":3,"batch_size":4,"sequence_length":32,"learning_rate":0.003,"layout":"ep=2","keep_checkpoints":1}""", cancel);
 
         string events = await http.GetStringAsync($"v1/jobs/{id}/events", cancel);
 

@@ -52,10 +52,7 @@ public sealed class TrainableModelTests
     {
         var (config, weights) = Small(4, architecture);
         using var model = new TrainableModel(config, weights);
-        var rng = new Random(5);
-        TrainingSequence Sequence(int n) => new([.. Enumerable.Range(0, n).Select(_ => rng.Next(config.VocabSize))],
-                                                [.. Enumerable.Range(0, n).Select(i => i == 1 ? CrossEntropy.Ignore : rng.Next(config.VocabSize))]);
-        TrainingSequence[] batch = [Sequence(7), Sequence(4)];
+        var batch = TestModels.FiniteDifferenceBatch(config, seed: 5);
         model.ZeroGradients();
         model.ForwardBackward(batch);
 
