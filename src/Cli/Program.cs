@@ -20,7 +20,7 @@ try
         _ => Usage(2, $"unknown command '{args[0]}'"),
     };
 }
-catch (Exception e) when (e is ArgumentException or ModelFormatException or FileNotFoundException or DirectoryNotFoundException or InvalidOperationException or NotSupportedException)
+catch (Exception e) when (e is ArgumentException or FormatException or ModelFormatException or FileNotFoundException or DirectoryNotFoundException or InvalidOperationException or NotSupportedException)
 {
     AnsiConsole.MarkupLineInterpolated($"[red]error:[/] {e.Message}");
     return 1;
@@ -32,6 +32,7 @@ static int Usage(int code, string? problem = null)
     Console.WriteLine("""
         usage: cluster generate [--model PATH | --preset NAME] [--tokenizer PATH] [--prompt TEXT] [--steps N]
                                 [--temperature T] [--topp P] [--topk K] [--seed S] [--threads N] [--adapter DIR]
+                                [--device D] [--layout L]
           --model        llama2.c checkpoint, GGUF file, or safetensors file/directory (with config.json)
           --adapter      a PEFT LoRA adapter directory, merged into the model's weights
           --preset       without --model: a seeded random model of that shape (default stories15M)
@@ -41,6 +42,8 @@ static int Usage(int code, string? problem = null)
           --topk         keep the k most likely (default 0 = off); --seed for the sampler (default: time)
           --threads      CPU threads (default: all cores)
           --device       cpu (default), cuda, opencl, or ilgpu-cpu (ILGPU's CPU accelerator: slow, for checking)
+          --layout       run the model cut into a layout's shards in this process (tp, ep, pp, layers; e.g. tp=2,pp=2),
+                         each shard on its own device with --threads divided among them: the same tokens as one shard
                cluster make-model --preset NAME --out PATH [--format gguf|llama2c] [--seed N]
           writes a seeded random model (presets: tiny, adder, stories15M, stories110M, gpt2-tiny, storyteller); llama2c also
           writes PATH.tokenizer.bin, GGUF embeds the vocabulary
@@ -84,25 +87,42 @@ static int Generate(Arguments a)
     int threads = a.Int("threads", Environment.ProcessorCount, min: 1);
     var deviceSpec = a.Device("device", DeviceSpec.Cpu);
     string? adapter = a.Optional("adapter");
+    var layout = ParallelLayout.Parse(a.Optional("layout"));
+    if (layout.DataParallel > 1) throw new ArgumentException($"--layout {layout}: generate runs one replica (no dp)");
     a.RejectUnknown();
 
     ITokenizer? tokenizer = null;
-    TransformerModel? model = null;
-    IDevice device = deviceSpec.Open(threads);
+    ILocalModel? model = null;
+    IDevice? device = null;
+    string where = "";
     var load = Stopwatch.StartNew();
     AnsiConsole.Status().Start(modelPath is null ? $"Making random {preset}" : $"Loading {Path.GetFileName(modelPath)}", ctx =>
     {
         var read = modelPath is null ? RandomModel.Create(preset) : ModelLoader.Load(modelPath, tokenizerPath);
         if (adapter is not null) PeftAdapter.Merge(read.Weights, read.Config, adapter);
-        ctx.Status($"Packing {read.Config.Layers} layers for {device.Info.Name}");
         tokenizer = read.Tokenizer ?? throw new ArgumentException($"{modelPath} carries no tokenizer: pass --tokenizer");
-        var whole = ShardWeights.Slice(read.Config, read.Weights, ShardSpec.Whole(read.Config));
-        Array.Clear(read.Weights.Layers);   // the slice holds the layers now, and lets each go once it is packed: loading peaks near one copy
-        model = new TransformerModel(device, read.Config, whole, releaseHostWeights: true);
+        if (layout == ParallelLayout.Single)
+        {
+            device = deviceSpec.Open(threads);
+            where = device.Info.Name;
+            ctx.Status($"Packing {read.Config.Layers} layers for {where}");
+            var whole = ShardWeights.Slice(read.Config, read.Weights, ShardSpec.Whole(read.Config));
+            Array.Clear(read.Weights.Layers);   // the slice holds the layers now, and lets each go once it is packed: loading peaks near one copy
+            model = new TransformerModel(device, read.Config, whole, releaseHostWeights: true);
+        }
+        else
+        {
+            int shards = layout.PipelineStages * layout.StageRanks, shardThreads = Math.Max(1, threads / shards);
+            where = $"{shards} shards ({layout}), each on {deviceSpec} with {shardThreads} thread(s)";
+            ctx.Status($"Cutting {read.Config.Layers} layers into {where}");
+            const int blockSize = 16;
+            model = new LocalPipeline(read.Config, read.Weights, layout, () => deviceSpec.Open(shardThreads),
+                kvBlocks: (read.Config.MaxSeqLen + blockSize - 1) / blockSize, blockSize);
+        }
     });
     if (modelPath is null) AnsiConsole.MarkupLine("[yellow]random weights (no --model given): the text is noise; the speed is real[/]");
     var c = model!.Config;
-    AnsiConsole.MarkupLineInterpolated($"[grey]{c.Architecture} dim {c.Dim} hidden {c.HiddenDim} layers {c.Layers} heads {c.Heads}/{c.KvHeads} vocab {c.VocabSize} ctx {c.MaxSeqLen}; loaded in {load.Elapsed.TotalSeconds:F1} s on {device.Info.Name}[/]");
+    AnsiConsole.MarkupLineInterpolated($"[grey]{c.Architecture} dim {c.Dim} hidden {c.HiddenDim} layers {c.Layers} heads {c.Heads}/{c.KvHeads} vocab {c.VocabSize} ctx {c.MaxSeqLen}; loaded in {load.Elapsed.TotalSeconds:F1} s on {where}[/]");
 
     var generator = new TextGenerator(model!, tokenizer!);
     var clock = Stopwatch.StartNew();
@@ -119,7 +139,7 @@ static int Generate(Arguments a)
     double decodeSeconds = (clock.Elapsed - (firstToken ?? clock.Elapsed)).TotalSeconds;
     AnsiConsole.MarkupLineInterpolated(
         $"[grey]{generated} tokens; prompt + first token {firstToken?.TotalMilliseconds ?? 0:F0} ms; decode {(generated > 1 ? (generated - 1) / decodeSeconds : 0):F1} tok/s[/]");
-    model!.Dispose();
-    device.Dispose();
+    model.Dispose();
+    device?.Dispose();
     return 0;
 }

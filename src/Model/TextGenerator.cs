@@ -8,9 +8,24 @@ namespace Cluster.Model;
 /// <summary>One generated token and the text it completes (UTF-8 sequences split across tokens are held back until whole).</summary>
 public readonly record struct GeneratedToken(int Id, string Text);
 
-public sealed class TextGenerator(TransformerModel model, ITokenizer tokenizer)
+/// <summary>A model run in this process for one sequence at a time: whole (TransformerModel) or a layout's shards (LocalPipeline).</summary>
+public interface ILocalModel : IDisposable
 {
-    public TransformerModel Model => model;
+    ModelConfig Config { get; }
+
+    /// <summary>A new sequence with KV room for <paramref name="tokens"/> tokens; disposing it frees that room.</summary>
+    ILocalSequence Start(int tokens);
+}
+
+public interface ILocalSequence : IDisposable
+{
+    /// <summary>Appends <paramref name="tokens"/> to the sequence and writes the last one's logits (V,).</summary>
+    void Forward(int[] tokens, Span<float> logits);
+}
+
+public sealed class TextGenerator(ILocalModel model, ITokenizer tokenizer)
+{
+    public ILocalModel Model => model;
     public ITokenizer Tokenizer => tokenizer;
 
     /// <summary>Generates up to <paramref name="maxNewTokens"/> tokens after <paramref name="prompt"/> (BOS is prepended).</summary>
@@ -34,13 +49,12 @@ public sealed class TextGenerator(TransformerModel model, ITokenizer tokenizer)
     private IEnumerable<GeneratedToken> Run(int[] promptTokens, int maxNewTokens, Sampler sampler)
     {
         if (maxNewTokens == 0) yield break;
-        using var cache = model.CreateCache(1, promptTokens.Length + maxNewTokens, blockSize: 16);
-        int sequence = cache.CreateSequence();
+        using var sequence = model.Start(promptTokens.Length + maxNewTokens);
         var decoder = Encoding.UTF8.GetDecoder();
         var chars = new char[64];
         int previous = promptTokens[^1];
         var logits = new float[model.Config.VocabSize];   // (V,) reused: one row of logits per step
-        model.ForwardInto([new SequenceChunk(sequence, promptTokens)], cache, logits);
+        sequence.Forward(promptTokens, logits);
         for (int generated = 0; generated < maxNewTokens; generated++)
         {
             int next = sampler.Sample(logits);
@@ -50,7 +64,7 @@ public sealed class TextGenerator(TransformerModel model, ITokenizer tokenizer)
             int n = decoder.GetChars(bytes, chars, flush: false);
             yield return new GeneratedToken(next, new string(chars, 0, n));
             previous = next;
-            if (generated + 1 < maxNewTokens) model.ForwardInto([new SequenceChunk(sequence, [next])], cache, logits);
+            if (generated + 1 < maxNewTokens) sequence.Forward([next], logits);
         }
     }
 }

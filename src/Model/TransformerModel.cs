@@ -21,7 +21,7 @@ public sealed record SequenceChunk(int Sequence, int[] Tokens, bool AllLogits = 
     public int LogitRows => AllLogits ? Tokens.Length : 1;
 }
 
-public sealed class TransformerModel : IDisposable
+public sealed class TransformerModel : ILocalModel
 {
     private readonly IDevice _device;
     private readonly DeviceMatrix? _tokenEmbedding;      // (Vr, C) first stage: this rank's vocab rows (the head itself when tied on one stage)
@@ -127,6 +127,21 @@ public sealed class TransformerModel : IDisposable
 
     /// <summary>A cache big enough for <paramref name="sequences"/> sequences of <paramref name="tokens"/> tokens each.</summary>
     public PagedKvCache CreateCache(int sequences, int tokens, int blockSize) => CreateCache(sequences * ((tokens + blockSize - 1) / blockSize), blockSize);
+
+    /// <summary>A sequence in a KV cache of its own (the whole model on one device: TextGenerator).</summary>
+    public ILocalSequence Start(int tokens)
+    {
+        if (Spec.TensorParallel > 1 || !Spec.IsFirstStage || !Spec.IsLastStage)
+            throw new InvalidOperationException($"shard {Spec} is not the whole model: run a layout's shards through LocalPipeline");
+        var cache = CreateCache(1, tokens, blockSize: 16);
+        return new OwnSequence(this, cache, cache.CreateSequence());
+    }
+
+    private sealed class OwnSequence(TransformerModel model, PagedKvCache cache, int id) : ILocalSequence
+    {
+        public void Forward(int[] tokens, Span<float> logits) => model.ForwardInto([new SequenceChunk(id, tokens)], cache, logits);
+        public void Dispose() => cache.Dispose();
+    }
 
     /// <summary>
     /// Runs the batch through this shard's layers, appending its K and V to the cache. The first stage embeds the

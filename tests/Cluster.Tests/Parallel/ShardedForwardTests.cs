@@ -1,6 +1,7 @@
 // Sharded forward = one device: every layout's logits (prefill and decode steps of several sequences in one batch)
 // within 1e-5 of the whole model on one device, for Llama (GQA, uneven head and hidden splits) and GPT-2 (biases),
-// and stories260K's greedy continuation token for token under tp=2 × pp=2.
+// stories260K's greedy continuation token for token under tp=2 × pp=2, and sampled text from a layout's shards in
+// one process (LocalPipeline, what `cluster generate --layout` runs) equal to one device's.
 using Cluster.Compute.Cpu;
 using Cluster.Model;
 using Cluster.Model.Parallel;
@@ -85,7 +86,7 @@ public sealed class ShardedForwardTests
         using var device = new CpuDevice(1);
         using var whole = new TransformerModel(device, config, weights);
         using var wholeCache = whole.CreateCache(64, 4);
-        using var pipeline = new InProcessPipeline(config, weights, layout);
+        using var pipeline = new LocalPipeline(config, weights, layout, () => new CpuDevice(1), kvBlocks: 64, blockSize: 4);
         var rng = new Random(11);
         int[] Tokens(int n) => [.. Enumerable.Range(0, n).Select(_ => rng.Next(config.VocabSize))];
         int[] prompts = [7, 1, 13];
@@ -115,16 +116,36 @@ public sealed class ShardedForwardTests
         var loaded = ModelLoader.Load(SharedModels.Require("stories260K.bin"), SharedModels.Require("tok512.bin"));
         int[] expected = File.ReadAllLines(SharedModels.Require("expected/greedy_empty_n200.token_ids.txt"))
             .Where(l => l.Length > 0).Select(int.Parse).Take(60).ToArray();
-        using var pipeline = new InProcessPipeline(loaded.Config, loaded.Weights, ParallelLayout.Parse("tp=2,pp=2"), kvBlocks: 32, blockSize: 16);
-        int sequence = pipeline.CreateSequence();
-        int token = loaded.Tokenizer!.BosId;
-        var generated = new List<int>();
-        for (int i = 0; i < expected.Length; i++)
-        {
-            token = Sampler.ArgMax(pipeline.Forward([new SequenceChunk(sequence, [token])]));
-            generated.Add(token);
-        }
+        using var pipeline = new LocalPipeline(loaded.Config, loaded.Weights, ParallelLayout.Parse("tp=2,pp=2"), () => new CpuDevice(1), kvBlocks: 32, blockSize: 16);
+        var generated = new TextGenerator(pipeline, loaded.Tokenizer!).Generate("", expected.Length, SamplingOptions.Greedy).Select(t => t.Id);
         Assert.Equal(expected, generated);
+        Assert.All(pipeline.Caches, c => Assert.Equal(c.TotalBlocks, c.FreeBlocks));   // the generator's sequence is released
+    }
+
+    /// <summary>What `cluster generate --layout` runs: a layout's shards in this process give one device's sampled text.</summary>
+    [Theory]
+    [InlineData("tiny", "tp=2,pp=2")]
+    [InlineData("moe-tiny", "ep=2,pp=2")]
+    public void TextFromALocalPipelineEqualsOneDevice(string preset, string layout)
+    {
+        var model = RandomModel.Create(preset, seed: 3);
+        var sampling = new SamplingOptions(Temperature: 0.8f, TopP: 0.9f, TopK: 0, Seed: 42);
+        using var device = new CpuDevice(1);
+        using var whole = new TransformerModel(device, model.Config, model.Weights);
+        using var pipeline = new LocalPipeline(model.Config, model.Weights, ParallelLayout.Parse(layout), () => new CpuDevice(1), kvBlocks: 16, blockSize: 16);
+        int[] expected = [.. new TextGenerator(whole, model.Tokenizer!).Generate("Once upon a time", 40, sampling).Select(t => t.Id)];
+        int[] actual = [.. new TextGenerator(pipeline, model.Tokenizer!).Generate("Once upon a time", 40, sampling).Select(t => t.Id)];
+        Assert.NotEmpty(expected);
+        Assert.Equal(expected, actual);
+    }
+
+    [Fact]
+    public void ALocalPipelineRefusesASequenceLongerThanItsCaches()
+    {
+        var model = RandomModel.Create("tiny", seed: 3);
+        using var pipeline = new LocalPipeline(model.Config, model.Weights, ParallelLayout.Parse("pp=2"), () => new CpuDevice(1), kvBlocks: 2, blockSize: 4);
+        Assert.Throws<ArgumentException>(() => pipeline.Start(9));
+        using var fits = pipeline.Start(8);
     }
 }
 
