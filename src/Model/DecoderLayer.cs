@@ -13,13 +13,17 @@ using static Cluster.Model.Parallel.TensorParallelRegions;
 namespace Cluster.Model;
 
 /// <summary>A layer's projections, each y (T, out) = x (T, in) · Wᵀ (+ b).</summary>
-public enum LayerProjection { Wq, Wk, Wv, Wo, W1, W2, W3, Router }
+public enum LayerProjection { Wq, Wk, Wv, Wo, W1, W2, W3, Router, SharedW1, SharedW2, SharedW3, SharedExpertGate }
 
 /// <summary>A layer's norm weights and biases, and the biases of its row-parallel projections (wo's and w2's: added once, after the ranks' sum).</summary>
 public enum LayerVector { AttnNorm, AttnNormBias, FfnNorm, FfnNormBias, WoBias, W2Bias, RouterBias }
 
 /// <summary>The activations a layer's forward writes, in order.</summary>
-public enum LayerActivation { AttnNormed, Q, K, V, Attention, Residual, FfnNormed, Gate, Up, Hidden, Output, RouterLogits }
+public enum LayerActivation
+{
+    AttnNormed, Q, K, V, Attention, Residual, FfnNormed, Gate, Up, Hidden, Output, RouterLogits,
+    SharedGate, SharedUp, SharedHidden, SharedOutput, SharedScales, SharedWeighted,   // MoE: the shared expert's, in the order written
+}
 
 /// <summary>One layer's run of the forward: its weights, where its activations go, and how its attention reads keys.</summary>
 public interface ILayerPass
@@ -35,7 +39,8 @@ public interface ILayerPass
 
     /// <summary>
     /// Where <paramref name="which"/> is written (at least <paramref name="length"/> floats). The layer's input is never
-    /// handed out again before the layer is done with it; Hidden may be Gate itself (the activation then runs in place).
+    /// handed out again before the layer is done with it; Hidden may be Gate itself (the activation then runs in place),
+    /// SharedHidden SharedGate, and SharedWeighted SharedOutput.
     /// </summary>
     DeviceBuffer Activation(LayerActivation which, int length);
 
@@ -54,9 +59,9 @@ public interface ILayerPass
 
 /// <summary>
 /// A shard's layer widths: the whole model's, cut to a tensor-parallel rank's heads and hidden slice; an MoE shard's
-/// experts are [FirstExpert, FirstExpert + LocalExperts) of each layer's.
+/// experts are [FirstExpert, FirstExpert + LocalExperts) of each layer's, and SharedHidden its shared expert's hidden units.
 /// </summary>
-public sealed record DecoderShape(ModelConfig Config, int Heads, int KvHeads, int Hidden, int FirstExpert = 0, int LocalExperts = 1)
+public sealed record DecoderShape(ModelConfig Config, int Heads, int KvHeads, int Hidden, int FirstExpert = 0, int LocalExperts = 1, int SharedHidden = 0)
 {
     /// <summary>Whether this shard holds only some heads: attention's collectives run (else every rank of the group has them all).</summary>
     public bool SplitsAttention => Heads < Config.Heads;
@@ -67,7 +72,7 @@ public sealed record DecoderShape(ModelConfig Config, int Heads, int KvHeads, in
     public bool Llama => Config.Architecture == Architecture.Llama;
 
     public static DecoderShape Of(ModelConfig config, Parallel.ShardSpec spec) =>
-        new(config, spec.QueryHeads.Count, spec.KvHeads.Count, spec.Hidden.Count, spec.Experts.Offset, spec.Experts.Count);
+        new(config, spec.QueryHeads.Count, spec.KvHeads.Count, spec.Hidden.Count, spec.Experts.Offset, spec.Experts.Count, spec.SharedHidden.Count);
 }
 
 public static class DecoderLayer

@@ -3,7 +3,8 @@
 // MoeRouting.RouterGradient beside it. The router's logits (T, E) come to the host, which picks each token's top-k experts
 // (MoeRouting: a few floats per token); every expert then runs as a grouped GEMM over its own tokens on the device
 // (gather its rows, SwiGLU, scale by the router weights, add back into the output rows). Under expert parallelism each
-// rank of the stage's group runs its own experts on the same tokens and the partial outputs are summed.
+// rank of the stage's group runs its own experts on the same tokens and the partial outputs are summed. A shared expert
+// (every token runs it, beside its routed ones) is cut over the ranks by hidden units.
 //   dotnet test --project tests/Cluster.Tests -c Release -- --filter-class "*MixtureOfExpertsTests"
 using Cluster.Compute;
 
@@ -238,6 +239,41 @@ public static class MixtureOfExperts
             device.ScaleRows(weighted, scales, n, C);
             device.EmbeddingBackward(rows, weighted, output, C);                          // output[rows[r]] += weighted[r]: a scatter-add (an expert's rows are distinct tokens)
         }
+        if (shape.SharedHidden > 0) SharedExpert(device, pass, shape, x, output, tokens);
         Parallel.TensorParallelRegions.ReduceFromRegion.Forward(device, output, tokens * C, group);   // (T, C) the ranks' experts summed
+    }
+
+    /// <summary>
+    /// output (T, C) += [σ(x·g) ⊙] W2s · (silu(W1s·x) ⊙ W3s·x): the shared expert every token runs (DeepSeek-MoE, Qwen2-MoE,
+    /// whose gate g scales it per token). Under expert parallelism each rank holds a slice of its hidden units, so its
+    /// partial output joins the routed experts' before the ranks' sum. The gate's T scores come to the host for σ.
+    /// </summary>
+    private static void SharedExpert(IDevice device, ILayerPass pass, DecoderShape shape, DeviceBuffer x, DeviceBuffer output, int tokens)
+    {
+        int C = shape.Dim, Hs = shape.SharedHidden;
+        var gate = pass.Activation(LayerActivation.SharedGate, tokens * Hs);               // (T, Hs) before the activation
+        pass.Project(LayerProjection.SharedW1, x, gate, tokens);
+        var hidden = pass.Activation(LayerActivation.SharedHidden, tokens * Hs);           // (T, Hs) after it
+        if (!ReferenceEquals(hidden, gate)) device.Copy(gate, hidden, tokens * Hs);
+        var up = pass.Activation(LayerActivation.SharedUp, tokens * Hs);                   // (T, Hs)
+        pass.Project(LayerProjection.SharedW3, x, up, tokens);
+        device.SwiGlu(hidden, up, tokens * Hs);
+        var sharedOutput = pass.Activation(LayerActivation.SharedOutput, tokens * C);      // (T, C) ungated (the gate's gradient reads it)
+        pass.Project(LayerProjection.SharedW2, hidden, sharedOutput, tokens);
+        if (!shape.Config.Moe!.SharedExpertGate)
+        {
+            device.Add(output, sharedOutput, tokens * C);
+            return;
+        }
+        var scales = pass.Activation(LayerActivation.SharedScales, tokens);               // (T,) x·g, then σ(x·g)
+        pass.Project(LayerProjection.SharedExpertGate, x, scales, tokens);
+        var hostScales = new float[tokens];
+        device.Download(scales, hostScales);
+        for (int t = 0; t < tokens; t++) hostScales[t] = 1f / (1f + MathF.Exp(-hostScales[t]));
+        device.Write(scales, hostScales);
+        var weighted = pass.Activation(LayerActivation.SharedWeighted, tokens * C);        // (T, C) may be the output itself
+        if (!ReferenceEquals(weighted, sharedOutput)) device.Copy(sharedOutput, weighted, tokens * C);
+        device.ScaleRows(weighted, scales, tokens, C);
+        device.Add(output, weighted, tokens * C);
     }
 }

@@ -38,7 +38,7 @@ public sealed record ModelConfig
     {
         get
         {
-            long ffn = FfnBlocks * FfnParameters + (Moe is { } moe ? (long)moe.Experts * Dim : 0);     // (every expert and the router)
+            long ffn = FfnBlocks * FfnParameters + RouterAndSharedParameters;     // (every expert, the router and the shared expert)
             return ParametersBesidesFfn + Layers * ffn;
         }
     }
@@ -48,11 +48,16 @@ public sealed record ModelConfig
     /// routed to (and the router). The N of an MoE model's 6·N FLOPs per trained token.
     /// </summary>
     public long ActiveParameterCount => Moe is { } moe
-        ? ParametersBesidesFfn + Layers * (moe.ExpertsPerToken * FfnParameters + (long)moe.Experts * Dim)
+        ? ParametersBesidesFfn + Layers * (moe.ExpertsPerToken * FfnParameters + RouterAndSharedParameters)
         : ParameterCount;
 
     /// <summary>One MLP's (one expert's): w1 w2 (w3) (+ biases).</summary>
     private long FfnParameters => (Architecture == Architecture.Gpt2 ? 2L : 3L) * HiddenDim * Dim + (Architecture == Architecture.Gpt2 ? HiddenDim + Dim : 0);
+
+    /// <summary>An MoE layer's weights every token uses: the router, and the shared expert with its gate where there is one.</summary>
+    private long RouterAndSharedParameters => Moe is { } moe
+        ? (long)moe.Experts * Dim + 3L * moe.SharedExpertHidden * Dim + (moe.SharedExpertGate ? Dim : 0)
+        : 0;
 
     private long ParametersBesidesFfn
     {
@@ -94,6 +99,8 @@ public sealed record ModelConfig
         Require(float.IsFinite(moe.AuxLossCoefficient) && moe.AuxLossCoefficient >= 0 && moe.AuxLossCoefficient <= 1, "auxiliary loss coefficient out of range (0..1)");
         Require(float.IsFinite(moe.ZLossCoefficient) && moe.ZLossCoefficient >= 0 && moe.ZLossCoefficient <= 1, "router z-loss coefficient out of range (0..1)");
         Require(float.IsFinite(moe.BiasUpdateRate) && moe.BiasUpdateRate >= 0 && moe.BiasUpdateRate <= 1, "router bias update rate out of range (0..1)");
+        Require(moe.SharedExpertHidden >= 0 && moe.SharedExpertHidden <= 4 * Huge, "shared expert hidden size out of range");
+        Require(moe.SharedExpertHidden > 0 || !moe.SharedExpertGate, "a shared expert gate needs a shared expert");
     }
 }
 
@@ -109,8 +116,13 @@ public sealed record ModelConfig
 /// experts only (the weights come from the logits alone), and after each training step b_e += γ·sign(mean load − load_e).
 /// 0: no bias is kept or trained (a model file's bias, when it has one, still steers the choice).
 /// </param>
+/// <param name="SharedExpertHidden">
+/// A shared expert (DeepSeek-MoE, Qwen2-MoE) of this hidden size that every token runs beside its routed experts,
+/// its output added to theirs; 0: none.
+/// </param>
+/// <param name="SharedExpertGate">The shared expert's output is scaled per token by σ(x·g) (Qwen2-MoE's shared_expert_gate, g (C,)).</param>
 public sealed record MoeConfig(int Experts, int ExpertsPerToken, bool NormalizeTopK = true, float CapacityFactor = 0,
-    float AuxLossCoefficient = 0.01f, float ZLossCoefficient = 0, float BiasUpdateRate = 0)
+    float AuxLossCoefficient = 0.01f, float ZLossCoefficient = 0, float BiasUpdateRate = 0, int SharedExpertHidden = 0, bool SharedExpertGate = false)
 {
     public const int MaxExperts = 256;
 }

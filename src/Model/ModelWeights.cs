@@ -28,10 +28,17 @@ public sealed class LayerWeights
     public float[]? RouterBias { get; init; }              // (E,)
     public float[]? B1 { get; init; }                      // (H,) GPT-2
     public float[]? B2 { get; init; }                      // (C,) GPT-2
+    /// <summary>MoE with a shared expert (MoeConfig.SharedExpertHidden Hs): its gate, up and down projections.</summary>
+    public float[]? SharedW1 { get; init; }                // (Hs, C)
+    public float[]? SharedW2 { get; init; }                // (C, Hs)
+    public float[]? SharedW3 { get; init; }                // (Hs, C)
+    /// <summary>MoE, MoeConfig.SharedExpertGate: the shared expert's output is scaled by σ(x·g).</summary>
+    public float[]? SharedExpertGate { get; init; }        // (C,)
 
     /// <summary>Every tensor this layer has (the architecture's optional ones only when present).</summary>
     public IEnumerable<float[]> Tensors() =>
-        new[] { AttnNorm, AttnNormBias, Wq, Wk, Wv, Wo, Bq, Bk, Bv, Bo, FfnNorm, FfnNormBias, W1, W2, W3, B1, B2, Router, RouterBias }.OfType<float[]>();
+        new[] { AttnNorm, AttnNormBias, Wq, Wk, Wv, Wo, Bq, Bk, Bv, Bo, FfnNorm, FfnNormBias, W1, W2, W3, B1, B2, Router, RouterBias,
+            SharedW1, SharedW2, SharedW3, SharedExpertGate }.OfType<float[]>();
 
     /// <summary>Host memory of its tensors.</summary>
     public long Bytes => Tensors().Sum(t => (long)t.Length * sizeof(float));
@@ -53,6 +60,11 @@ public sealed class LayerWeights
         Check(W3, E * H * C, "w3", !gpt2);
         Check(Router, c.Moe is null ? 0 : E * C, "router", c.Moe is not null);   // a dense layer has none
         Check(RouterBias, c.Moe is null ? 0 : E, "router_bias", c.Moe is { BiasUpdateRate: > 0 });
+        long Hs = c.Moe?.SharedExpertHidden ?? 0;
+        Check(SharedW1, Hs * C, "shared_w1", Hs > 0);
+        Check(SharedW2, C * Hs, "shared_w2", Hs > 0);
+        Check(SharedW3, Hs * C, "shared_w3", Hs > 0);
+        Check(SharedExpertGate, c.Moe is { SharedExpertGate: true } ? C : 0, "shared_gate", c.Moe is { SharedExpertGate: true });
         Check(AttnNormBias, C, "attn_norm.bias", gpt2);
         Check(FfnNormBias, C, "ffn_norm.bias", gpt2);
         Check(Bq, C, "bq", gpt2);

@@ -10,7 +10,7 @@ public static class RandomModel
 {
     private const float Std = 0.02f;
 
-    public static IReadOnlyList<string> Presets { get; } = ["tiny", "adder", "stories15M", "stories110M", "gpt2-tiny", "storyteller", "moe-tiny", "mixtral-small"];
+    public static IReadOnlyList<string> Presets { get; } = ["tiny", "adder", "stories15M", "stories110M", "gpt2-tiny", "storyteller", "moe-tiny", "qwen-moe-tiny", "mixtral-small"];
 
     public static ModelConfig Preset(string name) => name switch
     {
@@ -27,6 +27,11 @@ public static class RandomModel
         // parameters in all, ~40M of them used per token.
         "moe-tiny" => Llama(64, 128, 4, 8, 4, 512, 256) with { Moe = new MoeConfig(Experts: 8, ExpertsPerToken: 2) },
         "mixtral-small" => Llama(512, 768, 8, 8, 2, 32000, 1024) with { Moe = new MoeConfig(Experts: 8, ExpertsPerToken: 2) },
+        // Qwen2-MoE's routing: 8 experts, 2 per token weighted by the plain softmax, beside a gated shared expert.
+        "qwen-moe-tiny" => Llama(64, 64, 4, 8, 4, 512, 256) with
+        {
+            Moe = new MoeConfig(Experts: 8, ExpertsPerToken: 2, NormalizeTopK: false, SharedExpertHidden: 128, SharedExpertGate: true),
+        },
         "gpt2-tiny" => new ModelConfig
         {
             Architecture = Architecture.Gpt2, Dim = 64, HiddenDim = 256, Layers = 2, Heads = 4, KvHeads = 4,
@@ -68,7 +73,7 @@ public static class RandomModel
             return a;
         }
         bool gpt2 = c.Architecture == Architecture.Gpt2;
-        long C = c.Dim, H = c.HiddenDim, kv = c.KvDim, V = c.VocabSize, E = c.FfnBlocks;
+        long C = c.Dim, H = c.HiddenDim, kv = c.KvDim, V = c.VocabSize, E = c.FfnBlocks, Hs = c.Moe?.SharedExpertHidden ?? 0;
         float[]? Gpt2Only(long n, float center = 0) => gpt2 ? Noise(n, center) : null;
 
         var layers = new LayerWeights[c.Layers];
@@ -82,6 +87,8 @@ public static class RandomModel
                 W1 = Noise(E * H * C), W2 = Noise(E * C * H), W3 = gpt2 ? null : Noise(E * H * C),
                 B1 = Gpt2Only(H), B2 = Gpt2Only(C), Router = c.Moe is null ? null : Noise(E * C),
                 RouterBias = c.Moe is { BiasUpdateRate: > 0 } ? new float[E] : null,
+                SharedW1 = Hs == 0 ? null : Noise(Hs * C), SharedW2 = Hs == 0 ? null : Noise(C * Hs), SharedW3 = Hs == 0 ? null : Noise(Hs * C),
+                SharedExpertGate = c.Moe is { SharedExpertGate: true } ? Noise(C) : null,
             };
         var weights = new ModelWeights
         {

@@ -40,10 +40,13 @@ public sealed class TransformerModel : ILocalModel
         public DeviceMatrix? W1, W2, W3;                     // the dense MLP
         public DeviceMatrix? Router;                         // (E, C) MoE
         public DeviceMatrix[]? ExpertW1, ExpertW2, ExpertW3; // MoE: each expert's W1, W3 (H, C) and W2 (C, H)
+        public DeviceMatrix? SharedW1, SharedW2, SharedW3;   // MoE: this rank's slice of the shared expert, (Hs, C) and (C, Hs)
+        public DeviceMatrix? SharedExpertGate;               // (1, C)
 
         /// <summary>Every weight matrix of the layer.</summary>
         public IEnumerable<DeviceMatrix> Matrices() =>
-            new[] { Wq, Wk, Wv, Wo, W1, W2, W3, Router }.Concat(ExpertW1 ?? []).Concat(ExpertW2 ?? []).Concat(ExpertW3 ?? []).OfType<DeviceMatrix>();
+            new[] { Wq, Wk, Wv, Wo, W1, W2, W3, Router, SharedW1, SharedW2, SharedW3, SharedExpertGate }
+                .Concat(ExpertW1 ?? []).Concat(ExpertW2 ?? []).Concat(ExpertW3 ?? []).OfType<DeviceMatrix>();
     }
 
     /// <summary>The whole model on one device.</summary>
@@ -89,6 +92,10 @@ public sealed class TransformerModel : ILocalModel
                 Router = moe ? device.UploadMatrix(w.Router!, config.FfnBlocks, C) : null,
                 ExpertW1 = moe ? Experts(w.W1, H, C) : null, ExpertW2 = moe ? Experts(w.W2, C, H) : null, ExpertW3 = moe ? Experts(w.W3!, H, C) : null,
                 Bq = Vector(w.Bq), Bk = Vector(w.Bk), Bv = Vector(w.Bv), Bo = Vector(w.Bo), B1 = Vector(w.B1), B2 = Vector(w.B2), RouterBias = Vector(w.RouterBias),
+                SharedW1 = w.SharedW1 is null ? null : device.UploadMatrix(w.SharedW1, spec.SharedHidden.Count, C),
+                SharedW3 = w.SharedW3 is null ? null : device.UploadMatrix(w.SharedW3, spec.SharedHidden.Count, C),
+                SharedW2 = w.SharedW2 is null ? null : device.UploadMatrix(w.SharedW2, C, spec.SharedHidden.Count),
+                SharedExpertGate = w.SharedExpertGate is null ? null : device.UploadMatrix(w.SharedExpertGate, 1, C),
             };
             if (releaseHostWeights)
             {
@@ -299,6 +306,8 @@ public sealed class TransformerModel : ILocalModel
                 LayerProjection.Wq => (w.Wq, w.Bq), LayerProjection.Wk => (w.Wk, w.Bk), LayerProjection.Wv => (w.Wv, w.Bv),
                 LayerProjection.Wo => (w.Wo, null), LayerProjection.W1 => (w.W1!, w.B1), LayerProjection.W2 => (w.W2!, null),
                 LayerProjection.W3 => (w.W3!, null), LayerProjection.Router => (w.Router!, null),
+                LayerProjection.SharedW1 => (w.SharedW1!, null), LayerProjection.SharedW2 => (w.SharedW2!, null),
+                LayerProjection.SharedW3 => (w.SharedW3!, null), LayerProjection.SharedExpertGate => (w.SharedExpertGate!, null),
                 _ => throw new ArgumentOutOfRangeException(nameof(which)),
             };
             device.MatMul(x, matrix, y, tokens);
@@ -314,6 +323,10 @@ public sealed class TransformerModel : ILocalModel
             LayerActivation.Up => a.Hidden2,
             LayerActivation.Output => ReferenceEquals(input, a.X) ? a.X2 : a.X,
             LayerActivation.RouterLogits => a.RouterLogits,
+            LayerActivation.SharedGate or LayerActivation.SharedHidden => a.Hidden,   // the routed experts are done with these by now
+            LayerActivation.SharedUp => a.Hidden2,
+            LayerActivation.SharedOutput or LayerActivation.SharedWeighted => a.ExpertY,
+            LayerActivation.SharedScales => a.Scales,
             _ => throw new ArgumentOutOfRangeException(nameof(which)),
         };
 
@@ -349,13 +362,15 @@ public sealed class TransformerModel : ILocalModel
         // Round up so a growing prompt does not reallocate on every step.
         tokens = Math.Max(tokens, (_scratch?.Tokens ?? 0) * 2);
         rows = Math.Max(rows, (_scratch?.Rows ?? 0) * 2);
-        _scratch = new Activations(_device, Config.Dim, QueryDim, KvDim, Spec.Hidden.Count, Spec.Vocab.Count, Config.Moe?.Experts ?? 0, tokens, rows);
+        _scratch = new Activations(_device, Config.Dim, QueryDim, KvDim, Math.Max(Spec.Hidden.Count, Spec.SharedHidden.Count), Spec.Vocab.Count,
+            Config.Moe?.Experts ?? 0, tokens, rows);
         return _scratch;
     }
 
     /// <summary>Scratch buffers for a batch of up to Tokens tokens and Rows logit rows.</summary>
     private sealed class Activations : IDisposable
     {
+        /// <param name="hidden">The widest MLP activation: this shard's hidden units, or its slice of a shared expert's if wider.</param>
         /// <param name="experts">An MoE model's experts per layer (0: dense, whose expert buffers are left minimal).</param>
         public Activations(IDevice d, int dim, int queryDim, int kvDim, int hidden, int vocab, int experts, int tokens, int rows)
         {

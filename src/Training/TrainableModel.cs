@@ -85,6 +85,8 @@ public sealed class StageActivations : IDisposable
     internal readonly MoeRouting?[] Routing;          //           MoE: each layer's routing of the micro-batch
     // MoE: each expert's rows of the layer, (Te, C) or (Te, H), kept for the backward
     internal readonly Dictionary<(int Layer, int Expert, ExpertActivation Which), DeviceBuffer> Experts = [];
+    // MoE: the shared expert's activations of the layer, (T, Hs), (T, C) or (T,), kept for the backward
+    internal readonly Dictionary<(int Layer, LayerActivation Which), DeviceBuffer> SharedExpert = [];
 
     /// <summary>Each layer's routing of the micro-batch (null for a dense layer): expert loads, drops.</summary>
     public IReadOnlyList<MoeRouting?> Routings => Routing;
@@ -109,6 +111,11 @@ public sealed class StageActivations : IDisposable
         {
             _pool.Return(Experts[key]);
             Experts.Remove(key);
+        }
+        foreach (var key in SharedExpert.Keys.Where(k => k.Layer == l).ToList())
+        {
+            _pool.Return(SharedExpert[key]);
+            SharedExpert.Remove(key);
         }
         foreach (var key in Lora.Keys.Where(k => k.Layer == l).ToList())
         {
@@ -280,6 +287,7 @@ public sealed class TrainableModel : IDisposable
             Wk = Next(present.Wk)!, Bk = Next(present.Bk), Wv = Next(present.Wv)!, Bv = Next(present.Bv), Wo = Next(present.Wo)!, Bo = Next(present.Bo),
             FfnNorm = Next(present.FfnNorm)!, FfnNormBias = Next(present.FfnNormBias), W1 = Next(present.W1)!, B1 = Next(present.B1),
             W2 = Next(present.W2)!, B2 = Next(present.B2), W3 = Next(present.W3), Router = Next(present.Router), RouterBias = Next(present.RouterBias),
+            SharedW1 = Next(present.SharedW1), SharedW2 = Next(present.SharedW2), SharedW3 = Next(present.SharedW3), SharedExpertGate = Next(present.SharedExpertGate),
         };
         if (i != tensors.Count) throw new ArgumentException($"layer {l} has {i} tensors, {tensors.Count} given", nameof(tensors));
     }
@@ -374,6 +382,7 @@ public sealed class TrainableModel : IDisposable
         // An MoE layer's experts are stacked whole, each rank its own: W1 and W3 (E·H, C), W2 (E·C, H), by rows.
         var experts = Spec.Experts;
         var hidden = c.Moe is null ? Spec.Hidden : new Slice(experts.Offset * c.HiddenDim, experts.Count * c.HiddenDim);
+        int sharedHidden = c.Moe?.SharedExpertHidden ?? 0;   // a shared expert is cut by hidden units, as a dense MLP
         var q = new Slice(Spec.QueryHeads.Offset * hd, _cq);
         var kv = new Slice(Spec.KvHeads.Offset * hd, _ckv);
         ParameterSlice? Whole(string name, float[]? p, float[]? g, int rows, int columns = 1) =>
@@ -403,6 +412,10 @@ public sealed class TrainableModel : IDisposable
                 Whole(p + "b2", w.B2, g.B2, C),
                 Split(p + "w3", w.W3, g.W3, E * c.HiddenDim, C, 0, hidden), Whole(p + "router", w.Router, g.Router, E, C),
                 Whole(p + "router_bias", w.RouterBias, g.RouterBias, E),   // no gradient: moved by the loads (UpdateRouterBiases), so AdamW leaves it be
+                Split(p + "shared_w1", w.SharedW1, g.SharedW1, sharedHidden, C, 0, Spec.SharedHidden),
+                Split(p + "shared_w2", w.SharedW2, g.SharedW2, C, sharedHidden, 1, Spec.SharedHidden),
+                Split(p + "shared_w3", w.SharedW3, g.SharedW3, sharedHidden, C, 0, Spec.SharedHidden),
+                Whole(p + "shared_gate", w.SharedExpertGate, g.SharedExpertGate, 1, C),
             }.Select(t => t is null ? null : t with { Layer = layer }));
         }
         if (Spec.IsLastStage)
@@ -636,13 +649,15 @@ public sealed class TrainableModel : IDisposable
 
         public void Project(LayerProjection which, DeviceBuffer x, DeviceBuffer y, int tokens)
         {
-            int C = model.Config.Dim, H = model._hidden, q = model._cq, kv = model._ckv;
+            int C = model.Config.Dim, H = model._hidden, q = model._cq, kv = model._ckv, Hs = model.Spec.SharedHidden.Count;
             var (target, weight, bias, n, k) = which switch
             {
                 LayerProjection.Wq => ("wq", _w.Wq, _w.Bq, q, C), LayerProjection.Wk => ("wk", _w.Wk, _w.Bk, kv, C),
                 LayerProjection.Wv => ("wv", _w.Wv, _w.Bv, kv, C), LayerProjection.Wo => ("wo", _w.Wo, null, C, q),
                 LayerProjection.W1 => ("w1", _w.W1, _w.B1, H, C), LayerProjection.W2 => ("w2", _w.W2, null, C, H),
                 LayerProjection.W3 => ("w3", _w.W3!, null, H, C), LayerProjection.Router => ("router", _w.Router!, null, model.Config.FfnBlocks, C),
+                LayerProjection.SharedW1 => ("shared_w1", _w.SharedW1!, null, Hs, C), LayerProjection.SharedW2 => ("shared_w2", _w.SharedW2!, null, C, Hs),
+                LayerProjection.SharedW3 => ("shared_w3", _w.SharedW3!, null, Hs, C), LayerProjection.SharedExpertGate => ("shared_gate", _w.SharedExpertGate!, null, 1, C),
                 _ => throw new ArgumentOutOfRangeException(nameof(which)),
             };
             model.Project(a, layer, target, x, weight, bias, y, tokens, n, k);
@@ -671,6 +686,11 @@ public sealed class TrainableModel : IDisposable
         public DeviceBuffer Activation(LayerActivation which, int length)
         {
             var buffer = a.Rent(length);
+            if (which >= LayerActivation.SharedGate)   // the shared expert's: all kept until the layer's backward (Weighted only to be returned with them)
+            {
+                a.SharedExpert[(layer, which)] = buffer;
+                return buffer;
+            }
             var kept = which switch
             {
                 LayerActivation.AttnNormed => a.AttnNormed, LayerActivation.Q => a.Q, LayerActivation.K => a.K, LayerActivation.V => a.V,
@@ -855,17 +875,62 @@ public sealed class TrainableModel : IDisposable
             _device.LinearBackward(Kept(ExpertActivation.Input), _tensors.State(w.W3!), dUp, dInput, _tensors.Gradient(g.W3!), null, n, H, C, block);
             _device.EmbeddingBackward(rows, dInput, dn2, C);                                 // dn2[rows[r]] += dInput[r]: back to the tokens' rows
         }
+        // (T,) ∂L/∂(x·g) of the shared expert's gate: this rank's part (its hidden units' share of the output) until summed
+        float[] gateGradients = w.SharedW1 is null ? [] : SharedExpertBackward(a, l, w, g, dOut, dn2, temporary);
         CopyToRegion.Backward(_device, dn2, T * C, _tensorGroup);                            // (T, C) every rank's experts' input gradient, summed
         if (_tensorGroup is not null)                                                        // each rank knows its experts' choices: summed, all know all
         {
-            var summed = temporary(T * k, false);
-            _device.Write(summed, choiceGradients);
-            ReduceFromRegion.Forward(_device, summed, T * k, _tensorGroup);
-            _device.Download(summed, choiceGradients);
+            float[] both = [.. choiceGradients, .. gateGradients];                           // one all-reduce for the router's and the gate's
+            var summed = temporary(both.Length, false);
+            _device.Write(summed, both);
+            ReduceFromRegion.Forward(_device, summed, both.Length, _tensorGroup);
+            _device.Download(summed, both);
+            both.AsSpan(0, T * k).CopyTo(choiceGradients);
+            both.AsSpan(T * k).CopyTo(gateGradients);
         }
         var dLogits = temporary(T * E, false);                                               // (T, E) the same on every rank
         _device.Write(dLogits, routing.RouterGradient(choiceGradients, lossScale));
         _device.LinearBackward(a.FfnNormed[l]!, _tensors.State(w.Router!), dLogits, dn2, _tensors.Gradient(g.Router!), null, T, E, C);
+        if (gateGradients.Length > 0)                                                        // the gate's gradient, the same on every rank
+        {
+            var dScores = temporary(T, false);                                               // (T, 1)
+            _device.Write(dScores, gateGradients);
+            _device.LinearBackward(a.FfnNormed[l]!, _tensors.State(w.SharedExpertGate!), dScores, dn2, _tensors.Gradient(g.SharedExpertGate!), null, T, 1, C);
+        }
+    }
+
+    /// <summary>
+    /// Backward of layer <paramref name="l"/>'s shared expert (MixtureOfExperts.SharedExpert) from dOut (T, C): this rank's
+    /// slice of W1s, W2s, W3s gets its gradients and dn2 (T, C) its part of the input gradient (summed over the group with
+    /// the routed experts'). Returns ∂L/∂(x·g) (T,) from this rank's part of the output (empty without a gate): σ'·(dOut · output).
+    /// </summary>
+    private float[] SharedExpertBackward(StageActivations a, int l, LayerWeights w, LayerWeights g, DeviceBuffer dOut, DeviceBuffer dn2,
+        Func<int, bool, DeviceBuffer> temporary)
+    {
+        int T = a.Tokens.Length, C = Config.Dim, Hs = Spec.SharedHidden.Count;
+        DeviceBuffer Kept(LayerActivation which) => a.SharedExpert[(l, which)];
+        var dOutput = temporary(T * C, false);                                               // (T, C) ∂L/∂(ungated output)
+        _device.Copy(dOut, dOutput, T * C);
+        float[] gateGradients = [];
+        if (Config.Moe!.SharedExpertGate)
+        {
+            var dots = temporary(T, false);                                                  // (T,) dOut · ungated output
+            _device.RowDots(dOut, Kept(LayerActivation.SharedOutput), dots, T, C);
+            gateGradients = new float[T];
+            var sigmoid = new float[T];
+            _device.Download(dots, gateGradients);
+            _device.Download(Kept(LayerActivation.SharedScales), sigmoid);
+            for (int t = 0; t < T; t++) gateGradients[t] *= sigmoid[t] * (1 - sigmoid[t]);
+            _device.ScaleRows(dOutput, Kept(LayerActivation.SharedScales), T, C);           // ∂L/∂(ungated output) = σ · dOut
+        }
+        var dHidden = temporary(T * Hs, true);                                               // (T, Hs)
+        _device.LinearBackward(Kept(LayerActivation.SharedHidden), _tensors.State(w.SharedW2!), dOutput, dHidden, _tensors.Gradient(g.SharedW2!), null, T, C, Hs);
+        var dGate = temporary(T * Hs, true);
+        var dUp = temporary(T * Hs, true);
+        _device.SwiGluBackward(Kept(LayerActivation.SharedGate), Kept(LayerActivation.SharedUp), dHidden, dGate, dUp, T * Hs);
+        _device.LinearBackward(a.FfnNormed[l]!, _tensors.State(w.SharedW1!), dGate, dn2, _tensors.Gradient(g.SharedW1!), null, T, Hs, C);
+        _device.LinearBackward(a.FfnNormed[l]!, _tensors.State(w.SharedW3!), dUp, dn2, _tensors.Gradient(g.SharedW3!), null, T, Hs, C);
+        return gateGradients;
     }
 
     /// <summary>

@@ -3,7 +3,7 @@
 // degree; LoRA keeps gradients and moments for the adapters only), and the activations its micro-batches keep for the
 // backward (all of a layer's intermediates, or only each layer's input with activation checkpointing), with as many
 // micro-batches in flight as the schedule allows, plus the logits and their gradient on the last stage. An MoE shard
-// holds its share of each layer's experts (E/ranks, whole) and the router. It is an
+// holds its share of each layer's experts (E/ranks, whole), of its shared expert's hidden units, and the router. It is an
 // estimate to refuse jobs that cannot fit, not an allocator: real use also has packing buffers and the runtime's own.
 using Cluster.Model;
 using Cluster.Model.Parallel;
@@ -28,6 +28,7 @@ public static class TrainingMemory
         int localExperts = c.Moe is { } moe ? (moe.Experts + ranks - 1) / ranks : 0;
         double mlp = c.Moe is { } m
             ? localExperts * (double)mlpMatrices * c.Dim * c.HiddenDim + (double)m.Experts * c.Dim
+              + 3.0 * c.Dim * Math.Ceiling((double)m.SharedExpertHidden / ranks) + (m.SharedExpertGate ? c.Dim : 0)   // the shared expert, cut by hidden units
             : (double)mlpMatrices * c.Dim * c.HiddenDim / tp;
         double layerParameters = attention + mlp + 4.0 * c.Dim;
         double embedding = (double)c.VocabSize * c.Dim * (c.TiedEmbeddings ? 1 : 2) / ranks + (c.Architecture == Architecture.Gpt2 ? (double)c.MaxSeqLen * c.Dim : 0);
@@ -50,7 +51,8 @@ public static class TrainingMemory
         // An MoE rank keeps, for each token, the rows of its experts that the token chose (at most k of them, dropless):
         // the expert's input, gate, up, hidden, output and weighted output, and the router's logits.
         double mlpActivations = c.Moe is { } routed
-            ? tokens * (Math.Min(routed.ExpertsPerToken, localExperts) * (3.0 * c.Dim + 3.0 * c.HiddenDim) + routed.Experts)
+            ? tokens * (Math.Min(routed.ExpertsPerToken, localExperts) * (3.0 * c.Dim + 3.0 * c.HiddenDim) + routed.Experts
+                + (routed.SharedExpertHidden > 0 ? 3.0 * Math.Ceiling((double)routed.SharedExpertHidden / ranks) + 2.0 * c.Dim + 1 : 0))
             : tokens * 3.0 * c.HiddenDim / tp;
         double layerActivations = tokens * 8.0 * c.Dim / tp + mlpActivations + attentionScores;
         double perMicroBatch = plan.Recompute

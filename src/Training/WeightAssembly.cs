@@ -58,6 +58,8 @@ public static class WeightAssembly
                 FfnNorm = Get(p + "ffn_norm"), FfnNormBias = Optional(p + "ffn_norm.bias"),
                 W1 = Get(p + "w1"), W2 = Get(p + "w2"), W3 = Optional(p + "w3"), B1 = Optional(p + "b1"), B2 = Optional(p + "b2"),
                 Router = Optional(p + "router"), RouterBias = Optional(p + "router_bias"),
+                SharedW1 = Optional(p + "shared_w1"), SharedW2 = Optional(p + "shared_w2"), SharedW3 = Optional(p + "shared_w3"),
+                SharedExpertGate = Optional(p + "shared_gate"),
             })],
             FinalNorm = Get("final_norm"),
             FinalNormBias = Optional("final_norm.bias"),

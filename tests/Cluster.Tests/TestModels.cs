@@ -27,13 +27,35 @@ public static class TestModels
     public static ModelConfig SmallMoeConfig(MoeConfig? moe = null) =>
         SmallConfig(Architecture.Llama) with { Moe = moe ?? new MoeConfig(Experts: 4, ExpertsPerToken: 2) };
 
+    /// <summary>SmallMoeConfig as Qwen2-MoE routes: the plain softmax's weights, and a gated shared expert of 60 hidden units.</summary>
+    public static ModelConfig SmallSharedExpertConfig(float capacityFactor = 0) =>
+        SmallMoeConfig(new MoeConfig(4, 2, NormalizeTopK: false, CapacityFactor: capacityFactor, AuxLossCoefficient: 0.05f, SharedExpertHidden: 60, SharedExpertGate: true));
+
+    /// <summary>Weights with query, key and value biases on a Llama model, as Qwen2 has them.</summary>
+    public static ModelWeights WithAttentionBiases(ModelConfig c, ModelWeights w, int seed)
+    {
+        var rng = new Random(seed);
+        float[] R(int n) => [.. Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 2 - 1) * 0.2f)];
+        return new ModelWeights
+        {
+            TokenEmbedding = w.TokenEmbedding, PositionEmbedding = w.PositionEmbedding, FinalNorm = w.FinalNorm, FinalNormBias = w.FinalNormBias, Output = w.Output,
+            Layers = [.. w.Layers.Select(l => new LayerWeights
+            {
+                AttnNorm = l.AttnNorm, AttnNormBias = l.AttnNormBias, Wq = l.Wq, Wk = l.Wk, Wv = l.Wv, Wo = l.Wo,
+                Bq = R(c.Dim), Bk = R(c.KvDim), Bv = R(c.KvDim), Bo = l.Bo, FfnNorm = l.FfnNorm, FfnNormBias = l.FfnNormBias,
+                W1 = l.W1, W2 = l.W2, W3 = l.W3, B1 = l.B1, B2 = l.B2, Router = l.Router, RouterBias = l.RouterBias,
+                SharedW1 = l.SharedW1, SharedW2 = l.SharedW2, SharedW3 = l.SharedW3, SharedExpertGate = l.SharedExpertGate,
+            })],
+        };
+    }
+
     public static ModelWeights RandomWeights(ModelConfig c, int seed)
     {
         var rng = new Random(seed);
         float[] R(long n, float scale = 0.2f) { var a = new float[n]; for (long i = 0; i < n; i++) a[i] = (float)(rng.NextDouble() * 2 - 1) * scale; return a; }
         float[] Ones(long n) { var a = R(n, 0.1f); for (long i = 0; i < n; i++) a[i] += 1; return a; }
         bool gpt2 = c.Architecture == Architecture.Gpt2;
-        long C = c.Dim, H = c.HiddenDim, kv = c.KvDim, E = c.FfnBlocks;
+        long C = c.Dim, H = c.HiddenDim, kv = c.KvDim, E = c.FfnBlocks, Hs = c.Moe?.SharedExpertHidden ?? 0;
         return new ModelWeights
         {
             TokenEmbedding = R(c.VocabSize * C, 1f),
@@ -46,6 +68,8 @@ public static class TestModels
                 Bq = gpt2 ? R(C) : null, Bk = gpt2 ? R(kv) : null, Bv = gpt2 ? R(kv) : null, Bo = gpt2 ? R(C) : null,
                 B1 = gpt2 ? R(H) : null, B2 = gpt2 ? R(C) : null, Router = c.Moe is null ? null : R(E * C, 1f),
                 RouterBias = c.Moe is { BiasUpdateRate: > 0 } ? new float[E] : null,
+                SharedW1 = Hs == 0 ? null : R(Hs * C), SharedW2 = Hs == 0 ? null : R(C * Hs), SharedW3 = Hs == 0 ? null : R(Hs * C),
+                SharedExpertGate = c.Moe is { SharedExpertGate: true } ? R(C, 1f) : null,
             }).ToArray(),
             FinalNorm = Ones(C), FinalNormBias = gpt2 ? R(C) : null,
             Output = c.TiedEmbeddings ? null : R(c.VocabSize * C),

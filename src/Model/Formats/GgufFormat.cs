@@ -112,6 +112,9 @@ public static class GgufFormat
                 Wq = t.Read(p + "attn_q.weight", C, C),
                 Wk = t.Read(p + "attn_k.weight", C, kv),
                 Wv = t.Read(p + "attn_v.weight", C, kv),
+                Bq = t.ReadOptional(p + "attn_q.bias", C),   // Qwen2-style attention biases, where the file has them
+                Bk = t.ReadOptional(p + "attn_k.bias", kv),
+                Bv = t.ReadOptional(p + "attn_v.bias", kv),
                 Wo = t.Read(p + "attn_output.weight", C, C),
                 FfnNorm = t.Read(p + "ffn_norm.weight", C),
                 // An MoE layer's experts are 3-D tensors, expert outermost: (E, H, C) is ne [C, H, E], as our stacks lie.

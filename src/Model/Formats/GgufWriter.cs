@@ -48,6 +48,7 @@ public static class GgufWriter
             if (c.Moe is { } moe)
             {
                 if (!moe.NormalizeTopK) throw new ArgumentException("GGUF's llama architecture renormalizes the chosen experts' weights: a model that does not cannot be written as it", nameof(model));
+                if (moe.SharedExpertHidden > 0) throw new ArgumentException("GGUF's llama architecture has no shared expert: write the model as safetensors (Qwen2-MoE)", nameof(model));
                 meta.UInt32("llama.expert_count", moe.Experts);
                 meta.UInt32("llama.expert_used_count", moe.ExpertsPerToken);
             }
@@ -98,6 +99,8 @@ public static class GgufWriter
         long C = c.Dim, H = c.HiddenDim, kv = c.KvDim, V = c.VocabSize;
         float[] ToInterleaved(float[] m, int heads) =>
             RopePermutation.Convert(m, heads, c.HeadDim, c.EffectiveRotaryDim, c.Dim, c.RopeLayout, RopeLayout.Interleaved);
+        float[] BiasToInterleaved(float[] b, int heads) =>
+            RopePermutation.Convert(b, heads, c.HeadDim, c.EffectiveRotaryDim, 1, c.RopeLayout, RopeLayout.Interleaved);
         var list = new List<Tensor> { new("token_embd.weight", [C, V], w.TokenEmbedding, TensorType.F32) };
         for (int l = 0; l < c.Layers; l++)
         {
@@ -107,6 +110,9 @@ public static class GgufWriter
             list.Add(new(p + "attn_q.weight", [C, C], ToInterleaved(x.Wq, c.Heads), TensorType.F32));
             list.Add(new(p + "attn_k.weight", [C, kv], ToInterleaved(x.Wk, c.KvHeads), TensorType.F32));
             list.Add(new(p + "attn_v.weight", [C, kv], x.Wv, TensorType.F32));
+            if (x.Bq is not null) list.Add(new(p + "attn_q.bias", [C], BiasToInterleaved(x.Bq, c.Heads), TensorType.F32));   // Qwen2's biases (llama.cpp reads them where present)
+            if (x.Bk is not null) list.Add(new(p + "attn_k.bias", [kv], BiasToInterleaved(x.Bk, c.KvHeads), TensorType.F32));
+            if (x.Bv is not null) list.Add(new(p + "attn_v.bias", [kv], x.Bv, TensorType.F32));
             list.Add(new(p + "attn_output.weight", [C, C], x.Wo, TensorType.F32));
             list.Add(new(p + "ffn_norm.weight", [C], x.FfnNorm, TensorType.F32));
             if (c.Moe is { } moe)

@@ -1,7 +1,9 @@
-// Hugging Face config.json ↔ ModelConfig for LlamaForCausalLM / MistralForCausalLM, MixtralForCausalLM and GPT2LMHeadModel.
+// Hugging Face config.json ↔ ModelConfig for LlamaForCausalLM / MistralForCausalLM, MixtralForCausalLM, Qwen2MoeForCausalLM
+// and GPT2LMHeadModel.
 // Llama keys: hidden_size, intermediate_size, num_hidden_layers, num_attention_heads, num_key_value_heads,
 // vocab_size, max_position_embeddings, rms_norm_eps, rope_theta, tie_word_embeddings (HF Llama RoPE is half-split);
-// Mixtral adds num_local_experts, num_experts_per_tok and router_aux_loss_coef (its top-k weights are renormalized).
+// Mixtral adds num_local_experts, num_experts_per_tok and router_aux_loss_coef (its top-k weights are renormalized);
+// Qwen2-MoE num_experts, num_experts_per_tok, norm_topk_prob, moe_intermediate_size and shared_expert_intermediate_size.
 // GPT-2 keys: n_embd, n_inner (null = 4·n_embd), n_layer, n_head, n_positions, vocab_size, layer_norm_epsilon.
 // RoPE scaling and explicit head_dim ≠ hidden/heads are not modelled by ModelConfig and are rejected.
 using System.Text.Json;
@@ -36,8 +38,9 @@ public static class HfConfigJson
                     Moe = new MoeConfig(keys.Int("num_local_experts"), keys.Int("num_experts_per_tok"),
                         AuxLossCoefficient: keys.Float("router_aux_loss_coef", 0.001f)),
                 },
+                "Qwen2MoeForCausalLM" or "qwen2_moe" => Qwen2Moe(keys),
                 "GPT2LMHeadModel" or "gpt2" => Gpt2(keys),
-                _ => throw new ModelFormatException(path, $"architecture '{arch}' is not supported (LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM, GPT2LMHeadModel are)"),
+                _ => throw new ModelFormatException(path, $"architecture '{arch}' is not supported (LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM, Qwen2MoeForCausalLM, GPT2LMHeadModel are)"),
             };
             config.Validate(path);
             return new Result(config, keys.OptionalId("bos_token_id"), keys.OptionalId("eos_token_id"));
@@ -70,6 +73,27 @@ public static class HfConfigJson
         };
     }
 
+    /// <summary>
+    /// Qwen2-MoE (Qwen1.5-MoE): every layer an MoE of num_experts experts of moe_intermediate_size, top num_experts_per_tok
+    /// weighted by the plain softmax unless norm_topk_prob, beside a shared expert of shared_expert_intermediate_size
+    /// gated by σ(x·g). Anything that would change the math and is not modelled is refused: sliding windows, dense
+    /// layers among the MoE ones (decoder_sparse_step, mlp_only_layers).
+    /// </summary>
+    private static ModelConfig Qwen2Moe(Keys k)
+    {
+        if (k.Bool("use_sliding_window", false)) throw new ModelFormatException(k.Path, "sliding-window attention (use_sliding_window) is not supported");
+        if (k.Has("decoder_sparse_step") && k.Int("decoder_sparse_step") != 1)
+            throw new ModelFormatException(k.Path, "decoder_sparse_step other than 1 (dense layers among the MoE layers) is not supported");
+        if (k.ArrayLength("mlp_only_layers") > 0) throw new ModelFormatException(k.Path, "mlp_only_layers (dense layers among the MoE layers) is not supported");
+        int shared = k.Has("shared_expert_intermediate_size") ? k.Int("shared_expert_intermediate_size") : 0;
+        return Llama(k) with
+        {
+            HiddenDim = k.Int("moe_intermediate_size"),
+            Moe = new MoeConfig(k.Int("num_experts"), k.Int("num_experts_per_tok"), NormalizeTopK: k.Bool("norm_topk_prob", false),
+                AuxLossCoefficient: k.Float("router_aux_loss_coef", 0.001f), SharedExpertHidden: shared, SharedExpertGate: shared > 0),
+        };
+    }
+
     private static ModelConfig Gpt2(Keys k)
     {
         int dim = k.Int("n_embd"), heads = k.Int("n_head");
@@ -95,11 +119,27 @@ public static class HfConfigJson
         using var w = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true });
         w.WriteStartObject();
         bool llama = c.Architecture == Architecture.Llama;
+        bool qwen = c.Moe is { SharedExpertHidden: > 0 };   // a shared expert: Qwen2-MoE, else Mixtral
         w.WriteStartArray("architectures");
-        w.WriteStringValue(c.Moe is not null ? "MixtralForCausalLM" : llama ? "LlamaForCausalLM" : "GPT2LMHeadModel");
+        w.WriteStringValue(qwen ? "Qwen2MoeForCausalLM" : c.Moe is not null ? "MixtralForCausalLM" : llama ? "LlamaForCausalLM" : "GPT2LMHeadModel");
         w.WriteEndArray();
-        w.WriteString("model_type", c.Moe is not null ? "mixtral" : llama ? "llama" : "gpt2");
-        if (c.Moe is { } moe)
+        w.WriteString("model_type", qwen ? "qwen2_moe" : c.Moe is not null ? "mixtral" : llama ? "llama" : "gpt2");
+        if (qwen)
+        {
+            var q = c.Moe!;
+            if (!q.SharedExpertGate) throw new ArgumentException("Qwen2-MoE gates its shared expert: a model whose shared expert has no gate cannot be written as it", nameof(c));
+            w.WriteNumber("num_experts", q.Experts);
+            w.WriteNumber("num_experts_per_tok", q.ExpertsPerToken);
+            w.WriteBoolean("norm_topk_prob", q.NormalizeTopK);
+            w.WriteNumber("moe_intermediate_size", c.HiddenDim);
+            w.WriteNumber("shared_expert_intermediate_size", q.SharedExpertHidden);
+            w.WriteNumber("decoder_sparse_step", 1);
+            w.WriteStartArray("mlp_only_layers");
+            w.WriteEndArray();
+            w.WriteNumber("router_aux_loss_coef", q.AuxLossCoefficient);
+            w.WriteBoolean("use_sliding_window", false);
+        }
+        else if (c.Moe is { } moe)
         {
             if (!moe.NormalizeTopK) throw new ArgumentException("Mixtral renormalizes the chosen experts' weights: a model that does not cannot be written as Mixtral", nameof(c));
             w.WriteNumber("num_local_experts", moe.Experts);
@@ -155,6 +195,10 @@ public static class HfConfigJson
         public float Float(string key, float fallback) => !Has(key) ? fallback
             : Get(key) is { ValueKind: JsonValueKind.Number } v && v.TryGetDouble(out double d) ? (float)d
             : throw new ModelFormatException(path, $"config key '{key}' is not a number");
+
+        /// <summary>The length of an array key (0 when absent).</summary>
+        public int ArrayLength(string key) => !Has(key) ? 0
+            : Get(key) is { ValueKind: JsonValueKind.Array } v ? v.GetArrayLength() : throw new ModelFormatException(path, $"config key '{key}' is not an array");
 
         public bool Bool(string key, bool fallback) => !Has(key) ? fallback : Get(key).ValueKind switch
         {

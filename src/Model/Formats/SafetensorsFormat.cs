@@ -3,6 +3,8 @@
 //   Llama/Mistral: model.embed_tokens, model.layers.N.{input_layernorm, self_attn.{q,k,v,o}_proj, post_attention_layernorm,
 //     mlp.{gate,up,down}_proj}, model.norm, lm_head (absent or tie_word_embeddings ⇒ tied); all (out, in), RoPE half-split.
 //   Mixtral: the same, with block_sparse_moe.{gate, experts.E.{w1, w2, w3}} (router (E, C); gate, down, up) for the MLP.
+//   Qwen2-MoE: q/k/v biases, and mlp.{gate, experts.E.{gate,up,down}_proj, shared_expert.{gate,up,down}_proj,
+//     shared_expert_gate (1, C)}.
 //   GPT-2: [transformer.]{wte, wpe, h.N.{ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj}, ln_f}; the Conv1D
 //     weights are stored (in, out) and are transposed; c_attn's output columns are q | k | v.
 using Cluster.Model.Tokenizers;
@@ -67,13 +69,16 @@ public static class SafetensorsFormat
 
     private static ModelWeights LlamaWeights(TensorSource t, ModelConfig c, WeightFilter filter, string source)
     {
-        long C = c.Dim, H = c.HiddenDim, kv = c.KvDim, V = c.VocabSize;
-        // A Mixtral layer's experts, one tensor each, stacked expert after expert (E·rows, cols) as the engine keeps them.
-        float[] Experts(string layer, string name, long rows, long cols)
+        long C = c.Dim, H = c.HiddenDim, kv = c.KvDim, V = c.VocabSize, Hs = c.Moe?.SharedExpertHidden ?? 0;
+        // An MoE layer's experts, one tensor each, stacked expert after expert (E·rows, cols) as the engine keeps them:
+        // Mixtral's block_sparse_moe.experts.E.{w1, w2, w3} or Qwen2-MoE's mlp.experts.E.{gate, down, up}_proj.
+        bool mixtral = c.Moe is not null && t.Has("model.layers.0.block_sparse_moe.gate.weight");
+        string moe = mixtral ? "block_sparse_moe." : "mlp.";
+        float[] Experts(string layer, string mixtralName, string qwenName, long rows, long cols)
         {
             var stack = new float[c.FfnBlocks * rows * cols];
             for (int e = 0; e < c.FfnBlocks; e++)
-                t.Read($"{layer}block_sparse_moe.experts.{e}.{name}.weight", rows, cols).CopyTo(stack, e * rows * cols);
+                t.Read($"{layer}{moe}experts.{e}.{(mixtral ? mixtralName : qwenName)}.weight", rows, cols).CopyTo(stack, e * rows * cols);
             return stack;
         }
         var layers = new LayerWeights[c.Layers];
@@ -86,13 +91,20 @@ public static class SafetensorsFormat
                 Wq = t.Read(p + "self_attn.q_proj.weight", C, C),
                 Wk = t.Read(p + "self_attn.k_proj.weight", kv, C),
                 Wv = t.Read(p + "self_attn.v_proj.weight", kv, C),
+                Bq = t.ReadOptional(p + "self_attn.q_proj.bias", C),   // Qwen2's query, key and value biases
+                Bk = t.ReadOptional(p + "self_attn.k_proj.bias", kv),
+                Bv = t.ReadOptional(p + "self_attn.v_proj.bias", kv),
                 Wo = t.Read(p + "self_attn.o_proj.weight", C, C),
                 FfnNorm = t.Read(p + "post_attention_layernorm.weight", C),
-                W1 = c.Moe is null ? t.Read(p + "mlp.gate_proj.weight", H, C) : Experts(p, "w1", H, C),
-                W2 = c.Moe is null ? t.Read(p + "mlp.down_proj.weight", C, H) : Experts(p, "w2", C, H),
-                W3 = c.Moe is null ? t.Read(p + "mlp.up_proj.weight", H, C) : Experts(p, "w3", H, C),
-                Router = c.Moe is null ? null : t.Read(p + "block_sparse_moe.gate.weight", c.Moe.Experts, C),
-                RouterBias = c.Moe is null ? null : t.ReadOptional(p + "block_sparse_moe.gate.e_score_correction_bias", c.Moe.Experts),   // DeepSeek-V3's name
+                W1 = c.Moe is null ? t.Read(p + "mlp.gate_proj.weight", H, C) : Experts(p, "w1", "gate_proj", H, C),
+                W2 = c.Moe is null ? t.Read(p + "mlp.down_proj.weight", C, H) : Experts(p, "w2", "down_proj", C, H),
+                W3 = c.Moe is null ? t.Read(p + "mlp.up_proj.weight", H, C) : Experts(p, "w3", "up_proj", H, C),
+                Router = c.Moe is null ? null : t.Read(p + moe + "gate.weight", c.Moe.Experts, C),
+                RouterBias = c.Moe is null ? null : t.ReadOptional(p + moe + "gate.e_score_correction_bias", c.Moe.Experts),   // DeepSeek-V3's name
+                SharedW1 = Hs == 0 ? null : t.Read(p + "mlp.shared_expert.gate_proj.weight", Hs, C),
+                SharedW2 = Hs == 0 ? null : t.Read(p + "mlp.shared_expert.down_proj.weight", C, Hs),
+                SharedW3 = Hs == 0 ? null : t.Read(p + "mlp.shared_expert.up_proj.weight", Hs, C),
+                SharedExpertGate = c.Moe is { SharedExpertGate: true } ? t.Read(p + "mlp.shared_expert_gate.weight", 1, C) : null,
             }, c, l, source);
         }
         return new ModelWeights

@@ -66,6 +66,7 @@ public static class SafetensorsWriter
         if (c.EffectiveRotaryDim != c.HeadDim) throw new ArgumentException("HF Llama rotates whole heads; partial rotary dims cannot be written");
         long C = c.Dim, H = c.HiddenDim, kv = c.KvDim, V = c.VocabSize;
         float[] ToHalfSplit(float[] m, int heads) => RopePermutation.Convert(m, heads, c.HeadDim, c.HeadDim, c.Dim, c.RopeLayout, RopeLayout.HalfSplit);
+        float[] BiasToHalfSplit(float[] b, int heads) => RopePermutation.Convert(b, heads, c.HeadDim, c.HeadDim, 1, c.RopeLayout, RopeLayout.HalfSplit);
         var list = new List<(string, long[], float[])> { ("model.embed_tokens.weight", [V, C], w.TokenEmbedding) };
         for (int l = 0; l < c.Layers; l++)
         {
@@ -75,8 +76,29 @@ public static class SafetensorsWriter
             list.Add((p + "self_attn.q_proj.weight", [C, C], ToHalfSplit(x.Wq, c.Heads)));
             list.Add((p + "self_attn.k_proj.weight", [kv, C], ToHalfSplit(x.Wk, c.KvHeads)));
             list.Add((p + "self_attn.v_proj.weight", [kv, C], x.Wv));
+            if (x.Bq is not null) list.Add((p + "self_attn.q_proj.bias", [C], BiasToHalfSplit(x.Bq, c.Heads)));   // Qwen2's
+            if (x.Bk is not null) list.Add((p + "self_attn.k_proj.bias", [kv], BiasToHalfSplit(x.Bk, c.KvHeads)));
+            if (x.Bv is not null) list.Add((p + "self_attn.v_proj.bias", [kv], x.Bv));
             list.Add((p + "self_attn.o_proj.weight", [C, C], x.Wo));
             list.Add((p + "post_attention_layernorm.weight", [C], x.FfnNorm));
+            if (c.Moe is { SharedExpertHidden: > 0 } shared)   // Qwen2-MoE's names
+            {
+                long E = shared.Experts, Hs = shared.SharedExpertHidden;
+                list.Add((p + "mlp.gate.weight", [E, C], x.Router!));
+                if (x.RouterBias is not null) list.Add((p + "mlp.gate.e_score_correction_bias", [E], x.RouterBias));
+                for (int e = 0; e < E; e++)
+                {
+                    string expert = $"{p}mlp.experts.{e}.";
+                    list.Add((expert + "gate_proj.weight", [H, C], x.W1.AsSpan((int)(e * H * C), (int)(H * C)).ToArray()));
+                    list.Add((expert + "down_proj.weight", [C, H], x.W2.AsSpan((int)(e * C * H), (int)(C * H)).ToArray()));
+                    list.Add((expert + "up_proj.weight", [H, C], x.W3!.AsSpan((int)(e * H * C), (int)(H * C)).ToArray()));
+                }
+                list.Add((p + "mlp.shared_expert.gate_proj.weight", [Hs, C], x.SharedW1!));
+                list.Add((p + "mlp.shared_expert.down_proj.weight", [C, Hs], x.SharedW2!));
+                list.Add((p + "mlp.shared_expert.up_proj.weight", [Hs, C], x.SharedW3!));
+                list.Add((p + "mlp.shared_expert_gate.weight", [1, C], x.SharedExpertGate!));
+                continue;
+            }
             if (c.Moe is { } moe)   // Mixtral's names: one tensor per expert
             {
                 list.Add((p + "block_sparse_moe.gate.weight", [moe.Experts, C], x.Router!));

@@ -37,7 +37,10 @@ public sealed class ShardWeights
         return Assemble(c, weights, spec, layer => layer);
     }
 
-    /// <summary>Rank <paramref name="spec"/>'s slices of a whole layer: Wq/Wk/Wv/W1/W3 and their biases its rows, Wo/W2 its columns; norms and Bo/B2 whole.</summary>
+    /// <summary>
+    /// Rank <paramref name="spec"/>'s slices of a whole layer: Wq/Wk/Wv/W1/W3 and their biases its rows, Wo/W2 its
+    /// columns (an MoE layer: its experts whole, and its slice of the shared expert's hidden units); norms and Bo/B2 whole.
+    /// </summary>
     public static LayerWeights CutLayer(ModelConfig c, ShardSpec spec, LayerWeights w)
     {
         int C = c.Dim, hd = c.HeadDim, H = c.HiddenDim;
@@ -54,6 +57,11 @@ public sealed class ShardWeights
             W1 = c.Moe is null ? Rows(w.W1, C, spec.Hidden) : Rows(w.W1, C, Scaled(spec.Experts, H)),
             W3 = w.W3 is null ? null : c.Moe is null ? Rows(w.W3, C, spec.Hidden) : Rows(w.W3, C, Scaled(spec.Experts, H)),
             W2 = c.Moe is null ? Columns(w.W2, C, c.HiddenDim, spec.Hidden) : Rows(w.W2, H, Scaled(spec.Experts, C)),
+            // A shared expert: this rank's hidden units (column-parallel gate/up, row-parallel down); its gate whole.
+            SharedW1 = w.SharedW1 is null ? null : Rows(w.SharedW1, C, spec.SharedHidden),
+            SharedW3 = w.SharedW3 is null ? null : Rows(w.SharedW3, C, spec.SharedHidden),
+            SharedW2 = w.SharedW2 is null ? null : Columns(w.SharedW2, C, c.Moe!.SharedExpertHidden, spec.SharedHidden),
+            SharedExpertGate = w.SharedExpertGate,
         };
     }
 
@@ -94,6 +102,7 @@ public sealed class ShardWeights
             Bq = Opt(l.Bq), Bk = Opt(l.Bk), Bv = Opt(l.Bv), Bo = Opt(l.Bo),
             FfnNorm = map(l.FfnNorm), FfnNormBias = Opt(l.FfnNormBias), W1 = map(l.W1), W2 = map(l.W2), W3 = Opt(l.W3),
             B1 = Opt(l.B1), B2 = Opt(l.B2), Router = Opt(l.Router), RouterBias = Opt(l.RouterBias),
+            SharedW1 = Opt(l.SharedW1), SharedW2 = Opt(l.SharedW2), SharedW3 = Opt(l.SharedW3), SharedExpertGate = Opt(l.SharedExpertGate),
         };
     }
 

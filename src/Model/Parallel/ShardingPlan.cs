@@ -32,7 +32,8 @@ public sealed record ShardSpec(
     Slice Vocab,           // this rank's rows of the embedding and the LM head
     bool IsFirstStage,
     bool IsLastStage,
-    Slice Experts)             // this rank's experts of each layer (a dense model: its one MLP)
+    Slice Experts,             // this rank's experts of each layer (a dense model: its one MLP)
+    Slice SharedHidden)        // this rank's hidden units of an MoE layer's shared expert (none: empty)
 {
     /// <summary>The shard that holds the whole model.</summary>
     public static ShardSpec Whole(ModelConfig c) => ShardingPlan.Create(c, ParallelLayout.Single).Get(0, 0, 0);
@@ -77,6 +78,8 @@ public sealed class ShardingPlan
         Require(c.Moe is null || tp == 1 || ep == tp, "an MoE model's tensor-parallel ranks split its experts (ep = tp): an expert is not cut");
         Require(ep <= (c.Moe?.Experts ?? 1), $"ep = {ep} is more ranks than the {c.Moe?.Experts} experts of a layer");
         Require(ranks <= c.VocabSize, "the stage's ranks outnumber the vocabulary");
+        int sharedHidden = c.Moe?.SharedExpertHidden ?? 0;
+        Require(sharedHidden == 0 || ranks <= sharedHidden, "the stage's ranks outnumber the shared expert's hidden units");
         int[] stageLayers = layout.StageLayers?.ToArray() ?? [.. Enumerable.Range(0, pp).Select(s => Slice.Partition(c.Layers, pp, s).Count)];
         Require(stageLayers.Length == pp && stageLayers.All(n => n > 0) && stageLayers.Sum() == c.Layers,
             $"stage layers {string.Join('+', stageLayers)} must be {pp} positive counts adding up to {c.Layers}");
@@ -97,7 +100,8 @@ public sealed class ShardingPlan
                         c.Moe is null ? Slice.Partition(c.HiddenDim, tp, rank) : new Slice(0, c.HiddenDim),   // an expert is never cut
                         Slice.Partition(c.VocabSize, ranks, rank),
                         stage == 0, stage == pp - 1,
-                        Slice.Partition(c.FfnBlocks, c.Moe is null ? 1 : ranks, c.Moe is null ? 0 : rank)));
+                        Slice.Partition(c.FfnBlocks, c.Moe is null ? 1 : ranks, c.Moe is null ? 0 : rank),
+                        Slice.Partition(sharedHidden, ranks, rank)));   // the shared expert is cut by hidden units, as a dense MLP by tp
                 }
                 firstLayer += stageLayers[stage];
             }

@@ -47,6 +47,16 @@ public sealed class ShardedForwardTests
     }
 
     [Theory]
+    [InlineData("ep=2")]
+    [InlineData("ep=3,pp=2")]     // 128 shared hidden units over 3 ranks: 43 + 43 + 42
+    [InlineData("tp=2,ep=2")]
+    public void SharedExpertLayoutEqualsOneDevice(string layout)
+    {
+        var model = RandomModel.Create("qwen-moe-tiny", seed: 3);   // 8 experts, 2 per token, and a gated shared expert cut by hidden units
+        AssertLayoutEqualsOneDevice(model.Config, TestModels.WithAttentionBiases(model.Config, model.Weights, 4), ParallelLayout.Parse(layout));
+    }
+
+    [Theory]
     [InlineData("moe-tiny", "tp=2", "ep = tp")]            // tensor parallelism would cut experts
     [InlineData("moe-tiny", "tp=2,ep=4", "ep = tp")]
     [InlineData("moe-tiny", "ep=9", "more ranks than the 8 experts")]

@@ -1,7 +1,8 @@
 // Mixture-of-experts layers: the host routing (top-k, renormalized weights, capacity drops, the balancing losses) and
 // its gradient against finite differences; a whole MoE model's gradients (experts, router, through dropped tokens)
 // against finite differences of its loss plus its router losses; serving's forward equals training's; it learns; and
-// recomputing its activations gives bitwise the same step, reporting each step's expert loads and router losses.
+// recomputing its activations gives bitwise the same step, reporting each step's expert loads and router losses. The same
+// for a Qwen2-MoE layer: a shared expert gated by σ(x·g) beside the routed ones.
 //   dotnet test --project tests/Cluster.Tests -c Release -- --filter-class "*MixtureOfExpertsTests"
 using Cluster.Compute.Cpu;
 using Cluster.Model;
@@ -91,13 +92,17 @@ public sealed class MixtureOfExpertsTests
     }
 
     [Theory]
-    [InlineData(true, 0f)]
-    [InlineData(false, 0f)]
-    [InlineData(true, 1f)]
-    public void GradientsAgreeWithFiniteDifferencesOfTheLossAndRouterLosses(bool normalize, float capacity)
+    [InlineData(true, 0f, false)]
+    [InlineData(false, 0f, false)]
+    [InlineData(true, 1f, false)]
+    [InlineData(false, 0f, true)]    // Qwen2-MoE: a gated shared expert beside the routed ones, and query/key/value biases
+    [InlineData(false, 1f, true)]
+    public void GradientsAgreeWithFiniteDifferencesOfTheLossAndRouterLosses(bool normalize, float capacity, bool qwen)
     {
-        var config = TestModels.SmallMoeConfig(new MoeConfig(4, 2, normalize, capacity, AuxLossCoefficient: 0.1f, ZLossCoefficient: 0.01f));
-        var weights = TestModels.RandomWeights(config, 4);
+        var config = qwen ? TestModels.SmallSharedExpertConfig(capacity)
+            : TestModels.SmallMoeConfig(new MoeConfig(4, 2, normalize, capacity, AuxLossCoefficient: 0.1f, ZLossCoefficient: 0.01f));
+        // (The ±1e-2 probes must flip no token's experts, top-k being discontinuous: the Qwen case's seed is one whose probes do not.)
+        var weights = qwen ? TestModels.WithAttentionBiases(config, TestModels.RandomWeights(config, 6), 5) : TestModels.RandomWeights(config, 4);
         using var model = new TrainableModel(config, weights);
         var batch = TestModels.FiniteDifferenceBatch(config, seed: 5);
         model.ZeroGradients();
@@ -114,10 +119,12 @@ public sealed class MixtureOfExpertsTests
         }
     }
 
-    [Fact]
-    public void ServingLogitsEqualTrainingsWithMostExpertsUsed()
+    [Theory]
+    [InlineData("moe-tiny")]
+    [InlineData("qwen-moe-tiny")]   // a gated shared expert beside the routed ones
+    public void ServingLogitsEqualTrainingsWithMostExpertsUsed(string preset)
     {
-        var model = RandomModel.Create("moe-tiny", 2);
+        var model = RandomModel.Create(preset, 2);
         int[] tokens = [.. Enumerable.Range(0, 40).Select(i => (i * 37 + 3) % model.Config.VocabSize)];
         using var device = new CpuDevice(1);
         using var serving = new TransformerModel(device, model.Config, model.Weights);

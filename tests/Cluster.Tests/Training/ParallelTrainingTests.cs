@@ -63,6 +63,20 @@ public sealed class ParallelTrainingTests
             ? new MoeConfig(4, 2, CapacityFactor: 1f, AuxLossCoefficient: 0.05f, ZLossCoefficient: 0.01f)
             : new MoeConfig(4, 2, AuxLossCoefficient: 0)), layout, microBatches, schedule, zeroStage);
 
+    /// <summary>A gated shared expert (Qwen2-MoE) cut by hidden units over the ranks: its gate's gradient summed over them.</summary>
+    /// (Capacity drops and the balancing loss are taken per micro-batch, so layouts that split the batch run without them.)
+    [Theory]
+    [InlineData("ep=2", 1, 0, true)]
+    [InlineData("tp=2,ep=2", 1, 1, true)]
+    [InlineData("ep=2,pp=2", 2, 0, false)]
+    [InlineData("ep=2,dp=2", 1, 3, false)]
+    public void OneSharedExpertStepEqualsOneDevice(string layout, int microBatches, int zeroStage, bool routerLosses)
+    {
+        var config = TestModels.SmallSharedExpertConfig(routerLosses ? 1f : 0f);
+        AssertOneStepEqualsOneDevice(routerLosses ? config : config with { Moe = config.Moe! with { AuxLossCoefficient = 0 } },
+            layout, microBatches, PipelineSchedule.OneFOneB, zeroStage);
+    }
+
     [Theory]
     [MemberData(nameof(Layouts))]
     public void OneStepEqualsOneDevice(string layout, int microBatches, PipelineSchedule schedule, int zeroStage, Architecture architecture) =>
