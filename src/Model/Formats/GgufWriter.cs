@@ -47,8 +47,8 @@ public static class GgufWriter
             meta.UInt32("llama.vocab_size", c.VocabSize);
             if (c.Moe is { } moe)
             {
-                if (!moe.NormalizeTopK) throw new ArgumentException("GGUF's llama architecture renormalizes the chosen experts' weights: a model that does not cannot be written as it", nameof(model));
                 if (moe.SharedExpertHidden > 0) throw new ArgumentException("GGUF's llama architecture has no shared expert: write the model as safetensors (Qwen2-MoE)", nameof(model));
+                if (!moe.NormalizeTopK) throw new ArgumentException("GGUF's llama architecture renormalizes the chosen experts' weights: a model that does not cannot be written as it", nameof(model));
                 meta.UInt32("llama.expert_count", moe.Experts);
                 meta.UInt32("llama.expert_used_count", moe.ExpertsPerToken);
             }

@@ -54,6 +54,14 @@ public class GgufTests
             Assert.Equal(model.Tokenizer!.Encode(text, true), loaded.Tokenizer!.Encode(text, true));
     }
 
+    [Fact]
+    public void A_shared_expert_is_refused_rather_than_dropped()
+    {
+        using var dir = new TempDirectory();
+        var error = Assert.Throws<ArgumentException>(() => GgufWriter.Write(RandomModel.Create("qwen-moe-tiny", seed: 1), dir.File("m.gguf")));
+        Assert.Contains("shared expert", error.Message);
+    }
+
     /// <summary>A router bias (aux-loss-free balancing) travels with the model, in GGUF and as DeepSeek-V3 names it in safetensors.</summary>
     [Fact]
     public void Moe_router_biases_round_trip()

@@ -1,5 +1,8 @@
-// Safetensors + config.json + tokenizer.json: random Llama and GPT-2 checkpoints written and read back.
+// Safetensors + config.json + tokenizer.json: random Llama, Mixtral, Qwen2-MoE and GPT-2 checkpoints written and read
+// back; Qwen2-MoE's published config keys; attention biases through both formats' RoPE layouts.
+using System.Text.Json.Nodes;
 using Cluster.Compute;
+using Cluster.Compute.Cpu;
 using Cluster.Model;
 using Cluster.Model.Formats;
 using Cluster.Model.Tokenizers;
@@ -13,6 +16,7 @@ public class SafetensorsTests
     [InlineData("tiny", false)]
     [InlineData("moe-tiny", true)]     // Mixtral names and config keys
     [InlineData("moe-tiny", false)]
+    [InlineData("qwen-moe-tiny", true)]   // Qwen2-MoE names and config keys: the shared expert and its gate
     [InlineData("gpt2-tiny", true)]
     [InlineData("gpt2-tiny", false)]
     public void Random_checkpoint_round_trips(string preset, bool tied)
@@ -41,6 +45,73 @@ public class SafetensorsTests
         Assert.Equal(RopeLayout.HalfSplit, c.RopeLayout);
         Assert.Equal(model.Weights.Layers[0].Wq, RopePermutation.Convert(loaded.Weights.Layers[0].Wq, c.Heads, c.HeadDim, c.HeadDim, c.Dim, RopeLayout.HalfSplit, RopeLayout.Interleaved));
         Assert.Equal(model.Weights.Layers[0].Wv, loaded.Weights.Layers[0].Wv);
+    }
+
+    /// <summary>
+    /// A config.json as Qwen1.5-MoE publishes it (dims shrunk): every layer an MoE with a gated shared expert, top-k
+    /// weights not renormalized; the keys that would change the math and are not modelled are refused by name.
+    /// </summary>
+    [Fact]
+    public void Qwen2_moe_config_reads_and_what_it_cannot_model_is_refused()
+    {
+        const string published = """
+            {"architectures": ["Qwen2MoeForCausalLM"], "model_type": "qwen2_moe", "hidden_size": 64, "intermediate_size": 344,
+             "moe_intermediate_size": 32, "shared_expert_intermediate_size": 128, "num_experts": 6, "num_experts_per_tok": 4,
+             "norm_topk_prob": false, "decoder_sparse_step": 1, "mlp_only_layers": [], "num_hidden_layers": 2,
+             "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": 320, "max_position_embeddings": 128,
+             "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "router_aux_loss_coef": 0.001, "tie_word_embeddings": false,
+             "use_sliding_window": false, "sliding_window": 32768, "bos_token_id": 1, "eos_token_id": 2}
+            """;
+        using var dir = new TempDirectory();
+        File.WriteAllText(dir.File("config.json"), published);
+        var c = HfConfigJson.Load(dir.File("config.json")).Config;
+        Assert.Equal((64, 32, 2, 320), (c.Dim, c.HiddenDim, c.Layers, c.VocabSize));
+        Assert.Equal(new MoeConfig(6, 4, NormalizeTopK: false, AuxLossCoefficient: 0.001f, SharedExpertHidden: 128, SharedExpertGate: true), c.Moe);
+        Assert.Equal(RopeLayout.HalfSplit, c.RopeLayout);
+
+        foreach (var (key, value) in new (string, JsonNode)[]
+        {
+            ("use_sliding_window", true), ("mlp_only_layers", new JsonArray(1)), ("decoder_sparse_step", 2),
+            ("rope_scaling", new JsonObject { ["type"] = "yarn", ["factor"] = 4.0 }),
+        })
+        {
+            var changed = JsonNode.Parse(published)!.AsObject();
+            changed[key] = value;
+            File.WriteAllText(dir.File("config.json"), changed.ToJsonString());
+            var error = Assert.Throws<ModelFormatException>(() => HfConfigJson.Load(dir.File("config.json")));
+            Assert.Contains(key, error.Message);
+        }
+    }
+
+    /// <summary>
+    /// Query, key and value biases (Qwen2's) on a Llama model whose RoPE pairs are interleaved: written to safetensors
+    /// (half-split, the biases permuted with their rows) and to GGUF (interleaved), each read back gives the same logits.
+    /// </summary>
+    [Fact]
+    public void Attention_biases_round_trip_with_their_rope_layout()
+    {
+        var model = RandomModel.Create("tiny", seed: 4);
+        var withBiases = new LoadedModel(model.Config, TestModels.WithAttentionBiases(model.Config, model.Weights, 5), model.Tokenizer, "biased");
+        int[] tokens = [1, 17, 300, 42, 5, 99];
+        float[] Logits(LoadedModel m)
+        {
+            using var device = new CpuDevice(1);
+            using var transformer = new TransformerModel(device, m.Config, m.Weights);
+            using var cache = transformer.CreateCache(1, tokens.Length, 4);
+            return transformer.Forward([new SequenceChunk(cache.CreateSequence(), tokens, AllLogits: true)], cache);
+        }
+        float[] expected = Logits(withBiases);
+        Assert.True(Reference.MaxRelativeError(Logits(model), expected) > 1e-3, "the biases change the logits");
+        using var dir = new TempDirectory();
+        SafetensorsWriter.Write(withBiases, dir.Path);
+        GgufWriter.Write(withBiases, dir.File("m.gguf"));
+        foreach (var loaded in new[] { ModelLoader.Load(dir.Path), ModelLoader.Load(dir.File("m.gguf")) })
+        {
+            Assert.NotNull(loaded.Weights.Layers[0].Bq);
+            float error = (float)Reference.MaxRelativeError(Logits(loaded), expected);
+            Assert.True(error <= 1e-5, $"{loaded.Source}: max error {error}");
+        }
+        Assert.Throws<ArgumentException>(() => Llama2cFormat.Write(withBiases, dir.File("m.bin")));   // llama2.c has no place for them
     }
 
     [Fact]

@@ -32,6 +32,10 @@ public static class WeightAssert
             yield return (p + "b2", x.B2);
             yield return (p + "router", x.Router);
             yield return (p + "router_bias", x.RouterBias);
+            yield return (p + "shared_w1", x.SharedW1);
+            yield return (p + "shared_w2", x.SharedW2);
+            yield return (p + "shared_w3", x.SharedW3);
+            yield return (p + "shared_gate", x.SharedExpertGate);
         }
         yield return ("final_norm", w.FinalNorm);
         yield return ("final_norm.bias", w.FinalNormBias);
