@@ -44,9 +44,10 @@ static int Usage(int code, string? problem = null)
           --device       cpu (default), cuda, opencl, or ilgpu-cpu (ILGPU's CPU accelerator: slow, for checking)
           --layout       run the model cut into a layout's shards in this process (tp, ep, pp, layers; e.g. tp=2,pp=2),
                          each shard on its own device with --threads divided among them: the same tokens as one shard
-               cluster make-model --preset NAME --out PATH [--format gguf|llama2c] [--seed N]
-          writes a seeded random model (presets: tiny, adder, stories15M, stories110M, gpt2-tiny, storyteller); llama2c also
-          writes PATH.tokenizer.bin, GGUF embeds the vocabulary
+               cluster make-model --preset NAME --out PATH [--format gguf|safetensors|llama2c] [--seed N]
+          writes a seeded random model (presets: tiny, adder, stories15M, stories110M, gpt2-tiny, storyteller, moe-tiny,
+          qwen-moe-tiny, mixtral-small); llama2c also writes PATH.tokenizer.bin, GGUF embeds the vocabulary, safetensors
+          writes the directory PATH (model.safetensors, config.json, tokenizer.json)
         """ + "\n" + TrainCommand.Usage);
     return code;
 }
@@ -62,14 +63,18 @@ static int MakeModel(Arguments a)
         case "gguf":
             Cluster.Model.Formats.GgufWriter.Write(model, output, name: preset);
             break;
+        case "safetensors":
+            Cluster.Model.Formats.SafetensorsWriter.Write(model, output);
+            break;
         case "llama2c":
             Cluster.Model.Formats.Llama2cFormat.Write(model, output);
             ((Cluster.Model.Tokenizers.SentencePieceBpeTokenizer)model.Tokenizer!).WriteLlama2c(output + ".tokenizer.bin");
             break;
         default:
-            throw new ArgumentException($"--format must be gguf or llama2c, got '{format}'");
+            throw new ArgumentException($"--format must be gguf, safetensors or llama2c, got '{format}'");
     }
-    AnsiConsole.MarkupLineInterpolated($"wrote {output} ({new FileInfo(output).Length / 1e6:F1} MB, {preset}, seed {seed})");
+    long bytes = Directory.Exists(output) ? new DirectoryInfo(output).EnumerateFiles().Sum(f => f.Length) : new FileInfo(output).Length;
+    AnsiConsole.MarkupLineInterpolated($"wrote {output} ({bytes / 1e6:F1} MB, {preset}, seed {seed})");
     return 0;
 }
 

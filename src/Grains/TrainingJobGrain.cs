@@ -470,7 +470,8 @@ public sealed class TrainingJobGrain(
 
     /// <summary>
     /// The final checkpoint, whatever its layout, served under <paramref name="modelId"/>: a full fine-tune assembled
-    /// whole and written as GGUF; LoRA adapters written as a PEFT adapter and served on their base model.
+    /// whole and written as GGUF (safetensors where GGUF cannot hold it); LoRA adapters written as a PEFT adapter and
+    /// served on their base model.
     /// </summary>
     private async Task PublishModel(TrainingJobSpec spec, string modelId, string directory)
     {
@@ -490,8 +491,15 @@ public sealed class TrainingJobGrain(
                     }), spec.Source.ToString());
                 return spec.Source with { AdapterPath = adapter };
             }
+            var trained = loaded with { Weights = WeightAssembly.Assemble(loaded.Config, tensors) };
+            if (GgufWriter.CannotWrite(loaded.Config) is not null)   // a shared expert (Qwen2-MoE): Hugging Face's format holds it
+            {
+                string checkpointDirectory = Path.Combine(directory, "model");
+                SafetensorsWriter.Write(trained, checkpointDirectory);
+                return ModelSource.File(checkpointDirectory);
+            }
             string path = Path.Combine(directory, "model.gguf");
-            GgufWriter.Write(loaded with { Weights = WeightAssembly.Assemble(loaded.Config, tensors) }, path, name: modelId);
+            GgufWriter.Write(trained, path, name: modelId);
             return ModelSource.File(path);
         });
         await CheckModelIdFree(spec, modelId);   // another job may have taken the id since this one was accepted

@@ -12,6 +12,17 @@ public static class GgufWriter
 {
     private sealed record Tensor(string Name, long[] Ne, float[] Data, TensorType Type);
 
+    /// <summary>
+    /// Why GGUF cannot hold a model of config <paramref name="c"/> as llama.cpp reads it, or null when it can: the llama
+    /// architecture renormalizes the chosen experts' weights and has no shared expert (such a model goes to safetensors).
+    /// </summary>
+    public static string? CannotWrite(ModelConfig c) => c.Moe switch
+    {
+        { SharedExpertHidden: > 0 } => "GGUF's llama architecture has no shared expert: write the model as safetensors (Qwen2-MoE)",
+        { NormalizeTopK: false } => "GGUF's llama architecture renormalizes the chosen experts' weights: a model that does not cannot be written as it",
+        _ => null,
+    };
+
     public static void Write(LoadedModel model, string path, TensorType matrixType = TensorType.F32, string name = "cluster")
     {
         using var stream = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20);
@@ -47,8 +58,7 @@ public static class GgufWriter
             meta.UInt32("llama.vocab_size", c.VocabSize);
             if (c.Moe is { } moe)
             {
-                if (moe.SharedExpertHidden > 0) throw new ArgumentException("GGUF's llama architecture has no shared expert: write the model as safetensors (Qwen2-MoE)", nameof(model));
-                if (!moe.NormalizeTopK) throw new ArgumentException("GGUF's llama architecture renormalizes the chosen experts' weights: a model that does not cannot be written as it", nameof(model));
+                if (CannotWrite(c) is { } why) throw new ArgumentException(why, nameof(model));
                 meta.UInt32("llama.expert_count", moe.Experts);
                 meta.UInt32("llama.expert_used_count", moe.ExpertsPerToken);
             }
