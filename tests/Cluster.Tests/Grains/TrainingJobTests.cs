@@ -1,6 +1,6 @@
 // Training jobs on the 2-silo cluster: a data-parallel (ZeRO-3) job over both silos runs to completion with its loss
-// falling, publishing every step; the storyteller trains on generated stories; a cancelled job stops; a bad spec is
-// refused.
+// falling, publishing every step; the storyteller trains on generated stories; a shared-expert MoE trained under ep=2
+// is published as safetensors and served; a cancelled job stops; a bad spec is refused.
 using Cluster.Contracts;
 
 namespace Cluster.Tests.Grains;
@@ -61,6 +61,26 @@ public sealed class TrainingJobTests(ClusterFixture fixture)
         await baseScheduler.Serve(new ModelServing(Spec(1).Source));
         var plain = await baseScheduler.GenerateAsync(request, cancel);
         Assert.NotEqual(string.Concat(plain.Select(c => c.Text)), string.Concat(tuned.Select(c => c.Text)));
+    }
+
+    /// <summary>
+    /// A Qwen2-MoE-shaped model (a gated shared expert beside the routed ones, which GGUF cannot hold) trained with its
+    /// experts over the two silos (ep=2) is published as a safetensors checkpoint and served from it.
+    /// </summary>
+    [Fact]
+    public async Task ASharedExpertModelTrainedUnderEpIsPublishedAndServed()
+    {
+        var job = Grains.GetGrain<ITrainingJobGrain>("job-qwen-moe");
+        await job.Submit(Spec(3) with { Source = ModelSource.Random("qwen-moe-tiny", seed: 3), Layout = "ep=2", ServeAs = "qwen-moe-trained" });
+        var events = new List<TrainingJobEvent>();
+        await foreach (var e in job.Events().WithCancellation(TestContext.Current.CancellationToken)) events.Add(e);
+        var status = await job.Status();
+        Assert.True(status!.State == TrainingJobState.Completed, status.Error);
+        Assert.Equal("qwen-moe-trained", status.Model);
+
+        var request = new GenerationRequest { Prompt = "12+34=", MaxTokens = 8, Temperature = 0 };
+        var served = await Grains.GetGrain<IInferenceSchedulerGrain>("qwen-moe-trained").GenerateAsync(request, TestContext.Current.CancellationToken);
+        Assert.NotEmpty(served);
     }
 
     [Fact]
