@@ -27,9 +27,9 @@ public static class TestModels
     public static ModelConfig SmallMoeConfig(MoeConfig? moe = null) =>
         SmallConfig(Architecture.Llama) with { Moe = moe ?? new MoeConfig(Experts: 4, ExpertsPerToken: 2) };
 
-    /// <summary>SmallMoeConfig as Qwen2-MoE routes: the plain softmax's weights, and a gated shared expert of 60 hidden units.</summary>
-    public static ModelConfig SmallSharedExpertConfig(float capacityFactor = 0) =>
-        SmallMoeConfig(new MoeConfig(4, 2, NormalizeTopK: false, CapacityFactor: capacityFactor, AuxLossCoefficient: 0.05f, SharedExpertHidden: 60, SharedExpertGate: true));
+    /// <summary>SmallMoeConfig as Qwen2-MoE routes: the plain softmax's weights, and a shared expert of 60 hidden units, gated (or not, as DeepSeek-MoE's).</summary>
+    public static ModelConfig SmallSharedExpertConfig(float capacityFactor = 0, bool gated = true) =>
+        SmallMoeConfig(new MoeConfig(4, 2, NormalizeTopK: false, CapacityFactor: capacityFactor, AuxLossCoefficient: 0.05f, SharedExpertHidden: 60, SharedExpertGate: gated));
 
     /// <summary>Weights with query, key and value biases on a Llama model, as Qwen2 has them.</summary>
     public static ModelWeights WithAttentionBiases(ModelConfig c, ModelWeights w, int seed)

@@ -97,9 +97,10 @@ public sealed class MixtureOfExpertsTests
     [InlineData(true, 1f, false)]
     [InlineData(false, 0f, true)]    // Qwen2-MoE: a gated shared expert beside the routed ones, and query/key/value biases
     [InlineData(false, 1f, true)]
-    public void GradientsAgreeWithFiniteDifferencesOfTheLossAndRouterLosses(bool normalize, float capacity, bool qwen)
+    [InlineData(false, 0f, true, false)]   // DeepSeek-MoE's shared expert: ungated
+    public void GradientsAgreeWithFiniteDifferencesOfTheLossAndRouterLosses(bool normalize, float capacity, bool qwen, bool gated = true)
     {
-        var config = qwen ? TestModels.SmallSharedExpertConfig(capacity)
+        var config = qwen ? TestModels.SmallSharedExpertConfig(capacity, gated)
             : TestModels.SmallMoeConfig(new MoeConfig(4, 2, normalize, capacity, AuxLossCoefficient: 0.1f, ZLossCoefficient: 0.01f));
         // (The ±1e-2 probes must flip no token's experts, top-k being discontinuous: the Qwen case's seed is one whose probes do not.)
         var weights = qwen ? TestModels.WithAttentionBiases(config, TestModels.RandomWeights(config, 6), 5) : TestModels.RandomWeights(config, 4);

@@ -70,9 +70,10 @@ public sealed class ParallelTrainingTests
     [InlineData("tp=2,ep=2", 1, 1, true)]
     [InlineData("ep=2,pp=2", 2, 0, false)]
     [InlineData("ep=2,dp=2", 1, 3, false)]
-    public void OneSharedExpertStepEqualsOneDevice(string layout, int microBatches, int zeroStage, bool routerLosses)
+    [InlineData("ep=2", 1, 0, true, false)]   // ungated (DeepSeek-MoE)
+    public void OneSharedExpertStepEqualsOneDevice(string layout, int microBatches, int zeroStage, bool routerLosses, bool gated = true)
     {
-        var config = TestModels.SmallSharedExpertConfig(routerLosses ? 1f : 0f);
+        var config = TestModels.SmallSharedExpertConfig(routerLosses ? 1f : 0f, gated);
         AssertOneStepEqualsOneDevice(routerLosses ? config : config with { Moe = config.Moe! with { AuxLossCoefficient = 0 } },
             layout, microBatches, PipelineSchedule.OneFOneB, zeroStage);
     }
