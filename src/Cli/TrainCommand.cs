@@ -32,7 +32,7 @@ public static class TrainCommand
           replica feed the pipeline schedule; --checkpoint DIR resumes from DIR's newest checkpoint that verifies (saved at
           any layout; damaged ones are removed) and saves there every --checkpoint-every steps (default 100) and at the end,
           keeping the newest --keep-checkpoints (default 3); --out writes the trained model as GGUF (with its tokenizer; a
-          model with a shared expert, which GGUF cannot hold, as a safetensors directory);
+          mixture of experts GGUF cannot hold, as a safetensors directory);
           --lora-rank trains LoRA adapters on the frozen model instead (Llama family, tp=1) and --adapter-out writes them as a
           PEFT adapter (cluster generate --adapter DIR serves it), --lora-nf4 true holding the frozen base in 4-bit NF4 (QLoRA); --recompute true keeps only each layer's input and recomputes
           the rest in the backward (activation checkpointing); --precision bf16 rounds the products' inputs to bfloat16;
@@ -83,7 +83,7 @@ public static class TrainCommand
         if (lora is not null && output is not null) throw new ArgumentException("a LoRA run writes an adapter (--adapter-out), not a model (--out)");
         if (output is not null && !Directory.Exists(Path.GetDirectoryName(Path.GetFullPath(output))))
             throw new ArgumentException($"--out {output}: its directory does not exist");
-        bool safetensorsOut = GgufWriter.CannotWrite(loaded.Config) is not null;   // a shared expert: written as a Hugging Face checkpoint directory
+        bool safetensorsOut = GgufWriter.CannotWrite(loaded.Config) is not null;   // written as a Hugging Face checkpoint directory instead
         if (output is not null && safetensorsOut && output.EndsWith(".gguf", StringComparison.OrdinalIgnoreCase))
             throw new ArgumentException($"--out {output}: {GgufWriter.CannotWrite(loaded.Config)}; give a directory path");
         if (sequenceLength > loaded.Config.MaxSeqLen) throw new ArgumentException($"--seq {sequenceLength} is longer than the model's context of {loaded.Config.MaxSeqLen}");

@@ -492,7 +492,7 @@ public sealed class TrainingJobGrain(
                 return spec.Source with { AdapterPath = adapter };
             }
             var trained = loaded with { Weights = WeightAssembly.Assemble(loaded.Config, tensors) };
-            if (GgufWriter.CannotWrite(loaded.Config) is not null)   // a shared expert (Qwen2-MoE): Hugging Face's format holds it
+            if (GgufWriter.CannotWrite(loaded.Config) is not null)   // a mixture llama.cpp does not compute: Hugging Face's format holds it
             {
                 string checkpointDirectory = Path.Combine(directory, "model");
                 SafetensorsWriter.Write(trained, checkpointDirectory);

@@ -27,9 +27,11 @@ public static class RandomModel
         // parameters in all, ~40M of them used per token.
         "moe-tiny" => Llama(64, 128, 4, 8, 4, 512, 256) with { Moe = new MoeConfig(Experts: 8, ExpertsPerToken: 2) },
         "mixtral-small" => Llama(512, 768, 8, 8, 2, 32000, 1024) with { Moe = new MoeConfig(Experts: 8, ExpertsPerToken: 2) },
-        // Qwen2-MoE's routing: 8 experts, 2 per token weighted by the plain softmax, beside a gated shared expert.
+        // Qwen2-MoE's shape: 8 experts, 2 per token weighted by the plain softmax, beside a gated shared expert.
         "qwen-moe-tiny" => Llama(64, 64, 4, 8, 4, 512, 256) with
         {
+            RopeLayout = Compute.RopeLayout.HalfSplit,   // Qwen's RoPE pairs (NEOX), as its checkpoints and GGUF files store them
+            TiedEmbeddings = false,
             Moe = new MoeConfig(Experts: 8, ExpertsPerToken: 2, NormalizeTopK: false, SharedExpertHidden: 128, SharedExpertGate: true),
         },
         "gpt2-tiny" => new ModelConfig

@@ -1,7 +1,9 @@
 // Interprets a GGUF file (see GgufFile) as a model. Architectures:
 //   llama: token_embd (V, C); blk.N.{attn_norm, attn_q, attn_k, attn_v, attn_output, ffn_norm, ffn_gate, ffn_up, ffn_down};
 //          Mixtral-style MoE (llama.expert_count, llama.expert_used_count): ffn_gate_inp (E, C) and ffn_{gate,up,down}_exps (E, H, C) / (E, C, H),
-//          and where trained with aux-loss-free balancing exp_probs_b (E,)
+//          and where trained with aux-loss-free balancing exp_probs_b (E,); optional attn_{q,k,v}.bias
+//   qwen2moe: the llama tensors (Q/K rows half-split, RoPE NEOX) with ffn_gate_inp_shexp (C,) and ffn_{gate,up,down}_shexp,
+//          qwen2moe.expert_feed_forward_length and expert_shared_feed_forward_length
 //          output_norm; output (absent ⇒ tied). llama.cpp's converter stores Q/K rows in interleaved RoPE order.
 //   gpt2:  token_embd, position_embd; blk.N.{attn_norm, attn_qkv (fused q|k|v rows), attn_output, ffn_norm, ffn_up, ffn_down}
 //          each with .weight and .bias; output_norm (+bias); output (absent ⇒ tied).
@@ -21,9 +23,9 @@ public static class GgufFormat
         string arch = gguf.String("general.architecture");
         var config = arch switch
         {
-            "llama" => LlamaConfig(gguf),
+            "llama" or "qwen2moe" => LlamaConfig(gguf, arch),
             "gpt2" => Gpt2Config(gguf),
-            _ => throw new ModelFormatException(path, $"architecture '{arch}' is not supported (llama and gpt2 are)"),
+            _ => throw new ModelFormatException(path, $"architecture '{arch}' is not supported (llama, qwen2moe and gpt2 are)"),
         };
         config.Validate(path);
         var tensors = new TensorSource(file, gguf);
@@ -33,29 +35,40 @@ public static class GgufFormat
         return new LoadedModel(config, weights, ReadTokenizer(gguf, config), path);
     }
 
-    private static ModelConfig LlamaConfig(GgufFile g)
+    /// <summary>
+    /// llama (Mixtral's MoE: llama.cpp renormalizes the chosen experts' weights) or qwen2moe (every layer an MoE of
+    /// expert_feed_forward_length experts, weighted by the plain softmax, beside a shared expert gated by σ(x·g); RoPE
+    /// NEOX, so its Q/K rows are half-split as Hugging Face stores them).
+    /// </summary>
+    private static ModelConfig LlamaConfig(GgufFile g, string arch)
     {
-        int heads = g.Int("llama.attention.head_count", 1, 1 << 16);
-        int dim = g.Int("llama.embedding_length", 1, 1 << 20);
-        int rotary = g.Int("llama.rope.dimension_count", 0, 1 << 20, fallback: 0);
-        int experts = g.Int("llama.expert_count", 0, MoeConfig.MaxExperts, fallback: 0);
+        string Key(string name) => $"{arch}.{name}";
+        bool qwen = arch == "qwen2moe";
+        int heads = g.Int(Key("attention.head_count"), 1, 1 << 16);
+        int dim = g.Int(Key("embedding_length"), 1, 1 << 20);
+        int rotary = g.Int(Key("rope.dimension_count"), 0, 1 << 20, fallback: 0);
+        int experts = g.Int(Key("expert_count"), qwen ? 2 : 0, MoeConfig.MaxExperts, fallback: 0);
+        int feedForward = g.Int(Key("feed_forward_length"), 1, 1 << 22);
+        int used = experts == 0 ? 0 : g.Int(Key("expert_used_count"), 1, experts);
         return new ModelConfig
         {
             Architecture = Architecture.Llama,
             Dim = dim,
-            HiddenDim = g.Int("llama.feed_forward_length", 1, 1 << 22),
-            Layers = g.Int("llama.block_count", 1, 1024),
+            HiddenDim = qwen ? g.Int(Key("expert_feed_forward_length"), 1, 1 << 22) : feedForward,
+            Layers = g.Int(Key("block_count"), 1, 1024),
             Heads = heads,
-            KvHeads = g.Int("llama.attention.head_count_kv", 1, 1 << 16, fallback: heads),
+            KvHeads = g.Int(Key("attention.head_count_kv"), 1, 1 << 16, fallback: heads),
             VocabSize = VocabFromEmbedding(g),
-            MaxSeqLen = g.Int("llama.context_length", 1, 1 << 22),
-            NormEps = g.Float("llama.attention.layer_norm_rms_epsilon", 1e-5f),
-            RopeTheta = g.Float("llama.rope.freq_base", 10000f),
-            RopeLayout = Compute.RopeLayout.Interleaved,
+            MaxSeqLen = g.Int(Key("context_length"), 1, 1 << 22),
+            NormEps = g.Float(Key("attention.layer_norm_rms_epsilon"), 1e-5f),
+            RopeTheta = g.Float(Key("rope.freq_base"), 10000f),
+            RopeLayout = qwen ? Compute.RopeLayout.HalfSplit : Compute.RopeLayout.Interleaved,
             RotaryDim = rotary == dim / heads ? 0 : rotary,
             TiedEmbeddings = !g.Tensors.ContainsKey("output.weight"),
-            // Mixtral's GGUF: llama.cpp renormalizes the chosen experts' weights for this architecture
-            Moe = experts == 0 ? null : new MoeConfig(experts, g.Int("llama.expert_used_count", 1, experts)),
+            Moe = experts == 0 ? null
+                : qwen ? new MoeConfig(experts, used, NormalizeTopK: false,
+                    SharedExpertHidden: g.Int(Key("expert_shared_feed_forward_length"), 1, 1 << 22, fallback: feedForward), SharedExpertGate: true)
+                : new MoeConfig(experts, used),
         };
     }
 
@@ -100,7 +113,7 @@ public static class GgufFormat
 
     private static ModelWeights LlamaWeights(TensorSource t, ModelConfig c, WeightFilter filter, string source)
     {
-        long C = c.Dim, H = c.HiddenDim, kv = c.KvDim, V = c.VocabSize, E = c.FfnBlocks;
+        long C = c.Dim, H = c.HiddenDim, kv = c.KvDim, V = c.VocabSize, E = c.FfnBlocks, Hs = c.Moe?.SharedExpertHidden ?? 0;
         var layers = new LayerWeights[c.Layers];
         for (int l = 0; l < c.Layers; l++)
         {
@@ -123,6 +136,10 @@ public static class GgufFormat
                 W3 = moe ? t.Read(p + "ffn_up_exps.weight", C, H, E) : t.Read(p + "ffn_up.weight", C, H),
                 Router = moe ? t.Read(p + "ffn_gate_inp.weight", C, E) : null,
                 RouterBias = moe ? t.ReadOptional(p + "exp_probs_b.bias", E) : null,   // llama.cpp's name (DeepSeek-V3's expert-choice bias)
+                SharedExpertGate = Hs == 0 ? null : t.Read(p + "ffn_gate_inp_shexp.weight", C),   // qwen2moe's shared expert
+                SharedW1 = Hs == 0 ? null : t.Read(p + "ffn_gate_shexp.weight", C, Hs),
+                SharedW2 = Hs == 0 ? null : t.Read(p + "ffn_down_shexp.weight", Hs, C),
+                SharedW3 = Hs == 0 ? null : t.Read(p + "ffn_up_shexp.weight", C, Hs),
             }, c, l, source);
         }
         return new ModelWeights

@@ -13,15 +13,21 @@ public static class GgufWriter
     private sealed record Tensor(string Name, long[] Ne, float[] Data, TensorType Type);
 
     /// <summary>
-    /// Why GGUF cannot hold a model of config <paramref name="c"/> as llama.cpp reads it, or null when it can: the llama
-    /// architecture renormalizes the chosen experts' weights and has no shared expert (such a model goes to safetensors).
+    /// Why GGUF cannot hold a model of config <paramref name="c"/> as llama.cpp reads it, or null when it can. llama.cpp's
+    /// llama architecture renormalizes the chosen experts' weights and has no shared expert; its qwen2moe architecture has
+    /// a gated shared expert and does not renormalize. Any other mixture goes to safetensors.
     /// </summary>
     public static string? CannotWrite(ModelConfig c) => c.Moe switch
     {
-        { SharedExpertHidden: > 0 } => "GGUF's llama architecture has no shared expert: write the model as safetensors (Qwen2-MoE)",
-        { NormalizeTopK: false } => "GGUF's llama architecture renormalizes the chosen experts' weights: a model that does not cannot be written as it",
+        { SharedExpertHidden: > 0, SharedExpertGate: false } => "GGUF has no ungated shared expert (llama.cpp's qwen2moe gates it)",
+        { SharedExpertHidden: > 0, NormalizeTopK: true } => "GGUF's qwen2moe architecture does not renormalize the chosen experts' weights: write the model as safetensors (Qwen2-MoE, norm_topk_prob)",
+        { SharedExpertHidden: 0, NormalizeTopK: false } => "GGUF's llama architecture renormalizes the chosen experts' weights: a model that does not cannot be written as it",
         _ => null,
     };
+
+    /// <summary>The GGUF architecture a model is written as: gpt2, qwen2moe (an MoE with a shared expert) or llama.</summary>
+    private static string FileArchitecture(ModelConfig c) =>
+        c.Architecture == Architecture.Gpt2 ? "gpt2" : c.Moe is { SharedExpertHidden: > 0 } ? "qwen2moe" : "llama";
 
     public static void Write(LoadedModel model, string path, TensorType matrixType = TensorType.F32, string name = "cluster")
     {
@@ -38,7 +44,8 @@ public static class GgufWriter
         var w = model.Weights;
         w.Validate(c, model.Source);
         bool llama = c.Architecture == Architecture.Llama;
-        string arch = llama ? "llama" : "gpt2";
+        string arch = FileArchitecture(c);
+        if (CannotWrite(c) is { } why) throw new ArgumentException(why, nameof(model));
 
         var meta = new MetadataWriter();
         meta.String("general.architecture", arch);
@@ -51,16 +58,20 @@ public static class GgufWriter
         meta.UInt32($"{arch}.attention.head_count", c.Heads);
         if (llama)
         {
-            meta.UInt32("llama.attention.head_count_kv", c.KvHeads);
-            meta.Float32("llama.attention.layer_norm_rms_epsilon", c.NormEps);
-            meta.Float32("llama.rope.freq_base", c.RopeTheta);
-            meta.UInt32("llama.rope.dimension_count", c.EffectiveRotaryDim);
-            meta.UInt32("llama.vocab_size", c.VocabSize);
+            meta.UInt32($"{arch}.attention.head_count_kv", c.KvHeads);
+            meta.Float32($"{arch}.attention.layer_norm_rms_epsilon", c.NormEps);
+            meta.Float32($"{arch}.rope.freq_base", c.RopeTheta);
+            meta.UInt32($"{arch}.rope.dimension_count", c.EffectiveRotaryDim);
+            meta.UInt32($"{arch}.vocab_size", c.VocabSize);
             if (c.Moe is { } moe)
             {
-                if (CannotWrite(c) is { } why) throw new ArgumentException(why, nameof(model));
-                meta.UInt32("llama.expert_count", moe.Experts);
-                meta.UInt32("llama.expert_used_count", moe.ExpertsPerToken);
+                meta.UInt32($"{arch}.expert_count", moe.Experts);
+                meta.UInt32($"{arch}.expert_used_count", moe.ExpertsPerToken);
+                if (moe.SharedExpertHidden > 0)
+                {
+                    meta.UInt32($"{arch}.expert_feed_forward_length", c.HiddenDim);
+                    meta.UInt32($"{arch}.expert_shared_feed_forward_length", moe.SharedExpertHidden);
+                }
             }
         }
         else meta.Float32("gpt2.attention.layer_norm_epsilon", c.NormEps);
@@ -107,22 +118,28 @@ public static class GgufWriter
     private static List<Tensor> LlamaTensors(ModelConfig c, ModelWeights w)
     {
         long C = c.Dim, H = c.HiddenDim, kv = c.KvDim, V = c.VocabSize;
-        float[] ToInterleaved(float[] m, int heads) =>
-            RopePermutation.Convert(m, heads, c.HeadDim, c.EffectiveRotaryDim, c.Dim, c.RopeLayout, RopeLayout.Interleaved);
-        float[] BiasToInterleaved(float[] b, int heads) =>
-            RopePermutation.Convert(b, heads, c.HeadDim, c.EffectiveRotaryDim, 1, c.RopeLayout, RopeLayout.Interleaved);
+        // llama.cpp's converter stores a llama model's Q/K rows in interleaved RoPE order; qwen2moe's as they are (NEOX,
+        // half-split). llama.cpp's qwen2moe also needs the q/k/v biases and a separate head: zeros and the embedding's copy
+        // where the model has none.
+        bool qwen = FileArchitecture(c) == "qwen2moe";
+        var fileLayout = qwen ? RopeLayout.HalfSplit : RopeLayout.Interleaved;
+        float[] ToFileLayout(float[] m, int heads) =>
+            RopePermutation.Convert(m, heads, c.HeadDim, c.EffectiveRotaryDim, c.Dim, c.RopeLayout, fileLayout);
+        float[] BiasToFileLayout(float[] b, int heads) =>
+            RopePermutation.Convert(b, heads, c.HeadDim, c.EffectiveRotaryDim, 1, c.RopeLayout, fileLayout);
         var list = new List<Tensor> { new("token_embd.weight", [C, V], w.TokenEmbedding, TensorType.F32) };
         for (int l = 0; l < c.Layers; l++)
         {
             var x = w.Layers[l];
             string p = $"blk.{l}.";
             list.Add(new(p + "attn_norm.weight", [C], x.AttnNorm, TensorType.F32));
-            list.Add(new(p + "attn_q.weight", [C, C], ToInterleaved(x.Wq, c.Heads), TensorType.F32));
-            list.Add(new(p + "attn_k.weight", [C, kv], ToInterleaved(x.Wk, c.KvHeads), TensorType.F32));
+            list.Add(new(p + "attn_q.weight", [C, C], ToFileLayout(x.Wq, c.Heads), TensorType.F32));
+            list.Add(new(p + "attn_k.weight", [C, kv], ToFileLayout(x.Wk, c.KvHeads), TensorType.F32));
             list.Add(new(p + "attn_v.weight", [C, kv], x.Wv, TensorType.F32));
-            if (x.Bq is not null) list.Add(new(p + "attn_q.bias", [C], BiasToInterleaved(x.Bq, c.Heads), TensorType.F32));   // Qwen2's biases (llama.cpp reads them where present)
-            if (x.Bk is not null) list.Add(new(p + "attn_k.bias", [kv], BiasToInterleaved(x.Bk, c.KvHeads), TensorType.F32));
-            if (x.Bv is not null) list.Add(new(p + "attn_v.bias", [kv], x.Bv, TensorType.F32));
+            // Qwen2's biases (llama.cpp's llama reads them where present)
+            if ((x.Bq ?? (qwen ? new float[C] : null)) is { } bq) list.Add(new(p + "attn_q.bias", [C], BiasToFileLayout(bq, c.Heads), TensorType.F32));
+            if ((x.Bk ?? (qwen ? new float[kv] : null)) is { } bk) list.Add(new(p + "attn_k.bias", [kv], BiasToFileLayout(bk, c.KvHeads), TensorType.F32));
+            if ((x.Bv ?? (qwen ? new float[kv] : null)) is { } bv) list.Add(new(p + "attn_v.bias", [kv], bv, TensorType.F32));
             list.Add(new(p + "attn_output.weight", [C, C], x.Wo, TensorType.F32));
             list.Add(new(p + "ffn_norm.weight", [C], x.FfnNorm, TensorType.F32));
             if (c.Moe is { } moe)
@@ -133,6 +150,14 @@ public static class GgufWriter
                 list.Add(new(p + "ffn_gate_exps.weight", [C, H, E], x.W1, TensorType.F32));
                 list.Add(new(p + "ffn_down_exps.weight", [H, C, E], x.W2, TensorType.F32));
                 list.Add(new(p + "ffn_up_exps.weight", [C, H, E], x.W3!, TensorType.F32));
+                if (moe.SharedExpertHidden > 0)   // qwen2moe's shared expert and its gate
+                {
+                    long Hs = moe.SharedExpertHidden;
+                    list.Add(new(p + "ffn_gate_inp_shexp.weight", [C], x.SharedExpertGate!, TensorType.F32));
+                    list.Add(new(p + "ffn_gate_shexp.weight", [C, Hs], x.SharedW1!, TensorType.F32));
+                    list.Add(new(p + "ffn_down_shexp.weight", [Hs, C], x.SharedW2!, TensorType.F32));
+                    list.Add(new(p + "ffn_up_shexp.weight", [C, Hs], x.SharedW3!, TensorType.F32));
+                }
                 continue;
             }
             list.Add(new(p + "ffn_gate.weight", [C, H], x.W1, TensorType.F32));
@@ -140,7 +165,7 @@ public static class GgufWriter
             list.Add(new(p + "ffn_up.weight", [C, H], x.W3!, TensorType.F32));
         }
         list.Add(new("output_norm.weight", [C], w.FinalNorm, TensorType.F32));
-        if (w.Output is not null) list.Add(new("output.weight", [C, V], w.Output, TensorType.F32));
+        if ((w.Output ?? (qwen ? w.TokenEmbedding : null)) is { } head) list.Add(new("output.weight", [C, V], head, TensorType.F32));
         return list;
     }
 

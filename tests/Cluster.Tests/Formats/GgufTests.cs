@@ -54,12 +54,54 @@ public class GgufTests
             Assert.Equal(model.Tokenizer!.Encode(text, true), loaded.Tokenizer!.Encode(text, true));
     }
 
+    /// <summary>
+    /// A Qwen2-MoE model is written as llama.cpp's qwen2moe (the shared expert and its gate, Q/K rows half-split, and the
+    /// q/k/v biases and separate head llama.cpp requires: zeros and the embedding's copy where the model has none), and
+    /// read back it gives the same logits, tied head or not.
+    /// </summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void Qwen2moe_gguf_holds_what_llama_cpp_requires_and_reads_back_the_same_logits(bool tied)
+    {
+        var preset = RandomModel.Preset("qwen-moe-tiny");
+        var model = RandomModel.Create(preset with { TiedEmbeddings = tied }, seed: 3);
+        using var dir = new TempDirectory();
+        GgufWriter.Write(model, dir.File("m.gguf"));
+        using (var file = MappedFile.Open(dir.File("m.gguf")))
+        {
+            var gguf = GgufFile.Parse(file);
+            Assert.Equal("qwen2moe", gguf.String("general.architecture"));
+            foreach (string name in new[] { "output.weight", "blk.0.attn_q.bias", "blk.0.ffn_gate_inp_shexp.weight", "blk.3.ffn_down_shexp.weight" })
+                Assert.True(gguf.Tensors.ContainsKey(name), name);
+        }
+        var loaded = GgufFormat.Load(dir.File("m.gguf"));
+        Assert.Equal(preset with { TiedEmbeddings = false }, loaded.Config);
+        Assert.Equal(model.Weights.Layers[2].SharedExpertGate, loaded.Weights.Layers[2].SharedExpertGate);
+        Assert.Equal(model.Weights.Layers[2].SharedW2, loaded.Weights.Layers[2].SharedW2);
+        int[] tokens = [1, 17, 300, 42, 5, 99, 7];
+        Assert.True(Reference.MaxRelativeError(Logits(loaded), Logits(model)) <= 1e-5);
+
+        float[] Logits(LoadedModel m)
+        {
+            using var device = new Cluster.Compute.Cpu.CpuDevice(1);
+            using var transformer = new TransformerModel(device, m.Config, m.Weights);
+            using var cache = transformer.CreateCache(1, tokens.Length, 4);
+            return transformer.Forward([new SequenceChunk(cache.CreateSequence(), tokens, AllLogits: true)], cache);
+        }
+    }
+
+    /// <summary>What neither of llama.cpp's MoE architectures computes is refused, not written as something else.</summary>
     [Fact]
-    public void A_shared_expert_is_refused_rather_than_dropped()
+    public void A_mixture_gguf_cannot_hold_is_refused_rather_than_changed()
     {
         using var dir = new TempDirectory();
-        var error = Assert.Throws<ArgumentException>(() => GgufWriter.Write(RandomModel.Create("qwen-moe-tiny", seed: 1), dir.File("m.gguf")));
-        Assert.Contains("shared expert", error.Message);
+        var preset = RandomModel.Preset("qwen-moe-tiny");
+        foreach (var moe in new[] { preset.Moe! with { NormalizeTopK = true }, preset.Moe! with { SharedExpertGate = false }, new MoeConfig(8, 2, NormalizeTopK: false) })
+        {
+            var error = Assert.Throws<ArgumentException>(() => GgufWriter.Write(RandomModel.Create(preset with { Moe = moe }, seed: 1), dir.File("m.gguf")));
+            Assert.Equal(GgufWriter.CannotWrite(preset with { Moe = moe }), error.Message.Split(" (Parameter")[0]);
+        }
     }
 
     /// <summary>A router bias (aux-loss-free balancing) travels with the model, in GGUF and as DeepSeek-V3 names it in safetensors.</summary>

@@ -1,7 +1,10 @@
 // Training jobs on the 2-silo cluster: a data-parallel (ZeRO-3) job over both silos runs to completion with its loss
 // falling, publishing every step; the storyteller trains on generated stories; a shared-expert MoE trained under ep=2
-// is published as safetensors and served; a cancelled job stops; a bad spec is refused.
+// is published (GGUF or safetensors) and served; a cancelled job stops; a bad spec is refused.
 using Cluster.Contracts;
+using Cluster.Grains;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Options;
 
 namespace Cluster.Tests.Grains;
 
@@ -64,22 +67,36 @@ public sealed class TrainingJobTests(ClusterFixture fixture)
     }
 
     /// <summary>
-    /// A Qwen2-MoE-shaped model (a gated shared expert beside the routed ones, which GGUF cannot hold) trained with its
-    /// experts over the two silos (ep=2) is published as a safetensors checkpoint and served from it.
+    /// A Qwen2-MoE-shaped model (a gated shared expert beside the routed ones) trained with its experts over the two
+    /// silos (ep=2) is published and served: as GGUF's qwen2moe, or, where its top-k weights are renormalized (which
+    /// llama.cpp's qwen2moe does not do), as a safetensors checkpoint.
     /// </summary>
-    [Fact]
-    public async Task ASharedExpertModelTrainedUnderEpIsPublishedAndServed()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task ASharedExpertModelTrainedUnderEpIsPublishedAndServed(bool renormalized)
     {
-        var job = Grains.GetGrain<ITrainingJobGrain>("job-qwen-moe");
-        await job.Submit(Spec(3) with { Source = ModelSource.Random("qwen-moe-tiny", seed: 3), Layout = "ep=2", ServeAs = "qwen-moe-trained" });
+        var source = ModelSource.Random("qwen-moe-tiny", seed: 3);
+        if (renormalized)   // a checkpoint inside the model roots: the training root's jobs folder is one
+        {
+            string root = fixture.Cluster.GetSiloServiceProvider(fixture.Cluster.Silos[0].SiloAddress).GetRequiredService<IOptions<TrainingOptions>>().Value.Root;
+            string checkpoint = Path.Combine(root, "jobs", "sources", "qwen-moe-renormalized");
+            var preset = Cluster.Model.RandomModel.Preset("qwen-moe-tiny");
+            var model = Cluster.Model.RandomModel.Create(preset with { Moe = preset.Moe! with { NormalizeTopK = true } }, seed: 3);
+            Cluster.Model.Formats.SafetensorsWriter.Write(model, checkpoint);
+            source = ModelSource.File(checkpoint);
+        }
+        string id = renormalized ? "qwen-moe-renormalized" : "qwen-moe-trained";
+        var job = Grains.GetGrain<ITrainingJobGrain>("job-" + id);
+        await job.Submit(Spec(3) with { Source = source, Layout = "ep=2", ServeAs = id });
         var events = new List<TrainingJobEvent>();
         await foreach (var e in job.Events().WithCancellation(TestContext.Current.CancellationToken)) events.Add(e);
         var status = await job.Status();
         Assert.True(status!.State == TrainingJobState.Completed, status.Error);
-        Assert.Equal("qwen-moe-trained", status.Model);
+        Assert.Equal(id, status.Model);
 
         var request = new GenerationRequest { Prompt = "12+34=", MaxTokens = 8, Temperature = 0 };
-        var served = await Grains.GetGrain<IInferenceSchedulerGrain>("qwen-moe-trained").GenerateAsync(request, TestContext.Current.CancellationToken);
+        var served = await Grains.GetGrain<IInferenceSchedulerGrain>(id).GenerateAsync(request, TestContext.Current.CancellationToken);
         Assert.NotEmpty(served);
     }
 
