@@ -1,15 +1,19 @@
 // A validated /v1/completions or /v1/chat/completions request, parsed by hand from the JSON body so every bad
-// input maps to a 400 in the OpenAI error shape. Unknown fields are ignored; JSON null counts as absent.
+// input maps to a 400 in the OpenAI error shape. Fields that would change the output and are not implemented
+// (penalties, logit_bias, logprobs, response_format other than text, n > 1) are a 400; other unknown fields are
+// ignored; JSON null counts as absent.
 using System.Text.Json;
 using static Cluster.Gateway.JsonFields;
 
 namespace Cluster.Gateway;
 
 public sealed record CompletionRequest(
-    string Model, string Prompt, int MaxTokens, float Temperature, float TopP, int TopK, ulong Seed, bool Stream, bool IncludeUsage)
+    string Model, string Prompt, int MaxTokens, float Temperature, float TopP, int TopK, ulong Seed, bool Stream, bool IncludeUsage,
+    IReadOnlyList<string> Stop)
 {
     public const int MaxTokensLimit = 4096;
     public const int DefaultMaxTokens = 128;
+    public const int MaxStopSequences = 4, MaxStopLength = 1024;
 
     public static CompletionRequest Parse(ReadOnlyMemory<byte> body, bool chat)
     {
@@ -24,6 +28,7 @@ public sealed record CompletionRequest(
             var maxTokens = Get(root, "max_tokens") is { } mt ? ("max_tokens", mt)
                 : Get(root, "max_completion_tokens") is { } mct ? ("max_completion_tokens", mct) : default;
             var streamOptions = Get(root, "stream_options");
+            RefuseWhatChangesTheOutput(root);
             return new CompletionRequest(
                 model, prompt,
                 MaxTokens: maxTokens.Item1 is null ? DefaultMaxTokens : Integer(maxTokens.Item2, maxTokens.Item1, 1, MaxTokensLimit),
@@ -32,8 +37,41 @@ public sealed record CompletionRequest(
                 TopK: Get(root, "top_k") is { } tk ? Integer(tk, "top_k", 0, int.MaxValue) : 0,
                 Seed: Get(root, "seed") is { } s ? SeedValue(s) : (ulong)Random.Shared.NextInt64(),
                 Stream: Get(root, "stream") is { } st && Bool(st, "stream"),
-                IncludeUsage: streamOptions is { ValueKind: JsonValueKind.Object } so && Get(so, "include_usage") is { } iu && Bool(iu, "stream_options.include_usage"));
+                IncludeUsage: streamOptions is { ValueKind: JsonValueKind.Object } so && Get(so, "include_usage") is { } iu && Bool(iu, "stream_options.include_usage"),
+                Stop: Get(root, "stop") is { } stop ? StopStrings(stop) : []);
         }
+    }
+
+    /// <summary>`stop`: a string or an array of up to 4 non-empty strings of at most 1024 characters.</summary>
+    private static string[] StopStrings(JsonElement e)
+    {
+        string[] stops = e.ValueKind == JsonValueKind.Array
+            ? e.GetArrayLength() <= MaxStopSequences ? [.. e.EnumerateArray().Select(s => String(s, "stop"))]
+                : throw new ApiError(400, $"'stop' may hold at most {MaxStopSequences} strings.", "stop")
+            : [String(e, "stop")];
+        if (stops.Any(s => s.Length is 0 or > MaxStopLength))
+            throw new ApiError(400, $"Each 'stop' string must have 1 to {MaxStopLength} characters.", "stop");
+        return stops;
+    }
+
+    /// <summary>
+    /// Fields that would change what is generated and that this server does not implement are refused, never ignored
+    /// (their neutral values pass, as clients often send them).
+    /// </summary>
+    private static void RefuseWhatChangesTheOutput(JsonElement root)
+    {
+        foreach (string penalty in new[] { "presence_penalty", "frequency_penalty" })
+            if (Get(root, penalty) is { } value && Number(value, penalty, -2, 2) != 0)
+                throw new ApiError(400, $"'{penalty}' other than 0 is not supported.", penalty);
+        if (Get(root, "logit_bias") is { } bias && !(bias.ValueKind == JsonValueKind.Object && !bias.EnumerateObject().Any()))
+            throw new ApiError(400, "'logit_bias' is not supported.", "logit_bias");
+        if (Get(root, "logprobs") is { } logprobs && !(logprobs.ValueKind == JsonValueKind.False || logprobs.ValueKind == JsonValueKind.Number && logprobs.TryGetInt32(out int l) && l == 0))
+            throw new ApiError(400, "'logprobs' is not supported.", "logprobs");
+        if (Get(root, "top_logprobs") is { } top && !(top.ValueKind == JsonValueKind.Number && top.TryGetInt32(out int t) && t == 0))
+            throw new ApiError(400, "'top_logprobs' is not supported.", "top_logprobs");
+        if (Get(root, "response_format") is { } format
+            && !(format.ValueKind == JsonValueKind.Object && Get(format, "type") is { ValueKind: JsonValueKind.String } type && type.GetString() == "text"))
+            throw new ApiError(400, "Only 'response_format' {\"type\": \"text\"} is supported.", "response_format");
     }
 
     /// <summary>

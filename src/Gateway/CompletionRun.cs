@@ -1,6 +1,7 @@
 // One completion: tokenizes the prompt on the model's scheduler, streams its chunks and answers them as an OpenAI
-// text_completion / chat.completion object or as server-sent chunk events. finish_reason is "length" when
-// max_tokens ended it, else "stop" (EOS, or the model's context filled up). Grain argument errors become 400s; the
+// text_completion / chat.completion object or as server-sent chunk events, cut before the first `stop` string
+// (StopSequences). finish_reason is "length" when max_tokens ended it, else "stop" (a stop string, EOS, or the model's
+// context filled up). Grain argument errors become 400s; the
 // rest map in GatewayPipeline (unknown model 404, full queue 429, pipeline lost 503; mid-stream: an error event). The
 // client going away cancels the generation on the scheduler at once, queued or running. A stream whose scheduler's
 // silo dies resumes on the scheduler's next activation (ResumableGeneration).
@@ -28,16 +29,18 @@ public sealed class CompletionRun(HttpContext context, IInferenceSchedulerGrain 
         await using var chunks = new ResumableGeneration(scheduler, generation, ResumePatience, cancellation);
         bool any = await Grain(chunks.MoveNextAsync);   // argument errors surface before any output
         var text = new System.Text.StringBuilder();
+        var stops = new StopSequences(request.Stop);
         int completionTokens = 0;
         if (request.Stream) StartEvents();
         for (; any; any = await Grain(chunks.MoveNextAsync))
         {
             completionTokens++;
-            text.Append(chunks.Current.Text);
-            if (request.Stream && chunks.Current.Text.Length > 0) await Send(Chunk(chunks.Current.Text, null));
+            await Emit(stops.Add(chunks.Current.Text));
+            if (stops.Stopped) break;   // leaving the stream ends the generation on the scheduler
         }
+        if (!stops.Stopped) await Emit(stops.Flush());
         var usage = new { prompt_tokens = prompt.Length, completion_tokens = completionTokens, total_tokens = prompt.Length + completionTokens };
-        string finish = completionTokens >= request.MaxTokens ? "length" : "stop";
+        string finish = !stops.Stopped && completionTokens >= request.MaxTokens ? "length" : "stop";
         if (!request.Stream)
         {
             await context.Response.WriteAsJsonAsync(Response(text.ToString(), finish, usage), cancellation);
@@ -46,6 +49,12 @@ public sealed class CompletionRun(HttpContext context, IInferenceSchedulerGrain 
         await Send(Chunk(chat ? null : "", finish));
         if (request.IncludeUsage) await Send(Envelope(Array.Empty<object>(), usage));
         await context.Response.Body.WriteAsync("data: [DONE]\n\n"u8.ToArray(), cancellation);
+
+        async Task Emit(string piece)
+        {
+            text.Append(piece);
+            if (request.Stream && piece.Length > 0) await Send(Chunk(piece, null));
+        }
     }
 
     /// <summary>A grain call whose argument errors are the request's fault (400); other failures map in GatewayPipeline.</summary>

@@ -1,6 +1,6 @@
-// The gateway against a 2-silo in-process cluster: the official OpenAI client (chat, streamed chat), raw HTTP
-// /v1/completions (JSON and SSE), a Microsoft.Extensions.AI IChatClient, greedy output equal to TextGenerator, the
-// stories260K greedy reference, /v1/models and /health/ready.
+// The gateway against a 2-silo in-process cluster: the official OpenAI client (chat, streamed chat, stop strings), raw
+// HTTP /v1/completions (JSON and SSE), a Microsoft.Extensions.AI IChatClient, greedy output equal to TextGenerator, the
+// stories260K greedy reference, unimplemented fields refused by name, /v1/models and /health/ready.
 using System.ClientModel;
 using System.Net;
 using System.Text;
@@ -105,6 +105,72 @@ public sealed class GatewayTests(ClusterFixture fixture) : IAsyncLifetime
         var chunks = events[..^1].Select(e => JsonDocument.Parse(e["data: ".Length..]).RootElement.GetProperty("choices")[0]).ToArray();
         Assert.Equal(ExpectedGreedy(Prompt, 20), string.Concat(chunks.Select(c => c.GetProperty("text").GetString())));
         Assert.Equal("length", chunks[^1].GetProperty("finish_reason").GetString());
+    }
+
+    /// <summary>
+    /// `stop`: the text ends just before the first stop string, which is never sent, also when it spans two tokens, in
+    /// the official client's chat and its stream; finish_reason is stop, and the generation ends on the scheduler.
+    /// </summary>
+    [Fact]
+    public async Task StopStringsEndTheTextBeforeThemAcrossTokensAndInStreams()
+    {
+        var loaded = RandomModel.Create("tiny", seed: 1);
+        List<GeneratedToken> tokens;
+        using (var device = new CpuDevice(1))
+        using (var model = new TransformerModel(device, loaded.Config, loaded.Weights))
+            tokens = [.. new TextGenerator(model, loaded.Tokenizer!).Generate(Prompt, 24, SamplingOptions.Greedy)];
+        string full = string.Concat(tokens.Select(t => t.Text));
+        int boundary = tokens.Take(8).Sum(t => t.Text.Length);   // where token 8 begins
+        string stop = full.Substring(boundary - 1, 3);   // the end of token 7 and what follows it: across a token boundary
+        string expected = full[..full.IndexOf(stop, StringComparison.Ordinal)];
+        var options = new ChatCompletionOptions { Temperature = 0, MaxOutputTokenCount = 24 };
+        options.StopSequences.Add("a stop string this text never holds");
+        options.StopSequences.Add(stop);
+
+        ChatCompletion completion = await OpenAiChat().CompleteChatAsync([new UserChatMessage(Prompt)], options, Cancellation);
+        Assert.Equal(expected, completion.Content[0].Text);
+        Assert.Equal(ChatFinishReason.Stop, completion.FinishReason);
+
+        var streamed = new StringBuilder();
+        ChatFinishReason? finish = null;
+        await foreach (var update in OpenAiChat().CompleteChatStreamingAsync([new UserChatMessage(Prompt)], options, Cancellation))
+        {
+            foreach (var part in update.ContentUpdate) streamed.Append(part.Text);
+            finish ??= update.FinishReason;
+        }
+        Assert.Equal(expected, streamed.ToString());
+        Assert.Equal(ChatFinishReason.Stop, finish);
+
+        var scheduler = fixture.Cluster.Client.GetGrain<IInferenceSchedulerGrain>("tiny");
+        for (int i = 0; i < 100 && (await scheduler.Status()).Running > 0; i++) await Task.Delay(50, Cancellation);
+        Assert.Equal(0, (await scheduler.Status()).Running);   // no generation left running after its stop
+    }
+
+    [Theory]
+    [InlineData("""{"model":"tiny","prompt":"hi","stop":["a","b","c","d","e"]}""", "stop")]
+    [InlineData("""{"model":"tiny","prompt":"hi","stop":""}""", "stop")]
+    [InlineData("""{"model":"tiny","prompt":"hi","stop":7}""", "stop")]
+    [InlineData("""{"model":"tiny","prompt":"hi","presence_penalty":0.5}""", "presence_penalty")]
+    [InlineData("""{"model":"tiny","prompt":"hi","frequency_penalty":-1}""", "frequency_penalty")]
+    [InlineData("""{"model":"tiny","prompt":"hi","logit_bias":{"5":10}}""", "logit_bias")]
+    [InlineData("""{"model":"tiny","prompt":"hi","logprobs":2}""", "logprobs")]
+    [InlineData("""{"model":"tiny","prompt":"hi","response_format":{"type":"json_object"}}""", "response_format")]
+    public async Task FieldsThatWouldChangeTheOutputAndAreNotImplementedAreRefusedByName(string body, string param)
+    {
+        using var http = _gateway.Http();
+        using var response = await http.PostAsync("/v1/completions", new StringContent(body, Encoding.UTF8, "application/json"), Cancellation);
+        Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+        using var json = JsonDocument.Parse(await response.Content.ReadAsStringAsync(Cancellation));
+        Assert.Equal(param, json.RootElement.GetProperty("error").GetProperty("param").GetString());
+    }
+
+    [Fact]
+    public async Task NeutralValuesOfUnimplementedFieldsPass()
+    {
+        using var http = _gateway.Http();
+        string body = """{"model":"tiny","prompt":"hi","max_tokens":2,"presence_penalty":0,"frequency_penalty":0,"logit_bias":{},"logprobs":false,"response_format":{"type":"text"}}""";
+        using var response = await http.PostAsync("/v1/completions", new StringContent(body, Encoding.UTF8, "application/json"), Cancellation);
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
     }
 
     [Fact]
