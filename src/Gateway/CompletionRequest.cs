@@ -1,7 +1,7 @@
 // A validated /v1/completions or /v1/chat/completions request, parsed by hand from the JSON body so every bad
 // input maps to a 400 in the OpenAI error shape. Fields that would change the output and are not implemented
-// (penalties, logit_bias, logprobs, response_format other than text, n > 1) are a 400; other unknown fields are
-// ignored; JSON null counts as absent.
+// (penalties, logit_bias, logprobs, response_format other than text) are a 400; other unknown fields are ignored;
+// JSON null counts as absent.
 using System.Text.Json;
 using static Cluster.Gateway.JsonFields;
 
@@ -9,11 +9,12 @@ namespace Cluster.Gateway;
 
 public sealed record CompletionRequest(
     string Model, string Prompt, int MaxTokens, float Temperature, float TopP, int TopK, ulong Seed, bool Stream, bool IncludeUsage,
-    IReadOnlyList<string> Stop)
+    IReadOnlyList<string> Stop, int Choices)
 {
     public const int MaxTokensLimit = 4096;
     public const int DefaultMaxTokens = 128;
     public const int MaxStopSequences = 4, MaxStopLength = 1024;
+    public const int MaxChoices = 8;
 
     public static CompletionRequest Parse(ReadOnlyMemory<byte> body, bool chat)
     {
@@ -23,8 +24,6 @@ public sealed record CompletionRequest(
             string model = Get(root, "model") is { } m ? String(m, "model") : throw Missing("model");
             if (model.Length == 0) throw new ApiError(400, "'model' must not be empty.", "model");
             string prompt = chat ? RenderMessages(root) : Get(root, "prompt") is { } p ? String(p, "prompt") : throw Missing("prompt");
-            if (Get(root, "n") is { } n && !(n.ValueKind == JsonValueKind.Number && n.TryGetInt32(out int count) && count == 1))
-                throw new ApiError(400, "Only n = 1 is supported.", "n");
             var maxTokens = Get(root, "max_tokens") is { } mt ? ("max_tokens", mt)
                 : Get(root, "max_completion_tokens") is { } mct ? ("max_completion_tokens", mct) : default;
             var streamOptions = Get(root, "stream_options");
@@ -38,7 +37,8 @@ public sealed record CompletionRequest(
                 Seed: Get(root, "seed") is { } s ? SeedValue(s) : (ulong)Random.Shared.NextInt64(),
                 Stream: Get(root, "stream") is { } st && Bool(st, "stream"),
                 IncludeUsage: streamOptions is { ValueKind: JsonValueKind.Object } so && Get(so, "include_usage") is { } iu && Bool(iu, "stream_options.include_usage"),
-                Stop: Get(root, "stop") is { } stop ? StopStrings(stop) : []);
+                Stop: Get(root, "stop") is { } stop ? StopStrings(stop) : [],
+                Choices: Get(root, "n") is { } n ? Integer(n, "n", 1, MaxChoices) : 1);
         }
     }
 

@@ -1,10 +1,12 @@
 // One completion: tokenizes the prompt on the model's scheduler, streams its chunks and answers them as an OpenAI
-// text_completion / chat.completion object or as server-sent chunk events, cut before the first `stop` string
-// (StopSequences). finish_reason is "length" when max_tokens ended it, else "stop" (a stop string, EOS, or the model's
-// context filled up). Grain argument errors become 400s; the
-// rest map in GatewayPipeline (unknown model 404, full queue 429, pipeline lost 503; mid-stream: an error event). The
-// client going away cancels the generation on the scheduler at once, queued or running. A stream whose scheduler's
-// silo dies resumes on the scheduler's next activation (ResumableGeneration).
+// text_completion / chat.completion object or as server-sent chunk events, each choice's text cut before the first
+// `stop` string (StopSequences). With n > 1 the choices are n generations of the same prompt, seeded seed, seed + 1, ...,
+// run at once as n sequences of the scheduler (they share the prompt's KV blocks only where the prefix cache holds them
+// already: choices admitted in the same step each compute the prompt). finish_reason is "length"
+// when max_tokens ended a choice, else "stop" (a stop string, EOS, or the model's context filled up). Grain argument
+// errors become 400s; the rest map in GatewayPipeline (unknown model 404, full queue 429, pipeline lost 503;
+// mid-stream: an error event). The client going away cancels the generations on the scheduler at once, queued or
+// running. A stream whose scheduler's silo dies resumes on the scheduler's next activation (ResumableGeneration).
 using Cluster.Contracts;
 
 namespace Cluster.Gateway;
@@ -13,48 +15,105 @@ public sealed class CompletionRun(HttpContext context, IInferenceSchedulerGrain 
 {
     private readonly string _id = (chat ? "chatcmpl-" : "cmpl-") + Guid.NewGuid().ToString("N");
     private readonly long _created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+    private readonly SemaphoreSlim _writing = new(1, 1);   // the choices' streams share one response
 
     /// <summary>How long a stream waits for its scheduler to come back on another silo before it fails.</summary>
     private static readonly TimeSpan ResumePatience = TimeSpan.FromSeconds(60);
+
+    /// <summary>One of the n choices: its generation, its text so far and how it ended.</summary>
+    private sealed class Choice(int index, ResumableGeneration chunks, StopSequences stops)
+    {
+        public int Index => index;
+        public ResumableGeneration Chunks => chunks;
+        public StopSequences Stops => stops;
+        public System.Text.StringBuilder Text { get; } = new();
+        public int Tokens { get; set; }
+        public string Finish { get; set; } = "stop";
+    }
 
     public async Task RunAsync()
     {
         var cancellation = context.RequestAborted;
         int[] prompt = await Grain(() => scheduler.Tokenize(request.Prompt, cancellation));
-        var generation = new GenerationRequest
+        using var failed = CancellationTokenSource.CreateLinkedTokenSource(cancellation);   // one choice failing stops the others
+        var choices = Enumerable.Range(0, request.Choices).Select(i => new Choice(i,
+            new ResumableGeneration(scheduler, Generation(prompt, i), ResumePatience, failed.Token), new StopSequences(request.Stop))).ToArray();
+        try
         {
-            PromptTokens = prompt, MaxTokens = request.MaxTokens, Temperature = request.Temperature,
-            TopP = request.TopP, TopK = request.TopK, Seed = request.Seed,
-        };
-        await using var chunks = new ResumableGeneration(scheduler, generation, ResumePatience, cancellation);
-        bool any = await Grain(chunks.MoveNextAsync);   // argument errors surface before any output
-        var text = new System.Text.StringBuilder();
-        var stops = new StopSequences(request.Stop);
-        int completionTokens = 0;
-        if (request.Stream) StartEvents();
-        for (; any; any = await Grain(chunks.MoveNextAsync))
-        {
-            completionTokens++;
-            await Emit(stops.Add(chunks.Current.Text));
-            if (stops.Stopped) break;   // leaving the stream ends the generation on the scheduler
+            bool[] any = await FirstFailure(choices.Select(c => Grain(c.Chunks.MoveNextAsync)).ToArray(), failed);   // argument errors surface before any output
+            if (request.Stream) StartEvents();
+            await FirstFailure(choices.Select((c, i) => Generate(c, any[i])).ToArray(), failed);
         }
-        if (!stops.Stopped) await Emit(stops.Flush());
+        finally
+        {
+            foreach (var choice in choices) await choice.Chunks.DisposeAsync();
+        }
+        int completionTokens = choices.Sum(c => c.Tokens);
         var usage = new { prompt_tokens = prompt.Length, completion_tokens = completionTokens, total_tokens = prompt.Length + completionTokens };
-        string finish = !stops.Stopped && completionTokens >= request.MaxTokens ? "length" : "stop";
         if (!request.Stream)
         {
-            await context.Response.WriteAsJsonAsync(Response(text.ToString(), finish, usage), cancellation);
+            await context.Response.WriteAsJsonAsync(Response(choices, usage), cancellation);
             return;
         }
-        await Send(Chunk(chat ? null : "", finish));
         if (request.IncludeUsage) await Send(Envelope(Array.Empty<object>(), usage));
         await context.Response.Body.WriteAsync("data: [DONE]\n\n"u8.ToArray(), cancellation);
+    }
 
-        async Task Emit(string piece)
+    /// <summary>
+    /// Every task's result; when one fails, the others are cancelled and that failure (not a sibling's cancellation) is
+    /// what is thrown.
+    /// </summary>
+    private static async Task<T[]> FirstFailure<T>(Task<T>[] tasks, CancellationTokenSource others)
+    {
+        await FirstFailure(tasks.Cast<Task>().ToArray(), others);
+        return [.. tasks.Select(t => t.Result)];
+    }
+
+    private static async Task FirstFailure(Task[] tasks, CancellationTokenSource others)
+    {
+        var pending = tasks.ToList();
+        while (pending.Count > 0)
         {
-            text.Append(piece);
-            if (request.Stream && piece.Length > 0) await Send(Chunk(piece, null));
+            var done = await Task.WhenAny(pending);
+            pending.Remove(done);
+            if (done.IsFaulted || done.IsCanceled)
+            {
+                others.Cancel();
+                try { await Task.WhenAll(pending); } catch (Exception) { }   // the siblings end on the cancellation
+                await done;   // throws the failure itself
+            }
         }
+    }
+
+    /// <summary>Choice <paramref name="index"/>'s request: the same prompt, its own seed.</summary>
+    private GenerationRequest Generation(int[] prompt, int index) => new()
+    {
+        PromptTokens = prompt, MaxTokens = request.MaxTokens, Temperature = request.Temperature,
+        TopP = request.TopP, TopK = request.TopK, Seed = unchecked(request.Seed + (ulong)index) is var seed && seed != 0 ? seed : 1,
+    };
+
+    /// <summary>Reads one choice's generation to its end or its stop string, sending its chunks when streaming.</summary>
+    private async Task Generate(Choice choice, bool any)
+    {
+        for (; any; any = await Grain(choice.Chunks.MoveNextAsync))
+        {
+            choice.Tokens++;
+            await Emit(choice, choice.Stops.Add(choice.Chunks.Current.Text));
+            if (choice.Stops.Stopped)
+            {
+                await choice.Chunks.DisposeAsync();   // ends the generation on the scheduler now
+                break;
+            }
+        }
+        if (!choice.Stops.Stopped) await Emit(choice, choice.Stops.Flush());
+        choice.Finish = !choice.Stops.Stopped && choice.Tokens >= request.MaxTokens ? "length" : "stop";
+        if (request.Stream) await Send(Chunk(choice.Index, chat ? null : "", choice.Finish));
+    }
+
+    private async Task Emit(Choice choice, string piece)
+    {
+        choice.Text.Append(piece);
+        if (request.Stream && piece.Length > 0) await Send(Chunk(choice.Index, piece, null));
     }
 
     /// <summary>A grain call whose argument errors are the request's fault (400); other failures map in GatewayPipeline.</summary>
@@ -72,17 +131,22 @@ public sealed class CompletionRun(HttpContext context, IInferenceSchedulerGrain 
 
     private async Task Send(object payload)
     {
-        await context.Response.Body.WriteAsync(OpenAiEndpoints.SseEvent(payload), context.RequestAborted);
-        await context.Response.Body.FlushAsync(context.RequestAborted);
+        await _writing.WaitAsync(context.RequestAborted);
+        try
+        {
+            await context.Response.Body.WriteAsync(OpenAiEndpoints.SseEvent(payload), context.RequestAborted);
+            await context.Response.Body.FlushAsync(context.RequestAborted);
+        }
+        finally { _writing.Release(); }
     }
 
-    private object Chunk(string? text, string? finish) => Envelope(chat
-        ? [new { index = 0, delta = text is null ? (object)new { } : new { role = "assistant", content = text }, logprobs = (object?)null, finish_reason = finish }]
-        : [new { text, index = 0, logprobs = (object?)null, finish_reason = finish }], usage: null);
+    private object Chunk(int index, string? text, string? finish) => Envelope(chat
+        ? [new { index, delta = text is null ? (object)new { } : new { role = "assistant", content = text }, logprobs = (object?)null, finish_reason = finish }]
+        : [new { text, index, logprobs = (object?)null, finish_reason = finish }], usage: null);
 
-    private object Response(string text, string finish, object usage) => Envelope(chat
-        ? [new { index = 0, message = new { role = "assistant", content = text }, logprobs = (object?)null, finish_reason = finish }]
-        : [new { text, index = 0, logprobs = (object?)null, finish_reason = finish }], usage);
+    private object Response(Choice[] choices, object usage) => Envelope(chat
+        ? [.. choices.Select(c => (object)new { index = c.Index, message = new { role = "assistant", content = c.Text.ToString() }, logprobs = (object?)null, finish_reason = c.Finish })]
+        : [.. choices.Select(c => (object)new { text = c.Text.ToString(), index = c.Index, logprobs = (object?)null, finish_reason = c.Finish })], usage);
 
     private object Envelope(object[] choices, object? usage) => new
     {

@@ -102,8 +102,11 @@ public sealed class ResumableGeneration(
         _chunks = null;
     }
 
+    /// <summary>Ends the generation on the scheduler (a stream left early frees its sequence at once); idempotent.</summary>
     public async ValueTask DisposeAsync()
     {
-        if (_chunks is not null) await _chunks.DisposeAsync();
+        var chunks = _chunks;
+        _chunks = null;
+        if (chunks is not null) await chunks.DisposeAsync();
     }
 }

@@ -146,16 +146,55 @@ public sealed class GatewayTests(ClusterFixture fixture) : IAsyncLifetime
         Assert.Equal(0, (await scheduler.Status()).Running);   // no generation left running after its stop
     }
 
+    /// <summary>
+    /// n = 3 sampled choices: choice i is what one request seeded seed + i gives, the stream's chunks reassemble to the
+    /// same three texts by index, and the usage counts every choice's tokens.
+    /// </summary>
+    [Fact]
+    public async Task ThreeChoicesAreThreeSeededGenerationsOfThePrompt()
+    {
+        using var http = _gateway.Http();
+        async Task<JsonElement> Complete(string body)
+        {
+            using var response = await http.PostAsync("/v1/completions", new StringContent(body, Encoding.UTF8, "application/json"), Cancellation);
+            Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+            return JsonDocument.Parse(await response.Content.ReadAsStringAsync(Cancellation)).RootElement.Clone();
+        }
+        string Body(int n, int seed, bool stream = false) =>
+            $$"""{"model":"tiny","prompt":"{{Prompt}}","max_tokens":12,"temperature":1,"top_p":1,"seed":{{seed}},"n":{{n}},"stream":{{(stream ? "true" : "false")}}}""";
+
+        var three = await Complete(Body(3, 42));
+        var texts = three.GetProperty("choices").EnumerateArray().OrderBy(c => c.GetProperty("index").GetInt32()).Select(c => c.GetProperty("text").GetString()!).ToArray();
+        Assert.Equal(3, texts.Length);
+        for (int i = 0; i < 3; i++)
+            Assert.Equal((await Complete(Body(1, 42 + i))).GetProperty("choices")[0].GetProperty("text").GetString(), texts[i]);
+        Assert.True(texts.Distinct().Count() > 1, "three seeds, three draws");
+        Assert.Equal(36, three.GetProperty("usage").GetProperty("completion_tokens").GetInt32());
+
+        using var streamed = await http.PostAsync("/v1/completions", new StringContent(Body(3, 42, stream: true), Encoding.UTF8, "application/json"), Cancellation);
+        var events = (await streamed.Content.ReadAsStringAsync(Cancellation)).Split("\n\n", StringSplitOptions.RemoveEmptyEntries);
+        Assert.Equal("data: [DONE]", events[^1]);
+        var chunks = events[..^1].Select(e => JsonDocument.Parse(e["data: ".Length..]).RootElement.GetProperty("choices")[0]).ToArray();
+        for (int i = 0; i < 3; i++)
+        {
+            var mine = chunks.Where(c => c.GetProperty("index").GetInt32() == i).ToArray();
+            Assert.Equal(texts[i], string.Concat(mine.Select(c => c.GetProperty("text").GetString())));
+            Assert.Equal("length", mine[^1].GetProperty("finish_reason").GetString());
+        }
+    }
+
     [Theory]
     [InlineData("""{"model":"tiny","prompt":"hi","stop":["a","b","c","d","e"]}""", "stop")]
     [InlineData("""{"model":"tiny","prompt":"hi","stop":""}""", "stop")]
     [InlineData("""{"model":"tiny","prompt":"hi","stop":7}""", "stop")]
+    [InlineData("""{"model":"tiny","prompt":"hi","n":9}""", "n")]
+    [InlineData("""{"model":"tiny","prompt":"hi","n":0}""", "n")]
     [InlineData("""{"model":"tiny","prompt":"hi","presence_penalty":0.5}""", "presence_penalty")]
     [InlineData("""{"model":"tiny","prompt":"hi","frequency_penalty":-1}""", "frequency_penalty")]
     [InlineData("""{"model":"tiny","prompt":"hi","logit_bias":{"5":10}}""", "logit_bias")]
     [InlineData("""{"model":"tiny","prompt":"hi","logprobs":2}""", "logprobs")]
     [InlineData("""{"model":"tiny","prompt":"hi","response_format":{"type":"json_object"}}""", "response_format")]
-    public async Task FieldsThatWouldChangeTheOutputAndAreNotImplementedAreRefusedByName(string body, string param)
+    public async Task BadOrUnimplementedFieldsAreRefusedByName(string body, string param)
     {
         using var http = _gateway.Http();
         using var response = await http.PostAsync("/v1/completions", new StringContent(body, Encoding.UTF8, "application/json"), Cancellation);
