@@ -23,11 +23,21 @@ public sealed record GenerationRequest
     [Id(8)] public int[]? Resume { get; init; }
     /// <summary>The caller's id for this stream (kept when it resumes): the scheduler answers StreamProgress for it.</summary>
     [Id(9)] public Guid Stream { get; init; }
+    /// <summary>-1: no log-probabilities; 0 to 20: each chunk carries its token's and that many alternatives' (ChunkLogprobs).</summary>
+    [Id(10)] public int TopLogprobs { get; init; } = -1;
 }
 
-/// <summary>One generated token and the text it completes (partial UTF-8 is held back until whole).</summary>
+/// <summary>One generated token and the text it completes (partial UTF-8 is held back until whole); its log-probabilities when asked for.</summary>
 [GenerateSerializer, Immutable]
-public sealed record GeneratedChunk([property: Id(0)] int TokenId, [property: Id(1)] string Text);
+public sealed record GeneratedChunk([property: Id(0)] int TokenId, [property: Id(1)] string Text, [property: Id(2)] ChunkLogprobs? Logprobs = null);
+
+/// <summary>A token by its own bytes (its piece alone, as UTF-8; a partial character's bytes shown replaced in Token) and its log-probability.</summary>
+[GenerateSerializer, Immutable]
+public sealed record TokenLogprob([property: Id(0)] string Token, [property: Id(1)] byte[] Bytes, [property: Id(2)] float Logprob);
+
+/// <summary>The generated token's log-probability under the model's distribution and the most likely tokens', most likely first.</summary>
+[GenerateSerializer, Immutable]
+public sealed record ChunkLogprobs([property: Id(0)] TokenLogprob Chosen, [property: Id(1)] TokenLogprob[] Top);
 
 [GenerateSerializer, Immutable]
 public sealed record SchedulerStatus([property: Id(0)] string Silo, [property: Id(1)] string[] Shards, [property: Id(2)] int Running, [property: Id(3)] int Waiting);

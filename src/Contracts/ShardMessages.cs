@@ -29,8 +29,18 @@ public sealed record ForwardChunk([property: Id(0)] Guid Sequence, [property: Id
 /// sequence's random generator now (xorshift64*, never 0). A sampled token draws one number from the generator; its
 /// owner (the scheduler) moves its own copy of the state past that draw, so a replayed step draws the same token.
 /// </summary>
+/// <paramref name="TopLogprobs"/>: -1 asks for no log-probabilities; 0 to 20, for the sampled token's and that many of
+/// the most likely tokens' (TokenLogprobs).
 [GenerateSerializer, Immutable]
-public sealed record TokenSampling([property: Id(0)] float Temperature, [property: Id(1)] float TopP, [property: Id(2)] int TopK, [property: Id(3)] ulong Generator);
+public sealed record TokenSampling([property: Id(0)] float Temperature, [property: Id(1)] float TopP, [property: Id(2)] int TopK, [property: Id(3)] ulong Generator,
+    [property: Id(4)] int TopLogprobs = -1);
+
+/// <summary>
+/// The sampled token's log-probability under the model's distribution (log-softmax of the raw logits, before
+/// temperature, top-k and top-p) and the most likely tokens' ids and log-probabilities, most likely first.
+/// </summary>
+[GenerateSerializer, Immutable]
+public sealed record TokenLogprobs([property: Id(0)] float Logprob, [property: Id(1)] int[] TopTokens, [property: Id(2)] float[] TopLogprobs);
 
 /// <summary>
 /// One pipeline step: sequences that ended (their KV blocks are freed first, in step order, so every shard's cache
@@ -49,9 +59,12 @@ public sealed record StageBatch(
     [property: Id(5)] int[]? PrefixHits = null,
     [property: Id(6)] Guid StepId = default);
 
-/// <summary>One token per chunk of the step, in order: the one sampled after the chunk's last token, or -1 where the chunk asked for none.</summary>
+/// <summary>
+/// One token per chunk of the step, in order: the one sampled after the chunk's last token, or -1 where the chunk asked
+/// for none; and where any chunk asked for log-probabilities, one entry per chunk (null where it did not).
+/// </summary>
 [GenerateSerializer, Immutable]
-public sealed record StageResult([property: Id(0)] int[] Tokens);
+public sealed record StageResult([property: Id(0)] int[] Tokens, [property: Id(1)] TokenLogprobs?[]? Logprobs = null);
 
 [GenerateSerializer, Immutable]
 public sealed record ShardDescription(

@@ -1,7 +1,7 @@
 // A validated /v1/completions or /v1/chat/completions request, parsed by hand from the JSON body so every bad
 // input maps to a 400 in the OpenAI error shape. Fields that would change the output and are not implemented
-// (penalties, logit_bias, logprobs, response_format other than text) are a 400; other unknown fields are ignored;
-// JSON null counts as absent.
+// (penalties, logit_bias, response_format other than text) are a 400; other unknown fields are ignored; JSON null
+// counts as absent.
 using System.Text.Json;
 using static Cluster.Gateway.JsonFields;
 
@@ -9,7 +9,7 @@ namespace Cluster.Gateway;
 
 public sealed record CompletionRequest(
     string Model, string Prompt, int MaxTokens, float Temperature, float TopP, int TopK, ulong Seed, bool Stream, bool IncludeUsage,
-    IReadOnlyList<string> Stop, int Choices)
+    IReadOnlyList<string> Stop, int Choices, int TopLogprobs)
 {
     public const int MaxTokensLimit = 4096;
     public const int DefaultMaxTokens = 128;
@@ -38,8 +38,18 @@ public sealed record CompletionRequest(
                 Stream: Get(root, "stream") is { } st && Bool(st, "stream"),
                 IncludeUsage: streamOptions is { ValueKind: JsonValueKind.Object } so && Get(so, "include_usage") is { } iu && Bool(iu, "stream_options.include_usage"),
                 Stop: Get(root, "stop") is { } stop ? StopStrings(stop) : [],
-                Choices: Get(root, "n") is { } n ? Integer(n, "n", 1, MaxChoices) : 1);
+                Choices: Get(root, "n") is { } n ? Integer(n, "n", 1, MaxChoices) : 1,
+                TopLogprobs: chat ? ChatLogprobs(root) : Get(root, "logprobs") is { } lp ? Integer(lp, "logprobs", 0, 5) : -1);
         }
+    }
+
+    /// <summary>Chat's `logprobs` (a boolean) and `top_logprobs` (0 to 20, with logprobs only): -1 for none, else the alternatives wanted.</summary>
+    private static int ChatLogprobs(JsonElement root)
+    {
+        bool wanted = Get(root, "logprobs") is { } logprobs && Bool(logprobs, "logprobs");
+        int top = Get(root, "top_logprobs") is { } t ? Integer(t, "top_logprobs", 0, 20) : 0;
+        if (top > 0 && !wanted) throw new ApiError(400, "'top_logprobs' needs 'logprobs': true.", "top_logprobs");
+        return wanted ? top : -1;
     }
 
     /// <summary>`stop`: a string or an array of up to 4 non-empty strings of at most 1024 characters.</summary>
@@ -65,10 +75,6 @@ public sealed record CompletionRequest(
                 throw new ApiError(400, $"'{penalty}' other than 0 is not supported.", penalty);
         if (Get(root, "logit_bias") is { } bias && !(bias.ValueKind == JsonValueKind.Object && !bias.EnumerateObject().Any()))
             throw new ApiError(400, "'logit_bias' is not supported.", "logit_bias");
-        if (Get(root, "logprobs") is { } logprobs && !(logprobs.ValueKind == JsonValueKind.False || logprobs.ValueKind == JsonValueKind.Number && logprobs.TryGetInt32(out int l) && l == 0))
-            throw new ApiError(400, "'logprobs' is not supported.", "logprobs");
-        if (Get(root, "top_logprobs") is { } top && !(top.ValueKind == JsonValueKind.Number && top.TryGetInt32(out int t) && t == 0))
-            throw new ApiError(400, "'top_logprobs' is not supported.", "top_logprobs");
         if (Get(root, "response_format") is { } format
             && !(format.ValueKind == JsonValueKind.Object && Get(format, "type") is { ValueKind: JsonValueKind.String } type && type.GetString() == "text"))
             throw new ApiError(400, "Only 'response_format' {\"type\": \"text\"} is supported.", "response_format");

@@ -1,5 +1,6 @@
 // One completion: tokenizes the prompt on the model's scheduler, streams its chunks and answers them as an OpenAI
-// text_completion / chat.completion object or as server-sent chunk events, each choice's text cut before the first
+// text_completion / chat.completion object or as server-sent chunk events (with each token's log-probabilities when
+// asked for: the model's distribution before temperature and top-k/p), each choice's text cut before the first
 // `stop` string (StopSequences). With n > 1 the choices are n generations of the same prompt, seeded seed, seed + 1, ...,
 // run at once as n sequences of the scheduler (they share the prompt's KV blocks only where the prefix cache holds them
 // already: choices admitted in the same step each compute the prompt). finish_reason is "length"
@@ -27,6 +28,9 @@ public sealed class CompletionRun(HttpContext context, IInferenceSchedulerGrain 
         public ResumableGeneration Chunks => chunks;
         public StopSequences Stops => stops;
         public System.Text.StringBuilder Text { get; } = new();
+        /// <summary>Each token's log-probabilities, where asked for; the stream has sent the first Sent of them.</summary>
+        public List<ChunkLogprobs> Logprobs { get; } = [];
+        public int Sent { get; set; }
         public int Tokens { get; set; }
         public string Finish { get; set; } = "stop";
     }
@@ -90,6 +94,7 @@ public sealed class CompletionRun(HttpContext context, IInferenceSchedulerGrain 
     {
         PromptTokens = prompt, MaxTokens = request.MaxTokens, Temperature = request.Temperature,
         TopP = request.TopP, TopK = request.TopK, Seed = unchecked(request.Seed + (ulong)index) is var seed && seed != 0 ? seed : 1,
+        TopLogprobs = request.TopLogprobs,
     };
 
     /// <summary>Reads one choice's generation to its end or its stop string, sending its chunks when streaming.</summary>
@@ -98,6 +103,7 @@ public sealed class CompletionRun(HttpContext context, IInferenceSchedulerGrain 
         for (; any; any = await Grain(choice.Chunks.MoveNextAsync))
         {
             choice.Tokens++;
+            if (choice.Chunks.Current.Logprobs is { } logprobs) choice.Logprobs.Add(logprobs);
             await Emit(choice, choice.Stops.Add(choice.Chunks.Current.Text));
             if (choice.Stops.Stopped)
             {
@@ -107,13 +113,50 @@ public sealed class CompletionRun(HttpContext context, IInferenceSchedulerGrain 
         }
         if (!choice.Stops.Stopped) await Emit(choice, choice.Stops.Flush());
         choice.Finish = !choice.Stops.Stopped && choice.Tokens >= request.MaxTokens ? "length" : "stop";
-        if (request.Stream) await Send(Chunk(choice.Index, chat ? null : "", choice.Finish));
+        if (request.Stream) await Send(Chunk(choice.Index, chat ? null : "", Unsent(choice), choice.Finish));
     }
 
     private async Task Emit(Choice choice, string piece)
     {
+        int offset = choice.Text.Length;
         choice.Text.Append(piece);
-        if (request.Stream && piece.Length > 0) await Send(Chunk(choice.Index, piece, null));
+        if (request.Stream && piece.Length > 0) await Send(Chunk(choice.Index, piece, Unsent(choice), null, offset));
+    }
+
+    /// <summary>The log-probabilities not yet streamed (a token whose text a stop string held back goes with the next chunk).</summary>
+    private ChunkLogprobs[] Unsent(Choice choice)
+    {
+        var unsent = choice.Logprobs[choice.Sent..].ToArray();
+        choice.Sent = choice.Logprobs.Count;
+        return unsent;
+    }
+
+    /// <summary>
+    /// The OpenAI shape of some tokens' log-probabilities, or null when the request asked for none: chat's
+    /// {content: [{token, logprob, bytes, top_logprobs}]}, completions' {tokens, token_logprobs, top_logprobs, text_offset}.
+    /// </summary>
+    private object? LogprobsJson(IReadOnlyList<ChunkLogprobs> tokens, int textOffset)
+    {
+        if (request.TopLogprobs < 0) return null;
+        static int[] Bytes(TokenLogprob t) => [.. t.Bytes.Select(b => (int)b)];
+        if (chat)
+            return new
+            {
+                content = tokens.Select(t => new
+                {
+                    token = t.Chosen.Token, logprob = t.Chosen.Logprob, bytes = Bytes(t.Chosen),
+                    top_logprobs = t.Top.Select(a => new { token = a.Token, logprob = a.Logprob, bytes = Bytes(a) }),
+                }),
+            };
+        var offsets = new int[tokens.Count];
+        for (int i = 0; i < tokens.Count; i++) offsets[i] = i == 0 ? textOffset : offsets[i - 1] + tokens[i - 1].Chosen.Token.Length;
+        return new
+        {
+            tokens = tokens.Select(t => t.Chosen.Token),
+            token_logprobs = tokens.Select(t => t.Chosen.Logprob),
+            top_logprobs = tokens.Select(t => t.Top.GroupBy(a => a.Token).ToDictionary(g => g.Key, g => g.First().Logprob)),
+            text_offset = offsets,
+        };
     }
 
     /// <summary>A grain call whose argument errors are the request's fault (400); other failures map in GatewayPipeline.</summary>
@@ -140,13 +183,13 @@ public sealed class CompletionRun(HttpContext context, IInferenceSchedulerGrain 
         finally { _writing.Release(); }
     }
 
-    private object Chunk(int index, string? text, string? finish) => Envelope(chat
-        ? [new { index, delta = text is null ? (object)new { } : new { role = "assistant", content = text }, logprobs = (object?)null, finish_reason = finish }]
-        : [new { text, index, logprobs = (object?)null, finish_reason = finish }], usage: null);
+    private object Chunk(int index, string? text, ChunkLogprobs[] logprobs, string? finish, int textOffset = 0) => Envelope(chat
+        ? [new { index, delta = text is null ? (object)new { } : new { role = "assistant", content = text }, logprobs = LogprobsJson(logprobs, textOffset), finish_reason = finish }]
+        : [new { text, index, logprobs = LogprobsJson(logprobs, textOffset), finish_reason = finish }], usage: null);
 
     private object Response(Choice[] choices, object usage) => Envelope(chat
-        ? [.. choices.Select(c => (object)new { index = c.Index, message = new { role = "assistant", content = c.Text.ToString() }, logprobs = (object?)null, finish_reason = c.Finish })]
-        : [.. choices.Select(c => (object)new { text = c.Text.ToString(), index = c.Index, logprobs = (object?)null, finish_reason = c.Finish })], usage);
+        ? [.. choices.Select(c => (object)new { index = c.Index, message = new { role = "assistant", content = c.Text.ToString() }, logprobs = LogprobsJson(c.Logprobs, 0), finish_reason = c.Finish })]
+        : [.. choices.Select(c => (object)new { text = c.Text.ToString(), index = c.Index, logprobs = LogprobsJson(c.Logprobs, 0), finish_reason = c.Finish })], usage);
 
     private object Envelope(object[] choices, object? usage) => new
     {

@@ -57,7 +57,7 @@ public sealed class InferenceSchedulerGrain(
         /// <summary>The sequence's copy of its generator: the last stage samples from its state (Sampling) and this one moves past each draw.</summary>
         public Sampler Sampler { get; } = new(new SamplingOptions(request.Temperature, request.TopP, request.TopK, request.Seed));
         /// <summary>What the last stage needs to pick this sequence's next token.</summary>
-        public TokenSampling Sampling => new(request.Temperature, request.TopP, request.TopK, Sampler.Generator);
+        public TokenSampling Sampling => new(request.Temperature, request.TopP, request.TopK, Sampler.Generator, request.TopLogprobs);
         public Decoder Decoder { get; } = Encoding.UTF8.GetDecoder();
         public Channel<GeneratedChunk> Output { get; } = Channel.CreateUnbounded<GeneratedChunk>(new() { SingleReader = true, SingleWriter = true });
         public Replica? Replica { get; set; }
@@ -68,6 +68,8 @@ public sealed class InferenceSchedulerGrain(
         public bool InFlight => Scheduled > Cached;
         /// <summary>The token sampled after its last token, by the step that carried it (steps may answer out of order).</summary>
         public int NextToken { get; set; }
+        /// <summary>NextToken's log-probabilities, where the request asks for them.</summary>
+        public TokenLogprobs? NextLogprobs { get; set; }
         public bool Cancelled { get; set; }
         public bool Finished { get; set; }
         /// <summary>Failed steps this sequence was in (it is replayed after each, up to MaxStepFailures).</summary>
@@ -390,11 +392,16 @@ public sealed class InferenceSchedulerGrain(
         }
     }
 
+    /// <summary>The most alternatives a token's log-probabilities list (OpenAI's top_logprobs limit).</summary>
+    public const int MaxTopLogprobs = 20;
+
     public Task<SchedulerStatus> Status() => Task.FromResult(new SchedulerStatus(silo.Name,
         [.. _replicas.SelectMany(r => r.AllKeys)], _replicas.Sum(r => r.Running.Count), _replicas.Sum(r => r.Waiting.Count)));
 
     public async IAsyncEnumerable<GeneratedChunk> Generate(GenerationRequest request, [EnumeratorCancellation] CancellationToken cancellation)
     {
+        if (request.TopLogprobs is < -1 or > MaxTopLogprobs)
+            throw new ArgumentException($"top logprobs must be from 0 to {MaxTopLogprobs} (or -1 for none), got {request.TopLogprobs}");
         var shape = await ServingShape();
         int[] prompt = request.PromptTokens ?? await Encode(request.Prompt, shape, cancellation);
         int[] resume = request.Resume ?? [];
@@ -612,10 +619,10 @@ public sealed class InferenceSchedulerGrain(
         {
             var (sequence, chunk, last) = batch[i];
             sequence.Cached += chunk.Tokens.Length;
-            if (last) sequence.NextToken = result.Tokens[i];
+            if (last) (sequence.NextToken, sequence.NextLogprobs) = (result.Tokens[i], result.Logprobs?[i]);
             if (sequence.InFlight) continue;   // another chunk of its prompt is still in the pipeline
             if (sequence.Cancelled) finished.Add(sequence);
-            else if (sequence.Unscheduled == 0 && Emit(sequence, sequence.NextToken)) finished.Add(sequence);   // a token only once its last chunk is in
+            else if (sequence.Unscheduled == 0 && Emit(sequence, sequence.NextToken, sequence.NextLogprobs)) finished.Add(sequence);   // a token only once its last chunk is in
         }
         foreach (var sequence in finished) Finish(sequence);
         Kick(replica);
@@ -628,17 +635,35 @@ public sealed class InferenceSchedulerGrain(
             throw new InvalidDataException($"step {step}: the last stage delivered {result.Tokens.Length} tokens for {batch.Count} chunks");
         int vocab = Tokenizer.VocabSize;
         for (int i = 0; i < batch.Count; i++)
-            if (batch[i].Last && (uint)result.Tokens[i] >= (uint)vocab)
+        {
+            if (!batch[i].Last) continue;
+            if ((uint)result.Tokens[i] >= (uint)vocab)
                 throw new InvalidDataException($"step {step}: the last stage sampled token {result.Tokens[i]}, outside the vocabulary of {vocab}");
+            int asked = batch[i].Sequence.Request.TopLogprobs;
+            if (asked >= 0 && (result.Logprobs?.ElementAtOrDefault(i) is not { } logprobs || logprobs.TopTokens.Length != Math.Min(asked, vocab)
+                || logprobs.TopLogprobs.Length != logprobs.TopTokens.Length || logprobs.TopTokens.Any(t => (uint)t >= (uint)vocab)))
+                throw new InvalidDataException($"step {step}: the last stage did not deliver the {asked} log-probabilities chunk {i} asked for");
+        }
     }
 
-    /// <summary>Streams the token the last stage sampled; true when the sequence is done.</summary>
-    private bool Emit(Sequence sequence, int next)
+    /// <summary>Streams the token the last stage sampled (with its log-probabilities, when asked for); true when the sequence is done.</summary>
+    private bool Emit(Sequence sequence, int next, TokenLogprobs? logprobs)
     {
         var tokenizer = Tokenizer;
         sequence.Sampler.Skip(1);   // the last stage drew from a copy of this generator
         if (sequence.Request.StopAtEos && (next == tokenizer.BosId || next == tokenizer.EosId)) return true;
-        sequence.Output.Writer.TryWrite(new GeneratedChunk(next, sequence.Append(next, tokenizer)));
+        ChunkLogprobs? withText = null;
+        if (logprobs is not null)
+        {
+            int previous = sequence.Tokens[^1];
+            TokenLogprob Text(int token, float value)   // the token's own piece after the same previous token
+            {
+                byte[] bytes = tokenizer.DecodeBytes(previous, token);
+                return new TokenLogprob(Encoding.UTF8.GetString(bytes), bytes, value);
+            }
+            withText = new ChunkLogprobs(Text(next, logprobs.Logprob), [.. logprobs.TopTokens.Zip(logprobs.TopLogprobs, Text)]);
+        }
+        sequence.Output.Writer.TryWrite(new GeneratedChunk(next, sequence.Append(next, tokenizer), withText));
         long now = Stopwatch.GetTimestamp();
         if (sequence.LastToken == 0) ClusterTelemetry.TimeToFirstToken.Record(Stopwatch.GetElapsedTime(sequence.Arrived, now).TotalSeconds, ModelTag);
         else ClusterTelemetry.InterTokenLatency.Record(Stopwatch.GetElapsedTime(sequence.LastToken, now).TotalSeconds, ModelTag);

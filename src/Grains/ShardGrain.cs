@@ -217,8 +217,8 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
             }
             else if (a.Rank == 0)   // the scheduler's call for them (SampledTokens) takes the tokens, not the earlier stages
             {
-                int[] tokens = await Task.Run(() => SampleNextTokens(batch.Chunks, output, model.Config.VocabSize));   // off the device thread: the next step runs meanwhile
-                epoch.Publish(batch.StepId, new StageResult(tokens));
+                var sampled = await Task.Run(() => SampleNextTokens(batch.Chunks, output, model.Config.VocabSize));   // off the device thread: the next step runs meanwhile
+                epoch.Publish(batch.StepId, sampled);
             }
         }
     }
@@ -249,17 +249,30 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
 
     /// <summary>
     /// The next token of each chunk that asks for one, sampled from its row of <paramref name="logits"/> (chunks, V) with
-    /// the chunk's own generator state; -1 for the others. Rows are independent: they are sampled in parallel.
+    /// the chunk's own generator state; -1 for the others; and the log-probabilities the chunks ask for. Rows are
+    /// independent: they are sampled in parallel.
     /// </summary>
-    private static int[] SampleNextTokens(ForwardChunk[] chunks, StageOutput logits, int vocab)
+    private static StageResult SampleNextTokens(ForwardChunk[] chunks, StageOutput logits, int vocab)
     {
         if (logits.Span.Length != (long)chunks.Length * vocab)
             throw new InvalidOperationException($"the last stage computed {logits.Span.Length} logits for {chunks.Length} chunks of a {vocab}-token vocabulary");
         var tokens = new int[chunks.Length];
-        Parallel.For(0, chunks.Length, i => tokens[i] = chunks[i].Sample is { } s
-            ? new Sampler(new SamplingOptions(s.Temperature, s.TopP, s.TopK, s.Generator)).Sample(logits.Span.Slice(i * vocab, vocab))
-            : -1);
-        return tokens;
+        var logprobs = chunks.Any(c => c.Sample is { TopLogprobs: >= 0 }) ? new TokenLogprobs?[chunks.Length] : null;
+        Parallel.For(0, chunks.Length, i =>
+        {
+            if (chunks[i].Sample is not { } s)
+            {
+                tokens[i] = -1;
+                return;
+            }
+            var row = logits.Span.Slice(i * vocab, vocab);
+            float[]? raw = s.TopLogprobs >= 0 ? row.ToArray() : null;   // the sampler overwrites the row
+            tokens[i] = new Sampler(new SamplingOptions(s.Temperature, s.TopP, s.TopK, s.Generator)).Sample(row);
+            if (raw is null) return;
+            var (chosen, top, topLogprobs) = Sampler.Logprobs(raw, tokens[i], s.TopLogprobs);
+            logprobs![i] = new TokenLogprobs(chosen, top, topLogprobs);
+        });
+        return new StageResult(tokens, logprobs);
     }
 
     /// <summary>

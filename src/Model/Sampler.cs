@@ -63,6 +63,32 @@ public sealed class Sampler
         return best;
     }
 
+    /// <summary>
+    /// Log-probabilities from raw <paramref name="logits"/> (V,) (log-softmax, in double): the chosen token's, and the
+    /// <paramref name="top"/> most likely tokens' ids and values, most likely first (ties to the lower id).
+    /// </summary>
+    public static (float Chosen, int[] TopTokens, float[] TopLogprobs) Logprobs(ReadOnlySpan<float> logits, int chosen, int top)
+    {
+        float max = float.NegativeInfinity;
+        foreach (float v in logits) max = MathF.Max(max, v);
+        double sum = 0;
+        foreach (float v in logits) sum += Math.Exp(v - max);
+        double logSum = max + Math.Log(sum);
+        top = Math.Min(top, logits.Length);
+        var ids = new int[top];
+        int count = 0;
+        for (int i = 0; i < logits.Length; i++)   // an insertion into the k best so far: k is at most 20
+        {
+            if (count == top && !(logits[i] > logits[ids[top - 1]])) continue;
+            int at = count < top ? count++ : top - 1;
+            while (at > 0 && logits[i] > logits[ids[at - 1]]) { ids[at] = ids[at - 1]; at--; }
+            ids[at] = i;
+        }
+        var values = new float[top];
+        for (int j = 0; j < top; j++) values[j] = (float)(logits[ids[j]] - logSum);
+        return ((float)(logits[chosen] - logSum), ids, values);
+    }
+
     public static void Softmax(Span<float> x)
     {
         float max = float.NegativeInfinity;

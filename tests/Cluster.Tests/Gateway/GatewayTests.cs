@@ -183,6 +183,62 @@ public sealed class GatewayTests(ClusterFixture fixture) : IAsyncLifetime
         }
     }
 
+    /// <summary>
+    /// logprobs through the official client: each generated token's log-probability and its top 3 alternatives are
+    /// the log-softmax of the model's own logits at that position (computed here on one device), the greedy token is
+    /// the first alternative, the tokens' texts make up the content, and completions' legacy shape says the same.
+    /// </summary>
+    [Fact]
+    public async Task LogprobsAreTheLogSoftmaxOfTheModelsLogits()
+    {
+        var loaded = RandomModel.Create("tiny", seed: 1);
+        int[] prompt = loaded.Tokenizer!.Encode(Prompt, addBos: true);
+        int[] generated;
+        float[] logits;
+        using (var device = new CpuDevice(1))
+        using (var model = new TransformerModel(device, loaded.Config, loaded.Weights))
+        {
+            generated = [.. new TextGenerator(model, loaded.Tokenizer).Generate(Prompt, 10, SamplingOptions.Greedy).Select(t => t.Id)];
+            using var cache = model.CreateCache(1, prompt.Length + generated.Length, 4);
+            logits = model.Forward([new SequenceChunk(cache.CreateSequence(), [.. prompt, .. generated[..^1]], AllLogits: true)], cache);
+        }
+        int V = loaded.Config.VocabSize;
+        double[] LogSoftmax(int step)   // the row that predicted generated[step]
+        {
+            var row = logits.AsSpan((prompt.Length - 1 + step) * V, V);
+            double max = double.NegativeInfinity, sum = 0;
+            foreach (float v in row) max = Math.Max(max, v);
+            foreach (float v in row) sum += Math.Exp(v - max);
+            return [.. row.ToArray().Select(v => v - max - Math.Log(sum))];
+        }
+
+        var options = new ChatCompletionOptions { Temperature = 0, MaxOutputTokenCount = 10, IncludeLogProbabilities = true, TopLogProbabilityCount = 3 };
+        ChatCompletion completion = await OpenAiChat().CompleteChatAsync([new UserChatMessage(Prompt)], options, Cancellation);
+        var tokens = completion.ContentTokenLogProbabilities;
+        Assert.Equal(generated.Length, tokens.Count);
+        Assert.Equal(completion.Content[0].Text, string.Concat(tokens.Select(t => t.Token)));
+        for (int step = 0; step < tokens.Count; step++)
+        {
+            double[] expected = LogSoftmax(step);
+            Assert.Equal(expected[generated[step]], tokens[step].LogProbability, 1e-4);
+            Assert.Equal(3, tokens[step].TopLogProbabilities.Count);
+            Assert.Equal(tokens[step].Token, tokens[step].TopLogProbabilities[0].Token);   // greedy: the most likely
+            double[] top3 = [.. expected.OrderDescending().Take(3)];
+            for (int j = 0; j < 3; j++) Assert.Equal(top3[j], tokens[step].TopLogProbabilities[j].LogProbability, 1e-4);
+        }
+
+        using var http = _gateway.Http();
+        string body = $$"""{"model":"tiny","prompt":"{{Prompt}}","max_tokens":10,"temperature":0,"logprobs":2}""";
+        using var response = await http.PostAsync("/v1/completions", new StringContent(body, Encoding.UTF8, "application/json"), Cancellation);
+        using var json = JsonDocument.Parse(await response.Content.ReadAsStringAsync(Cancellation));
+        var legacy = json.RootElement.GetProperty("choices")[0].GetProperty("logprobs");
+        float[] tokenLogprobs = [.. legacy.GetProperty("token_logprobs").EnumerateArray().Select(v => v.GetSingle())];
+        Assert.Equal(tokens.Select(t => t.LogProbability), tokenLogprobs);
+        Assert.All(legacy.GetProperty("top_logprobs").EnumerateArray(), alternatives => Assert.InRange(alternatives.EnumerateObject().Count(), 1, 2));
+        int[] offsets = [.. legacy.GetProperty("text_offset").EnumerateArray().Select(v => v.GetInt32())];
+        Assert.Equal(offsets.Order(), offsets);
+    }
+
     [Theory]
     [InlineData("""{"model":"tiny","prompt":"hi","stop":["a","b","c","d","e"]}""", "stop")]
     [InlineData("""{"model":"tiny","prompt":"hi","stop":""}""", "stop")]
@@ -192,12 +248,14 @@ public sealed class GatewayTests(ClusterFixture fixture) : IAsyncLifetime
     [InlineData("""{"model":"tiny","prompt":"hi","presence_penalty":0.5}""", "presence_penalty")]
     [InlineData("""{"model":"tiny","prompt":"hi","frequency_penalty":-1}""", "frequency_penalty")]
     [InlineData("""{"model":"tiny","prompt":"hi","logit_bias":{"5":10}}""", "logit_bias")]
-    [InlineData("""{"model":"tiny","prompt":"hi","logprobs":2}""", "logprobs")]
+    [InlineData("""{"model":"tiny","prompt":"hi","logprobs":6}""", "logprobs")]
+    [InlineData("""{"model":"tiny","messages":[{"role":"user","content":"hi"}],"top_logprobs":2}""", "top_logprobs")]   // without logprobs: true
     [InlineData("""{"model":"tiny","prompt":"hi","response_format":{"type":"json_object"}}""", "response_format")]
     public async Task BadOrUnimplementedFieldsAreRefusedByName(string body, string param)
     {
         using var http = _gateway.Http();
-        using var response = await http.PostAsync("/v1/completions", new StringContent(body, Encoding.UTF8, "application/json"), Cancellation);
+        string path = body.Contains("\"messages\"") ? "/v1/chat/completions" : "/v1/completions";
+        using var response = await http.PostAsync(path, new StringContent(body, Encoding.UTF8, "application/json"), Cancellation);
         Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
         using var json = JsonDocument.Parse(await response.Content.ReadAsStringAsync(Cancellation));
         Assert.Equal(param, json.RootElement.GetProperty("error").GetProperty("param").GetString());
@@ -207,7 +265,7 @@ public sealed class GatewayTests(ClusterFixture fixture) : IAsyncLifetime
     public async Task NeutralValuesOfUnimplementedFieldsPass()
     {
         using var http = _gateway.Http();
-        string body = """{"model":"tiny","prompt":"hi","max_tokens":2,"presence_penalty":0,"frequency_penalty":0,"logit_bias":{},"logprobs":false,"response_format":{"type":"text"}}""";
+        string body = """{"model":"tiny","prompt":"hi","max_tokens":2,"presence_penalty":0,"frequency_penalty":0,"logit_bias":{},"response_format":{"type":"text"}}""";
         using var response = await http.PostAsync("/v1/completions", new StringContent(body, Encoding.UTF8, "application/json"), Cancellation);
         Assert.Equal(HttpStatusCode.OK, response.StatusCode);
     }
