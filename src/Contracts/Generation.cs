@@ -25,6 +25,9 @@ public sealed record GenerationRequest
     [Id(9)] public Guid Stream { get; init; }
     /// <summary>-1: no log-probabilities; 0 to 20: each chunk carries its token's and that many alternatives' (ChunkLogprobs).</summary>
     [Id(10)] public int TopLogprobs { get; init; } = -1;
+    /// <summary>OpenAI's penalties (-2 to 2): each logit is lowered by presence·[the token was generated] + frequency·(times it was).</summary>
+    [Id(11)] public float PresencePenalty { get; init; }
+    [Id(12)] public float FrequencyPenalty { get; init; }
 }
 
 /// <summary>One generated token and the text it completes (partial UTF-8 is held back until whole); its log-probabilities when asked for.</summary>

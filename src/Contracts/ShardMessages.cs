@@ -30,10 +30,13 @@ public sealed record ForwardChunk([property: Id(0)] Guid Sequence, [property: Id
 /// owner (the scheduler) moves its own copy of the state past that draw, so a replayed step draws the same token.
 /// </summary>
 /// <paramref name="TopLogprobs"/>: -1 asks for no log-probabilities; 0 to 20, for the sampled token's and that many of
-/// the most likely tokens' (TokenLogprobs).
+/// the most likely tokens' (TokenLogprobs). With a presence or frequency penalty, <paramref name="Generated"/> holds the
+/// tokens the sequence has generated so far (the penalties' counts, sent whole each step so a replayed step needs no
+/// state on the shard).
 [GenerateSerializer, Immutable]
 public sealed record TokenSampling([property: Id(0)] float Temperature, [property: Id(1)] float TopP, [property: Id(2)] int TopK, [property: Id(3)] ulong Generator,
-    [property: Id(4)] int TopLogprobs = -1);
+    [property: Id(4)] int TopLogprobs = -1, [property: Id(5)] float PresencePenalty = 0, [property: Id(6)] float FrequencyPenalty = 0,
+    [property: Id(7)] int[]? Generated = null);
 
 /// <summary>
 /// The sampled token's log-probability under the model's distribution (log-softmax of the raw logits, before

@@ -1,7 +1,7 @@
 // A validated /v1/completions or /v1/chat/completions request, parsed by hand from the JSON body so every bad
 // input maps to a 400 in the OpenAI error shape. Fields that would change the output and are not implemented
-// (penalties, logit_bias, response_format other than text) are a 400; other unknown fields are ignored; JSON null
-// counts as absent.
+// (logit_bias, response_format other than text) are a 400; other unknown fields are ignored; JSON null counts as
+// absent.
 using System.Text.Json;
 using static Cluster.Gateway.JsonFields;
 
@@ -9,7 +9,7 @@ namespace Cluster.Gateway;
 
 public sealed record CompletionRequest(
     string Model, string Prompt, int MaxTokens, float Temperature, float TopP, int TopK, ulong Seed, bool Stream, bool IncludeUsage,
-    IReadOnlyList<string> Stop, int Choices, int TopLogprobs)
+    IReadOnlyList<string> Stop, int Choices, int TopLogprobs, float PresencePenalty, float FrequencyPenalty)
 {
     public const int MaxTokensLimit = 4096;
     public const int DefaultMaxTokens = 128;
@@ -39,7 +39,9 @@ public sealed record CompletionRequest(
                 IncludeUsage: streamOptions is { ValueKind: JsonValueKind.Object } so && Get(so, "include_usage") is { } iu && Bool(iu, "stream_options.include_usage"),
                 Stop: Get(root, "stop") is { } stop ? StopStrings(stop) : [],
                 Choices: Get(root, "n") is { } n ? Integer(n, "n", 1, MaxChoices) : 1,
-                TopLogprobs: chat ? ChatLogprobs(root) : Get(root, "logprobs") is { } lp ? Integer(lp, "logprobs", 0, 5) : -1);
+                TopLogprobs: chat ? ChatLogprobs(root) : Get(root, "logprobs") is { } lp ? Integer(lp, "logprobs", 0, 5) : -1,
+                PresencePenalty: Get(root, "presence_penalty") is { } pp ? Number(pp, "presence_penalty", -2, 2) : 0,
+                FrequencyPenalty: Get(root, "frequency_penalty") is { } fp ? Number(fp, "frequency_penalty", -2, 2) : 0);
         }
     }
 
@@ -70,9 +72,6 @@ public sealed record CompletionRequest(
     /// </summary>
     private static void RefuseWhatChangesTheOutput(JsonElement root)
     {
-        foreach (string penalty in new[] { "presence_penalty", "frequency_penalty" })
-            if (Get(root, penalty) is { } value && Number(value, penalty, -2, 2) != 0)
-                throw new ApiError(400, $"'{penalty}' other than 0 is not supported.", penalty);
         if (Get(root, "logit_bias") is { } bias && !(bias.ValueKind == JsonValueKind.Object && !bias.EnumerateObject().Any()))
             throw new ApiError(400, "'logit_bias' is not supported.", "logit_bias");
         if (Get(root, "response_format") is { } format

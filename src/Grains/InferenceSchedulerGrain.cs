@@ -57,7 +57,9 @@ public sealed class InferenceSchedulerGrain(
         /// <summary>The sequence's copy of its generator: the last stage samples from its state (Sampling) and this one moves past each draw.</summary>
         public Sampler Sampler { get; } = new(new SamplingOptions(request.Temperature, request.TopP, request.TopK, request.Seed));
         /// <summary>What the last stage needs to pick this sequence's next token.</summary>
-        public TokenSampling Sampling => new(request.Temperature, request.TopP, request.TopK, Sampler.Generator, request.TopLogprobs);
+        public TokenSampling Sampling => new(request.Temperature, request.TopP, request.TopK, Sampler.Generator, request.TopLogprobs,
+            request.PresencePenalty, request.FrequencyPenalty,
+            request.PresencePenalty == 0 && request.FrequencyPenalty == 0 ? null : [.. Tokens.Skip(PromptLength)]);
         public Decoder Decoder { get; } = Encoding.UTF8.GetDecoder();
         public Channel<GeneratedChunk> Output { get; } = Channel.CreateUnbounded<GeneratedChunk>(new() { SingleReader = true, SingleWriter = true });
         public Replica? Replica { get; set; }
@@ -402,6 +404,8 @@ public sealed class InferenceSchedulerGrain(
     {
         if (request.TopLogprobs is < -1 or > MaxTopLogprobs)
             throw new ArgumentException($"top logprobs must be from 0 to {MaxTopLogprobs} (or -1 for none), got {request.TopLogprobs}");
+        if (!(request.PresencePenalty is >= -2 and <= 2) || !(request.FrequencyPenalty is >= -2 and <= 2))
+            throw new ArgumentException($"presence and frequency penalties must be from -2 to 2, got {request.PresencePenalty} and {request.FrequencyPenalty}");
         var shape = await ServingShape();
         int[] prompt = request.PromptTokens ?? await Encode(request.Prompt, shape, cancellation);
         int[] resume = request.Resume ?? [];

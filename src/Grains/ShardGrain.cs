@@ -267,6 +267,7 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
             }
             var row = logits.Span.Slice(i * vocab, vocab);
             float[]? raw = s.TopLogprobs >= 0 ? row.ToArray() : null;   // the sampler overwrites the row
+            if (s.Generated is { Length: > 0 } generated) Sampler.ApplyPenalties(row, generated, s.PresencePenalty, s.FrequencyPenalty);
             tokens[i] = new Sampler(new SamplingOptions(s.Temperature, s.TopP, s.TopK, s.Generator)).Sample(row);
             if (raw is null) return;
             var (chosen, top, topLogprobs) = Sampler.Logprobs(raw, tokens[i], s.TopLogprobs);

@@ -64,6 +64,22 @@ public sealed class Sampler
     }
 
     /// <summary>
+    /// OpenAI's penalties on a row of <paramref name="logits"/> (V,): each token is lowered by
+    /// <paramref name="presence"/> if it is among the <paramref name="generated"/> tokens and by <paramref name="frequency"/>
+    /// times its count there.
+    /// </summary>
+    public static void ApplyPenalties(Span<float> logits, ReadOnlySpan<int> generated, float presence, float frequency)
+    {
+        var counts = new Dictionary<int, int>();
+        foreach (int token in generated)
+        {
+            if ((uint)token >= (uint)logits.Length) throw new ArgumentOutOfRangeException(nameof(generated), token, $"token outside the vocabulary of {logits.Length}");
+            counts[token] = counts.GetValueOrDefault(token) + 1;
+        }
+        foreach (var (token, count) in counts) logits[token] -= presence + frequency * count;
+    }
+
+    /// <summary>
     /// Log-probabilities from raw <paramref name="logits"/> (V,) (log-softmax, in double): the chosen token's, and the
     /// <paramref name="top"/> most likely tokens' ids and values, most likely first (ties to the lower id).
     /// </summary>

@@ -239,14 +239,58 @@ public sealed class GatewayTests(ClusterFixture fixture) : IAsyncLifetime
         Assert.Equal(offsets.Order(), offsets);
     }
 
+    /// <summary>
+    /// presence_penalty and frequency_penalty as OpenAI defines them: greedy decoding through the API equals a greedy
+    /// loop here that lowers each logit by presence·[generated] + frequency·count before its argmax, and differs from
+    /// the unpenalized text.
+    /// </summary>
+    [Fact]
+    public async Task PenaltiesLowerTheLogitsOfTheTokensGeneratedSoFar()
+    {
+        const float presence = 0.5f, frequency = 1.5f;
+        const int steps = 24;
+        var loaded = RandomModel.Create("tiny", seed: 1);
+        var tokenizer = loaded.Tokenizer!;
+        var bytes = new List<byte>();
+        using (var device = new CpuDevice(1))
+        using (var model = new TransformerModel(device, loaded.Config, loaded.Weights))
+        {
+            int[] prompt = tokenizer.Encode(Prompt, addBos: true);
+            using var cache = model.CreateCache(1, prompt.Length + steps, 4);
+            int sequence = cache.CreateSequence();
+            var generated = new List<int>();
+            float[] row = model.Forward([new SequenceChunk(sequence, prompt)], cache);
+            int previous = prompt[^1];
+            for (int step = 0; step < steps; step++)
+            {
+                Sampler.ApplyPenalties(row, generated.ToArray(), presence, frequency);
+                int next = Sampler.ArgMax(row);
+                if (next == tokenizer.BosId || next == tokenizer.EosId) break;
+                bytes.AddRange(tokenizer.DecodeBytes(previous, next));
+                generated.Add(next);
+                previous = next;
+                row = model.Forward([new SequenceChunk(sequence, [next])], cache);
+            }
+        }
+        string expected = Encoding.UTF8.GetString([.. bytes]);
+
+        using var http = _gateway.Http();
+        string body = $$"""{"model":"tiny","prompt":"{{Prompt}}","max_tokens":{{steps}},"temperature":0,"presence_penalty":{{presence}},"frequency_penalty":{{frequency}}}""";
+        using var response = await http.PostAsync("/v1/completions", new StringContent(body, Encoding.UTF8, "application/json"), Cancellation);
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        using var json = JsonDocument.Parse(await response.Content.ReadAsStringAsync(Cancellation));
+        Assert.Equal(expected, json.RootElement.GetProperty("choices")[0].GetProperty("text").GetString());
+        Assert.NotEqual(ExpectedGreedy(Prompt, steps), expected);
+    }
+
     [Theory]
     [InlineData("""{"model":"tiny","prompt":"hi","stop":["a","b","c","d","e"]}""", "stop")]
     [InlineData("""{"model":"tiny","prompt":"hi","stop":""}""", "stop")]
     [InlineData("""{"model":"tiny","prompt":"hi","stop":7}""", "stop")]
     [InlineData("""{"model":"tiny","prompt":"hi","n":9}""", "n")]
     [InlineData("""{"model":"tiny","prompt":"hi","n":0}""", "n")]
-    [InlineData("""{"model":"tiny","prompt":"hi","presence_penalty":0.5}""", "presence_penalty")]
-    [InlineData("""{"model":"tiny","prompt":"hi","frequency_penalty":-1}""", "frequency_penalty")]
+    [InlineData("""{"model":"tiny","prompt":"hi","presence_penalty":2.5}""", "presence_penalty")]
+    [InlineData("""{"model":"tiny","prompt":"hi","frequency_penalty":-3}""", "frequency_penalty")]
     [InlineData("""{"model":"tiny","prompt":"hi","logit_bias":{"5":10}}""", "logit_bias")]
     [InlineData("""{"model":"tiny","prompt":"hi","logprobs":6}""", "logprobs")]
     [InlineData("""{"model":"tiny","messages":[{"role":"user","content":"hi"}],"top_logprobs":2}""", "top_logprobs")]   // without logprobs: true
