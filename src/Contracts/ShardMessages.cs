@@ -40,7 +40,7 @@ public sealed record TokenSampling([property: Id(0)] float Temperature, [propert
 
 /// <summary>
 /// The sampled token's log-probability under the model's distribution (log-softmax of the raw logits, before
-/// temperature, top-k and top-p) and the most likely tokens' ids and log-probabilities, most likely first.
+/// penalties, temperature, top-k and top-p) and the most likely tokens' ids and log-probabilities, most likely first.
 /// </summary>
 [GenerateSerializer, Immutable]
 public sealed record TokenLogprobs([property: Id(0)] float Logprob, [property: Id(1)] int[] TopTokens, [property: Id(2)] float[] TopLogprobs);
