@@ -686,7 +686,8 @@ public sealed class TrainableModel : IDisposable
         public DeviceBuffer Activation(LayerActivation which, int length)
         {
             var buffer = a.Rent(length);
-            if (which >= LayerActivation.SharedGate)   // the shared expert's: all kept until the layer's backward (Weighted only to be returned with them)
+            if (which is LayerActivation.SharedGate or LayerActivation.SharedUp or LayerActivation.SharedHidden or LayerActivation.SharedOutput
+                or LayerActivation.SharedScales or LayerActivation.SharedWeighted)   // the shared expert's: kept until the layer's backward (Weighted only to be returned with them)
             {
                 a.SharedExpert[(layer, which)] = buffer;
                 return buffer;
