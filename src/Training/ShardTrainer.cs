@@ -68,8 +68,6 @@ public sealed class ShardTrainer : IDisposable
     {
         if (zeroStage is < 0 or > 3) throw new ArgumentException($"ZeRO stage {zeroStage} is not supported (0 to 3)", nameof(zeroStage));
         if (zeroStage >= 2 && model.IsLora) throw new ArgumentException("LoRA's adapters are small: train them with ZeRO 0 or 1", nameof(zeroStage));
-        if (zeroStage == 3 && model.Config.Moe is { BiasUpdateRate: > 0 })   // its master copy would be a partitioned slice the loads cannot reach
-            throw new ArgumentException("aux-loss-free balancing moves the router biases outside the optimizer: train it with ZeRO 0 to 2", nameof(zeroStage));
         bool oneStage = model.Spec.IsFirstStage && model.Spec.IsLastStage;
         if (oneStage ? groups.Pipeline is { WorldSize: > 1 } : groups.Pipeline is null || groups.Pipeline.Rank != model.Spec.Stage)
             throw new ArgumentException($"shard {model.Spec} needs a pipeline transport where it is rank {model.Spec.Stage}", nameof(groups));
@@ -376,8 +374,33 @@ public sealed class ShardTrainer : IDisposable
             lr = optimizer.Apply(slice, mine[b], norm);
             Unflatten(data is null ? slice : data.AllGather(slice).GetAwaiter().GetResult(), parameters);   // (TotalLength,)
         }
-        Model.UpdateRouterBiases(SumOverReplicas);
+        if (_zeroStage == 3) MoveOwnedRouterBiases();
+        else Model.UpdateRouterBiases(SumOverReplicas);
         return new StepResult(Step, lossShare, lr, norm, Model.ExpertStats);
+    }
+
+    /// <summary>
+    /// ZeRO-3's aux-loss-free balancing: the layers' own tensors are dropped between uses, so each router bias's step
+    /// goes into the part of it this replica's master slice holds; the next gather hands every replica the moved bias.
+    /// </summary>
+    private void MoveOwnedRouterBiases()
+    {
+        if (Model.RouterBiasSteps(SumOverReplicas) is not { } steps) return;
+        var tensors = Model.Parameters().ToArray();
+        foreach (var bucket in _buckets.Where(b => b.Owned is not null))
+        {
+            int start = 0;   // the tensor's place in the flattened bucket
+            foreach (int i in bucket.Tensors)
+            {
+                if (TrainableModel.IsRouterBias(tensors[i]))
+                {
+                    int offset = bucket.Optimizer.Offset, end = offset + bucket.Optimizer.Count;
+                    for (int j = Math.Max(start, offset); j < Math.Min(start + tensors[i].Length, end); j++)
+                        bucket.Owned![j - offset] += steps[bucket.Layer][j - start];
+                }
+                start += tensors[i].Length;
+            }
+        }
     }
 
     /// <summary>Sums <paramref name="values"/> over the data-parallel replicas, in place (each replica's counts of the same thing).</summary>

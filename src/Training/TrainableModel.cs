@@ -539,17 +539,36 @@ public sealed class TrainableModel : IDisposable
     /// </summary>
     internal void UpdateRouterBiases(Action<float[]> sumOverReplicas)
     {
-        if (Config.Moe is not { BiasUpdateRate: > 0 } moe) return;
+        if (RouterBiasSteps(sumOverReplicas) is not { } steps) return;
         for (int l = 0; l < Weights.Layers.Length; l++)
         {
             var bias = Weights.Layers[l].RouterBias!;
-            float[] load = [.. _layerLoads[l].Select(n => (float)n)];   // exact: counts far below 2^24
-            sumOverReplicas(load);
-            float mean = load.Average();
-            for (int e = 0; e < bias.Length; e++) bias[e] += moe.BiasUpdateRate * MathF.Sign(mean - load[e]);
+            for (int e = 0; e < bias.Length; e++) bias[e] += steps[l][e];
             _device.Write(_tensors.State(bias), bias);   // the device's copy, which may be the newer state
         }
     }
+
+    /// <summary>
+    /// Each local layer's router-bias step γ·sign(mean − load_e) from the step's loads summed by
+    /// <paramref name="sumOverReplicas"/> (every replica must call it together), or null without aux-loss-free balancing:
+    /// for a caller that keeps the biases' master copy itself (ZeRO-3).
+    /// </summary>
+    internal float[][]? RouterBiasSteps(Action<float[]> sumOverReplicas)
+    {
+        if (Config.Moe is not { BiasUpdateRate: > 0 } moe) return null;
+        var steps = new float[Weights.Layers.Length][];
+        for (int l = 0; l < steps.Length; l++)
+        {
+            float[] load = [.. _layerLoads[l].Select(n => (float)n)];   // exact: counts far below 2^24
+            sumOverReplicas(load);
+            float mean = load.Average();
+            steps[l] = [.. load.Select(n => moe.BiasUpdateRate * MathF.Sign(mean - n))];
+        }
+        return steps;
+    }
+
+    /// <summary>Whether <paramref name="p"/> is a layer's router bias (moved by the loads, not by AdamW).</summary>
+    internal static bool IsRouterBias(ParameterSlice p) => p.Name.EndsWith(".router_bias", StringComparison.Ordinal);
 
     /// <summary>The logits (T, V) of every position (no gradients).</summary>
     public float[] Logits(int[] tokens, int[]? documents = null)
