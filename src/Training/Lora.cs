@@ -31,6 +31,9 @@ public sealed record LoraOptions
         if (!(Dropout >= 0 && Dropout < 1)) throw new ArgumentException("LoRA dropout must be in [0, 1)");
         if (Targets.Length == 0 || Targets.Distinct().Count() != Targets.Length) throw new ArgumentException("LoRA needs distinct target modules");
         foreach (string target in Targets) PeftAdapter.Shape(c, target);   // throws on an unknown name
+        if (c.Moe is not null && Targets.Any(t => t is "w1" or "w2" or "w3"))
+            throw new ArgumentException("LoRA on a mixture of experts adapts its attention (wq, wk, wv, wo); the experts' w1, w2, w3 are not adapted");
+        if (c.Moe is not null && QuantizeBase) throw new ArgumentException("QLoRA's 4-bit base of a mixture of experts is not implemented: use LoRA on the fp32 base");
     }
 }
 

@@ -179,7 +179,6 @@ public sealed class TrainableModel : IDisposable
         {
             lora.Validate(config);
             if (spec.TensorParallel > 1) throw new ArgumentException("LoRA training runs without tensor parallelism (tp = 1)", nameof(mode));
-            if (config.Moe is not null) throw new ArgumentException("LoRA adapters of mixture-of-experts layers are not implemented: train the whole model", nameof(mode));
         }
         if ((tensorGroup?.WorldSize ?? 1) != spec.TensorParallel || (tensorGroup?.Rank ?? 0) != spec.Rank)
             throw new ArgumentException($"shard {spec} needs a tensor group of {spec.TensorParallel} ranks where it is rank {spec.Rank}", nameof(tensorGroup));

@@ -52,6 +52,33 @@ public sealed class LoraTests
         Reference.AssertGradientsMatchFiniteDifferences([.. model.Parameters().Select(p => (p.Name, p.Parameter, (float[])p.Gradient.Clone()))], Loss);
     }
 
+    /// <summary>
+    /// LoRA on a mixture of experts adapts its attention: the adapters' gradients through the routed layers agree with
+    /// finite differences, and adapting the experts' projections (or QLoRA's 4-bit base) is refused with a reason.
+    /// </summary>
+    [Fact]
+    public void AnMoeModelsAttentionAdaptersAgreeWithFiniteDifferences()
+    {
+        var config = TestModels.SmallMoeConfig(new MoeConfig(4, 2, AuxLossCoefficient: 0));
+        var lora = new LoraOptions { Rank = 4, Alpha = 8, Targets = ["wq", "wk", "wv", "wo"] };
+        using var model = new TrainableModel(config, ShardWeights.Slice(config, TestModels.RandomWeights(config, 2), ShardSpec.Whole(config)),
+            mode: new TrainingMode { Lora = lora });
+        var rng = new Random(3);
+        foreach (var p in model.Parameters().Where(p => p.Name.EndsWith("lora_b")))
+            for (int i = 0; i < p.Parameter.Length; i++) p.Parameter[i] = (rng.NextSingle() * 2 - 1) * 0.3f;
+        TrainingSequence[] batch = [new([.. Enumerable.Range(0, 9).Select(_ => rng.Next(config.VocabSize))], [.. Enumerable.Range(0, 9).Select(_ => rng.Next(config.VocabSize))])];
+        double Loss()
+        {
+            model.ZeroGradients();
+            return model.Backward(model.Forward(batch), null, 1f).Loss;
+        }
+        Loss();
+        Reference.AssertGradientsMatchFiniteDifferences([.. model.Parameters().Select(p => (p.Name, p.Parameter, (float[])p.Gradient.Clone()))], Loss);
+
+        Assert.Contains("attention", Assert.Throws<ArgumentException>(() => (lora with { Targets = ["wq", "w2"] }).Validate(config)).Message);
+        Assert.Contains("QLoRA", Assert.Throws<ArgumentException>(() => (lora with { QuantizeBase = true }).Validate(config)).Message);
+    }
+
     [Fact]
     public void ALoraRunShardedEqualsOneDevice()
     {
