@@ -31,8 +31,8 @@ public static class TestModels
     public static ModelConfig SmallSharedExpertConfig(float capacityFactor = 0, bool gated = true) =>
         SmallMoeConfig(new MoeConfig(4, 2, NormalizeTopK: false, CapacityFactor: capacityFactor, AuxLossCoefficient: 0.05f, SharedExpertHidden: 60, SharedExpertGate: gated));
 
-    /// <summary>Weights with query, key and value biases on a Llama model, as Qwen2 has them.</summary>
-    public static ModelWeights WithAttentionBiases(ModelConfig c, ModelWeights w, int seed)
+    /// <summary>Weights with query, key and value biases on a Llama model, as Qwen2 has them (and the output's, as Llama's attention_bias).</summary>
+    public static ModelWeights WithAttentionBiases(ModelConfig c, ModelWeights w, int seed, bool output = false)
     {
         var rng = new Random(seed);
         float[] R(int n) => [.. Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 2 - 1) * 0.2f)];
@@ -42,7 +42,7 @@ public static class TestModels
             Layers = [.. w.Layers.Select(l => new LayerWeights
             {
                 AttnNorm = l.AttnNorm, AttnNormBias = l.AttnNormBias, Wq = l.Wq, Wk = l.Wk, Wv = l.Wv, Wo = l.Wo,
-                Bq = R(c.Dim), Bk = R(c.KvDim), Bv = R(c.KvDim), Bo = l.Bo, FfnNorm = l.FfnNorm, FfnNormBias = l.FfnNormBias,
+                Bq = R(c.Dim), Bk = R(c.KvDim), Bv = R(c.KvDim), Bo = output ? R(c.Dim) : l.Bo, FfnNorm = l.FfnNorm, FfnNormBias = l.FfnNormBias,
                 W1 = l.W1, W2 = l.W2, W3 = l.W3, B1 = l.B1, B2 = l.B2, Router = l.Router, RouterBias = l.RouterBias,
                 SharedW1 = l.SharedW1, SharedW2 = l.SharedW2, SharedW3 = l.SharedW3, SharedExpertGate = l.SharedExpertGate,
             })],

@@ -129,6 +129,7 @@ public static class GgufFormat
                 Bk = t.ReadOptional(p + "attn_k.bias", kv),
                 Bv = t.ReadOptional(p + "attn_v.bias", kv),
                 Wo = t.Read(p + "attn_output.weight", C, C),
+                Bo = t.ReadOptional(p + "attn_output.bias", C),
                 FfnNorm = t.Read(p + "ffn_norm.weight", C),
                 // An MoE layer's experts are 3-D tensors, expert outermost: (E, H, C) is ne [C, H, E], as our stacks lie.
                 W1 = moe ? t.Read(p + "ffn_gate_exps.weight", C, H, E) : t.Read(p + "ffn_gate.weight", C, H),

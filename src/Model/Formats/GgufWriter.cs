@@ -141,6 +141,7 @@ public static class GgufWriter
             if ((x.Bk ?? (qwen ? new float[kv] : null)) is { } bk) list.Add(new(p + "attn_k.bias", [kv], BiasToFileLayout(bk, c.KvHeads), TensorType.F32));
             if ((x.Bv ?? (qwen ? new float[kv] : null)) is { } bv) list.Add(new(p + "attn_v.bias", [kv], bv, TensorType.F32));
             list.Add(new(p + "attn_output.weight", [C, C], x.Wo, TensorType.F32));
+            if (x.Bo is not null) list.Add(new(p + "attn_output.bias", [C], x.Bo, TensorType.F32));
             list.Add(new(p + "ffn_norm.weight", [C], x.FfnNorm, TensorType.F32));
             if (c.Moe is { } moe)
             {

@@ -1,5 +1,5 @@
-// Hugging Face config.json ↔ ModelConfig for LlamaForCausalLM / MistralForCausalLM, MixtralForCausalLM, Qwen2MoeForCausalLM
-// and GPT2LMHeadModel.
+// Hugging Face config.json ↔ ModelConfig for LlamaForCausalLM / MistralForCausalLM (attention_bias: all four biases, in
+// the weights), MixtralForCausalLM, Qwen2ForCausalLM (q/k/v biases), Qwen2MoeForCausalLM and GPT2LMHeadModel.
 // Llama keys: hidden_size, intermediate_size, num_hidden_layers, num_attention_heads, num_key_value_heads,
 // vocab_size, max_position_embeddings, rms_norm_eps, rope_theta, tie_word_embeddings (HF Llama RoPE is half-split);
 // Mixtral adds num_local_experts, num_experts_per_tok and router_aux_loss_coef (its top-k weights are renormalized);
@@ -33,6 +33,7 @@ public static class HfConfigJson
             var config = arch switch
             {
                 "LlamaForCausalLM" or "MistralForCausalLM" or "llama" or "mistral" => Llama(keys),
+                "Qwen2ForCausalLM" or "qwen2" => Qwen2(keys),
                 "MixtralForCausalLM" or "mixtral" => Llama(keys) with
                 {
                     Moe = new MoeConfig(keys.Int("num_local_experts"), keys.Int("num_experts_per_tok"),
@@ -40,7 +41,7 @@ public static class HfConfigJson
                 },
                 "Qwen2MoeForCausalLM" or "qwen2_moe" => Qwen2Moe(keys),
                 "GPT2LMHeadModel" or "gpt2" => Gpt2(keys),
-                _ => throw new ModelFormatException(path, $"architecture '{arch}' is not supported (LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM, Qwen2MoeForCausalLM, GPT2LMHeadModel are)"),
+                _ => throw new ModelFormatException(path, $"architecture '{arch}' is not supported (LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM, Qwen2ForCausalLM, Qwen2MoeForCausalLM, GPT2LMHeadModel are)"),
             };
             config.Validate(path);
             return new Result(config, keys.OptionalId("bos_token_id"), keys.OptionalId("eos_token_id"));
@@ -54,6 +55,7 @@ public static class HfConfigJson
     private static ModelConfig Llama(Keys k)
     {
         if (k.Has("rope_scaling")) throw new ModelFormatException(k.Path, "rope_scaling is not supported");
+        if (k.Bool("mlp_bias", false)) throw new ModelFormatException(k.Path, "mlp_bias (biases on the MLP's projections) is not supported");
         int dim = k.Int("hidden_size"), heads = k.Int("num_attention_heads");
         if (k.Has("head_dim") && k.Int("head_dim") * heads != dim) throw new ModelFormatException(k.Path, "head_dim other than hidden_size / num_attention_heads is not supported");
         return new ModelConfig
@@ -71,6 +73,13 @@ public static class HfConfigJson
             RopeLayout = Compute.RopeLayout.HalfSplit,
             TiedEmbeddings = k.Bool("tie_word_embeddings", false),
         };
+    }
+
+    /// <summary>Qwen2: the Llama keys, with q/k/v biases (in the weights); a sliding window is refused.</summary>
+    private static ModelConfig Qwen2(Keys k)
+    {
+        if (k.Bool("use_sliding_window", false)) throw new ModelFormatException(k.Path, "sliding-window attention (use_sliding_window) is not supported");
+        return Llama(k);
     }
 
     /// <summary>
@@ -112,18 +121,25 @@ public static class HfConfigJson
         };
     }
 
+    /// <summary>Which attention biases a Llama-family model's layers have: the config says so (Qwen2 has q/k/v's, Llama's attention_bias all four).</summary>
+    public enum AttentionBiases { None, QueryKeyValue, All }
+
     /// <summary>Writes the config.json that <see cref="Load"/> reads (and transformers accepts).</summary>
-    public static void Write(ModelConfig c, string path, int bosId, int eosId)
+    public static void Write(ModelConfig c, string path, int bosId, int eosId, AttentionBiases biases = AttentionBiases.None)
     {
         using var stream = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None);
         using var w = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true });
         w.WriteStartObject();
         bool llama = c.Architecture == Architecture.Llama;
         bool qwen = c.Moe is { SharedExpertHidden: > 0 };   // a shared expert: Qwen2-MoE, else Mixtral
+        bool qwen2 = c.Moe is null && biases == AttentionBiases.QueryKeyValue;   // a dense model with Qwen2's biases
+        if (c.Moe is not null && (biases == AttentionBiases.All || !qwen && biases != AttentionBiases.None))
+            throw new ArgumentException("Mixtral has no attention biases and Qwen2-MoE no output bias: this model's biases have no Hugging Face architecture here", nameof(biases));
         w.WriteStartArray("architectures");
-        w.WriteStringValue(qwen ? "Qwen2MoeForCausalLM" : c.Moe is not null ? "MixtralForCausalLM" : llama ? "LlamaForCausalLM" : "GPT2LMHeadModel");
+        w.WriteStringValue(qwen ? "Qwen2MoeForCausalLM" : c.Moe is not null ? "MixtralForCausalLM" : qwen2 ? "Qwen2ForCausalLM" : llama ? "LlamaForCausalLM" : "GPT2LMHeadModel");
         w.WriteEndArray();
-        w.WriteString("model_type", qwen ? "qwen2_moe" : c.Moe is not null ? "mixtral" : llama ? "llama" : "gpt2");
+        w.WriteString("model_type", qwen ? "qwen2_moe" : c.Moe is not null ? "mixtral" : qwen2 ? "qwen2" : llama ? "llama" : "gpt2");
+        if (llama && biases == AttentionBiases.All) w.WriteBoolean("attention_bias", true);
         if (qwen)
         {
             var q = c.Moe!;

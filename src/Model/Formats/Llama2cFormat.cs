@@ -105,7 +105,7 @@ public static class Llama2cFormat
         var w = model.Weights;
         if (c.Architecture != Architecture.Llama) throw new ArgumentException("llama2.c checkpoints hold Llama models only", nameof(model));
         if (c.EffectiveRotaryDim != c.HeadDim) throw new ArgumentException("llama2.c rotates whole heads; partial rotary dims cannot be written", nameof(model));
-        if (model.Weights.Layers.Any(l => l.Bq is not null || l.Bk is not null || l.Bv is not null))
+        if (model.Weights.Layers.Any(l => l.Bq is not null || l.Bk is not null || l.Bv is not null || l.Bo is not null))
             throw new ArgumentException("llama2.c's format has no attention biases; write the model as GGUF or safetensors", nameof(model));
         w.Validate(c, model.Source);
         float[] ToInterleaved(float[] m, int heads) =>

@@ -95,6 +95,7 @@ public static class SafetensorsFormat
                 Bk = t.ReadOptional(p + "self_attn.k_proj.bias", kv),
                 Bv = t.ReadOptional(p + "self_attn.v_proj.bias", kv),
                 Wo = t.Read(p + "self_attn.o_proj.weight", C, C),
+                Bo = t.ReadOptional(p + "self_attn.o_proj.bias", C),   // Llama's attention_bias
                 FfnNorm = t.Read(p + "post_attention_layernorm.weight", C),
                 W1 = c.Moe is null ? t.Read(p + "mlp.gate_proj.weight", H, C) : Experts(p, "w1", "gate_proj", H, C),
                 W2 = c.Moe is null ? t.Read(p + "mlp.down_proj.weight", C, H) : Experts(p, "w2", "down_proj", C, H),

@@ -17,8 +17,19 @@ public static class SafetensorsWriter
         Directory.CreateDirectory(directory);
         var tensors = c.Architecture == Architecture.Llama ? LlamaTensors(c, w) : Gpt2Tensors(c, w);
         WriteTensors(tensors, Path.Combine(directory, SafetensorsFormat.WeightsFile));
-        HfConfigJson.Write(c, Path.Combine(directory, SafetensorsFormat.ConfigFile), model.Tokenizer?.BosId ?? 1, model.Tokenizer?.EosId ?? 2);
+        HfConfigJson.Write(c, Path.Combine(directory, SafetensorsFormat.ConfigFile), model.Tokenizer?.BosId ?? 1, model.Tokenizer?.EosId ?? 2, AttentionBiases(c, w));
         if (model.Tokenizer is SentencePieceBpeTokenizer sp) HfTokenizerJson.Write(sp, Path.Combine(directory, SafetensorsFormat.TokenizerFile));
+    }
+
+    /// <summary>A Llama-family model's attention biases, as one of the shapes Hugging Face's configs can say.</summary>
+    private static HfConfigJson.AttentionBiases AttentionBiases(ModelConfig c, ModelWeights w)
+    {
+        if (c.Architecture != Architecture.Llama) return HfConfigJson.AttentionBiases.None;
+        var layers = w.Layers;
+        if (layers.All(l => l.Bq is null && l.Bk is null && l.Bv is null && l.Bo is null)) return HfConfigJson.AttentionBiases.None;
+        if (layers.All(l => l.Bq is not null && l.Bk is not null && l.Bv is not null && l.Bo is null)) return HfConfigJson.AttentionBiases.QueryKeyValue;
+        if (layers.All(l => l.Bq is not null && l.Bk is not null && l.Bv is not null && l.Bo is not null)) return HfConfigJson.AttentionBiases.All;
+        throw new ArgumentException("the layers' attention biases are neither Qwen2's (q, k, v) nor Llama's attention_bias (q, k, v, o) on every layer");
     }
 
     /// <summary>Writes named F32 tensors with their PyTorch shapes, in the given order.</summary>
@@ -80,6 +91,7 @@ public static class SafetensorsWriter
             if (x.Bk is not null) list.Add((p + "self_attn.k_proj.bias", [kv], BiasToHalfSplit(x.Bk, c.KvHeads)));
             if (x.Bv is not null) list.Add((p + "self_attn.v_proj.bias", [kv], x.Bv));
             list.Add((p + "self_attn.o_proj.weight", [C, C], x.Wo));
+            if (x.Bo is not null) list.Add((p + "self_attn.o_proj.bias", [C], x.Bo));   // Llama's attention_bias
             list.Add((p + "post_attention_layernorm.weight", [C], x.FfnNorm));
             if (c.Moe is { SharedExpertHidden: > 0 } shared)   // Qwen2-MoE's names
             {

@@ -72,7 +72,7 @@ public class SafetensorsTests
         foreach (var (key, value) in new (string, JsonNode)[]
         {
             ("use_sliding_window", true), ("mlp_only_layers", new JsonArray(1)), ("decoder_sparse_step", 2),
-            ("rope_scaling", new JsonObject { ["type"] = "yarn", ["factor"] = 4.0 }),
+            ("rope_scaling", new JsonObject { ["type"] = "yarn", ["factor"] = 4.0 }), ("mlp_bias", true),
         })
         {
             var changed = JsonNode.Parse(published)!.AsObject();
@@ -84,14 +84,17 @@ public class SafetensorsTests
     }
 
     /// <summary>
-    /// Query, key and value biases (Qwen2's) on a Llama model whose RoPE pairs are interleaved: written to safetensors
-    /// (half-split, the biases permuted with their rows) and to GGUF (interleaved), each read back gives the same logits.
+    /// Query, key and value biases (Qwen2's, written as Qwen2ForCausalLM) and all four with the output's (Llama's
+    /// attention_bias) on a model whose RoPE pairs are interleaved: written to safetensors (half-split, the biases
+    /// permuted with their rows) and to GGUF (interleaved), each read back gives the same logits.
     /// </summary>
-    [Fact]
-    public void Attention_biases_round_trip_with_their_rope_layout()
+    [Theory]
+    [InlineData(false, "Qwen2ForCausalLM")]
+    [InlineData(true, "LlamaForCausalLM")]
+    public void Attention_biases_round_trip_with_their_rope_layout(bool output, string architecture)
     {
         var model = RandomModel.Create("tiny", seed: 4);
-        var withBiases = new LoadedModel(model.Config, TestModels.WithAttentionBiases(model.Config, model.Weights, 5), model.Tokenizer, "biased");
+        var withBiases = new LoadedModel(model.Config, TestModels.WithAttentionBiases(model.Config, model.Weights, 5, output), model.Tokenizer, "biased");
         int[] tokens = [1, 17, 300, 42, 5, 99];
         float[] Logits(LoadedModel m)
         {
@@ -105,9 +108,15 @@ public class SafetensorsTests
         using var dir = new TempDirectory();
         SafetensorsWriter.Write(withBiases, dir.Path);
         GgufWriter.Write(withBiases, dir.File("m.gguf"));
+        using (var config = System.Text.Json.JsonDocument.Parse(File.ReadAllText(dir.File("config.json"))))
+        {
+            Assert.Equal(architecture, config.RootElement.GetProperty("architectures")[0].GetString());
+            Assert.Equal(output, config.RootElement.TryGetProperty("attention_bias", out var bias) && bias.GetBoolean());
+        }
         foreach (var loaded in new[] { ModelLoader.Load(dir.Path), ModelLoader.Load(dir.File("m.gguf")) })
         {
             Assert.NotNull(loaded.Weights.Layers[0].Bq);
+            Assert.Equal(output, loaded.Weights.Layers[0].Bo is not null);
             float error = (float)Reference.MaxRelativeError(Logits(loaded), expected);
             Assert.True(error <= 1e-5, $"{loaded.Source}: max error {error}");
         }
