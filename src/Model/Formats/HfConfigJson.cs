@@ -5,7 +5,8 @@
 // Mixtral adds num_local_experts, num_experts_per_tok and router_aux_loss_coef (its top-k weights are renormalized);
 // Qwen2-MoE num_experts, num_experts_per_tok, norm_topk_prob, moe_intermediate_size and shared_expert_intermediate_size.
 // GPT-2 keys: n_embd, n_inner (null = 4·n_embd), n_layer, n_head, n_positions, vocab_size, layer_norm_epsilon.
-// RoPE scaling and explicit head_dim ≠ hidden/heads are not modelled by ModelConfig and are rejected.
+// RoPE scaling and explicit head_dim ≠ hidden/heads are not modelled by ModelConfig and are rejected; Mistral's
+// sliding_window cuts the context to the window (where attention is still full attention).
 using System.Text.Json;
 
 namespace Cluster.Model.Formats;
@@ -56,7 +57,11 @@ public static class HfConfigJson
     {
         if (k.Has("rope_scaling")) throw new ModelFormatException(k.Path, "rope_scaling is not supported");
         if (k.Bool("mlp_bias", false)) throw new ModelFormatException(k.Path, "mlp_bias (biases on the MLP's projections) is not supported");
-        int dim = k.Int("hidden_size"), heads = k.Int("num_attention_heads");
+        int dim = k.Int("hidden_size"), heads = k.Int("num_attention_heads"), context = k.Int("max_position_embeddings");
+        // Mistral's sliding window (where no use_sliding_window turns it off, as Qwen2's does): attention sees the last
+        // sliding_window positions only. Within that many positions it is full attention, so the context is cut to it and
+        // the math stays exact.
+        if (k.Has("sliding_window") && !k.Has("use_sliding_window") && k.Int("sliding_window") is > 0 and var window && window < context) context = window;
         if (k.Has("head_dim") && k.Int("head_dim") * heads != dim) throw new ModelFormatException(k.Path, "head_dim other than hidden_size / num_attention_heads is not supported");
         return new ModelConfig
         {
@@ -67,7 +72,7 @@ public static class HfConfigJson
             Heads = heads,
             KvHeads = k.Has("num_key_value_heads") ? k.Int("num_key_value_heads") : heads,
             VocabSize = k.Int("vocab_size"),
-            MaxSeqLen = k.Int("max_position_embeddings"),
+            MaxSeqLen = context,
             NormEps = k.Float("rms_norm_eps", 1e-6f),
             RopeTheta = k.Float("rope_theta", 10000f),
             RopeLayout = Compute.RopeLayout.HalfSplit,

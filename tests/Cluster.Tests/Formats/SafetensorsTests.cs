@@ -83,6 +83,24 @@ public class SafetensorsTests
         }
     }
 
+    /// <summary>Mistral's sliding window: the context is cut to it, where sliding-window attention is full attention.</summary>
+    [Theory]
+    [InlineData("""{"sliding_window": 64}""", 64)]
+    [InlineData("""{"sliding_window": null}""", 128)]
+    [InlineData("""{"sliding_window": 4096}""", 128)]
+    [InlineData("""{"sliding_window": 64, "use_sliding_window": false}""", 128)]   // Qwen2's switch: off
+    public void A_sliding_window_cuts_the_context_to_itself(string window, int context)
+    {
+        var config = JsonNode.Parse("""
+            {"architectures": ["MistralForCausalLM"], "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100, "max_position_embeddings": 128}
+            """)!.AsObject();
+        foreach (var (key, value) in JsonNode.Parse(window)!.AsObject()) config[key] = value?.DeepClone();
+        using var dir = new TempDirectory();
+        File.WriteAllText(dir.File("config.json"), config.ToJsonString());
+        Assert.Equal(context, HfConfigJson.Load(dir.File("config.json")).Config.MaxSeqLen);
+    }
+
     /// <summary>
     /// Query, key and value biases (Qwen2's, written as Qwen2ForCausalLM) and all four with the output's (Llama's
     /// attention_bias) on a model whose RoPE pairs are interleaved: written to safetensors (half-split, the biases
