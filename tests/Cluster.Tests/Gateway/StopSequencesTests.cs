@@ -1,5 +1,6 @@
 // StopSequences alone: a stop string split over pieces is held back and cut, the earliest of several wins, a held
-// prefix that does not complete a stop string is sent later, and the held text never outgrows the longest stop string.
+// prefix that does not complete a stop string is sent later, a stop string that overlaps itself is found, and the held
+// text never outgrows the longest stop string.
 using Cluster.Gateway;
 
 namespace Cluster.Tests.Gateway;
@@ -40,6 +41,15 @@ public sealed class StopSequencesTests
         Assert.False(stops.Stopped);
         var none = new StopSequences([]);
         Assert.Equal("anything", none.Add("anything"));
+    }
+
+    [Fact]
+    public void AStopStringThatOverlapsItselfIsFound()
+    {
+        var stops = new StopSequences(["abab c"]);
+        Assert.Equal("xab", stops.Add("xababa"));   // the text ends with "aba", which may still begin "abab c"
+        Assert.Equal("", stops.Add("b c!"));        // "xababab c": the stop string begins at its fourth character
+        Assert.True(stops.Stopped);
     }
 
     [Fact]
