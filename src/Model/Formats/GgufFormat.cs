@@ -44,8 +44,12 @@ public static class GgufFormat
     {
         string Key(string name) => $"{arch}.{name}";
         bool qwen = arch == "qwen2moe";
+        RefuseWhatChangesTheMath(g, arch);
         int heads = g.Int(Key("attention.head_count"), 1, 1 << 16);
         int dim = g.Int(Key("embedding_length"), 1, 1 << 20);
+        int context = g.Int(Key("context_length"), 1, 1 << 22);
+        // A sliding window: within that many positions attention is full attention, so the context is cut to it.
+        if (g.Has(Key("attention.sliding_window")) && g.Int(Key("attention.sliding_window"), 1, int.MaxValue) is var window && window < context) context = window;
         int rotary = g.Int(Key("rope.dimension_count"), 0, 1 << 20, fallback: 0);
         int experts = g.Int(Key("expert_count"), qwen ? 2 : 0, MoeConfig.MaxExperts, fallback: 0);
         int feedForward = g.Int(Key("feed_forward_length"), 1, 1 << 22);
@@ -59,7 +63,7 @@ public static class GgufFormat
             Heads = heads,
             KvHeads = g.Int(Key("attention.head_count_kv"), 1, 1 << 16, fallback: heads),
             VocabSize = VocabFromEmbedding(g),
-            MaxSeqLen = g.Int(Key("context_length"), 1, 1 << 22),
+            MaxSeqLen = context,
             NormEps = g.Float(Key("attention.layer_norm_rms_epsilon"), 1e-5f),
             RopeTheta = g.Float(Key("rope.freq_base"), 10000f),
             RopeLayout = qwen ? Compute.RopeLayout.HalfSplit : Compute.RopeLayout.Interleaved,
@@ -70,6 +74,29 @@ public static class GgufFormat
                     SharedExpertHidden: g.Int(Key("expert_shared_feed_forward_length"), 1, 1 << 22, fallback: feedForward), SharedExpertGate: true)
                 : new MoeConfig(experts, used),
         };
+    }
+
+    /// <summary>
+    /// Metadata and tensors llama.cpp reads that would change the math and that this engine does not model: refused by
+    /// name rather than ignored (RoPE scaling and Llama 3.1's frequency factors, logit soft-capping, head sizes other
+    /// than dim/heads, scaled or sigmoid-gated experts, dense layers before the MoE ones).
+    /// </summary>
+    private static void RefuseWhatChangesTheMath(GgufFile g, string arch)
+    {
+        void Refuse(string what) => throw new ModelFormatException(g.Path, $"{what} is not supported");
+        string Key(string name) => $"{arch}.{name}";
+        if (g.Tensors.ContainsKey("rope_freqs.weight")) Refuse("rope_freqs.weight (Llama 3.1's RoPE frequency factors)");
+        if (g.Has(Key("rope.scaling.type")) && g.String(Key("rope.scaling.type")) != "none") Refuse($"{Key("rope.scaling.type")} '{g.String(Key("rope.scaling.type"))}'");
+        foreach (string factor in new[] { "rope.scaling.factor", "rope.scale_linear" })
+            if (g.Has(Key(factor)) && g.Float(Key(factor), 1f) is not (0f or 1f)) Refuse($"{Key(factor)} = {g.Float(Key(factor), 1f)}");
+        foreach (string softcap in new[] { "attn_logit_softcapping", "final_logit_softcapping" })
+            if (g.Has(Key(softcap))) Refuse(Key(softcap));
+        int heads = g.Int(Key("attention.head_count"), 1, 1 << 16), dim = g.Int(Key("embedding_length"), 1, 1 << 20);
+        foreach (string length in new[] { "attention.key_length", "attention.value_length" })
+            if (g.Has(Key(length)) && g.Int(Key(length), 0, 1 << 20) != dim / heads) Refuse($"{Key(length)} other than embedding_length / head_count");
+        if (g.Has(Key("expert_weights_scale")) && g.Float(Key("expert_weights_scale"), 1f) is not (0f or 1f)) Refuse(Key("expert_weights_scale"));
+        if (g.Has(Key("expert_gating_func")) && g.Int(Key("expert_gating_func"), 0, 16) is not (0 or 1)) Refuse($"{Key("expert_gating_func")} other than softmax");
+        if (g.Has(Key("leading_dense_block_count")) && g.Int(Key("leading_dense_block_count"), 0, 1 << 16) > 0) Refuse(Key("leading_dense_block_count"));
     }
 
     private static ModelConfig Gpt2Config(GgufFile g)

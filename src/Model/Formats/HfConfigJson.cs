@@ -57,6 +57,8 @@ public static class HfConfigJson
     {
         if (k.Has("rope_scaling")) throw new ModelFormatException(k.Path, "rope_scaling is not supported");
         if (k.Bool("mlp_bias", false)) throw new ModelFormatException(k.Path, "mlp_bias (biases on the MLP's projections) is not supported");
+        if (k.Has("hidden_act") && k.String("hidden_act") != "silu") throw new ModelFormatException(k.Path, $"hidden_act '{k.String("hidden_act")}' is not supported (the Llama family's MLP is SwiGLU: silu)");
+        if (k.Has("partial_rotary_factor") && k.Float("partial_rotary_factor", 1f) != 1f) throw new ModelFormatException(k.Path, "partial_rotary_factor other than 1 is not supported");
         int dim = k.Int("hidden_size"), heads = k.Int("num_attention_heads"), context = k.Int("max_position_embeddings");
         // Mistral's sliding window (where no use_sliding_window turns it off, as Qwen2's does): attention sees the last
         // sliding_window positions only. Within that many positions it is full attention, so the context is cut to it and
@@ -110,6 +112,11 @@ public static class HfConfigJson
 
     private static ModelConfig Gpt2(Keys k)
     {
+        // The engine's GELU is GPT-2's tanh approximation, and its attention is scaled by 1/√d only.
+        if (k.Has("activation_function") && k.String("activation_function") is not ("gelu_new" or "gelu_pytorch_tanh"))
+            throw new ModelFormatException(k.Path, $"activation_function '{k.String("activation_function")}' is not supported (GPT-2's tanh-approximated gelu_new is)");
+        if (!k.Bool("scale_attn_weights", true) || k.Bool("scale_attn_by_inverse_layer_idx", false))
+            throw new ModelFormatException(k.Path, "attention scaled other than by 1/√(head dim) (scale_attn_weights, scale_attn_by_inverse_layer_idx) is not supported");
         int dim = k.Int("n_embd"), heads = k.Int("n_head");
         return new ModelConfig
         {

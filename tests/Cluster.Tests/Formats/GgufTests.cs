@@ -91,6 +91,20 @@ public class GgufTests
         }
     }
 
+    /// <summary>A tensor that changes the math and is not modelled (Llama 3.1's rope_freqs) is refused by name, not ignored.</summary>
+    [Fact]
+    public void Llama31s_rope_frequency_factors_are_refused()
+    {
+        using var dir = new TempDirectory();
+        GgufWriter.Write(RandomModel.Create("tiny", seed: 1), dir.File("m.gguf"));
+        byte[] bytes = File.ReadAllBytes(dir.File("m.gguf"));
+        byte[] from = System.Text.Encoding.ASCII.GetBytes("token_embd.weight"), to = System.Text.Encoding.ASCII.GetBytes("rope_freqs.weight");
+        int at = bytes.AsSpan().IndexOf(from);
+        to.CopyTo(bytes, at);   // the same length: the file stays well-formed, with a rope_freqs tensor
+        File.WriteAllBytes(dir.File("m.gguf"), bytes);
+        Assert.Contains("rope_freqs", Assert.Throws<ModelFormatException>(() => GgufFormat.Load(dir.File("m.gguf"))).Message);
+    }
+
     /// <summary>What neither of llama.cpp's MoE architectures computes is refused, not written as something else.</summary>
     [Fact]
     public void A_mixture_gguf_cannot_hold_is_refused_rather_than_changed()

@@ -83,6 +83,25 @@ public class SafetensorsTests
         }
     }
 
+    /// <summary>Config keys that would change the math and are not modelled are refused by name, never ignored.</summary>
+    [Theory]
+    [InlineData("LlamaForCausalLM", "hidden_act", "\"gelu\"")]
+    [InlineData("LlamaForCausalLM", "partial_rotary_factor", "0.5")]
+    [InlineData("LlamaForCausalLM", "mlp_bias", "true")]
+    [InlineData("GPT2LMHeadModel", "activation_function", "\"relu\"")]
+    [InlineData("GPT2LMHeadModel", "scale_attn_by_inverse_layer_idx", "true")]
+    public void Config_keys_that_change_the_math_are_refused(string architecture, string key, string value)
+    {
+        string body = architecture == "GPT2LMHeadModel"
+            ? "\"n_embd\": 64, \"n_layer\": 2, \"n_head\": 4, \"n_positions\": 128, \"vocab_size\": 100"
+            : "\"hidden_size\": 64, \"intermediate_size\": 128, \"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"vocab_size\": 100, \"max_position_embeddings\": 128";
+        using var dir = new TempDirectory();
+        File.WriteAllText(dir.File("config.json"), $"{{\"architectures\": [\"{architecture}\"], {body}}}");
+        HfConfigJson.Load(dir.File("config.json"));   // the plain config loads
+        File.WriteAllText(dir.File("config.json"), $"{{\"architectures\": [\"{architecture}\"], {body}, \"{key}\": {value}}}");
+        Assert.Contains(key, Assert.Throws<ModelFormatException>(() => HfConfigJson.Load(dir.File("config.json"))).Message);
+    }
+
     /// <summary>Mistral's sliding window: the context is cut to it, where sliding-window attention is full attention.</summary>
     [Theory]
     [InlineData("""{"sliding_window": 64}""", 64)]
