@@ -1,6 +1,6 @@
 // One completion: tokenizes the prompt on the model's scheduler, streams its chunks and answers them as an OpenAI
 // text_completion / chat.completion object or as server-sent chunk events (with each token's log-probabilities when
-// asked for: the model's distribution before temperature and top-k/p), each choice's text cut before the first
+// asked for: the model's distribution before penalties, temperature and top-k/p), each choice's text cut before the first
 // `stop` string (StopSequences). With n > 1 the choices are n generations of the same prompt, seeded seed, seed + 1, ...,
 // run at once as n sequences of the scheduler (they share the prompt's KV blocks only where the prefix cache holds them
 // already: choices admitted in the same step each compute the prompt). finish_reason is "length"
