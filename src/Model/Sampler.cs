@@ -93,7 +93,7 @@ public sealed class Sampler
         top = Math.Min(top, logits.Length);
         var ids = new int[top];
         int count = 0;
-        for (int i = 0; i < logits.Length; i++)   // an insertion into the k best so far: k is at most 20
+        for (int i = 0; i < logits.Length && top > 0; i++)   // an insertion into the k best so far: k is at most 20
         {
             if (count == top && !(logits[i] > logits[ids[top - 1]])) continue;
             int at = count < top ? count++ : top - 1;

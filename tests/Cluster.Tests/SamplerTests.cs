@@ -1,5 +1,5 @@
 // Sampling: greedy is argmax (temperature 0 or any below 1e-4), a seed reproduces a run, top-k / top-p only ever
-// pick from their nucleus, and sampled frequencies follow the softmax.
+// pick from their nucleus, and sampled frequencies follow the softmax; log-probabilities and OpenAI's penalties.
 using Cluster.Model;
 
 namespace Cluster.Tests;
@@ -7,6 +7,36 @@ namespace Cluster.Tests;
 public sealed class SamplerTests
 {
     private static readonly float[] Logits = [1f, 3f, 2.5f, -1f, 0f, 2.9f];
+
+    /// <summary>Log-probabilities: the log-softmax of the logits, the k most likely first (ties to the lower id), exp summing to 1.</summary>
+    [Fact]
+    public void LogprobsAreTheLogSoftmaxWithTheMostLikelyFirst()
+    {
+        float[] logits = [0f, 2f, 1f, 2f, -3f];
+        double logSum = Math.Log(logits.Sum(v => Math.Exp(v)));
+        var (chosen, top, values) = Sampler.Logprobs(logits, chosen: 2, top: 3);
+        Assert.Equal(1 - logSum, chosen, 5);
+        Assert.Equal([1, 3, 2], top);   // 2 and 2 tie: the lower id first
+        Assert.Equal([2 - logSum, 2 - logSum, 1 - logSum], values.Select(v => (double)v), new Tolerance(1e-5));
+        Assert.Equal(1, Sampler.Logprobs(logits, 0, 5).TopLogprobs.Sum(v => Math.Exp(v)), 5);
+        Assert.Empty(Sampler.Logprobs(logits, 0, 0).TopTokens);
+    }
+
+    private sealed class Tolerance(double tolerance) : IEqualityComparer<double>
+    {
+        public bool Equals(double a, double b) => Math.Abs(a - b) <= tolerance;
+        public int GetHashCode(double value) => 0;
+    }
+
+    /// <summary>OpenAI's penalties: presence once per generated token, frequency per occurrence.</summary>
+    [Fact]
+    public void PenaltiesLowerEachGeneratedTokenByPresenceAndFrequency()
+    {
+        float[] logits = [1f, 1f, 1f, 1f];
+        Sampler.ApplyPenalties(logits, [2, 2, 0, 2], presence: 0.5f, frequency: 0.25f);
+        Assert.Equal([1f - 0.5f - 0.25f, 1f, 1f - 0.5f - 0.75f, 1f], logits);
+        Assert.Throws<ArgumentOutOfRangeException>(() => Sampler.ApplyPenalties(logits, [4], 1, 1));
+    }
 
     [Fact]
     public void GreedyPicksTheFirstMaximum()

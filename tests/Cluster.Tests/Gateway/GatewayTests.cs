@@ -227,6 +227,12 @@ public sealed class GatewayTests(ClusterFixture fixture) : IAsyncLifetime
             for (int j = 0; j < 3; j++) Assert.Equal(top3[j], tokens[step].TopLogProbabilities[j].LogProbability, 1e-4);
         }
 
+        // logprobs without alternatives (top_logprobs left out: 0)
+        ChatCompletion plain = await OpenAiChat().CompleteChatAsync([new UserChatMessage(Prompt)],
+            new ChatCompletionOptions { Temperature = 0, MaxOutputTokenCount = 10, IncludeLogProbabilities = true }, Cancellation);
+        Assert.Equal(tokens.Select(t => t.LogProbability), plain.ContentTokenLogProbabilities.Select(t => t.LogProbability));
+        Assert.All(plain.ContentTokenLogProbabilities, t => Assert.Empty(t.TopLogProbabilities));
+
         using var http = _gateway.Http();
         string body = $$"""{"model":"tiny","prompt":"{{Prompt}}","max_tokens":10,"temperature":0,"logprobs":2}""";
         using var response = await http.PostAsync("/v1/completions", new StringContent(body, Encoding.UTF8, "application/json"), Cancellation);
