@@ -1,13 +1,13 @@
 // One completion: tokenizes the prompt on the model's scheduler, streams its chunks and answers them as an OpenAI
 // text_completion / chat.completion object or as server-sent chunk events (with each token's log-probabilities when
-// asked for: the model's distribution before penalties, temperature and top-k/p), each choice's text cut before the first
-// `stop` string (StopSequences). With n > 1 the choices are n generations of the same prompt, seeded seed, seed + 1, ...,
-// run at once as n sequences of the scheduler (they share the prompt's KV blocks only where the prefix cache holds them
-// already: choices admitted in the same step each compute the prompt). finish_reason is "length"
-// when max_tokens ended a choice, else "stop" (a stop string, EOS, or the model's context filled up). Grain argument
-// errors become 400s; the rest map in GatewayPipeline (unknown model 404, full queue 429, pipeline lost 503;
-// mid-stream: an error event). The client going away cancels the generations on the scheduler at once, queued or
-// running. A stream whose scheduler's silo dies resumes on the scheduler's next activation (ResumableGeneration).
+// asked for: the model's distribution before penalties, temperature and top-k/p), each choice's text cut before the
+// first `stop` string (StopSequences). With n > 1 the choices are n generations of the same prompt, seeded seed, seed +
+// 1, ..., run at once as n sequences of the scheduler, the later ones finding the prompt's full KV blocks in its prefix
+// cache. finish_reason is "length" when max_tokens ended a choice, else "stop" (a stop string, EOS, or the model's
+// context filled up). Grain argument errors become 400s; the rest map in GatewayPipeline (unknown model 404, full queue
+// 429, pipeline lost 503; mid-stream: an error event). The client going away cancels the generations on the scheduler
+// at once, queued or running. A stream whose scheduler's silo dies resumes on the scheduler's next activation
+// (ResumableGeneration).
 using Cluster.Contracts;
 
 namespace Cluster.Gateway;

@@ -148,7 +148,7 @@ public sealed class GatewayTests(ClusterFixture fixture) : IAsyncLifetime
 
     /// <summary>
     /// n = 3 sampled choices: choice i is what one request seeded seed + i gives, the stream's chunks reassemble to the
-    /// same three texts by index, and the usage counts every choice's tokens.
+    /// same three texts by index, the usage counts every choice's tokens, and the later choices reuse the first's prompt blocks.
     /// </summary>
     [Fact]
     public async Task ThreeChoicesAreThreeSeededGenerationsOfThePrompt()
@@ -170,6 +170,17 @@ public sealed class GatewayTests(ClusterFixture fixture) : IAsyncLifetime
             Assert.Equal((await Complete(Body(1, 42 + i))).GetProperty("choices")[0].GetProperty("text").GetString(), texts[i]);
         Assert.True(texts.Distinct().Count() > 1, "three seeds, three draws");
         Assert.Equal(36, three.GetProperty("usage").GetProperty("completion_tokens").GetInt32());
+
+        // The choices share the prompt's full KV blocks: on a model of its own, choices 1 and 2 find choice 0's.
+        var scheduler = fixture.Cluster.Client.GetGrain<IInferenceSchedulerGrain>("tiny-choices");
+        await scheduler.Serve(new ModelServing(TestClusters.Tiny));
+        string longPrompt = string.Join(' ', Enumerable.Repeat("Once upon a time there was a dog", 5));
+        int promptTokens = (await scheduler.Tokenize(longPrompt, Cancellation)).Length;
+        using (var shared = await http.PostAsync("/v1/completions", new StringContent(
+            $$"""{"model":"tiny-choices","prompt":"{{longPrompt}}","max_tokens":4,"n":3}""", Encoding.UTF8, "application/json"), Cancellation))
+            Assert.Equal(HttpStatusCode.OK, shared.StatusCode);
+        var shard = (await fixture.Cluster.Client.GetGrain<IShardGrain>((await scheduler.Status()).Shards[0]).Describe())!;
+        Assert.Equal(2 * (promptTokens / shard.KvBlockSize * shard.KvBlockSize), shard.PrefixHitTokens);
 
         using var streamed = await http.PostAsync("/v1/completions", new StringContent(Body(3, 42, stream: true), Encoding.UTF8, "application/json"), Cancellation);
         var events = (await streamed.Content.ReadAsStringAsync(Cancellation)).Split("\n\n", StringSplitOptions.RemoveEmptyEntries);
