@@ -296,7 +296,15 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
     {
         if (model.Spec.IsLastStage)   // a bad sampling request fails the step before it costs a forward
             foreach (var sample in batch.Chunks.Select(c => c.Sample).OfType<TokenSampling>())
+            {
                 new SamplingOptions(sample.Temperature, sample.TopP, sample.TopK, sample.Generator).Validate();
+                if (sample.TopLogprobs is < -1 or > InferenceSchedulerGrain.MaxTopLogprobs)
+                    throw new ArgumentOutOfRangeException(nameof(batch), sample.TopLogprobs, $"top logprobs must be from -1 to {InferenceSchedulerGrain.MaxTopLogprobs}");
+                if (!(sample.PresencePenalty is >= -2 and <= 2) || !(sample.FrequencyPenalty is >= -2 and <= 2))
+                    throw new ArgumentOutOfRangeException(nameof(batch), "presence and frequency penalties must be from -2 to 2");
+                if (sample.Generated?.Any(t => (uint)t >= (uint)model.Config.VocabSize) == true)
+                    throw new ArgumentOutOfRangeException(nameof(batch), $"a generated token outside the vocabulary of {model.Config.VocabSize}");
+            }
         foreach (var ended in batch.Released)
             if (epoch.Sequences.Remove(ended, out int id)) epoch.Cache.Release(id);
         var hits = new int[batch.Chunks.Length];
