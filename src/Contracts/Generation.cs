@@ -28,6 +28,8 @@ public sealed record GenerationRequest
     /// <summary>OpenAI's penalties (-2 to 2): each logit is lowered by presence·[the token was generated] + frequency·(times it was).</summary>
     [Id(11)] public float PresencePenalty { get; init; }
     [Id(12)] public float FrequencyPenalty { get; init; }
+    /// <summary>OpenAI's logit_bias: at most 300 tokens, each logit raised by its value (-100 to 100) before sampling.</summary>
+    [Id(13)] public LogitBias? LogitBias { get; init; }
 }
 
 /// <summary>One generated token and the text it completes (partial UTF-8 is held back until whole); its log-probabilities when asked for.</summary>

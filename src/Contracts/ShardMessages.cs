@@ -36,7 +36,11 @@ public sealed record ForwardChunk([property: Id(0)] Guid Sequence, [property: Id
 [GenerateSerializer, Immutable]
 public sealed record TokenSampling([property: Id(0)] float Temperature, [property: Id(1)] float TopP, [property: Id(2)] int TopK, [property: Id(3)] ulong Generator,
     [property: Id(4)] int TopLogprobs = -1, [property: Id(5)] float PresencePenalty = 0, [property: Id(6)] float FrequencyPenalty = 0,
-    [property: Id(7)] int[]? Generated = null);
+    [property: Id(7)] int[]? Generated = null, [property: Id(8)] LogitBias? Bias = null);
+
+/// <summary>OpenAI's logit_bias: each listed token's logit is raised by its value (-100 to 100) before sampling.</summary>
+[GenerateSerializer, Immutable]
+public sealed record LogitBias([property: Id(0)] int[] Tokens, [property: Id(1)] float[] Values);
 
 /// <summary>
 /// The sampled token's log-probability under the model's distribution (log-softmax of the raw logits, before

@@ -1,15 +1,15 @@
 // A validated /v1/completions or /v1/chat/completions request, parsed by hand from the JSON body so every bad
 // input maps to a 400 in the OpenAI error shape. Fields that would change the output and are not implemented
-// (logit_bias, response_format other than text) are a 400; other unknown fields are ignored; JSON null counts as
-// absent.
+// (response_format other than text) are a 400; other unknown fields are ignored; JSON null counts as absent.
 using System.Text.Json;
+using Cluster.Contracts;
 using static Cluster.Gateway.JsonFields;
 
 namespace Cluster.Gateway;
 
 public sealed record CompletionRequest(
     string Model, string Prompt, int MaxTokens, float Temperature, float TopP, int TopK, ulong Seed, bool Stream, bool IncludeUsage,
-    IReadOnlyList<string> Stop, int Choices, int TopLogprobs, float PresencePenalty, float FrequencyPenalty)
+    IReadOnlyList<string> Stop, int Choices, int TopLogprobs, float PresencePenalty, float FrequencyPenalty, LogitBias? LogitBias)
 {
     public const int MaxTokensLimit = 4096;
     public const int DefaultMaxTokens = 128;
@@ -41,7 +41,8 @@ public sealed record CompletionRequest(
                 Choices: Get(root, "n") is { } n ? Integer(n, "n", 1, MaxChoices) : 1,
                 TopLogprobs: chat ? ChatLogprobs(root) : Get(root, "logprobs") is { } lp ? Integer(lp, "logprobs", 0, 5) : -1,
                 PresencePenalty: Get(root, "presence_penalty") is { } pp ? Number(pp, "presence_penalty", -2, 2) : 0,
-                FrequencyPenalty: Get(root, "frequency_penalty") is { } fp ? Number(fp, "frequency_penalty", -2, 2) : 0);
+                FrequencyPenalty: Get(root, "frequency_penalty") is { } fp ? Number(fp, "frequency_penalty", -2, 2) : 0,
+                LogitBias: Get(root, "logit_bias") is { } lb ? Bias(lb) : null);
         }
     }
 
@@ -52,6 +53,26 @@ public sealed record CompletionRequest(
         int top = Get(root, "top_logprobs") is { } t ? Integer(t, "top_logprobs", 0, 20) : 0;
         if (top > 0 && !wanted) throw new ApiError(400, "'top_logprobs' needs 'logprobs': true.", "top_logprobs");
         return wanted ? top : -1;
+    }
+
+    /// <summary>
+    /// `logit_bias`: an object of token ids (as strings) to values from -100 to 100, at most 300 of them; null when empty.
+    /// The scheduler checks the ids against the model's vocabulary.
+    /// </summary>
+    private static LogitBias? Bias(JsonElement e)
+    {
+        if (e.ValueKind != JsonValueKind.Object) throw new ApiError(400, "'logit_bias' must be an object of token ids to numbers.", "logit_bias");
+        var tokens = new List<int>();
+        var values = new List<float>();
+        foreach (var entry in e.EnumerateObject())
+        {
+            if (tokens.Count == 300) throw new ApiError(400, "'logit_bias' may list at most 300 tokens.", "logit_bias");
+            if (!int.TryParse(entry.Name, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int token))
+                throw new ApiError(400, $"'logit_bias' keys must be token ids, not '{entry.Name}'.", "logit_bias");
+            tokens.Add(token);
+            values.Add(Number(entry.Value, "logit_bias", -100, 100));
+        }
+        return tokens.Count == 0 ? null : new LogitBias([.. tokens], [.. values]);
     }
 
     /// <summary>`stop`: a string or an array of up to 4 non-empty strings of at most 1024 characters.</summary>
@@ -72,8 +93,6 @@ public sealed record CompletionRequest(
     /// </summary>
     private static void RefuseWhatChangesTheOutput(JsonElement root)
     {
-        if (Get(root, "logit_bias") is { } bias && !(bias.ValueKind == JsonValueKind.Object && !bias.EnumerateObject().Any()))
-            throw new ApiError(400, "'logit_bias' is not supported.", "logit_bias");
         if (Get(root, "response_format") is { } format
             && !(format.ValueKind == JsonValueKind.Object && Get(format, "type") is { ValueKind: JsonValueKind.String } type && type.GetString() == "text"))
             throw new ApiError(400, "Only 'response_format' {\"type\": \"text\"} is supported.", "response_format");

@@ -95,6 +95,7 @@ public sealed class CompletionRun(HttpContext context, IInferenceSchedulerGrain 
         PromptTokens = prompt, MaxTokens = request.MaxTokens, Temperature = request.Temperature,
         TopP = request.TopP, TopK = request.TopK, Seed = unchecked(request.Seed + (ulong)index) is var seed && seed != 0 ? seed : 1,
         TopLogprobs = request.TopLogprobs, PresencePenalty = request.PresencePenalty, FrequencyPenalty = request.FrequencyPenalty,
+        LogitBias = request.LogitBias,
     };
 
     /// <summary>Reads one choice's generation to its end or its stop string, sending its chunks when streaming.</summary>

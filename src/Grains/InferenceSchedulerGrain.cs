@@ -59,7 +59,7 @@ public sealed class InferenceSchedulerGrain(
         /// <summary>What the last stage needs to pick this sequence's next token.</summary>
         public TokenSampling Sampling => new(request.Temperature, request.TopP, request.TopK, Sampler.Generator, request.TopLogprobs,
             request.PresencePenalty, request.FrequencyPenalty,
-            request.PresencePenalty == 0 && request.FrequencyPenalty == 0 ? null : [.. Tokens.Skip(PromptLength)]);
+            request.PresencePenalty == 0 && request.FrequencyPenalty == 0 ? null : [.. Tokens.Skip(PromptLength)], request.LogitBias);
         public Decoder Decoder { get; } = Encoding.UTF8.GetDecoder();
         public Channel<GeneratedChunk> Output { get; } = Channel.CreateUnbounded<GeneratedChunk>(new() { SingleReader = true, SingleWriter = true });
         public Replica? Replica { get; set; }
@@ -397,6 +397,20 @@ public sealed class InferenceSchedulerGrain(
     /// <summary>The most alternatives a token's log-probabilities list (OpenAI's top_logprobs limit).</summary>
     public const int MaxTopLogprobs = 20;
 
+    /// <summary>The most tokens a logit bias lists (OpenAI's limit).</summary>
+    public const int MaxBiasedTokens = 300;
+
+    /// <summary>Throws ArgumentException unless <paramref name="bias"/> lists at most 300 distinct tokens of the vocabulary with values in [-100, 100].</summary>
+    public static void CheckLogitBias(LogitBias bias, int vocab)
+    {
+        if (bias.Tokens.Length != bias.Values.Length || bias.Tokens.Length > MaxBiasedTokens)
+            throw new ArgumentException($"a logit bias lists at most {MaxBiasedTokens} tokens, each with one value");
+        if (bias.Tokens.Any(t => (uint)t >= (uint)vocab) || bias.Tokens.Distinct().Count() != bias.Tokens.Length)
+            throw new ArgumentException($"logit bias tokens must be distinct ids of the vocabulary of {vocab}");
+        if (bias.Values.Any(v => !(v is >= -100 and <= 100)))
+            throw new ArgumentException("logit bias values must be from -100 to 100");
+    }
+
     public Task<SchedulerStatus> Status() => Task.FromResult(new SchedulerStatus(silo.Name,
         [.. _replicas.SelectMany(r => r.AllKeys)], _replicas.Sum(r => r.Running.Count), _replicas.Sum(r => r.Waiting.Count)));
 
@@ -407,6 +421,8 @@ public sealed class InferenceSchedulerGrain(
         if (!(request.PresencePenalty is >= -2 and <= 2) || !(request.FrequencyPenalty is >= -2 and <= 2))
             throw new ArgumentException($"presence and frequency penalties must be from -2 to 2, got {request.PresencePenalty} and {request.FrequencyPenalty}");
         var shape = await ServingShape();
+        if (request.LogitBias is { } bias)
+            CheckLogitBias(bias, Tokenizer.VocabSize);
         int[] prompt = request.PromptTokens ?? await Encode(request.Prompt, shape, cancellation);
         int[] resume = request.Resume ?? [];
         if (prompt.Length == 0) throw new ArgumentException("the prompt has no tokens (not even BOS)");

@@ -268,6 +268,8 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
             var row = logits.Span.Slice(i * vocab, vocab);
             float[]? raw = s.TopLogprobs >= 0 ? row.ToArray() : null;   // the sampler overwrites the row
             if (s.Generated is { Length: > 0 } generated) Sampler.ApplyPenalties(row, generated, s.PresencePenalty, s.FrequencyPenalty);
+            if (s.Bias is { } bias)
+                for (int j = 0; j < bias.Tokens.Length; j++) row[bias.Tokens[j]] += bias.Values[j];
             tokens[i] = new Sampler(new SamplingOptions(s.Temperature, s.TopP, s.TopK, s.Generator)).Sample(row);
             if (raw is null) return;
             var (chosen, top, topLogprobs) = Sampler.Logprobs(raw, tokens[i], s.TopLogprobs);
@@ -304,6 +306,7 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
                     throw new ArgumentOutOfRangeException(nameof(batch), "presence and frequency penalties must be from -2 to 2");
                 if (sample.Generated?.Any(t => (uint)t >= (uint)model.Config.VocabSize) == true)
                     throw new ArgumentOutOfRangeException(nameof(batch), $"a generated token outside the vocabulary of {model.Config.VocabSize}");
+                if (sample.Bias is { } bias) InferenceSchedulerGrain.CheckLogitBias(bias, model.Config.VocabSize);
             }
         foreach (var ended in batch.Released)
             if (epoch.Sequences.Remove(ended, out int id)) epoch.Cache.Release(id);

@@ -300,6 +300,58 @@ public sealed class GatewayTests(ClusterFixture fixture) : IAsyncLifetime
         Assert.NotEqual(ExpectedGreedy(Prompt, steps), expected);
     }
 
+    /// <summary>
+    /// logit_bias as OpenAI defines it: +100 on one token makes greedy decoding pick it every time, -100 on the
+    /// unbiased greedy's first token makes it never come first; a token outside the vocabulary is a 400.
+    /// </summary>
+    [Fact]
+    public async Task LogitBiasRaisesOrBansTokens()
+    {
+        var loaded = RandomModel.Create("tiny", seed: 1);
+        var tokenizer = loaded.Tokenizer!;
+        int[] prompt = tokenizer.Encode(Prompt, addBos: true);
+        const int favoured = 100;
+        var bytes = new List<byte>();
+        int previous = prompt[^1];
+        for (int i = 0; i < 5; i++, previous = favoured) bytes.AddRange(tokenizer.DecodeBytes(previous, favoured));
+        string expected = Encoding.UTF8.GetString([.. bytes]);
+
+        using var http = _gateway.Http();
+        async Task<(HttpStatusCode Status, string Text)> Complete(string bias)
+        {
+            string body = $$"""{"model":"tiny","prompt":"{{Prompt}}","max_tokens":5,"temperature":0,"logit_bias":{{bias}}}""";
+            using var response = await http.PostAsync("/v1/completions", new StringContent(body, Encoding.UTF8, "application/json"), Cancellation);
+            if (response.StatusCode != HttpStatusCode.OK) return (response.StatusCode, "");
+            using var json = JsonDocument.Parse(await response.Content.ReadAsStringAsync(Cancellation));
+            return (response.StatusCode, json.RootElement.GetProperty("choices")[0].GetProperty("text").GetString()!);
+        }
+        Assert.Equal((HttpStatusCode.OK, expected), await Complete($$"""{"{{favoured}}":100}"""));
+
+        // The unbiased greedy's first token, banned: the API's text equals a greedy loop here that lowers it by 100.
+        int first;
+        var banned = new List<byte>();
+        using (var device = new CpuDevice(1))
+        using (var model = new TransformerModel(device, loaded.Config, loaded.Weights))
+        using (var cache = model.CreateCache(1, prompt.Length + 5, 4))
+        {
+            int sequence = cache.CreateSequence();
+            float[] row = model.Forward([new SequenceChunk(sequence, prompt)], cache);
+            first = Sampler.ArgMax(row);
+            previous = prompt[^1];
+            for (int step = 0; step < 5; step++)
+            {
+                row[first] -= 100;
+                int next = Sampler.ArgMax(row);
+                banned.AddRange(tokenizer.DecodeBytes(previous, next));
+                previous = next;
+                if (step < 4) row = model.Forward([new SequenceChunk(sequence, [next])], cache);
+            }
+        }
+        Assert.Equal((HttpStatusCode.OK, Encoding.UTF8.GetString([.. banned])), await Complete($$"""{"{{first}}":-100}"""));
+        Assert.NotEqual(ExpectedGreedy(Prompt, 5), Encoding.UTF8.GetString([.. banned]));
+        Assert.Equal(HttpStatusCode.BadRequest, (await Complete("""{"100000":5}""")).Status);
+    }
+
     [Theory]
     [InlineData("""{"model":"tiny","prompt":"hi","stop":["a","b","c","d","e"]}""", "stop")]
     [InlineData("""{"model":"tiny","prompt":"hi","stop":""}""", "stop")]
@@ -308,7 +360,9 @@ public sealed class GatewayTests(ClusterFixture fixture) : IAsyncLifetime
     [InlineData("""{"model":"tiny","prompt":"hi","n":0}""", "n")]
     [InlineData("""{"model":"tiny","prompt":"hi","presence_penalty":2.5}""", "presence_penalty")]
     [InlineData("""{"model":"tiny","prompt":"hi","frequency_penalty":-3}""", "frequency_penalty")]
-    [InlineData("""{"model":"tiny","prompt":"hi","logit_bias":{"5":10}}""", "logit_bias")]
+    [InlineData("""{"model":"tiny","prompt":"hi","logit_bias":{"five":10}}""", "logit_bias")]
+    [InlineData("""{"model":"tiny","prompt":"hi","logit_bias":{"5":101}}""", "logit_bias")]
+    [InlineData("""{"model":"tiny","prompt":"hi","logit_bias":[5]}""", "logit_bias")]
     [InlineData("""{"model":"tiny","prompt":"hi","logprobs":6}""", "logprobs")]
     [InlineData("""{"model":"tiny","messages":[{"role":"user","content":"hi"}],"top_logprobs":2}""", "top_logprobs")]   // without logprobs: true
     [InlineData("""{"model":"tiny","prompt":"hi","response_format":{"type":"json_object"}}""", "response_format")]
