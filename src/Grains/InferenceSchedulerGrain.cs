@@ -400,9 +400,18 @@ public sealed class InferenceSchedulerGrain(
     /// <summary>The most tokens a logit bias lists (OpenAI's limit).</summary>
     public const int MaxBiasedTokens = 300;
 
-    /// <summary>Throws ArgumentException unless <paramref name="bias"/> lists at most 300 distinct tokens of the vocabulary with values in [-100, 100].</summary>
-    public static void CheckLogitBias(LogitBias bias, int vocab)
+    /// <summary>
+    /// Throws ArgumentException unless the sampling asks for -1 to 20 alternatives' log-probabilities, penalties from -2
+    /// to 2, and a logit bias of at most 300 distinct tokens of the vocabulary with values from -100 to 100: checked where
+    /// a request enters the scheduler and again by the shard that samples (a grain call from outside).
+    /// </summary>
+    public static void CheckSampling(int topLogprobs, float presencePenalty, float frequencyPenalty, LogitBias? bias, int vocab)
     {
+        if (topLogprobs is < -1 or > MaxTopLogprobs)
+            throw new ArgumentException($"top logprobs must be from 0 to {MaxTopLogprobs} (or -1 for none), got {topLogprobs}");
+        if (!(presencePenalty is >= -2 and <= 2) || !(frequencyPenalty is >= -2 and <= 2))
+            throw new ArgumentException($"presence and frequency penalties must be from -2 to 2, got {presencePenalty} and {frequencyPenalty}");
+        if (bias is null) return;
         if (bias.Tokens.Length != bias.Values.Length || bias.Tokens.Length > MaxBiasedTokens)
             throw new ArgumentException($"a logit bias lists at most {MaxBiasedTokens} tokens, each with one value");
         if (bias.Tokens.Any(t => (uint)t >= (uint)vocab) || bias.Tokens.Distinct().Count() != bias.Tokens.Length)
@@ -416,13 +425,8 @@ public sealed class InferenceSchedulerGrain(
 
     public async IAsyncEnumerable<GeneratedChunk> Generate(GenerationRequest request, [EnumeratorCancellation] CancellationToken cancellation)
     {
-        if (request.TopLogprobs is < -1 or > MaxTopLogprobs)
-            throw new ArgumentException($"top logprobs must be from 0 to {MaxTopLogprobs} (or -1 for none), got {request.TopLogprobs}");
-        if (!(request.PresencePenalty is >= -2 and <= 2) || !(request.FrequencyPenalty is >= -2 and <= 2))
-            throw new ArgumentException($"presence and frequency penalties must be from -2 to 2, got {request.PresencePenalty} and {request.FrequencyPenalty}");
         var shape = await ServingShape();
-        if (request.LogitBias is { } bias)
-            CheckLogitBias(bias, Tokenizer.VocabSize);
+        CheckSampling(request.TopLogprobs, request.PresencePenalty, request.FrequencyPenalty, request.LogitBias, Tokenizer.VocabSize);
         int[] prompt = request.PromptTokens ?? await Encode(request.Prompt, shape, cancellation);
         int[] resume = request.Resume ?? [];
         if (prompt.Length == 0) throw new ArgumentException("the prompt has no tokens (not even BOS)");

@@ -300,13 +300,9 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
             foreach (var sample in batch.Chunks.Select(c => c.Sample).OfType<TokenSampling>())
             {
                 new SamplingOptions(sample.Temperature, sample.TopP, sample.TopK, sample.Generator).Validate();
-                if (sample.TopLogprobs is < -1 or > InferenceSchedulerGrain.MaxTopLogprobs)
-                    throw new ArgumentOutOfRangeException(nameof(batch), sample.TopLogprobs, $"top logprobs must be from -1 to {InferenceSchedulerGrain.MaxTopLogprobs}");
-                if (!(sample.PresencePenalty is >= -2 and <= 2) || !(sample.FrequencyPenalty is >= -2 and <= 2))
-                    throw new ArgumentOutOfRangeException(nameof(batch), "presence and frequency penalties must be from -2 to 2");
+                InferenceSchedulerGrain.CheckSampling(sample.TopLogprobs, sample.PresencePenalty, sample.FrequencyPenalty, sample.Bias, model.Config.VocabSize);
                 if (sample.Generated?.Any(t => (uint)t >= (uint)model.Config.VocabSize) == true)
                     throw new ArgumentOutOfRangeException(nameof(batch), $"a generated token outside the vocabulary of {model.Config.VocabSize}");
-                if (sample.Bias is { } bias) InferenceSchedulerGrain.CheckLogitBias(bias, model.Config.VocabSize);
             }
         foreach (var ended in batch.Released)
             if (epoch.Sequences.Remove(ended, out int id)) epoch.Cache.Release(id);

@@ -39,6 +39,34 @@ public sealed class GatewayTests(ClusterFixture fixture) : IAsyncLifetime
         return string.Concat(new TextGenerator(model, loaded.Tokenizer!).Generate(prompt, maxTokens, SamplingOptions.Greedy).Select(t => t.Text));
     }
 
+    /// <summary>
+    /// Greedy text of the tiny model here, each step's logits first changed by <paramref name="adjust"/> (given the tokens
+    /// generated so far): what the API must give for the same request with its logit adjustments.
+    /// </summary>
+    private static string ExpectedAdjustedGreedy(string prompt, int steps, Action<float[], IReadOnlyList<int>> adjust)
+    {
+        var loaded = RandomModel.Create("tiny", seed: 1);
+        var tokenizer = loaded.Tokenizer!;
+        int[] promptTokens = tokenizer.Encode(prompt, addBos: true);
+        using var device = new CpuDevice(1);
+        using var model = new TransformerModel(device, loaded.Config, loaded.Weights);
+        using var cache = model.CreateCache(1, promptTokens.Length + steps, 4);
+        int sequence = cache.CreateSequence();
+        var generated = new List<int>();
+        var bytes = new List<byte>();
+        float[] row = model.Forward([new SequenceChunk(sequence, promptTokens)], cache);
+        for (int step = 0; step < steps; step++)
+        {
+            adjust(row, generated);
+            int next = Sampler.ArgMax(row);
+            if (next == tokenizer.BosId || next == tokenizer.EosId) break;
+            bytes.AddRange(tokenizer.DecodeBytes(generated.Count == 0 ? promptTokens[^1] : generated[^1], next));
+            generated.Add(next);
+            if (step + 1 < steps) row = model.Forward([new SequenceChunk(sequence, [next])], cache);
+        }
+        return Encoding.UTF8.GetString([.. bytes]);
+    }
+
     private ChatClient OpenAiChat() => new OpenAIClient(new ApiKeyCredential("unused"),
         new OpenAIClientOptions { Endpoint = new Uri(_gateway.BaseAddress, "v1") }).GetChatClient("tiny");
 
@@ -266,30 +294,7 @@ public sealed class GatewayTests(ClusterFixture fixture) : IAsyncLifetime
     {
         const float presence = 0.5f, frequency = 1.5f;
         const int steps = 24;
-        var loaded = RandomModel.Create("tiny", seed: 1);
-        var tokenizer = loaded.Tokenizer!;
-        var bytes = new List<byte>();
-        using (var device = new CpuDevice(1))
-        using (var model = new TransformerModel(device, loaded.Config, loaded.Weights))
-        {
-            int[] prompt = tokenizer.Encode(Prompt, addBos: true);
-            using var cache = model.CreateCache(1, prompt.Length + steps, 4);
-            int sequence = cache.CreateSequence();
-            var generated = new List<int>();
-            float[] row = model.Forward([new SequenceChunk(sequence, prompt)], cache);
-            int previous = prompt[^1];
-            for (int step = 0; step < steps; step++)
-            {
-                Sampler.ApplyPenalties(row, generated.ToArray(), presence, frequency);
-                int next = Sampler.ArgMax(row);
-                if (next == tokenizer.BosId || next == tokenizer.EosId) break;
-                bytes.AddRange(tokenizer.DecodeBytes(previous, next));
-                generated.Add(next);
-                previous = next;
-                row = model.Forward([new SequenceChunk(sequence, [next])], cache);
-            }
-        }
-        string expected = Encoding.UTF8.GetString([.. bytes]);
+        string expected = ExpectedAdjustedGreedy(Prompt, steps, (row, generated) => Sampler.ApplyPenalties(row, [.. generated], presence, frequency));
 
         using var http = _gateway.Http();
         string body = $$"""{"model":"tiny","prompt":"{{Prompt}}","max_tokens":{{steps}},"temperature":0,"presence_penalty":{{presence}},"frequency_penalty":{{frequency}}}""";
@@ -307,14 +312,8 @@ public sealed class GatewayTests(ClusterFixture fixture) : IAsyncLifetime
     [Fact]
     public async Task LogitBiasRaisesOrBansTokens()
     {
-        var loaded = RandomModel.Create("tiny", seed: 1);
-        var tokenizer = loaded.Tokenizer!;
-        int[] prompt = tokenizer.Encode(Prompt, addBos: true);
         const int favoured = 100;
-        var bytes = new List<byte>();
-        int previous = prompt[^1];
-        for (int i = 0; i < 5; i++, previous = favoured) bytes.AddRange(tokenizer.DecodeBytes(previous, favoured));
-        string expected = Encoding.UTF8.GetString([.. bytes]);
+        string expected = ExpectedAdjustedGreedy(Prompt, 5, (row, _) => row[favoured] += 100);
 
         using var http = _gateway.Http();
         async Task<(HttpStatusCode Status, string Text)> Complete(string bias)
@@ -328,27 +327,14 @@ public sealed class GatewayTests(ClusterFixture fixture) : IAsyncLifetime
         Assert.Equal((HttpStatusCode.OK, expected), await Complete($$"""{"{{favoured}}":100}"""));
 
         // The unbiased greedy's first token, banned: the API's text equals a greedy loop here that lowers it by 100.
-        int first;
-        var banned = new List<byte>();
-        using (var device = new CpuDevice(1))
-        using (var model = new TransformerModel(device, loaded.Config, loaded.Weights))
-        using (var cache = model.CreateCache(1, prompt.Length + 5, 4))
+        int first = -1;
+        string banned = ExpectedAdjustedGreedy(Prompt, 5, (row, generated) =>
         {
-            int sequence = cache.CreateSequence();
-            float[] row = model.Forward([new SequenceChunk(sequence, prompt)], cache);
-            first = Sampler.ArgMax(row);
-            previous = prompt[^1];
-            for (int step = 0; step < 5; step++)
-            {
-                row[first] -= 100;
-                int next = Sampler.ArgMax(row);
-                banned.AddRange(tokenizer.DecodeBytes(previous, next));
-                previous = next;
-                if (step < 4) row = model.Forward([new SequenceChunk(sequence, [next])], cache);
-            }
-        }
-        Assert.Equal((HttpStatusCode.OK, Encoding.UTF8.GetString([.. banned])), await Complete($$"""{"{{first}}":-100}"""));
-        Assert.NotEqual(ExpectedGreedy(Prompt, 5), Encoding.UTF8.GetString([.. banned]));
+            if (generated.Count == 0 && first < 0) first = Sampler.ArgMax(row);
+            row[first] -= 100;
+        });
+        Assert.Equal((HttpStatusCode.OK, banned), await Complete($$"""{"{{first}}":-100}"""));
+        Assert.NotEqual(ExpectedGreedy(Prompt, 5), banned);
         Assert.Equal(HttpStatusCode.BadRequest, (await Complete("""{"100000":5}""")).Status);
     }
 
