@@ -7,6 +7,7 @@ using System.Text.Json;
 using Cluster.Compute.Cpu;
 using Cluster.Contracts;
 using Cluster.Model;
+using Cluster.Model.Formats;
 using Cluster.Tests.Gateway;
 using Orleans.TestingHost;
 
@@ -27,15 +28,25 @@ public sealed class AdmissionTests : IAsyncLifetime
         await _cluster.DisposeAsync();
     }
 
-    private async Task<IInferenceSchedulerGrain> Serve(string id)
+    /// <summary>
+    /// Tiny with an 8192-token context, so that a request can take the whole KV cache and still be decoding, thousands
+    /// of steps later, when the test cancels it (with tiny's own 512 the hog finished within the test on a fast CPU and
+    /// let the queued requests in).
+    /// </summary>
+    private async Task<IInferenceSchedulerGrain> ServeLongContextTiny(string id, Formats.TempDirectory files)
     {
+        var tiny = RandomModel.Create("tiny", seed: 1);
+        string path = files.File("tiny-8k.gguf");
+        GgufWriter.Write(tiny with { Config = tiny.Config with { MaxSeqLen = HogContext } }, path);
         var scheduler = _cluster.Client.GetGrain<IInferenceSchedulerGrain>(id);
-        await scheduler.Serve(new ModelServing(TestClusters.Tiny));
+        await scheduler.Serve(new ModelServing(ModelSource.File(path)));
         return scheduler;
     }
 
-    /// <summary>A request that takes the whole KV cache (tiny's context is 512) and runs until cancelled.</summary>
-    private static GenerationRequest Hog => new() { Prompt = "a", MaxTokens = 500, Temperature = 0, StopAtEos = false };
+    private const int HogContext = 8192;
+
+    /// <summary>A request that takes the whole KV cache (its prompt and the tokens it may make fill every block) and runs until cancelled.</summary>
+    private static GenerationRequest Hog => new() { Prompt = "a", MaxTokens = HogContext - 12, Temperature = 0, StopAtEos = false };
 
     private static async Task<IAsyncEnumerator<GeneratedChunk>> Started(IInferenceSchedulerGrain scheduler, GenerationRequest request, CancellationToken cancel)
     {
@@ -57,9 +68,10 @@ public sealed class AdmissionTests : IAsyncLifetime
     [Fact]
     public async Task AFullQueueIs429AndADisconnectedClientLeavesTheQueue()
     {
-        var scheduler = await Serve("admission");
+        using var files = new Formats.TempDirectory();
+        var scheduler = await ServeLongContextTiny("admission", files);
         // The gateway starts first: between the queue filling and the waiters going away there is one HTTP call, far
-        // less than the hog's 500 decode steps (the waiters must still be queued when their clients leave).
+        // less than the hog's thousands of decode steps (the waiters must still be queued when their clients leave).
         await using var gateway = await GatewayHost.StartAsync(_cluster.Client);
         using var http = gateway.Http();
         using var hogCancel = CancellationTokenSource.CreateLinkedTokenSource(Cancel);
@@ -84,7 +96,7 @@ public sealed class AdmissionTests : IAsyncLifetime
         waitersCancel.Cancel();   // the queued clients go away: they leave the queue without being prefilled
         await Assert.ThrowsAnyAsync<OperationCanceledException>(() => Task.WhenAll(waiters));
         await WaitFor(async () => (await scheduler.Status()).Waiting == 0, "the cancelled requests leave the queue");
-        Assert.Equal(1, (await scheduler.Status()).Running);
+        Assert.Equal(1, (await scheduler.Status()).Running);   // the hog still decodes: the waiters left, they were not served
 
         hogCancel.Cancel();
         await Assert.ThrowsAnyAsync<OperationCanceledException>(async () => { while (await hog.MoveNextAsync()) { } });
