@@ -15,6 +15,7 @@ try
     {
         "generate" => Generate(new Arguments(args[1..])),
         "make-model" => MakeModel(new Arguments(args[1..])),
+        "quantize" => Quantize(new Arguments(args[1..])),
         "train" => TrainCommand.Run(new Arguments(args[1..])),
         null or "help" or "--help" or "-h" => Usage(0),
         _ => Usage(2, $"unknown command '{args[0]}'"),
@@ -32,7 +33,7 @@ static int Usage(int code, string? problem = null)
     Console.WriteLine("""
         usage: cluster generate [--model PATH | --preset NAME] [--tokenizer PATH] [--prompt TEXT] [--steps N]
                                 [--temperature T] [--topp P] [--topk K] [--seed S] [--threads N] [--adapter DIR]
-                                [--device D] [--layout L]
+                                [--device D] [--layout L] [--weights F]
           --model        llama2.c checkpoint, GGUF file, or safetensors file/directory (with config.json)
           --adapter      a PEFT LoRA adapter directory, merged into the model's weights
           --preset       without --model: a seeded random model of that shape (default stories15M)
@@ -44,6 +45,10 @@ static int Usage(int code, string? problem = null)
           --device       cpu (default), cuda, opencl, or ilgpu-cpu (ILGPU's CPU accelerator: slow, for checking)
           --layout       run the model cut into a layout's shards in this process (tp, ep, pp, layers; e.g. tp=2,pp=2),
                          each shard on its own device with --threads divided among them: the same tokens as one shard
+          --weights      f32, q8_0 or q4_0: how the weight matrices are kept and multiplied (default: as the file keeps
+                         them, a GGUF of Q8_0 or Q4_0 layers in that format, anything else f32)
+               cluster quantize --model PATH [--tokenizer PATH] --out OUT.gguf --type q8_0|q4_0|f16
+          writes the model as GGUF with its matrices in that type (llama.cpp reads it; rows not of whole blocks stay f32)
                cluster make-model --preset NAME --out PATH [--format gguf|safetensors|llama2c] [--seed N]
           writes a seeded random model (presets: tiny, adder, stories15M, stories110M, gpt2-tiny, storyteller, moe-tiny,
           qwen-moe-tiny, mixtral-small); llama2c also writes PATH.tokenizer.bin, GGUF embeds the vocabulary, safetensors
@@ -73,10 +78,33 @@ static int MakeModel(Arguments a)
         default:
             throw new ArgumentException($"--format must be gguf, safetensors or llama2c, got '{format}'");
     }
-    long bytes = Directory.Exists(output) ? new DirectoryInfo(output).EnumerateFiles().Sum(f => f.Length) : new FileInfo(output).Length;
-    AnsiConsole.MarkupLineInterpolated($"wrote {output} ({bytes / 1e6:F1} MB, {preset}, seed {seed})");
+    AnsiConsole.MarkupLineInterpolated($"wrote {output} ({SizeOnDisk(output) / 1e6:F1} MB, {preset}, seed {seed})");
     return 0;
 }
+
+static int Quantize(Arguments a)
+{
+    string input = a.Required("model"), output = a.Required("out"), type = a.Required("type");
+    string? tokenizerPath = a.Optional("tokenizer");
+    a.RejectUnknown();
+    var matrixType = type.ToLowerInvariant() switch
+    {
+        "q8_0" => TensorType.Q8_0,
+        "q4_0" => TensorType.Q4_0,
+        "f16" => TensorType.F16,
+        _ => throw new ArgumentException($"--type must be q8_0, q4_0 or f16, got '{type}'"),
+    };
+    if (!output.EndsWith(".gguf", StringComparison.OrdinalIgnoreCase)) throw new ArgumentException($"--out must name a .gguf file, got '{output}'");
+    var model = ModelLoader.Load(input, tokenizerPath);
+    if (model.Tokenizer is null) throw new ArgumentException($"{input} carries no tokenizer: pass --tokenizer (the GGUF file embeds it)");
+    if (GgufWriter.CannotWrite(model.Config) is { } reason) throw new ArgumentException(reason);
+    GgufWriter.Write(model, output, matrixType, Path.GetFileNameWithoutExtension(output));
+    AnsiConsole.MarkupLineInterpolated($"wrote {output} ({SizeOnDisk(output) / 1e6:F1} MB, {type.ToLowerInvariant()}; the input {SizeOnDisk(input) / 1e6:F1} MB)");
+    return 0;
+}
+
+/// <summary>Bytes of a model file, or of the files of a model directory (safetensors).</summary>
+static long SizeOnDisk(string path) => Directory.Exists(path) ? new DirectoryInfo(path).EnumerateFiles().Sum(f => f.Length) : new FileInfo(path).Length;
 
 static int Generate(Arguments a)
 {
@@ -94,6 +122,8 @@ static int Generate(Arguments a)
     string? adapter = a.Optional("adapter");
     var layout = ParallelLayout.Parse(a.Optional("layout"));
     if (layout.DataParallel > 1) throw new ArgumentException($"--layout {layout}: generate runs one replica (no dp)");
+    string? weightsFormat = a.Optional("weights");
+    if (weightsFormat is not null) WeightFormats.Parse(weightsFormat);   // a bad name fails before the model loads
     a.RejectUnknown();
 
     ITokenizer? tokenizer = null;
@@ -113,7 +143,7 @@ static int Generate(Arguments a)
             ctx.Status($"Packing {read.Config.Layers} layers for {where}");
             var whole = ShardWeights.Slice(read.Config, read.Weights, ShardSpec.Whole(read.Config));
             Array.Clear(read.Weights.Layers);   // the slice holds the layers now, and lets each go once it is packed: loading peaks near one copy
-            model = new TransformerModel(device, read.Config, whole, releaseHostWeights: true);
+            model = new TransformerModel(device, read.Config, whole, releaseHostWeights: true, read.ServingFormat(weightsFormat));
         }
         else
         {
@@ -122,7 +152,7 @@ static int Generate(Arguments a)
             ctx.Status($"Cutting {read.Config.Layers} layers into {where}");
             const int blockSize = 16;
             model = new LocalPipeline(read.Config, read.Weights, layout, () => deviceSpec.Open(shardThreads),
-                kvBlocks: (read.Config.MaxSeqLen + blockSize - 1) / blockSize, blockSize);
+                kvBlocks: (read.Config.MaxSeqLen + blockSize - 1) / blockSize, blockSize, read.ServingFormat(weightsFormat));
         }
     });
     if (modelPath is null) AnsiConsole.MarkupLine("[yellow]random weights (no --model given): the text is noise; the speed is real[/]");

@@ -168,9 +168,13 @@ public interface IDevice : IDisposable
     DeviceBuffer Upload(ReadOnlySpan<float> data);
     void Download(DeviceBuffer source, Span<float> destination);   // the first destination.Length floats
     void Write(DeviceBuffer destination, ReadOnlySpan<float> source);   // into the first source.Length floats
-    DeviceMatrix UploadMatrix(ReadOnlySpan<float> weights, int rows, int cols);   // weights (rows, cols) row-major
+    /// <summary>
+    /// A serving weight matrix from weights (rows, cols) row-major, kept as float32 or quantized to a block format
+    /// (<see cref="WeightFormats.For"/> says which a matrix can take; a device without a kernel for it refuses).
+    /// </summary>
+    DeviceMatrix UploadMatrix(ReadOnlySpan<float> weights, int rows, int cols, WeightFormat format = WeightFormat.F32);
 
-    /// <summary>y (M, N) = x (M, K) · Wᵀ, W (N, K).</summary>
+    /// <summary>y (M, N) = x (M, K) · Wᵀ, W (N, K); a block-format W multiplies x quantized to Q8_0 (as llama.cpp does).</summary>
     void MatMul(DeviceBuffer x, DeviceMatrix w, DeviceBuffer y, int m);
 
     /// <summary>x (rows, dim) += bias (dim,) broadcast over rows.</summary>

@@ -13,11 +13,16 @@ public sealed record ModelSource
     [Id(3)] public int Seed { get; init; } = 1;
     /// <summary>A PEFT LoRA adapter directory merged into the weights at load; null for none.</summary>
     [Id(4)] public string? AdapterPath { get; init; }
+    /// <summary>
+    /// How the served weight matrices are kept in memory and multiplied: "f32", "q8_0" or "q4_0"; null = as the file keeps
+    /// them (a GGUF file whose layer matrices are all Q8_0, or all Q4_0, is served in that format; anything else in f32).
+    /// </summary>
+    [Id(5)] public string? Weights { get; init; }
 
     public static ModelSource File(string path, string? tokenizerPath = null) => new() { Path = path, TokenizerPath = tokenizerPath };
     public static ModelSource Random(string preset, int seed = 1) => new() { Preset = preset, Seed = seed };
 
-    public override string ToString() => (Path ?? $"random:{Preset}:{Seed}") + (AdapterPath is null ? "" : $" + LoRA {AdapterPath}");
+    public override string ToString() => (Path ?? $"random:{Preset}:{Seed}") + (AdapterPath is null ? "" : $" + LoRA {AdapterPath}") + (Weights is null ? "" : $" as {Weights}");
 }
 
 /// <summary>

@@ -1,6 +1,15 @@
+using Cluster.Compute;
 using Cluster.Model.Tokenizers;
 
 namespace Cluster.Model;
 
-/// <summary>What a loader returns: the config, the host weights and (where the format carries or names one) the tokenizer.</summary>
-public sealed record LoadedModel(ModelConfig Config, ModelWeights Weights, ITokenizer? Tokenizer, string Source);
+/// <summary>
+/// What a loader returns: the config, the host weights (float32, whatever the file stores), where the format carries or
+/// names one the tokenizer, and the block format the file keeps every layer matrix in (F32 when they are not all Q8_0
+/// or all Q4_0): the format the model is served in unless another is asked for.
+/// </summary>
+public sealed record LoadedModel(ModelConfig Config, ModelWeights Weights, ITokenizer? Tokenizer, string Source, WeightFormat StoredFormat = WeightFormat.F32)
+{
+    /// <summary>The format to serve in: <paramref name="requested"/> ("f32", "q8_0", "q4_0") when given, else the file's own.</summary>
+    public WeightFormat ServingFormat(string? requested) => requested is null ? StoredFormat : WeightFormats.Parse(requested);
+}

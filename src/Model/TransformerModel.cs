@@ -50,15 +50,20 @@ public sealed class TransformerModel : ILocalModel
     }
 
     /// <summary>The whole model on one device.</summary>
-    public TransformerModel(IDevice device, ModelConfig config, ModelWeights weights)
-        : this(device, config, ShardWeights.Slice(config, weights, ShardSpec.Whole(config))) { }
+    public TransformerModel(IDevice device, ModelConfig config, ModelWeights weights, WeightFormat weightFormat = WeightFormat.F32)
+        : this(device, config, ShardWeights.Slice(config, weights, ShardSpec.Whole(config)), weightFormat: weightFormat) { }
 
     /// <summary>One shard: the layers of its pipeline stage, cut to its tensor-parallel slices.</summary>
     /// <param name="releaseHostWeights">
     /// Let go of each layer's host tensors (weights.Layers[i] becomes null) as soon as they are on the device, so that
     /// loading peaks near one copy of the weights rather than two: for a caller that keeps no other reference to them.
     /// </param>
-    public TransformerModel(IDevice device, ModelConfig config, ShardWeights weights, bool releaseHostWeights = false)
+    /// <param name="weightFormat">
+    /// How the layers' weight matrices are kept and multiplied: float32, or quantized to Q8_0 / Q4_0 blocks (each matrix
+    /// whose rows are whole blocks; an untied head in Q8_0, as llama.cpp keeps the head wider than Q4_0). Embeddings,
+    /// norms, biases and the MoE router stay float32.
+    /// </param>
+    public TransformerModel(IDevice device, ModelConfig config, ShardWeights weights, bool releaseHostWeights = false, WeightFormat weightFormat = WeightFormat.F32)
     {
         var spec = weights.Spec;
         _device = device;
@@ -66,6 +71,8 @@ public sealed class TransformerModel : ILocalModel
         Spec = spec;
         int C = config.Dim, H = spec.Hidden.Count, q = QueryDim, kv = KvDim;
         DeviceBuffer? Vector(float[]? v) => v is null ? null : device.Upload(v);
+        DeviceMatrix Matrix(ReadOnlySpan<float> w, int rows, int cols) => device.UploadMatrix(w, rows, cols, WeightFormats.For(weightFormat, cols));
+        WeightFormat = weightFormat;
         // A tied head on the embedding's own stage multiplies by the embedding table itself: one copy of the matrix.
         bool sharedHead = config.TiedEmbeddings && spec.IsFirstStage && spec.IsLastStage;
         _tokenEmbedding = weights.TokenEmbedding is { } table ? device.UploadMatrix(table, spec.Vocab.Count, C) : null;
@@ -77,7 +84,7 @@ public sealed class TransformerModel : ILocalModel
         var hostMemory = new HostMemory(weights.Layers.Sum(w => w.Bytes) / 8);
         bool moe = config.Moe is not null;
         DeviceMatrix[] Experts(float[] stack, int rows, int cols) =>   // this shard's experts, stacked
-            [.. Enumerable.Range(0, spec.Experts.Count).Select(e => device.UploadMatrix(stack.AsSpan(e * rows * cols, rows * cols), rows, cols))];
+            [.. Enumerable.Range(0, spec.Experts.Count).Select(e => Matrix(stack.AsSpan(e * rows * cols, rows * cols), rows, cols))];
         for (int i = 0; i < _layers.Length; i++)
         {
             var w = weights.Layers[i];
@@ -85,16 +92,15 @@ public sealed class TransformerModel : ILocalModel
             {
                 AttnNorm = device.Upload(w.AttnNorm), AttnNormBias = Vector(w.AttnNormBias),
                 FfnNorm = device.Upload(w.FfnNorm), FfnNormBias = Vector(w.FfnNormBias),
-                Wq = device.UploadMatrix(w.Wq, q, C), Wk = device.UploadMatrix(w.Wk, kv, C),
-                Wv = device.UploadMatrix(w.Wv, kv, C), Wo = device.UploadMatrix(w.Wo, C, q),
-                W1 = moe ? null : device.UploadMatrix(w.W1, H, C), W2 = moe ? null : device.UploadMatrix(w.W2, C, H),
-                W3 = moe || w.W3 is null ? null : device.UploadMatrix(w.W3, H, C),
+                Wq = Matrix(w.Wq, q, C), Wk = Matrix(w.Wk, kv, C), Wv = Matrix(w.Wv, kv, C), Wo = Matrix(w.Wo, C, q),
+                W1 = moe ? null : Matrix(w.W1, H, C), W2 = moe ? null : Matrix(w.W2, C, H),
+                W3 = moe || w.W3 is null ? null : Matrix(w.W3, H, C),
                 Router = moe ? device.UploadMatrix(w.Router!, config.FfnBlocks, C) : null,
                 ExpertW1 = moe ? Experts(w.W1, H, C) : null, ExpertW2 = moe ? Experts(w.W2, C, H) : null, ExpertW3 = moe ? Experts(w.W3!, H, C) : null,
                 Bq = Vector(w.Bq), Bk = Vector(w.Bk), Bv = Vector(w.Bv), Bo = Vector(w.Bo), B1 = Vector(w.B1), B2 = Vector(w.B2), RouterBias = Vector(w.RouterBias),
-                SharedW1 = w.SharedW1 is null ? null : device.UploadMatrix(w.SharedW1, spec.SharedHidden.Count, C),
-                SharedW3 = w.SharedW3 is null ? null : device.UploadMatrix(w.SharedW3, spec.SharedHidden.Count, C),
-                SharedW2 = w.SharedW2 is null ? null : device.UploadMatrix(w.SharedW2, C, spec.SharedHidden.Count),
+                SharedW1 = w.SharedW1 is null ? null : Matrix(w.SharedW1, spec.SharedHidden.Count, C),
+                SharedW3 = w.SharedW3 is null ? null : Matrix(w.SharedW3, spec.SharedHidden.Count, C),
+                SharedW2 = w.SharedW2 is null ? null : Matrix(w.SharedW2, C, spec.SharedHidden.Count),
                 SharedExpertGate = w.SharedExpertGate is null ? null : device.UploadMatrix(w.SharedExpertGate, 1, C),
             };
             if (releaseHostWeights)
@@ -106,12 +112,15 @@ public sealed class TransformerModel : ILocalModel
         if (releaseHostWeights) hostMemory.Flush();
         _finalNorm = Vector(weights.FinalNorm);
         _finalNormBias = Vector(weights.FinalNormBias);
-        _output = sharedHead ? _tokenEmbedding : weights.Output is null ? null : device.UploadMatrix(weights.Output, spec.Vocab.Count, C);
+        _output = sharedHead ? _tokenEmbedding : weights.Output is null ? null
+            : device.UploadMatrix(weights.Output, spec.Vocab.Count, C, WeightFormats.For(weightFormat == WeightFormat.F32 ? WeightFormat.F32 : WeightFormat.Q8_0, C));
         WeightBytes = CountWeightBytes();
     }
 
     public ModelConfig Config { get; }
     public ShardSpec Spec { get; }
+    /// <summary>The format the layers' weight matrices were asked to be kept in.</summary>
+    public WeightFormat WeightFormat { get; }
 
     /// <summary>Device memory of this shard's weights (the packed layout the kernels read is their only copy).</summary>
     public long WeightBytes { get; }

@@ -31,9 +31,10 @@ public sealed record SiloSettings(
             ClusteringProvider: config["Orleans:Clustering:ProviderType"],
             PrimarySilo: System.Net.IPEndPoint.Parse(config["Cluster:PrimarySiloEndpoint"] ?? $"127.0.0.1:{siloPort}"),
             ModelId: config["Cluster:Model:Id"] ?? "default",
-            Model: modelPath is not null
+            Model: (modelPath is not null
                 ? ModelSource.File(modelPath, tokenizerPath)
-                : ModelSource.Random(config["Cluster:Model:Preset"] ?? "tiny", config.GetValue("Cluster:Model:Seed", 1)),
+                : ModelSource.Random(config["Cluster:Model:Preset"] ?? "tiny", config.GetValue("Cluster:Model:Seed", 1)))
+                with { Weights = config["Cluster:Model:Weights"] is { } weights ? WeightFormats.Parse(weights).Name() : null },   // a bad name stops the silo
             Layout: config["Cluster:Model:Layout"] ?? "",
             ShardSilos: config["Cluster:Model:Silos"]?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries),
             ServeModel: config.GetValue("Cluster:Model:Serve", true),

@@ -12,6 +12,7 @@ public sealed unsafe class CpuDevice : IDevice
     private readonly WorkerPool _pool;
     private readonly Linear _linear;
     private float[] _gemmScratch = [];
+    private byte[] _quantizedScratch = [];   // a quantized product's inputs as Q8_0
 
     /// <param name="bfloat16Linear">Linear's products round their inputs to bfloat16 (fp32 accumulation): bf16 training numerics.</param>
     public CpuDevice(int threads, bool bfloat16Linear = false)
@@ -47,10 +48,16 @@ public sealed unsafe class CpuDevice : IDevice
 
     public void Write(DeviceBuffer destination, ReadOnlySpan<float> source) => source.CopyTo(Cpu(destination).Data);
 
-    public DeviceMatrix UploadMatrix(ReadOnlySpan<float> weights, int rows, int cols) => new PackedMatrix(weights, rows, cols);
+    public DeviceMatrix UploadMatrix(ReadOnlySpan<float> weights, int rows, int cols, WeightFormat format = WeightFormat.F32) =>
+        format == WeightFormat.F32 ? new PackedMatrix(weights, rows, cols) : new QuantizedMatrix(weights, rows, cols, format);
 
     public void MatMul(DeviceBuffer x, DeviceMatrix w, DeviceBuffer y, int m)
     {
+        if (w is QuantizedMatrix quantized)
+        {
+            MatMulQuantized(x, quantized, y, m);
+            return;
+        }
         var packed = (PackedMatrix)w;
         CheckLength(x, (long)m * packed.Cols, nameof(x));
         CheckLength(y, (long)m * packed.Rows, nameof(y));
@@ -58,6 +65,17 @@ public sealed unsafe class CpuDevice : IDevice
         if (_gemmScratch.Length < scratch) _gemmScratch = GC.AllocateUninitializedArray<float>(checked((int)scratch), pinned: true);
         fixed (float* px = Cpu(x).Data, py = Cpu(y).Data, ps = _gemmScratch)
             Gemm.Multiply(_pool, px, m, packed.Cols, packed.Pointer, packed.Rows, py, ps);
+    }
+
+    private void MatMulQuantized(DeviceBuffer x, QuantizedMatrix w, DeviceBuffer y, int m)
+    {
+        CheckLength(x, (long)m * w.Cols, nameof(x));
+        CheckLength(y, (long)m * w.Rows, nameof(y));
+        long scratch = QuantizedGemm.ScratchBytes(m, w.Cols);
+        if (_quantizedScratch.Length < scratch) _quantizedScratch = GC.AllocateUninitializedArray<byte>(checked((int)scratch), pinned: true);
+        fixed (float* px = Cpu(x).Data, py = Cpu(y).Data)
+        fixed (byte* ps = _quantizedScratch)
+            QuantizedGemm.Multiply(_pool, px, m, w, py, ps);
     }
 
     public void AddBias(DeviceBuffer x, DeviceBuffer bias, int rows, int dim)

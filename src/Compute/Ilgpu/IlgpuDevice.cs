@@ -117,8 +117,10 @@ public sealed unsafe class IlgpuDevice : IDevice
         }
     }
 
-    public DeviceMatrix UploadMatrix(ReadOnlySpan<float> weights, int rows, int cols)
+    public DeviceMatrix UploadMatrix(ReadOnlySpan<float> weights, int rows, int cols, WeightFormat format = WeightFormat.F32)
     {
+        if (format != WeightFormat.F32)
+            throw new NotSupportedException($"{format.Name()} weights are multiplied by the CPU device's kernels only; serve this model with weights f32 on {Info.Name}");
         if (weights.Length != (long)rows * cols) throw new ArgumentException($"weights hold {weights.Length} floats, a ({rows}, {cols}) matrix needs {(long)rows * cols}");
         CountToDevice(weights.Length);
         fixed (float* p = weights)

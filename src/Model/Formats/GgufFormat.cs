@@ -11,6 +11,8 @@
 using System.Text;
 using Cluster.Model.Tokenizers;
 
+using Cluster.Compute;
+
 namespace Cluster.Model.Formats;
 
 public static class GgufFormat
@@ -32,7 +34,24 @@ public static class GgufFormat
         var filter = select?.Invoke(config) ?? WeightFilter.Everything(config);
         var weights = config.Architecture == Architecture.Llama ? LlamaWeights(tensors, config, filter, path) : Gpt2Weights(tensors, config, filter, path);
         weights.Validate(config, path, filter);
-        return new LoadedModel(config, weights, ReadTokenizer(gguf, config), path);
+        return new LoadedModel(config, weights, ReadTokenizer(gguf, config), path, StoredFormat(gguf));
+    }
+
+    /// <summary>
+    /// Q8_0 or Q4_0 when every layer matrix that can be (2-D and up, rows of whole 32-element blocks, the MoE router
+    /// aside) is stored in it, F32 otherwise (a file of mixed types is served in float32 unless a format is asked for).
+    /// </summary>
+    private static WeightFormat StoredFormat(GgufFile g)
+    {
+        var types = g.Tensors.Values
+            .Where(t => t.Name.StartsWith("blk.", StringComparison.Ordinal) && t.Dims.Length >= 2 && t.Dims[0] % BlockQuantizer.Block == 0 && !t.Name.Contains("gate_inp"))
+            .Select(t => t.Type).Distinct().ToArray();
+        return types switch
+        {
+            [TensorType.Q8_0] => WeightFormat.Q8_0,
+            [TensorType.Q4_0] => WeightFormat.Q4_0,
+            _ => WeightFormat.F32,
+        };
     }
 
     /// <summary>

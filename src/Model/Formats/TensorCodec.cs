@@ -4,6 +4,7 @@
 // 4-bit types keep elements 0..15 in the low nibbles and 16..31 in the high nibbles.
 using System.Buffers.Binary;
 using System.Runtime.InteropServices;
+using Cluster.Compute;
 
 namespace Cluster.Model.Formats;
 
@@ -158,26 +159,9 @@ public static class TensorCodec
         return bytes;
     }
 
-    private static void EncodeQ8_0(ReadOnlySpan<float> x, Span<byte> y)
-    {
-        float amax = 0;
-        foreach (float v in x) amax = MathF.Max(amax, MathF.Abs(v));
-        float d = amax / 127, id = d != 0 ? 1 / d : 0;
-        BinaryPrimitives.WriteHalfLittleEndian(y, (Half)d);
-        for (int j = 0; j < 32; j++) y[2 + j] = (byte)(sbyte)MathF.Round(x[j] * id, MidpointRounding.AwayFromZero);
-    }
+    private static void EncodeQ8_0(ReadOnlySpan<float> x, Span<byte> y) =>
+        BinaryPrimitives.WriteHalfLittleEndian(y, (Half)BlockQuantizer.QuantizeQ8_0(x, MemoryMarshal.Cast<byte, sbyte>(y[2..])));
 
-    private static void EncodeQ4_0(ReadOnlySpan<float> x, Span<byte> y)
-    {
-        float amax = 0, max = 0;   // the value of largest magnitude, sign kept
-        foreach (float v in x)
-            if (MathF.Abs(v) > amax) { amax = MathF.Abs(v); max = v; }
-        float d = max / -8, id = d != 0 ? 1 / d : 0;
-        BinaryPrimitives.WriteHalfLittleEndian(y, (Half)d);
-        for (int j = 0; j < 16; j++)
-        {
-            int q0 = Math.Min(15, (int)(x[j] * id + 8.5f)), q1 = Math.Min(15, (int)(x[j + 16] * id + 8.5f));
-            y[2 + j] = (byte)(q0 | (q1 << 4));
-        }
-    }
+    private static void EncodeQ4_0(ReadOnlySpan<float> x, Span<byte> y) =>
+        BinaryPrimitives.WriteHalfLittleEndian(y, (Half)BlockQuantizer.QuantizeQ4_0(x, y[2..]));
 }

@@ -17,7 +17,9 @@ public sealed class LocalPipeline : ILocalModel
 
     /// <param name="openDevice">Opens the device of one shard (called once per shard; the pipeline disposes them).</param>
     /// <param name="kvBlocks">KV blocks of <paramref name="blockSize"/> tokens in each shard's cache.</param>
-    public LocalPipeline(ModelConfig config, ModelWeights weights, ParallelLayout layout, Func<IDevice> openDevice, int kvBlocks, int blockSize)
+    /// <param name="weightFormat">How each shard keeps its weight matrices (TransformerModel).</param>
+    public LocalPipeline(ModelConfig config, ModelWeights weights, ParallelLayout layout, Func<IDevice> openDevice, int kvBlocks, int blockSize,
+        WeightFormat weightFormat = WeightFormat.F32)
     {
         if (layout.DataParallel != 1) throw new ArgumentException($"a local pipeline runs one replica: layout {layout} has dp = {layout.DataParallel}", nameof(layout));
         Plan = ShardingPlan.Create(config, layout);
@@ -37,7 +39,7 @@ public sealed class LocalPipeline : ILocalModel
                 for (int r = 0; r < ranks; r++)
                 {
                     _devices[s][r] = openDevice();
-                    _models[s][r] = new TransformerModel(_devices[s][r], config, ShardWeights.Slice(config, weights, Plan.Get(0, s, r)));
+                    _models[s][r] = new TransformerModel(_devices[s][r], config, ShardWeights.Slice(config, weights, Plan.Get(0, s, r)), weightFormat: weightFormat);
                     _caches[s][r] = _models[s][r].CreateCache(kvBlocks, blockSize);
                 }
                 _groups[s] = [.. InProcessTransport.CreateGroup(ranks).Select(t => ranks > 1 ? new CollectiveGroup(t) : null)];
