@@ -2,9 +2,11 @@
 // device at each thread count, and, in the same run, llama.cpp on the same weights written as an F32 GGUF
 // (bench/llamacpp/bench.mjs through node-llama-cpp; run `npm ci` in bench/llamacpp first, see run.sh). With
 // --batch 1,8,32 also the bare engine's batched decode: B sequences decoding together, one forward per step, the
-// ceiling a served model is measured against (cluster-bench serving).
+// ceiling a served model is measured against (cluster-bench serving). With --weights f32,q8_0,q4_0 each model is also
+// measured with its matrices quantized, beside llama.cpp on a GGUF of the same type.
 using System.Diagnostics;
 using System.Text.Json;
+using Cluster.Compute;
 using Cluster.Compute.Cpu;
 using Cluster.Model;
 using Cluster.Model.Formats;
@@ -13,39 +15,43 @@ namespace Cluster.Bench;
 
 public static class ModelBench
 {
-    public static void Run(string[] presets, int[] threadCounts, int promptTokens, int decodeTokens, bool withLlamaCpp, int[] batches)
+    /// <param name="formats">The weight formats to measure each model in (f32, q8_0, q4_0); llama.cpp reads a GGUF of the same type.</param>
+    public static void Run(string[] presets, int[] threadCounts, int promptTokens, int decodeTokens, bool withLlamaCpp, int[] batches, WeightFormat[] formats)
     {
         if (batches.Length > 0)
         {
             RunBatched(presets, threadCounts, promptTokens, decodeTokens, batches);
             return;
         }
-        Console.WriteLine($"prompt {promptTokens} tokens, then {decodeTokens} decode steps; best of 5 runs");
+        Console.WriteLine($"prompt {promptTokens} tokens, then {decodeTokens} decode steps; best of 5 runs; quantized kernel: {QuantizedGemm.Kernel}");
         Console.WriteLine();
-        Console.WriteLine("| model | threads | engine | prefill tok/s | decode tok/s |");
-        Console.WriteLine("|---|---:|---|---:|---:|");
+        Console.WriteLine("| model | weights | threads | engine | prefill tok/s | decode tok/s |");
+        Console.WriteLine("|---|---|---:|---|---:|---:|");
         foreach (string preset in presets)
         {
             var loaded = RandomModel.Create(preset, seed: 1);
             int[] prompt = Prompt(loaded.Config, promptTokens);
-            string? gguf = withLlamaCpp ? WriteGguf(loaded, preset) : null;
-            foreach (int threads in threadCounts)
+            foreach (var format in formats)
             {
-                var (prefill, decode) = MeasureCluster(loaded, prompt, decodeTokens, threads);
-                Console.WriteLine($"| {preset} | {threads} | Cluster (CPU) | {prefill:F0} | {decode:F1} |");
-                if (gguf is not null)
+                string? gguf = withLlamaCpp ? WriteGguf(loaded, preset, format) : null;
+                foreach (int threads in threadCounts)
                 {
-                    var (p, d) = MeasureLlamaCpp(gguf, threads, promptTokens, decodeTokens);
-                    Console.WriteLine($"| {preset} | {threads} | llama.cpp F32 | {p:F0} | {d:F1} |");
+                    var (prefill, decode) = MeasureCluster(loaded, prompt, decodeTokens, threads, format);
+                    Console.WriteLine($"| {preset} | {format.Name()} | {threads} | Cluster (CPU) | {prefill:F0} | {decode:F1} |");
+                    if (gguf is not null)
+                    {
+                        var (p, d) = MeasureLlamaCpp(gguf, threads, promptTokens, decodeTokens);
+                        Console.WriteLine($"| {preset} | {format.Name()} | {threads} | llama.cpp | {p:F0} | {d:F1} |");
+                    }
                 }
             }
         }
     }
 
-    private static (double Prefill, double Decode) MeasureCluster(LoadedModel loaded, int[] prompt, int decodeTokens, int threads)
+    private static (double Prefill, double Decode) MeasureCluster(LoadedModel loaded, int[] prompt, int decodeTokens, int threads, WeightFormat format)
     {
         using var device = new CpuDevice(threads);
-        using var model = new TransformerModel(device, loaded.Config, loaded.Weights);
+        using var model = new TransformerModel(device, loaded.Config, loaded.Weights, format);
         using var cache = PagedKvCache.ForSequences(device, loaded.Config, 1, prompt.Length + decodeTokens);
         double bestPrefill = 0, bestDecode = 0;
         for (int run = 0; run < 5; run++)
@@ -119,11 +125,13 @@ public static class ModelBench
     public static int[] Prompt(ModelConfig config, int tokens) =>
         [.. Enumerable.Range(0, tokens).Select(i => 259 + (int)((long)i * 7919 % (config.VocabSize - 259)))];
 
-    private static string WriteGguf(LoadedModel loaded, string preset)
+    /// <summary>The model as a GGUF whose matrices are in <paramref name="format"/> (as `cluster quantize` writes it), once per preset and format.</summary>
+    private static string WriteGguf(LoadedModel loaded, string preset, WeightFormat format)
     {
         Directory.CreateDirectory("bench/results");
-        string path = Path.GetFullPath($"bench/results/{preset}.gguf");
-        if (!File.Exists(path)) GgufWriter.Write(loaded, path, name: preset);
+        string path = Path.GetFullPath(format == WeightFormat.F32 ? $"bench/results/{preset}.gguf" : $"bench/results/{preset}-{format.Name()}.gguf");
+        var type = format switch { WeightFormat.Q8_0 => TensorType.Q8_0, WeightFormat.Q4_0 => TensorType.Q4_0, _ => TensorType.F32 };
+        if (!File.Exists(path)) GgufWriter.Write(loaded, path, type, name: preset);
         return path;
     }
 

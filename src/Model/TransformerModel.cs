@@ -60,8 +60,8 @@ public sealed class TransformerModel : ILocalModel
     /// </param>
     /// <param name="weightFormat">
     /// How the layers' weight matrices are kept and multiplied: float32, or quantized to Q8_0 / Q4_0 blocks (each matrix
-    /// whose rows are whole blocks; an untied head in Q8_0, as llama.cpp keeps the head wider than Q4_0). Embeddings,
-    /// norms, biases and the MoE router stay float32.
+    /// whose rows are whole blocks; the token embedding and the head in Q8_0). Norms, biases, GPT-2's position
+    /// embedding and the MoE router stay float32.
     /// </param>
     public TransformerModel(IDevice device, ModelConfig config, ShardWeights weights, bool releaseHostWeights = false, WeightFormat weightFormat = WeightFormat.F32)
     {
@@ -75,7 +75,10 @@ public sealed class TransformerModel : ILocalModel
         WeightFormat = weightFormat;
         // A tied head on the embedding's own stage multiplies by the embedding table itself: one copy of the matrix.
         bool sharedHead = config.TiedEmbeddings && spec.IsFirstStage && spec.IsLastStage;
-        _tokenEmbedding = weights.TokenEmbedding is { } table ? device.UploadMatrix(table, spec.Vocab.Count, C) : null;
+        // The embedding table (a tied head too) and an untied head in Q8_0 under a block format, as llama.cpp keeps
+        // token_embd and output wider than Q4_0.
+        var tableFormat = WeightFormats.For(weightFormat == WeightFormat.F32 ? WeightFormat.F32 : WeightFormat.Q8_0, C);
+        _tokenEmbedding = weights.TokenEmbedding is { } table ? device.UploadMatrix(table, spec.Vocab.Count, C, tableFormat) : null;
         _positionEmbedding = Vector(weights.PositionEmbedding);
         _layers = new Layer[weights.Layers.Length];
         // The packed copies live outside the managed heap, so a released layer lowers the process's memory only once the GC
@@ -112,8 +115,7 @@ public sealed class TransformerModel : ILocalModel
         if (releaseHostWeights) hostMemory.Flush();
         _finalNorm = Vector(weights.FinalNorm);
         _finalNormBias = Vector(weights.FinalNormBias);
-        _output = sharedHead ? _tokenEmbedding : weights.Output is null ? null
-            : device.UploadMatrix(weights.Output, spec.Vocab.Count, C, WeightFormats.For(weightFormat == WeightFormat.F32 ? WeightFormat.F32 : WeightFormat.Q8_0, C));
+        _output = sharedHead ? _tokenEmbedding : weights.Output is null ? null : device.UploadMatrix(weights.Output, spec.Vocab.Count, C, tableFormat);
         WeightBytes = CountWeightBytes();
     }
 

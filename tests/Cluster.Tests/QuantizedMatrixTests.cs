@@ -118,9 +118,11 @@ public sealed class QuantizedMatrixTests
         double scale = f.Max(Math.Abs);
         Assert.True(f.Zip(q).Max(p => Math.Abs(p.First - p.Second)) < tolerance * scale, "quantized logits stray from the float32 model's");
         Assert.Equal(Sampler.ArgMax(f), Sampler.ArgMax(q));
-        // Every layer matrix (rows of 288 or 768: whole blocks) takes 1 + 4/32 bytes a weight in Q8_0, 1/2 + 4/32 in Q4_0.
+        // Every layer matrix (rows of 288 or 768: whole blocks) takes 1 + 4/32 bytes a weight in Q8_0, 1/2 + 4/32 in Q4_0;
+        // the embedding table (and the head) 1 + 4/32 in either.
         long layerWeights = loaded.Weights.Layers.Sum(l => new[] { l.Wq, l.Wk, l.Wv, l.Wo, l.W1, l.W2, l.W3! }.Sum(t => (long)t.Length));
+        long tableWeights = loaded.Weights.TokenEmbedding.Length + (loaded.Weights.Output?.Length ?? 0);
         double bytesPerWeight = expected == WeightFormat.Q8_0 ? 1.125 : 0.625;
-        Assert.Equal(float32.WeightBytes - layerWeights * (4 - bytesPerWeight), quantized.WeightBytes);
+        Assert.Equal(float32.WeightBytes - layerWeights * (4 - bytesPerWeight) - tableWeights * (4 - 1.125), quantized.WeightBytes);
     }
 }

@@ -103,8 +103,7 @@ public sealed unsafe class CpuDevice : IDevice
     /// <summary>Row r of the packed matrix: element k of it sits at k·NR + r % NR of panel r / NR.</summary>
     public void Embedding(DeviceMatrix table, ReadOnlySpan<int> tokens, DeviceBuffer output)
     {
-        var packed = (PackedMatrix)table;
-        int k = packed.Cols;
+        int k = table.Cols;
         CheckLength(output, (long)tokens.Length * k, nameof(output));
         float[] o = Cpu(output).Data;
         for (int i = 0; i < tokens.Length; i++)
@@ -115,7 +114,13 @@ public sealed unsafe class CpuDevice : IDevice
                 row.Clear();
                 continue;
             }
-            CheckIndex(tokens[i], packed.Rows, "token");
+            CheckIndex(tokens[i], table.Rows, "token");
+            if (table is QuantizedMatrix quantized)
+            {
+                quantized.DequantizeRow(tokens[i], row);
+                continue;
+            }
+            var packed = (PackedMatrix)table;
             float* panel = packed.Pointer + (long)(tokens[i] / Gemm.NR) * k * Gemm.NR + tokens[i] % Gemm.NR;
             for (int kk = 0; kk < k; kk++) row[kk] = panel[(long)kk * Gemm.NR];
         }

@@ -56,13 +56,20 @@ public sealed unsafe class QuantizedMatrix : DeviceMatrix
     public float[] Dequantize()
     {
         var w = new float[(long)Rows * Cols];
-        sbyte* q = stackalloc sbyte[BlockQuantizer.Block];
-        for (long b = 0; b < (long)Rows * BlocksPerRow; b++)
-        {
-            ExpandBlock(Quants + b * BlockBytes, Format, q);
-            for (int j = 0; j < BlockQuantizer.Block; j++) w[b * BlockQuantizer.Block + j] = q[j] * Scales[b];
-        }
+        for (int r = 0; r < Rows; r++) DequantizeRow(r, w.AsSpan(r * Cols, Cols));
         return w;
+    }
+
+    /// <summary>Row <paramref name="row"/>'s dequantized values (an embedding lookup in a quantized table).</summary>
+    public void DequantizeRow(int row, Span<float> destination)
+    {
+        sbyte* q = stackalloc sbyte[BlockQuantizer.Block];
+        for (int b = 0; b < BlocksPerRow; b++)
+        {
+            long block = (long)row * BlocksPerRow + b;
+            ExpandBlock(Quants + block * BlockBytes, Format, q);
+            for (int j = 0; j < BlockQuantizer.Block; j++) destination[b * BlockQuantizer.Block + j] = q[j] * Scales[block];
+        }
     }
 
     /// <summary>A block's 32 signed values: Q8_0's as stored, Q4_0's nibbles minus 8.</summary>
