@@ -2,6 +2,7 @@
 // its experts over both silos, and stories260K against llama2.c run.c), 16 concurrent streaming requests of mixed lengths each equal their run alone,
 // prompts longer than a step's token budget go down the pipeline chunk after chunk, prompts sharing a prefix reuse
 // its cached blocks on every shard, and afterwards (also after cancellations) every KV block is free again.
+using Cluster.Compute;
 using Cluster.Compute.Cpu;
 using Cluster.Contracts;
 using Cluster.Model;
@@ -29,11 +30,46 @@ public sealed class ShardedServingTests(ClusterFixture fixture)
     [InlineData("tp=2,ep=2")]
     public Task GreedyMoeOutputUnderLayoutEqualsOneDevice(string layout) => AssertGreedyOutputEqualsOneDevice("moe-tiny", layout);
 
-    private async Task AssertGreedyOutputEqualsOneDevice(string preset, string layout)
+    /// <summary>
+    /// Weights served as Q8_0 / Q4_0 blocks: the tensor-parallel cuts fall on block boundaries (each rank's blocks are the
+    /// whole matrix's), so every layout greedily generates what one device does with the same format.
+    /// </summary>
+    [Theory]
+    [InlineData("tp=2", "q8_0")]
+    [InlineData("pp=2", "q4_0")]
+    public async Task GreedyQuantizedOutputUnderLayoutEqualsOneDevice(string layout, string weights)
     {
-        string id = $"layout-{preset}-" + layout.Replace(',', '-').Replace("=", "");
+        await AssertGreedyOutputEqualsOneDevice("tiny", layout, weights);
+        // Each shard holds its slice in the block format (the bytes it reports are those of its slice quantized here).
+        var loaded = RandomModel.Create("tiny", seed: 1);
+        var plan = Cluster.Model.Parallel.ShardingPlan.Create(loaded.Config, Cluster.Model.Parallel.ParallelLayout.Parse(layout));
+        using var device = new CpuDevice(1);
+        long expected = 0, float32 = 0;
+        for (int stage = 0; stage < plan.Layout.PipelineStages; stage++)
+            for (int rank = 0; rank < plan.Layout.StageRanks; rank++)
+            {
+                var slice = Cluster.Model.Parallel.ShardWeights.Slice(loaded.Config, loaded.Weights, plan.Get(0, stage, rank));
+                using (var model = new TransformerModel(device, loaded.Config, slice, weightFormat: WeightFormats.Parse(weights))) expected += model.WeightBytes;
+                using (var model = new TransformerModel(device, loaded.Config, slice)) float32 += model.WeightBytes;
+            }
+        string id = "layout-tiny-" + layout.Replace(',', '-').Replace("=", "") + weights;
+        var deadline = DateTime.UtcNow.AddSeconds(20);
+        while (true)   // the inventory lags the shards by a report
+        {
+            var holders = (await Grains.GetGrain<IClusterInventoryGrain>(0).ActiveSilos()).SelectMany(s => s.Devices).SelectMany(d => d.Holders)
+                .Where(h => ShardKey.ModelId(h.Key) == id).ToArray();
+            if (holders.Length == plan.Layout.PipelineStages * plan.Layout.StageRanks && holders.Sum(h => h.WeightBytes) == expected) break;
+            Assert.True(DateTime.UtcNow < deadline, $"the shards report {string.Join(", ", holders)}; their slices in {weights} hold {expected} bytes");
+            await Task.Delay(100, TestContext.Current.CancellationToken);
+        }
+        Assert.True(expected < float32 / 2, $"{expected} bytes in {weights}, {float32} in f32");
+    }
+
+    private async Task AssertGreedyOutputEqualsOneDevice(string preset, string layout, string? weights = null)
+    {
+        string id = $"layout-{preset}-" + layout.Replace(',', '-').Replace("=", "") + weights;
         var scheduler = Grains.GetGrain<IInferenceSchedulerGrain>(id);
-        await scheduler.Serve(new ModelServing(ModelSource.Random(preset, seed: 1), layout, Silos));
+        await scheduler.Serve(new ModelServing(ModelSource.Random(preset, seed: 1) with { Weights = weights }, layout, Silos));
         string[] prompts = ["Once upon a time", "hello", "", "a much longer prompt that takes a few more tokens than the others"];
 
         var results = await Task.WhenAll(prompts.Select(p =>
@@ -41,7 +77,7 @@ public sealed class ShardedServingTests(ClusterFixture fixture)
 
         var loaded = RandomModel.Create(preset, seed: 1);
         using var device = new CpuDevice(1);
-        using var model = new TransformerModel(device, loaded.Config, loaded.Weights);
+        using var model = new TransformerModel(device, loaded.Config, loaded.Weights, loaded.ServingFormat(weights));
         var generator = new TextGenerator(model, loaded.Tokenizer!);
         for (int i = 0; i < prompts.Length; i++)
             Assert.Equal(generator.Generate(prompts[i], 24, SamplingOptions.Greedy).Select(t => t.Id), results[i].Select(c => c.TokenId));
