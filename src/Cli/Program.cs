@@ -46,7 +46,7 @@ static int Usage(int code, string? problem = null)
           --layout       run the model cut into a layout's shards in this process (tp, ep, pp, layers; e.g. tp=2,pp=2),
                          each shard on its own device with --threads divided among them: the same tokens as one shard
           --weights      f32, q8_0 or q4_0: how the weight matrices are kept and multiplied (default: as the file keeps
-                         them, a GGUF of Q8_0 or Q4_0 layers in that format, anything else f32)
+                         them: a GGUF of Q8_0 or Q4_0 layers in that format, of K-quants in q8_0, anything else f32)
                cluster quantize --model PATH [--tokenizer PATH] --out OUT.gguf --type q8_0|q4_0|f16
           writes the model as GGUF with its matrices in that type (llama.cpp reads it; rows not of whole blocks stay f32)
                cluster make-model --preset NAME --out PATH [--format gguf|safetensors|llama2c] [--seed N]

@@ -15,7 +15,8 @@ public sealed record ModelSource
     [Id(4)] public string? AdapterPath { get; init; }
     /// <summary>
     /// How the served weight matrices are kept in memory and multiplied: "f32", "q8_0" or "q4_0"; null = as the file keeps
-    /// them (a GGUF file whose layer matrices are all Q8_0, or all Q4_0, is served in that format; anything else in f32).
+    /// them (a GGUF file whose layer matrices are all Q8_0, or all Q4_0, is served in that format, one of other quantized
+    /// types such as K-quants in q8_0; anything else in f32).
     /// </summary>
     [Id(5)] public string? Weights { get; init; }
 

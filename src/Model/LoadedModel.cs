@@ -5,8 +5,8 @@ namespace Cluster.Model;
 
 /// <summary>
 /// What a loader returns: the config, the host weights (float32, whatever the file stores), where the format carries or
-/// names one the tokenizer, and the block format the file keeps every layer matrix in (F32 when they are not all Q8_0
-/// or all Q4_0): the format the model is served in unless another is asked for.
+/// names one the tokenizer, and the format the model is served in unless another is asked for (GGUF: the block format
+/// its layer matrices are stored in, Q8_0 for other quantized types; F32 otherwise).
 /// </summary>
 public sealed record LoadedModel(ModelConfig Config, ModelWeights Weights, ITokenizer? Tokenizer, string Source, WeightFormat StoredFormat = WeightFormat.F32)
 {

@@ -38,8 +38,10 @@ public static class GgufFormat
     }
 
     /// <summary>
-    /// Q8_0 or Q4_0 when every layer matrix that can be (2-D and up, rows of whole 32-element blocks, the MoE router
-    /// aside) is stored in it, F32 otherwise (a file of mixed types is served in float32 unless a format is asked for).
+    /// The format to serve the layer matrices in (2-D and up, rows of whole 32-element blocks, the MoE router aside):
+    /// Q8_0 or Q4_0 when every one is stored in it (multiplied as stored); Q8_0 when every one is quantized otherwise
+    /// (K-quants such as a Q4_K_M download, or a mixture: the nearest format with a kernel here, re-quantized from the
+    /// decoded values); F32 when any is stored as a float type.
     /// </summary>
     private static WeightFormat StoredFormat(GgufFile g)
     {
@@ -50,6 +52,7 @@ public static class GgufFormat
         {
             [TensorType.Q8_0] => WeightFormat.Q8_0,
             [TensorType.Q4_0] => WeightFormat.Q4_0,
+            _ when types.Length > 0 && types.All(t => TensorCodec.BlockSize(t) > 1) => WeightFormat.Q8_0,
             _ => WeightFormat.F32,
         };
     }

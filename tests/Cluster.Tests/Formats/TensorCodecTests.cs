@@ -21,6 +21,30 @@ public class TensorCodecTests
         return result;
     }
 
+    /// <summary>
+    /// The K-quants (the usual llama.cpp downloads): blocks ggml's quantizer made of one 512-float row, decoded here,
+    /// against ggml's own dequantization of the same blocks (data/kquant-reference.txt, made by bench/kquant-reference.c).
+    /// </summary>
+    [Theory]
+    [InlineData(TensorType.Q2_K)]
+    [InlineData(TensorType.Q3_K)]
+    [InlineData(TensorType.Q4_K)]
+    [InlineData(TensorType.Q5_K)]
+    [InlineData(TensorType.Q6_K)]
+    public void K_quants_decode_as_ggml_does(TensorType type)
+    {
+        string line = File.ReadLines(Path.Combine(AppContext.BaseDirectory, "Formats", "data", "kquant-reference.txt"))
+            .Single(l => l.StartsWith(type + " ", StringComparison.Ordinal));
+        string[] parts = line.Split(' ');
+        byte[] blocks = Convert.FromHexString(parts[1]);
+        float[] expected = [.. Convert.FromHexString(parts[2]).Chunk(4).Select(b => BinaryPrimitives.ReadSingleBigEndian(b))];
+        Assert.Equal(512, expected.Length);
+        Assert.Equal(2 * TensorCodec.BlockBytes(type), blocks.Length);
+        var y = Decode(blocks, type, 512);
+        for (int i = 0; i < y.Length; i++)   // ggml may fuse d·q − m into one rounding: one ulp of the terms apart at most
+            Assert.True(Math.Abs(y[i] - expected[i]) <= 1e-6f * Math.Max(1, Math.Abs(expected[i])), $"element {i}: {y[i]} here, {expected[i]} in ggml");
+    }
+
     [Fact]
     public void Q8_0_block_is_scale_times_int8()
     {
