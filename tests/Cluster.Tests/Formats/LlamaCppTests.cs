@@ -1,7 +1,8 @@
 // GGUF files this project writes, read by llama.cpp itself: llama-server (built by bench/llama-server.sh into
 // bench/results/llama.cpp) serves each, and its greedy tokens and first-position top-5 probabilities equal this
 // engine's on the same file: a Mixtral-style MoE (llama architecture), a Qwen2-MoE (qwen2moe: shared expert and its
-// gate, NEOX RoPE), and a Llama with attention biases (the RoPE permutation of q/k biases). Skipped with a message
+// gate, NEOX RoPE), and a Llama with attention biases (the RoPE permutation of q/k biases); and quantized files (Q8_0,
+// Q4_0 as `cluster quantize` writes them, Q4_K_M and Q6_K from llama.cpp's own llama-quantize). Skipped with a message
 // where llama-server has not been built (it takes 25-40 minutes on 2 cores: not part of the test command).
 //   bash bench/llama-server.sh && dotnet test --project tests/Cluster.Tests -c Release -- --filter-class "*LlamaCppTests"
 using System.Net.Http.Json;
@@ -46,14 +47,15 @@ public sealed class LlamaCppTests
     /// <summary>
     /// Quantized files: Q8_0 and Q4_0 as `cluster quantize` writes them, served here in their own block format, and
     /// K-quants made by llama.cpp's own llama-quantize (Q4_K_M mixes Q4_K and Q6_K), decoded here and served in Q8_0.
-    /// Both engines quantize the inputs of each product to 8 bits, so they agree closely, not exactly.
+    /// Both engines quantize the inputs of each product to 8 bits, so they agree closely, not exactly: the same greedy
+    /// first token and the top-5 probabilities within 2% of each other.
     /// </summary>
     [Theory]
-    [InlineData("q8_0", 2e-3)]
-    [InlineData("q4_0", 2e-3)]
-    [InlineData("Q4_K_M", 2e-2)]
-    [InlineData("Q6_K", 2e-2)]
-    public async Task LlamaCppAndThisEngineAgreeOnAQuantizedFile(string type, double tolerance)
+    [InlineData("q8_0")]
+    [InlineData("q4_0")]
+    [InlineData("Q4_K_M")]
+    [InlineData("Q6_K")]
+    public async Task LlamaCppAndThisEngineAgreeOnAQuantizedFile(string type)
     {
         string server = Server();
         // Rows of 256 and 512, so that the K-quants apply to every matrix (llama-quantize falls back where they do not).
@@ -79,7 +81,10 @@ public sealed class LlamaCppTests
         var (expectedTokens, firstProbabilities) = RunHere(path);
         var (tokens, top) = await RunLlamaServer(server, path);
         Assert.Equal(expectedTokens[0], tokens[0]);
-        foreach (var (id, probability) in top) Assert.Equal(firstProbabilities[id], probability, tolerance);
+        Assert.Equal(5, top.Length);
+        // Measured here: 0.4-0.5% apart (llama.cpp also keeps K and V in float16, and quantizes Q4_K's inputs per 256).
+        foreach (var (id, probability) in top)
+            Assert.True(Math.Abs(firstProbabilities[id] / probability - 1) < 0.02, $"token {id}: probability {firstProbabilities[id]} here, {probability} in llama.cpp");
     }
 
     private static readonly int[] Prompt = [1, 17, 300, 42, 5, 99, 7];
@@ -119,10 +124,11 @@ public sealed class LlamaCppTests
         }, TestContext.Current.CancellationToken);
         using var json = JsonDocument.Parse(await response.Content.ReadAsStringAsync(TestContext.Current.CancellationToken));
         int[] tokens = [.. json.RootElement.GetProperty("tokens").EnumerateArray().Select(t => t.GetInt32())];
-        var probabilities = json.RootElement.GetProperty("completion_probabilities");
-        Assert.True(probabilities.GetArrayLength() > 0, "llama-server returned no probabilities");
-        (int, double)[] top = [.. probabilities[0].GetProperty("top_logprobs").EnumerateArray()
-            .Select(t => (t.GetProperty("id").GetInt32(), Math.Exp(t.GetProperty("logprob").GetDouble())))];
+        // llama-server leaves the alternatives out where the first token is an incomplete UTF-8 sequence.
+        (int, double)[] top = json.RootElement.TryGetProperty("completion_probabilities", out var probabilities) && probabilities.GetArrayLength() > 0
+            && probabilities[0].TryGetProperty("top_logprobs", out var alternatives)
+            ? [.. alternatives.EnumerateArray().Select(t => (t.GetProperty("id").GetInt32(), Math.Exp(t.GetProperty("logprob").GetDouble())))]
+            : [];
         return (tokens, top);
     }
 }
