@@ -16,7 +16,9 @@ namespace Cluster.Bench;
 public static class ModelBench
 {
     /// <param name="formats">The weight formats to measure each model in (f32, q8_0, q4_0); llama.cpp reads a GGUF of the same type.</param>
-    public static void Run(string[] presets, int[] threadCounts, int promptTokens, int decodeTokens, bool withLlamaCpp, int[] batches, WeightFormat[] formats)
+    /// <param name="writeGguf">Write those GGUF files even without node-llama-cpp (for llama-bench: bench/quantized.sh).</param>
+    public static void Run(string[] presets, int[] threadCounts, int promptTokens, int decodeTokens, bool withLlamaCpp, int[] batches, WeightFormat[] formats,
+        bool writeGguf = false)
     {
         if (batches.Length > 0)
         {
@@ -33,14 +35,14 @@ public static class ModelBench
             int[] prompt = Prompt(loaded.Config, promptTokens);
             foreach (var format in formats)
             {
-                string? gguf = withLlamaCpp ? WriteGguf(loaded, preset, format) : null;
+                string? gguf = withLlamaCpp || writeGguf ? WriteGguf(loaded, preset, format) : null;
                 foreach (int threads in threadCounts)
                 {
                     var (prefill, decode) = MeasureCluster(loaded, prompt, decodeTokens, threads, format);
                     Console.WriteLine($"| {preset} | {format.Name()} | {threads} | Cluster (CPU) | {prefill:F0} | {decode:F1} |");
-                    if (gguf is not null)
+                    if (withLlamaCpp)
                     {
-                        var (p, d) = MeasureLlamaCpp(gguf, threads, promptTokens, decodeTokens);
+                        var (p, d) = MeasureLlamaCpp(gguf!, threads, promptTokens, decodeTokens);
                         Console.WriteLine($"| {preset} | {format.Name()} | {threads} | llama.cpp | {p:F0} | {d:F1} |");
                     }
                 }

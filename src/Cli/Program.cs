@@ -33,7 +33,7 @@ static int Usage(int code, string? problem = null)
     Console.WriteLine("""
         usage: cluster generate [--model PATH | --preset NAME] [--tokenizer PATH] [--prompt TEXT] [--steps N]
                                 [--temperature T] [--topp P] [--topk K] [--seed S] [--threads N] [--adapter DIR]
-                                [--device D] [--layout L] [--weights F]
+                                [--device D] [--layout L] [--weights F] [--kv-cache K]
           --model        llama2.c checkpoint, GGUF file, or safetensors file/directory (with config.json)
           --adapter      a PEFT LoRA adapter directory, merged into the model's weights
           --preset       without --model: a seeded random model of that shape (default stories15M)
@@ -47,6 +47,7 @@ static int Usage(int code, string? problem = null)
                          each shard on its own device with --threads divided among them: the same tokens as one shard
           --weights      f32, q8_0 or q4_0: how the weight matrices are kept and multiplied (default: as the file keeps
                          them: a GGUF of Q8_0 or Q4_0 layers in that format, of K-quants in q8_0, anything else f32)
+          --kv-cache     f32 (default), f16 or int8 (a scale per token and KV head): how keys and values are cached
                cluster quantize --model PATH [--tokenizer PATH] --out OUT.gguf --type q8_0|q4_0|f16
           writes the model as GGUF with its matrices in that type (llama.cpp reads it; rows not of whole blocks stay f32)
                cluster make-model --preset NAME --out PATH [--format gguf|safetensors|llama2c] [--seed N]
@@ -124,6 +125,7 @@ static int Generate(Arguments a)
     if (layout.DataParallel > 1) throw new ArgumentException($"--layout {layout}: generate runs one replica (no dp)");
     string? weightsFormat = a.Optional("weights");
     if (weightsFormat is not null) WeightFormats.Parse(weightsFormat);   // a bad name fails before the model loads
+    var kvFormat = KvFormats.Parse(a.Optional("kv-cache") ?? "f32");
     a.RejectUnknown();
 
     ITokenizer? tokenizer = null;
@@ -143,7 +145,7 @@ static int Generate(Arguments a)
             ctx.Status($"Packing {read.Config.Layers} layers for {where}");
             var whole = ShardWeights.Slice(read.Config, read.Weights, ShardSpec.Whole(read.Config));
             Array.Clear(read.Weights.Layers);   // the slice holds the layers now, and lets each go once it is packed: loading peaks near one copy
-            model = new TransformerModel(device, read.Config, whole, releaseHostWeights: true, read.ServingFormat(weightsFormat));
+            model = new TransformerModel(device, read.Config, whole, releaseHostWeights: true, read.ServingFormat(weightsFormat), kvFormat);
         }
         else
         {
@@ -152,7 +154,7 @@ static int Generate(Arguments a)
             ctx.Status($"Cutting {read.Config.Layers} layers into {where}");
             const int blockSize = 16;
             model = new LocalPipeline(read.Config, read.Weights, layout, () => deviceSpec.Open(shardThreads),
-                kvBlocks: (read.Config.MaxSeqLen + blockSize - 1) / blockSize, blockSize, read.ServingFormat(weightsFormat));
+                kvBlocks: (read.Config.MaxSeqLen + blockSize - 1) / blockSize, blockSize, read.ServingFormat(weightsFormat), kvFormat);
         }
     });
     if (modelPath is null) AnsiConsole.MarkupLine("[yellow]random weights (no --model given): the text is noise; the speed is real[/]");

@@ -201,6 +201,13 @@ public interface IDevice : IDisposable
     /// <summary>Rotates x (T, heads·headDim) in place by each token's position; the first rotaryDim dims of each head rotate.</summary>
     void Rope(DeviceBuffer x, ReadOnlySpan<int> positions, int heads, int headDim, int rotaryDim, float theta, RopeLayout layout);
 
+    /// <summary>
+    /// A layer's K or V cache: <paramref name="slots"/> token slots of kvDim values (heads of <paramref name="headDim"/>),
+    /// zero-filled, kept in <paramref name="format"/> (F32: a plain buffer of slots × kvDim floats). WriteKv and
+    /// PagedAttention take caches of any format the device made; a device without a kernel for one refuses it.
+    /// </summary>
+    DeviceBuffer AllocateKv(int slots, int kvDim, int headDim, KvFormat format);
+
     /// <summary>Writes k, v (T, kvDim) into the layer's caches (slots, kvDim) at the given slots.</summary>
     void WriteKv(DeviceBuffer k, DeviceBuffer v, DeviceBuffer cacheK, DeviceBuffer cacheV, ReadOnlySpan<int> slots, int kvDim);
 

@@ -1,5 +1,6 @@
 // Where a shard gets its weights: a model file (plus tokenizer for llama2.c checkpoints) or a seeded random preset,
-// optionally with a LoRA adapter (a PEFT directory) merged into them at load.
+// optionally with a LoRA adapter (a PEFT directory) merged into them at load; and how it keeps them and its KV cache
+// in memory (quantized weights, a float16 or int8 KV cache).
 namespace Cluster.Contracts;
 
 [GenerateSerializer, Immutable]
@@ -19,11 +20,13 @@ public sealed record ModelSource
     /// types such as K-quants in q8_0; anything else in f32).
     /// </summary>
     [Id(5)] public string? Weights { get; init; }
+    /// <summary>How each shard's KV cache keeps keys and values: "f32" (null), "f16" or "int8" (a scale per token and KV head).</summary>
+    [Id(6)] public string? KvCache { get; init; }
 
     public static ModelSource File(string path, string? tokenizerPath = null) => new() { Path = path, TokenizerPath = tokenizerPath };
     public static ModelSource Random(string preset, int seed = 1) => new() { Preset = preset, Seed = seed };
 
-    public override string ToString() => (Path ?? $"random:{Preset}:{Seed}") + (AdapterPath is null ? "" : $" + LoRA {AdapterPath}") + (Weights is null ? "" : $" as {Weights}");
+    public override string ToString() => (Path ?? $"random:{Preset}:{Seed}") + (AdapterPath is null ? "" : $" + LoRA {AdapterPath}") + (Weights is null ? "" : $" as {Weights}") + (KvCache is null ? "" : $", KV {KvCache}");
 }
 
 /// <summary>

@@ -177,7 +177,8 @@ public sealed class ShardGrain(IOptions<ShardOptions> options, ILocalSiloDetails
         var weights = ShardWeights.FromCutLoad(loaded.Config, loaded.Weights, SpecOf(loaded.Config), loaded.Source);
         Array.Clear(loaded.Weights.Layers);   // the slice holds what this shard keeps, and lets each layer go once it is on the device
         var lease = devices.Take(Key);
-        try { return new LoadedSlice(a, lease, new TransformerModel(lease.Device, loaded.Config, weights, releaseHostWeights: true, loaded.ServingFormat(a.Source.Weights))); }
+        try { return new LoadedSlice(a, lease, new TransformerModel(lease.Device, loaded.Config, weights, releaseHostWeights: true,
+            loaded.ServingFormat(a.Source.Weights), KvFormats.Parse(a.Source.KvCache ?? "f32"))); }
         catch
         {
             lease.Dispose();

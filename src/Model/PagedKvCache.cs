@@ -1,5 +1,6 @@
 // The paged KV cache: per layer one K and one V buffer of fixed-size blocks on the device
-// (blocks · blockSize slots of kvDim floats), per-sequence block tables, a free list, and a prefix cache.
+// (blocks · blockSize slots of kvDim values: float32, float16 or int8 with a scale per token and KV head), per-sequence
+// block tables, a free list, and a prefix cache.
 // Sequences grow block by block; releasing a sequence returns its blocks. Continuous batching sits on this.
 // Prefix caching: every block a sequence fills is keyed by SHA-256 over its parent's key and its own tokens (a chain
 // from the first block, so the key stands for all tokens up to the block's end). A new sequence whose first tokens
@@ -94,13 +95,16 @@ public sealed class PagedKvCache : IDisposable
     private static readonly CachedBlock NotInCache = new(PrefixKey.Empty, null, []);
 
     /// <summary>A cache for every layer and KV head of <paramref name="config"/>.</summary>
-    public PagedKvCache(IDevice device, ModelConfig config, int blocks, int blockSize = 16, Func<PrefixKey, ReadOnlySpan<int>, PrefixKey>? keyOfBlock = null)
-        : this(device, config.Layers, config.KvDim, blocks, blockSize, keyOfBlock) { }
+    public PagedKvCache(IDevice device, ModelConfig config, int blocks, int blockSize = 16, Func<PrefixKey, ReadOnlySpan<int>, PrefixKey>? keyOfBlock = null,
+        KvFormat format = KvFormat.F32)
+        : this(device, config.Layers, config.KvDim, blocks, blockSize, keyOfBlock, format, config.HeadDim) { }
 
-    /// <summary>A cache for <paramref name="layers"/> layers of <paramref name="kvDim"/> floats per token (a shard's layers and KV heads).</summary>
+    /// <summary>A cache for <paramref name="layers"/> layers of <paramref name="kvDim"/> values per token (a shard's layers and KV heads).</summary>
     /// <param name="keyOfBlock">a prefix's key from its parent's key and its last block's tokens; <see cref="PrefixKey.Sha256"/>
     /// unless a test forces collisions.</param>
-    public PagedKvCache(IDevice device, int layers, int kvDim, int blocks, int blockSize = 16, Func<PrefixKey, ReadOnlySpan<int>, PrefixKey>? keyOfBlock = null)
+    /// <param name="format">How keys and values are kept (int8: one scale per token and KV head of <paramref name="headDim"/> values).</param>
+    public PagedKvCache(IDevice device, int layers, int kvDim, int blocks, int blockSize = 16, Func<PrefixKey, ReadOnlySpan<int>, PrefixKey>? keyOfBlock = null,
+        KvFormat format = KvFormat.F32, int headDim = 0)
     {
         if (blocks <= 0) throw new ArgumentOutOfRangeException(nameof(blocks), blocks, "the cache needs at least one block");
         if (blockSize <= 0) throw new ArgumentOutOfRangeException(nameof(blockSize), blockSize, "blocks hold at least one token");
@@ -110,12 +114,16 @@ public sealed class PagedKvCache : IDisposable
         KvDim = kvDim;
         BlockSize = blockSize;
         TotalBlocks = blocks;
+        Format = format;
+        if (headDim <= 0) headDim = kvDim;   // one scale per token for int8 when the heads are not given
+        _bytesPerToken = format.BytesPerToken(kvDim, headDim);
         Keys = new DeviceBuffer[layers];
         Values = new DeviceBuffer[layers];
+        int slots = blocks * blockSize;
         for (int l = 0; l < layers; l++)
         {
-            Keys[l] = device.Allocate((int)floats);     // (blocks·blockSize, kvDim)
-            Values[l] = device.Allocate((int)floats);   // (blocks·blockSize, kvDim)
+            Keys[l] = device.AllocateKv(slots, kvDim, headDim, format);     // (blocks·blockSize, kvDim)
+            Values[l] = device.AllocateKv(slots, kvDim, headDim, format);   // (blocks·blockSize, kvDim)
         }
         _free = new Stack<int>(Enumerable.Range(0, blocks).Reverse());
         _references = new int[blocks];
@@ -123,16 +131,19 @@ public sealed class PagedKvCache : IDisposable
     }
 
     /// <summary>A cache big enough for <paramref name="sequences"/> sequences of <paramref name="tokens"/> tokens each.</summary>
-    public static PagedKvCache ForSequences(IDevice device, ModelConfig config, int sequences, int tokens, int blockSize = 16) =>
-        new(device, config, sequences * ((tokens + blockSize - 1) / blockSize), blockSize);
+    public static PagedKvCache ForSequences(IDevice device, ModelConfig config, int sequences, int tokens, int blockSize = 16, KvFormat format = KvFormat.F32) =>
+        new(device, config, sequences * ((tokens + blockSize - 1) / blockSize), blockSize, format: format);
+
+    private readonly long _bytesPerToken;   // of K (or V) in one layer
 
     public int Layers { get; }
-    /// <summary>Floats of K (and of V) per token and layer.</summary>
+    /// <summary>Values of K (and of V) per token and layer.</summary>
     public int KvDim { get; }
     public int BlockSize { get; }
     public int TotalBlocks { get; }
+    public KvFormat Format { get; }
     /// <summary>Device memory of the keys and values of every layer.</summary>
-    public long Bytes => 2L * Layers * TotalBlocks * BlockSize * KvDim * sizeof(float);
+    public long Bytes => 2L * Layers * TotalBlocks * BlockSize * _bytesPerToken;
     /// <summary>Blocks a reservation can take: never used, or cached with no sequence using them.</summary>
     public int FreeBlocks => _free.Count + _unused.Count;
     /// <summary>Blocks that hold a known prefix (used or not).</summary>

@@ -50,8 +50,8 @@ public sealed class TransformerModel : ILocalModel
     }
 
     /// <summary>The whole model on one device.</summary>
-    public TransformerModel(IDevice device, ModelConfig config, ModelWeights weights, WeightFormat weightFormat = WeightFormat.F32)
-        : this(device, config, ShardWeights.Slice(config, weights, ShardSpec.Whole(config)), weightFormat: weightFormat) { }
+    public TransformerModel(IDevice device, ModelConfig config, ModelWeights weights, WeightFormat weightFormat = WeightFormat.F32, KvFormat kvFormat = KvFormat.F32)
+        : this(device, config, ShardWeights.Slice(config, weights, ShardSpec.Whole(config)), weightFormat: weightFormat, kvFormat: kvFormat) { }
 
     /// <summary>One shard: the layers of its pipeline stage, cut to its tensor-parallel slices.</summary>
     /// <param name="releaseHostWeights">
@@ -63,7 +63,9 @@ public sealed class TransformerModel : ILocalModel
     /// whose rows are whole blocks; the token embedding and the head in Q8_0). Norms, biases, GPT-2's position
     /// embedding and the MoE router stay float32.
     /// </param>
-    public TransformerModel(IDevice device, ModelConfig config, ShardWeights weights, bool releaseHostWeights = false, WeightFormat weightFormat = WeightFormat.F32)
+    /// <param name="kvFormat">How the caches this model makes (CreateCache) keep keys and values.</param>
+    public TransformerModel(IDevice device, ModelConfig config, ShardWeights weights, bool releaseHostWeights = false, WeightFormat weightFormat = WeightFormat.F32,
+        KvFormat kvFormat = KvFormat.F32)
     {
         var spec = weights.Spec;
         _device = device;
@@ -73,6 +75,7 @@ public sealed class TransformerModel : ILocalModel
         DeviceBuffer? Vector(float[]? v) => v is null ? null : device.Upload(v);
         DeviceMatrix Matrix(ReadOnlySpan<float> w, int rows, int cols) => device.UploadMatrix(w, rows, cols, WeightFormats.For(weightFormat, cols));
         WeightFormat = weightFormat;
+        KvFormat = kvFormat;
         // A tied head on the embedding's own stage multiplies by the embedding table itself: one copy of the matrix.
         bool sharedHead = config.TiedEmbeddings && spec.IsFirstStage && spec.IsLastStage;
         // The embedding table (a tied head too) and an untied head in Q8_0 under a block format, as llama.cpp keeps
@@ -123,6 +126,8 @@ public sealed class TransformerModel : ILocalModel
     public ShardSpec Spec { get; }
     /// <summary>The format the layers' weight matrices were asked to be kept in.</summary>
     public WeightFormat WeightFormat { get; }
+    /// <summary>The format of the KV caches this model makes.</summary>
+    public KvFormat KvFormat { get; }
 
     /// <summary>Device memory of this shard's weights (the packed layout the kernels read is their only copy).</summary>
     public long WeightBytes { get; }
@@ -141,7 +146,7 @@ public sealed class TransformerModel : ILocalModel
     public int KvDim => Spec.KvHeads.Count * Config.HeadDim;
 
     /// <summary>A paged KV cache for this shard's layers and KV heads.</summary>
-    public PagedKvCache CreateCache(int blocks, int blockSize = 16) => new(_device, Spec.Layers.Count, KvDim, blocks, blockSize);
+    public PagedKvCache CreateCache(int blocks, int blockSize = 16) => new(_device, Spec.Layers.Count, KvDim, blocks, blockSize, format: KvFormat, headDim: Config.HeadDim);
 
     /// <summary>A cache big enough for <paramref name="sequences"/> sequences of <paramref name="tokens"/> tokens each.</summary>
     public PagedKvCache CreateCache(int sequences, int tokens, int blockSize) => CreateCache(sequences * ((tokens + blockSize - 1) / blockSize), blockSize);

@@ -34,7 +34,11 @@ public sealed record SiloSettings(
             Model: (modelPath is not null
                 ? ModelSource.File(modelPath, tokenizerPath)
                 : ModelSource.Random(config["Cluster:Model:Preset"] ?? "tiny", config.GetValue("Cluster:Model:Seed", 1)))
-                with { Weights = config["Cluster:Model:Weights"] is { } weights ? WeightFormats.Parse(weights).Name() : null },   // a bad name stops the silo
+                with   // a bad name stops the silo
+                {
+                    Weights = config["Cluster:Model:Weights"] is { } weights ? WeightFormats.Parse(weights).Name() : null,
+                    KvCache = config["Cluster:Model:KvCache"] is { } kv ? KvFormats.Parse(kv).Name() : null,
+                },
             Layout: config["Cluster:Model:Layout"] ?? "",
             ShardSilos: config["Cluster:Model:Silos"]?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries),
             ServeModel: config.GetValue("Cluster:Model:Serve", true),

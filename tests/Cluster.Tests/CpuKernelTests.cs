@@ -177,6 +177,53 @@ public sealed class CpuKernelTests
         Assert.True(Reference.MaxRelativeError(output, Reference.CausalAttention(q, k, v, T, heads, kvHeads, headDim)) < 1e-5);
     }
 
+    /// <summary>
+    /// A float16 or int8 cache (int8: a scale per token and KV head): attention over it equals attention over the values
+    /// it holds (each read back, widened), and stays near attention over the float32 inputs (the format's rounding).
+    /// </summary>
+    [Theory]
+    [InlineData(KvFormat.F16, 2e-3)]
+    [InlineData(KvFormat.Int8, 3e-2)]
+    public void PagedAttentionOverAQuantizedCacheIsAttentionOverTheValuesItHolds(KvFormat format, double nearFloat32)
+    {
+        const int heads = 4, kvHeads = 2, headDim = 16, T = 37, blockSize = 8;
+        int kvDim = kvHeads * headDim, slots = 6 * blockSize;
+        using var device = new CpuDevice(2);
+        float[] q = Reference.Random(T * heads * headDim, 16, scale: 2), k = Reference.Random(T * kvDim, 17, scale: 2), v = Reference.Random(T * kvDim, 18);
+        for (int i = 0; i < headDim; i++) k[kvDim + i] *= 1e-3f;   // one head of one token far smaller than the rest: its own scale
+        int[] table = [4, 0, 5, 2, 1];
+        var layout = new AttentionLayout(new int[T], Enumerable.Range(0, T).ToArray(), table, table.Length, blockSize, heads, kvHeads, headDim);
+        using var qb = device.Upload(q);
+        using var kb = device.Upload(k);
+        using var vb = device.Upload(v);
+        using var cacheK = device.AllocateKv(slots, kvDim, headDim, format);
+        using var cacheV = device.AllocateKv(slots, kvDim, headDim, format);
+        using var ob = device.Allocate(T * heads * headDim);
+        int[] tokenSlots = layout.TokenSlots();
+        device.WriteKv(kb, vb, cacheK, cacheV, tokenSlots, kvDim);
+        device.PagedAttention(qb, cacheK, cacheV, ob, layout);
+        var output = new float[T * heads * headDim];
+        device.Download(ob, output);
+
+        float[] Held(DeviceBuffer cache)   // (T, kvDim): what the cache holds for each token, widened to float32
+        {
+            var held = new float[T * kvDim];
+            var row = new float[headDim];
+            for (int t = 0; t < T; t++)
+                for (int h = 0; h < kvHeads; h++)
+                    ((CpuKvBuffer)cache).Head(tokenSlots[t], h, row).CopyTo(held.AsSpan(t * kvDim + h * headDim, headDim));
+            return held;
+        }
+        float[] heldK = Held(cacheK), heldV = Held(cacheV);
+        Assert.True(Reference.MaxRelativeError(output, Reference.CausalAttention(q, heldK, heldV, T, heads, kvHeads, headDim)) < 1e-5);
+        double fromFloat32 = Reference.MaxRelativeError(output, Reference.CausalAttention(q, k, v, T, heads, kvHeads, headDim));
+        Assert.True(fromFloat32 < nearFloat32, $"{fromFloat32:G3} from attention over the float32 keys and values");
+        // The small head kept its precision: its own scale, not the token's largest value's.
+        // (values up to 2e-3: int8 rounds by at most 2e-3 / 254; one scale for the token, up to 2 / 254, would not pass)
+        Assert.True(Enumerable.Range(0, headDim).Max(i => Math.Abs(heldK[kvDim + i] - k[kvDim + i])) < 2e-5);
+        Assert.Equal(format == KvFormat.F16 ? 2L * kvDim : kvDim + 4L * kvHeads, format.BytesPerToken(kvDim, headDim));
+    }
+
     [Theory]
     [InlineData(1)]
     [InlineData(1003)]

@@ -1,5 +1,6 @@
 // Causal attention of one (token, head) over the paged KV cache, one cache block at a time with an
-// online softmax (running max m, running sum l, accumulator acc), so no (T, T) score matrix exists.
+// online softmax (running max m, running sum l, accumulator acc), so no (T, T) score matrix exists. The cache is read
+// head row by head row through KvRows: a float32 cache in place, a float16 / int8 one widened row by row.
 using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
@@ -7,9 +8,20 @@ using System.Runtime.Intrinsics;
 
 namespace Cluster.Compute.Cpu;
 
+/// <summary>One layer's K or V cache as attention reads it: a head's row of a slot, in place (float32) or widened.</summary>
+public readonly struct KvRows(DeviceBuffer cache, int kvDim)
+{
+    private readonly float[]? _floats = (cache as CpuBuffer)?.Data;
+    private readonly CpuKvBuffer? _packed = cache as CpuKvBuffer;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public ReadOnlySpan<float> Head(int slot, int kvHead, int headDim, Span<float> scratch) =>
+        _floats is not null ? _floats.AsSpan(slot * kvDim + kvHead * headDim, headDim) : _packed!.Head(slot, kvHead, scratch);
+}
+
 public static class Attention
 {
-    public static void TokenHead(float[] q, float[] cacheK, float[] cacheV, float[] output, AttentionLayout layout, int token, int head)
+    public static void TokenHead(float[] q, KvRows cacheK, KvRows cacheV, float[] output, AttentionLayout layout, int token, int head)
     {
         int headDim = layout.HeadDim;
         int kvDim = layout.KvHeads * headDim;
@@ -23,6 +35,7 @@ public static class Attention
         Span<float> acc = output.AsSpan((token * layout.Heads + head) * headDim, headDim);          // (hd,)
         acc.Clear();
         Span<float> scores = blockSize <= 256 ? stackalloc float[blockSize] : new float[blockSize];
+        Span<float> row = headDim <= 256 ? stackalloc float[headDim] : new float[headDim];   // a widened K or V head row
         float runningMax = float.NegativeInfinity, runningSum = 0f;
 
         for (int start = 0; start < length; start += blockSize)
@@ -33,7 +46,7 @@ public static class Attention
             float blockMax = float.NegativeInfinity;
             for (int j = 0; j < count; j++)
             {
-                scores[j] = Dot(query, cacheK.AsSpan((firstSlot + j) * kvDim + kvHead * headDim, headDim)) * scale;
+                scores[j] = Dot(query, cacheK.Head(firstSlot + j, kvHead, headDim, row)) * scale;
                 blockMax = MathF.Max(blockMax, scores[j]);
             }
             float newMax = MathF.Max(runningMax, blockMax);
@@ -45,7 +58,7 @@ public static class Attention
             TensorPrimitives.Exp(weights, weights);
             runningSum += TensorPrimitives.Sum(weights);
             for (int j = 0; j < count; j++)
-                MultiplyAdd(cacheV.AsSpan((firstSlot + j) * kvDim + kvHead * headDim, headDim), weights[j], acc);
+                MultiplyAdd(cacheV.Head(firstSlot + j, kvHead, headDim, row), weights[j], acc);
             runningMax = newMax;
         }
         TensorPrimitives.Multiply(acc, 1f / runningSum, acc);

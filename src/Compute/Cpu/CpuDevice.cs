@@ -295,8 +295,21 @@ public sealed unsafe class CpuDevice : IDevice
             RotaryEmbedding.Apply(data.AsSpan(t * width, width), positions[t], heads, headDim, rotaryDim, theta, layout);
     }
 
+    public DeviceBuffer AllocateKv(int slots, int kvDim, int headDim, KvFormat format) =>
+        format == KvFormat.F32 ? new CpuBuffer(checked(slots * kvDim)) : new CpuKvBuffer(slots, kvDim, headDim, format);
+
     public void WriteKv(DeviceBuffer k, DeviceBuffer v, DeviceBuffer cacheK, DeviceBuffer cacheV, ReadOnlySpan<int> slots, int kvDim)
     {
+        if (cacheK is CpuKvBuffer packedK && cacheV is CpuKvBuffer packedV)
+        {
+            float[] keys = Cpu(k).Data, values = Cpu(v).Data;
+            for (int t = 0; t < slots.Length; t++)
+            {
+                packedK.Write(slots[t], keys.AsSpan(t * kvDim, kvDim));
+                packedV.Write(slots[t], values.AsSpan(t * kvDim, kvDim));
+            }
+            return;
+        }
         float[] ks = Cpu(k).Data, vs = Cpu(v).Data, ck = Cpu(cacheK).Data, cv = Cpu(cacheV).Data;
         int capacity = ck.Length / kvDim;
         for (int t = 0; t < slots.Length; t++)
@@ -309,7 +322,9 @@ public sealed unsafe class CpuDevice : IDevice
 
     public void PagedAttention(DeviceBuffer q, DeviceBuffer cacheK, DeviceBuffer cacheV, DeviceBuffer output, AttentionLayout layout)
     {
-        float[] qs = Cpu(q).Data, ck = Cpu(cacheK).Data, cv = Cpu(cacheV).Data, o = Cpu(output).Data;
+        float[] qs = Cpu(q).Data, o = Cpu(output).Data;
+        int kvDim = layout.KvHeads * layout.HeadDim;
+        KvRows ck = new(cacheK, kvDim), cv = new(cacheV, kvDim);
         // A token's cost grows with its position, so tokens are dealt out in the order 0, T−1, 1, T−2, ...:
         // every contiguous range of work items (one per worker) then gets an even share of cheap and dear ones.
         int tokens = layout.Tokens;

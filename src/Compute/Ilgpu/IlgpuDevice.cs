@@ -302,6 +302,10 @@ public sealed unsafe class IlgpuDevice : IDevice
         WithIndices(targets, t => Elementwise(t.IntLength, n => _kernels.CrossEntropy(n, View(logits), t, View(dlogits), View(losses), vocab, counted)));
     }
 
+    public DeviceBuffer AllocateKv(int slots, int kvDim, int headDim, KvFormat format) => format == KvFormat.F32
+        ? Allocate(checked(slots * kvDim))
+        : throw new NotSupportedException($"a {format.Name()} KV cache is kept by the CPU device's kernels only; serve this model with an f32 KV cache on {Info.Name}");
+
     public void WriteKv(DeviceBuffer k, DeviceBuffer v, DeviceBuffer cacheK, DeviceBuffer cacheV, ReadOnlySpan<int> slots, int kvDim)
     {
         CheckIndices(slots, Math.Min(cacheK.Length, cacheV.Length) / kvDim, "cache slot");

@@ -18,8 +18,9 @@ public sealed class LocalPipeline : ILocalModel
     /// <param name="openDevice">Opens the device of one shard (called once per shard; the pipeline disposes them).</param>
     /// <param name="kvBlocks">KV blocks of <paramref name="blockSize"/> tokens in each shard's cache.</param>
     /// <param name="weightFormat">How each shard keeps its weight matrices (TransformerModel).</param>
+    /// <param name="kvFormat">How each shard's KV cache keeps keys and values.</param>
     public LocalPipeline(ModelConfig config, ModelWeights weights, ParallelLayout layout, Func<IDevice> openDevice, int kvBlocks, int blockSize,
-        WeightFormat weightFormat = WeightFormat.F32)
+        WeightFormat weightFormat = WeightFormat.F32, KvFormat kvFormat = KvFormat.F32)
     {
         if (layout.DataParallel != 1) throw new ArgumentException($"a local pipeline runs one replica: layout {layout} has dp = {layout.DataParallel}", nameof(layout));
         Plan = ShardingPlan.Create(config, layout);
@@ -39,7 +40,7 @@ public sealed class LocalPipeline : ILocalModel
                 for (int r = 0; r < ranks; r++)
                 {
                     _devices[s][r] = openDevice();
-                    _models[s][r] = new TransformerModel(_devices[s][r], config, ShardWeights.Slice(config, weights, Plan.Get(0, s, r)), weightFormat: weightFormat);
+                    _models[s][r] = new TransformerModel(_devices[s][r], config, ShardWeights.Slice(config, weights, Plan.Get(0, s, r)), weightFormat: weightFormat, kvFormat: kvFormat);
                     _caches[s][r] = _models[s][r].CreateCache(kvBlocks, blockSize);
                 }
                 _groups[s] = [.. InProcessTransport.CreateGroup(ranks).Select(t => ranks > 1 ? new CollectiveGroup(t) : null)];

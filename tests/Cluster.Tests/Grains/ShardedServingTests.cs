@@ -31,45 +31,50 @@ public sealed class ShardedServingTests(ClusterFixture fixture)
     public Task GreedyMoeOutputUnderLayoutEqualsOneDevice(string layout) => AssertGreedyOutputEqualsOneDevice("moe-tiny", layout);
 
     /// <summary>
-    /// Weights served as Q8_0 / Q4_0 blocks: the tensor-parallel cuts fall on block boundaries (each rank's blocks are the
-    /// whole matrix's), so every layout greedily generates what one device does with the same format.
+    /// Weights served as Q8_0 / Q4_0 blocks and keys and values cached in float16 / int8: the tensor-parallel cuts fall
+    /// on block boundaries (each rank's blocks are the whole matrix's) and on KV heads (each keeps its own int8 scales),
+    /// so every layout greedily generates what one device does in the same formats.
     /// </summary>
     [Theory]
-    [InlineData("tp=2", "q8_0")]
-    [InlineData("pp=2", "q4_0")]
-    public async Task GreedyQuantizedOutputUnderLayoutEqualsOneDevice(string layout, string weights)
+    [InlineData("tp=2", "q8_0", "f16")]
+    [InlineData("pp=2", "q4_0", "int8")]
+    public async Task GreedyQuantizedOutputUnderLayoutEqualsOneDevice(string layout, string weights, string kvCache)
     {
-        await AssertGreedyOutputEqualsOneDevice("tiny", layout, weights);
-        // Each shard holds its slice in the block format (the bytes it reports are those of its slice quantized here).
+        await AssertGreedyOutputEqualsOneDevice("tiny", layout, weights, kvCache);
+        // Each shard holds its slice in the block format and its KV pool in the cache's format (the bytes it reports are
+        // those of its slice quantized here, and of its pool: 8 full-context sequences of its layers and KV heads).
         var loaded = RandomModel.Create("tiny", seed: 1);
         var plan = Cluster.Model.Parallel.ShardingPlan.Create(loaded.Config, Cluster.Model.Parallel.ParallelLayout.Parse(layout));
+        var kvFormat = KvFormats.Parse(kvCache);
         using var device = new CpuDevice(1);
-        long expected = 0, float32 = 0;
+        long weightBytes = 0, float32 = 0, kvBytes = 0;
         for (int stage = 0; stage < plan.Layout.PipelineStages; stage++)
             for (int rank = 0; rank < plan.Layout.StageRanks; rank++)
             {
-                var slice = Cluster.Model.Parallel.ShardWeights.Slice(loaded.Config, loaded.Weights, plan.Get(0, stage, rank));
-                using (var model = new TransformerModel(device, loaded.Config, slice, weightFormat: WeightFormats.Parse(weights))) expected += model.WeightBytes;
+                var spec = plan.Get(0, stage, rank);
+                var slice = Cluster.Model.Parallel.ShardWeights.Slice(loaded.Config, loaded.Weights, spec);
+                using (var model = new TransformerModel(device, loaded.Config, slice, weightFormat: WeightFormats.Parse(weights))) weightBytes += model.WeightBytes;
                 using (var model = new TransformerModel(device, loaded.Config, slice)) float32 += model.WeightBytes;
+                kvBytes += 2L * spec.Layers.Count * 8 * loaded.Config.MaxSeqLen * kvFormat.BytesPerToken(spec.KvHeads.Count * loaded.Config.HeadDim, loaded.Config.HeadDim);
             }
-        string id = "layout-tiny-" + layout.Replace(',', '-').Replace("=", "") + weights;
+        string id = "layout-tiny-" + layout.Replace(',', '-').Replace("=", "") + weights + kvCache;
         var deadline = DateTime.UtcNow.AddSeconds(20);
         while (true)   // the inventory lags the shards by a report
         {
             var holders = (await Grains.GetGrain<IClusterInventoryGrain>(0).ActiveSilos()).SelectMany(s => s.Devices).SelectMany(d => d.Holders)
                 .Where(h => ShardKey.ModelId(h.Key) == id).ToArray();
-            if (holders.Length == plan.Layout.PipelineStages * plan.Layout.StageRanks && holders.Sum(h => h.WeightBytes) == expected) break;
-            Assert.True(DateTime.UtcNow < deadline, $"the shards report {string.Join(", ", holders)}; their slices in {weights} hold {expected} bytes");
+            if (holders.Length == plan.Layout.PipelineStages * plan.Layout.StageRanks && holders.Sum(h => h.WeightBytes) == weightBytes && holders.Sum(h => h.KvBytes) == kvBytes) break;
+            Assert.True(DateTime.UtcNow < deadline, $"the shards report {string.Join(", ", holders)}; their slices in {weights} hold {weightBytes} bytes, their {kvCache} KV pools {kvBytes}");
             await Task.Delay(100, TestContext.Current.CancellationToken);
         }
-        Assert.True(expected < float32 / 2, $"{expected} bytes in {weights}, {float32} in f32");
+        Assert.True(weightBytes < float32 / 2, $"{weightBytes} bytes in {weights}, {float32} in f32");
     }
 
-    private async Task AssertGreedyOutputEqualsOneDevice(string preset, string layout, string? weights = null)
+    private async Task AssertGreedyOutputEqualsOneDevice(string preset, string layout, string? weights = null, string? kvCache = null)
     {
-        string id = $"layout-{preset}-" + layout.Replace(',', '-').Replace("=", "") + weights;
+        string id = $"layout-{preset}-" + layout.Replace(',', '-').Replace("=", "") + weights + kvCache;
         var scheduler = Grains.GetGrain<IInferenceSchedulerGrain>(id);
-        await scheduler.Serve(new ModelServing(ModelSource.Random(preset, seed: 1) with { Weights = weights }, layout, Silos));
+        await scheduler.Serve(new ModelServing(ModelSource.Random(preset, seed: 1) with { Weights = weights, KvCache = kvCache }, layout, Silos));
         string[] prompts = ["Once upon a time", "hello", "", "a much longer prompt that takes a few more tokens than the others"];
 
         var results = await Task.WhenAll(prompts.Select(p =>
@@ -77,7 +82,7 @@ public sealed class ShardedServingTests(ClusterFixture fixture)
 
         var loaded = RandomModel.Create(preset, seed: 1);
         using var device = new CpuDevice(1);
-        using var model = new TransformerModel(device, loaded.Config, loaded.Weights, loaded.ServingFormat(weights));
+        using var model = new TransformerModel(device, loaded.Config, loaded.Weights, loaded.ServingFormat(weights), KvFormats.Parse(kvCache ?? "f32"));
         var generator = new TextGenerator(model, loaded.Tokenizer!);
         for (int i = 0; i < prompts.Length; i++)
             Assert.Equal(generator.Generate(prompts[i], 24, SamplingOptions.Greedy).Select(t => t.Id), results[i].Select(c => c.TokenId));
