@@ -17,15 +17,16 @@ public static class ModelBench
 {
     /// <param name="formats">The weight formats to measure each model in (f32, q8_0, q4_0); llama.cpp reads a GGUF of the same type.</param>
     /// <param name="writeGguf">Write those GGUF files even without node-llama-cpp (for llama-bench: bench/quantized.sh).</param>
+    /// <param name="kvFormat">The KV cache's format for this engine's runs.</param>
     public static void Run(string[] presets, int[] threadCounts, int promptTokens, int decodeTokens, bool withLlamaCpp, int[] batches, WeightFormat[] formats,
-        bool writeGguf = false)
+        bool writeGguf, KvFormat kvFormat)
     {
         if (batches.Length > 0)
         {
             RunBatched(presets, threadCounts, promptTokens, decodeTokens, batches);
             return;
         }
-        Console.WriteLine($"prompt {promptTokens} tokens, then {decodeTokens} decode steps; best of 5 runs; quantized kernel: {QuantizedGemm.Kernel}");
+        Console.WriteLine($"prompt {promptTokens} tokens, then {decodeTokens} decode steps; best of 5 runs; quantized kernel: {QuantizedGemm.Kernel}; KV cache {kvFormat.Name()}");
         Console.WriteLine();
         Console.WriteLine("| model | weights | threads | engine | prefill tok/s | decode tok/s |");
         Console.WriteLine("|---|---|---:|---|---:|---:|");
@@ -38,7 +39,7 @@ public static class ModelBench
                 string? gguf = withLlamaCpp || writeGguf ? WriteGguf(loaded, preset, format) : null;
                 foreach (int threads in threadCounts)
                 {
-                    var (prefill, decode) = MeasureCluster(loaded, prompt, decodeTokens, threads, format);
+                    var (prefill, decode) = MeasureCluster(loaded, prompt, decodeTokens, threads, format, kvFormat);
                     Console.WriteLine($"| {preset} | {format.Name()} | {threads} | Cluster (CPU) | {prefill:F0} | {decode:F1} |");
                     if (withLlamaCpp)
                     {
@@ -50,11 +51,11 @@ public static class ModelBench
         }
     }
 
-    private static (double Prefill, double Decode) MeasureCluster(LoadedModel loaded, int[] prompt, int decodeTokens, int threads, WeightFormat format)
+    private static (double Prefill, double Decode) MeasureCluster(LoadedModel loaded, int[] prompt, int decodeTokens, int threads, WeightFormat format, KvFormat kvFormat)
     {
         using var device = new CpuDevice(threads);
-        using var model = new TransformerModel(device, loaded.Config, loaded.Weights, format);
-        using var cache = PagedKvCache.ForSequences(device, loaded.Config, 1, prompt.Length + decodeTokens);
+        using var model = new TransformerModel(device, loaded.Config, loaded.Weights, format, kvFormat);
+        using var cache = model.CreateCache(1, prompt.Length + decodeTokens, blockSize: 16);
         double bestPrefill = 0, bestDecode = 0;
         for (int run = 0; run < 5; run++)
         {

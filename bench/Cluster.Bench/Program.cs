@@ -18,7 +18,8 @@ switch (command)
         ModelBench.Run((Option(args, "--presets") ?? "stories15M,stories110M").Split(','), threads,
             int.Parse(Option(args, "--prompt") ?? "128"), int.Parse(Option(args, "--decode") ?? "128"),
             withLlamaCpp: !args.Contains("--no-llamacpp"), batches: Ints(Option(args, "--batch")) ?? [],
-            formats: [.. (Option(args, "--weights") ?? "f32").Split(',').Select(Cluster.Compute.WeightFormats.Parse)], writeGguf: args.Contains("--write-gguf"));
+            formats: [.. (Option(args, "--weights") ?? "f32").Split(',').Select(Cluster.Compute.WeightFormats.Parse)], writeGguf: args.Contains("--write-gguf"),
+            kvFormat: Cluster.Compute.KvFormats.Parse(Option(args, "--kv-cache") ?? "f32"));
         return 0;
     case "moe":
         MoeBench.Run(threads, Ints(Option(args, "--tokens")) ?? [1, 8, 64, 512]);
@@ -51,7 +52,7 @@ switch (command)
     default:
         Console.WriteLine("""
             usage: cluster-bench gemm  [--threads 1,2] [--peak-per-core 265] [--shapes 1x2048x768,128x768x768 (MxNxK)]
-                   cluster-bench model [--threads 1,2] [--presets stories15M,stories110M] [--prompt 128] [--decode 128] [--no-llamacpp] [--batch 1,8,32] [--weights f32,q8_0,q4_0] [--write-gguf]
+                   cluster-bench model [--threads 1,2] [--presets stories15M,stories110M] [--prompt 128] [--decode 128] [--no-llamacpp] [--batch 1,8,32] [--weights f32,q8_0,q4_0] [--write-gguf] [--kv-cache f32|f16|int8]
                    cluster-bench load [--url URL --model ID] [--concurrency 1,8,32] [--requests 64] [--prompt-tokens 32] [--max-tokens 64]
                    cluster-bench transport                                        (grain calls and memory streams, MB/s, same vs cross silo)
                    cluster-bench collectives [--sizes 1,4,16,64] [--members 2,3,4]  (all-reduce / all-to-all bus GB/s, in process vs across silos)

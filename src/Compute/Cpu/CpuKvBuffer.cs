@@ -3,6 +3,7 @@
 // keys for different heads can differ in scale by orders of magnitude). Attention reads one head of one slot at a
 // time, widened to float32 (Head); the float32 cache is a plain CpuBuffer that attention reads in place.
 using System.Numerics.Tensors;
+using System.Runtime.Intrinsics;
 
 namespace Cluster.Compute.Cpu;
 
@@ -65,7 +66,19 @@ public sealed class CpuKvBuffer : DeviceBuffer
         }
         float scale = _scales![(long)slot * (KvDim / HeadDim) + kvHead];
         var q = _values.AsSpan(at, HeadDim);
-        for (int i = 0; i < destination.Length; i++) destination[i] = q[i] * scale;
+        int i = 0;
+        var scales = Vector128.Create(scale);
+        for (; i + 16 <= q.Length; i += 16)   // 16 int8 widened to four vectors of float
+        {
+            var (low, high) = Vector128.Widen(Vector128.Create<sbyte>(q[i..]));
+            var (a, b) = Vector128.Widen(low);
+            var (c, d) = Vector128.Widen(high);
+            (Vector128.ConvertToSingle(a) * scales).CopyTo(destination[i..]);
+            (Vector128.ConvertToSingle(b) * scales).CopyTo(destination[(i + 4)..]);
+            (Vector128.ConvertToSingle(c) * scales).CopyTo(destination[(i + 8)..]);
+            (Vector128.ConvertToSingle(d) * scales).CopyTo(destination[(i + 12)..]);
+        }
+        for (; i < q.Length; i++) destination[i] = q[i] * scale;
         return destination;
     }
 
