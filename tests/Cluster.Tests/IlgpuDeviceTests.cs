@@ -46,6 +46,48 @@ public sealed class IlgpuDeviceTests(IlgpuCpuFixture devices) : IClassFixture<Il
         });
     }
 
+    /// <summary>
+    /// Q8_0 / Q4_0 weights (QuantizedKernels): the same product as the CPU device's integer kernel (the inputs quantized
+    /// with their scales rounded to float16 on both), and embedding rows read from the quantized table.
+    /// </summary>
+    [Theory]
+    [InlineData(WeightFormat.Q8_0, 1, 9, 64)]
+    [InlineData(WeightFormat.Q8_0, 5, 37, 96)]
+    [InlineData(WeightFormat.Q4_0, 1, 13, 32)]
+    [InlineData(WeightFormat.Q4_0, 6, 20, 128)]
+    public void QuantizedMatMulAndEmbedding(WeightFormat format, int m, int n, int k)
+    {
+        var random = new Random(m * 1000 + n * 10 + k);
+        float[] x = Values(random, m * k), w = Values(random, n * k);
+        for (int i = 0; i < Math.Min(k, 32); i++) x[i] *= 1e-6f;   // a block of tiny inputs: a float16-subnormal scale
+        int[] tokens = [3, -1, 0, n - 1];
+        Compare(d =>
+        {
+            using var xb = d.Upload(x);
+            using var wm = d.UploadMatrix(w, n, k, format);
+            using var y = d.Allocate(m * n);
+            using var rows = d.Allocate(tokens.Length * k);
+            d.MatMul(xb, wm, y, m);
+            d.Embedding(wm, tokens, rows);
+            return [.. Read(d, y), .. Read(d, rows)];
+        });
+    }
+
+    /// <summary>A whole model served in Q8_0 on the ILGPU device gives the CPU device's logits.</summary>
+    [Fact]
+    public void AQ8_0ModelGivesTheCpuDevicesLogits()
+    {
+        var tiny = Cluster.Model.RandomModel.Create("tiny", seed: 3);
+        float[] Logits(IDevice d)
+        {
+            using var model = new Cluster.Model.TransformerModel(d, tiny.Config, tiny.Weights, WeightFormat.Q8_0);
+            using var cache = model.CreateCache(1, 16, 16);
+            return model.Forward([new Cluster.Model.SequenceChunk(cache.CreateSequence(), [1, 40, 7, 300, 12], AllLogits: true)], cache);
+        }
+        // An input a float rounding apart can land in the next int8 step of its block: a looser bound than one op's.
+        AssertClose(Logits(devices.Cpu), Logits(devices.Ilgpu), 1e-3f);
+    }
+
     [Theory]
     [InlineData(0)]
     [InlineData(1)]

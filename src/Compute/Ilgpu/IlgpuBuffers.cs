@@ -36,6 +36,31 @@ internal sealed class IlgpuMatrix : DeviceMatrix
     public override void Dispose() => Owner.Release(Memory);
 }
 
+/// <summary>A Q8_0 / Q4_0 weight matrix: its blocks' values (as QuantizedMatrix stores them) and their scales.</summary>
+internal sealed class IlgpuQuantizedMatrix : DeviceMatrix
+{
+    public IlgpuQuantizedMatrix(IlgpuDevice owner, WeightFormat format, MemoryBuffer1D<byte, Stride1D.Dense> values,
+        MemoryBuffer1D<float, Stride1D.Dense> scales, int rows, int cols) : base(rows, cols)
+    {
+        Owner = owner;
+        Format = format;
+        Values = values;
+        Scales = scales;
+    }
+
+    public IlgpuDevice Owner { get; }
+    public WeightFormat Format { get; }
+    public MemoryBuffer1D<byte, Stride1D.Dense> Values { get; }
+    public MemoryBuffer1D<float, Stride1D.Dense> Scales { get; }
+    public override long Bytes => Values.LengthInBytes + Scales.LengthInBytes;
+
+    public override void Dispose()
+    {
+        Owner.Release(Values);
+        Owner.Release(Scales);
+    }
+}
+
 /// <summary>A fixed set of int buffers that grow (doubling) as needed; only touched on the dispatch thread.</summary>
 internal sealed class IndexBuffers(Accelerator accelerator, int count) : IDisposable
 {

@@ -27,6 +27,8 @@ public sealed unsafe class IlgpuDevice : IDevice
     private readonly KernelSet _kernels;
     private readonly IndexBuffers _indices;
     private readonly HashSet<MemoryBuffer> _live = [];   // touched only on the dispatch thread
+    private MemoryBuffer1D<sbyte, Stride1D.Dense>? _quantizedInputs;   // a quantized product's inputs as Q8_0 (dispatch thread)
+    private MemoryBuffer1D<float, Stride1D.Dense>? _quantizedScales;
     private readonly Dictionary<(float Theta, int RotaryDim), MemoryBuffer1D<float, Stride1D.Dense>> _ropeFrequencies = [];   // likewise
     private MemoryBuffer1D<float, Stride1D.Dense>? _sumPartials;   // SumOfSquares' first pass; likewise
     private volatile bool _disposed;
@@ -119,8 +121,7 @@ public sealed unsafe class IlgpuDevice : IDevice
 
     public DeviceMatrix UploadMatrix(ReadOnlySpan<float> weights, int rows, int cols, WeightFormat format = WeightFormat.F32)
     {
-        if (format != WeightFormat.F32)
-            throw new NotSupportedException($"{format.Name()} weights are multiplied by the CPU device's kernels only; serve this model with weights f32 on {Info.Name}");
+        if (format != WeightFormat.F32) return UploadQuantized(weights, rows, cols, format);
         if (weights.Length != (long)rows * cols) throw new ArgumentException($"weights hold {weights.Length} floats, a ({rows}, {cols}) matrix needs {(long)rows * cols}");
         CountToDevice(weights.Length);
         fixed (float* p = weights)
@@ -130,13 +131,65 @@ public sealed unsafe class IlgpuDevice : IDevice
         }
     }
 
+    /// <summary>Quantized on the host exactly as the CPU device quantizes (QuantizedMatrix), then its blocks and scales uploaded.</summary>
+    private DeviceMatrix UploadQuantized(ReadOnlySpan<float> weights, int rows, int cols, WeightFormat format)
+    {
+        using var host = new Cpu.QuantizedMatrix(weights, rows, cols, format);
+        long valueBytes = host.Bytes - (long)rows * host.BlocksPerRow * sizeof(float);
+        nint values = (nint)host.Quants, scales = (nint)host.Scales;
+        int blocks = rows * host.BlocksPerRow;
+        CountToDevice((int)(host.Bytes / sizeof(float)));
+        return _thread.Run(() =>
+        {
+            var valueMemory = _accelerator.Allocate1D<byte>(valueBytes);
+            _live.Add(valueMemory);
+            valueMemory.View.CopyFromCPU(ref *(byte*)values, valueBytes);
+            var scaleMemory = Track(_accelerator.Allocate1D<float>(blocks));
+            scaleMemory.View.CopyFromCPU(ref *(float*)scales, blocks);
+            return new IlgpuQuantizedMatrix(this, format, valueMemory, scaleMemory, rows, cols);
+        });
+    }
+
     public void MatMul(DeviceBuffer x, DeviceMatrix w, DeviceBuffer y, int m)
     {
+        if (w is IlgpuQuantizedMatrix quantized && quantized.Owner == this)
+        {
+            MatMulQuantized(x, quantized, y, m);
+            return;
+        }
         var matrix = w is IlgpuMatrix own && own.Owner == this ? own : throw new ArgumentException($"matrix belongs to another device ({w.GetType().Name})");
         int n = matrix.Rows, k = matrix.Cols;
         CheckLength(x, (long)m * k, nameof(x));
         CheckLength(y, (long)m * n, nameof(y));
         Multiply(View(x), matrix.View, View(y), m, n, k);
+    }
+
+    /// <summary>y (m, n) = x (m, k) · Wᵀ for block-format W: x quantized to Q8_0 in scratch, then one thread per output.</summary>
+    private void MatMulQuantized(DeviceBuffer x, IlgpuQuantizedMatrix w, DeviceBuffer y, int m)
+    {
+        int n = w.Rows, k = w.Cols, blocks = m * (k / 32);
+        CheckLength(x, (long)m * k, nameof(x));
+        CheckLength(y, (long)m * n, nameof(y));
+        if (m == 0 || n == 0) return;
+        _thread.Run(() =>
+        {
+            if (_quantizedInputs is null || _quantizedInputs.Length < (long)m * k)
+            {
+                _quantizedInputs?.Dispose();
+                _quantizedScales?.Dispose();
+                _quantizedInputs = _accelerator.Allocate1D<sbyte>((long)m * k);
+                _quantizedScales = _accelerator.Allocate1D<float>(blocks);
+            }
+            else if (_quantizedScales!.Length < blocks)
+            {
+                _quantizedScales.Dispose();
+                _quantizedScales = _accelerator.Allocate1D<float>(blocks);
+            }
+            var xq = _quantizedInputs.View.SubView(0, (long)m * k);
+            var xd = _quantizedScales.View.SubView(0, blocks);
+            _kernels.QuantizeInputs(blocks, View(x), xq, xd);
+            _kernels.QuantizedProduct(m * n, xq, xd, w.Values.View, w.Scales.View, View(y), n, k, w.Format == WeightFormat.Q4_0 ? 1 : 0);
+        });
     }
 
     /// <summary>y (m, n) = x (m, k) · Bᵀ, B (n, k) row-major: the GEMV kernel for a few rows, else the tiled GEMM.</summary>
@@ -237,6 +290,15 @@ public sealed unsafe class IlgpuDevice : IDevice
     /// <summary>The matrix is W (rows, cols) row-major on the device: the same row gather as a buffer's.</summary>
     public void Embedding(DeviceMatrix table, ReadOnlySpan<int> tokens, DeviceBuffer output)
     {
+        if (table is IlgpuQuantizedMatrix quantized && quantized.Owner == this)
+        {
+            foreach (int token in tokens)
+                if (token != -1) CheckIndices([token], quantized.Rows, "token");
+            CheckLength(output, (long)tokens.Length * quantized.Cols, nameof(output));
+            WithIndices(tokens, indices => Elementwise(indices.IntLength * quantized.Cols, n =>
+                _kernels.QuantizedEmbedding(n, indices, quantized.Values.View, quantized.Scales.View, View(output), quantized.Cols, quantized.Format == WeightFormat.Q4_0 ? 1 : 0)));
+            return;
+        }
         var matrix = table is IlgpuMatrix own && own.Owner == this ? own : throw new ArgumentException($"matrix belongs to another device ({table.GetType().Name})");
         int dim = matrix.Cols;
         foreach (int token in tokens)
@@ -467,6 +529,8 @@ public sealed unsafe class IlgpuDevice : IDevice
         _thread.Run(() =>
         {
             foreach (var memory in _live.Concat(_ropeFrequencies.Values)) memory.Dispose();
+            _quantizedInputs?.Dispose();
+            _quantizedScales?.Dispose();
             _sumPartials?.Dispose();
             _live.Clear();
             _indices.Dispose();

@@ -8,6 +8,15 @@ namespace Cluster.Compute.Ilgpu;
 
 internal sealed class KernelSet(Accelerator a)
 {
+    public readonly Action<Index1D, ArrayView<float>, ArrayView<sbyte>, ArrayView<float>> QuantizeInputs =
+        a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<sbyte>, ArrayView<float>>(QuantizedKernels.QuantizeInputs);
+
+    public readonly Action<Index1D, ArrayView<sbyte>, ArrayView<float>, ArrayView<byte>, ArrayView<float>, ArrayView<float>, int, int, int> QuantizedProduct =
+        a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<sbyte>, ArrayView<float>, ArrayView<byte>, ArrayView<float>, ArrayView<float>, int, int, int>(QuantizedKernels.Product);
+
+    public readonly Action<Index1D, ArrayView<int>, ArrayView<byte>, ArrayView<float>, ArrayView<float>, int, int> QuantizedEmbedding =
+        a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<int>, ArrayView<byte>, ArrayView<float>, ArrayView<float>, int, int>(QuantizedKernels.EmbeddingRows);
+
     public readonly Action<Index1D, ArrayView<float>, ArrayView<float>> Add =
         a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>>(ElementwiseKernels.Add);
 
